@@ -1,0 +1,54 @@
+# tradeplane — every developer and CI entry point.
+#   make run     start tradeplane locally (for now: the engine demo on the standard workload)
+#   make test    create the virtualenv, install, lint, and run the whole test suite
+#   make bench   print the benchmark figures
+#   make lint    ruff, mypy --strict, import-linter contracts
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+INSTALLED := $(VENV)/.installed
+NATIVE := $(VENV)/.native
+CORE := $(wildcard engine/tradeplane_engine/core/*.py)
+PYTEST_ARGS ?=
+
+.PHONY: run test lint pytest bench native clean
+
+$(INSTALLED): pyproject.toml scripts/find-python
+	@python=$$(sh scripts/find-python) || exit 1; \
+	echo "using $$python ($$($$python --version))"; \
+	$$python -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# The engine core's hot modules compiled to C with mypyc, in place beside their
+# sources (the same code; `make native` rebuilds whenever a core module changes).
+$(NATIVE): $(INSTALLED) $(CORE) scripts/build_native.py
+	$(PY) scripts/build_native.py
+	@touch $@
+
+native: $(NATIVE)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+pytest: $(NATIVE)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+bench: $(NATIVE)
+	$(PY) bench/run.py
+
+run: $(NATIVE)
+	$(BIN)/tradeplane demo
+
+clean:
+	$(PY) scripts/build_native.py --clean 2>/dev/null || true
+	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis

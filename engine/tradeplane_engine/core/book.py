@@ -1,0 +1,152 @@
+"""The order book's data: resting orders, price levels, the two sides, per-account indexes.
+
+Only the matching code in ``matching.py`` mutates these. Each side keeps its levels in
+a dict and their keys in a sorted list with the best level at the end, so the best
+price is ``keys[-1]`` and removing an exhausted best level is ``keys.pop()``. A side's
+key is the price for bids and the negated price for asks, so "better" is "larger" on
+both sides and one matching loop serves both.
+
+A level's queue is a deque in time priority. Canceling from the middle of it would be
+O(n), so a canceled order is only marked dead (``remaining == 0``) and counted out of
+the level; matching drops dead orders when it reaches them, and a queue with many dead
+entries is compacted. Filled orders are popped at once, so within a queue
+``remaining == 0`` means exactly "canceled or replaced away".
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections import deque
+
+from tradeplane_engine.core.commands import SelfTradePrevention, Side
+
+
+class Order:
+    """A resting GTC limit order. Quantities in lots: quantity = filled + remaining + canceled."""
+
+    __slots__ = (
+        "account",
+        "client_order_id",
+        "filled",
+        "level",
+        "order_id",
+        "owner",
+        "post_only",
+        "price",
+        "quantity",
+        "remaining",
+        "side",
+        "stp",
+    )
+
+    def __init__(
+        self,
+        order_id: int,
+        account: str,
+        client_order_id: str,
+        side: Side,
+        price: int,
+        quantity: int,
+        filled: int,
+        remaining: int,
+        post_only: bool,
+        stp: SelfTradePrevention,
+        owner: AccountOrders,
+        level: Level,
+    ) -> None:
+        self.order_id = order_id
+        self.account = account
+        self.client_order_id = client_order_id
+        self.side = side
+        self.price = price
+        self.quantity = quantity
+        self.filled = filled
+        self.remaining = remaining
+        self.post_only = post_only
+        self.stp = stp
+        self.owner = owner
+        self.level = level
+
+
+class Level:
+    """One price on one side: its FIFO queue and running totals of its live orders."""
+
+    __slots__ = ("count", "key", "orders", "price", "quantity", "side")
+
+    def __init__(self, side: Side, price: int, key: int) -> None:
+        self.side = side
+        self.price = price
+        self.key = key
+        self.quantity = 0
+        self.count = 0
+        self.orders: deque[Order] = deque()
+
+    def live_orders(self) -> list[Order]:
+        return [order for order in self.orders if order.remaining]
+
+    def compact(self) -> None:
+        """Drop dead entries once they outnumber live ones, so memory stays bounded."""
+        if len(self.orders) > 2 * self.count + 16:
+            self.orders = deque(self.live_orders())
+
+
+class BookSide:
+    """All levels of one side, best at ``keys[-1]``."""
+
+    __slots__ = ("keys", "levels", "sign", "side")
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+        self.sign = 1 if side is Side.BUY else -1
+        self.keys: list[int] = []
+        self.levels: dict[int, Level] = {}
+
+    def level_for(self, price: int) -> Level:
+        """The level at ``price``, created (and its key inserted in order) if new."""
+        key = price * self.sign
+        level = self.levels.get(key)
+        if level is None:
+            level = Level(self.side, price, key)
+            self.levels[key] = level
+            insort(self.keys, key)
+        return level
+
+    def remove(self, level: Level) -> None:
+        """Drop an empty level; the best one is the common case and costs O(1)."""
+        del self.levels[level.key]
+        keys = self.keys
+        if keys[-1] == level.key:
+            keys.pop()
+        else:
+            del keys[bisect_left(keys, level.key)]
+
+    def levels_best_first(self) -> list[Level]:
+        levels = self.levels
+        return [levels[key] for key in reversed(self.keys)]
+
+
+class AccountOrders:
+    """One account's open orders, by order id and by client order id."""
+
+    __slots__ = ("by_client_id", "by_id")
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, Order] = {}
+        self.by_client_id: dict[str, Order] = {}
+
+    def add(self, order: Order) -> None:
+        self.by_id[order.order_id] = order
+        if order.client_order_id:
+            self.by_client_id[order.client_order_id] = order
+
+    def discard(self, order: Order) -> None:
+        del self.by_id[order.order_id]
+        if order.client_order_id:
+            del self.by_client_id[order.client_order_id]
+
+    def find(self, order_id: int, client_order_id: str) -> Order | None:
+        if order_id:
+            return self.by_id.get(order_id)
+        if client_order_id:
+            return self.by_client_id.get(client_order_id)
+        return None

@@ -1,0 +1,119 @@
+"""Events: what applying one command did, in the order it happened.
+
+``Engine.apply(command)`` returns a list of these; the command's sequence and timestamp
+frame them (the service publishes one message per command), so events do not repeat
+them. Every field is an integer, a string or an enum, so an event encodes to JSON or
+MessagePack as it is.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from tradeplane_engine.core.codes import CancelReason, RejectCode
+from tradeplane_engine.core.commands import OrderType, SelfTradePrevention, Side, TimeInForce
+from tradeplane_engine.core.market import TradingMode
+
+
+class OrderStatus(StrEnum):
+    PARTIALLY_FILLED = "partiallyFilled"
+    """Some of it traded; the rest is still open (or, for a taker, about to rest)."""
+    FILLED = "filled"
+    """All of it traded."""
+    CANCELED = "canceled"
+    """It left the book, or never rested; ``reason`` says why."""
+    REDUCED = "reduced"
+    """Self-trade prevention (decrement) lowered its open quantity without a trade."""
+
+
+class Event(msgspec.Struct, frozen=True, gc=False, tag_field="type"):
+    pass
+
+
+class OrderAccepted(Event, frozen=True, gc=False, tag="accepted"):
+    """The order passed every check and got its id; it matches next."""
+
+    order_id: int
+    account: str
+    client_order_id: str
+    side: Side
+    order_type: OrderType
+    price: int
+    quantity: int
+    quote_amount: int
+    time_in_force: TimeInForce
+    post_only: bool
+    stp: SelfTradePrevention
+
+
+class OrderRejected(Event, frozen=True, gc=False, tag="rejected"):
+    """The command changed nothing. ``order_id`` is the order it named, 0 for a new one."""
+
+    account: str
+    client_order_id: str
+    order_id: int
+    code: RejectCode
+    reason: str
+
+
+class Trade(Event, frozen=True, gc=False, tag="trade"):
+    """One match between a resting (maker) and an incoming (taker) order, at the maker's price."""
+
+    trade_id: int
+    price: int
+    quantity: int
+    aggressor_side: Side
+    maker_order_id: int
+    maker_account: str
+    taker_order_id: int
+    taker_account: str
+
+
+class OrderUpdate(Event, frozen=True, gc=False, tag="orderUpdate"):
+    """An order's state after a fill, a cancel or a self-trade decrement.
+
+    Resting (maker) orders get one per fill; the incoming order gets one when its
+    matching ends (its fills are in the ``Trade`` events before it).
+    """
+
+    order_id: int
+    account: str
+    client_order_id: str
+    status: OrderStatus
+    filled_quantity: int
+    remaining_quantity: int
+    reason: CancelReason | None = None
+
+
+class OrderReplaced(Event, frozen=True, gc=False, tag="replaced"):
+    """A replace took effect; ``priority_kept`` says whether the order kept its queue place."""
+
+    order_id: int
+    account: str
+    client_order_id: str
+    price: int
+    quantity: int
+    remaining_quantity: int
+    priority_kept: bool
+
+
+class BookLevel(Event, frozen=True, gc=False, tag="level"):
+    """L2: after this command the level holds this quantity in this many orders (0: gone)."""
+
+    side: Side
+    price: int
+    quantity: int
+    order_count: int
+
+
+class TradingModeChanged(Event, frozen=True, gc=False, tag="mode"):
+    mode: TradingMode
+    previous: TradingMode
+
+
+AnyEvent = (
+    OrderAccepted | OrderRejected | Trade | OrderUpdate | OrderReplaced | BookLevel
+    | TradingModeChanged
+)

@@ -1,0 +1,168 @@
+"""A market's definition: decimal strings at the edge, exact integers inside.
+
+Prices inside the engine are whole ticks and quantities whole lots. This module is
+the only place that turns the decimal strings traders and operators write into those
+integers and back, so that a value off the tick or lot grid is caught here, at the
+edge, with a stable code, and never rounded.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from fractions import Fraction
+
+import msgspec
+
+from tradeplane_engine.core.codes import RejectCode
+
+MAX_UNITS = 2**53 - 1
+"""Largest price in ticks or quantity in lots: exact in every JSON reader, JavaScript's too."""
+
+
+class TradingMode(StrEnum):
+    """What a market accepts. Changed only by a sequenced admin command."""
+
+    OPEN = "open"
+    """Everything: place, replace, cancel."""
+    POST_ONLY = "postOnly"
+    """Only limit GTC orders, and those that would cross are canceled (reason MODE); cancels."""
+    CANCEL_ONLY = "cancelOnly"
+    """Only cancels (by id, by client id, cancel-all)."""
+    HALTED = "halted"
+    """No trader command at all; only admin commands. The book is frozen as it is."""
+
+
+class OffGrid(ValueError):
+    """A decimal string that is not a valid price, quantity or amount for this market."""
+
+    def __init__(self, code: RejectCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def parse_decimal(text: str, what: str) -> Decimal:
+    """Parse a plain decimal string strictly: no exponents, NaN, infinities or spaces."""
+    if not isinstance(text, str) or not text or len(text) > 64:
+        raise ValueError(f"{what} must be a decimal string, got {text!r}")
+    stripped = text[1:] if text[0] in "+-" else text
+    if not stripped.replace(".", "", 1).isdigit() or not stripped.isascii():
+        raise ValueError(f"{what} must be a plain decimal string such as '0.01', got {text!r}")
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the check above already refuses these
+        raise ValueError(f"{what} is not a decimal: {text!r}") from exc
+
+
+def format_decimal(value: Decimal) -> str:
+    """A decimal as a plain string without exponent or trailing zeros ("0.5", "100")."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+class MarketSpec(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The part of a Market's definition the matching engine needs.
+
+    Field names are snake_case here and camelCase on the wire and in the Market
+    custom resource (``tickSize``, ``lotSize``, ``minNotional``, ``priceBand``).
+    """
+
+    base: str
+    quote: str
+    tick_size: str
+    lot_size: str
+    min_notional: str = "0"
+    price_band: str = "0"
+    """Largest distance of a limit price from the reference price, in percent; "0" = none."""
+    reference_price: str | None = None
+    """Reference for the price band until the first trade sets it (last trade price after)."""
+    trading_mode: TradingMode = TradingMode.OPEN
+
+    def __post_init__(self) -> None:
+        for name in ("base", "quote"):
+            value = getattr(self, name)
+            if not value or not value.isascii() or not value.isalnum():
+                raise ValueError(f"{name} must be a non-empty alphanumeric symbol, got {value!r}")
+        if parse_decimal(self.tick_size, "tickSize") <= 0:
+            raise ValueError("tickSize must be positive")
+        if parse_decimal(self.lot_size, "lotSize") <= 0:
+            raise ValueError("lotSize must be positive")
+        if parse_decimal(self.min_notional, "minNotional") < 0:
+            raise ValueError("minNotional must not be negative")
+        if parse_decimal(self.price_band, "priceBand") < 0:
+            raise ValueError("priceBand must not be negative")
+        if self.reference_price is not None:
+            self.rules()  # refuses a reference price off the tick grid
+
+    @property
+    def symbol(self) -> str:
+        return f"{self.base}-{self.quote}"
+
+    def rules(self) -> MarketRules:
+        """The integer rules the engine applies on every order."""
+        tick = Decimal(self.tick_size)
+        lot = Decimal(self.lot_size)
+        unit = tick * lot
+        min_units = Fraction(Decimal(self.min_notional)) / Fraction(unit)
+        band = Fraction(Decimal(self.price_band)) / 100
+        reference = 0 if self.reference_price is None else self.to_ticks(self.reference_price)
+        return MarketRules(
+            min_notional=-(-min_units.numerator // min_units.denominator),
+            band_numerator=band.numerator,
+            band_denominator=band.denominator,
+            reference_price=reference,
+        )
+
+    def to_ticks(self, price: str) -> int:
+        """Whole ticks for a decimal price; OffGrid when it is off the grid or out of range."""
+        return self._to_units(price, self.tick_size, RejectCode.INVALID_PRICE,
+                              RejectCode.PRICE_NOT_ON_TICK, "price")
+
+    def to_lots(self, quantity: str) -> int:
+        """Whole lots for a decimal quantity; OffGrid when it is off the grid or out of range."""
+        return self._to_units(quantity, self.lot_size, RejectCode.INVALID_QUANTITY,
+                              RejectCode.QUANTITY_NOT_ON_LOT, "quantity")
+
+    def to_notional_units(self, amount: str) -> int:
+        """A quote amount in units of tick × lot (the unit of price_ticks × quantity_lots)."""
+        unit = format_decimal(Decimal(self.tick_size) * Decimal(self.lot_size))
+        return self._to_units(amount, unit, RejectCode.INVALID_QUANTITY,
+                              RejectCode.QUANTITY_NOT_ON_LOT, "quote amount")
+
+    def from_ticks(self, ticks: int) -> str:
+        return format_decimal(Decimal(ticks) * Decimal(self.tick_size))
+
+    def from_lots(self, lots: int) -> str:
+        return format_decimal(Decimal(lots) * Decimal(self.lot_size))
+
+    def from_notional_units(self, units: int) -> str:
+        return format_decimal(Decimal(units) * Decimal(self.tick_size) * Decimal(self.lot_size))
+
+    @staticmethod
+    def _to_units(text: str, step: str, invalid: RejectCode, off_grid: RejectCode,
+                  what: str) -> int:
+        try:
+            value = parse_decimal(text, what)
+        except ValueError as exc:
+            raise OffGrid(invalid, str(exc)) from exc
+        try:
+            units, remainder = divmod(value, Decimal(step))
+        except InvalidOperation as exc:  # more digits than the decimal context holds
+            raise OffGrid(invalid, f"{what} {text} is out of range") from exc
+        if remainder != 0:
+            raise OffGrid(off_grid, f"{what} {text} is not a multiple of {step}")
+        if units <= 0 or units > MAX_UNITS:
+            raise OffGrid(invalid, f"{what} {text} must be positive and at most {MAX_UNITS} steps")
+        return int(units)
+
+
+class MarketRules(msgspec.Struct, frozen=True):
+    """A market's rules as integers, in ticks, lots and tick × lot notional units."""
+
+    min_notional: int
+    band_numerator: int
+    band_denominator: int
+    reference_price: int

@@ -1,0 +1,624 @@
+"""The matching engine: ``Engine.apply(command) -> events``, a pure state machine.
+
+No clock, randomness, I/O, logging or floats: the same commands always give the same
+events and the same ``state_hash()``, in any process, which is what lets hot standbys
+and replays prove they hold the leader's book.
+
+Matching is price-time priority at the resting order's price. The place path is the
+hot path of the whole exchange and is written for speed: locals instead of attribute
+lookups, enum members bound to module names and compared by identity, positional
+struct construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from tradeplane_engine.core.book import AccountOrders, BookSide, Level, Order
+from tradeplane_engine.core.codes import CancelReason, RejectCode
+from tradeplane_engine.core.commands import (
+    AnyCommand,
+    Cancel,
+    CancelAll,
+    OrderType,
+    Place,
+    Replace,
+    SelfTradePrevention,
+    SetTradingMode,
+    Side,
+    TimeInForce,
+)
+from tradeplane_engine.core.events import (
+    AnyEvent,
+    BookLevel,
+    OrderAccepted,
+    OrderRejected,
+    OrderReplaced,
+    OrderStatus,
+    OrderUpdate,
+    Trade,
+    TradingModeChanged,
+)
+from tradeplane_engine.core.market import MAX_UNITS, MarketSpec, TradingMode
+from tradeplane_engine.core.state import SNAPSHOT_VERSION, EngineState, RestingOrder
+from tradeplane_engine.core.state import decode as decode_state
+from tradeplane_engine.core.state import digest
+from tradeplane_engine.core.state import encode as encode_state
+from tradeplane_engine.core.views import L2Book, L3Book, l2_side, l3_side
+
+_BUY: Final = Side.BUY
+_LIMIT: Final = OrderType.LIMIT
+_GTC: Final = TimeInForce.GTC
+_IOC: Final = TimeInForce.IOC
+_FOK: Final = TimeInForce.FOK
+_STP_NONE: Final = SelfTradePrevention.NONE
+_EXPIRE_TAKER: Final = SelfTradePrevention.EXPIRE_TAKER
+_EXPIRE_BOTH: Final = SelfTradePrevention.EXPIRE_BOTH
+_DECREMENT: Final = SelfTradePrevention.DECREMENT
+_OPEN: Final = TradingMode.OPEN
+_POST_ONLY_MODE: Final = TradingMode.POST_ONLY
+_HALTED: Final = TradingMode.HALTED
+_CANCEL_ONLY: Final = TradingMode.CANCEL_ONLY
+_PARTIAL: Final = OrderStatus.PARTIALLY_FILLED
+_FILLED: Final = OrderStatus.FILLED
+_CANCELED: Final = OrderStatus.CANCELED
+_REDUCED: Final = OrderStatus.REDUCED
+_STP: Final = CancelReason.STP
+
+
+class Engine:
+    """One market's order book and the rules that change it.
+
+    Build it from a ``MarketSpec`` (or ``state.restore`` it from a snapshot) and feed it
+    every command of the market's command stream in sequence order.
+    """
+
+    def __init__(self, spec: MarketSpec) -> None:
+        self.spec = spec
+        rules = spec.rules()
+        self._min_notional = rules.min_notional
+        self._band_numerator = rules.band_numerator
+        self._band_denominator = rules.band_denominator
+        self.reference_price = rules.reference_price
+        self.mode = spec.trading_mode
+        self.last_sequence = 0
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.bids = BookSide(Side.BUY)
+        self.asks = BookSide(Side.SELL)
+        self.accounts: dict[str, AccountOrders] = {}
+        self._handlers: dict[type[Any], Callable[[Any], list[AnyEvent]]] = {
+            Place: self._place,
+            Cancel: self._cancel,
+            Replace: self._replace,
+            CancelAll: self._cancel_all,
+            SetTradingMode: self._set_trading_mode,
+        }
+
+    # -- the entry point -------------------------------------------------------------
+
+    def apply(self, command: AnyCommand) -> list[AnyEvent]:
+        """Apply one sequenced command and return what it did. Never raises for bad input."""
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            raise TypeError(f"not a command: {type(command).__name__}")
+        if command.sequence <= self.last_sequence:
+            return [OrderRejected(
+                getattr(command, "account", None) or "", getattr(command, "client_order_id", ""),
+                getattr(command, "order_id", 0), RejectCode.SEQUENCE_OUT_OF_ORDER,
+                f"sequence {command.sequence} is not above {self.last_sequence}",
+            )]
+        self.last_sequence = command.sequence
+        return handler(command)
+
+    # -- state -----------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Everything needed to continue exactly from here, in a canonical encoding."""
+        return encode_state(EngineState(
+            SNAPSHOT_VERSION, self.spec, self.mode, self.last_sequence, self.next_order_id,
+            self.next_trade_id, self.reference_price, _resting(self.bids), _resting(self.asks),
+        ))
+
+    def state_hash(self) -> str:
+        """SHA-256 of the snapshot: equal for equal books, in any process and on any run."""
+        return digest(self.snapshot())
+
+    @classmethod
+    def restore(cls, data: bytes) -> Engine:
+        """An engine that continues exactly as the one that took the snapshot would."""
+        state = decode_state(data)
+        engine = cls(state.spec)
+        engine.mode = state.mode
+        engine.last_sequence = state.last_sequence
+        engine.next_order_id = state.next_order_id
+        engine.next_trade_id = state.next_trade_id
+        engine.reference_price = state.reference_price
+        for record in (*state.bids, *state.asks):
+            owner = engine.accounts.get(record.account)
+            if owner is None:
+                owner = engine.accounts[record.account] = AccountOrders()
+            level = (engine.bids if record.side is _BUY else engine.asks).level_for(record.price)
+            order = Order(record.order_id, record.account, record.client_order_id, record.side,
+                          record.price, record.quantity, record.filled, record.remaining,
+                          record.post_only, record.stp, owner, level)
+            level.orders.append(order)
+            level.count += 1
+            level.quantity += record.remaining
+            owner.add(order)
+        return engine
+
+    def l2(self, depth: int = 10) -> L2Book:
+        """The top ``depth`` levels of each side, best first."""
+        return L2Book(self.last_sequence, l2_side(self.bids, depth), l2_side(self.asks, depth))
+
+    def l3(self) -> L3Book:
+        """Every resting order, best price first, then time priority."""
+        return L3Book(self.last_sequence, l3_side(self.bids), l3_side(self.asks))
+
+    def open_order(self, account: str, order_id: int = 0,
+                   client_order_id: str = "") -> Order | None:
+        """An account's open order by id or client id (read-only use, please)."""
+        return self._find(account, order_id, client_order_id)
+
+    # -- place -----------------------------------------------------------------------
+
+    def _place(self, c: Place) -> list[AnyEvent]:
+        price = c.price
+        quantity = c.quantity
+        if self.mode is not _OPEN:
+            refused = self._mode_refuses_place(c)
+            if refused is not None:
+                return refused
+        if c.order_type is _LIMIT:
+            if not 0 < price <= MAX_UNITS:
+                return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
+            if not 0 < quantity <= MAX_UNITS:
+                return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+            if c.quote_amount or (c.post_only and c.time_in_force is not _GTC):
+                return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
+                               "quote amount is for market buys; post-only is for GTC orders")
+            if price * quantity < self._min_notional:
+                return _reject(c, RejectCode.BELOW_MIN_NOTIONAL, "order value below min notional")
+            reference = self.reference_price
+            if (reference and self._band_numerator
+                    and abs(price - reference) * self._band_denominator
+                    > reference * self._band_numerator):
+                return _reject(c, RejectCode.OUTSIDE_PRICE_BAND,
+                               f"price is too far from the reference price {reference}")
+        else:
+            invalid = self._check_market_order(c)
+            if invalid is not None:
+                return invalid
+        account = c.account
+        if not account:
+            return _reject(c, RejectCode.INVALID_ORDER_PARAMS, "account is required")
+        client_order_id = c.client_order_id
+        owner = self.accounts.get(account)
+        if client_order_id and owner is not None and client_order_id in owner.by_client_id:
+            return _reject(c, RejectCode.DUPLICATE_CLIENT_ORDER_ID,
+                           f"client order id {client_order_id!r} is already open")
+
+        order_id = self.next_order_id
+        self.next_order_id = order_id + 1
+        side = c.side
+        time_in_force = c.time_in_force
+        stp = c.stp
+        events: list[AnyEvent] = [OrderAccepted(
+            order_id, account, client_order_id, side, c.order_type, price, quantity,
+            c.quote_amount, time_in_force, c.post_only, stp,
+        )]
+        opposite = self.asks if side is _BUY else self.bids
+        if c.order_type is not _LIMIT:
+            price = self._market_order_limit(side)
+        limit_key = price * opposite.sign
+        keys = opposite.keys
+
+        filled = 0
+        remaining = quantity
+        expired = False
+        if keys and keys[-1] >= limit_key:
+            if c.post_only or self.mode is _POST_ONLY_MODE:
+                reason = CancelReason.POST_ONLY_WOULD_CROSS if c.post_only else CancelReason.MODE
+                events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
+                                          reason))
+                return events
+            if time_in_force is _FOK and not _fillable(opposite, limit_key, account, quantity,
+                                                       stp):
+                events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
+                                          CancelReason.FOK_UNFILLED))
+                return events
+            filled, remaining, expired = self._match(
+                events, opposite, limit_key, order_id, account, side, quantity, stp,
+                c.quote_amount,
+            )
+
+        if expired:
+            events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
+                                      _STP))
+        elif c.order_type is not _LIMIT:
+            if remaining or not filled:
+                reason = (CancelReason.FOK_UNFILLED if time_in_force is _FOK
+                          else CancelReason.MARKET_REMAINDER)
+                events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, filled,
+                                          0, reason))
+            else:
+                events.append(OrderUpdate(order_id, account, client_order_id, _FILLED, filled, 0))
+        elif not remaining:
+            events.append(OrderUpdate(order_id, account, client_order_id, _FILLED, filled, 0))
+        elif time_in_force is _GTC:
+            if filled:
+                events.append(OrderUpdate(order_id, account, client_order_id, _PARTIAL, filled,
+                                          remaining))
+            if owner is None:
+                owner = self.accounts[account] = AccountOrders()
+            own = self.bids if side is _BUY else self.asks
+            level = own.level_for(price)
+            order = Order(order_id, account, client_order_id, side, price, quantity, filled,
+                          remaining, c.post_only, stp, owner, level)
+            level.orders.append(order)
+            level.count += 1
+            level.quantity += remaining
+            owner.add(order)
+            events.append(BookLevel(side, price, level.quantity, level.count))
+        else:
+            reason = (CancelReason.IOC_REMAINDER if time_in_force is _IOC
+                      else CancelReason.FOK_UNFILLED)
+            events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
+                                      reason))
+        return events
+
+    def _match(
+        self,
+        events: list[AnyEvent],
+        opposite: BookSide,
+        limit_key: int,
+        taker_id: int,
+        account: str,
+        aggressor: Side,
+        quantity: int,
+        stp: SelfTradePrevention,
+        quote_amount: int,
+    ) -> tuple[int, int, bool]:
+        """Match an incoming order against ``opposite``; return (filled, remaining, expired).
+
+        ``remaining`` is in lots; a market buy by quote amount enters with quantity 0 and
+        buys at each level as many lots as its quote left affords. ``expired`` says that
+        self-trade prevention canceled the rest of the incoming order.
+        """
+        keys = opposite.keys
+        levels = opposite.levels
+        maker_side = opposite.side
+        trade_id = self.next_trade_id
+        filled = 0
+        remaining = quantity
+        quote_left = quote_amount
+        expired = False
+        last_price = 0
+        while keys and keys[-1] >= limit_key:
+            level = levels[keys[-1]]
+            price = level.price
+            if quote_amount:
+                remaining = quote_left // price
+                if not remaining:
+                    break
+            at_level = remaining
+            quantity_before = level.quantity
+            orders = level.orders
+            while remaining and orders:
+                maker = orders[0]
+                maker_remaining = maker.remaining
+                if not maker_remaining:
+                    orders.popleft()  # canceled earlier: dropped lazily
+                    continue
+                if maker.account == account and stp is not _STP_NONE:
+                    if stp is _EXPIRE_TAKER:
+                        expired = True
+                        break
+                    if stp is _DECREMENT:
+                        reduce = remaining if remaining < maker_remaining else maker_remaining
+                        remaining -= reduce
+                        maker.remaining = maker_remaining = maker_remaining - reduce
+                        level.quantity -= reduce
+                        if maker_remaining:
+                            events.append(OrderUpdate(maker.order_id, account, maker.client_order_id,
+                                               _REDUCED, maker.filled, maker_remaining, _STP))
+                            expired = True  # the incoming order is the smaller: all of it went
+                            break
+                    else:
+                        maker.remaining = 0
+                        level.quantity -= maker_remaining
+                    orders.popleft()
+                    level.count -= 1
+                    maker.owner.discard(maker)
+                    events.append(OrderUpdate(maker.order_id, account, maker.client_order_id, _CANCELED,
+                                       maker.filled, 0, _STP))
+                    if stp is _EXPIRE_BOTH or (stp is _DECREMENT and not remaining):
+                        expired = True
+                        break
+                    continue
+                fill = remaining if remaining < maker_remaining else maker_remaining
+                events.append(Trade(trade_id, price, fill, aggressor, maker.order_id, maker.account,
+                             taker_id, account))
+                trade_id += 1
+                remaining -= fill
+                filled += fill
+                maker.filled += fill
+                level.quantity -= fill
+                maker_remaining -= fill
+                maker.remaining = maker_remaining
+                if maker_remaining:
+                    events.append(OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
+                                       _PARTIAL, maker.filled, maker_remaining))
+                else:
+                    orders.popleft()
+                    level.count -= 1
+                    maker.owner.discard(maker)
+                    events.append(OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
+                                       _FILLED, maker.filled, 0))
+                last_price = price
+            if level.quantity != quantity_before:
+                events.append(BookLevel(maker_side, price, level.quantity, level.count))
+            if not level.count:
+                del levels[keys.pop()]
+            if quote_amount:
+                quote_left -= (at_level - remaining) * price
+                remaining = 0
+            if expired or (remaining == 0 and not quote_amount):
+                break
+        self.next_trade_id = trade_id
+        if last_price:
+            self.reference_price = last_price
+        if quote_amount:
+            remaining = quote_left if quote_left >= 0 else 0
+        return filled, remaining, expired
+
+    def _mode_refuses_place(self, c: Place) -> list[AnyEvent] | None:
+        mode = self.mode
+        if mode is _HALTED:
+            return _reject(c, RejectCode.MARKET_HALTED, "the market is halted")
+        if mode is _CANCEL_ONLY:
+            return _reject(c, RejectCode.MARKET_CANCEL_ONLY, "the market accepts cancels only")
+        if mode is _POST_ONLY_MODE and (c.order_type is not _LIMIT or c.time_in_force is not _GTC):
+            return _reject(c, RejectCode.MARKET_POST_ONLY,
+                           "the market accepts only GTC limit orders that rest")
+        return None
+
+    def _check_market_order(self, c: Place) -> list[AnyEvent] | None:
+        if c.price:
+            return _reject(c, RejectCode.INVALID_PRICE, "market orders take no price")
+        if c.post_only:
+            return _reject(c, RejectCode.INVALID_ORDER_PARAMS, "market orders cannot be post-only")
+        if c.quote_amount:
+            if c.quantity or c.side is not _BUY or c.time_in_force is _FOK:
+                return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
+                               "quote amount alone, on market buys that are not FOK")
+            if not 0 < c.quote_amount <= MAX_UNITS * MAX_UNITS:
+                return _reject(c, RejectCode.INVALID_QUANTITY, "quote amount must be positive")
+            if c.quote_amount < self._min_notional:
+                return _reject(c, RejectCode.BELOW_MIN_NOTIONAL, "quote amount below min notional")
+        elif not 0 < c.quantity <= MAX_UNITS:
+            return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+        return None
+
+    def _market_order_limit(self, side: Side) -> int:
+        """The worst price a market order may trade at: the band's edge, or the whole book."""
+        reference = self.reference_price
+        numerator = self._band_numerator
+        denominator = self._band_denominator
+        if side is _BUY:
+            if reference and numerator:
+                return reference * (denominator + numerator) // denominator
+            return MAX_UNITS + 1
+        if reference and numerator:
+            return -(-reference * (denominator - numerator) // denominator)
+        return 0
+
+    # -- cancel, replace, cancel-all, mode -------------------------------------------
+
+    def _cancel(self, c: Cancel) -> list[AnyEvent]:
+        if self.mode is _HALTED:
+            return _reject(c, RejectCode.MARKET_HALTED, "the market is halted")
+        order = self._find(c.account, c.order_id, c.client_order_id)
+        if order is None:
+            return _reject(c, RejectCode.UNKNOWN_ORDER, "no such open order")
+        events: list[AnyEvent] = []
+        self._remove_resting(order, CancelReason.USER, events)
+        events.append(_level_event(order.level))
+        return events
+
+    def _replace(self, c: Replace) -> list[AnyEvent]:
+        if self.mode is _HALTED:
+            return _reject(c, RejectCode.MARKET_HALTED, "the market is halted")
+        if self.mode is _CANCEL_ONLY:
+            return _reject(c, RejectCode.MARKET_CANCEL_ONLY, "the market accepts cancels only")
+        order = self._find(c.account, c.order_id, c.client_order_id)
+        if order is None:
+            return _reject(c, RejectCode.UNKNOWN_ORDER, "no such open order")
+        price = c.price or order.price
+        quantity = c.quantity or order.quantity
+        if not 0 < price <= MAX_UNITS:
+            return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
+        if not 0 < quantity <= MAX_UNITS:
+            return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+        if quantity <= order.filled:
+            return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
+                           f"new quantity must exceed the {order.filled} lots already filled")
+        if price * quantity < self._min_notional:
+            return _reject(c, RejectCode.BELOW_MIN_NOTIONAL, "order value below min notional")
+        reference = self.reference_price
+        if (price != order.price and reference and self._band_numerator
+                and abs(price - reference) * self._band_denominator
+                > reference * self._band_numerator):
+            return _reject(c, RejectCode.OUTSIDE_PRICE_BAND,
+                           f"price is too far from the reference price {reference}")
+
+        level = order.level
+        events: list[AnyEvent] = []
+        if price == order.price and quantity <= order.quantity:
+            reduction = order.quantity - quantity
+            order.quantity = quantity
+            order.remaining -= reduction
+            level.quantity -= reduction
+            events.append(OrderReplaced(order.order_id, order.account, order.client_order_id,
+                                        price, quantity, order.remaining, True))
+            events.append(_level_event(level))
+            return events
+
+        # Losing priority: the old entry dies in its queue and the order enters anew.
+        remaining = quantity - order.filled
+        old_remaining = order.remaining
+        order.remaining = 0
+        level.quantity -= old_remaining
+        level.count -= 1
+        order.owner.discard(order)
+        self._drop_if_empty(level, order.side)
+        events.append(OrderReplaced(order.order_id, order.account, order.client_order_id, price,
+                                    quantity, remaining, False))
+        events.append(_level_event(level))
+        side = order.side
+        opposite = self.asks if side is _BUY else self.bids
+        limit_key = price * opposite.sign
+        keys = opposite.keys
+        filled = order.filled
+        expired = False
+        if keys and keys[-1] >= limit_key:
+            if order.post_only or self.mode is _POST_ONLY_MODE:
+                reason = (CancelReason.POST_ONLY_WOULD_CROSS if order.post_only
+                          else CancelReason.MODE)
+                events.append(OrderUpdate(order.order_id, order.account, order.client_order_id,
+                                          _CANCELED, filled, 0, reason))
+                return events
+            traded, remaining, expired = self._match(
+                events, opposite, limit_key, order.order_id, order.account, side, remaining,
+                order.stp, 0,
+            )
+            filled += traded
+        status = None
+        if expired:
+            events.append(OrderUpdate(order.order_id, order.account, order.client_order_id,
+                                      _CANCELED, filled, 0, _STP))
+        elif not remaining:
+            events.append(OrderUpdate(order.order_id, order.account, order.client_order_id,
+                                      _FILLED, filled, 0))
+        else:
+            if filled > order.filled:
+                status = _PARTIAL
+            own = self.bids if side is _BUY else self.asks
+            new_level = own.level_for(price)
+            moved = Order(order.order_id, order.account, order.client_order_id, side, price,
+                          quantity, filled, remaining, order.post_only, order.stp, order.owner,
+                          new_level)
+            new_level.orders.append(moved)
+            new_level.count += 1
+            new_level.quantity += remaining
+            moved.owner.add(moved)
+            if status is not None:
+                events.append(OrderUpdate(moved.order_id, moved.account, moved.client_order_id,
+                                          status, filled, remaining))
+            events.append(_level_event(new_level))
+        return events
+
+    def _cancel_all(self, c: CancelAll) -> list[AnyEvent]:
+        if self.mode is _HALTED and c.account is not None:
+            return _reject(c, RejectCode.MARKET_HALTED, "the market is halted")
+        if c.account is None:
+            owners = list(self.accounts.values())
+            reason = CancelReason.ADMIN
+        else:
+            owner = self.accounts.get(c.account)
+            owners = [] if owner is None else [owner]
+            reason = CancelReason.USER
+        doomed = sorted(
+            (order for owner in owners for order in owner.by_id.values()
+             if c.side is None or order.side is c.side),
+            key=lambda order: order.order_id,
+        )
+        events: list[AnyEvent] = []
+        touched: dict[tuple[bool, int], Level] = {}
+        for order in doomed:
+            self._remove_resting(order, reason, events)
+            touched[(order.side is not _BUY, order.price)] = order.level
+        for key in sorted(touched):
+            events.append(_level_event(touched[key]))
+        return events
+
+    def _set_trading_mode(self, c: SetTradingMode) -> list[AnyEvent]:
+        previous = self.mode
+        self.mode = c.mode
+        return [TradingModeChanged(c.mode, previous)]
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _find(self, account: str, order_id: int, client_order_id: str) -> Order | None:
+        owner = self.accounts.get(account)
+        if owner is None:
+            return None
+        order = owner.find(order_id, client_order_id)
+        if order is not None and client_order_id and order.client_order_id != client_order_id:
+            return None
+        return order
+
+    def _remove_resting(self, order: Order, reason: CancelReason, events: list[AnyEvent]) -> None:
+        """Take a resting order out of the book (lazily in its queue) and report it canceled."""
+        level = order.level
+        level.quantity -= order.remaining
+        level.count -= 1
+        order.remaining = 0
+        order.owner.discard(order)
+        self._drop_if_empty(level, order.side)
+        events.append(OrderUpdate(order.order_id, order.account, order.client_order_id,
+                                  _CANCELED, order.filled, 0, reason))
+
+    def _drop_if_empty(self, level: Level, side: Side) -> None:
+        if level.count:
+            level.compact()
+        else:
+            (self.bids if side is _BUY else self.asks).remove(level)
+
+
+def _fillable(opposite: BookSide, limit_key: int, account: str, quantity: int,
+              stp: SelfTradePrevention) -> bool:
+    """Whether a fill-or-kill order would fill completely, walking the book as matching would.
+
+    A resting order of the same account counts as a stop unless self-trade prevention
+    is off (it trades) or ``expireMaker`` (it is canceled and matching goes on).
+    """
+    available = 0
+    for level in opposite.levels_best_first():
+        if level.key < limit_key:
+            break
+        for maker in level.orders:
+            if not maker.remaining:
+                continue
+            if maker.account == account and stp is not _STP_NONE:
+                if stp is SelfTradePrevention.EXPIRE_MAKER:
+                    continue
+                return False
+            available += maker.remaining
+            if available >= quantity:
+                return True
+    return False
+
+
+def _resting(side: BookSide) -> list[RestingOrder]:
+    return [
+        RestingOrder(order.order_id, order.account, order.client_order_id, order.side,
+                     order.price, order.quantity, order.filled, order.remaining,
+                     order.post_only, order.stp)
+        for level in side.levels_best_first()
+        for order in level.live_orders()
+    ]
+
+
+def _reject(command: Place | Cancel | Replace | CancelAll, code: RejectCode,
+            reason: str) -> list[AnyEvent]:
+    return [OrderRejected(
+        command.account or "", getattr(command, "client_order_id", ""),
+        getattr(command, "order_id", 0), code, reason,
+    )]
+
+
+def _level_event(level: Level) -> BookLevel:
+    return BookLevel(level.side, level.price, level.quantity, level.count)

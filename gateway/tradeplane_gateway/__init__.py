@@ -1,0 +1,1 @@
+"""tradeplane gateway: the public protocol, order entry validation and the client SDK."""

@@ -1,0 +1,1 @@
+"""tradeplane operator: turns Market custom resources into matching-engine pods (kopf)."""

@@ -1,0 +1,47 @@
+"""Compile the engine core's hot modules with mypyc, in place beside their sources.
+
+The modules stay plain, typed Python that runs as it is; compiled, the same code
+matches about 1.6 times faster. The extension modules land next to the ``.py`` files
+(and are ignored by git), so the editable install picks them up. ``--clean`` removes
+them, leaving the pure-Python engine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = ROOT / "engine"
+MODULES = ["tradeplane_engine/core/book.py", "tradeplane_engine/core/matching.py"]
+
+
+def built_files() -> list[Path]:
+    core = ENGINE / "tradeplane_engine" / "core"
+    return [*core.glob("*.so"), *core.glob("*.pyd"), *ENGINE.glob("*__mypyc*")]
+
+
+def clean() -> None:
+    for path in built_files():
+        path.unlink()
+    shutil.rmtree(ENGINE / "build", ignore_errors=True)
+
+
+def main() -> None:
+    clean()
+    if "--clean" in sys.argv:
+        return
+    result = subprocess.run(
+        [sys.executable, "-m", "mypyc", *MODULES], cwd=ENGINE, capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        sys.exit(f"build_native: mypyc failed ({result.returncode})")
+    shutil.rmtree(ENGINE / "build", ignore_errors=True)
+    print("build_native: compiled " + ", ".join(MODULES))
+
+
+if __name__ == "__main__":
+    main()
