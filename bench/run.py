@@ -70,8 +70,8 @@ def child(engine: str, workload_file: str, repeat: int) -> None:
     The first pass in a new process also pays for growing the heap; a service runs
     for days, so every pass counts and the parent takes the median of all of them.
     """
-    workload: Workload = [tuple(item) for item in msgspec.msgpack.decode(  # type: ignore[misc]
-        Path(workload_file).read_bytes())]
+    workload = msgspec.msgpack.decode(Path(workload_file).read_bytes(),
+                                      type=list[tuple[str, int, int, int, int]])
     for _ in range(repeat):
         if engine == "tradeplane":
             figures = run_tradeplane(workload)
@@ -119,8 +119,10 @@ def main() -> None:
                                       for r in results[name][-args.repeat:])
                 for name in engines))
 
+    commands: int = args.commands
+
     def rate(name: str) -> float:
-        return statistics.median(args.commands / r["seconds"] for r in results[name])
+        return statistics.median(commands / r["seconds"] for r in results[name])
 
     ours = results["tradeplane"][-1]
     theirs = results["liquibook"][-1]
@@ -140,7 +142,8 @@ def main() -> None:
         print(f"{label:<36}{rate(name):>14,.0f}{trades:>11}{traded:>14}"
               f"{last['peak_rss_mib']:>10,.0f}")
     print(f"tradeplane events emitted: {int(ours['events']):,}")
-    print(f"ratio tradeplane / liquibook with listener: {rate('tradeplane') / rate('liquibook'):.2f}")
+    print(f"ratio tradeplane / liquibook with listener: "
+          f"{rate('tradeplane') / rate('liquibook'):.2f}")
     print(f"ratio tradeplane / liquibook bare:          "
           f"{rate('tradeplane') / rate('liquibook-bare'):.2f}")
     agree = ours["traded_quantity"] == theirs["traded_quantity"]

@@ -65,5 +65,6 @@ __all__ = [
     "Side",
     "TimeInForce",
     "Trade",
+    "TradingMode",
     "TradingModeChanged",
 ]

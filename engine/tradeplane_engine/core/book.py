@@ -93,7 +93,7 @@ class Level:
 class BookSide:
     """All levels of one side, best at ``keys[-1]``."""
 
-    __slots__ = ("keys", "levels", "sign", "side")
+    __slots__ = ("keys", "levels", "side", "sign")
 
     def __init__(self, side: Side) -> None:
         self.side = side

@@ -33,7 +33,7 @@ class TradingMode(StrEnum):
     """No trader command at all; only admin commands. The book is frozen as it is."""
 
 
-class OffGrid(ValueError):
+class OffGrid(ValueError):  # noqa: N818 - reads as what it is: the value is off the grid
     """A decimal string that is not a valid price, quantity or amount for this market."""
 
     def __init__(self, code: RejectCode, reason: str) -> None:

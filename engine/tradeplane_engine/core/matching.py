@@ -12,8 +12,7 @@ struct construction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from tradeplane_engine.core.book import AccountOrders, BookSide, Level, Order
 from tradeplane_engine.core.codes import CancelReason, RejectCode
@@ -41,9 +40,8 @@ from tradeplane_engine.core.events import (
     TradingModeChanged,
 )
 from tradeplane_engine.core.market import MAX_UNITS, MarketSpec, TradingMode
-from tradeplane_engine.core.state import SNAPSHOT_VERSION, EngineState, RestingOrder
+from tradeplane_engine.core.state import SNAPSHOT_VERSION, EngineState, RestingOrder, digest
 from tradeplane_engine.core.state import decode as decode_state
-from tradeplane_engine.core.state import digest
 from tradeplane_engine.core.state import encode as encode_state
 from tradeplane_engine.core.views import L2Book, L3Book, l2_side, l3_side
 
@@ -65,6 +63,13 @@ _FILLED: Final = OrderStatus.FILLED
 _CANCELED: Final = OrderStatus.CANCELED
 _REDUCED: Final = OrderStatus.REDUCED
 _STP: Final = CancelReason.STP
+# Classes the hot path names, bound once (compiled, a plain global costs a dict lookup).
+_OrderAccepted: Final = OrderAccepted
+_Trade: Final = Trade
+_OrderUpdate: Final = OrderUpdate
+_BookLevel: Final = BookLevel
+_Place: Final = Place
+_Cancel: Final = Cancel
 
 
 class Engine:
@@ -88,29 +93,33 @@ class Engine:
         self.bids = BookSide(Side.BUY)
         self.asks = BookSide(Side.SELL)
         self.accounts: dict[str, AccountOrders] = {}
-        self._handlers: dict[type[Any], Callable[[Any], list[AnyEvent]]] = {
-            Place: self._place,
-            Cancel: self._cancel,
-            Replace: self._replace,
-            CancelAll: self._cancel_all,
-            SetTradingMode: self._set_trading_mode,
-        }
 
     # -- the entry point -------------------------------------------------------------
 
     def apply(self, command: AnyCommand) -> list[AnyEvent]:
         """Apply one sequenced command and return what it did. Never raises for bad input."""
-        handler = self._handlers.get(type(command))
-        if handler is None:
-            raise TypeError(f"not a command: {type(command).__name__}")
         if command.sequence <= self.last_sequence:
             return [OrderRejected(
                 getattr(command, "account", None) or "", getattr(command, "client_order_id", ""),
                 getattr(command, "order_id", 0), RejectCode.SEQUENCE_OUT_OF_ORDER,
                 f"sequence {command.sequence} is not above {self.last_sequence}",
             )]
-        self.last_sequence = command.sequence
-        return handler(command)
+        if type(command) is _Place:
+            self.last_sequence = command.sequence
+            return self._place(command)
+        if type(command) is _Cancel:
+            self.last_sequence = command.sequence
+            return self._cancel(command)
+        if type(command) is Replace:
+            self.last_sequence = command.sequence
+            return self._replace(command)
+        if type(command) is CancelAll:
+            self.last_sequence = command.sequence
+            return self._cancel_all(command)
+        if type(command) is SetTradingMode:
+            self.last_sequence = command.sequence
+            return self._set_trading_mode(command)
+        raise TypeError(f"not a command: {type(command).__name__}")
 
     # -- state -----------------------------------------------------------------------
 
@@ -167,16 +176,20 @@ class Engine:
     def _place(self, c: Place) -> list[AnyEvent]:
         price = c.price
         quantity = c.quantity
+        order_type = c.order_type
+        post_only = c.post_only
+        time_in_force = c.time_in_force
+        quote_amount = c.quote_amount
         if self.mode is not _OPEN:
             refused = self._mode_refuses_place(c)
             if refused is not None:
                 return refused
-        if c.order_type is _LIMIT:
+        if order_type is _LIMIT:
             if not 0 < price <= MAX_UNITS:
                 return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
             if not 0 < quantity <= MAX_UNITS:
                 return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
-            if c.quote_amount or (c.post_only and c.time_in_force is not _GTC):
+            if quote_amount or (post_only and time_in_force is not _GTC):
                 return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
                                "quote amount is for market buys; post-only is for GTC orders")
             if price * quantity < self._min_notional:
@@ -203,14 +216,13 @@ class Engine:
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
         side = c.side
-        time_in_force = c.time_in_force
         stp = c.stp
-        events: list[AnyEvent] = [OrderAccepted(
-            order_id, account, client_order_id, side, c.order_type, price, quantity,
-            c.quote_amount, time_in_force, c.post_only, stp,
+        events: list[AnyEvent] = [_OrderAccepted(
+            order_id, account, client_order_id, side, order_type, price, quantity,
+            quote_amount, time_in_force, post_only, stp,
         )]
         opposite = self.asks if side is _BUY else self.bids
-        if c.order_type is not _LIMIT:
+        if order_type is not _LIMIT:
             price = self._market_order_limit(side)
         limit_key = price * opposite.sign
         keys = opposite.keys
@@ -219,53 +231,53 @@ class Engine:
         remaining = quantity
         expired = False
         if keys and keys[-1] >= limit_key:
-            if c.post_only or self.mode is _POST_ONLY_MODE:
-                reason = CancelReason.POST_ONLY_WOULD_CROSS if c.post_only else CancelReason.MODE
-                events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
+            if post_only or self.mode is _POST_ONLY_MODE:
+                reason = CancelReason.POST_ONLY_WOULD_CROSS if post_only else CancelReason.MODE
+                events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
                                           reason))
                 return events
             if time_in_force is _FOK and not _fillable(opposite, limit_key, account, quantity,
                                                        stp):
-                events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
+                events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
                                           CancelReason.FOK_UNFILLED))
                 return events
             filled, remaining, expired = self._match(
                 events, opposite, limit_key, order_id, account, side, quantity, stp,
-                c.quote_amount,
+                quote_amount,
             )
 
         if expired:
-            events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
+            events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
                                       _STP))
-        elif c.order_type is not _LIMIT:
+        elif order_type is not _LIMIT:
             if remaining or not filled:
                 reason = (CancelReason.FOK_UNFILLED if time_in_force is _FOK
                           else CancelReason.MARKET_REMAINDER)
-                events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, filled,
+                events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled,
                                           0, reason))
             else:
-                events.append(OrderUpdate(order_id, account, client_order_id, _FILLED, filled, 0))
+                events.append(_OrderUpdate(order_id, account, client_order_id, _FILLED, filled, 0))
         elif not remaining:
-            events.append(OrderUpdate(order_id, account, client_order_id, _FILLED, filled, 0))
+            events.append(_OrderUpdate(order_id, account, client_order_id, _FILLED, filled, 0))
         elif time_in_force is _GTC:
             if filled:
-                events.append(OrderUpdate(order_id, account, client_order_id, _PARTIAL, filled,
+                events.append(_OrderUpdate(order_id, account, client_order_id, _PARTIAL, filled,
                                           remaining))
             if owner is None:
                 owner = self.accounts[account] = AccountOrders()
             own = self.bids if side is _BUY else self.asks
             level = own.level_for(price)
             order = Order(order_id, account, client_order_id, side, price, quantity, filled,
-                          remaining, c.post_only, stp, owner, level)
+                          remaining, post_only, stp, owner, level)
             level.orders.append(order)
             level.count += 1
             level.quantity += remaining
             owner.add(order)
-            events.append(BookLevel(side, price, level.quantity, level.count))
+            events.append(_BookLevel(side, price, level.quantity, level.count))
         else:
             reason = (CancelReason.IOC_REMAINDER if time_in_force is _IOC
                       else CancelReason.FOK_UNFILLED)
-            events.append(OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
+            events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
                                       reason))
         return events
 
@@ -322,8 +334,9 @@ class Engine:
                         maker.remaining = maker_remaining = maker_remaining - reduce
                         level.quantity -= reduce
                         if maker_remaining:
-                            events.append(OrderUpdate(maker.order_id, account, maker.client_order_id,
-                                               _REDUCED, maker.filled, maker_remaining, _STP))
+                            events.append(_OrderUpdate(
+                                maker.order_id, account, maker.client_order_id, _REDUCED,
+                                maker.filled, maker_remaining, _STP))
                             expired = True  # the incoming order is the smaller: all of it went
                             break
                     else:
@@ -332,14 +345,14 @@ class Engine:
                     orders.popleft()
                     level.count -= 1
                     maker.owner.discard(maker)
-                    events.append(OrderUpdate(maker.order_id, account, maker.client_order_id, _CANCELED,
-                                       maker.filled, 0, _STP))
+                    events.append(_OrderUpdate(maker.order_id, account, maker.client_order_id,
+                                              _CANCELED, maker.filled, 0, _STP))
                     if stp is _EXPIRE_BOTH or (stp is _DECREMENT and not remaining):
                         expired = True
                         break
                     continue
                 fill = remaining if remaining < maker_remaining else maker_remaining
-                events.append(Trade(trade_id, price, fill, aggressor, maker.order_id, maker.account,
+                events.append(_Trade(trade_id, price, fill, aggressor, maker.order_id, maker.account,
                              taker_id, account))
                 trade_id += 1
                 remaining -= fill
@@ -349,17 +362,17 @@ class Engine:
                 maker_remaining -= fill
                 maker.remaining = maker_remaining
                 if maker_remaining:
-                    events.append(OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
+                    events.append(_OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
                                        _PARTIAL, maker.filled, maker_remaining))
                 else:
                     orders.popleft()
                     level.count -= 1
                     maker.owner.discard(maker)
-                    events.append(OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
+                    events.append(_OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
                                        _FILLED, maker.filled, 0))
                 last_price = price
             if level.quantity != quantity_before:
-                events.append(BookLevel(maker_side, price, level.quantity, level.count))
+                events.append(_BookLevel(maker_side, price, level.quantity, level.count))
             if not level.count:
                 del levels[keys.pop()]
             if quote_amount:
@@ -487,7 +500,7 @@ class Engine:
             if order.post_only or self.mode is _POST_ONLY_MODE:
                 reason = (CancelReason.POST_ONLY_WOULD_CROSS if order.post_only
                           else CancelReason.MODE)
-                events.append(OrderUpdate(order.order_id, order.account, order.client_order_id,
+                events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                           _CANCELED, filled, 0, reason))
                 return events
             traded, remaining, expired = self._match(
@@ -497,10 +510,10 @@ class Engine:
             filled += traded
         status = None
         if expired:
-            events.append(OrderUpdate(order.order_id, order.account, order.client_order_id,
+            events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                       _CANCELED, filled, 0, _STP))
         elif not remaining:
-            events.append(OrderUpdate(order.order_id, order.account, order.client_order_id,
+            events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                       _FILLED, filled, 0))
         else:
             if filled > order.filled:
@@ -515,7 +528,7 @@ class Engine:
             new_level.quantity += remaining
             moved.owner.add(moved)
             if status is not None:
-                events.append(OrderUpdate(moved.order_id, moved.account, moved.client_order_id,
+                events.append(_OrderUpdate(moved.order_id, moved.account, moved.client_order_id,
                                           status, filled, remaining))
             events.append(_level_event(new_level))
         return events
@@ -568,7 +581,7 @@ class Engine:
         order.remaining = 0
         order.owner.discard(order)
         self._drop_if_empty(level, order.side)
-        events.append(OrderUpdate(order.order_id, order.account, order.client_order_id,
+        events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                   _CANCELED, order.filled, 0, reason))
 
     def _drop_if_empty(self, level: Level, side: Side) -> None:
@@ -621,4 +634,4 @@ def _reject(command: Place | Cancel | Replace | CancelAll, code: RejectCode,
 
 
 def _level_event(level: Level) -> BookLevel:
-    return BookLevel(level.side, level.price, level.quantity, level.count)
+    return _BookLevel(level.side, level.price, level.quantity, level.count)
