@@ -106,8 +106,8 @@ class MarketSpec(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         tick = Decimal(self.tick_size)
         lot = Decimal(self.lot_size)
         unit = tick * lot
-        min_units = Fraction(Decimal(self.min_notional)) / Fraction(unit)
-        band = Fraction(Decimal(self.price_band)) / 100
+        min_units = Fraction(Fraction(Decimal(self.min_notional)), Fraction(unit))
+        band = Fraction(Fraction(Decimal(self.price_band)), 100)  # percent, exactly
         reference = 0 if self.reference_price is None else self.to_ticks(self.reference_price)
         return MarketRules(
             min_notional=-(-min_units.numerator // min_units.denominator),
