@@ -22,7 +22,8 @@ DRIVER = Path(__file__).resolve().parents[2] / "bench" / "liquibook_driver.py"
 
 def load_driver() -> object:
     spec = importlib.util.spec_from_file_location("liquibook_driver", DRIVER)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

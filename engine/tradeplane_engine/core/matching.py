@@ -352,8 +352,8 @@ class Engine:
                         break
                     continue
                 fill = remaining if remaining < maker_remaining else maker_remaining
-                events.append(_Trade(trade_id, price, fill, aggressor, maker.order_id, maker.account,
-                             taker_id, account))
+                events.append(_Trade(trade_id, price, fill, aggressor, maker.order_id,
+                                     maker.account, taker_id, account))
                 trade_id += 1
                 remaining -= fill
                 filled += fill
