@@ -470,10 +470,14 @@ class Engine:
         level = order.level
         events: list[AnyEvent] = []
         if price == order.price and quantity <= order.quantity:
-            reduction = order.quantity - quantity
+            # Filled lots and lots a self-trade decrement took stay gone.
+            remaining = quantity - (order.quantity - order.remaining)
+            if remaining <= 0:
+                return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
+                               "new quantity leaves nothing open")
+            level.quantity -= order.remaining - remaining
             order.quantity = quantity
-            order.remaining -= reduction
-            level.quantity -= reduction
+            order.remaining = remaining
             events.append(OrderReplaced(order.order_id, order.account, order.client_order_id,
                                         price, quantity, order.remaining, True))
             events.append(_level_event(level))

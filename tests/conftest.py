@@ -1,0 +1,60 @@
+"""Test-session settings shared by every test directory.
+
+Hypothesis runs derandomized and without an example database under the default
+``ci`` profile, so every run (locally and in CI) tries the same examples and a
+failure is reproducible from the test alone. ``HYPOTHESIS_PROFILE=dev`` tries more
+examples, with randomness, for a deeper local search.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    max_examples=2_000,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _stale_extensions() -> list[str]:
+    """Compiled engine modules older than their sources (``make native`` builds them in place).
+
+    Python imports an extension module in preference to the ``.py`` beside it, so a
+    run after editing a source without rebuilding would test the old code.
+    """
+    import tradeplane_engine.core
+
+    core = Path(tradeplane_engine.core.__file__).parent
+    stale = []
+    for extension in [*core.glob("*.so"), *core.glob("*.pyd")]:
+        source = core / (extension.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
+            stale.append(source.name)
+    return stale
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    stale = _stale_extensions()
+    if stale:
+        pytest.exit(
+            f"the compiled engine core is older than {', '.join(stale)}: run `make native` "
+            "(or `make test`), or `python scripts/build_native.py --clean` to test pure Python",
+            returncode=2,
+        )

@@ -1,0 +1,567 @@
+"""Properties of the matching engine over random command streams, checked with hypothesis.
+
+The streams mix limit and market orders (every time in force, post-only, every STP
+mode, a few client order ids), cancels, replaces, cancel-alls and the odd trading-mode
+change, from three accounts at prices a few ticks around 100, so orders cross, self-
+trade prevention triggers and many commands are refused. After every command we check:
+
+(a) quantity is conserved: for every order, quantity == filled + open + canceled as
+    told by the events alone, fills agree with the trades that name the order, and the
+    open quantity is what the book holds;
+(b) the book is never crossed;
+(c) price-time priority: every trade's maker is the best-priced, oldest resting order
+    (an independent walk over the L3 book taken before the command), no liquidity is
+    skipped, and FOK, post-only and STP behave as promised;
+(d) the same commands give the same events and state hash, also after a trip through
+    the wire encoding;
+(e) snapshot, restore and continue gives what continuing without the snapshot gives;
+(f) the L2 events describe exactly the book ``l2()`` and ``l3()`` show.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tradeplane_engine.core import (
+    AnyCommand,
+    AnyEvent,
+    BookLevel,
+    Cancel,
+    CancelAll,
+    CancelReason,
+    Engine,
+    L3Book,
+    MarketSpec,
+    OrderAccepted,
+    OrderRejected,
+    OrderReplaced,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Place,
+    Replace,
+    SelfTradePrevention,
+    SetTradingMode,
+    Side,
+    TimeInForce,
+    Trade,
+)
+from tradeplane_engine.core.market import TradingMode
+
+ACCOUNTS = ("a", "b", "c")
+MID = 100
+PLAIN = MarketSpec(base="BTC", quote="USD", tick_size="1", lot_size="1")
+BANDED = MarketSpec(base="BTC", quote="USD", tick_size="1", lot_size="1", price_band="3",
+                    reference_price=str(MID))
+"""A 3 % band: 97..103 around 100, so a few of the generated prices fall outside it."""
+
+accounts = st.sampled_from(ACCOUNTS)
+sides = st.sampled_from(Side)
+prices = st.integers(MID - 4, MID + 4)
+quantities = st.integers(1, 6)
+stps = st.sampled_from(SelfTradePrevention)
+client_order_ids = st.sampled_from(["", "", "", "x", "y"])
+order_ids = st.integers(1, 8)
+
+limit_orders = st.builds(
+    Place, sequence=st.just(0), timestamp=st.just(0), account=accounts, side=sides,
+    quantity=quantities, price=prices,
+    time_in_force=st.sampled_from([TimeInForce.GTC] * 4 + [TimeInForce.IOC, TimeInForce.FOK]),
+    post_only=st.sampled_from([False, False, False, True]), stp=stps,
+    client_order_id=client_order_ids,
+)
+market_orders = st.one_of(
+    st.builds(Place, sequence=st.just(0), timestamp=st.just(0), account=accounts, side=sides,
+              quantity=st.integers(1, 12), order_type=st.just(OrderType.MARKET),
+              time_in_force=st.sampled_from(TimeInForce), stp=stps),
+    st.builds(Place, sequence=st.just(0), timestamp=st.just(0), account=accounts,
+              side=st.just(Side.BUY), quote_amount=st.integers(50, 1_500),
+              order_type=st.just(OrderType.MARKET),
+              time_in_force=st.sampled_from([TimeInForce.GTC, TimeInForce.IOC]), stp=stps),
+)
+cancels = st.sampled_from([
+    *[st.builds(Cancel, sequence=st.just(0), timestamp=st.just(0), account=accounts,
+                order_id=order_ids)] * 3,
+    st.builds(Cancel, sequence=st.just(0), timestamp=st.just(0), account=accounts,
+              client_order_id=st.sampled_from(["x", "y"])),
+]).flatmap(lambda s: s)
+replaces = st.builds(
+    Replace, sequence=st.just(0), timestamp=st.just(0), account=accounts, order_id=order_ids,
+    price=st.one_of(st.just(0), prices), quantity=st.one_of(st.just(0), st.integers(1, 9)),
+)
+cancel_alls = st.builds(
+    CancelAll, sequence=st.just(0), timestamp=st.just(0),
+    account=st.one_of(accounts, st.none()), side=st.one_of(st.none(), sides),
+)
+mode_changes = st.builds(
+    SetTradingMode, sequence=st.just(0), timestamp=st.just(0),
+    mode=st.sampled_from([TradingMode.OPEN, TradingMode.OPEN, TradingMode.POST_ONLY,
+                          TradingMode.CANCEL_ONLY, TradingMode.HALTED]),
+)
+one_in_four = st.sampled_from([True, False, False, False])
+COMMAND_MIX: list[st.SearchStrategy[AnyCommand]] = [
+    *[limit_orders] * 10, *[market_orders] * 2, *[cancels] * 2, *[replaces] * 3, cancel_alls,
+]
+"""Limit orders most of the time, so the book fills up."""
+any_command: st.SearchStrategy[AnyCommand] = st.sampled_from(COMMAND_MIX).flatmap(lambda s: s)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[MarketSpec, list[AnyCommand]]:
+    """A market and a stream of 20 to 60 sequenced commands for it.
+
+    A scratch engine follows the stream as it is drawn, so that three cancels or
+    replaces in four can name an order that is resting at that point, and its owner
+    (otherwise nearly all would only test UNKNOWN_ORDER), and so that a market switched
+    out of ``open`` (one stream in five) is soon switched back. The properties never
+    trust the scratch engine: they check the engine under test from scratch.
+    """
+    spec = draw(st.sampled_from([PLAIN, BANDED]), label="spec")
+    scratch = Engine(spec)
+    mode_change_at = draw(st.integers(1, 120), label="mode change at")
+    commands: list[AnyCommand] = []
+    for sequence in range(1, draw(st.integers(20, 60), label="length") + 1):
+        if sequence == mode_change_at:
+            command: AnyCommand = draw(mode_changes)
+        elif scratch.mode is not TradingMode.OPEN and draw(one_in_four):
+            command = SetTradingMode(0, 0, mode=TradingMode.OPEN)
+        else:
+            command = draw(any_command)
+        if isinstance(command, Cancel | Replace) and command.order_id and not draw(one_in_four):
+            book = scratch.l3()
+            if book.bids or book.asks:
+                target = draw(st.sampled_from([*book.bids, *book.asks]))
+                command = msgspec.structs.replace(command, order_id=target.order_id,
+                                                  account=target.account)
+        command = msgspec.structs.replace(command, sequence=sequence, timestamp=sequence * 1_000)
+        scratch.apply(command)
+        commands.append(command)
+    return spec, commands
+
+
+def applied(spec: MarketSpec, commands: list[AnyCommand]
+            ) -> Iterator[tuple[L3Book, AnyCommand, list[AnyEvent], Engine]]:
+    """Apply the commands one by one: (L3 before, command, its events, the engine after)."""
+    engine = Engine(spec)
+    for command in commands:
+        before = engine.l3()
+        events = engine.apply(command)
+        yield before, command, events, engine
+
+
+# -- (a) quantity conservation -----------------------------------------------------------
+
+@dataclass
+class Ledger:
+    """One order's quantities as told by the events alone."""
+
+    account: str
+    client_order_id: str
+    side: Side
+    price: int
+    stp: SelfTradePrevention
+    quantity: int
+    """Lots; 0 for a market buy by quote amount."""
+    quote_amount: int
+    filled: int = 0
+    spent: int = 0
+    open: int = 0
+    """Lots still to trade: resting in the book, or in flight while its command runs."""
+    canceled: int = 0
+    """Lots that left without a trade: canceled, killed, expired or reduced away."""
+    done: bool = False
+
+    @property
+    def by_quote(self) -> bool:
+        return self.quote_amount > 0
+
+
+@dataclass
+class Books:
+    """Every order the events have told of, and the one in flight in the current command."""
+
+    orders: dict[int, Ledger] = field(default_factory=dict)
+    taker: Ledger | None = None
+
+    def record(self, events: list[AnyEvent]) -> None:
+        self.taker = None
+        for event in events:
+            match event:
+                case OrderAccepted():
+                    self._accepted(event)
+                case Trade():
+                    self._trade(event)
+                case OrderUpdate():
+                    self._update(event)
+                case OrderReplaced():
+                    self._replaced(event)
+                case OrderRejected():
+                    assert len(events) == 1, "a rejection comes alone"
+
+    def _accepted(self, event: OrderAccepted) -> None:
+        assert event.order_id not in self.orders
+        assert event.order_id == len(self.orders) + 1, "order ids are 1, 2, 3..."
+        self.taker = self.orders[event.order_id] = Ledger(
+            event.account, event.client_order_id, event.side, event.price, event.stp,
+            event.quantity, event.quote_amount, open=event.quantity,
+        )
+
+    def _trade(self, event: Trade) -> None:
+        maker, taker = self.orders[event.maker_order_id], self.orders[event.taker_order_id]
+        assert taker is self.taker
+        assert event.quantity > 0
+        assert (maker.account, taker.account) == (event.maker_account, event.taker_account)
+        assert maker.side is not taker.side
+        assert event.aggressor_side is taker.side
+        for order in (maker, taker):
+            order.filled += event.quantity
+            order.spent += event.quantity * event.price
+            if not order.by_quote:
+                order.open -= event.quantity
+                assert order.open >= 0, f"order traded more than it had open: {order}"
+
+    def _update(self, event: OrderUpdate) -> None:
+        order = self.orders[event.order_id]
+        assert not order.done
+        assert (event.account, event.client_order_id) == (order.account, order.client_order_id)
+        assert event.filled_quantity == order.filled, "fills must agree with the trades"
+        if event.status is OrderStatus.PARTIALLY_FILLED:
+            assert event.remaining_quantity == order.open > 0
+            return
+        if event.status is OrderStatus.REDUCED:
+            assert event.reason is CancelReason.STP
+            assert 0 < event.remaining_quantity < order.open
+            self._reduce_taker(order.open - event.remaining_quantity)
+            order.canceled += order.open - event.remaining_quantity
+            order.open = event.remaining_quantity
+            return
+        assert event.remaining_quantity == 0
+        if event.status is OrderStatus.FILLED:
+            assert order.by_quote or order.open == 0, f"filled with lots still open: {order}"
+            assert event.reason is None
+        else:
+            assert event.status is OrderStatus.CANCELED
+            assert event.reason is not None
+            if event.reason is CancelReason.STP and order is not self.taker:
+                self._reduce_taker(order.open)
+            order.canceled += order.open
+            order.open = 0
+        order.done = True
+
+    def _reduce_taker(self, lots: int) -> None:
+        """Self-trade prevention took ``lots`` from a maker; decrement takes them from the taker."""
+        taker = self.taker
+        assert taker is not None
+        if taker.stp is SelfTradePrevention.DECREMENT and not taker.by_quote:
+            assert lots <= taker.open
+            taker.open -= lots
+            taker.canceled += lots
+
+    def _replaced(self, event: OrderReplaced) -> None:
+        order = self.orders[event.order_id]
+        assert not order.done
+        assert event.remaining_quantity > 0, f"replace left {event.remaining_quantity} lots open"
+        assert event.quantity > order.filled
+        if event.priority_kept:
+            assert event.price == order.price
+            assert event.quantity <= order.quantity
+            assert event.remaining_quantity == order.open - (order.quantity - event.quantity)
+        else:
+            assert event.remaining_quantity == event.quantity - order.filled
+        order.price, order.quantity = event.price, event.quantity
+        order.open = event.remaining_quantity
+        order.canceled = order.quantity - order.filled - order.open
+        self.taker = order
+
+    def check(self, book: L3Book) -> None:
+        resting = {o.order_id: o for o in (*book.bids, *book.asks)}
+        for order_id, order in self.orders.items():
+            assert order.canceled >= 0
+            if order.by_quote:
+                assert order.done
+                assert order.spent <= order.quote_amount
+                continue
+            assert order.quantity == order.filled + order.open + order.canceled, order
+            if order.done:
+                assert order.open == 0
+                assert order_id not in resting
+            else:
+                assert order_id in resting, f"#{order_id} neither done nor resting: {order}"
+                assert order.open > 0
+                assert resting[order_id].remaining == order.open
+                assert resting[order_id].price == order.price
+                assert resting[order_id].account == order.account
+        assert set(resting) <= set(self.orders)
+
+
+@given(streams())
+def test_quantity_is_conserved(stream: tuple[MarketSpec, list[AnyCommand]]) -> None:
+    books = Books()
+    for _, _, events, engine in applied(*stream):
+        books.record(events)
+        books.check(engine.l3())
+
+
+# -- (b) never crossed --------------------------------------------------------------------
+
+@given(streams())
+def test_the_book_is_never_crossed(stream: tuple[MarketSpec, list[AnyCommand]]) -> None:
+    for _, _, _, engine in applied(*stream):
+        book = engine.l2(depth=1_000)
+        bids = [level.price for level in book.bids]
+        asks = [level.price for level in book.asks]
+        assert bids == sorted(set(bids), reverse=True)
+        assert asks == sorted(set(asks))
+        if bids and asks:
+            assert bids[0] < asks[0], f"crossed: best bid {bids[0]}, best ask {asks[0]}"
+
+
+# -- (c) price-time priority ----------------------------------------------------------------
+
+@dataclass
+class Resting:
+    order_id: int
+    account: str
+    price: int
+    remaining: int
+
+
+@dataclass
+class Taker:
+    order_id: int
+    account: str
+    side: Side
+    limit: int | None
+    """The limit price; None for a market order."""
+    stp: SelfTradePrevention
+    time_in_force: TimeInForce
+    quantity: int
+    quote_amount: int
+
+
+def _crosses(taker: Taker, price: int) -> bool:
+    if taker.limit is None:
+        return True
+    return price <= taker.limit if taker.side is Side.BUY else price >= taker.limit
+
+
+def _fok_fillable(taker: Taker, queue: list[Resting]) -> bool:
+    """Whether a fill-or-kill order could fill completely against ``queue`` as it stood."""
+    available = 0
+    for maker in queue:
+        if not _crosses(taker, maker.price):
+            break
+        if maker.account == taker.account and taker.stp is not SelfTradePrevention.NONE:
+            if taker.stp is SelfTradePrevention.EXPIRE_MAKER:
+                continue
+            return False
+        available += maker.remaining
+        if available >= taker.quantity:
+            return True
+    return False
+
+
+@dataclass
+class Priority:
+    """Checks each command's matching against the L3 book taken before it."""
+
+    band: Fraction
+    """The price band as a fraction of the reference price (0: none)."""
+    reference: int
+    """The reference price: the spec's, then the last trade's."""
+    takers: dict[int, Taker] = field(default_factory=dict)
+    arrival: dict[int, int] = field(default_factory=dict)
+    """When each order last entered a queue (its time priority): the command's sequence."""
+
+    @classmethod
+    def of(cls, spec: MarketSpec) -> Priority:
+        reference = 0 if spec.reference_price is None else spec.to_ticks(spec.reference_price)
+        return cls(Fraction(Decimal(spec.price_band)) / 100, reference)
+
+    def check(self, before: L3Book, command: AnyCommand, events: list[AnyEvent],
+              engine: Engine) -> None:
+        taker = self._taker(before, command, events)
+        if taker is not None:
+            self._check_matching(taker, before, events)
+        self._check_queues(engine.l3())
+        trades = [event.price for event in events if isinstance(event, Trade)]
+        if trades:
+            self.reference = trades[-1]
+
+    def _market_limit(self, side: Side) -> int | None:
+        """How far a market order may trade: the band's edge, or anywhere without a band."""
+        if not (self.band and self.reference):
+            return None
+        if side is Side.BUY:
+            return math.floor(self.reference * (1 + self.band))
+        return math.ceil(self.reference * (1 - self.band))
+
+    def _taker(self, before: L3Book, command: AnyCommand, events: list[AnyEvent]
+               ) -> Taker | None:
+        for event in events:
+            if isinstance(event, OrderAccepted):
+                assert isinstance(command, Place)
+                taker = Taker(event.order_id, event.account, event.side,
+                              event.price if event.order_type is OrderType.LIMIT
+                              else self._market_limit(event.side),
+                              event.stp, event.time_in_force, event.quantity,
+                              event.quote_amount)
+                self.takers[event.order_id] = taker
+                self.arrival[event.order_id] = command.sequence
+                return taker
+            if isinstance(event, OrderReplaced):
+                taker = self.takers[event.order_id]
+                in_book = {o.order_id for o in (*before.bids, *before.asks)}
+                assert event.order_id in in_book
+                taker.limit = event.price
+                taker.time_in_force = TimeInForce.GTC
+                if not event.priority_kept:
+                    self.arrival[event.order_id] = command.sequence
+                return taker
+        return None
+
+    def _check_matching(self, taker: Taker, before: L3Book, events: list[AnyEvent]) -> None:
+        queue = [Resting(o.order_id, o.account, o.price, o.remaining)
+                 for o in (before.asks if taker.side is Side.BUY else before.bids)]
+        fok_fillable = _fok_fillable(taker, queue)
+        used = 0
+        """Quote a market buy used up: trades, and lots self-trade decrement took away."""
+        trades = 0
+        final: OrderUpdate | None = None
+        for event in events:
+            if isinstance(event, Trade):
+                assert queue, "a trade with an empty opposite side"
+                head = queue[0]
+                assert event.maker_order_id == head.order_id, (
+                    f"trade with #{event.maker_order_id}, but #{head.order_id} is first")
+                assert event.price == head.price
+                assert _crosses(taker, event.price), "traded beyond the limit or the band"
+                assert event.quantity <= head.remaining
+                assert (head.account != taker.account
+                        or taker.stp is SelfTradePrevention.NONE), "self-trade not prevented"
+                head.remaining -= event.quantity
+                used += event.quantity * event.price
+                trades += 1
+                if not head.remaining:
+                    queue.pop(0)
+            elif isinstance(event, OrderUpdate) and event.order_id == taker.order_id:
+                final = event
+            elif isinstance(event, OrderUpdate) and event.reason is CancelReason.STP:
+                assert queue, "self-trade prevention with an empty opposite side"
+                head = queue[0]
+                assert event.order_id == head.order_id, "STP must act on the first order in line"
+                assert head.account == taker.account
+                assert taker.stp in (SelfTradePrevention.EXPIRE_MAKER,
+                                     SelfTradePrevention.EXPIRE_BOTH,
+                                     SelfTradePrevention.DECREMENT)
+                if taker.stp is SelfTradePrevention.DECREMENT:
+                    used += (head.remaining - event.remaining_quantity) * head.price
+                head.remaining = event.remaining_quantity
+                if not head.remaining:
+                    queue.pop(0)
+        reason = None if final is None else final.reason
+        if reason in (CancelReason.POST_ONLY_WOULD_CROSS, CancelReason.MODE):
+            assert queue, "canceled as crossing an empty side"
+            assert _crosses(taker, queue[0].price), "canceled as crossing, but it does not cross"
+        if taker.time_in_force is TimeInForce.FOK:
+            assert (reason is CancelReason.FOK_UNFILLED) is not fok_fillable
+            if reason is CancelReason.FOK_UNFILLED:
+                assert trades == 0
+        rests_or_gives_up = (final is None or final.status is OrderStatus.PARTIALLY_FILLED
+                             or reason in (CancelReason.IOC_REMAINDER,
+                                           CancelReason.MARKET_REMAINDER))
+        if rests_or_gives_up and queue:
+            head = queue[0]
+            affordable = not taker.quote_amount or head.price <= taker.quote_amount - used
+            assert not (_crosses(taker, head.price) and affordable), (
+                f"#{taker.order_id} stopped before #{head.order_id} it could trade with")
+
+    def _check_queues(self, book: L3Book) -> None:
+        """L3 must list orders by price, then by when they (last) entered the queue."""
+        bids = [(-o.price, self.arrival[o.order_id]) for o in book.bids]
+        asks = [(o.price, self.arrival[o.order_id]) for o in book.asks]
+        for queue in (bids, asks):
+            assert queue == sorted(queue), "not in price-time order"
+            assert len(set(queue)) == len(queue)
+
+
+@given(streams())
+def test_price_time_priority(stream: tuple[MarketSpec, list[AnyCommand]]) -> None:
+    spec, commands = stream
+    priority = Priority.of(spec)
+    for before, command, events, engine in applied(spec, commands):
+        priority.check(before, command, events, engine)
+
+
+# -- (d) determinism ------------------------------------------------------------------------
+
+@given(streams())
+def test_same_commands_same_events_and_state(stream: tuple[MarketSpec,
+                                                           list[AnyCommand]]) -> None:
+    spec, commands = stream
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(commands), type=list[AnyCommand])
+    assert wire == commands
+    first, second = Engine(spec), Engine(spec)
+    for original, decoded in zip(commands, wire, strict=True):
+        events = first.apply(original)
+        assert second.apply(decoded) == events
+        assert msgspec.json.decode(msgspec.json.encode(events), type=list[AnyEvent]) == events
+    assert first.state_hash() == second.state_hash()
+    assert first.snapshot() == second.snapshot()
+
+
+# -- (e) snapshot and restore -----------------------------------------------------------------
+
+@given(streams(), st.data())
+def test_snapshot_restore_continue(stream: tuple[MarketSpec, list[AnyCommand]],
+                                   data: st.DataObject) -> None:
+    spec, commands = stream
+    split = data.draw(st.integers(0, len(commands)), label="split")
+    straight, interrupted = Engine(spec), Engine(spec)
+    for command in commands[:split]:
+        assert interrupted.apply(command) == straight.apply(command)
+    snapshot = interrupted.snapshot()
+    restored = Engine.restore(snapshot)
+    assert restored.snapshot() == snapshot
+    assert restored.l3() == straight.l3()
+    assert restored.l2(depth=1_000) == straight.l2(depth=1_000)
+    for command in commands[split:]:
+        assert restored.apply(command) == straight.apply(command)
+    assert restored.state_hash() == straight.state_hash()
+
+
+# -- (f) L2 events against l2() and l3() ------------------------------------------------------
+
+@given(streams())
+def test_level_events_describe_the_book(stream: tuple[MarketSpec, list[AnyCommand]]) -> None:
+    levels: dict[tuple[Side, int], tuple[int, int]] = {}
+    for _, _, events, engine in applied(*stream):
+        for event in events:
+            if isinstance(event, BookLevel):
+                if event.order_count:
+                    levels[event.side, event.price] = event.quantity, event.order_count
+                else:
+                    assert event.quantity == 0
+                    levels.pop((event.side, event.price), None)
+        book = engine.l2(depth=1_000)
+        shown = {(side, level.price): (level.quantity, level.order_count)
+                 for side, side_levels in ((Side.BUY, book.bids), (Side.SELL, book.asks))
+                 for level in side_levels}
+        assert levels == shown
+        orders = engine.l3()
+        from_orders: dict[tuple[Side, int], tuple[int, int]] = {}
+        for side, side_orders in ((Side.BUY, orders.bids), (Side.SELL, orders.asks)):
+            for order in side_orders:
+                quantity, count = from_orders.get((side, order.price), (0, 0))
+                from_orders[side, order.price] = quantity + order.remaining, count + 1
+        assert from_orders == shown
+        top = engine.l2(depth=2)
+        assert (top.bids, top.asks) == (book.bids[:2], book.asks[:2])
