@@ -6,17 +6,17 @@ price is ``keys[-1]`` and removing an exhausted best level is ``keys.pop()``. A 
 key is the price for bids and the negated price for asks, so "better" is "larger" on
 both sides and one matching loop serves both.
 
-A level's queue is a deque in time priority. Canceling from the middle of it would be
-O(n), so a canceled order is only marked dead (``remaining == 0``) and counted out of
-the level; matching drops dead orders when it reaches them, and a queue with many dead
-entries is compacted. Filled orders are popped at once, so within a queue
-``remaining == 0`` means exactly "canceled or replaced away".
+A level's queue is a list in time priority, read from ``head``. Canceling from the
+middle of it would be O(n), so a canceled order is only marked dead (``remaining ==
+0``) and counted out of the level; matching skips dead orders when it reaches them,
+and a queue with many dead or taken entries is compacted. Matching moves ``head``
+past a filled order at once, so within the live part of a queue ``remaining == 0``
+means exactly "canceled or replaced away".
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections import deque
 
 from tradeplane_engine.core.commands import SelfTradePrevention, Side
 
@@ -69,9 +69,13 @@ class Order:
 
 
 class Level:
-    """One price on one side: its FIFO queue and running totals of its live orders."""
+    """One price on one side: its FIFO queue and running totals of its live orders.
 
-    __slots__ = ("count", "key", "orders", "price", "quantity", "side")
+    The queue is ``orders[head:]``: matching takes filled and dead orders off the
+    front by moving ``head`` on, which compiled code does without a method call.
+    """
+
+    __slots__ = ("count", "head", "key", "orders", "price", "quantity", "side")
 
     def __init__(self, side: Side, price: int, key: int) -> None:
         self.side = side
@@ -79,15 +83,17 @@ class Level:
         self.key = key
         self.quantity = 0
         self.count = 0
-        self.orders: deque[Order] = deque()
+        self.orders: list[Order] = []
+        self.head = 0
 
     def live_orders(self) -> list[Order]:
-        return [order for order in self.orders if order.remaining]
+        return [order for order in self.orders[self.head:] if order.remaining]
 
     def compact(self) -> None:
-        """Drop dead entries once they outnumber live ones, so memory stays bounded."""
+        """Drop taken and dead entries once they outnumber live ones: memory stays bounded."""
         if len(self.orders) > 2 * self.count + 16:
-            self.orders = deque(self.live_orders())
+            self.orders = self.live_orders()
+            self.head = 0
 
 
 class BookSide:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from msgspec.structs import astuple
+
 from tradeplane_engine.core.book import AccountOrders, BookSide, Level, Order
 from tradeplane_engine.core.codes import CancelReason, RejectCode
 from tradeplane_engine.core.commands import (
@@ -63,6 +65,14 @@ _FILLED: Final = OrderStatus.FILLED
 _CANCELED: Final = OrderStatus.CANCELED
 _REDUCED: Final = OrderStatus.REDUCED
 _STP: Final = CancelReason.STP
+_USER: Final = CancelReason.USER
+_ADMIN: Final = CancelReason.ADMIN
+_IOC_REMAINDER: Final = CancelReason.IOC_REMAINDER
+_FOK_UNFILLED: Final = CancelReason.FOK_UNFILLED
+_MARKET_REMAINDER: Final = CancelReason.MARKET_REMAINDER
+_POST_ONLY_WOULD_CROSS: Final = CancelReason.POST_ONLY_WOULD_CROSS
+_MODE: Final = CancelReason.MODE
+_MAX_UNITS: Final = MAX_UNITS
 # Classes the hot path names, bound once (compiled, a plain global costs a dict lookup).
 _OrderAccepted: Final = OrderAccepted
 _Trade: Final = Trade
@@ -70,6 +80,11 @@ _OrderUpdate: Final = OrderUpdate
 _BookLevel: Final = BookLevel
 _Place: Final = Place
 _Cancel: Final = Cancel
+
+
+_PlaceFields = tuple[int, int, str, Side, int, int, OrderType, TimeInForce, bool,
+                     SelfTradePrevention, str, int]
+"""``Place``'s fields in declaration order."""
 
 
 class Engine:
@@ -98,26 +113,27 @@ class Engine:
 
     def apply(self, command: AnyCommand) -> list[AnyEvent]:
         """Apply one sequenced command and return what it did. Never raises for bad input."""
-        if command.sequence <= self.last_sequence:
+        sequence = command.sequence
+        if sequence <= self.last_sequence:
             return [OrderRejected(
                 getattr(command, "account", None) or "", getattr(command, "client_order_id", ""),
                 getattr(command, "order_id", 0), RejectCode.SEQUENCE_OUT_OF_ORDER,
-                f"sequence {command.sequence} is not above {self.last_sequence}",
+                f"sequence {sequence} is not above {self.last_sequence}",
             )]
         if type(command) is _Place:
-            self.last_sequence = command.sequence
+            self.last_sequence = sequence
             return self._place(command)
         if type(command) is _Cancel:
-            self.last_sequence = command.sequence
+            self.last_sequence = sequence
             return self._cancel(command)
         if type(command) is Replace:
-            self.last_sequence = command.sequence
+            self.last_sequence = sequence
             return self._replace(command)
         if type(command) is CancelAll:
-            self.last_sequence = command.sequence
+            self.last_sequence = sequence
             return self._cancel_all(command)
         if type(command) is SetTradingMode:
-            self.last_sequence = command.sequence
+            self.last_sequence = sequence
             return self._set_trading_mode(command)
         raise TypeError(f"not a command: {type(command).__name__}")
 
@@ -174,20 +190,18 @@ class Engine:
     # -- place -----------------------------------------------------------------------
 
     def _place(self, c: Place) -> list[AnyEvent]:
-        price = c.price
-        quantity = c.quantity
-        order_type = c.order_type
-        post_only = c.post_only
-        time_in_force = c.time_in_force
-        quote_amount = c.quote_amount
+        # One C call for every field beats eleven attribute lookups once compiled.
+        fields: _PlaceFields = astuple(c)
+        (_, _, account, side, quantity, price, order_type, time_in_force, post_only, stp,
+         client_order_id, quote_amount) = fields
         if self.mode is not _OPEN:
             refused = self._mode_refuses_place(c)
             if refused is not None:
                 return refused
         if order_type is _LIMIT:
-            if not 0 < price <= MAX_UNITS:
+            if not 0 < price <= _MAX_UNITS:
                 return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
-            if not 0 < quantity <= MAX_UNITS:
+            if not 0 < quantity <= _MAX_UNITS:
                 return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
             if quote_amount or (post_only and time_in_force is not _GTC):
                 return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
@@ -204,10 +218,8 @@ class Engine:
             invalid = self._check_market_order(c)
             if invalid is not None:
                 return invalid
-        account = c.account
         if not account:
             return _reject(c, RejectCode.INVALID_ORDER_PARAMS, "account is required")
-        client_order_id = c.client_order_id
         owner = self.accounts.get(account)
         if client_order_id and owner is not None and client_order_id in owner.by_client_id:
             return _reject(c, RejectCode.DUPLICATE_CLIENT_ORDER_ID,
@@ -215,8 +227,6 @@ class Engine:
 
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
-        side = c.side
-        stp = c.stp
         events: list[AnyEvent] = [_OrderAccepted(
             order_id, account, client_order_id, side, order_type, price, quantity,
             quote_amount, time_in_force, post_only, stp,
@@ -232,14 +242,14 @@ class Engine:
         expired = False
         if keys and keys[-1] >= limit_key:
             if post_only or self.mode is _POST_ONLY_MODE:
-                reason = CancelReason.POST_ONLY_WOULD_CROSS if post_only else CancelReason.MODE
+                reason = _POST_ONLY_WOULD_CROSS if post_only else _MODE
                 events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
                                           reason))
                 return events
             if time_in_force is _FOK and not _fillable(opposite, limit_key, account, quantity,
                                                        stp):
                 events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
-                                          CancelReason.FOK_UNFILLED))
+                                          _FOK_UNFILLED))
                 return events
             filled, remaining, expired = self._match(
                 events, opposite, limit_key, order_id, account, side, quantity, stp,
@@ -251,8 +261,8 @@ class Engine:
                                       _STP))
         elif order_type is not _LIMIT:
             if remaining or not filled:
-                reason = (CancelReason.FOK_UNFILLED if time_in_force is _FOK
-                          else CancelReason.MARKET_REMAINDER)
+                reason = (_FOK_UNFILLED if time_in_force is _FOK
+                          else _MARKET_REMAINDER)
                 events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled,
                                           0, reason))
             else:
@@ -275,8 +285,8 @@ class Engine:
             owner.add(order)
             events.append(_BookLevel(side, price, level.quantity, level.count))
         else:
-            reason = (CancelReason.IOC_REMAINDER if time_in_force is _IOC
-                      else CancelReason.FOK_UNFILLED)
+            reason = (_IOC_REMAINDER if time_in_force is _IOC
+                      else _FOK_UNFILLED)
             events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
                                       reason))
         return events
@@ -318,11 +328,13 @@ class Engine:
             at_level = remaining
             quantity_before = level.quantity
             orders = level.orders
-            while remaining and orders:
-                maker = orders[0]
+            head = level.head
+            end = len(orders)
+            while remaining and head < end:
+                maker = orders[head]
                 maker_remaining = maker.remaining
                 if not maker_remaining:
-                    orders.popleft()  # canceled earlier: dropped lazily
+                    head += 1  # canceled earlier: dropped lazily
                     continue
                 if maker.account == account and stp is not _STP_NONE:
                     if stp is _EXPIRE_TAKER:
@@ -342,7 +354,7 @@ class Engine:
                     else:
                         maker.remaining = 0
                         level.quantity -= maker_remaining
-                    orders.popleft()
+                    head += 1
                     level.count -= 1
                     maker.owner.discard(maker)
                     events.append(_OrderUpdate(maker.order_id, account, maker.client_order_id,
@@ -365,7 +377,7 @@ class Engine:
                     events.append(_OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
                                        _PARTIAL, maker.filled, maker_remaining))
                 else:
-                    orders.popleft()
+                    head += 1
                     level.count -= 1
                     maker.owner.discard(maker)
                     events.append(_OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
@@ -375,6 +387,10 @@ class Engine:
                 events.append(_BookLevel(maker_side, price, level.quantity, level.count))
             if not level.count:
                 del levels[keys.pop()]
+            else:
+                level.head = head
+                if head > 32 and head * 2 > end:
+                    level.compact()
             if quote_amount:
                 quote_left -= (at_level - remaining) * price
                 remaining = 0
@@ -407,11 +423,11 @@ class Engine:
             if c.quantity or c.side is not _BUY or c.time_in_force is _FOK:
                 return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
                                "quote amount alone, on market buys that are not FOK")
-            if not 0 < c.quote_amount <= MAX_UNITS * MAX_UNITS:
+            if not 0 < c.quote_amount <= _MAX_UNITS * _MAX_UNITS:
                 return _reject(c, RejectCode.INVALID_QUANTITY, "quote amount must be positive")
             if c.quote_amount < self._min_notional:
                 return _reject(c, RejectCode.BELOW_MIN_NOTIONAL, "quote amount below min notional")
-        elif not 0 < c.quantity <= MAX_UNITS:
+        elif not 0 < c.quantity <= _MAX_UNITS:
             return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
         return None
 
@@ -423,7 +439,7 @@ class Engine:
         if side is _BUY:
             if reference and numerator:
                 return reference * (denominator + numerator) // denominator
-            return MAX_UNITS + 1
+            return _MAX_UNITS + 1
         if reference and numerator:
             return -(-reference * (denominator - numerator) // denominator)
         return 0
@@ -437,7 +453,7 @@ class Engine:
         if order is None:
             return _reject(c, RejectCode.UNKNOWN_ORDER, "no such open order")
         events: list[AnyEvent] = []
-        self._remove_resting(order, CancelReason.USER, events)
+        self._remove_resting(order, _USER, events)
         events.append(_level_event(order.level))
         return events
 
@@ -451,9 +467,9 @@ class Engine:
             return _reject(c, RejectCode.UNKNOWN_ORDER, "no such open order")
         price = c.price or order.price
         quantity = c.quantity or order.quantity
-        if not 0 < price <= MAX_UNITS:
+        if not 0 < price <= _MAX_UNITS:
             return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
-        if not 0 < quantity <= MAX_UNITS:
+        if not 0 < quantity <= _MAX_UNITS:
             return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
         if quantity <= order.filled:
             return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
@@ -502,8 +518,8 @@ class Engine:
         expired = False
         if keys and keys[-1] >= limit_key:
             if order.post_only or self.mode is _POST_ONLY_MODE:
-                reason = (CancelReason.POST_ONLY_WOULD_CROSS if order.post_only
-                          else CancelReason.MODE)
+                reason = (_POST_ONLY_WOULD_CROSS if order.post_only
+                          else _MODE)
                 events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                           _CANCELED, filled, 0, reason))
                 return events
@@ -542,11 +558,11 @@ class Engine:
             return _reject(c, RejectCode.MARKET_HALTED, "the market is halted")
         if c.account is None:
             owners = list(self.accounts.values())
-            reason = CancelReason.ADMIN
+            reason = _ADMIN
         else:
             owner = self.accounts.get(c.account)
             owners = [] if owner is None else [owner]
-            reason = CancelReason.USER
+            reason = _USER
         doomed = sorted(
             (order for owner in owners for order in owner.by_id.values()
              if c.side is None or order.side is c.side),
@@ -606,7 +622,7 @@ def _fillable(opposite: BookSide, limit_key: int, account: str, quantity: int,
     for level in opposite.levels_best_first():
         if level.key < limit_key:
             break
-        for maker in level.orders:
+        for maker in level.live_orders():
             if not maker.remaining:
                 continue
             if maker.account == account and stp is not _STP_NONE:
