@@ -244,12 +244,12 @@ class Engine:
             if post_only or self.mode is _POST_ONLY_MODE:
                 reason = _POST_ONLY_WOULD_CROSS if post_only else _MODE
                 events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
-                                          reason))
+                                           reason))
                 return events
             if time_in_force is _FOK and not _fillable(opposite, limit_key, account, quantity,
                                                        stp):
                 events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
-                                          _FOK_UNFILLED))
+                                           _FOK_UNFILLED))
                 return events
             filled, remaining, expired = self._match(
                 events, opposite, limit_key, order_id, account, side, quantity, stp,
@@ -258,13 +258,13 @@ class Engine:
 
         if expired:
             events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
-                                      _STP))
+                                       _STP))
         elif order_type is not _LIMIT:
             if remaining or not filled:
                 reason = (_FOK_UNFILLED if time_in_force is _FOK
                           else _MARKET_REMAINDER)
                 events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled,
-                                          0, reason))
+                                           0, reason))
             else:
                 events.append(_OrderUpdate(order_id, account, client_order_id, _FILLED, filled, 0))
         elif not remaining:
@@ -272,7 +272,7 @@ class Engine:
         elif time_in_force is _GTC:
             if filled:
                 events.append(_OrderUpdate(order_id, account, client_order_id, _PARTIAL, filled,
-                                          remaining))
+                                           remaining))
             if owner is None:
                 owner = self.accounts[account] = AccountOrders()
             own = self.bids if side is _BUY else self.asks
@@ -288,7 +288,7 @@ class Engine:
             reason = (_IOC_REMAINDER if time_in_force is _IOC
                       else _FOK_UNFILLED)
             events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
-                                      reason))
+                                       reason))
         return events
 
     def _match(
@@ -358,7 +358,7 @@ class Engine:
                     level.count -= 1
                     maker.owner.discard(maker)
                     events.append(_OrderUpdate(maker.order_id, account, maker.client_order_id,
-                                              _CANCELED, maker.filled, 0, _STP))
+                                               _CANCELED, maker.filled, 0, _STP))
                     if stp is _EXPIRE_BOTH or (stp is _DECREMENT and not remaining):
                         expired = True
                         break
@@ -375,13 +375,13 @@ class Engine:
                 maker.remaining = maker_remaining
                 if maker_remaining:
                     events.append(_OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
-                                       _PARTIAL, maker.filled, maker_remaining))
+                                               _PARTIAL, maker.filled, maker_remaining))
                 else:
                     head += 1
                     level.count -= 1
                     maker.owner.discard(maker)
                     events.append(_OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
-                                       _FILLED, maker.filled, 0))
+                                               _FILLED, maker.filled, 0))
                 last_price = price
             if level.quantity != quantity_before:
                 events.append(_BookLevel(maker_side, price, level.quantity, level.count))
@@ -521,7 +521,7 @@ class Engine:
                 reason = (_POST_ONLY_WOULD_CROSS if order.post_only
                           else _MODE)
                 events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
-                                          _CANCELED, filled, 0, reason))
+                                           _CANCELED, filled, 0, reason))
                 return events
             traded, remaining, expired = self._match(
                 events, opposite, limit_key, order.order_id, order.account, side, remaining,
@@ -531,10 +531,10 @@ class Engine:
         status = None
         if expired:
             events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
-                                      _CANCELED, filled, 0, _STP))
+                                       _CANCELED, filled, 0, _STP))
         elif not remaining:
             events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
-                                      _FILLED, filled, 0))
+                                       _FILLED, filled, 0))
         else:
             if filled > order.filled:
                 status = _PARTIAL
@@ -549,7 +549,7 @@ class Engine:
             moved.owner.add(moved)
             if status is not None:
                 events.append(_OrderUpdate(moved.order_id, moved.account, moved.client_order_id,
-                                          status, filled, remaining))
+                                           status, filled, remaining))
             events.append(_level_event(new_level))
         return events
 
@@ -602,7 +602,7 @@ class Engine:
         order.owner.discard(order)
         self._drop_if_empty(level, order.side)
         events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
-                                  _CANCELED, order.filled, 0, reason))
+                                   _CANCELED, order.filled, 0, reason))
 
     def _drop_if_empty(self, level: Level, side: Side) -> None:
         if level.count:
