@@ -10,19 +10,77 @@ from collections import Counter
 from typing import TextIO
 
 from tradeplane_engine.core import (
+    AnyCommand,
     AnyEvent,
+    BookLevel,
+    Cancel,
     Engine,
+    OrderAccepted,
     OrderRejected,
+    OrderType,
     OrderUpdate,
+    Place,
+    Side,
     Trade,
 )
+from tradeplane_engine.core.market import OffGrid
 from tradeplane_engine.workload import SPEC, generate, to_commands
+
+
+def walkthrough() -> list[tuple[str, AnyCommand]]:
+    """A few orders a newcomer can follow, with decimal prices turned into ticks and lots."""
+    ticks, lots = SPEC.to_ticks, SPEC.to_lots
+    return [
+        ("alice sells 2 SOL at 100.00", Place(1, 1, "alice", Side.SELL, lots("2"), ticks("100"))),
+        ("carol sells 1 SOL at 100.05",
+         Place(2, 2, "carol", Side.SELL, lots("1"), ticks("100.05"))),
+        ("bob buys 2.5 SOL up to 100.10",
+         Place(3, 3, "bob", Side.BUY, lots("2.5"), ticks("100.10"))),
+        ("erin bids 1 SOL at 99.90", Place(4, 4, "erin", Side.BUY, lots("1"), ticks("99.90"))),
+        ("dave sells 1.5 SOL at market",
+         Place(5, 5, "dave", Side.SELL, lots("1.5"), order_type=OrderType.MARKET)),
+        ("carol cancels the rest of her order #2", Cancel(6, 6, "carol", order_id=2)),
+        ("carol cancels order #2 again", Cancel(7, 7, "carol", order_id=2)),
+    ]
+
+
+def describe(event: AnyEvent) -> str:
+    if type(event) is OrderAccepted:
+        return f"accepted as order #{event.order_id}"
+    if type(event) is Trade:
+        return (f"trade #{event.trade_id}: {SPEC.from_lots(event.quantity)} SOL at "
+                f"{SPEC.from_ticks(event.price)} ({event.maker_account}'s #{event.maker_order_id}"
+                f" was resting, {event.taker_account}'s #{event.taker_order_id} took it)")
+    if type(event) is OrderUpdate:
+        reason = f", reason {event.reason.name}" if event.reason else ""
+        return (f"order #{event.order_id} {event.status.value}: filled "
+                f"{SPEC.from_lots(event.filled_quantity)}, open "
+                f"{SPEC.from_lots(event.remaining_quantity)}{reason}")
+    if type(event) is BookLevel:
+        return (f"book: {event.side.value} level {SPEC.from_ticks(event.price)} now holds "
+                f"{SPEC.from_lots(event.quantity)} SOL in {event.order_count} order(s)")
+    if type(event) is OrderRejected:
+        return f"rejected, code {event.code.value} {event.code.name}: {event.reason}"
+    return repr(event)
 
 
 def run_demo(count: int, seed: int, depth: int, out: TextIO) -> None:
     say = out.write
     say(f"tradeplane demo: one {SPEC.symbol} market, tick {SPEC.tick_size}, "
-        f"lot {SPEC.lot_size}\n")
+        f"lot {SPEC.lot_size}\n\n")
+    say("First, a few orders and every event each one produces:\n")
+    engine = Engine(SPEC)
+    for label, command in walkthrough():
+        say(f"  {label}\n")
+        for event in engine.apply(command):
+            say(f"    -> {describe(event)}\n")
+    say("  bob buys 0.123 SOL (off the 0.01 lot grid)\n")
+    try:
+        SPEC.to_lots("0.123")
+    except OffGrid as error:
+        say(f"    -> refused at the edge, code {error.code.value} {error.code.name}: "
+            f"{error.reason}\n")
+    say("\nNow the standard benchmark workload on a fresh book.\n")
     say(f"generating the standard workload: {count:,} commands (seed {seed}) ...\n")
     commands = to_commands(generate(count, seed))
     kinds = Counter(type(command).__name__ for command in commands)
