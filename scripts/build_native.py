@@ -3,7 +3,9 @@
 The modules stay plain, typed Python that runs as it is; compiled, the same code
 matches about 1.6 times faster. The extension modules land next to the ``.py`` files
 (and are ignored by git), so the editable install picks them up. ``--clean`` removes
-them, leaving the pure-Python engine.
+them, leaving the pure-Python engine. Where no C compiler or Python headers are at
+hand, the build warns and leaves the pure-Python engine in place (``--strict`` makes
+that an error), so ``make test`` still works there, only slower.
 """
 
 from __future__ import annotations
@@ -37,8 +39,14 @@ def main() -> None:
         [sys.executable, "-m", "mypyc", *MODULES], cwd=ENGINE, capture_output=True, text=True,
     )
     if result.returncode != 0:
-        sys.stderr.write(result.stdout + result.stderr)
-        sys.exit(f"build_native: mypyc failed ({result.returncode})")
+        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
+        clean()
+        message = f"build_native: mypyc failed ({result.returncode})"
+        if "--strict" in sys.argv:
+            sys.exit(message)
+        print(f"{message}; the engine core runs as pure Python (about 1.7 times slower)",
+              file=sys.stderr)
+        return
     shutil.rmtree(ENGINE / "build", ignore_errors=True)
     print("build_native: compiled " + ", ".join(MODULES))
 
