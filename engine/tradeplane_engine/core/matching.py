@@ -12,7 +12,7 @@ struct construction.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from msgspec.structs import astuple
 
@@ -194,6 +194,7 @@ class Engine:
         fields: _PlaceFields = astuple(c)
         (_, _, account, side, quantity, price, order_type, time_in_force, post_only, stp,
          client_order_id, quote_amount) = fields
+        price_ref: Any = fields[5]  # the boxed int as it came: events reuse it
         if self.mode is not _OPEN:
             refused = self._mode_refuses_place(c)
             if refused is not None:
@@ -227,8 +228,9 @@ class Engine:
 
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
+        order_ref: Any = order_id  # boxed once, not once per event (compiled)
         events: list[AnyEvent] = [_OrderAccepted(
-            order_id, account, client_order_id, side, order_type, price, quantity,
+            order_ref, account, client_order_id, side, order_type, price_ref, quantity,
             quote_amount, time_in_force, post_only, stp,
         )]
         opposite = self.asks if side is _BUY else self.bids
@@ -243,12 +245,12 @@ class Engine:
         if keys and keys[-1] >= limit_key:
             if post_only or self.mode is _POST_ONLY_MODE:
                 reason = _POST_ONLY_WOULD_CROSS if post_only else _MODE
-                events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
+                events.append(_OrderUpdate(order_ref, account, client_order_id, _CANCELED, 0, 0,
                                            reason))
                 return events
             if time_in_force is _FOK and not _fillable(opposite, limit_key, account, quantity,
                                                        stp):
-                events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, 0, 0,
+                events.append(_OrderUpdate(order_ref, account, client_order_id, _CANCELED, 0, 0,
                                            _FOK_UNFILLED))
                 return events
             filled, remaining, expired = self._match(
@@ -257,21 +259,21 @@ class Engine:
             )
 
         if expired:
-            events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
+            events.append(_OrderUpdate(order_ref, account, client_order_id, _CANCELED, filled, 0,
                                        _STP))
         elif order_type is not _LIMIT:
             if remaining or not filled:
                 reason = (_FOK_UNFILLED if time_in_force is _FOK
                           else _MARKET_REMAINDER)
-                events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled,
+                events.append(_OrderUpdate(order_ref, account, client_order_id, _CANCELED, filled,
                                            0, reason))
             else:
-                events.append(_OrderUpdate(order_id, account, client_order_id, _FILLED, filled, 0))
+                events.append(_OrderUpdate(order_ref, account, client_order_id, _FILLED, filled, 0))
         elif not remaining:
-            events.append(_OrderUpdate(order_id, account, client_order_id, _FILLED, filled, 0))
+            events.append(_OrderUpdate(order_ref, account, client_order_id, _FILLED, filled, 0))
         elif time_in_force is _GTC:
             if filled:
-                events.append(_OrderUpdate(order_id, account, client_order_id, _PARTIAL, filled,
+                events.append(_OrderUpdate(order_ref, account, client_order_id, _PARTIAL, filled,
                                            remaining))
             if owner is None:
                 owner = self.accounts[account] = AccountOrders()
@@ -283,11 +285,11 @@ class Engine:
             level.count += 1
             level.quantity += remaining
             owner.add(order)
-            events.append(_BookLevel(side, price, level.quantity, level.count))
+            events.append(_BookLevel(side, price_ref, level.quantity, level.count))
         else:
             reason = (_IOC_REMAINDER if time_in_force is _IOC
                       else _FOK_UNFILLED)
-            events.append(_OrderUpdate(order_id, account, client_order_id, _CANCELED, filled, 0,
+            events.append(_OrderUpdate(order_ref, account, client_order_id, _CANCELED, filled, 0,
                                        reason))
         return events
 
@@ -318,9 +320,11 @@ class Engine:
         quote_left = quote_amount
         expired = False
         last_price = 0
+        taker_ref: Any = taker_id  # boxed once, not once per event (compiled)
         while keys and keys[-1] >= limit_key:
             level = levels[keys[-1]]
             price = level.price
+            price_ref: Any = price
             if quote_amount:
                 remaining = quote_left // price
                 if not remaining:
@@ -364,8 +368,8 @@ class Engine:
                         break
                     continue
                 fill = remaining if remaining < maker_remaining else maker_remaining
-                events.append(_Trade(trade_id, price, fill, aggressor, maker.order_id,
-                                     maker.account, taker_id, account))
+                events.append(_Trade(trade_id, price_ref, fill, aggressor, maker.order_id,
+                                     maker.account, taker_ref, account))
                 trade_id += 1
                 remaining -= fill
                 filled += fill
@@ -384,7 +388,7 @@ class Engine:
                                                _FILLED, maker.filled, 0))
                 last_price = price
             if level.quantity != quantity_before:
-                events.append(_BookLevel(maker_side, price, level.quantity, level.count))
+                events.append(_BookLevel(maker_side, price_ref, level.quantity, level.count))
             if not level.count:
                 del levels[keys.pop()]
             else:
