@@ -88,7 +88,8 @@ class Cancel(Command, frozen=True, gc=False, tag="cancel"):
 class Replace(Command, frozen=True, gc=False, tag="replace"):
     """Change an open order's price and/or total quantity.
 
-    ``quantity`` is the new total (filled included), as on CME and Coinbase. Lowering it
+    ``quantity`` is the new total (filled included), as on CME and Coinbase; what is gone
+    for good (filled lots, lots a self-trade decrement took) stays gone. Lowering it
     at the same price keeps the order's place in the queue; a new price or a larger
     quantity sends it to the back, and a new price that crosses trades at once.
     0 keeps the current value.

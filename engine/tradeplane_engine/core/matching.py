@@ -475,9 +475,13 @@ class Engine:
             return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
         if not 0 < quantity <= _MAX_UNITS:
             return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
-        if quantity <= order.filled:
+        # The new total counts what is gone for good: filled lots, and lots a self-trade
+        # decrement took. What is left of it is open.
+        remaining = quantity - (order.quantity - order.remaining)
+        if remaining <= 0:
             return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
-                           f"new quantity must exceed the {order.filled} lots already filled")
+                           f"new quantity must exceed the {order.quantity - order.remaining} "
+                           "lots already filled or taken by self-trade prevention")
         if price * quantity < self._min_notional:
             return _reject(c, RejectCode.BELOW_MIN_NOTIONAL, "order value below min notional")
         reference = self.reference_price
@@ -490,11 +494,6 @@ class Engine:
         level = order.level
         events: list[AnyEvent] = []
         if price == order.price and quantity <= order.quantity:
-            # Filled lots and lots a self-trade decrement took stay gone.
-            remaining = quantity - (order.quantity - order.remaining)
-            if remaining <= 0:
-                return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
-                               "new quantity leaves nothing open")
             level.quantity -= order.remaining - remaining
             order.quantity = quantity
             order.remaining = remaining
@@ -504,7 +503,6 @@ class Engine:
             return events
 
         # Losing priority: the old entry dies in its queue and the order enters anew.
-        remaining = quantity - order.filled
         old_remaining = order.remaining
         order.remaining = 0
         level.quantity -= old_remaining
