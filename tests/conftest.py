@@ -21,6 +21,7 @@ settings.register_profile(
     derandomize=True,
     database=None,
     print_blob=False,
+    report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(

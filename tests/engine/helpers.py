@@ -145,6 +145,14 @@ def stale(step: Step, behind: int = 1) -> Step:
     return build
 
 
+ASKS: list[Step] = [sell("s1", 5, 101), sell("s2", 5, 101), sell("s3", 5, 102)]
+"""Asks #1 and #2 at 101 (in that time order), #3 at 102."""
+BIDS: list[Step] = [buy("b1", 5, 99), buy("b2", 5, 99), buy("b3", 5, 98)]
+"""Bids #4 and #5 at 99 (in that time order), #6 at 98, when placed after ASKS."""
+BOOK = ASKS + BIDS
+"""The standard book of the scenario tables, both sides: the next order is #7."""
+
+
 class Book:
     """An engine that stamps every command with the next sequence (1, 2, 3...)."""
 

@@ -1,9 +1,8 @@
 """Properties of the matching engine over random command streams, checked with hypothesis.
 
-The streams mix limit and market orders (every time in force, post-only, every STP
-mode, a few client order ids), cancels, replaces, cancel-alls and the odd trading-mode
-change, from three accounts at prices a few ticks around 100, so orders cross, self-
-trade prevention triggers and many commands are refused. After every command we check:
+The streams (``streams.py``) mix every kind of order and command from three accounts at
+prices a few ticks around 100, so orders cross, self-trade prevention triggers and many
+commands are refused. After every command we check:
 
 (a) quantity is conserved: for every order, quantity == filled + open + canceled as
     told by the events alone, fills agree with the trades that name the order, and the
@@ -15,7 +14,9 @@ trade prevention triggers and many commands are refused. After every command we 
 (d) the same commands give the same events and state hash, also after a trip through
     the wire encoding;
 (e) snapshot, restore and continue gives what continuing without the snapshot gives;
-(f) the L2 events describe exactly the book ``l2()`` and ``l3()`` show.
+(f) the L2 events describe exactly the book ``l2()`` and ``l3()`` show;
+(g) no trading mode lets through what it should refuse;
+(h) a cancel or cancel-all takes exactly the orders it names, no more, no fewer.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.engine.streams import streams
 from tradeplane_engine.core import (
     AnyCommand,
     AnyEvent,
@@ -47,104 +49,14 @@ from tradeplane_engine.core import (
     OrderType,
     OrderUpdate,
     Place,
-    Replace,
     SelfTradePrevention,
     SetTradingMode,
     Side,
     TimeInForce,
     Trade,
+    TradingModeChanged,
 )
 from tradeplane_engine.core.market import TradingMode
-
-ACCOUNTS = ("a", "b", "c")
-MID = 100
-PLAIN = MarketSpec(base="BTC", quote="USD", tick_size="1", lot_size="1")
-BANDED = MarketSpec(base="BTC", quote="USD", tick_size="1", lot_size="1", price_band="3",
-                    reference_price=str(MID))
-"""A 3 % band: 97..103 around 100, so a few of the generated prices fall outside it."""
-
-accounts = st.sampled_from(ACCOUNTS)
-sides = st.sampled_from(Side)
-prices = st.integers(MID - 4, MID + 4)
-quantities = st.integers(1, 6)
-stps = st.sampled_from(SelfTradePrevention)
-client_order_ids = st.sampled_from(["", "", "", "x", "y"])
-order_ids = st.integers(1, 8)
-
-limit_orders = st.builds(
-    Place, sequence=st.just(0), timestamp=st.just(0), account=accounts, side=sides,
-    quantity=quantities, price=prices,
-    time_in_force=st.sampled_from([TimeInForce.GTC] * 4 + [TimeInForce.IOC, TimeInForce.FOK]),
-    post_only=st.sampled_from([False, False, False, True]), stp=stps,
-    client_order_id=client_order_ids,
-)
-market_orders = st.one_of(
-    st.builds(Place, sequence=st.just(0), timestamp=st.just(0), account=accounts, side=sides,
-              quantity=st.integers(1, 12), order_type=st.just(OrderType.MARKET),
-              time_in_force=st.sampled_from(TimeInForce), stp=stps),
-    st.builds(Place, sequence=st.just(0), timestamp=st.just(0), account=accounts,
-              side=st.just(Side.BUY), quote_amount=st.integers(50, 1_500),
-              order_type=st.just(OrderType.MARKET),
-              time_in_force=st.sampled_from([TimeInForce.GTC, TimeInForce.IOC]), stp=stps),
-)
-cancels = st.sampled_from([
-    *[st.builds(Cancel, sequence=st.just(0), timestamp=st.just(0), account=accounts,
-                order_id=order_ids)] * 3,
-    st.builds(Cancel, sequence=st.just(0), timestamp=st.just(0), account=accounts,
-              client_order_id=st.sampled_from(["x", "y"])),
-]).flatmap(lambda s: s)
-replaces = st.builds(
-    Replace, sequence=st.just(0), timestamp=st.just(0), account=accounts, order_id=order_ids,
-    price=st.one_of(st.just(0), prices), quantity=st.one_of(st.just(0), st.integers(1, 9)),
-)
-cancel_alls = st.builds(
-    CancelAll, sequence=st.just(0), timestamp=st.just(0),
-    account=st.one_of(accounts, st.none()), side=st.one_of(st.none(), sides),
-)
-mode_changes = st.builds(
-    SetTradingMode, sequence=st.just(0), timestamp=st.just(0),
-    mode=st.sampled_from([TradingMode.OPEN, TradingMode.OPEN, TradingMode.POST_ONLY,
-                          TradingMode.CANCEL_ONLY, TradingMode.HALTED]),
-)
-one_in_four = st.sampled_from([True, False, False, False])
-COMMAND_MIX: list[st.SearchStrategy[AnyCommand]] = [
-    *[limit_orders] * 10, *[market_orders] * 2, *[cancels] * 2, *[replaces] * 3, cancel_alls,
-]
-"""Limit orders most of the time, so the book fills up."""
-any_command: st.SearchStrategy[AnyCommand] = st.sampled_from(COMMAND_MIX).flatmap(lambda s: s)
-
-
-@st.composite
-def streams(draw: st.DrawFn) -> tuple[MarketSpec, list[AnyCommand]]:
-    """A market and a stream of 20 to 60 sequenced commands for it.
-
-    A scratch engine follows the stream as it is drawn, so that three cancels or
-    replaces in four can name an order that is resting at that point, and its owner
-    (otherwise nearly all would only test UNKNOWN_ORDER), and so that a market switched
-    out of ``open`` (one stream in five) is soon switched back. The properties never
-    trust the scratch engine: they check the engine under test from scratch.
-    """
-    spec = draw(st.sampled_from([PLAIN, BANDED]), label="spec")
-    scratch = Engine(spec)
-    mode_change_at = draw(st.integers(1, 120), label="mode change at")
-    commands: list[AnyCommand] = []
-    for sequence in range(1, draw(st.integers(20, 60), label="length") + 1):
-        if sequence == mode_change_at:
-            command: AnyCommand = draw(mode_changes)
-        elif scratch.mode is not TradingMode.OPEN and draw(one_in_four):
-            command = SetTradingMode(0, 0, mode=TradingMode.OPEN)
-        else:
-            command = draw(any_command)
-        if isinstance(command, Cancel | Replace) and command.order_id and not draw(one_in_four):
-            book = scratch.l3()
-            if book.bids or book.asks:
-                target = draw(st.sampled_from([*book.bids, *book.asks]))
-                command = msgspec.structs.replace(command, order_id=target.order_id,
-                                                  account=target.account)
-        command = msgspec.structs.replace(command, sequence=sequence, timestamp=sequence * 1_000)
-        scratch.apply(command)
-        commands.append(command)
-    return spec, commands
 
 
 def applied(spec: MarketSpec, commands: list[AnyCommand]
@@ -190,6 +102,7 @@ class Books:
 
     orders: dict[int, Ledger] = field(default_factory=dict)
     taker: Ledger | None = None
+    trades: int = 0
 
     def record(self, events: list[AnyEvent]) -> None:
         self.taker = None
@@ -216,6 +129,8 @@ class Books:
 
     def _trade(self, event: Trade) -> None:
         maker, taker = self.orders[event.maker_order_id], self.orders[event.taker_order_id]
+        self.trades += 1
+        assert event.trade_id == self.trades, "trade ids are 1, 2, 3..."
         assert taker is self.taker
         assert event.quantity > 0
         assert (maker.account, taker.account) == (event.maker_account, event.taker_account)
@@ -273,12 +188,10 @@ class Books:
         if event.priority_kept:
             assert event.price == order.price
             assert event.quantity <= order.quantity
-            assert event.remaining_quantity == order.open - (order.quantity - event.quantity)
-        else:
-            assert event.remaining_quantity == event.quantity - order.filled
+        # The new total counts the filled lots and those self-trade prevention took away.
+        assert event.remaining_quantity == event.quantity - order.filled - order.canceled
         order.price, order.quantity = event.price, event.quantity
         order.open = event.remaining_quantity
-        order.canceled = order.quantity - order.filled - order.open
         self.taker = order
 
     def check(self, book: L3Book) -> None:
@@ -432,8 +345,7 @@ class Priority:
         queue = [Resting(o.order_id, o.account, o.price, o.remaining)
                  for o in (before.asks if taker.side is Side.BUY else before.bids)]
         fok_fillable = _fok_fillable(taker, queue)
-        used = 0
-        """Quote a market buy used up: trades, and lots self-trade decrement took away."""
+        used = 0  # quote a market buy used up: its trades, and lots a decrement took away
         trades = 0
         final: OrderUpdate | None = None
         for event in events:
@@ -565,3 +477,58 @@ def test_level_events_describe_the_book(stream: tuple[MarketSpec, list[AnyComman
         assert from_orders == shown
         top = engine.l2(depth=2)
         assert (top.bids, top.asks) == (book.bids[:2], book.asks[:2])
+
+
+# -- (g) trading modes ----------------------------------------------------------------------
+
+@given(streams())
+def test_trading_modes_hold(stream: tuple[MarketSpec, list[AnyCommand]]) -> None:
+    spec, commands = stream
+    mode = spec.trading_mode
+    for _, command, events, engine in applied(spec, commands):
+        trades = [event for event in events if isinstance(event, Trade)]
+        accepted = [event for event in events if isinstance(event, OrderAccepted)]
+        if mode is TradingMode.POST_ONLY:
+            assert not trades, "a trade in a postOnly market"
+            assert all(event.order_type is OrderType.LIMIT
+                       and event.time_in_force is TimeInForce.GTC for event in accepted)
+        elif mode is not TradingMode.OPEN and not isinstance(command, SetTradingMode):
+            assert not trades
+            assert not accepted
+            assert not any(isinstance(event, OrderReplaced) for event in events)
+            if mode is TradingMode.HALTED and not (isinstance(command, CancelAll)
+                                                   and command.account is None):
+                assert all(isinstance(event, OrderRejected) for event in events)
+        for event in events:
+            if isinstance(event, TradingModeChanged):
+                assert event.previous is mode
+                mode = event.mode
+        assert engine.mode is mode
+
+
+# -- (h) cancels ------------------------------------------------------------------------------
+
+@given(streams())
+def test_cancels_take_exactly_the_orders_they_name(stream: tuple[MarketSpec,
+                                                                 list[AnyCommand]]) -> None:
+    for before, command, events, _ in applied(*stream):
+        if not isinstance(command, Cancel | CancelAll) or any(
+                isinstance(event, OrderRejected) for event in events):
+            continue
+        owners = {order.order_id: (order.account, side)
+                  for side, orders in ((Side.BUY, before.bids), (Side.SELL, before.asks))
+                  for order in orders}
+        updates = [event for event in events if isinstance(event, OrderUpdate)]
+        admin = isinstance(command, CancelAll) and command.account is None
+        assert all(update.status is OrderStatus.CANCELED for update in updates)
+        assert all(update.reason is (CancelReason.ADMIN if admin else CancelReason.USER)
+                   for update in updates)
+        canceled = [update.order_id for update in updates]
+        if isinstance(command, Cancel):
+            [order_id] = canceled
+            assert owners[order_id][0] == command.account
+            assert command.order_id in (0, order_id)
+        else:
+            assert canceled == sorted(
+                order_id for order_id, (account, side) in owners.items()
+                if command.account in (None, account) and command.side in (None, side))

@@ -13,6 +13,7 @@ import pytest
 from tests.engine.helpers import (
     DECREMENT,
     EXPIRE_TAKER,
+    IOC,
     Book,
     Step,
     buy,
@@ -20,17 +21,7 @@ from tests.engine.helpers import (
     replace,
     sell,
 )
-from tradeplane_engine.core import (
-    Engine,
-    MarketSpec,
-    OrderRejected,
-    OrderReplaced,
-    Place,
-    RejectCode,
-    Replace,
-    SelfTradePrevention,
-    Side,
-)
+from tradeplane_engine.core import MarketSpec, OrderReplaced, SelfTradePrevention
 
 BOOK: list[Step] = [buy("a", 5, 99), buy("b", 5, 99), sell("c", 5, 101), sell("d", 5, 102),
                     buy("e", 5, 98)]
@@ -292,14 +283,43 @@ def test_a_filled_order_cannot_be_replaced() -> None:
     assert book.log(replace("c", 3, quantity=8)) == ["rejected UNKNOWN_ORDER"]
 
 
-def test_replace_after_a_self_trade_decrement_counts_the_decremented_lots_as_gone() -> None:
-    """Regression: a decremented maker's replace once left it with negative open lots."""
-    engine = Engine(MarketSpec(base="A", quote="B", tick_size="1", lot_size="1"))
-    engine.apply(Place(1, 1, "a", Side.SELL, 10, 100))
-    engine.apply(Place(2, 2, "a", Side.BUY, 6, 100, stp=SelfTradePrevention.DECREMENT))
-    rejected = engine.apply(Replace(3, 3, "a", order_id=1, quantity=5))
-    assert [type(event) for event in rejected] == [OrderRejected]
-    assert rejected[0].code is RejectCode.REPLACE_QUANTITY_TOO_LOW  # type: ignore[union-attr]
-    replaced = engine.apply(Replace(4, 4, "a", order_id=1, quantity=7))
-    assert replaced[0] == OrderReplaced(1, "a", "", 100, 7, 1, True)
-    assert engine.l2().asks[0].quantity == 1
+# #1 rests 10 lots; "a"'s own buy of 6 with STP decrement takes 6 of them without a trade,
+# leaving 4 open of a total of 10. A replace's new total still counts those 6 as gone.
+DECREMENTED: list[Step] = [sell("a", 10, 100), buy("a", 6, 100, stp=DECREMENT)]
+
+AFTER_A_DECREMENT = [
+    pytest.param(replace("a", 1, quantity=5), ["rejected REPLACE_QUANTITY_TOO_LOW"], {1: 4},
+                 id="a total below the lots already gone leaves nothing open"),
+    pytest.param(replace("a", 1, quantity=6), ["rejected REPLACE_QUANTITY_TOO_LOW"], {1: 4},
+                 id="a total equal to the lots already gone leaves nothing open"),
+    pytest.param(replace("a", 1, quantity=7), [
+        "replaced #1 7 @ 100 left 1 priority kept",
+        "level sell 100: 1 lots in 1",
+    ], {1: 1}, id="a lower total keeps what is left above the lots gone"),
+    pytest.param(replace("a", 1, price=101), [
+        "replaced #1 10 @ 101 left 4 priority lost",
+        "level sell 100: 0 lots in 0",
+        "level sell 101: 4 lots in 1",
+    ], {1: 4}, id="a new price does not bring the lots gone back"),
+    pytest.param(replace("a", 1, quantity=12), [
+        "replaced #1 12 @ 100 left 6 priority lost",
+        "level sell 100: 0 lots in 0",
+        "level sell 100: 6 lots in 1",
+    ], {1: 6}, id="a higher total adds to what is left"),
+]
+
+
+@pytest.mark.parametrize(("step", "expected", "remaining"), AFTER_A_DECREMENT)
+def test_replace_after_a_self_trade_decrement(step: Step, expected: list[str],
+                                              remaining: dict[int, int]) -> None:
+    """Regression: a replace that kept priority once left such an order -3 or 0 lots open
+    (and a level holding a 0-lot order made the next order to reach it loop forever); one
+    that lost priority brought the 6 lots back."""
+    book = Book(steps=DECREMENTED)
+    assert book.remaining() == {1: 4}
+    assert book.log(step) == expected
+    assert book.remaining() == remaining
+    price = book.engine.l3().asks[0].price
+    assert book.log(buy("b", 20, price, time_in_force=IOC))[-1] == (
+        f"#3 canceled filled {remaining[1]} left 0 IOC_REMAINDER")
+    assert book.depth() == ([], [])

@@ -3,54 +3,33 @@
 Each row starts from a small book, applies one command and lists the exact events it
 must produce, in the notation of ``helpers.describe``. The tables cover limit orders
 (GTC, IOC, FOK, post-only), market orders (by quantity and by quote amount), the price
-band, the minimum notional, client order ids, cancels, cancel-all, sequencing and the
-read-only views. Self-trade prevention, replace, trading modes and rejections have
-their own files.
+band and the minimum notional. Cancels, self-trade prevention, replace, trading modes,
+rejections and the engine's state have their own files.
 """
 
 from __future__ import annotations
 
-from typing import cast
-
-import msgspec
 import pytest
 
 from tests.engine.helpers import (
+    ASKS,
+    BIDS,
+    BOOK,
     BUY,
     EXPIRE_MAKER,
     FOK,
     GTC,
     IOC,
-    SELL,
-    SPEC,
     Book,
     Step,
     buy,
     cancel,
-    cancel_all,
     market_buy,
     market_sell,
+    replace,
     sell,
 )
-from tradeplane_engine.core import (
-    AnyCommand,
-    Command,
-    Engine,
-    MarketSpec,
-    OrderAccepted,
-    OrderRejected,
-    OrderType,
-    RejectCode,
-    Trade,
-)
-
-ASKS: list[Step] = [sell("s1", 5, 101), sell("s2", 5, 101), sell("s3", 5, 102)]
-"""Asks #1 and #2 at 101 (in that time order), #3 at 102."""
-BIDS: list[Step] = [buy("b1", 5, 99), buy("b2", 5, 99), buy("b3", 5, 98)]
-"""Bids #4 and #5 at 99 (in that time order), #6 at 98, when placed after ASKS."""
-BOOK = ASKS + BIDS
-"""Both sides: the next order is #7."""
-
+from tradeplane_engine.core import MarketSpec, OrderAccepted, OrderType, Trade
 
 LIMIT_ORDERS = [
     pytest.param(buy("t", 4, 100), [
@@ -409,265 +388,35 @@ def test_min_notional(step: Step, first_event: str) -> None:
     assert Book(MIN_NOTIONAL_SPEC).log(step)[0] == first_event
 
 
-# -- client order ids -----------------------------------------------------------------
+# -- deep queues ------------------------------------------------------------------------
 
-CLIENT_ORDER_IDS = [
-    pytest.param([buy("a", 1, 90, client_order_id="x")], buy("a", 1, 91, client_order_id="x"),
-                 "rejected DUPLICATE_CLIENT_ORDER_ID", id="duplicate while the first is open"),
-    pytest.param([buy("a", 1, 90, client_order_id="x")], sell("a", 1, 95, client_order_id="x"),
-                 "rejected DUPLICATE_CLIENT_ORDER_ID", id="duplicate on the other side"),
-    pytest.param([buy("a", 1, 90, client_order_id="x")],
-                 market_sell("a", 1, client_order_id="x"),
-                 "rejected DUPLICATE_CLIENT_ORDER_ID", id="duplicate market order"),
-    pytest.param([buy("a", 1, 90, client_order_id="x")], buy("b", 1, 91, client_order_id="x"),
-                 "accepted #2", id="another account may use the same id"),
-    pytest.param([buy("a", 1, 90), buy("a", 1, 90)], buy("a", 1, 90), "accepted #3",
-                 id="no client order id is never a duplicate"),
-    pytest.param([buy("a", 1, 90, client_order_id="x"), sell("b", 1, 90)],
-                 buy("a", 1, 91, client_order_id="x"), "accepted #3",
-                 id="reuse after the first was filled"),
-    pytest.param([buy("a", 1, 90, client_order_id="x"), cancel("a", 1)],
-                 buy("a", 1, 91, client_order_id="x"), "accepted #2",
-                 id="reuse after the first was canceled"),
-    pytest.param([buy("a", 1, 90, client_order_id="x", time_in_force=IOC)],
-                 buy("a", 1, 91, client_order_id="x"), "accepted #2",
-                 id="reuse after an IOC that never rested"),
-    pytest.param([buy("a", 1, 90, client_order_id="x"), cancel_all("a")],
-                 buy("a", 1, 91, client_order_id="x"), "accepted #2",
-                 id="reuse after cancel-all"),
-]
+@pytest.mark.parametrize("canceled", [
+    pytest.param(range(1, 31), id="the front 30 canceled"),
+    pytest.param(range(2, 61, 2), id="every other order canceled"),
+    pytest.param(range(11, 41), id="the middle 30 canceled"),
+    pytest.param(range(1, 60), id="all but the last canceled"),
+])
+def test_deep_queues_keep_time_priority_through_cancels(canceled: range) -> None:
+    book = Book(steps=[sell(f"m{n}", 1, 100) for n in range(1, 61)])
+    book.run([cancel(f"m{n}", n) for n in canceled])
+    survivors = [n for n in range(1, 61) if n not in canceled]
+    assert book.queue() == ([], survivors)
+    assert book.depth() == ([], [(100, len(survivors), len(survivors))])
+    events = book.do(buy("t", len(survivors), 100))
+    assert [e.maker_order_id for e in events if isinstance(e, Trade)] == survivors
+    assert book.depth() == ([], [])
 
 
-@pytest.mark.parametrize(("setup", "step", "first_event"), CLIENT_ORDER_IDS)
-def test_client_order_ids(setup: list[Step], step: Step, first_event: str) -> None:
-    assert Book(steps=setup).log(step)[0] == first_event
-
-
-def test_duplicate_client_order_id_reject_names_it() -> None:
-    book = Book(steps=[buy("a", 1, 90, client_order_id="x")])
-    [event] = book.do(buy("a", 1, 91, client_order_id="x"))
-    assert isinstance(event, OrderRejected)
-    assert (event.account, event.client_order_id, event.order_id, event.code) == (
-        "a", "x", 0, RejectCode.DUPLICATE_CLIENT_ORDER_ID)
-
-
-# -- cancel and cancel-all --------------------------------------------------------------
-
-CANCELS = [
-    pytest.param([], cancel("b1", 4), [
-        "#4 canceled filled 0 left 0 USER",
-        "level buy 99: 5 lots in 1",
-    ], id="by order id"),
-    pytest.param([], cancel("s3", 3), [
-        "#3 canceled filled 0 left 0 USER",
-        "level sell 102: 0 lots in 0",
-    ], id="the last order of a level removes the level"),
-    pytest.param([buy("x", 12, 101, client_order_id="c")], cancel("x", client_order_id="c"), [
-        "#7 canceled filled 10 left 0 USER",
-        "level buy 101: 0 lots in 0",
-    ], id="by client order id, after fills"),
-    pytest.param([sell("x", 3, 99)], cancel("b1", 4), [
-        "#4 canceled filled 3 left 0 USER",
-        "level buy 99: 5 lots in 1",
-    ], id="a partially filled order reports its fills"),
-    pytest.param([], cancel("b2", 4), ["rejected UNKNOWN_ORDER"],
-                 id="another account's order is unknown"),
-    pytest.param([], cancel("b1", 99), ["rejected UNKNOWN_ORDER"], id="an id never used"),
-    pytest.param([buy("t", 5, 101)], cancel("s1", 1), ["rejected UNKNOWN_ORDER"],
-                 id="a filled order is no longer open"),
-    pytest.param([cancel("b1", 4)], cancel("b1", 4), ["rejected UNKNOWN_ORDER"],
-                 id="canceling twice"),
-    pytest.param([], cancel("b1", client_order_id="nope"), ["rejected UNKNOWN_ORDER"],
-                 id="an unknown client order id"),
-    pytest.param([], cancel("b1"), ["rejected UNKNOWN_ORDER"], id="naming no order at all"),
-    pytest.param([buy("x", 1, 90, client_order_id="c")], cancel("x", 7, client_order_id="d"),
-                 ["rejected UNKNOWN_ORDER"], id="order id and client order id disagree"),
-]
-
-
-@pytest.mark.parametrize(("setup", "step", "expected"), CANCELS)
-def test_cancel(setup: list[Step], step: Step, expected: list[str]) -> None:
-    assert Book(steps=BOOK + setup).log(step) == expected
-
-
-# Account "m" owns #1 (sell 101), #2 (buy 99), #3 (sell 102) and #5 (buy 98); "o" owns #4.
-MIXED: list[Step] = [sell("m", 1, 101), buy("m", 2, 99), sell("m", 3, 102), buy("o", 4, 99),
-                     buy("m", 5, 98)]
-
-CANCEL_ALLS = [
-    pytest.param(cancel_all("m"), [
-        "#1 canceled filled 0 left 0 USER",
-        "#2 canceled filled 0 left 0 USER",
-        "#3 canceled filled 0 left 0 USER",
-        "#5 canceled filled 0 left 0 USER",
-        "level buy 98: 0 lots in 0",
-        "level buy 99: 4 lots in 1",
-        "level sell 101: 0 lots in 0",
-        "level sell 102: 0 lots in 0",
-    ], id="one account, both sides"),
-    pytest.param(cancel_all("m", BUY), [
-        "#2 canceled filled 0 left 0 USER",
-        "#5 canceled filled 0 left 0 USER",
-        "level buy 98: 0 lots in 0",
-        "level buy 99: 4 lots in 1",
-    ], id="one account, bids only"),
-    pytest.param(cancel_all("m", SELL), [
-        "#1 canceled filled 0 left 0 USER",
-        "#3 canceled filled 0 left 0 USER",
-        "level sell 101: 0 lots in 0",
-        "level sell 102: 0 lots in 0",
-    ], id="one account, asks only"),
-    pytest.param(cancel_all(), [
-        "#1 canceled filled 0 left 0 ADMIN",
-        "#2 canceled filled 0 left 0 ADMIN",
-        "#3 canceled filled 0 left 0 ADMIN",
-        "#4 canceled filled 0 left 0 ADMIN",
-        "#5 canceled filled 0 left 0 ADMIN",
-        "level buy 98: 0 lots in 0",
-        "level buy 99: 0 lots in 0",
-        "level sell 101: 0 lots in 0",
-        "level sell 102: 0 lots in 0",
-    ], id="admin: every account"),
-    pytest.param(cancel_all(None, SELL), [
-        "#1 canceled filled 0 left 0 ADMIN",
-        "#3 canceled filled 0 left 0 ADMIN",
-        "level sell 101: 0 lots in 0",
-        "level sell 102: 0 lots in 0",
-    ], id="admin: one side"),
-    pytest.param(cancel_all("nobody"), [], id="an account without orders: nothing happens"),
-    pytest.param(cancel_all("o", SELL), [], id="an account without orders on that side"),
-]
-
-
-@pytest.mark.parametrize(("step", "expected"), CANCEL_ALLS)
-def test_cancel_all(step: Step, expected: list[str]) -> None:
-    assert Book(steps=MIXED).log(step) == expected
-
-
-def test_cancel_all_leaves_other_accounts_in_priority_order() -> None:
-    book = Book(steps=[*MIXED, buy("o", 1, 99)])
-    book.do(cancel_all("m"))
-    assert book.queue() == ([4, 6], [])
-    assert book.depth() == ([(99, 5, 2)], [])
-
-
-# -- sequencing and ids -----------------------------------------------------------------
-
-def test_sequence_must_rise_and_a_replay_changes_nothing() -> None:
-    engine = Engine(SPEC)
-    assert isinstance(engine.apply(buy("a", 1, 90)(5, 0))[0], OrderAccepted)
-    state = engine.state_hash()
-    for sequence in (5, 4, 0, -1):
-        [event] = engine.apply(buy("a", 1, 91)(sequence, 0))
-        assert isinstance(event, OrderRejected)
-        assert event.code is RejectCode.SEQUENCE_OUT_OF_ORDER
-        assert "5" in event.reason
-    assert engine.state_hash() == state
-    assert engine.apply(buy("a", 1, 91)(6, 0))[0] == OrderAccepted(
-        order_id=2, account="a", client_order_id="", side=BUY, order_type=OrderType.LIMIT,
-        price=91, quantity=1, quote_amount=0, time_in_force=GTC, post_only=False,
-        stp=EXPIRE_MAKER,
-    )
-
-
-def test_a_rejected_command_still_uses_up_its_sequence() -> None:
-    engine = Engine(SPEC)
-    assert engine.apply(buy("a", 0, 90)(1, 0))[0] == OrderRejected(
-        "a", "", 0, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
-    [event] = engine.apply(buy("a", 1, 90)(1, 0))
-    assert isinstance(event, OrderRejected)
-    assert event.code is RejectCode.SEQUENCE_OUT_OF_ORDER
-
-
-def test_sequences_may_have_gaps() -> None:
-    engine = Engine(SPEC)
-    for sequence in (3, 10, 1_000_000):
-        assert isinstance(engine.apply(buy("a", 1, 90)(sequence, 0))[0], OrderAccepted)
-    assert engine.l3().sequence == engine.l2().sequence == 1_000_000
-
-
-def test_order_and_trade_ids_count_up_and_skip_nothing() -> None:
-    book = Book(steps=[sell("a", 2, 100), buy("b", 0, 100), sell("a", 2, 101)])
-    events = book.do(market_buy("b", 4))
-    events += book.do(sell("a", 1, 100))
-    events += book.do(buy("b", 1, 100, time_in_force=IOC))
-    accepted = [e.order_id for e in events if isinstance(e, OrderAccepted)]
-    trades = [(e.trade_id, e.maker_order_id, e.taker_order_id)
-              for e in events if isinstance(e, Trade)]
-    assert accepted == [3, 4, 5]
-    assert trades == [(1, 1, 3), (2, 2, 3), (3, 4, 5)]
-
-
-def test_trade_event_fields() -> None:
-    book = Book(steps=[buy("maker", 3, 100, client_order_id="m")])
-    events = book.do(sell("taker", 2, 95, client_order_id="t"))
-    assert events[1] == Trade(trade_id=1, price=100, quantity=2, aggressor_side=SELL,
-                              maker_order_id=1, maker_account="maker", taker_order_id=2,
-                              taker_account="taker")
-    assert book.engine.reference_price == 100
-
-
-def test_unknown_command_type_is_a_programming_error() -> None:
-    with pytest.raises(TypeError, match="not a command"):
-        Engine(SPEC).apply(cast(AnyCommand, Command(sequence=1, timestamp=0)))
-
-
-# -- read-only views and snapshots ------------------------------------------------------
-
-def test_l2_is_best_first_and_cut_at_depth() -> None:
-    book = Book(steps=[*BOOK, sell("s4", 1, 103), buy("b4", 1, 97)])
-    l2 = book.engine.l2(depth=2)
-    assert l2.sequence == 8
-    assert [(lv.price, lv.quantity, lv.order_count) for lv in l2.bids] == [(99, 10, 2),
-                                                                            (98, 5, 1)]
-    assert [(lv.price, lv.quantity, lv.order_count) for lv in l2.asks] == [(101, 10, 2),
-                                                                            (102, 5, 1)]
-    assert book.engine.l2(depth=0).bids == []
-    assert len(book.engine.l2().asks) == 3
-
-
-def test_l3_lists_every_order_in_priority_order() -> None:
-    book = Book(steps=[*BOOK, buy("t", 2, 101), buy("b4", 1, 99)])
-    l3 = book.engine.l3()
-    assert [(o.order_id, o.account, o.price, o.remaining) for o in l3.asks] == [
-        (1, "s1", 101, 3), (2, "s2", 101, 5), (3, "s3", 102, 5)]
-    assert [(o.order_id, o.price) for o in l3.bids] == [(4, 99), (5, 99), (8, 99), (6, 98)]
-
-
-def test_snapshot_restore_continues_exactly() -> None:
-    book = Book(steps=[*BOOK, buy("t", 2, 101, client_order_id="c"), cancel("b2", 5),
-                       sell("x", 1, 98)])
-    data = book.engine.snapshot()
-    restored = Engine.restore(data)
-    assert restored.snapshot() == data
-    assert restored.state_hash() == book.engine.state_hash()
-    assert restored.l3() == book.engine.l3()
-    follow_up = [cancel("s1", client_order_id=""), cancel("s1", 1), market_sell("y", 9),
-                 buy("z", 20, 102), buy("s1", 1, 90, client_order_id="c")]
-    for step in follow_up:
-        book.sequence += 1
-        command = step(book.sequence, 0)
-        assert restored.apply(command) == book.engine.apply(command)
-    assert restored.state_hash() == book.engine.state_hash()
-
-
-def test_state_hash_tells_books_apart() -> None:
-    one = Book(steps=BOOK)
-    other = Book(steps=BOOK)
-    assert one.engine.state_hash() == other.engine.state_hash()
-    other.do(cancel("b1", 4))
-    one.do(cancel("b2", 4))  # rejected, but the sequence still moves on
-    assert one.engine.state_hash() != other.engine.state_hash()
-
-
-@pytest.mark.parametrize("data", [b"", b"\x93\x01\x02\x03", msgspec.msgpack.encode([2])])
-def test_restore_refuses_what_is_not_a_snapshot(data: bytes) -> None:
-    with pytest.raises((msgspec.ValidationError, msgspec.DecodeError, ValueError)):
-        Engine.restore(data)
-
-
-def test_restore_refuses_another_snapshot_version() -> None:
-    state = msgspec.msgpack.decode(Engine(SPEC).snapshot())
-    state[0] = 99
-    with pytest.raises(ValueError, match="version 99"):
-        Engine.restore(msgspec.msgpack.encode(state))
+def test_deep_queues_keep_time_priority_through_fills_and_replaces() -> None:
+    book = Book(steps=[sell(f"m{n}", 2, 100) for n in range(1, 81)])
+    book.do(buy("t", 99, 100))  # fills #1-#49 and 1 lot of #50
+    book.run([replace("m52", 52, quantity=1), replace("m53", 53, quantity=3),
+              cancel("m54", 54), sell("late", 2, 100)])
+    bids, asks = book.queue()
+    assert bids == []
+    assert asks == [50, 51, 52, *range(55, 81), 53, 82]
+    assert book.remaining()[50] == 1
+    assert book.remaining()[52] == 1
+    events = book.do(market_buy("t2", 1 + 2 + 1 + 2 * 26 + 3 + 2))
+    assert [e.maker_order_id for e in events if isinstance(e, Trade)] == asks
+    assert book.depth() == ([], [])

@@ -21,7 +21,8 @@ class OrderStatus(StrEnum):
     PARTIALLY_FILLED = "partiallyFilled"
     """Some of it traded; the rest is still open (or, for a taker, about to rest)."""
     FILLED = "filled"
-    """All of it traded."""
+    """Nothing is left open and it ended by trading. ``filled_quantity`` is below the
+    order's quantity only where self-trade prevention (decrement) took lots from it."""
     CANCELED = "canceled"
     """It left the book, or never rested; ``reason`` says why."""
     REDUCED = "reduced"
