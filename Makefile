@@ -11,8 +11,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
-NATIVE := $(VENV)/.native
-CORE := $(wildcard engine/tradeplane_engine/core/*.py)
 PYTEST_ARGS ?=
 
 .PHONY: run test lint pytest bench native clean
@@ -26,27 +24,24 @@ $(INSTALLED): pyproject.toml scripts/find-python
 	@touch $@
 
 # The engine core's hot modules compiled to C with mypyc, in place beside their
-# sources (the same code; `make native` rebuilds whenever a core module changes).
-$(NATIVE): $(INSTALLED) $(CORE) scripts/build_native.py
-	$(PY) scripts/build_native.py
-	@touch $@
-
-native: $(NATIVE)
+# sources (the same code; rebuilt whenever a core module changed or a build is missing).
+native: $(INSTALLED)
+	@$(PY) scripts/build_native.py --if-stale
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-pytest: $(NATIVE)
+pytest: native
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint pytest
 
-bench: $(NATIVE)
+bench: native
 	$(PY) bench/run.py
 
-run: $(NATIVE)
+run: native
 	$(BIN)/tradeplane demo
 
 clean:

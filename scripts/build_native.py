@@ -31,7 +31,20 @@ def clean() -> None:
     shutil.rmtree(ENGINE / "build", ignore_errors=True)
 
 
+def up_to_date() -> bool:
+    """Whether every module has an extension built after every core source last changed."""
+    core = ENGINE / "tradeplane_engine" / "core"
+    extensions = [*core.glob("*.so"), *core.glob("*.pyd")]
+    built = {path.name.split(".", 1)[0] for path in extensions}
+    if not extensions or built < {Path(module).stem for module in MODULES}:
+        return False
+    newest_source = max(path.stat().st_mtime for path in core.glob("*.py"))
+    return min(path.stat().st_mtime for path in extensions) > newest_source
+
+
 def main() -> None:
+    if "--if-stale" in sys.argv and up_to_date():
+        return
     clean()
     if "--clean" in sys.argv:
         return
