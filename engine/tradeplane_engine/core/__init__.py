@@ -1,7 +1,7 @@
 """The pure matching-engine core: commands in, events out, a state hash to prove it.
 
 Nothing in this package reads a clock, draws a random number, does I/O, logs or
-touches a float (an import-linter contract holds it to that).
+uses binary floating point (import-linter and a test hold it to that).
 """
 
 from tradeplane_engine.core.codes import CancelReason, RejectCode

@@ -90,7 +90,7 @@ _PlaceFields = tuple[int, int, str, Side, int, int, OrderType, TimeInForce, bool
 class Engine:
     """One market's order book and the rules that change it.
 
-    Build it from a ``MarketSpec`` (or ``state.restore`` it from a snapshot) and feed it
+    Build it from a ``MarketSpec`` (or ``Engine.restore`` one from a snapshot) and feed it
     every command of the market's command stream in sequence order.
     """
 
@@ -112,7 +112,12 @@ class Engine:
     # -- the entry point -------------------------------------------------------------
 
     def apply(self, command: AnyCommand) -> list[AnyEvent]:
-        """Apply one sequenced command and return what it did. Never raises for bad input."""
+        """Apply one sequenced command and return what it did.
+
+        A command the market cannot take is answered with an ``OrderRejected`` event,
+        never an exception. Types are not checked here: commands decoded with msgspec
+        (as the services do) are well typed by construction.
+        """
         sequence = command.sequence
         if sequence <= self.last_sequence:
             return [OrderRejected(
@@ -426,7 +431,7 @@ class Engine:
         if c.quote_amount:
             if c.quantity or c.side is not _BUY or c.time_in_force is _FOK:
                 return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
-                               "quote amount alone, on market buys that are not FOK")
+                               "a quote amount goes alone (no quantity), on a market buy, not FOK")
             if not 0 < c.quote_amount <= _MAX_UNITS * _MAX_UNITS:
                 return _reject(c, RejectCode.INVALID_QUANTITY, "quote amount must be positive")
             if c.quote_amount < self._min_notional:
