@@ -99,17 +99,17 @@ class Level:
 class BookSide:
     """All levels of one side, best at ``keys[-1]``."""
 
-    __slots__ = ("keys", "levels", "side", "sign")
+    __slots__ = ("is_bid", "keys", "levels", "side")
 
     def __init__(self, side: Side) -> None:
         self.side = side
-        self.sign = 1 if side is Side.BUY else -1
+        self.is_bid = side is Side.BUY
         self.keys: list[int] = []
         self.levels: dict[int, Level] = {}
 
     def level_for(self, price: int) -> Level:
         """The level at ``price``, created (and its key inserted in order) if new."""
-        key = price * self.sign
+        key = self.key_of(price)
         level = self.levels.get(key)
         if level is None:
             level = Level(self.side, price, key)
@@ -117,8 +117,22 @@ class BookSide:
             insort(self.keys, key)
         return level
 
+    def key_of(self, price: int) -> int:
+        """The sort key of a price on this side: larger is better.
+
+        A negation, not a multiplication by -1: compiled, multiplying by a negative
+        number leaves mypyc's fast path for boxed arithmetic.
+        """
+        return price if self.is_bid else -price
+
     def remove(self, level: Level) -> None:
-        """Drop an empty level; the best one is the common case and costs O(1)."""
+        """Drop an empty level; the best one is the common case and costs O(1).
+
+        Its queue still holds taken and dead orders, which point back at the level:
+        clearing it frees them by reference counting instead of leaving a cycle for the
+        garbage collector.
+        """
+        level.orders.clear()
         del self.levels[level.key]
         keys = self.keys
         if keys[-1] == level.key:

@@ -234,14 +234,15 @@ class Engine:
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
         order_ref: Any = order_id  # boxed once, not once per event (compiled)
-        events: list[AnyEvent] = [_OrderAccepted(
+        events: list[AnyEvent] = []  # appending to an empty list sizes it for 4 at once
+        events.append(_OrderAccepted(
             order_ref, account, client_order_id, side, order_type, price_ref, quantity,
             quote_amount, time_in_force, post_only, stp,
-        )]
+        ))
         opposite = self.asks if side is _BUY else self.bids
         if order_type is not _LIMIT:
             price = self._market_order_limit(side)
-        limit_key = price * opposite.sign
+        limit_key = opposite.key_of(price)
         keys = opposite.keys
 
         filled = 0
@@ -396,6 +397,7 @@ class Engine:
                 events.append(_BookLevel(maker_side, price_ref, level.quantity, level.count))
             if not level.count:
                 del levels[keys.pop()]
+                orders.clear()  # taken orders point back at the level: free them now, not in GC
             else:
                 level.head = head
                 if head > 32 and head * 2 > end:
@@ -519,7 +521,7 @@ class Engine:
         events.append(_level_event(level))
         side = order.side
         opposite = self.asks if side is _BUY else self.bids
-        limit_key = price * opposite.sign
+        limit_key = opposite.key_of(price)
         keys = opposite.keys
         filled = order.filled
         expired = False
