@@ -374,7 +374,8 @@ class Engine:
                         break
                     continue
                 fill = remaining if remaining < maker_remaining else maker_remaining
-                events.append(_Trade(trade_id, price_ref, fill, aggressor, maker.order_id,
+                maker_ref: Any = maker.order_id  # boxed once for both events
+                events.append(_Trade(trade_id, price_ref, fill, aggressor, maker_ref,
                                      maker.account, taker_ref, account))
                 trade_id += 1
                 remaining -= fill
@@ -384,13 +385,13 @@ class Engine:
                 maker_remaining -= fill
                 maker.remaining = maker_remaining
                 if maker_remaining:
-                    events.append(_OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
+                    events.append(_OrderUpdate(maker_ref, maker.account, maker.client_order_id,
                                                _PARTIAL, maker.filled, maker_remaining))
                 else:
                     head += 1
                     level.count -= 1
                     maker.owner.discard(maker)
-                    events.append(_OrderUpdate(maker.order_id, maker.account, maker.client_order_id,
+                    events.append(_OrderUpdate(maker_ref, maker.account, maker.client_order_id,
                                                _FILLED, maker.filled, 0))
                 last_price = price
             if level.quantity != quantity_before:
