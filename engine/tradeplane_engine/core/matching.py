@@ -226,10 +226,11 @@ class Engine:
                 return invalid
         if not account:
             return _reject(c, RejectCode.INVALID_ORDER_PARAMS, "account is required")
-        owner = self.accounts.get(account)
-        if client_order_id and owner is not None and client_order_id in owner.by_client_id:
-            return _reject(c, RejectCode.DUPLICATE_CLIENT_ORDER_ID,
-                           f"client order id {client_order_id!r} is already open")
+        if client_order_id:
+            owner = self.accounts.get(account)
+            if owner is not None and client_order_id in owner.by_client_id:
+                return _reject(c, RejectCode.DUPLICATE_CLIENT_ORDER_ID,
+                               f"client order id {client_order_id!r} is already open")
 
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
@@ -281,6 +282,7 @@ class Engine:
             if filled:
                 events.append(_OrderUpdate(order_ref, account, client_order_id, _PARTIAL, filled,
                                            remaining))
+            owner = self.accounts.get(account)  # looked up only for orders that rest
             if owner is None:
                 owner = self.accounts[account] = AccountOrders()
             own = self.bids if side is _BUY else self.asks
@@ -346,7 +348,7 @@ class Engine:
                 if not maker_remaining:
                     head += 1  # canceled earlier: dropped lazily
                     continue
-                if maker.account == account and stp is not _STP_NONE:
+                if stp is not _STP_NONE and maker.account == account:
                     if stp is _EXPIRE_TAKER:
                         expired = True
                         break
@@ -635,7 +637,7 @@ def _fillable(opposite: BookSide, limit_key: int, account: str, quantity: int,
         for maker in level.live_orders():
             if not maker.remaining:
                 continue
-            if maker.account == account and stp is not _STP_NONE:
+            if stp is not _STP_NONE and maker.account == account:
                 if stp is SelfTradePrevention.EXPIRE_MAKER:
                     continue
                 return False
