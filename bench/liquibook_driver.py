@@ -48,14 +48,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-Workload = list[tuple[str, int, int, int, int]]
-"""Commands as ``(kind, order_id, side, price_ticks, quantity_lots)``.
-
-``kind`` is ``"limit"`` (good-till-cancel), ``"ioc"`` (immediate-or-cancel)
-or ``"cancel"`` (cancel ``order_id``; side, price and quantity are 0).
-``side`` is 1 for buy and 2 for sell.  Order ids are 1, 2, 3, ... in the order
-the ``"limit"`` / ``"ioc"`` items appear; a cancel names such an earlier id.
-"""
+from tradeplane_engine.workload import Workload  # the format is documented there
 
 BUY = 1
 SELL = 2

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import msgspec
 
+from liquibook_driver import run_liquibook as drive_liquibook
 from tradeplane_engine.workload import Workload, generate
-
-HERE = Path(__file__).resolve().parent
 
 
 def run_tradeplane(workload: Workload) -> dict[str, float]:
@@ -65,10 +64,7 @@ def run_tradeplane(workload: Workload) -> dict[str, float]:
 
 
 def run_liquibook(workload: Workload, listener: bool) -> dict[str, float]:
-    sys.path.insert(0, str(HERE))
-    from liquibook_driver import run_liquibook as drive
-
-    result = drive(workload, listener=listener)
+    result = drive_liquibook(workload, listener=listener)
     return {"seconds": result.seconds, "trades": result.trades,
             "traded_quantity": result.traded_quantity}
 

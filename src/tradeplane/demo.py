@@ -124,7 +124,8 @@ def run_demo(count: int, seed: int, depth: int, out: TextIO) -> None:
         right = (f"{SPEC.from_ticks(ask.price):<10} "
                  f"{SPEC.from_lots(ask.quantity) + f' ({ask.order_count})':<22}") if ask else ""
         say(f"  {left} | {right}\n")
-    resting = sum(level.order_count for level in engine.l2(10**9).bids + engine.l2(10**9).asks)
+    whole = engine.l2(10**9)
+    resting = sum(level.order_count for level in whole.bids + whole.asks)
     say(f"\n{resting:,} orders rest in the book; state hash {engine.state_hash()[:16]}...\n")
     say("the same commands give the same hash on every run and machine: "
         f"run `tradeplane demo --seed {seed}` again to see it.\n")

@@ -119,27 +119,25 @@ class Engine:
         (as the services do) are well typed by construction.
         """
         sequence = command.sequence
-        if sequence <= self.last_sequence:
+        previous = self.last_sequence
+        if sequence <= previous:
             return [OrderRejected(
                 getattr(command, "account", None) or "", getattr(command, "client_order_id", ""),
                 getattr(command, "order_id", 0), RejectCode.SEQUENCE_OUT_OF_ORDER,
-                f"sequence {sequence} is not above {self.last_sequence}",
+                f"sequence {sequence} is not above {previous}",
             )]
+        self.last_sequence = sequence
         if type(command) is _Place:
-            self.last_sequence = sequence
             return self._place(command)
         if type(command) is _Cancel:
-            self.last_sequence = sequence
             return self._cancel(command)
         if type(command) is Replace:
-            self.last_sequence = sequence
             return self._replace(command)
         if type(command) is CancelAll:
-            self.last_sequence = sequence
             return self._cancel_all(command)
         if type(command) is SetTradingMode:
-            self.last_sequence = sequence
             return self._set_trading_mode(command)
+        self.last_sequence = previous
         raise TypeError(f"not a command: {type(command).__name__}")
 
     # -- state -----------------------------------------------------------------------
@@ -173,10 +171,7 @@ class Engine:
             order = Order(record.order_id, record.account, record.client_order_id, record.side,
                           record.price, record.quantity, record.filled, record.remaining,
                           record.post_only, record.stp, owner, level)
-            level.orders.append(order)
-            level.count += 1
-            level.quantity += record.remaining
-            owner.add(order)
+            engine._rest(order)
         return engine
 
     def l2(self, depth: int = 10) -> L2Book:
@@ -287,12 +282,8 @@ class Engine:
                 owner = self.accounts[account] = AccountOrders()
             own = self.bids if side is _BUY else self.asks
             level = own.level_for(price)
-            order = Order(order_id, account, client_order_id, side, price, quantity, filled,
-                          remaining, post_only, stp, owner, level)
-            level.orders.append(order)
-            level.count += 1
-            level.quantity += remaining
-            owner.add(order)
+            self._rest(Order(order_id, account, client_order_id, side, price, quantity, filled,
+                             remaining, post_only, stp, owner, level))
             events.append(_BookLevel(side, price_ref, level.quantity, level.count))
         else:
             reason = (_IOC_REMAINDER if time_in_force is _IOC
@@ -414,7 +405,7 @@ class Engine:
         if last_price:
             self.reference_price = last_price
         if quote_amount:
-            remaining = quote_left if quote_left >= 0 else 0
+            remaining = quote_left
         return filled, remaining, expired
 
     def _mode_refuses_place(self, c: Place) -> list[AnyEvent] | None:
@@ -513,12 +504,7 @@ class Engine:
             return events
 
         # Losing priority: the old entry dies in its queue and the order enters anew.
-        old_remaining = order.remaining
-        order.remaining = 0
-        level.quantity -= old_remaining
-        level.count -= 1
-        order.owner.discard(order)
-        self._drop_if_empty(level, order.side)
+        self._unlink(order)
         events.append(OrderReplaced(order.order_id, order.account, order.client_order_id, price,
                                     quantity, remaining, False))
         events.append(_level_event(level))
@@ -540,7 +526,6 @@ class Engine:
                 order.stp, 0,
             )
             filled += traded
-        status = None
         if expired:
             events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                        _CANCELED, filled, 0, _STP))
@@ -548,20 +533,14 @@ class Engine:
             events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                        _FILLED, filled, 0))
         else:
-            if filled > order.filled:
-                status = _PARTIAL
             own = self.bids if side is _BUY else self.asks
             new_level = own.level_for(price)
-            moved = Order(order.order_id, order.account, order.client_order_id, side, price,
-                          quantity, filled, remaining, order.post_only, order.stp, order.owner,
-                          new_level)
-            new_level.orders.append(moved)
-            new_level.count += 1
-            new_level.quantity += remaining
-            moved.owner.add(moved)
-            if status is not None:
-                events.append(_OrderUpdate(moved.order_id, moved.account, moved.client_order_id,
-                                           status, filled, remaining))
+            self._rest(Order(order.order_id, order.account, order.client_order_id, side, price,
+                             quantity, filled, remaining, order.post_only, order.stp, order.owner,
+                             new_level))
+            if filled > order.filled:
+                events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
+                                           _PARTIAL, filled, remaining))
             events.append(_level_event(new_level))
         return events
 
@@ -605,22 +584,34 @@ class Engine:
             return None
         return order
 
-    def _remove_resting(self, order: Order, reason: CancelReason, events: list[AnyEvent]) -> None:
-        """Take a resting order out of the book (lazily in its queue) and report it canceled."""
+    def _rest(self, order: Order) -> None:
+        """Put a new resting order at the back of its level's queue and in its owner's index."""
+        level = order.level
+        level.orders.append(order)
+        level.count += 1
+        level.quantity += order.remaining
+        order.owner.add(order)
+
+    def _unlink(self, order: Order) -> None:
+        """Take a resting order out of the book: dead in its queue, gone from its owner's index.
+
+        Its level goes with it when it was the last order there.
+        """
         level = order.level
         level.quantity -= order.remaining
         level.count -= 1
         order.remaining = 0
         order.owner.discard(order)
-        self._drop_if_empty(level, order.side)
-        events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
-                                   _CANCELED, order.filled, 0, reason))
-
-    def _drop_if_empty(self, level: Level, side: Side) -> None:
         if level.count:
             level.compact()
         else:
-            (self.bids if side is _BUY else self.asks).remove(level)
+            (self.bids if level.side is _BUY else self.asks).remove(level)
+
+    def _remove_resting(self, order: Order, reason: CancelReason, events: list[AnyEvent]) -> None:
+        """Take a resting order out of the book and report it canceled."""
+        self._unlink(order)
+        events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
+                                   _CANCELED, order.filled, 0, reason))
 
 
 def _fillable(opposite: BookSide, limit_key: int, account: str, quantity: int,
@@ -635,8 +626,6 @@ def _fillable(opposite: BookSide, limit_key: int, account: str, quantity: int,
         if level.key < limit_key:
             break
         for maker in level.live_orders():
-            if not maker.remaining:
-                continue
             if stp is not _STP_NONE and maker.account == account:
                 if stp is SelfTradePrevention.EXPIRE_MAKER:
                     continue
