@@ -1,1 +1,19 @@
-"""tradeplane gateway: the public protocol, order entry validation and the client SDK."""
+"""The gateway: tradeplane's public NATS protocol, order entry at the edge, the client SDK."""
+
+from tradeplane_gateway.book import LocalBook
+from tradeplane_gateway.client import Client, connect
+from tradeplane_gateway.errors import ConnectionLost, EdgeCode, RequestError, TradeplaneError
+from tradeplane_gateway.protocol import Fill, OrderState, Reply
+
+__all__ = [
+    "Client",
+    "ConnectionLost",
+    "EdgeCode",
+    "Fill",
+    "LocalBook",
+    "OrderState",
+    "Reply",
+    "RequestError",
+    "TradeplaneError",
+    "connect",
+]

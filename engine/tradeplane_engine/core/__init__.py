@@ -30,7 +30,7 @@ from tradeplane_engine.core.events import (
     Trade,
     TradingModeChanged,
 )
-from tradeplane_engine.core.market import MAX_UNITS, MarketSpec, OffGrid, TradingMode
+from tradeplane_engine.core.market import MAX_UNITS, MarketSpec, OffGrid, TradingMode, UnitFormatter
 from tradeplane_engine.core.matching import Engine
 from tradeplane_engine.core.views import L2Book, L2Level, L3Book, L3Order
 
@@ -67,4 +67,5 @@ __all__ = [
     "Trade",
     "TradingMode",
     "TradingModeChanged",
+    "UnitFormatter",
 ]

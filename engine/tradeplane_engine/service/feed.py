@@ -1,0 +1,173 @@
+"""Reads a market's command stream in order, in batches, from any sequence on.
+
+A pull consumer with acknowledgements off (the engine's position is its own state, not
+the server's) and pull requests kept in flight ahead of the engine: a new batch is
+asked for when half of the last one has arrived, so commands flow without a round trip
+each, and whatever has arrived is handed over at once as one batch. The feed checks
+that sequences are contiguous, and rebuilds its consumer from the next sequence after a
+heartbeat goes missing, a reconnect, or a consumer the server dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+log = logging.getLogger(__name__)
+
+_STATUS = "Status"
+_PENDING_MESSAGES = "Nats-Pending-Messages"
+
+
+class FeedError(Exception):
+    """The command stream cannot give the engine what it needs (a gap, a purge)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SequencedCommand:
+    sequence: int
+    timestamp: int
+    """Nanoseconds since the epoch, when the stream stored the command."""
+    data: bytes
+    reply: str | None
+    """Where the sender wants the command's events (the ``Tp-Reply`` header)."""
+
+
+def stream_position(reply_subject: str) -> tuple[int, int]:
+    """Stream sequence and timestamp from a JetStream message's ``$JS.ACK`` subject."""
+    tokens = reply_subject.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5]), int(tokens[7])
+    # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
+    return int(tokens[7]), int(tokens[9])
+
+
+class CommandFeed:
+    """Batches of a stream's messages in sequence order, starting at ``next_sequence``."""
+
+    def __init__(self, nc: Client, stream: str, next_sequence: int, *, batch: int = 512,
+                 heartbeat: float = 1.0, expires: float = 10.0,
+                 reply_header: str = "Tp-Reply") -> None:
+        self._nc = nc
+        self._stream = stream
+        self.next_sequence = next_sequence
+        self._batch = batch
+        self._heartbeat = heartbeat
+        self._expires = expires
+        self._reply_header = reply_header
+        self._arrived: list[SequencedCommand] = []
+        self._wakeup = asyncio.Event()
+        self._outstanding = 0
+        self._consumer: str | None = None
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._last_heard = 0.0
+        self._broken = False
+        self._failure: FeedError | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        await self._create_consumer()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        await self._delete_consumer()
+
+    async def next_batch(self) -> list[SequencedCommand]:
+        """Every command that has arrived, waiting for at least one."""
+        loop = asyncio.get_running_loop()
+        while not self._arrived:
+            if self._failure is not None:
+                raise self._failure
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._heartbeat)
+            except TimeoutError:
+                pass
+            if self._broken or loop.time() - self._last_heard > 3 * self._heartbeat:
+                log.warning("command feed of %s went quiet; rebuilding its consumer at %d",
+                            self._stream, self.next_sequence)
+                await self._create_consumer()
+        batch, self._arrived = self._arrived, []
+        return batch
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
+        headers = msg.headers
+        if not msg.reply or (headers and _STATUS in headers and not msg.data):
+            await self._on_status(msg)
+            return
+        sequence, timestamp = stream_position(msg.reply)
+        self._outstanding -= 1
+        if sequence < self.next_sequence:
+            return  # delivered again after the consumer was rebuilt
+        if sequence > self.next_sequence:
+            self._failure = FeedError(
+                f"{self._stream}: expected sequence {self.next_sequence}, got {sequence}; "
+                "the stream no longer holds what the engine needs")
+            self._wakeup.set()
+            return
+        self.next_sequence = sequence + 1
+        reply = headers.get(self._reply_header) if headers else None
+        self._arrived.append(SequencedCommand(sequence, timestamp, msg.data, reply))
+        self._wakeup.set()
+        if self._outstanding <= self._batch // 2:
+            await self._pull()
+
+    async def _on_status(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        status = headers.get(_STATUS, "")
+        if status == "100":  # idle heartbeat
+            return
+        if status in ("404", "408"):  # a pull request ran out (no messages, expired)
+            self._outstanding -= int(headers.get(_PENDING_MESSAGES, "0") or 0)
+            if self._outstanding <= self._batch // 2:
+                await self._pull()
+            return
+        log.warning("command feed of %s: status %s %s", self._stream, status,
+                    headers.get("Description", ""))
+        self._broken = True  # 409: consumer deleted, leadership change, ...
+        self._wakeup.set()
+
+    async def _pull(self) -> None:
+        assert self._consumer is not None
+        request = {"batch": self._batch, "expires": int(self._expires * 1e9),
+                   "idle_heartbeat": int(self._heartbeat * 1e9)}
+        self._outstanding += self._batch
+        await self._nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}",
+                               json.dumps(request).encode(), reply=self._inbox)
+
+    async def _create_consumer(self) -> None:
+        await self._delete_consumer()
+        js = self._nc.jetstream()
+        info = await js.add_consumer(self._stream, ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.next_sequence,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=max(30.0, 3 * self._expires),
+            mem_storage=True,
+            num_replicas=1,
+        ))
+        self._consumer = info.name
+        self._outstanding = 0
+        self._broken = False
+        self._last_heard = asyncio.get_running_loop().time()
+        await self._pull()
+
+    async def _delete_consumer(self) -> None:
+        if self._consumer is None or self._nc.is_closed:
+            return
+        name, self._consumer = self._consumer, None
+        try:
+            await self._nc.jetstream().delete_consumer(self._stream, name)
+        except Exception as exc:  # noqa: BLE001 - it expires by itself when unused
+            log.debug("could not delete consumer %s of %s: %s", name, self._stream, exc)

@@ -1,0 +1,307 @@
+"""One market's engine service: the command stream in, events and market data out.
+
+For each batch of commands the feed hands over, the service applies every command to
+the pure core, then publishes, in this order:
+
+1. each command's events to the market's events stream (JetStream, message id
+   ``<market>:<sequence>``, so a re-publish after a crash is dropped), waiting for the
+   stream's acknowledgements of the whole batch;
+2. the events to the sender's ``Tp-Reply`` subject, if any (the gateway's ``result``);
+3. private order updates per account, and public trades and L2 deltas.
+
+So a trader never sees a result or a fill that the events stream does not hold. After
+a restart the service replays the command stream from the start (snapshots shorten
+that later) and publishes nothing for commands whose events the stream already holds;
+the market-data sequence numbers come out the same as before, because they are counted
+from the commands, not from the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from tradeplane_engine.core import (
+    AnyEvent,
+    BookLevel,
+    Engine,
+    OrderRejected,
+    OrderStatus,
+    OrderUpdate,
+    Side,
+    Trade,
+    TradingModeChanged,
+)
+from tradeplane_engine.service.feed import CommandFeed, SequencedCommand
+from tradeplane_engine.service.streams import StreamSettings, ensure_market_streams
+from tradeplane_engine.wire import (
+    HEADER_MESSAGE_ID,
+    HEADER_REPLY,
+    HEADER_SEQUENCE,
+    EventBatch,
+    MarketDefinition,
+    PublicFormatter,
+    account_subject,
+    book_snapshot_subject,
+    book_subject,
+    command_stream,
+    decode_command,
+    encode_events,
+    engine_subject,
+    event_stream,
+    event_subject,
+    mode_event,
+    trades_subject,
+)
+
+log = logging.getLogger(__name__)
+
+RECENT_ORDERS = 100_000
+"""Finished orders the engine remembers for status queries (PostgreSQL keeps them all)."""
+
+_encode = msgspec.json.Encoder().encode
+_TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED)
+
+
+class StatusQuery(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    account: str
+    order_id: int = 0
+    client_order_id: str = ""
+
+
+class MarketService:
+    """Runs one market: consume, apply, publish. ``run()`` until cancelled."""
+
+    def __init__(self, nc: Client, definition: MarketDefinition,
+                 settings: StreamSettings | None = None, *, batch: int = 512) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.market = definition.name
+        self.definition = definition
+        self.settings = settings or StreamSettings()
+        self.engine = Engine(definition.spec())
+        self.formatter = PublicFormatter(self.engine.spec)
+        self.book_sequence = 0
+        """Contiguous number of the last public L2 delta (counted from the commands)."""
+        self.published_through = 0
+        """Commands up to this sequence already have their events in the events stream."""
+        self.recent: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self.recent_by_client_id: dict[tuple[str, str], int] = {}
+        self.ready = asyncio.Event()
+        """Set once the service has caught up with what was published before it started."""
+        self._batch = batch
+        self._rejections = 0
+        self._event_subject = event_subject(self.market)
+        self._book_subject = book_subject(self.market)
+        self._trades_subject = trades_subject(self.market)
+        self._feed: CommandFeed | None = None
+
+    async def run(self) -> None:
+        await ensure_market_streams(self.js, self.market, self.settings)
+        self.published_through = await self._last_published_sequence()
+        if self.published_through == 0:
+            self.ready.set()
+        subscriptions = [
+            await self.nc.subscribe(book_snapshot_subject(self.market), cb=self._on_snapshot),
+            await self.nc.subscribe(engine_subject(self.market, "status"), cb=self._on_status),
+            await self.nc.subscribe(engine_subject(self.market, "order"), cb=self._on_order),
+        ]
+        self._feed = CommandFeed(self.nc, command_stream(self.market),
+                                 self.engine.last_sequence + 1, batch=self._batch,
+                                 reply_header=HEADER_REPLY)
+        await self._feed.start()
+        log.info("market %s: replaying the command stream; events published through %d",
+                 self.market, self.published_through)
+        try:
+            while True:
+                await self.process(await self._feed.next_batch())
+        finally:
+            for subscription in subscriptions:
+                await subscription.unsubscribe()
+            await self._feed.stop()
+
+    async def _last_published_sequence(self) -> int:
+        try:
+            last = await self.js.get_last_msg(event_stream(self.market), self._event_subject)
+        except NotFoundError:
+            return 0
+        return int((last.headers or {}).get(HEADER_SEQUENCE, "0"))
+
+    # -- the hot path ------------------------------------------------------------------
+
+    async def process(self, batch: list[SequencedCommand]) -> None:
+        apply = self.engine.apply
+        market = self.market
+        outgoing: list[tuple[SequencedCommand, bytes, list[AnyEvent]]] = []
+        acks = []
+        for command in batch:
+            try:
+                events = apply(decode_command(command.data, command.sequence, command.timestamp))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # Only a client that bypassed the gateway can put this here; the engine
+                # skips it the same way on every replica and replay.
+                log.warning("market %s: command %d is not a command: %s", market,
+                            command.sequence, exc)
+                events = []
+            if command.sequence <= self.published_through:
+                self._remember(events)
+                self._count_book_changes(events)
+                if command.sequence == self.published_through:
+                    log.info("market %s: caught up at sequence %d", market, command.sequence)
+                    self.ready.set()
+                continue
+            payload = encode_events(EventBatch(market, command.sequence, command.timestamp,
+                                               events))
+            sequence = str(command.sequence)
+            acks.append(await self.js.publish_async(
+                self._event_subject, payload,
+                headers={HEADER_MESSAGE_ID: f"{market}:{sequence}", HEADER_SEQUENCE: sequence},
+            ))
+            outgoing.append((command, payload, events))
+        if not outgoing:
+            return
+        await asyncio.gather(*acks)
+        self.published_through = outgoing[-1][0].sequence
+        publish = self.nc.publish
+        for command, payload, events in outgoing:
+            if command.reply:
+                await publish(command.reply, payload)
+            self._remember(events)
+            await self._publish_market_data(command, events)
+
+    async def _publish_market_data(self, command: SequencedCommand,
+                                   events: list[AnyEvent]) -> None:
+        formatter = self.formatter
+        publish = self.nc.publish
+        header = {"market": self.market, "sequence": command.sequence,
+                  "timestamp": command.timestamp}
+        for account in formatter.accounts(events):
+            updates = [update for event in events
+                       if (update := formatter.order_event(event, account)) is not None]
+            await publish(account_subject(account), _encode({**header, "events": updates}))
+        trades = [formatter.trade(event) for event in events if type(event) is Trade]
+        if trades:
+            await publish(self._trades_subject, _encode({**header, "trades": trades}))
+        bids: list[list[str]] = []
+        asks: list[list[str]] = []
+        mode: dict[str, Any] | None = None
+        for event in events:
+            if type(event) is BookLevel:
+                (bids if event.side is Side.BUY else asks).append(formatter.level(event))
+            elif type(event) is TradingModeChanged:
+                mode = mode_event(event)
+        if bids or asks or mode:
+            self.book_sequence += 1
+            delta: dict[str, Any] = {**header, "seq": self.book_sequence, "bids": bids,
+                                     "asks": asks}
+            if mode:
+                delta["mode"] = mode["mode"]
+            await publish(self._book_subject, _encode(delta))
+
+    def _count_book_changes(self, events: list[AnyEvent]) -> None:
+        if any(type(event) is BookLevel or type(event) is TradingModeChanged
+               for event in events):
+            self.book_sequence += 1
+
+    def _remember(self, events: list[AnyEvent]) -> None:
+        """Keep the last state of finished and rejected orders for status queries."""
+        quantity = self.formatter.quantity
+        for event in events:
+            if type(event) is OrderUpdate and event.status in _TERMINAL:
+                record: dict[str, Any] = {
+                    "orderId": event.order_id, "clientOrderId": event.client_order_id,
+                    "status": event.status.value,
+                    "filledQuantity": quantity(event.filled_quantity),
+                    "remainingQuantity": "0",
+                }
+                if event.reason is not None:
+                    record["reason"] = event.reason.name.lower()
+                self._remember_order(event.account, event.order_id, event.client_order_id,
+                                     record)
+            elif type(event) is OrderRejected and event.order_id == 0 and event.client_order_id:
+                self._remember_order(event.account, 0, event.client_order_id, {
+                    "orderId": 0, "clientOrderId": event.client_order_id,
+                    "status": "rejected", "code": int(event.code), "name": event.code.name,
+                    "reason": event.reason,
+                })
+
+    def _remember_order(self, account: str, order_id: int, client_order_id: str,
+                        record: dict[str, Any]) -> None:
+        self._rejections += 0 if order_id else 1
+        key = (account, order_id or -self._rejections)  # a rejected order has no id
+        self.recent[key] = record
+        if client_order_id:
+            self.recent_by_client_id[(account, client_order_id)] = key[1]
+        if len(self.recent) > RECENT_ORDERS:
+            (old_account, old_key), old = self.recent.popitem(last=False)
+            old_client_key = (old_account, old.get("clientOrderId", ""))
+            if self.recent_by_client_id.get(old_client_key) == old_key:
+                del self.recent_by_client_id[old_client_key]
+
+    # -- requests ----------------------------------------------------------------------
+
+    def order_status(self, query: StatusQuery) -> dict[str, Any] | None:
+        """An order's current state: open in the book, or recently finished."""
+        order = self.engine.open_order(query.account, query.order_id, query.client_order_id)
+        if order is not None:
+            price, quantity = self.formatter.price, self.formatter.quantity
+            return {
+                "orderId": order.order_id, "clientOrderId": order.client_order_id,
+                "status": "partiallyFilled" if order.filled else "new",
+                "side": order.side.value, "price": price(order.price),
+                "quantity": quantity(order.quantity),
+                "filledQuantity": quantity(order.filled),
+                "remainingQuantity": quantity(order.remaining),
+            }
+        order_id = query.order_id
+        if not order_id and query.client_order_id:
+            order_id = self.recent_by_client_id.get((query.account, query.client_order_id), 0)
+        return self.recent.get((query.account, order_id)) if order_id else None
+
+    async def _on_order(self, msg: Msg) -> None:
+        try:
+            query = msgspec.json.decode(msg.data, type=StatusQuery)
+        except msgspec.MsgspecError as exc:
+            await msg.respond(_encode({"error": str(exc)}))
+            return
+        if not self.ready.is_set():
+            await msg.respond(_encode({"error": "recovering"}))
+            return
+        order = self.order_status(query)
+        await msg.respond(_encode({"sequence": self.engine.last_sequence, "order": order}))
+
+    async def _on_snapshot(self, msg: Msg) -> None:
+        if not self.ready.is_set():
+            await msg.respond(_encode({"error": "recovering", "market": self.market}))
+            return
+        depth = 1_000_000
+        book = self.engine.l2(depth)
+        price, quantity = self.formatter.price, self.formatter.quantity
+        await msg.respond(_encode({
+            "market": self.market, "seq": self.book_sequence,
+            "sequence": self.engine.last_sequence, "mode": self.engine.mode.value,
+            "bids": [[price(level.price), quantity(level.quantity)] for level in book.bids],
+            "asks": [[price(level.price), quantity(level.quantity)] for level in book.asks],
+        }))
+
+    async def _on_status(self, msg: Msg) -> None:
+        await msg.respond(_encode(self.status(with_hash=msg.data == b"hash")))
+
+    def status(self, *, with_hash: bool = False) -> dict[str, Any]:
+        engine = self.engine
+        status: dict[str, Any] = {
+            "market": self.market, "role": "leader", "ready": self.ready.is_set(),
+            "sequence": engine.last_sequence, "publishedThrough": self.published_through,
+            "bookSeq": self.book_sequence, "mode": engine.mode.value,
+            "nextOrderId": engine.next_order_id, "nextTradeId": engine.next_trade_id,
+        }
+        if with_hash:
+            status["stateHash"] = engine.state_hash()
+        return status

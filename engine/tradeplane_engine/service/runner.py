@@ -1,0 +1,57 @@
+"""An engine process: runs the markets it is given, each from the markets bucket.
+
+Markets spread over engine processes (``--market`` names the ones a process runs), so
+capacity grows by adding processes and nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+
+from tradeplane_engine.service.market import MarketService
+from tradeplane_engine.service.streams import StreamSettings, markets_bucket
+from tradeplane_engine.wire import MarketDefinition, decode_definition
+
+log = logging.getLogger(__name__)
+
+
+async def market_definition(kv: KeyValue, market: str) -> MarketDefinition:
+    """The market's definition from the bucket, waiting for it to be written."""
+    watcher = await kv.watch(market)
+    try:
+        async for entry in watcher:
+            if entry is not None and entry.value:
+                return decode_definition(entry.value)
+            log.info("waiting for market %s to be defined in the markets bucket", market)
+    finally:
+        await watcher.stop()
+    raise RuntimeError(f"watch of market {market} ended")  # pragma: no cover
+
+
+async def connect(servers: str, name: str) -> Client:
+    """A connection that retries for ever: a service outlives a NATS restart."""
+    return await nats.connect(
+        servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+        connect_timeout=2, allow_reconnect=True, pending_size=64 * 1024 * 1024,
+    )
+
+
+async def run_engines(servers: str, markets: list[str],
+                      settings: StreamSettings | None = None) -> None:
+    """Run the named markets until cancelled."""
+    settings = settings or StreamSettings()
+    nc = await connect(servers, f"tradeplane-engine:{','.join(markets)}")
+    try:
+        kv = await markets_bucket(nc.jetstream(), settings)
+        definitions = [await market_definition(kv, market) for market in markets]
+        services = [MarketService(nc, definition, settings) for definition in definitions]
+        async with asyncio.TaskGroup() as group:
+            for service in services:
+                group.create_task(service.run(), name=f"market {service.market}")
+    finally:
+        await nc.drain()

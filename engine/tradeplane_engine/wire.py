@@ -1,0 +1,282 @@
+"""The data plane's names and messages: subjects, streams, headers, and their encodings.
+
+This is the contract between the gateway, the engine service and everything that reads
+the streams (the recorder, standbys, tools). The gateway imports it with the core's
+command and event schema and nothing else of the engine. The public side of it — the
+subjects and JSON a trader sees — is written down in docs/protocol.md.
+
+Internally (command and events streams) prices and quantities travel as the core's
+integers; everything published for traders carries decimal strings.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from tradeplane_engine.core.commands import AnyCommand
+from tradeplane_engine.core.events import (
+    AnyEvent,
+    BookLevel,
+    OrderAccepted,
+    OrderRejected,
+    OrderReplaced,
+    OrderUpdate,
+    Trade,
+    TradingModeChanged,
+)
+from tradeplane_engine.core.market import MarketSpec, TradingMode, UnitFormatter, format_decimal
+
+MARKETS_BUCKET = "tp-markets"
+"""NATS key-value bucket of market definitions: key = market name, value = JSON spec."""
+GATEWAY_QUEUE = "tp-gateway"
+"""Queue group of every gateway process: a request goes to exactly one of them."""
+API_SUBJECTS = "tp.api.*.order.*"
+"""What gateways serve: ``tp.api.<account>.order.<verb>``."""
+
+HEADER_MESSAGE_ID = "Nats-Msg-Id"
+HEADER_REPLY = "Tp-Reply"
+"""On a command: where the engine sends the command's events once applied (core NATS)."""
+HEADER_SEQUENCE = "Tp-Sequence"
+"""On an events message: the command sequence the events belong to."""
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def is_market_name(name: str) -> bool:
+    """Market names are Kubernetes names (DNS labels): they appear in subjects and streams."""
+    return bool(_NAME.match(name))
+
+
+def is_account(account: str) -> bool:
+    """Accounts are one subject token, so NATS permissions can confine a trader to theirs."""
+    return bool(_ACCOUNT.match(account))
+
+
+def command_stream(market: str) -> str:
+    return f"tp-cmd-{market}"
+
+
+def command_subject(market: str) -> str:
+    return f"tp.cmd.{market}"
+
+
+def event_stream(market: str) -> str:
+    return f"tp-evt-{market}"
+
+
+def event_subject(market: str) -> str:
+    return f"tp.evt.{market}"
+
+
+def book_subject(market: str) -> str:
+    """Public L2 deltas, each with a contiguous per-market ``seq``."""
+    return f"tp.md.{market}.book"
+
+
+def book_snapshot_subject(market: str) -> str:
+    """Request/reply: the whole L2 book and the ``seq`` of the last delta it includes."""
+    return f"tp.md.{market}.book.snapshot"
+
+
+def trades_subject(market: str) -> str:
+    """Public trades; trade ids are contiguous per market, so they show a gap."""
+    return f"tp.md.{market}.trades"
+
+
+def account_subject(account: str) -> str:
+    """Private order updates of one account (all markets)."""
+    return f"tp.acct.{account}.orders"
+
+
+def engine_subject(market: str, what: str) -> str:
+    """Internal request/reply served by a market's engine: ``status``, ``order``."""
+    return f"tp.engine.{market}.{what}"
+
+
+def api_subject(account: str, verb: str) -> str:
+    return f"tp.api.{account}.order.{verb}"
+
+
+class MarketDefinition(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A Market's spec as it sits in the markets bucket (the custom resource's spec + name).
+
+    Fields for running the market (replicas, fees, snapshotEvery, engine) ride along so
+    that one document describes a market everywhere; the matching rules are ``spec()``.
+    """
+
+    name: str
+    base: str
+    quote: str
+    tick_size: str
+    lot_size: str
+    min_notional: str = "0"
+    price_band: str = "0"
+    reference_price: str | None = None
+    trading_mode: TradingMode = TradingMode.OPEN
+    replicas: int = 2
+    snapshot_every: int = 100_000
+    fees: dict[str, Any] | None = None
+    engine: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not is_market_name(self.name):
+            raise ValueError(f"market name {self.name!r} must be a DNS label (a-z, 0-9, -)")
+        self.spec()  # refuses bad decimals now rather than in an engine later
+
+    def spec(self) -> MarketSpec:
+        return MarketSpec(
+            base=self.base, quote=self.quote, tick_size=self.tick_size, lot_size=self.lot_size,
+            min_notional=self.min_notional, price_band=self.price_band,
+            reference_price=self.reference_price, trading_mode=self.trading_mode,
+        )
+
+
+def definition_from_manifest(manifest: dict[str, Any]) -> MarketDefinition:
+    """A ``kind: Market`` document (as parsed from YAML) to its definition."""
+    if manifest.get("kind") != "Market":
+        raise ValueError(f"not a Market manifest: kind {manifest.get('kind')!r}")
+    name = (manifest.get("metadata") or {}).get("name")
+    spec = dict(manifest.get("spec") or {})
+    spec["name"] = name
+    return msgspec.convert(spec, MarketDefinition)
+
+
+encode_definition = msgspec.json.Encoder().encode
+decode_definition = msgspec.json.Decoder(MarketDefinition).decode
+
+
+# -- the command stream ------------------------------------------------------------------
+
+_command_encoder = msgspec.json.Encoder()
+_command_decoder = msgspec.json.Decoder(AnyCommand)
+
+
+def encode_command(command: AnyCommand) -> bytes:
+    """A command for the command stream; its sequence and timestamp are the stream's."""
+    return _command_encoder.encode(command)
+
+
+def decode_command(data: bytes, sequence: int, timestamp: int) -> AnyCommand:
+    """A command from the stream, stamped with the sequence and time the stream gave it."""
+    command = _command_decoder.decode(data)
+    return msgspec.structs.replace(command, sequence=sequence, timestamp=timestamp)
+
+
+# -- the events stream -------------------------------------------------------------------
+
+class EventBatch(msgspec.Struct, frozen=True, gc=False):
+    """What one command did: the message published per command on the events stream."""
+
+    market: str
+    sequence: int
+    timestamp: int
+    events: list[AnyEvent]
+
+
+encode_events = msgspec.json.Encoder().encode
+decode_events = msgspec.json.Decoder(EventBatch).decode
+
+
+# -- what traders see --------------------------------------------------------------------
+
+class PublicFormatter:
+    """Turns the core's integer events into the public JSON objects of docs/protocol.md."""
+
+    def __init__(self, spec: MarketSpec) -> None:
+        self.price = UnitFormatter(spec.tick_size)
+        self.quantity = UnitFormatter(spec.lot_size)
+        self.notional = UnitFormatter(_product(spec.tick_size, spec.lot_size))
+
+    def order_event(self, event: AnyEvent, account: str) -> dict[str, Any] | None:
+        """One event as the given account sees it; None if it is not about that account."""
+        price, quantity = self.price, self.quantity
+        if isinstance(event, Trade):
+            if event.taker_account == account:
+                role, order_id = "taker", event.taker_order_id
+            elif event.maker_account == account:
+                role, order_id = "maker", event.maker_order_id
+            else:
+                return None
+            return {"type": "trade", "tradeId": event.trade_id, "orderId": order_id,
+                    "role": role, "side": _own_side(event, role), "price": price(event.price),
+                    "quantity": quantity(event.quantity)}
+        if isinstance(event, OrderUpdate):
+            if event.account != account:
+                return None
+            update: dict[str, Any] = {
+                "type": "orderUpdate", "orderId": event.order_id,
+                "clientOrderId": event.client_order_id, "status": event.status.value,
+                "filledQuantity": quantity(event.filled_quantity),
+                "remainingQuantity": quantity(event.remaining_quantity),
+            }
+            if event.reason is not None:
+                update["reason"] = event.reason.name.lower()
+            return update
+        if isinstance(event, OrderAccepted):
+            if event.account != account:
+                return None
+            accepted: dict[str, Any] = {
+                "type": "accepted", "orderId": event.order_id,
+                "clientOrderId": event.client_order_id, "side": event.side.value,
+                "orderType": event.order_type.value, "timeInForce": event.time_in_force.value,
+                "postOnly": event.post_only, "stp": event.stp.value,
+            }
+            if event.price:
+                accepted["price"] = price(event.price)
+            if event.quantity:
+                accepted["quantity"] = quantity(event.quantity)
+            if event.quote_amount:
+                accepted["quoteAmount"] = self.notional(event.quote_amount)
+            return accepted
+        if isinstance(event, OrderRejected):
+            if event.account != account:
+                return None
+            return {"type": "rejected", "orderId": event.order_id,
+                    "clientOrderId": event.client_order_id, "code": int(event.code),
+                    "name": event.code.name, "reason": event.reason}
+        if isinstance(event, OrderReplaced):
+            if event.account != account:
+                return None
+            return {"type": "replaced", "orderId": event.order_id,
+                    "clientOrderId": event.client_order_id, "price": price(event.price),
+                    "quantity": quantity(event.quantity),
+                    "remainingQuantity": quantity(event.remaining_quantity),
+                    "priorityKept": event.priority_kept}
+        return None
+
+    def accounts(self, events: list[AnyEvent]) -> list[str]:
+        """Every account the events concern, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for event in events:
+            if isinstance(event, Trade):
+                seen.setdefault(event.maker_account)
+                seen.setdefault(event.taker_account)
+            elif isinstance(event, (OrderAccepted, OrderUpdate, OrderRejected, OrderReplaced)):
+                seen.setdefault(event.account)
+        return list(seen)
+
+    def trade(self, event: Trade) -> dict[str, Any]:
+        return {"tradeId": event.trade_id, "price": self.price(event.price),
+                "quantity": self.quantity(event.quantity), "side": event.aggressor_side.value}
+
+    def level(self, event: BookLevel) -> list[str]:
+        return [self.price(event.price), self.quantity(event.quantity)]
+
+
+def _own_side(trade: Trade, role: str) -> str:
+    if role == "taker":
+        return trade.aggressor_side.value
+    return "sell" if trade.aggressor_side.value == "buy" else "buy"
+
+
+def _product(a: str, b: str) -> str:
+    return format_decimal(Decimal(a) * Decimal(b))
+
+
+def mode_event(event: TradingModeChanged) -> dict[str, Any]:
+    return {"type": "mode", "mode": event.mode.value, "previous": event.previous.value}

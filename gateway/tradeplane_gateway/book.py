@@ -1,0 +1,140 @@
+"""A local L2 book kept in step with a market: a snapshot, then deltas by sequence.
+
+The deltas on ``tp.md.<market>.book`` carry a contiguous ``seq``; the snapshot reply
+says the ``seq`` of the last delta it includes. The book subscribes first, buffers,
+asks for a snapshot, drops the deltas the snapshot already holds and applies the rest
+in order. A missing ``seq`` (a lost message, a slow consumer, an engine restart) makes
+it fetch a new snapshot and carry on: it resynchronises by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from tradeplane_engine.wire import book_snapshot_subject, book_subject
+
+log = logging.getLogger(__name__)
+
+Level = tuple[str, str]
+"""(price, quantity) as decimal strings."""
+
+
+class LocalBook:
+    """``async with client.book("sol-usdt") as book:`` then ``book.bids``, ``book.asks``."""
+
+    def __init__(self, nc: Client, market: str, *, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.market = market
+        self.timeout = timeout
+        self.seq = 0
+        """The ``seq`` of the last delta applied (or included by the snapshot)."""
+        self.resyncs = 0
+        """How many times a gap made the book fetch a new snapshot."""
+        self.mode = ""
+        self._bids: dict[Decimal, Level] = {}
+        self._asks: dict[Decimal, Level] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._synced = False
+        self._changed = asyncio.Condition()
+        self._sub: Subscription | None = None
+        self._resync: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LocalBook:
+        self._sub = await self.nc.subscribe(book_subject(self.market), cb=self._on_delta)
+        await self._load_snapshot()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        if self._resync is not None:
+            self._resync.cancel()
+
+    @property
+    def bids(self) -> list[Level]:
+        """Best (highest) price first."""
+        return [self._bids[price] for price in sorted(self._bids, reverse=True)]
+
+    @property
+    def asks(self) -> list[Level]:
+        """Best (lowest) price first."""
+        return [self._asks[price] for price in sorted(self._asks)]
+
+    async def wait_for_seq(self, seq: int, timeout: float | None = None) -> None:
+        """Wait until the book has applied delta ``seq`` (or a snapshot past it)."""
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self._synced and self.seq >= seq),
+                timeout or self.timeout)
+
+    # -- keeping in step ---------------------------------------------------------------
+
+    async def _on_delta(self, msg: Msg) -> None:
+        delta = msgspec.json.decode(msg.data)
+        await self.receive(delta)
+
+    async def receive(self, delta: dict[str, Any]) -> None:
+        """Apply one delta message, or buffer it while a snapshot is on its way."""
+        if not self._synced:
+            self._pending.append(delta)
+            return
+        seq = delta["seq"]
+        if seq <= self.seq:
+            return
+        if seq != self.seq + 1:
+            log.info("book %s: gap after seq %d (got %d); resynchronising", self.market,
+                     self.seq, seq)
+            self._start_resync(delta)
+            return
+        await self._apply(delta)
+
+    def _start_resync(self, delta: dict[str, Any]) -> None:
+        self._synced = False
+        self._pending = [delta]
+        self.resyncs += 1
+        self._resync = asyncio.create_task(self._load_snapshot())
+
+    async def _load_snapshot(self) -> None:
+        while True:
+            try:
+                answer = await self.nc.request(book_snapshot_subject(self.market), b"",
+                                               timeout=self.timeout)
+                snapshot = msgspec.json.decode(answer.data)
+                if "error" not in snapshot:
+                    break
+            except (NoRespondersError, NatsTimeout):
+                pass
+            await asyncio.sleep(0.1)  # the engine is starting or recovering
+        self._bids = {Decimal(price): (price, quantity) for price, quantity in snapshot["bids"]}
+        self._asks = {Decimal(price): (price, quantity) for price, quantity in snapshot["asks"]}
+        self.seq = snapshot["seq"]
+        self.mode = snapshot["mode"]
+        pending, self._pending = self._pending, []
+        self._synced = True
+        async with self._changed:
+            self._changed.notify_all()
+        for delta in sorted(pending, key=lambda delta: int(delta["seq"])):
+            await self.receive(delta)
+
+    async def _apply(self, delta: dict[str, Any]) -> None:
+        for side, levels in ((self._bids, delta["bids"]), (self._asks, delta["asks"])):
+            for price, quantity in levels:
+                if quantity == "0":
+                    side.pop(Decimal(price), None)
+                else:
+                    side[Decimal(price)] = (price, quantity)
+        if "mode" in delta:
+            self.mode = delta["mode"]
+        self.seq = delta["seq"]
+        async with self._changed:
+            self._changed.notify_all()

@@ -1,0 +1,133 @@
+"""The Python client SDK: trade on tradeplane from asyncio.
+
+    async with tradeplane.connect("nats://127.0.0.1:4222", account="alice") as client:
+        reply = await client.place("sol-usdt", "buy", "1.5", "101.25")
+        print(reply.order.status, reply.fills)
+        async with client.book("sol-usdt") as book:
+            print(book.bids[:5], book.asks[:5])
+
+Every method is a thin layer over the NATS protocol of docs/protocol.md; anything
+here can be done from any language with a plain NATS client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from tradeplane_engine.wire import account_subject, api_subject, is_account, trades_subject
+from tradeplane_gateway.book import LocalBook
+from tradeplane_gateway.errors import ConnectionLost, RequestError
+from tradeplane_gateway.protocol import Reply, decode_reply
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Client:
+    """One trader's account on one NATS connection."""
+
+    def __init__(self, nc: NatsClient, account: str, *, timeout: float = 10.0,
+                 response: str = "result") -> None:
+        if not is_account(account):
+            raise ValueError(f"invalid account name {account!r}")
+        self.nc = nc
+        self.account = account
+        self.timeout = timeout
+        self.response = response
+
+    async def request(self, verb: str, body: dict[str, Any]) -> Reply:
+        """Send one request; the reply, or RequestError with its code."""
+        payload = _encode({key: value for key, value in body.items() if value is not None})
+        try:
+            msg = await self.nc.request(api_subject(self.account, verb), payload,
+                                        timeout=self.timeout)
+        except NoRespondersError as exc:
+            raise ConnectionLost("no gateway is serving requests") from exc
+        except NatsTimeout as exc:
+            raise ConnectionLost(f"no reply within {self.timeout} s") from exc
+        reply = decode_reply(msg.data)
+        if not reply.ok:
+            assert reply.error is not None
+            raise RequestError(reply.error.code, reply.error.name, reply.error.reason,
+                               reply.sequence)
+        return reply
+
+    async def place(self, market: str, side: str, quantity: str | None = None,
+                    price: str | None = None, *, type: str = "limit",  # noqa: A002
+                    time_in_force: str | None = None, post_only: bool | None = None,
+                    stp: str | None = None, client_order_id: str | None = None,
+                    quote_amount: str | None = None, response: str | None = None) -> Reply:
+        """A new order. Quantities and prices are decimal strings ("1.5", "101.25")."""
+        return await self.request("place", {
+            "market": market, "side": side, "type": type, "quantity": quantity, "price": price,
+            "quoteAmount": quote_amount, "timeInForce": time_in_force, "postOnly": post_only,
+            "stp": stp, "clientOrderId": client_order_id,
+            "response": response or self.response,
+        })
+
+    async def cancel(self, market: str, order_id: int | None = None, *,
+                     client_order_id: str | None = None, response: str | None = None) -> Reply:
+        return await self.request("cancel", {
+            "market": market, "orderId": order_id, "clientOrderId": client_order_id,
+            "response": response or self.response,
+        })
+
+    async def replace(self, market: str, order_id: int | None = None, *,
+                      client_order_id: str | None = None, price: str | None = None,
+                      quantity: str | None = None, response: str | None = None) -> Reply:
+        """New price and/or new total quantity (filled part included)."""
+        return await self.request("replace", {
+            "market": market, "orderId": order_id, "clientOrderId": client_order_id,
+            "price": price, "quantity": quantity, "response": response or self.response,
+        })
+
+    async def cancel_all(self, market: str, side: str | None = None, *,
+                         response: str | None = None) -> Reply:
+        return await self.request("cancelAll", {"market": market, "side": side,
+                                                "response": response or self.response})
+
+    async def status(self, market: str, order_id: int | None = None, *,
+                     client_order_id: str | None = None) -> Reply:
+        return await self.request("status", {"market": market, "orderId": order_id,
+                                             "clientOrderId": client_order_id})
+
+    async def order_updates(self) -> AsyncIterator[dict[str, Any]]:
+        """This account's private updates, in every market, as they happen."""
+        subscription = await self.nc.subscribe(account_subject(self.account))
+        try:
+            async for msg in subscription.messages:
+                yield msgspec.json.decode(msg.data)
+        finally:
+            await subscription.unsubscribe()
+
+    async def trades(self, market: str) -> AsyncIterator[dict[str, Any]]:
+        """The market's public trades as they happen (one message per matching command)."""
+        subscription = await self.nc.subscribe(trades_subject(market))
+        try:
+            async for msg in subscription.messages:
+                yield msgspec.json.decode(msg.data)
+        finally:
+            await subscription.unsubscribe()
+
+    def book(self, market: str) -> LocalBook:
+        """A local L2 book that keeps itself in step (use with ``async with``)."""
+        return LocalBook(self.nc, market, timeout=self.timeout)
+
+
+@asynccontextmanager
+async def connect(servers: str | list[str] = "nats://127.0.0.1:4222", *, account: str,
+                  timeout: float = 10.0, response: str = "result",
+                  **options: Any) -> AsyncIterator[Client]:
+    """Connect to NATS as ``account``; ``options`` go to ``nats.connect`` (credentials...)."""
+    nc = await nats.connect(servers, **options)
+    try:
+        yield Client(nc, account, timeout=timeout, response=response)
+    finally:
+        await nc.drain()

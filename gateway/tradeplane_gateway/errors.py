@@ -1,0 +1,61 @@
+"""Errors: the codes the gateway answers with, and what the client SDK raises.
+
+Codes share one number space with the engine's reject codes (docs/engine.md): the
+engine uses 1xx–4xx, the edge uses 9xx, so a code alone says who refused and why.
+
+    TradeplaneError
+    ├── RequestError        a request was refused; ``code`` is stable, ``reason`` is for people
+    └── ConnectionLost      the NATS connection is gone
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class EdgeCode(IntEnum):
+    """Why the gateway refused a request before it reached a market's command stream."""
+
+    MALFORMED_JSON = 901
+    """The payload is not a JSON object."""
+    UNKNOWN_FIELD = 902
+    """The request has a field the protocol does not define."""
+    INVALID_FIELD = 903
+    """A field is missing, has the wrong type, or a value outside its set."""
+    PAYLOAD_TOO_LARGE = 904
+    """The payload is larger than the gateway accepts (4 KiB)."""
+    UNKNOWN_MARKET = 905
+    """No market of that name is defined (yet)."""
+    INVALID_ACCOUNT = 906
+    """The account in the subject is not a valid account name."""
+    UNKNOWN_REQUEST = 907
+    """The subject names no request the gateway serves."""
+    INVALID_CLIENT_ORDER_ID = 908
+    """Client order ids are 1–36 characters of A–Z, a–z, 0–9, ``_`` and ``-``."""
+    NOT_SEQUENCED = 909
+    """The command stream did not acknowledge in time; retry with the same client order id
+    (a retry within the duplicate window is applied at most once)."""
+    RESULT_TIMEOUT = 910
+    """The command was sequenced but its result did not come in time; ask for its status."""
+    ENGINE_UNAVAILABLE = 911
+    """The market's engine did not answer a query."""
+
+
+class TradeplaneError(Exception):
+    """Base of every error the client SDK raises."""
+
+
+class RequestError(TradeplaneError):
+    """The exchange refused a request: an edge code (9xx) or an engine reject (1xx–4xx)."""
+
+    def __init__(self, code: int, name: str, reason: str, sequence: int | None = None) -> None:
+        super().__init__(f"{code} {name}: {reason}")
+        self.code = code
+        self.name = name
+        self.reason = reason
+        self.sequence = sequence
+        """The command's sequence when the engine refused it (None: never sequenced)."""
+
+
+class ConnectionLost(TradeplaneError):
+    """The connection to NATS is closed."""

@@ -1,0 +1,139 @@
+"""The public request/reply protocol: what a trader sends and what comes back.
+
+Every message is JSON. Requests are validated strictly (unknown fields, wrong types and
+numbers where decimal strings belong are refused); prices and quantities are decimal
+strings, never JSON numbers. docs/protocol.md describes all of it with examples.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from tradeplane_engine.core.commands import OrderType, SelfTradePrevention, Side, TimeInForce
+
+MAX_PAYLOAD = 4096
+"""Largest request the gateway reads, in bytes."""
+
+_CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+
+
+def is_client_order_id(value: str) -> bool:
+    return bool(_CLIENT_ORDER_ID.match(value))
+
+
+class ResponseMode(StrEnum):
+    ACK = "ack"
+    """Reply once the command is sequenced (in the market's command stream)."""
+    RESULT = "result"
+    """Reply once the engine applied it, with its outcome and fills (the default)."""
+
+
+class Request(msgspec.Struct, forbid_unknown_fields=True, rename="camel", kw_only=True):
+    market: str
+
+
+class PlaceRequest(Request, kw_only=True):
+    side: Side
+    type: OrderType = OrderType.LIMIT
+    quantity: str | None = None
+    price: str | None = None
+    quote_amount: str | None = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    stp: SelfTradePrevention = SelfTradePrevention.EXPIRE_MAKER
+    client_order_id: str | None = None
+    response: ResponseMode = ResponseMode.RESULT
+
+
+class CancelRequest(Request, kw_only=True):
+    order_id: int | None = None
+    client_order_id: str | None = None
+    response: ResponseMode = ResponseMode.RESULT
+
+
+class ReplaceRequest(Request, kw_only=True):
+    order_id: int | None = None
+    client_order_id: str | None = None
+    price: str | None = None
+    quantity: str | None = None
+    """The new total quantity, filled part included (so a retried replace is harmless)."""
+    response: ResponseMode = ResponseMode.RESULT
+
+
+class CancelAllRequest(Request, kw_only=True):
+    side: Side | None = None
+    response: ResponseMode = ResponseMode.RESULT
+
+
+class StatusRequest(Request, kw_only=True):
+    order_id: int | None = None
+    client_order_id: str | None = None
+
+
+REQUESTS: dict[str, type[Request]] = {
+    "place": PlaceRequest,
+    "cancel": CancelRequest,
+    "replace": ReplaceRequest,
+    "cancelAll": CancelAllRequest,
+    "status": StatusRequest,
+}
+"""The request verbs: ``tp.api.<account>.order.<verb>``."""
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    code: int
+    name: str
+    reason: str
+
+
+class Fill(msgspec.Struct, frozen=True, rename="camel"):
+    trade_id: int
+    price: str
+    quantity: str
+    role: str
+
+
+class OrderState(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """An order as a reply or a status query shows it."""
+
+    order_id: int
+    client_order_id: str
+    status: str
+    """new, partiallyFilled, filled, canceled, or rejected."""
+    filled_quantity: str = "0"
+    remaining_quantity: str = "0"
+    side: str | None = None
+    price: str | None = None
+    quantity: str | None = None
+    reason: str | None = None
+    code: int | None = None
+    name: str | None = None
+
+
+class Reply(msgspec.Struct, rename="camel", omit_defaults=True):
+    """Every reply. ``ok`` false carries ``error``; ``sequence`` is set once sequenced."""
+
+    ok: bool
+    market: str | None = None
+    sequence: int | None = None
+    timestamp: int | None = None
+    client_order_id: str | None = None
+    duplicate: bool = False
+    order: OrderState | None = None
+    fills: list[Fill] = msgspec.field(default_factory=list)
+    events: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    error: ErrorBody | None = None
+
+
+encode_reply = msgspec.json.Encoder().encode
+decode_reply = msgspec.json.Decoder(Reply).decode
+
+
+def error_reply(code: int, name: str, reason: str, *, market: str | None = None,
+                sequence: int | None = None) -> bytes:
+    return encode_reply(Reply(ok=False, market=market, sequence=sequence,
+                              error=ErrorBody(code, name, reason)))

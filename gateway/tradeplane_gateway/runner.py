@@ -1,0 +1,48 @@
+"""A gateway process: follow the markets bucket and serve requests until cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from tradeplane_engine.wire import MARKETS_BUCKET
+from tradeplane_gateway.markets import MarketDirectory
+from tradeplane_gateway.service import Gateway
+
+log = logging.getLogger(__name__)
+
+
+async def open_markets_bucket(js: JetStreamContext) -> KeyValue:
+    """The markets bucket, once whoever defines markets (``up``, the operator) made it."""
+    while True:
+        try:
+            return await js.key_value(MARKETS_BUCKET)
+        except BucketNotFoundError:
+            log.info("waiting for the %s bucket to be created", MARKETS_BUCKET)
+            await asyncio.sleep(0.5)
+
+
+async def run_gateway(servers: str, started: asyncio.Event | None = None) -> None:
+    """Serve order entry until cancelled; ``started`` is set once requests are served."""
+    nc = await nats.connect(servers, name="tradeplane-gateway", max_reconnect_attempts=-1,
+                            reconnect_time_wait=0.25, pending_size=64 * 1024 * 1024)
+    try:
+        kv = await open_markets_bucket(nc.jetstream())
+        markets = MarketDirectory()
+        gateway = Gateway(nc, markets)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(markets.follow(kv), name="markets")
+            await gateway.start()
+            if started is not None:
+                started.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await gateway.stop()
+    finally:
+        await nc.drain()

