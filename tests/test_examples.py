@@ -11,7 +11,7 @@ import yaml
 
 from tradeplane_engine.core import MarketSpec
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "markets").glob("*.yaml"))
 OPERATOR_FIELDS = {"replicas", "fees", "snapshotEvery", "engine"}
 """Spec fields for the operator (how to run the market), not for matching."""
 

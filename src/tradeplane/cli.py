@@ -1,29 +1,119 @@
-"""The ``tradeplane`` command: one entry point for every component and for newcomers."""
+"""The ``tradeplane`` command: one entry point for every component and for newcomers.
+
+    tradeplane up [--demo]              the whole exchange on this machine
+    tradeplane engine --market M ...    an engine process (what a pod runs)
+    tradeplane gateway                  a gateway process
+    tradeplane order place|cancel|replace|cancel-all|status ...
+    tradeplane book MARKET              a live L2 view
+    tradeplane trades MARKET            public trades as they happen
+    tradeplane status                   every market and its engine
+    tradeplane demo                     the engine core alone on the standard workload
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import nats
 
 from tradeplane import __version__
 
+DEFAULT_NATS = os.environ.get("TRADEPLANE_NATS", "nats://127.0.0.1:4222")
 
-def main(argv: Sequence[str] | None = None) -> int:
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tradeplane",
         description="A Kubernetes-native, operator-managed cryptocurrency exchange.",
     )
     parser.add_argument("--version", action="version", version=f"tradeplane {__version__}")
+    parser.add_argument("--nats", default=DEFAULT_NATS,
+                        help="NATS server URL (default: $TRADEPLANE_NATS or %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start the whole exchange on this machine")
+    up.add_argument("-f", "--filename", action="append", type=Path, dest="manifests",
+                    help="Market manifest file or directory (default: examples/markets)")
+    up.add_argument("--data-dir", type=Path, default=Path(".tradeplane"),
+                    help="where NATS keeps its streams and the logs go (default: %(default)s)")
+    up.add_argument("--port", type=int, default=4222,
+                    help="NATS client port (default: %(default)s; 0: any free port)")
+    up.add_argument("--engines", type=int, default=2,
+                    help="engine processes to spread the markets over (default: %(default)s)")
+    up.add_argument("--demo", action="store_true",
+                    help="also run a market maker and takers so the books are alive")
+
+    engine = commands.add_parser("engine", help="run the engines of the given markets")
+    engine.add_argument("--market", action="append", required=True, dest="markets")
+    engine.add_argument("--stream-replicas", type=int, default=1,
+                        help="JetStream replicas of each stream (3 on a NATS cluster)")
+    engine.add_argument("--stream-max-age", type=float, default=0,
+                        help="retention of the streams in seconds (0: keep everything)")
+
+    commands.add_parser("gateway", help="serve order entry (any number, one queue group)")
+
+    order = commands.add_parser("order", help="place, cancel, replace or look up orders")
+    actions = order.add_subparsers(dest="action", required=True, metavar="ACTION")
+    place = actions.add_parser("place", help="a new order")
+    place.add_argument("market")
+    place.add_argument("side", choices=["buy", "sell"])
+    place.add_argument("quantity", nargs="?", help="decimal quantity (omit with --quote-amount)")
+    place.add_argument("price", nargs="?", help="decimal limit price (omit for --type market)")
+    place.add_argument("--type", choices=["limit", "market"], default="limit")
+    place.add_argument("--time-in-force", choices=["GTC", "IOC", "FOK"])
+    place.add_argument("--post-only", action="store_true")
+    place.add_argument("--quote-amount", help="market buys: spend this much quote")
+    place.add_argument("--client-order-id")
+    for name, extra in (("cancel", "cancel one order"), ("replace", "change price/quantity"),
+                        ("status", "an order's current state")):
+        action = actions.add_parser(name, help=extra)
+        action.add_argument("market")
+        action.add_argument("--order-id", type=int)
+        action.add_argument("--client-order-id")
+        if name == "replace":
+            action.add_argument("--price")
+            action.add_argument("--quantity", help="new total quantity")
+    cancel_all = actions.add_parser("cancel-all", help="cancel all of the account's orders")
+    cancel_all.add_argument("market")
+    cancel_all.add_argument("--side", choices=["buy", "sell"])
+    for action in actions.choices.values():
+        action.add_argument("--account", required=True)
+        action.add_argument("--ack", action="store_true",
+                            help="reply once sequenced instead of once applied")
+
+    book = commands.add_parser("book", help="a live view of a market's L2 book")
+    book.add_argument("market")
+    book.add_argument("--depth", type=int, default=10)
+    book.add_argument("--once", action="store_true", help="print it once and exit")
+
+    trades = commands.add_parser("trades", help="a market's public trades as they happen")
+    trades.add_argument("market")
+    trades.add_argument("--count", type=int, default=0, help="exit after this many trades")
+
+    commands.add_parser("status", help="every market and what its engine reports")
+
     demo = commands.add_parser(
-        "demo", help="run the matching engine on the standard workload and explain what happened",
+        "demo", help="run the matching engine core on the standard workload, no NATS",
     )
     demo.add_argument("--commands", type=int, default=200_000,
                       help="how many commands to generate (default: 200,000)")
     demo.add_argument("--seed", type=int, default=42, help="workload seed (default: 42)")
     demo.add_argument("--depth", type=int, default=5, help="book levels to show (default: 5)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nats").setLevel(logging.WARNING)
 
     if args.command == "demo":
         from tradeplane.demo import run_demo
@@ -31,7 +121,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.commands <= 0:
             parser.error("--commands must be positive")
         run_demo(args.commands, args.seed, args.depth, sys.stdout)
-    return 0
+        return 0
+    if args.command == "up":
+        from tradeplane.up import DEFAULT_MANIFESTS, run_up
+
+        return run_up(args.manifests or [DEFAULT_MANIFESTS], args.data_dir, args.port,
+                      args.engines, args.demo, sys.stdout)
+    try:
+        return asyncio.run(_run_async(args))
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, nats.errors.NoServersError) as exc:
+        print(f"tradeplane: cannot reach NATS at {args.nats}: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return 3
+
+
+async def _run_async(args: argparse.Namespace) -> int:
+    if args.command == "engine":
+        from tradeplane_engine.service import StreamSettings, run_engines
+
+        settings = StreamSettings(replicas=args.stream_replicas,
+                                  max_age_seconds=args.stream_max_age)
+        await run_engines(args.nats, args.markets, settings)
+        return 0
+    if args.command == "gateway":
+        from tradeplane_gateway.runner import run_gateway
+
+        await run_gateway(args.nats)
+        return 0
+    from tradeplane import trading
+
+    if args.command == "order":
+        return await trading.order_command(args, sys.stdout)
+    if args.command == "book":
+        return await trading.book_command(args, sys.stdout)
+    if args.command == "trades":
+        return await trading.trades_command(args, sys.stdout)
+    return await trading.status_command(args, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ class NatsServer:
         for old in ports_dir.glob("*.ports"):
             old.unlink()
         self.process = spawn([
-            nats_server_binary(), "--jetstream", "--store_dir", str(self.data_dir / "jetstream"),
+            nats_server_binary(), "--jetstream", "--store_dir", str(self.data_dir),
             "--addr", self.host, "--port", str(self.port or -1),
             "--ports_file_dir", str(ports_dir),
         ], log=self.log)

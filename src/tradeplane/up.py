@@ -1,0 +1,194 @@
+"""``tradeplane up``: the whole exchange on one machine, from the same Market manifests.
+
+Starts the real nats-server with JetStream (data under ``--data-dir``, so a restart
+continues where the last run stopped), writes every Market manifest to the markets
+bucket, starts engine processes (markets spread over them) and a gateway process,
+waits until every market answers, prints where to connect, and on Ctrl-C (or SIGTERM)
+stops the gateway, the engines and nats-server, in that order. Children die with it
+even if it is killed outright (see ``tradeplane.processes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+import nats
+import yaml
+
+from tradeplane.processes import NatsServer, child_environment, spawn, stop, tradeplane_command
+from tradeplane_engine.service import StreamSettings, ensure_market_streams, markets_bucket
+from tradeplane_engine.wire import (
+    MarketDefinition,
+    api_subject,
+    definition_from_manifest,
+    encode_definition,
+    engine_subject,
+)
+
+DEFAULT_MANIFESTS = Path("examples/markets")
+
+
+class UpError(RuntimeError):
+    """The local exchange could not start (bad manifest, a process that did not come up)."""
+
+
+def load_manifests(paths: list[Path]) -> list[MarketDefinition]:
+    """Every ``kind: Market`` document in the given files and directories."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+                     if path.is_dir() else [path])
+    definitions: dict[str, MarketDefinition] = {}
+    for file in files:
+        try:
+            documents = list(yaml.safe_load_all(file.read_text()))
+        except (OSError, yaml.YAMLError) as exc:
+            raise UpError(f"{file}: {exc}") from exc
+        for document in documents:
+            if not isinstance(document, dict) or document.get("kind") != "Market":
+                continue
+            try:
+                definition = definition_from_manifest(document)
+            except (msgspec.ValidationError, ValueError) as exc:
+                raise UpError(f"{file}: {exc}") from exc
+            definitions[definition.name] = definition
+    if not definitions:
+        raise UpError(f"no Market manifests in {', '.join(map(str, paths))}")
+    return list(definitions.values())
+
+
+async def publish_markets(url: str, definitions: list[MarketDefinition],
+                          settings: StreamSettings) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        kv = await markets_bucket(js, settings)
+        for definition in definitions:
+            await ensure_market_streams(js, definition.name, settings)
+            await kv.put(definition.name, encode_definition(definition))
+    finally:
+        await nc.close()
+
+
+async def wait_ready(url: str, markets: list[str], children: list[subprocess.Popen[bytes]],
+                     timeout: float = 60.0) -> None:
+    """Until every engine has caught up and a gateway answers (or a child gave up)."""
+    nc = await nats.connect(url)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        pending = set(markets)
+        gateway_up = False
+        while pending or not gateway_up:
+            for child in children:
+                if child.poll() is not None:
+                    raise UpError(f"{' '.join(map(str, child.args))} exited with "
+                                  f"{child.returncode}; see its log")
+            if asyncio.get_running_loop().time() > deadline:
+                raise UpError(f"not ready after {timeout} s: engines {sorted(pending)}, "
+                              f"gateway {'up' if gateway_up else 'down'}")
+            for market in sorted(pending):
+                with contextlib.suppress(nats.errors.Error):
+                    status = msgspec.json.decode(
+                        (await nc.request(engine_subject(market, "status"), b"",
+                                          timeout=0.5)).data)
+                    if status.get("ready"):
+                        pending.discard(market)
+            if not gateway_up:
+                with contextlib.suppress(nats.errors.Error):
+                    await nc.request(api_subject("probe", "status"), b"{}", timeout=0.5)
+                    gateway_up = True
+            if pending or not gateway_up:
+                await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
+def spread(markets: list[str], processes: int) -> list[list[str]]:
+    """Markets dealt round-robin over at most ``processes`` engine processes."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(processes, len(markets))))]
+    for index, market in enumerate(markets):
+        groups[index % len(groups)].append(market)
+    return groups
+
+
+def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo: bool,
+           out: IO[str]) -> int:
+    definitions = load_manifests(manifests)
+    names = [definition.name for definition in definitions]
+    settings = StreamSettings()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def request_stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, request_stop)
+    with (logs / "nats-server.log").open("ab") as nats_log, \
+            NatsServer(data_dir / "nats", port=port, log=nats_log) as server:
+        try:
+            asyncio.run(publish_markets(server.url, definitions, settings))
+            environment = child_environment()
+            for index, group in enumerate(spread(names, engines)):
+                log = (logs / f"engine-{index}.log").open("ab")
+                argv = ["--nats", server.url, "engine"]
+                for market in group:
+                    argv += ["--market", market]
+                children.append(spawn(tradeplane_command(*argv), log=log, env=environment))
+            gateway_log = (logs / "gateway.log").open("ab")
+            children.append(spawn(tradeplane_command("--nats", server.url, "gateway"),
+                                  log=gateway_log, env=environment))
+            asyncio.run(wait_ready(server.url, names, children))
+            print(_banner(server.url, definitions, data_dir, demo), file=out, flush=True)
+            if demo:
+                from tradeplane.demo_traders import run_traders
+
+                asyncio.run(run_traders(server.url, definitions))
+            else:
+                while all(child.poll() is None for child in children):
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        children[0].wait(0.5)
+                failed = [child for child in children if child.poll() is not None]
+                if failed:
+                    print(f"a component exited ({failed[0].args}); stopping", file=out)
+                    return 1
+        except KeyboardInterrupt:
+            print("stopping...", file=out, flush=True)
+        except UpError as exc:
+            print(f"tradeplane up: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            for child in reversed(children):
+                stop(child)
+    print("stopped", file=out, flush=True)
+    return 0
+
+
+def _banner(url: str, definitions: list[MarketDefinition], data_dir: Path, demo: bool) -> str:
+    lines = [
+        f"tradeplane is up: NATS at {url}",
+        f"  markets: {', '.join(d.name + ' (' + d.base + '/' + d.quote + ')' for d in definitions)}",
+        f"  data and logs: {data_dir}",
+        "  try:",
+        f"    tradeplane --nats {url} book {definitions[0].name}",
+        f"    tradeplane --nats {url} order place {definitions[0].name} buy 1 "
+        f"{definitions[0].reference_price or '100'} --account alice",
+        f"    tradeplane --nats {url} status",
+        "  protocol for any NATS client: docs/protocol.md",
+    ]
+    if demo:
+        lines.append("  demo traders are trading; Ctrl-C stops everything")
+    else:
+        lines.append("  Ctrl-C stops everything")
+    return "\n".join(lines)
