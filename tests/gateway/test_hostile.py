@@ -1,0 +1,116 @@
+"""Malformed and hostile requests get error replies with stable codes, and cost nothing:
+the gateway keeps serving, and well-formed traffic sent at the same time all lands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.support.exchange import SOL, local_exchange, run
+from tradeplane_gateway import connect
+from tradeplane_gateway.protocol import decode_reply
+
+VALID = {"market": "sol-usdt", "side": "buy", "quantity": "1", "price": "99"}
+
+HOSTILE: list[tuple[str, str, bytes, int]] = [
+    ("garbage bytes", "place", bytes(range(256)), 901),
+    ("truncated JSON", "place", b'{"market": "sol-usdt", "side": ', 901),
+    ("empty payload", "place", b"", 901),
+    ("not an object", "place", b'["sol-usdt", "buy"]', 903),
+    ("huge payload", "place", b'{"market": "' + b"x" * 100_000 + b'"}', 904),
+    ("unknown field", "place", json.dumps({**VALID, "leverage": 100}).encode(), 902),
+    ("number for a decimal", "place", json.dumps({**VALID, "quantity": 1.5}).encode(), 903),
+    ("missing side", "place", json.dumps({"market": "sol-usdt", "price": "1"}).encode(), 903),
+    ("unknown side", "place", json.dumps({**VALID, "side": "short"}).encode(), 903),
+    ("unknown market", "place", json.dumps({**VALID, "market": "doge-usdt"}).encode(), 905),
+    ("negative quantity", "place", json.dumps({**VALID, "quantity": "-1"}).encode(), 201),
+    ("zero price", "place", json.dumps({**VALID, "price": "0"}).encode(), 202),
+    ("NaN price", "place", json.dumps({**VALID, "price": "NaN"}).encode(), 202),
+    ("infinite quantity", "place", json.dumps({**VALID, "quantity": "Infinity"}).encode(), 201),
+    ("exponent price", "place", json.dumps({**VALID, "price": "1e3"}).encode(), 202),
+    ("price off tick", "place", json.dumps({**VALID, "price": "99.001"}).encode(), 203),
+    ("quantity off lot", "place", json.dumps({**VALID, "quantity": "0.001"}).encode(), 204),
+    ("below min notional", "place",
+     json.dumps({**VALID, "quantity": "0.01", "price": "50"}).encode(), 205),
+    ("outside price band", "place", json.dumps({**VALID, "price": "200"}).encode(), 206),
+    ("limit without price", "place",
+     json.dumps({"market": "sol-usdt", "side": "buy", "quantity": "1"}).encode(), 903),
+    ("absurd quantity", "place", json.dumps({**VALID, "quantity": "9" * 60}).encode(), 201),
+    ("bad client order id", "place",
+     json.dumps({**VALID, "clientOrderId": "a b\u0000c"}).encode(), 908),
+    ("cancel naming nothing", "cancel", json.dumps({"market": "sol-usdt"}).encode(), 903),
+    ("cancel naming both", "cancel",
+     json.dumps({"market": "sol-usdt", "orderId": 1, "clientOrderId": "x"}).encode(), 903),
+    ("cancel of an unknown order", "cancel",
+     json.dumps({"market": "sol-usdt", "orderId": 424242}).encode(), 301),
+    ("replace changing nothing", "replace",
+     json.dumps({"market": "sol-usdt", "orderId": 1}).encode(), 903),
+    ("unknown verb", "liquidate", b"{}", 907),
+    ("wrong response mode", "place", json.dumps({**VALID, "response": "later"}).encode(), 903),
+    ("boolean for a string", "place", json.dumps({**VALID, "price": True}).encode(), 903),
+    ("nested object", "place", json.dumps({**VALID, "side": {"$ne": 1}}).encode(), 903),
+]
+
+
+@pytest.mark.parametrize(("verb", "payload", "code"),
+                         [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE])
+def test_hostile_request_gets_its_code(tmp_path: Path, verb: str, payload: bytes,
+                                       code: int) -> None:
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange:
+            answer = await exchange.nc.request(f"tp.api.mallory.order.{verb}", payload,
+                                               timeout=5)
+            reply = decode_reply(answer.data)
+            assert not reply.ok and reply.error is not None
+            assert reply.error.code == code, reply.error
+            assert reply.error.name and reply.error.reason
+
+    run(scenario())
+
+
+def test_an_invalid_account_in_the_subject_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange:
+            answer = await exchange.nc.request("tp.api.a%20b.order.place",
+                                               json.dumps(VALID).encode(), timeout=5)
+            reply = decode_reply(answer.data)
+            assert reply.error is not None and reply.error.code == 906
+
+    run(scenario())
+
+
+def test_hostile_traffic_does_not_disturb_well_formed_orders(tmp_path: Path) -> None:
+    """Hundreds of bad requests interleaved with 200 good ones: every good one lands."""
+
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice", response="ack") as alice:
+            async def good(number: int) -> int:
+                reply = await alice.place("sol-usdt", "buy", "0.1", str(95 + number % 5),
+                                          client_order_id=f"good-{number}")
+                assert reply.sequence is not None
+                return reply.sequence
+
+            async def bad(number: int) -> None:
+                _, verb, payload, code = HOSTILE[number % len(HOSTILE)]
+                answer = await exchange.nc.request(f"tp.api.mallory.order.{verb}", payload,
+                                                   timeout=10)
+                assert decode_reply(answer.data).error.code == code  # type: ignore[union-attr]
+
+            results = await asyncio.gather(*(good(n) for n in range(200)),
+                                           *(bad(n) for n in range(600)))
+            good_sequences = [result for result in results if result is not None]
+            assert len(set(good_sequences)) == 200
+            service = exchange.services["sol-usdt"]
+            answer = await exchange.nc.request("tp.md.sol-usdt.book.snapshot", b"", timeout=5)
+            book = msgspec.json.decode(answer.data)
+            assert sum(Decimal(quantity) for _, quantity in book["bids"]) == Decimal("20")
+            opened = [order for order in service.engine.l3().bids if order.account == "alice"]
+            assert len(opened) == 200
+
+    run(scenario())
