@@ -39,7 +39,7 @@ from tradeplane_engine.core import (
     Trade,
     TradingModeChanged,
 )
-from tradeplane_engine.service.feed import CommandFeed, SequencedCommand
+from tradeplane_engine.service.feed import CommandFeed, FeedError, SequencedCommand
 from tradeplane_engine.service.streams import StreamSettings, ensure_market_streams
 from tradeplane_engine.wire import (
     HEADER_MESSAGE_ID,
@@ -113,6 +113,12 @@ class MarketService:
             await self.nc.subscribe(engine_subject(self.market, "status"), cb=self._on_status),
             await self.nc.subscribe(engine_subject(self.market, "order"), cb=self._on_order),
         ]
+        commands = await self.js.stream_info(command_stream(self.market))
+        if commands.state.messages and commands.state.first_seq > self.engine.last_sequence + 1:
+            raise FeedError(
+                f"{command_stream(self.market)} starts at sequence {commands.state.first_seq}, "
+                f"but the engine needs {self.engine.last_sequence + 1}: its retention is "
+                "shorter than the engine's recovery needs")
         self._feed = CommandFeed(self.nc, command_stream(self.market),
                                  self.engine.last_sequence + 1, batch=self._batch,
                                  reply_header=HEADER_REPLY)

@@ -1,0 +1,112 @@
+"""``tradeplane up`` as a newcomer runs it: starts, serves orders, restarts where it left
+off, and stops on Ctrl-C leaving no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().split(") ")[1][0]
+        except OSError:
+            continue
+        if text in command_line and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@contextmanager
+def tradeplane_up(data_dir: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tradeplane", "up", "--port", "0", "--data-dir", str(data_dir),
+         "-f", str(ROOT / "examples" / "markets"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        url = ""
+        deadline = time.monotonic() + 60
+        seen = []
+        while not url and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if match := re.search(r"tradeplane is up: NATS at (\S+)", line):
+                url = match.group(1)
+        assert url, "".join(seen)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tradeplane", "--nats", url, *args],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+
+
+def test_up_serves_orders_restarts_where_it_stopped_and_leaves_nothing_behind(
+        tmp_path: Path) -> None:
+    data_dir = tmp_path / "exchange"
+    with tradeplane_up(data_dir) as (process, url):
+        placed = cli(url, "order", "place", "sol-usdt", "sell", "2", "150", "--account", "alice")
+        assert placed.returncode == 0, placed.stdout + placed.stderr
+        assert json.loads(placed.stdout)["order"]["status"] == "new"
+        crossed = cli(url, "order", "place", "sol-usdt", "buy", "0.5", "151", "--account", "bob")
+        assert json.loads(crossed.stdout)["fills"][0]["price"] == "150"
+        refused = cli(url, "order", "place", "sol-usdt", "buy", "1", "150.001",
+                      "--account", "bob")
+        assert refused.returncode == 2 and "203 PRICE_NOT_ON_TICK" in refused.stdout
+        book = cli(url, "book", "sol-usdt", "--once")
+        assert re.search(r"150\s+1.5\s+ask", book.stdout), book.stdout
+        status = cli(url, "status")  # the off-tick order never reached the stream
+        assert re.search(r"sol-usdt\s+SOL-USDT\s+leader\s+open\s+2\s+1", status.stdout), \
+            status.stdout
+        assert processes_mentioning(str(data_dir))  # nats-server runs from the data dir
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    assert processes_mentioning(str(data_dir)) == []
+    assert processes_mentioning(url) == []
+
+    with tradeplane_up(data_dir) as (process, url):
+        book = cli(url, "book", "sol-usdt", "--once")
+        assert re.search(r"150\s+1.5\s+ask", book.stdout), book.stdout
+        again = cli(url, "order", "place", "sol-usdt", "buy", "0.5", "151", "--account", "bob")
+        assert json.loads(again.stdout)["fills"][0]["tradeId"] == 2
+    assert processes_mentioning(str(data_dir)) == []
+
+
+def test_up_demo_trades_by_itself(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    with tradeplane_up(data_dir, "--demo") as (_, url):
+        trades = cli(url, "trades", "sol-usdt", "--count", "1")
+        assert trades.returncode == 0 and re.search(r"\d+\s+(buy|sell)\s+", trades.stdout), \
+            trades.stdout + trades.stderr
+        book = cli(url, "book", "btc-usdt", "--once")
+        assert "bid" in book.stdout and "ask" in book.stdout, book.stdout
+    assert processes_mentioning(str(data_dir)) == []
