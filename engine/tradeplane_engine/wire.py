@@ -163,8 +163,10 @@ def encode_command(command: AnyCommand) -> bytes:
 
 def decode_command(data: bytes, sequence: int, timestamp: int) -> AnyCommand:
     """A command from the stream, stamped with the sequence and time the stream gave it."""
-    command = _command_decoder.decode(data)
-    return msgspec.structs.replace(command, sequence=sequence, timestamp=timestamp)
+    command: AnyCommand = _command_decoder.decode(data)
+    stamped: AnyCommand = msgspec.structs.replace(command, sequence=sequence,
+                                                  timestamp=timestamp)
+    return stamped
 
 
 # -- the events stream -------------------------------------------------------------------

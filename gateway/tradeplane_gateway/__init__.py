@@ -2,12 +2,12 @@
 
 from tradeplane_gateway.book import LocalBook
 from tradeplane_gateway.client import Client, connect
-from tradeplane_gateway.errors import ConnectionLost, EdgeCode, RequestError, TradeplaneError
+from tradeplane_gateway.errors import ConnectionLostError, EdgeCode, RequestError, TradeplaneError
 from tradeplane_gateway.protocol import Fill, OrderState, Reply
 
 __all__ = [
     "Client",
-    "ConnectionLost",
+    "ConnectionLostError",
     "EdgeCode",
     "Fill",
     "LocalBook",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 
 import msgspec
 from nats.aio.client import Client
@@ -49,7 +49,7 @@ class LocalBook:
         self._sub: Subscription | None = None
         self._resync: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> LocalBook:
+    async def __aenter__(self) -> Self:
         self._sub = await self.nc.subscribe(book_subject(self.market), cb=self._on_delta)
         await self._load_snapshot()
         return self

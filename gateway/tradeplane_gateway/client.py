@@ -24,7 +24,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from tradeplane_engine.wire import account_subject, api_subject, is_account, trades_subject
 from tradeplane_gateway.book import LocalBook
-from tradeplane_gateway.errors import ConnectionLost, RequestError
+from tradeplane_gateway.errors import ConnectionLostError, RequestError
 from tradeplane_gateway.protocol import Reply, decode_reply
 
 _encode = msgspec.json.Encoder().encode
@@ -49,9 +49,9 @@ class Client:
             msg = await self.nc.request(api_subject(self.account, verb), payload,
                                         timeout=self.timeout)
         except NoRespondersError as exc:
-            raise ConnectionLost("no gateway is serving requests") from exc
+            raise ConnectionLostError("no gateway is serving requests") from exc
         except NatsTimeout as exc:
-            raise ConnectionLost(f"no reply within {self.timeout} s") from exc
+            raise ConnectionLostError(f"no reply within {self.timeout} s") from exc
         reply = decode_reply(msg.data)
         if not reply.ok:
             assert reply.error is not None
@@ -60,7 +60,7 @@ class Client:
         return reply
 
     async def place(self, market: str, side: str, quantity: str | None = None,
-                    price: str | None = None, *, type: str = "limit",  # noqa: A002
+                    price: str | None = None, *, type: str = "limit",
                     time_in_force: str | None = None, post_only: bool | None = None,
                     stp: str | None = None, client_order_id: str | None = None,
                     quote_amount: str | None = None, response: str | None = None) -> Reply:

@@ -1,11 +1,11 @@
 """Errors: the codes the gateway answers with, and what the client SDK raises.
 
 Codes share one number space with the engine's reject codes (docs/engine.md): the
-engine uses 1xx–4xx, the edge uses 9xx, so a code alone says who refused and why.
+engine uses 1xx-4xx, the edge uses 9xx, so a code alone says who refused and why.
 
     TradeplaneError
     ├── RequestError        a request was refused; ``code`` is stable, ``reason`` is for people
-    └── ConnectionLost      the NATS connection is gone
+    └── ConnectionLostError      the NATS connection is gone
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class EdgeCode(IntEnum):
     UNKNOWN_REQUEST = 907
     """The subject names no request the gateway serves."""
     INVALID_CLIENT_ORDER_ID = 908
-    """Client order ids are 1–36 characters of A–Z, a–z, 0–9, ``_`` and ``-``."""
+    """Client order ids are 1-36 characters of A-Z, a-z, 0-9, ``_`` and ``-``."""
     NOT_SEQUENCED = 909
     """The command stream did not acknowledge in time; retry with the same client order id
     (a retry within the duplicate window is applied at most once)."""
@@ -46,7 +46,7 @@ class TradeplaneError(Exception):
 
 
 class RequestError(TradeplaneError):
-    """The exchange refused a request: an edge code (9xx) or an engine reject (1xx–4xx)."""
+    """The exchange refused a request: an edge code (9xx) or an engine reject (1xx-4xx)."""
 
     def __init__(self, code: int, name: str, reason: str, sequence: int | None = None) -> None:
         super().__init__(f"{code} {name}: {reason}")
@@ -57,5 +57,5 @@ class RequestError(TradeplaneError):
         """The command's sequence when the engine refused it (None: never sequenced)."""
 
 
-class ConnectionLost(TradeplaneError):
+class ConnectionLostError(TradeplaneError):
     """The connection to NATS is closed."""

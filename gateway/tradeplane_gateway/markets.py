@@ -52,7 +52,7 @@ class MarketDirectory:
                     continue
                 await self._apply(entry.key, entry.value, entry.operation)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
         async with self._changed:

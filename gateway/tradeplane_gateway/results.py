@@ -61,5 +61,6 @@ def _fills(events: list[dict[str, Any]], order_id: int) -> list[Fill]:
 def _last_update(events: list[dict[str, Any]], order_id: int) -> dict[str, Any] | None:
     for event in reversed(events):
         if event["type"] == "orderUpdate" and event["orderId"] == order_id:
-            return event
+            update: dict[str, Any] = event
+            return update
     return None

@@ -25,8 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import APIError
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from tradeplane_engine.core.commands import (
     AnyCommand,
@@ -180,7 +179,7 @@ class Gateway:
         spec = market.spec
         client_order_id = request.client_order_id
         if client_order_id is None:
-            client_order_id = self.nc._nuid.next().decode()  # noqa: SLF001 - nats' own ids
+            client_order_id = self.nc._nuid.next().decode()
         elif not is_client_order_id(client_order_id):
             raise _edge(EdgeCode.INVALID_CLIENT_ORDER_ID,
                         "clientOrderId must be 1-36 characters of A-Z, a-z, 0-9, _ and -")

@@ -36,7 +36,7 @@ def spawn(argv: Sequence[str], *, log: IO[bytes] | None = None,
     return subprocess.Popen(
         list(argv), stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL, env=env,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+        preexec_fn=_die_with_parent,
     )
 
 

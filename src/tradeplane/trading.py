@@ -11,7 +11,7 @@ import nats
 
 from tradeplane_engine.wire import MARKETS_BUCKET, decode_definition, engine_subject
 from tradeplane_gateway import Client, LocalBook, Reply, RequestError, connect
-from tradeplane_gateway.errors import ConnectionLost
+from tradeplane_gateway.errors import ConnectionLostError
 
 _pretty = msgspec.json.Encoder()
 
@@ -35,7 +35,7 @@ async def order_command(args: argparse.Namespace, out: IO[str]) -> int:
         except RequestError as exc:
             out.write(f"refused: {exc.code} {exc.name}: {exc.reason}\n")
             return 2
-        except ConnectionLost as exc:
+        except ConnectionLostError as exc:
             out.write(f"no answer: {exc}\n")
             return 3
         _print_reply(reply, out)

@@ -88,7 +88,7 @@ async def wait_ready(url: str, markets: list[str], children: list[subprocess.Pop
         while pending or not gateway_up:
             for child in children:
                 if child.poll() is not None:
-                    raise UpError(f"{' '.join(map(str, child.args))} exited with "
+                    raise UpError(f"{child.args!s} exited with "
                                   f"{child.returncode}; see its log")
             if asyncio.get_running_loop().time() > deadline:
                 raise UpError(f"not ready after {timeout} s: engines {sorted(pending)}, "
@@ -161,7 +161,7 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
                         children[0].wait(0.5)
                 failed = [child for child in children if child.poll() is not None]
                 if failed:
-                    print(f"a component exited ({failed[0].args}); stopping", file=out)
+                    print(f"a component exited ({failed[0].args!s}); stopping", file=out)
                     return 1
         except KeyboardInterrupt:
             print("stopping...", file=out, flush=True)
@@ -178,7 +178,7 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
 def _banner(url: str, definitions: list[MarketDefinition], data_dir: Path, demo: bool) -> str:
     lines = [
         f"tradeplane is up: NATS at {url}",
-        f"  markets: {', '.join(d.name + ' (' + d.base + '/' + d.quote + ')' for d in definitions)}",
+        "  markets: " + ", ".join(f"{d.name} ({d.base}/{d.quote})" for d in definitions),
         f"  data and logs: {data_dir}",
         "  try:",
         f"    tradeplane --nats {url} book {definitions[0].name}",

@@ -81,7 +81,8 @@ def test_up_serves_orders_restarts_where_it_stopped_and_leaves_nothing_behind(
         assert json.loads(crossed.stdout)["fills"][0]["price"] == "150"
         refused = cli(url, "order", "place", "sol-usdt", "buy", "1", "150.001",
                       "--account", "bob")
-        assert refused.returncode == 2 and "203 PRICE_NOT_ON_TICK" in refused.stdout
+        assert refused.returncode == 2
+        assert "203 PRICE_NOT_ON_TICK" in refused.stdout
         book = cli(url, "book", "sol-usdt", "--once")
         assert re.search(r"150\s+1.5\s+ask", book.stdout), book.stdout
         status = cli(url, "status")  # the off-tick order never reached the stream
@@ -105,8 +106,9 @@ def test_up_demo_trades_by_itself(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     with tradeplane_up(data_dir, "--demo") as (_, url):
         trades = cli(url, "trades", "sol-usdt", "--count", "1")
-        assert trades.returncode == 0 and re.search(r"\d+\s+(buy|sell)\s+", trades.stdout), \
-            trades.stdout + trades.stderr
+        assert trades.returncode == 0, trades.stderr
+        assert re.search(r"\d+\s+(buy|sell)\s+", trades.stdout), trades.stdout
         book = cli(url, "book", "btc-usdt", "--once")
-        assert "bid" in book.stdout and "ask" in book.stdout, book.stdout
+        assert "bid" in book.stdout, book.stdout
+        assert "ask" in book.stdout, book.stdout
     assert processes_mentioning(str(data_dir)) == []

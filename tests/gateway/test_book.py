@@ -59,22 +59,23 @@ def test_local_book_follows_a_random_session_and_recovers_from_gaps(tmp_path: Pa
     async def scenario() -> None:
         async with local_exchange(tmp_path, SOL) as exchange, \
                 connect(exchange.url, account="alice") as alice, \
-                connect(exchange.url, account="bob") as bob:
-            async with LocalBook(alice.nc, "sol-usdt") as clean, \
-                    LossyBook(bob.nc, "sol-usdt", lose={40, 41, 150, 300}) as lossy:
-                await asyncio.gather(random_session([alice], 250, seed=1),
-                                     random_session([bob], 250, seed=2))
-                service = exchange.services["sol-usdt"]
-                await exchange.nc.flush()
-                final = await engine_book(alice)
-                assert final["sequence"] >= 400
-                for book in (clean, lossy):
-                    await book.wait_for_seq(final["seq"])
-                    assert book.seq == final["seq"] == service.book_sequence
-                    assert book.bids == [tuple(level) for level in final["bids"]]
-                    assert book.asks == [tuple(level) for level in final["asks"]]
-                assert clean.resyncs == 0
-                assert lossy.resyncs >= 2 and not lossy.lose
-                assert final["bids"] or final["asks"]
+                connect(exchange.url, account="bob") as bob, \
+                LocalBook(alice.nc, "sol-usdt") as clean, \
+                LossyBook(bob.nc, "sol-usdt", lose={40, 41, 150, 300}) as lossy:
+            await asyncio.gather(random_session([alice], 250, seed=1),
+                                 random_session([bob], 250, seed=2))
+            service = exchange.services["sol-usdt"]
+            await exchange.nc.flush()
+            final = await engine_book(alice)
+            assert final["sequence"] >= 400
+            for book in (clean, lossy):
+                await book.wait_for_seq(final["seq"])
+                assert book.seq == final["seq"] == service.book_sequence
+                assert book.bids == [tuple(level) for level in final["bids"]]
+                assert book.asks == [tuple(level) for level in final["asks"]]
+            assert clean.resyncs == 0
+            assert lossy.resyncs >= 2
+            assert not lossy.lose
+            assert final["bids"] or final["asks"]
 
     run(scenario(), timeout=120)

@@ -54,7 +54,8 @@ def test_every_command_has_one_events_message_and_a_restart_publishes_nothing_tw
 
             # Events messages are in command order, one per command, ids from the sequence.
             last = await js.get_msg("tp-evt-sol-usdt", 41)
-            assert last.data is not None and last.headers is not None
+            assert last.data is not None
+            assert last.headers is not None
             assert decode_events(last.data).sequence == 41
             assert last.headers["Nats-Msg-Id"] == "sol-usdt:41"
 
@@ -70,8 +71,10 @@ def test_a_command_that_is_not_a_command_is_skipped_the_same_way_everywhere(
             await js.publish("tp.cmd.sol-usdt", b"not a command")
             await js.publish("tp.cmd.sol-usdt", msgspec.json.encode({"type": "place"}))
             placed = await alice.place("sol-usdt", "buy", "1", "99")
-            assert placed.sequence == 3 and placed.order is not None
+            assert placed.sequence == 3
+            assert placed.order is not None
             empty = await js.get_msg("tp-evt-sol-usdt", 1)
-            assert empty.data is not None and decode_events(empty.data).events == []
+            assert empty.data is not None
+            assert decode_events(empty.data).events == []
 
     run(scenario())

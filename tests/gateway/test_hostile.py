@@ -66,9 +66,11 @@ def test_hostile_request_gets_its_code(tmp_path: Path, verb: str, payload: bytes
             answer = await exchange.nc.request(f"tp.api.mallory.order.{verb}", payload,
                                                timeout=5)
             reply = decode_reply(answer.data)
-            assert not reply.ok and reply.error is not None
+            assert not reply.ok
+            assert reply.error is not None
             assert reply.error.code == code, reply.error
-            assert reply.error.name and reply.error.reason
+            assert reply.error.name
+            assert reply.error.reason
 
     run(scenario())
 
@@ -79,7 +81,8 @@ def test_an_invalid_account_in_the_subject_is_refused(tmp_path: Path) -> None:
             answer = await exchange.nc.request("tp.api.a%20b.order.place",
                                                json.dumps(VALID).encode(), timeout=5)
             reply = decode_reply(answer.data)
-            assert reply.error is not None and reply.error.code == 906
+            assert reply.error is not None
+            assert reply.error.code == 906
 
     run(scenario())
 

@@ -26,7 +26,8 @@ def test_the_page_has_examples_for_every_request() -> None:
     text = "".join(examples())
     for verb in ("place", "cancelAll", "replace", "status"):
         assert f'"{verb}"' in text
-    assert "tp.md.sol-usdt.book.snapshot" in text and "tp.acct." in text
+    assert "tp.md.sol-usdt.book.snapshot" in text
+    assert "tp.acct." in text
 
 
 def test_protocol_examples_run_against_a_live_exchange(tmp_path: Path) -> None:
@@ -41,7 +42,7 @@ def test_protocol_examples_run_against_a_live_exchange(tmp_path: Path) -> None:
                 for number, source in enumerate(examples(), start=1):
                     code = compile(source, f"{PROTOCOL.name} example {number}", "exec",
                                    flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-                    result = eval(code, namespace)  # noqa: S307 - our own documentation
+                    result = eval(code, namespace)
                     if result is not None:
                         await result
             finally:

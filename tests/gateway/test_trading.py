@@ -19,8 +19,10 @@ def test_place_cross_partial_fill_cancel(tmp_path: Path) -> None:
                 connect(exchange.url, account="alice") as alice, \
                 connect(exchange.url, account="bob") as bob:
             ask = await alice.place("sol-usdt", "sell", "2", "100.5", client_order_id="ask-1")
-            assert ask.ok and ask.sequence == 1
-            assert ask.order is not None and ask.order.status == "new"
+            assert ask.ok
+            assert ask.sequence == 1
+            assert ask.order is not None
+            assert ask.order.status == "new"
             assert ask.order.remaining_quantity == "2"
 
             take = await bob.place("sol-usdt", "buy", "1.25", "101")
@@ -39,7 +41,8 @@ def test_place_cross_partial_fill_cancel(tmp_path: Path) -> None:
             assert canceled.order is not None
             assert (canceled.order.status, canceled.order.reason) == ("canceled", "user")
             after = await alice.status("sol-usdt", ask.order.order_id)
-            assert after.order is not None and after.order.status == "canceled"
+            assert after.order is not None
+            assert after.order.status == "canceled"
             with pytest.raises(RequestError) as refused:
                 await alice.cancel("sol-usdt", ask.order.order_id)
             assert refused.value.code == 301  # no longer open
@@ -82,7 +85,8 @@ def test_cancel_all_by_side_and_whole_account(tmp_path: Path) -> None:
             rest = await alice.cancel_all("sol-usdt")
             assert [event["orderId"] for event in rest.events] == [3]
             async with alice.book("sol-usdt") as book:
-                assert book.bids == [] and book.asks == []
+                assert book.bids == []
+                assert book.asks == []
 
     run(scenario())
 
@@ -95,8 +99,11 @@ def test_a_retried_submission_is_applied_once(tmp_path: Path) -> None:
             again = await alice.place("sol-usdt", "buy", "1", "99", client_order_id="retry-me")
             acked = await alice.place("sol-usdt", "buy", "1", "99", client_order_id="retry-me",
                                       response="ack")
-            assert first.order is not None and again.order is not None
-            assert not first.duplicate and again.duplicate and acked.duplicate
+            assert first.order is not None
+            assert again.order is not None
+            assert not first.duplicate
+            assert again.duplicate
+            assert acked.duplicate
             assert again.order.order_id == first.order.order_id
             assert again.sequence == acked.sequence == first.sequence
             status = await exchange.nc.jetstream().stream_info("tp-cmd-sol-usdt")
@@ -117,7 +124,8 @@ def test_ack_mode_replies_once_sequenced(tmp_path: Path) -> None:
             service = exchange.services["sol-usdt"]
             await eventually(lambda: service.engine.last_sequence == 5)
             status = await alice.status("sol-usdt", client_order_id=replies[2].client_order_id)
-            assert status.order is not None and status.order.price == "92"
+            assert status.order is not None
+            assert status.order.price == "92"
 
     run(scenario())
 
@@ -162,7 +170,8 @@ def test_unknown_market_and_markets_added_or_changed_without_restart(tmp_path: P
             await exchange.define(BTC)
             await exchange.start_engine(BTC)
             placed = await alice.place("btc-usdt", "buy", "0.001", "60000")
-            assert placed.order is not None and placed.order.status == "new"
+            assert placed.order is not None
+            assert placed.order.status == "new"
 
             coarser = type(SOL)(**{**{f: getattr(SOL, f) for f in SOL.__struct_fields__},
                                    "tick_size": "0.5"})

@@ -34,7 +34,7 @@ BTC = MarketDefinition(name="btc-usdt", base="BTC", quote="USDT", tick_size="0.1
 SETTINGS = StreamSettings(memory=True)
 
 
-def run(coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+def run[T](coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
     """Run a test's coroutine with a deadline, so a hang fails instead of stalling CI."""
     return asyncio.run(asyncio.wait_for(coroutine, timeout))
 

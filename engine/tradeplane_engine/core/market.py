@@ -167,7 +167,7 @@ class UnitFormatter:
     ``format_decimal``.
     """
 
-    __slots__ = ("_multiplier", "_scale", "_power")
+    __slots__ = ("_multiplier", "_power", "_scale")
 
     def __init__(self, step: str) -> None:
         exponent = parse_decimal(step, "step").as_tuple().exponent

@@ -11,6 +11,7 @@ heartbeat goes missing, a reconnect, or a consumer the server dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -89,10 +90,8 @@ class CommandFeed:
             if self._failure is not None:
                 raise self._failure
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._heartbeat)
-            except TimeoutError:
-                pass
             if self._broken or loop.time() - self._last_heard > 3 * self._heartbeat:
                 log.warning("command feed of %s went quiet; rebuilding its consumer at %d",
                             self._stream, self.next_sequence)
@@ -169,5 +168,5 @@ class CommandFeed:
         name, self._consumer = self._consumer, None
         try:
             await self._nc.jetstream().delete_consumer(self._stream, name)
-        except Exception as exc:  # noqa: BLE001 - it expires by itself when unused
+        except Exception as exc:
             log.debug("could not delete consumer %s of %s: %s", name, self._stream, exc)

@@ -29,7 +29,7 @@ async def market_definition(kv: KeyValue, market: str) -> MarketDefinition:
                 return decode_definition(entry.value)
             log.info("waiting for market %s to be defined in the markets bucket", market)
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
     raise RuntimeError(f"watch of market {market} ended")  # pragma: no cover
 
 
