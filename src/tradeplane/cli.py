@@ -17,8 +17,9 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -128,13 +129,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_up(args.manifests or [DEFAULT_MANIFESTS], args.data_dir, args.port,
                       args.engines, args.demo, sys.stdout)
     try:
-        return asyncio.run(_run_async(args))
+        return _event_loop_runner()(_run_async(args))
     except KeyboardInterrupt:
         return 130
     except (OSError, nats.errors.NoServersError) as exc:
         print(f"tradeplane: cannot reach NATS at {args.nats}: {exc or type(exc).__name__}",
               file=sys.stderr)
         return 3
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    """uvloop where it is installed (about twice the message rate), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run
+    return uvloop.run
 
 
 async def _run_async(args: argparse.Namespace) -> int:

@@ -1,0 +1,213 @@
+"""End-to-end benchmark: orders through NATS, the gateway and the engine, on this machine.
+
+Starts a real nats-server (file storage, as ``tradeplane up``), one engine process and
+one gateway process, and drives them from this process over several NATS connections:
+
+1. the physical limit: nats-py's JetStream async publish rate into a file stream on
+   the same server (every order pays one such publish, and the engine another);
+2. for each response mode (``ack``, ``result``): saturation — a closed loop with many
+   requests in flight, giving the sustained orders/s — then an open loop at fixed
+   offered rates below it. Open-loop latency runs from each request's *scheduled*
+   send time to its reply, so a stall counts against every request it delays
+   (no coordinated omission).
+
+Everything shares the machine's cores: nats-server, engine, gateway and this load
+generator. Figures are printed; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import uvloop
+from nats.aio.client import Client
+from nats.js.api import StorageType, StreamConfig
+
+from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
+from tradeplane.up import publish_markets, wait_ready
+from tradeplane_engine.service import StreamSettings
+from tradeplane_engine.wire import MarketDefinition
+
+MARKET = MarketDefinition(name="bench-usdt", base="BENCH", quote="USDT", tick_size="0.01",
+                          lot_size="0.01", reference_price="100")
+
+
+@dataclass
+class Run:
+    mode: str
+    offered: float | None
+    sent: int
+    ok: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def sustained(self) -> float:
+        return self.ok / self.seconds
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class Orders:
+    """A stream of limit orders around a mid: about half cross, the book stays bounded."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.number = 0
+
+    def next(self, mode: str) -> tuple[str, bytes]:
+        self.number += 1
+        side = "buy" if self.number % 2 else "sell"
+        offset = self.rng.randint(-20, 20)
+        price = 10_000 + (offset if side == "buy" else -offset)
+        body = {"market": MARKET.name, "side": side, "quantity": f"{self.rng.randint(1, 9)}",
+                "price": f"{price // 100}.{price % 100:02d}", "response": mode,
+                "timeInForce": "IOC" if self.number % 10 == 0 else "GTC"}
+        account = f"trader{self.number % 16}"
+        return f"tp.api.{account}.order.place", json.dumps(body).encode()
+
+
+async def measure_jetstream_limit(url: str, messages: int) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="bench-limit", subjects=["bench.limit"],
+                                     storage=StorageType.FILE))
+    payload = b"x" * 200
+    started = time.perf_counter()
+    pending = [await js.publish_async("bench.limit", payload) for _ in range(messages)]
+    await asyncio.gather(*pending)
+    seconds = time.perf_counter() - started
+    await js.delete_stream("bench-limit")
+    await nc.close()
+    return messages / seconds
+
+
+async def _request(nc: Client, subject: str, payload: bytes, scheduled: float,
+                   run: Run) -> None:
+    try:
+        reply = await nc.request(subject, payload, timeout=30)
+    except Exception:  # noqa: BLE001 - a lost request is a figure, not a crash
+        run.errors += 1
+        return
+    if b'"ok":true' in reply.data:
+        run.ok += 1
+        run.latencies.append(time.perf_counter() - scheduled)
+    else:
+        run.errors += 1
+
+
+async def saturate(connections: list[Client], mode: str, seconds: float,
+                   in_flight: int) -> Run:
+    orders = Orders(seed=1)
+    run = Run(mode, None, 0, 0, 0, seconds, [])
+    deadline = time.perf_counter() + seconds
+
+    async def worker(index: int) -> None:
+        nc = connections[index % len(connections)]
+        while time.perf_counter() < deadline:
+            subject, payload = orders.next(mode)
+            run.sent += 1
+            await _request(nc, subject, payload, time.perf_counter(), run)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(index) for index in range(in_flight)))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+async def open_loop(connections: list[Client], mode: str, rate: float,
+                    seconds: float) -> Run:
+    orders = Orders(seed=2)
+    run = Run(mode, rate, 0, 0, 0, seconds, [])
+    started = time.perf_counter()
+    total = int(rate * seconds)
+    tasks = []
+    while run.sent < total:
+        due = min(total, int((time.perf_counter() - started) * rate) + 1)
+        while run.sent < due:
+            scheduled = started + run.sent / rate
+            subject, payload = orders.next(mode)
+            nc = connections[run.sent % len(connections)]
+            tasks.append(asyncio.create_task(_request(nc, subject, payload, scheduled, run)))
+            run.sent += 1
+        # Sleep until the next request is due (the event loop's timers tick in whole ms).
+        await asyncio.sleep(max(0.001, started + run.sent / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def report(run: Run, limit: float) -> str:
+    offered = "saturation" if run.offered is None else f"{run.offered:>10,.0f}/s"
+    return (f"  {run.mode:<6} {offered:>12}  sustained {run.sustained:>8,.0f}/s "
+            f"({run.sustained / limit:>4.0%} of limit)  p50 {run.percentile(0.5) * 1e3:6.2f} ms"
+            f"  p99 {run.percentile(0.99) * 1e3:7.2f} ms  p99.9 "
+            f"{run.percentile(0.999) * 1e3:7.2f} ms  errors {run.errors}")
+
+
+async def benchmark(url: str, args: argparse.Namespace) -> None:
+    limit = statistics.median([await measure_jetstream_limit(url, args.limit_messages)
+                               for _ in range(3)])
+    print(f"JetStream async publish (nats-py, file storage, 200 B): {limit:,.0f} msg/s "
+          "— the physical limit of this path here", flush=True)
+    connections = [await nats.connect(url, pending_size=64 * 1024 * 1024)
+                   for _ in range(args.clients)]
+    try:
+        # Warm up (imports, JIT-free but caches and the book).
+        await saturate(connections, "result", 1.0, 64)
+        for mode in ("ack", "result"):
+            top = await saturate(connections, mode, args.seconds, args.in_flight)
+            print(report(top, limit), flush=True)
+            for fraction in (0.25, 0.5, 0.75):
+                run = await open_loop(connections, mode, top.sustained * fraction,
+                                      args.seconds)
+                print(report(run, limit), flush=True)
+    finally:
+        for nc in connections:
+            await nc.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each run")
+    parser.add_argument("--clients", type=int, default=4, help="NATS connections")
+    parser.add_argument("--in-flight", type=int, default=256,
+                        help="outstanding requests at saturation")
+    parser.add_argument("--limit-messages", type=int, default=50_000)
+    args = parser.parse_args()
+    print(f"end to end: {args.clients} client connections, one engine process, one gateway "
+          f"process, nats-server, all on this machine; {args.seconds:.0f} s per run",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory:
+        data = Path(directory)
+        with NatsServer(data / "nats").start() as server:
+            asyncio.run(publish_markets(server.url, [MARKET], StreamSettings()))
+            engine = spawn(tradeplane_command("--nats", server.url, "engine", "--market",
+                                              MARKET.name))
+            gateway = spawn(tradeplane_command("--nats", server.url, "gateway"))
+            try:
+                asyncio.run(wait_ready(server.url, [MARKET.name], [engine, gateway]))
+                uvloop.run(benchmark(server.url, args))
+            finally:
+                stop(gateway)
+                stop(engine)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
