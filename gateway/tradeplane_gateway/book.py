@@ -1,10 +1,13 @@
-"""A local L2 book kept in step with a market: a snapshot, then deltas by sequence.
+"""A local L2 book kept in step with a market: a snapshot, then deltas in sequence.
 
-The deltas on ``tp.md.<market>.book`` carry a contiguous ``seq``; the snapshot reply
-says the ``seq`` of the last delta it includes. The book subscribes first, buffers,
-asks for a snapshot, drops the deltas the snapshot already holds and applies the rest
-in order. A missing ``seq`` (a lost message, a slow consumer, an engine restart) makes
-it fetch a new snapshot and carry on: it resynchronises by itself.
+Each delta on ``tp.md.<market>.book`` gives the new totals of the levels it touched,
+``sequence`` (the last command that changed the book) and ``prevSequence`` (the
+previous delta's ``sequence``). The snapshot reply says the last command it includes.
+The book subscribes first, buffers, asks for a snapshot, drops the deltas the snapshot
+already holds and applies the rest; afterwards every delta must continue from the one
+before (``prevSequence`` = the last applied ``sequence``). A broken chain (a lost
+message, a slow consumer, an engine restart that lost its last messages) makes it
+fetch a new snapshot and carry on: it resynchronises by itself.
 """
 
 from __future__ import annotations
@@ -36,21 +39,23 @@ class LocalBook:
         self.nc = nc
         self.market = market
         self.timeout = timeout
-        self.seq = 0
-        """The ``seq`` of the last delta applied (or included by the snapshot)."""
+        self.sequence = 0
+        """The command sequence the book is at (the last delta's, or the snapshot's)."""
         self.resyncs = 0
-        """How many times a gap made the book fetch a new snapshot."""
+        """How many times a broken chain made the book fetch a new snapshot."""
         self.mode = ""
         self._bids: dict[Decimal, Level] = {}
         self._asks: dict[Decimal, Level] = {}
         self._pending: list[dict[str, Any]] = []
         self._synced = False
+        self._from_snapshot = False
         self._changed = asyncio.Condition()
         self._sub: Subscription | None = None
         self._resync: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         self._sub = await self.nc.subscribe(book_subject(self.market), cb=self._on_delta)
+        await self.nc.flush()
         await self._load_snapshot()
         return self
 
@@ -70,39 +75,36 @@ class LocalBook:
         """Best (lowest) price first."""
         return [self._asks[price] for price in sorted(self._asks)]
 
-    async def wait_for_seq(self, seq: int, timeout: float | None = None) -> None:
-        """Wait until the book has applied delta ``seq`` (or a snapshot past it)."""
+    async def wait_for_sequence(self, sequence: int, timeout: float | None = None) -> None:
+        """Wait until the book reflects every command up to ``sequence``."""
         async with self._changed:
             await asyncio.wait_for(
-                self._changed.wait_for(lambda: self._synced and self.seq >= seq),
+                self._changed.wait_for(lambda: self._synced and self.sequence >= sequence),
                 timeout or self.timeout)
 
     # -- keeping in step ---------------------------------------------------------------
 
     async def _on_delta(self, msg: Msg) -> None:
-        delta = msgspec.json.decode(msg.data)
-        await self.receive(delta)
+        await self.receive(msgspec.json.decode(msg.data))
 
     async def receive(self, delta: dict[str, Any]) -> None:
         """Apply one delta message, or buffer it while a snapshot is on its way."""
         if not self._synced:
             self._pending.append(delta)
             return
-        seq = delta["seq"]
-        if seq <= self.seq:
-            return
-        if seq != self.seq + 1:
-            log.info("book %s: gap after seq %d (got %d); resynchronising", self.market,
-                     self.seq, seq)
-            self._start_resync(delta)
+        sequence, previous = delta["sequence"], delta["prevSequence"]
+        if sequence <= self.sequence:
+            return  # the snapshot already holds it
+        follows = previous <= self.sequence if self._from_snapshot else previous == self.sequence
+        if not follows:
+            log.info("book %s: at %d, a delta continues from %d; resynchronising",
+                     self.market, self.sequence, previous)
+            self._synced = False
+            self._pending = [delta]
+            self.resyncs += 1
+            self._resync = asyncio.create_task(self._load_snapshot())
             return
         await self._apply(delta)
-
-    def _start_resync(self, delta: dict[str, Any]) -> None:
-        self._synced = False
-        self._pending = [delta]
-        self.resyncs += 1
-        self._resync = asyncio.create_task(self._load_snapshot())
 
     async def _load_snapshot(self) -> None:
         while True:
@@ -117,13 +119,14 @@ class LocalBook:
             await asyncio.sleep(0.1)  # the engine is starting or recovering
         self._bids = {Decimal(price): (price, quantity) for price, quantity in snapshot["bids"]}
         self._asks = {Decimal(price): (price, quantity) for price, quantity in snapshot["asks"]}
-        self.seq = snapshot["seq"]
+        self.sequence = snapshot["sequence"]
         self.mode = snapshot["mode"]
         pending, self._pending = self._pending, []
         self._synced = True
+        self._from_snapshot = True
         async with self._changed:
             self._changed.notify_all()
-        for delta in sorted(pending, key=lambda delta: int(delta["seq"])):
+        for delta in sorted(pending, key=lambda delta: int(delta["sequence"])):
             await self.receive(delta)
 
     async def _apply(self, delta: dict[str, Any]) -> None:
@@ -135,6 +138,7 @@ class LocalBook:
                     side[Decimal(price)] = (price, quantity)
         if "mode" in delta:
             self.mode = delta["mode"]
-        self.seq = delta["seq"]
+        self.sequence = delta["sequence"]
+        self._from_snapshot = False
         async with self._changed:
             self._changed.notify_all()

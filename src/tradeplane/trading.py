@@ -66,7 +66,7 @@ def render_book(book: LocalBook, depth: int) -> str:
     asks = list(reversed(book.asks[:depth]))
     bids = book.bids[:depth]
     width = max([len(price) for price, _ in asks + bids] + [8])
-    lines = [f"{book.market}  seq {book.seq}  mode {book.mode}",
+    lines = [f"{book.market}  at {book.sequence}  mode {book.mode}",
              f"{'price':>{width}}  quantity"]
     lines += [f"{price:>{width}}  {quantity:<14} ask" for price, quantity in asks]
     lines.append("-" * (width + 20))
@@ -83,8 +83,8 @@ async def book_command(args: argparse.Namespace, out: IO[str]) -> int:
                 return 0
             seen = -1
             while True:
-                if book.seq != seen:
-                    seen = book.seq
+                if book.sequence != seen:
+                    seen = book.sequence
                     out.write("\x1b[H\x1b[2J" + render_book(book, args.depth))
                     out.flush()
                 await asyncio.sleep(0.2)

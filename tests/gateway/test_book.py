@@ -8,21 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from tests.support.exchange import SOL, local_exchange, run
 from tradeplane_gateway import Client, LocalBook, RequestError, connect
 
 
 class LossyBook(LocalBook):
-    """Loses the deltas whose ``seq`` is in ``lose``, as a slow or cut-off consumer would."""
+    """Loses the n-th deltas for n in ``lose``, as a slow or cut-off consumer would."""
 
     def __init__(self, *args: Any, lose: set[int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lose = lose
+        self.received = 0
 
     async def receive(self, delta: dict[str, Any]) -> None:
-        if delta["seq"] in self.lose:
-            self.lose.discard(delta["seq"])
+        self.received += 1
+        if self.received in self.lose:
+            self.lose.discard(self.received)
             return
         await super().receive(delta)
 
@@ -61,19 +64,22 @@ def test_local_book_follows_a_random_session_and_recovers_from_gaps(tmp_path: Pa
                 connect(exchange.url, account="alice") as alice, \
                 connect(exchange.url, account="bob") as bob, \
                 LocalBook(alice.nc, "sol-usdt") as clean, \
-                LossyBook(bob.nc, "sol-usdt", lose={40, 41, 150, 300}) as lossy:
+                LossyBook(bob.nc, "sol-usdt", lose={20, 21, 60, 100}) as lossy:
             await asyncio.gather(random_session([alice], 250, seed=1),
                                  random_session([bob], 250, seed=2))
             service = exchange.services["sol-usdt"]
-            await exchange.nc.flush()
+            # A result-mode request is applied after everything sequenced before it.
+            with pytest.raises(RequestError):
+                await alice.cancel("sol-usdt", client_order_id="none-such")
             final = await engine_book(alice)
             assert final["sequence"] >= 400
             for book in (clean, lossy):
-                await book.wait_for_seq(final["seq"])
-                assert book.seq == final["seq"] == service.book_sequence
+                await book.wait_for_sequence(service.market_data.book_sequence)
+                assert book.sequence >= service.market_data.book_sequence
                 assert book.bids == [tuple(level) for level in final["bids"]]
                 assert book.asks == [tuple(level) for level in final["asks"]]
             assert clean.resyncs == 0
+            assert lossy.received > 100
             assert lossy.resyncs >= 2
             assert not lossy.lose
             assert final["bids"] or final["asks"]

@@ -30,35 +30,28 @@ from nats.js.errors import NotFoundError
 
 from tradeplane_engine.core import (
     AnyEvent,
-    BookLevel,
     Engine,
     OrderRejected,
     OrderStatus,
     OrderUpdate,
-    Side,
-    Trade,
-    TradingModeChanged,
 )
+from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.feed import CommandFeed, FeedError, SequencedCommand
+from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.service.streams import StreamSettings, ensure_market_streams
 from tradeplane_engine.wire import (
-    HEADER_MESSAGE_ID,
     HEADER_REPLY,
     HEADER_SEQUENCE,
     EventBatch,
     MarketDefinition,
     PublicFormatter,
-    account_subject,
     book_snapshot_subject,
-    book_subject,
     command_stream,
     decode_command,
     encode_events,
     engine_subject,
     event_stream,
     event_subject,
-    mode_event,
-    trades_subject,
 )
 
 log = logging.getLogger(__name__)
@@ -88,8 +81,8 @@ class MarketService:
         self.settings = settings or StreamSettings()
         self.engine = Engine(definition.spec())
         self.formatter = PublicFormatter(self.engine.spec)
-        self.book_sequence = 0
-        """Contiguous number of the last public L2 delta (counted from the commands)."""
+        self.market_data = MarketData(self.market, self.formatter)
+        self.events = EventsPublisher(nc, self.market)
         self.published_through = 0
         """Commands up to this sequence already have their events in the events stream."""
         self.recent: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
@@ -99,8 +92,6 @@ class MarketService:
         self._batch = batch
         self._rejections = 0
         self._event_subject = event_subject(self.market)
-        self._book_subject = book_subject(self.market)
-        self._trades_subject = trades_subject(self.market)
         self._feed: CommandFeed | None = None
 
     async def run(self) -> None:
@@ -122,6 +113,7 @@ class MarketService:
         self._feed = CommandFeed(self.nc, command_stream(self.market),
                                  self.engine.last_sequence + 1, batch=self._batch,
                                  reply_header=HEADER_REPLY)
+        await self.events.start()
         await self._feed.start()
         log.info("market %s: replaying the command stream; events published through %d",
                  self.market, self.published_through)
@@ -132,6 +124,7 @@ class MarketService:
             for subscription in subscriptions:
                 await subscription.unsubscribe()
             await self._feed.stop()
+            await self.events.stop()
 
     async def _last_published_sequence(self) -> int:
         try:
@@ -146,7 +139,6 @@ class MarketService:
         apply = self.engine.apply
         market = self.market
         outgoing: list[tuple[SequencedCommand, bytes, list[AnyEvent]]] = []
-        acks = []
         for command in batch:
             try:
                 events = apply(decode_command(command.data, command.sequence, command.timestamp))
@@ -158,63 +150,27 @@ class MarketService:
                 events = []
             if command.sequence <= self.published_through:
                 self._remember(events)
-                self._count_book_changes(events)
+                self.market_data.replayed(command.sequence, events)
                 if command.sequence == self.published_through:
                     log.info("market %s: caught up at sequence %d", market, command.sequence)
                     self.ready.set()
                 continue
-            payload = encode_events(EventBatch(market, command.sequence, command.timestamp,
-                                               events))
-            sequence = str(command.sequence)
-            acks.append(await self.js.publish_async(
-                self._event_subject, payload,
-                headers={HEADER_MESSAGE_ID: f"{market}:{sequence}", HEADER_SEQUENCE: sequence},
-            ))
-            outgoing.append((command, payload, events))
+            outgoing.append((command, encode_events(
+                EventBatch(market, command.sequence, command.timestamp, events)), events))
         if not outgoing:
             return
-        await asyncio.gather(*acks)
+        await self.events.publish([(command.sequence, payload)
+                                   for command, payload, _ in outgoing])
         self.published_through = outgoing[-1][0].sequence
         publish = self.nc.publish
+        market_data = self.market_data
         for command, payload, events in outgoing:
             if command.reply:
                 await publish(command.reply, payload)
             self._remember(events)
-            await self._publish_market_data(command, events)
-
-    async def _publish_market_data(self, command: SequencedCommand,
-                                   events: list[AnyEvent]) -> None:
-        formatter = self.formatter
-        publish = self.nc.publish
-        header = {"market": self.market, "sequence": command.sequence,
-                  "timestamp": command.timestamp}
-        for account in formatter.accounts(events):
-            updates = [update for event in events
-                       if (update := formatter.order_event(event, account)) is not None]
-            await publish(account_subject(account), _encode({**header, "events": updates}))
-        trades = [formatter.trade(event) for event in events if type(event) is Trade]
-        if trades:
-            await publish(self._trades_subject, _encode({**header, "trades": trades}))
-        bids: list[list[str]] = []
-        asks: list[list[str]] = []
-        mode: dict[str, Any] | None = None
-        for event in events:
-            if type(event) is BookLevel:
-                (bids if event.side is Side.BUY else asks).append(formatter.level(event))
-            elif type(event) is TradingModeChanged:
-                mode = mode_event(event)
-        if bids or asks or mode:
-            self.book_sequence += 1
-            delta: dict[str, Any] = {**header, "seq": self.book_sequence, "bids": bids,
-                                     "asks": asks}
-            if mode:
-                delta["mode"] = mode["mode"]
-            await publish(self._book_subject, _encode(delta))
-
-    def _count_book_changes(self, events: list[AnyEvent]) -> None:
-        if any(type(event) is BookLevel or type(event) is TradingModeChanged
-               for event in events):
-            self.book_sequence += 1
+            market_data.add(command.sequence, command.timestamp, events)
+        for subject, message in market_data.messages():
+            await publish(subject, message)
 
     def _remember(self, events: list[AnyEvent]) -> None:
         """Keep the last state of finished and rejected orders for status queries."""
@@ -291,8 +247,8 @@ class MarketService:
         book = self.engine.l2(depth)
         price, quantity = self.formatter.price, self.formatter.quantity
         await msg.respond(_encode({
-            "market": self.market, "seq": self.book_sequence,
-            "sequence": self.engine.last_sequence, "mode": self.engine.mode.value,
+            "market": self.market, "sequence": self.engine.last_sequence,
+            "mode": self.engine.mode.value,
             "bids": [[price(level.price), quantity(level.quantity)] for level in book.bids],
             "asks": [[price(level.price), quantity(level.quantity)] for level in book.asks],
         }))
@@ -305,7 +261,7 @@ class MarketService:
         status: dict[str, Any] = {
             "market": self.market, "role": "leader", "ready": self.ready.is_set(),
             "sequence": engine.last_sequence, "publishedThrough": self.published_through,
-            "bookSeq": self.book_sequence, "mode": engine.mode.value,
+            "bookSequence": self.market_data.book_sequence, "mode": engine.mode.value,
             "nextOrderId": engine.next_order_id, "nextTradeId": engine.next_trade_id,
         }
         if with_hash:

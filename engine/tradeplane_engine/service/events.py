@@ -1,0 +1,93 @@
+"""Publishes each command's events to the market's events stream, a batch at a time.
+
+Every message goes out at once with its own reply subject; the batch is done when the
+stream has acknowledged every one of them. Each message carries ``Nats-Msg-Id``
+``<market>:<sequence>``, so when acknowledgements do not come in time the missing ones
+are simply sent again: the stream stores each at most once. This is nats-py's
+``publish_async`` without its per-message semaphore, task and JSON parsing, which cost
+more than the matching itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from tradeplane_engine.wire import HEADER_MESSAGE_ID, HEADER_SEQUENCE, event_subject
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(Exception):
+    """The events stream refused a message (not a timeout: those are retried)."""
+
+
+class PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, object] | None = None
+
+
+_decode_ack = msgspec.json.Decoder(PubAck).decode
+
+
+class EventsPublisher:
+    def __init__(self, nc: Client, market: str, *, ack_timeout: float = 2.0) -> None:
+        self.nc = nc
+        self.market = market
+        self.ack_timeout = ack_timeout
+        self._subject = event_subject(market)
+        self._inbox = nc.new_inbox()
+        self._waiting: set[int] = set()
+        self._done: asyncio.Future[None] | None = None
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def publish(self, batch: list[tuple[int, bytes]]) -> None:
+        """Store every (sequence, payload) of the batch in the events stream."""
+        pending = dict(batch)
+        attempt = 0
+        while pending:
+            self._waiting = set(pending)
+            self._done = asyncio.get_running_loop().create_future()
+            for sequence, payload in pending.items():
+                number = str(sequence)
+                await self.nc.publish(
+                    self._subject, payload, reply=f"{self._inbox}.{number}",
+                    headers={HEADER_MESSAGE_ID: f"{self.market}:{number}",
+                             HEADER_SEQUENCE: number})
+            try:
+                await asyncio.wait_for(asyncio.shield(self._done), self.ack_timeout)
+                return
+            except TimeoutError:
+                attempt += 1
+                pending = {sequence: pending[sequence] for sequence in self._waiting}
+                log.warning("market %s: %d events messages not acknowledged in %.1f s "
+                            "(attempt %d); sending them again", self.market, len(pending),
+                            self.ack_timeout, attempt)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        sequence = int(msg.subject.rpartition(".")[2])
+        if sequence not in self._waiting or self._done is None or self._done.done():
+            return
+        ack = _decode_ack(msg.data) if msg.data else PubAck(error={"description": "no data"})
+        if ack.error is not None:
+            self._done.set_exception(PublishError(
+                f"events stream of {self.market} refused sequence {sequence}: {ack.error}"))
+            return
+        self._waiting.discard(sequence)
+        if not self._waiting:
+            self._done.set_result(None)
