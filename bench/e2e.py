@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import random
 import statistics
@@ -36,7 +37,7 @@ from nats.js.api import StorageType, StreamConfig
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
 from tradeplane_engine.service import StreamSettings
-from tradeplane_engine.wire import MarketDefinition
+from tradeplane_engine.wire import MarketDefinition, command_stream, engine_subject
 
 MARKET = MarketDefinition(name="bench-usdt", base="BENCH", quote="USDT", tick_size="0.01",
                           lot_size="0.01", reference_price="100")
@@ -101,7 +102,7 @@ async def _request(nc: Client, subject: str, payload: bytes, scheduled: float,
                    run: Run) -> None:
     try:
         reply = await nc.request(subject, payload, timeout=30)
-    except Exception:  # noqa: BLE001 - a lost request is a figure, not a crash
+    except Exception:  # a lost request is a figure, not a crash
         run.errors += 1
         return
     if b'"ok":true' in reply.data:
@@ -136,20 +137,35 @@ async def open_loop(connections: list[Client], mode: str, rate: float,
     run = Run(mode, rate, 0, 0, 0, seconds, [])
     started = time.perf_counter()
     total = int(rate * seconds)
-    tasks = []
+    tasks: set[asyncio.Task[None]] = set()
     while run.sent < total:
         due = min(total, int((time.perf_counter() - started) * rate) + 1)
         while run.sent < due:
             scheduled = started + run.sent / rate
             subject, payload = orders.next(mode)
             nc = connections[run.sent % len(connections)]
-            tasks.append(asyncio.create_task(_request(nc, subject, payload, scheduled, run)))
+            task = asyncio.create_task(_request(nc, subject, payload, scheduled, run))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
             run.sent += 1
         # Sleep until the next request is due (the event loop's timers tick in whole ms).
         await asyncio.sleep(max(0.001, started + run.sent / rate - time.perf_counter()))
     await asyncio.gather(*tasks)
     run.seconds = time.perf_counter() - started
     return run
+
+
+async def drain(nc: Client) -> float:
+    """Wait until the engine has applied every sequenced command; how long that took."""
+    started = time.perf_counter()
+    js = nc.jetstream()
+    last = (await js.stream_info(command_stream(MARKET.name))).state.last_seq
+    while True:
+        status = json.loads((await nc.request(engine_subject(MARKET.name, "status"), b"",
+                                              timeout=5)).data)
+        if status["sequence"] >= last:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.01)
 
 
 def report(run: Run, limit: float) -> str:
@@ -167,16 +183,25 @@ async def benchmark(url: str, args: argparse.Namespace) -> None:
           "— the physical limit of this path here", flush=True)
     connections = [await nats.connect(url, pending_size=64 * 1024 * 1024)
                    for _ in range(args.clients)]
+    # The load generator's own garbage collections would show up as exchange latency.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
     try:
         # Warm up (imports, JIT-free but caches and the book).
         await saturate(connections, "result", 1.0, 64)
+        await drain(connections[0])
         for mode in ("ack", "result"):
             top = await saturate(connections, mode, args.seconds, args.in_flight)
-            print(report(top, limit), flush=True)
+            backlog = await drain(connections[0])
+            print(report(top, limit) + f"  engine backlog drained in {backlog:.1f} s",
+                  flush=True)
             for fraction in (0.25, 0.5, 0.75):
                 run = await open_loop(connections, mode, top.sustained * fraction,
                                       args.seconds)
-                print(report(run, limit), flush=True)
+                backlog = await drain(connections[0])
+                print(report(run, limit) + f"  engine backlog drained in {backlog:.1f} s",
+                      flush=True)
     finally:
         for nc in connections:
             await nc.close()

@@ -7,6 +7,7 @@ same configuration, so start-up order does not matter.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -17,7 +18,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.wire import (
@@ -27,6 +28,8 @@ from tradeplane_engine.wire import (
     event_stream,
     event_subject,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ async def ensure_market_streams(js: JetStreamContext, market: str,
                 continue
             except BadRequestError:  # another process created it first
                 pass
-        await js.update_stream(config)
+        try:
+            await js.update_stream(config)
+        except APIError as exc:  # storage type and a few more can never change
+            log.warning("stream %s keeps its configuration; %s", config.name, exc.description)
 
 
 async def markets_bucket(js: JetStreamContext, settings: StreamSettings) -> KeyValue:
