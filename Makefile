@@ -1,5 +1,5 @@
 # tradeplane — every developer and CI entry point.
-#   make run     start tradeplane locally (for now: the engine demo on the standard workload)
+#   make run     the whole exchange on this machine, with demo traders (Ctrl-C stops it)
 #   make test    create the virtualenv, install, lint, and run the whole test suite
 #   make bench   print the benchmark figures
 #   make lint    ruff, mypy --strict, import-linter contracts
@@ -43,7 +43,7 @@ bench: native
 	$(PY) bench/e2e.py
 
 run: native
-	$(BIN)/tradeplane demo
+	$(BIN)/tradeplane up --demo
 
 clean:
 	$(PY) scripts/build_native.py --clean 2>/dev/null || true
