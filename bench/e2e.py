@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import random
 import statistics
 import sys
@@ -168,6 +169,36 @@ async def drain(nc: Client) -> float:
         await asyncio.sleep(0.01)
 
 
+class CpuMeter:
+    """CPU seconds used by each process of the exchange, from /proc (Linux)."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = processes
+        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._start = self.read()
+
+    def read(self) -> dict[str, float]:
+        used = {}
+        for name, pid in self.processes.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+            except OSError:
+                return {}
+            used[name] = (int(fields[11]) + int(fields[12])) / self._ticks
+        return used
+
+    def per_order(self, orders: int) -> str:
+        """Microseconds of CPU per order in each process since the last call."""
+        now = self.read()
+        if not now or not self._start or not orders:
+            return ""
+        text = "  CPU per order: " + ", ".join(
+            f"{name} {(now[name] - self._start[name]) / orders * 1e6:.0f} µs"
+            for name in self.processes)
+        self._start = now
+        return text
+
+
 def report(run: Run, limit: float) -> str:
     offered = "saturation" if run.offered is None else f"{run.offered:>10,.0f}/s"
     return (f"  {run.mode:<6} {offered:>12}  sustained {run.sustained:>8,.0f}/s "
@@ -176,7 +207,7 @@ def report(run: Run, limit: float) -> str:
             f"{run.percentile(0.999) * 1e3:7.2f} ms  errors {run.errors}")
 
 
-async def benchmark(url: str, args: argparse.Namespace) -> None:
+async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int]) -> None:
     limit = statistics.median([await measure_jetstream_limit(url, args.limit_messages)
                                for _ in range(3)])
     print(f"JetStream async publish (nats-py, file storage, 200 B): {limit:,.0f} msg/s "
@@ -191,17 +222,20 @@ async def benchmark(url: str, args: argparse.Namespace) -> None:
         # Warm up (imports, JIT-free but caches and the book).
         await saturate(connections, "result", 1.0, 64)
         await drain(connections[0])
+        cpu = CpuMeter(processes)
         for mode in ("ack", "result"):
             top = await saturate(connections, mode, args.seconds, args.in_flight)
             backlog = await drain(connections[0])
             print(report(top, limit) + f"  engine backlog drained in {backlog:.1f} s",
                   flush=True)
+            print(cpu.per_order(top.ok), flush=True)
             for fraction in (0.25, 0.5, 0.75):
                 run = await open_loop(connections, mode, top.sustained * fraction,
                                       args.seconds)
                 backlog = await drain(connections[0])
                 print(report(run, limit) + f"  engine backlog drained in {backlog:.1f} s",
                       flush=True)
+                print(cpu.per_order(run.ok), flush=True)
     finally:
         for nc in connections:
             await nc.close()
@@ -227,7 +261,10 @@ def main() -> int:
             gateway = spawn(tradeplane_command("--nats", server.url, "gateway"))
             try:
                 asyncio.run(wait_ready(server.url, [MARKET.name], [engine, gateway]))
-                uvloop.run(benchmark(server.url, args))
+                assert server.process is not None
+                processes = {"nats-server": server.process.pid, "engine": engine.pid,
+                             "gateway": gateway.pid, "load generator": os.getpid()}
+                uvloop.run(benchmark(server.url, args, processes))
             finally:
                 stop(gateway)
                 stop(engine)
