@@ -1,0 +1,129 @@
+"""The data plane keeps going when parts of it fail or multiply."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.support.exchange import SOL, eventually, local_exchange, run
+from tradeplane.processes import NatsServer
+from tradeplane.up import publish_markets
+from tradeplane_engine.service import StreamSettings, run_engines
+from tradeplane_gateway import Client, ConnectionLostError, RequestError, connect
+from tradeplane_gateway.runner import run_gateway
+from tradeplane_gateway.markets import MarketDirectory
+from tradeplane_gateway.service import Gateway
+
+
+def test_gateways_share_the_load_and_each_request_is_answered_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice", response="ack") as alice:
+            second = Gateway(exchange.nc, exchange.markets)
+            served = {"first": 0, "second": 0}
+            first_handle, second_handle = exchange.gateway.handle, second.handle
+
+            async def count_first(subject: str, data: bytes) -> bytes:
+                served["first"] += 1
+                return await first_handle(subject, data)
+
+            async def count_second(subject: str, data: bytes) -> bytes:
+                served["second"] += 1
+                return await second_handle(subject, data)
+
+            exchange.gateway.handle = count_first  # type: ignore[method-assign]
+            second.handle = count_second  # type: ignore[method-assign]
+            await second.start()
+            try:
+                replies = await asyncio.gather(*(
+                    alice.place("sol-usdt", "buy", "0.1", "99", client_order_id=f"o{n}")
+                    for n in range(200)))
+            finally:
+                await second.stop()
+            assert sorted(reply.sequence or 0 for reply in replies) == list(range(1, 201))
+            assert served["first"] + served["second"] == 200
+            assert served["first"] > 0
+            assert served["second"] > 0
+
+    run(scenario())
+
+
+def test_the_engine_rebuilds_a_consumer_the_server_dropped(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            await alice.place("sol-usdt", "buy", "1", "99")
+            js = exchange.nc.jetstream()
+            consumers = await js.consumers_info("tp-cmd-sol-usdt")
+            assert len(consumers) == 1
+            await js.delete_consumer("tp-cmd-sol-usdt", consumers[0].name)
+            acked = await alice.place("sol-usdt", "buy", "1", "98", response="ack")
+            service = exchange.services["sol-usdt"]
+            await eventually(lambda: service.engine.last_sequence == acked.sequence,
+                             timeout=15, what="the engine applying the order")
+            placed = await alice.place("sol-usdt", "buy", "1", "97")
+            assert placed.order is not None
+            assert placed.order.status == "new"
+
+    run(scenario())
+
+
+def test_a_new_gateway_serves_markets_defined_before_it_started(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange:
+            kv = await exchange.nc.jetstream().key_value("tp-markets")
+            directory = MarketDirectory()
+            follower = asyncio.create_task(directory.follow(kv))
+            try:
+                known = await directory.wait_for("sol-usdt")
+                assert known.spec.tick_size == "0.01"
+                await kv.delete("sol-usdt")
+                await eventually(lambda: directory.get("sol-usdt") is None)
+            finally:
+                follower.cancel()
+
+    run(scenario())
+
+
+def test_trading_resumes_after_nats_server_restarts_and_nothing_is_lost(tmp_path: Path) -> None:
+    """Streams on disk, as ``tradeplane up`` keeps them: the services reconnect by
+    themselves, the engine rebuilds its consumer, and every order is there after."""
+
+    async def scenario() -> None:
+        server = NatsServer(tmp_path / "nats").start()
+        port = int(server.url.rsplit(":", 1)[1])
+        services: list[asyncio.Task[None]] = []
+        try:
+            await publish_markets(server.url, [SOL], StreamSettings())
+            services = [asyncio.create_task(run_engines(server.url, ["sol-usdt"])),
+                        asyncio.create_task(run_gateway(server.url))]
+            async with connect(server.url, account="alice", reconnect_time_wait=0.2,
+                               max_reconnect_attempts=-1) as alice:
+                await eventually(lambda: _places(alice, "99"), timeout=20,
+                                 what="the first order")
+                server.stop()
+                server = NatsServer(tmp_path / "nats", port=port).start()
+                await eventually(lambda: _places(alice, "98"), timeout=30,
+                                 what="an order after the restart")
+                async with alice.book("sol-usdt") as book:
+                    assert [price for price, _ in book.bids] == ["99", "98"]
+                js = alice.nc.jetstream()
+                commands = (await js.stream_info("tp-cmd-sol-usdt")).state.messages
+                events = (await js.stream_info("tp-evt-sol-usdt")).state.messages
+                assert commands == events
+        finally:
+            for task in services:
+                task.cancel()
+            await asyncio.gather(*services, return_exceptions=True)
+            server.stop()
+
+    run(scenario(), timeout=90)
+
+
+async def _places(client: Client, price: str) -> bool:
+    """True once an order at ``price`` is placed (a retry with the same id is safe)."""
+    try:
+        reply = await client.place("sol-usdt", "buy", "1", price, client_order_id=f"at-{price}")
+    except (RequestError, ConnectionLostError):
+        return False
+    return reply.order is not None
