@@ -10,8 +10,8 @@ from tradeplane.processes import NatsServer
 from tradeplane.up import publish_markets
 from tradeplane_engine.service import StreamSettings, run_engines
 from tradeplane_gateway import Client, ConnectionLostError, RequestError, connect
-from tradeplane_gateway.runner import run_gateway
 from tradeplane_gateway.markets import MarketDirectory
+from tradeplane_gateway.runner import run_gateway
 from tradeplane_gateway.service import Gateway
 
 
