@@ -184,6 +184,18 @@ encode_events = msgspec.json.Encoder().encode
 decode_events = msgspec.json.Decoder(EventBatch).decode
 
 
+class PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: where the message went, or why it did not."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+decode_pub_ack = msgspec.json.Decoder(PubAck).decode
+
+
 # -- what traders see --------------------------------------------------------------------
 
 class PublicFormatter:

@@ -13,28 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from tradeplane_engine.wire import HEADER_MESSAGE_ID, HEADER_SEQUENCE, event_subject
+from tradeplane_engine.wire import (
+    HEADER_MESSAGE_ID,
+    HEADER_SEQUENCE,
+    PubAck,
+    decode_pub_ack,
+    event_subject,
+)
 
 log = logging.getLogger(__name__)
 
 
 class PublishError(Exception):
     """The events stream refused a message (not a timeout: those are retried)."""
-
-
-class PubAck(msgspec.Struct):
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    error: dict[str, object] | None = None
-
-
-_decode_ack = msgspec.json.Decoder(PubAck).decode
 
 
 class EventsPublisher:
@@ -83,7 +78,7 @@ class EventsPublisher:
         sequence = int(msg.subject.rpartition(".")[2])
         if sequence not in self._waiting or self._done is None or self._done.done():
             return
-        ack = _decode_ack(msg.data) if msg.data else PubAck(error={"description": "no data"})
+        ack = decode_pub_ack(msg.data) if msg.data else PubAck(error={"description": "no data"})
         if ack.error is not None:
             self._done.set_exception(PublishError(
                 f"events stream of {self.market} refused sequence {sequence}: {ack.error}"))
