@@ -208,13 +208,13 @@ class Engine:
                 return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
                                "quote amount is for market buys; post-only is for GTC orders")
             if price * quantity < self._min_notional:
-                return _reject(c, RejectCode.BELOW_MIN_NOTIONAL, "order value below min notional")
+                return _reject(c, RejectCode.BELOW_MIN_NOTIONAL,
+                               f"order value below the minimum notional {self.spec.min_notional}")
             reference = self.reference_price
             if (reference and self._band_numerator
                     and abs(price - reference) * self._band_denominator
                     > reference * self._band_numerator):
-                return _reject(c, RejectCode.OUTSIDE_PRICE_BAND,
-                               f"price is too far from the reference price {reference}")
+                return _reject(c, RejectCode.OUTSIDE_PRICE_BAND, self._band_reason(reference))
         else:
             invalid = self._check_market_order(c)
             if invalid is not None:
@@ -481,16 +481,17 @@ class Engine:
         remaining = quantity - (order.quantity - order.remaining)
         if remaining <= 0:
             return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
-                           f"new quantity must exceed the {order.quantity - order.remaining} "
-                           "lots already filled or taken by self-trade prevention")
+                           "new quantity must exceed the "
+                           f"{self.spec.from_lots(order.quantity - order.remaining)} already "
+                           "filled or taken by self-trade prevention")
         if price * quantity < self._min_notional:
-            return _reject(c, RejectCode.BELOW_MIN_NOTIONAL, "order value below min notional")
+            return _reject(c, RejectCode.BELOW_MIN_NOTIONAL,
+                           f"order value below the minimum notional {self.spec.min_notional}")
         reference = self.reference_price
         if (price != order.price and reference and self._band_numerator
                 and abs(price - reference) * self._band_denominator
                 > reference * self._band_numerator):
-            return _reject(c, RejectCode.OUTSIDE_PRICE_BAND,
-                           f"price is too far from the reference price {reference}")
+            return _reject(c, RejectCode.OUTSIDE_PRICE_BAND, self._band_reason(reference))
 
         level = order.level
         events: list[AnyEvent] = []
@@ -574,6 +575,11 @@ class Engine:
         return [TradingModeChanged(c.mode, previous)]
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _band_reason(self, reference: int) -> str:
+        """Why a price is outside the band, in the market's own decimals (a cold path)."""
+        return (f"price is more than {self.spec.price_band}% from the reference price "
+                f"{self.spec.from_ticks(reference)}")
 
     def _find(self, account: str, order_id: int, client_order_id: str) -> Order | None:
         owner = self.accounts.get(account)
