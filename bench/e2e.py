@@ -99,6 +99,38 @@ async def measure_jetstream_limit(url: str, messages: int) -> float:
     return messages / seconds
 
 
+async def jetstream_open_loop(url: str, rate: float, seconds: float) -> Run:
+    """The limit path measured like the exchange: JetStream publishes at a fixed rate,
+    latency from each one's scheduled time to its acknowledgement."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="bench-floor", subjects=["bench.floor"],
+                                     storage=StorageType.FILE))
+    run = Run("js", rate, 0, 0, 0, seconds, [])
+
+    async def publish(scheduled: float) -> None:
+        await js.publish("bench.floor", b"x" * 200)
+        run.ok += 1
+        run.latencies.append(time.perf_counter() - scheduled)
+
+    started = time.perf_counter()
+    total = int(rate * seconds)
+    tasks: set[asyncio.Task[None]] = set()
+    while run.sent < total:
+        due = min(total, int((time.perf_counter() - started) * rate) + 1)
+        while run.sent < due:
+            task = asyncio.create_task(publish(started + run.sent / rate))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            run.sent += 1
+        await asyncio.sleep(max(0.001, started + run.sent / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    run.seconds = time.perf_counter() - started
+    await js.delete_stream("bench-floor")
+    await nc.close()
+    return run
+
+
 async def _request(nc: Client, subject: str, payload: bytes, scheduled: float,
                    run: Run) -> None:
     try:
@@ -236,6 +268,11 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
                 print(report(run, limit) + f"  engine backlog drained in {backlog:.1f} s",
                       flush=True)
                 print(cpu.per_order(run.ok), flush=True)
+                if mode == "result":
+                    floor = await jetstream_open_loop(url, run.offered or 0, args.seconds)
+                    print(report(floor, limit) + "  <- the bare JetStream publish, same rate",
+                          flush=True)
+                    cpu.per_order(1)  # not the exchange's CPU
     finally:
         for nc in connections:
             await nc.close()

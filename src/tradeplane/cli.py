@@ -153,7 +153,7 @@ def _service_gc() -> None:
 
     What is loaded at start-up is frozen out of every collection, and the young
     generation collects every 50,000 allocations instead of 700: on the end-to-end
-    benchmark this took about a third off p99 latency at low rates.
+    benchmark this lowered p99 latency at low rates (docs/performance.md).
     """
     gc.collect()
     gc.freeze()
