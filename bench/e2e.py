@@ -27,8 +27,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import uvloop
@@ -108,24 +110,12 @@ async def jetstream_open_loop(url: str, rate: float, seconds: float) -> Run:
                                      storage=StorageType.FILE))
     run = Run("js", rate, 0, 0, 0, seconds, [])
 
-    async def publish(scheduled: float) -> None:
+    async def publish(number: int, scheduled: float) -> None:
         await js.publish("bench.floor", b"x" * 200)
         run.ok += 1
         run.latencies.append(time.perf_counter() - scheduled)
 
-    started = time.perf_counter()
-    total = int(rate * seconds)
-    tasks: set[asyncio.Task[None]] = set()
-    while run.sent < total:
-        due = min(total, int((time.perf_counter() - started) * rate) + 1)
-        while run.sent < due:
-            task = asyncio.create_task(publish(started + run.sent / rate))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            run.sent += 1
-        await asyncio.sleep(max(0.001, started + run.sent / rate - time.perf_counter()))
-    await asyncio.gather(*tasks)
-    run.seconds = time.perf_counter() - started
+    await drive(run, publish)
     await js.delete_stream("bench-floor")
     await nc.close()
     return run
@@ -164,20 +154,17 @@ async def saturate(connections: list[Client], mode: str, seconds: float,
     return run
 
 
-async def open_loop(connections: list[Client], mode: str, rate: float,
-                    seconds: float) -> Run:
-    orders = Orders(seed=2)
-    run = Run(mode, rate, 0, 0, 0, seconds, [])
+async def drive(run: Run, send: Callable[[int, float], Coroutine[Any, Any, None]]) -> None:
+    """Start ``send(number, scheduled_time)`` at ``run.offered`` per second, on schedule
+    whatever the replies do (an open loop), and wait for the last one."""
+    rate = run.offered or 1.0
     started = time.perf_counter()
-    total = int(rate * seconds)
+    total = int(rate * run.seconds)
     tasks: set[asyncio.Task[None]] = set()
     while run.sent < total:
         due = min(total, int((time.perf_counter() - started) * rate) + 1)
         while run.sent < due:
-            scheduled = started + run.sent / rate
-            subject, payload = orders.next(mode)
-            nc = connections[run.sent % len(connections)]
-            task = asyncio.create_task(_request(nc, subject, payload, scheduled, run))
+            task = asyncio.create_task(send(run.sent, started + run.sent / rate))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             run.sent += 1
@@ -185,6 +172,19 @@ async def open_loop(connections: list[Client], mode: str, rate: float,
         await asyncio.sleep(max(0.001, started + run.sent / rate - time.perf_counter()))
     await asyncio.gather(*tasks)
     run.seconds = time.perf_counter() - started
+
+
+async def open_loop(connections: list[Client], mode: str, rate: float,
+                    seconds: float) -> Run:
+    orders = Orders(seed=2)
+    run = Run(mode, rate, 0, 0, 0, seconds, [])
+
+    async def send(number: int, scheduled: float) -> None:
+        subject, payload = orders.next(mode)
+        await _request(connections[number % len(connections)], subject, payload, scheduled,
+                       run)
+
+    await drive(run, send)
     return run
 
 

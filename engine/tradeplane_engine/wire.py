@@ -28,7 +28,7 @@ from tradeplane_engine.core.events import (
     Trade,
     TradingModeChanged,
 )
-from tradeplane_engine.core.market import MarketSpec, TradingMode, UnitFormatter, format_decimal
+from tradeplane_engine.core.market import MarketSpec, UnitFormatter, format_decimal
 
 MARKETS_BUCKET = "tp-markets"
 """NATS key-value bucket of market definitions: key = market name, value = JSON spec."""
@@ -102,22 +102,15 @@ def api_subject(account: str, verb: str) -> str:
     return f"tp.api.{account}.order.{verb}"
 
 
-class MarketDefinition(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class MarketDefinition(MarketSpec, frozen=True, kw_only=True, rename="camel"):
     """A Market's spec as it sits in the markets bucket (the custom resource's spec + name).
 
-    Fields for running the market (replicas, fees, snapshotEvery, engine) ride along so
-    that one document describes a market everywhere; the matching rules are ``spec()``.
+    The matching rules are the ``MarketSpec`` fields it inherits; the fields for running
+    the market (replicas, fees, snapshotEvery, engine) ride along so that one document
+    describes a market everywhere. ``spec()`` is the part the engine takes.
     """
 
     name: str
-    base: str
-    quote: str
-    tick_size: str
-    lot_size: str
-    min_notional: str = "0"
-    price_band: str = "0"
-    reference_price: str | None = None
-    trading_mode: TradingMode = TradingMode.OPEN
     replicas: int = 2
     snapshot_every: int = 100_000
     fees: dict[str, Any] | None = None
@@ -126,14 +119,10 @@ class MarketDefinition(msgspec.Struct, frozen=True, kw_only=True, rename="camel"
     def __post_init__(self) -> None:
         if not is_market_name(self.name):
             raise ValueError(f"market name {self.name!r} must be a DNS label (a-z, 0-9, -)")
-        self.spec()  # refuses bad decimals now rather than in an engine later
+        super().__post_init__()
 
     def spec(self) -> MarketSpec:
-        return MarketSpec(
-            base=self.base, quote=self.quote, tick_size=self.tick_size, lot_size=self.lot_size,
-            min_notional=self.min_notional, price_band=self.price_band,
-            reference_price=self.reference_price, trading_mode=self.trading_mode,
-        )
+        return MarketSpec(**{field: getattr(self, field) for field in MarketSpec.__struct_fields__})
 
 
 def definition_from_manifest(manifest: dict[str, Any]) -> MarketDefinition:
