@@ -1,6 +1,6 @@
 """``tradeplane demo``: the matching engine on the standard workload, told plainly.
 
-This is what ``make run`` shows until the local exchange (``tradeplane up``) exists.
+No NATS, no processes: the core alone, to see what matching does and how fast.
 """
 
 from __future__ import annotations

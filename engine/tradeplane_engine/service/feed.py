@@ -138,7 +138,8 @@ class CommandFeed:
         self._wakeup.set()
 
     async def _pull(self) -> None:
-        assert self._consumer is not None
+        if self._consumer is None:
+            return  # between consumers; the new one pulls when it is made
         request = {"batch": self._batch, "expires": int(self._expires * 1e9),
                    "idle_heartbeat": int(self._heartbeat * 1e9)}
         self._outstanding += self._batch
