@@ -8,11 +8,18 @@ examples, with randomness, for a deeper local search.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tradeplane.postgres import PostgresServer
 
 settings.register_profile(
     "ci",
@@ -32,6 +39,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+_database_numbers = itertools.count(1)
 
 
 def _stale_extensions() -> list[str]:
@@ -59,3 +68,37 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "(or `make test`), or `python scripts/build_native.py --clean` to test pure Python",
             returncode=2,
         )
+
+
+# -- a real PostgreSQL for the tests that need one --------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, stopped at the end (and with this process)."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for one test; its DSN."""
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:50] + \
+        f"_{next(_database_numbers)}"
+    admin = postgres_server.dsn.rsplit("/", 1)[0] + "/postgres"
+
+    async def run(statement: str) -> None:
+        connection = await asyncpg.connect(admin)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run(f"CREATE DATABASE {name}"))
+    try:
+        yield postgres_server.dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -25,10 +25,11 @@ class StartError(RuntimeError):
     """A child process did not come up."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent(signal_number: int = signal.SIGTERM) -> None:  # pragma: no cover
+    """In a child between fork and exec: get ``signal_number`` when the parent dies."""
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal_number)  # PR_SET_PDEATHSIG
 
 
 def spawn(argv: Sequence[str], *, log: IO[bytes] | None = None,
@@ -36,7 +37,7 @@ def spawn(argv: Sequence[str], *, log: IO[bytes] | None = None,
     return subprocess.Popen(
         list(argv), stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL, env=env,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
 
 

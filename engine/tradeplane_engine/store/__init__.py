@@ -1,0 +1,1 @@
+"""PostgreSQL: the schema and its migrations, the recorder, snapshots, queries."""
