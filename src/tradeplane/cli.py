@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("gateway", help="serve order entry (any number, one queue group)")
 
+    recorder = commands.add_parser(
+        "recorder", help="record markets into PostgreSQL, take snapshots, answer history "
+                         "queries ($TRADEPLANE_POSTGRES_DSN)")
+    recorder.add_argument("--market", action="append", required=True, dest="markets")
+
     order = commands.add_parser("order", help="place, cancel, replace or look up orders")
     actions = order.add_subparsers(dest="action", required=True, metavar="ACTION")
     place = actions.add_parser("place", help="a new order")
@@ -161,14 +166,24 @@ def _service_gc() -> None:
 
 
 async def _run_async(args: argparse.Namespace) -> int:
-    if args.command in ("engine", "gateway"):
+    if args.command in ("engine", "gateway", "recorder"):
         _service_gc()
     if args.command == "engine":
         from tradeplane_engine.service import StreamSettings, run_engines
 
         settings = StreamSettings(replicas=args.stream_replicas,
                                   max_age_seconds=args.stream_max_age)
-        await run_engines(args.nats, args.markets, settings)
+        await run_engines(args.nats, args.markets, settings,
+                          os.environ.get("TRADEPLANE_POSTGRES_DSN"))
+        return 0
+    if args.command == "recorder":
+        from tradeplane_engine.store.runner import run_recorders
+
+        dsn = os.environ.get("TRADEPLANE_POSTGRES_DSN")
+        if not dsn:
+            print("tradeplane recorder: set TRADEPLANE_POSTGRES_DSN", file=sys.stderr)
+            return 2
+        await run_recorders(args.nats, args.markets, dsn)
         return 0
     if args.command == "gateway":
         from tradeplane_gateway.runner import run_gateway

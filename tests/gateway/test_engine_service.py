@@ -8,7 +8,7 @@ import msgspec
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine.core import Engine
-from tradeplane_engine.service.feed import stream_position
+from tradeplane_engine.feed import stream_position
 from tradeplane_engine.wire import decode_command, decode_events
 from tradeplane_gateway import connect
 

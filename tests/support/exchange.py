@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import nats
 from nats.aio.client import Client as NatsClient
 
@@ -70,7 +71,11 @@ class Exchange:
         await self.markets.wait_for(definition.name)
 
     async def start_engine(self, definition: MarketDefinition) -> MarketService:
-        service = MarketService(self.nc, definition, SETTINGS)
+        return await self.start_engine_with(definition)
+
+    async def start_engine_with(self, definition: MarketDefinition,
+                                pool: asyncpg.Pool | None = None) -> MarketService:
+        service = MarketService(self.nc, definition, SETTINGS, pool=pool)
         self.services[definition.name] = service
         self.engine_tasks[definition.name] = asyncio.create_task(service.run())
         await asyncio.wait_for(service.ready.wait(), 10)

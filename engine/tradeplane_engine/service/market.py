@@ -23,6 +23,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+import asyncpg
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -35,10 +36,11 @@ from tradeplane_engine.core import (
     OrderStatus,
     OrderUpdate,
 )
+from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
 from tradeplane_engine.service.events import EventsPublisher
-from tradeplane_engine.service.feed import CommandFeed, FeedError, SequencedCommand
 from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.service.streams import StreamSettings, ensure_market_streams
+from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
     HEADER_REPLY,
     HEADER_SEQUENCE,
@@ -73,7 +75,8 @@ class MarketService:
     """Runs one market: consume, apply, publish. ``run()`` until cancelled."""
 
     def __init__(self, nc: Client, definition: MarketDefinition,
-                 settings: StreamSettings | None = None, *, batch: int = 512) -> None:
+                 settings: StreamSettings | None = None, *, batch: int = 512,
+                 pool: asyncpg.Pool | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.market = definition.name
@@ -90,14 +93,19 @@ class MarketService:
         self.ready = asyncio.Event()
         """Set once the service has caught up with what was published before it started."""
         self._batch = batch
+        self.pool = pool
+        """PostgreSQL, for snapshots to start from (None: replay the whole stream)."""
+        self.replayed = 0
+        """Commands applied again at start, whose events were already published."""
         self._rejections = 0
         self._event_subject = event_subject(self.market)
         self._feed: CommandFeed | None = None
 
     async def run(self) -> None:
         await ensure_market_streams(self.js, self.market, self.settings)
+        start = await self._restore()
         self.published_through = await self._last_published_sequence()
-        if self.published_through == 0:
+        if self.published_through <= start:
             self.ready.set()
         subscriptions = [
             await self.nc.subscribe(book_snapshot_subject(self.market), cb=self._on_snapshot),
@@ -105,14 +113,13 @@ class MarketService:
             await self.nc.subscribe(engine_subject(self.market, "order"), cb=self._on_order),
         ]
         commands = await self.js.stream_info(command_stream(self.market))
-        if commands.state.messages and commands.state.first_seq > self.engine.last_sequence + 1:
+        if commands.state.messages and commands.state.first_seq > start + 1:
             raise FeedError(
                 f"{command_stream(self.market)} starts at sequence {commands.state.first_seq}, "
-                f"but the engine needs {self.engine.last_sequence + 1}: its retention is "
-                "shorter than the engine's recovery needs")
-        self._feed = CommandFeed(self.nc, command_stream(self.market),
-                                 self.engine.last_sequence + 1, batch=self._batch,
-                                 reply_header=HEADER_REPLY)
+                f"but the engine needs {start + 1}: its retention is shorter than the "
+                "engine's recovery needs (keep more than the snapshot interval)")
+        self._feed = CommandFeed(self.nc, command_stream(self.market), start + 1,
+                                 batch=self._batch, reply_header=HEADER_REPLY)
         await self.events.start()
         await self._feed.start()
         log.info("market %s: replaying the command stream; events published through %d",
@@ -125,6 +132,19 @@ class MarketService:
                 await subscription.unsubscribe()
             await self._feed.stop()
             await self.events.stop()
+
+    async def _restore(self) -> int:
+        """Start from the newest snapshot, if there is a database; the sequence it includes."""
+        if self.pool is None:
+            return 0
+        snapshot = await _newest_snapshot(self.pool, self.market)
+        if snapshot is None:
+            return 0
+        self.engine = snapshot.engine()
+        self.market_data.book_sequence = snapshot.book_sequence
+        log.info("market %s: restored the snapshot at sequence %d", self.market,
+                 snapshot.sequence)
+        return snapshot.sequence
 
     async def _last_published_sequence(self) -> int:
         try:
@@ -149,6 +169,7 @@ class MarketService:
                             command.sequence, exc)
                 events = []
             if command.sequence <= self.published_through:
+                self.replayed += 1
                 self._remember(events)
                 self.market_data.replayed(command.sequence, events)
                 if command.sequence == self.published_through:
@@ -267,3 +288,17 @@ class MarketService:
         if with_hash:
             status["stateHash"] = engine.state_hash()
         return status
+
+
+async def _newest_snapshot(pool: asyncpg.Pool, market: str) -> Snapshot | None:
+    """The newest snapshot; waits for PostgreSQL, which holds what the stream may not."""
+    delay = 0.2
+    while True:
+        try:
+            async with pool.acquire() as connection:
+                return await latest_snapshot(connection, market)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            log.warning("market %s: waiting for PostgreSQL for its snapshot (%s)", market,
+                        type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)

@@ -42,16 +42,22 @@ async def connect(servers: str, name: str) -> Client:
 
 
 async def run_engines(servers: str, markets: list[str],
-                      settings: StreamSettings | None = None) -> None:
-    """Run the named markets until cancelled."""
+                      settings: StreamSettings | None = None, dsn: str | None = None) -> None:
+    """Run the named markets until cancelled; with a DSN, start from their snapshots."""
+    from tradeplane_engine.store.runner import open_database
+
     settings = settings or StreamSettings()
     nc = await connect(servers, f"tradeplane-engine:{','.join(markets)}")
+    pool = await open_database(dsn, size=2) if dsn else None
     try:
         kv = await markets_bucket(nc.jetstream(), settings)
         definitions = [await market_definition(kv, market) for market in markets]
-        services = [MarketService(nc, definition, settings) for definition in definitions]
+        services = [MarketService(nc, definition, settings, pool=pool)
+                    for definition in definitions]
         async with asyncio.TaskGroup() as group:
             for service in services:
                 group.create_task(service.run(), name=f"market {service.market}")
     finally:
+        if pool is not None:
+            await pool.close()
         await nc.drain()

@@ -55,11 +55,13 @@ class CommandFeed:
 
     def __init__(self, nc: Client, stream: str, next_sequence: int, *, batch: int = 512,
                  heartbeat: float = 1.0, expires: float = 10.0,
-                 reply_header: str = "Tp-Reply") -> None:
+                 reply_header: str = "Tp-Reply", max_buffered: int | None = None) -> None:
         self._nc = nc
         self._stream = stream
         self.next_sequence = next_sequence
         self._batch = batch
+        self._max_buffered = max_buffered or 8 * batch
+        """Stop asking for more while this many wait for a slow consumer."""
         self._heartbeat = heartbeat
         self._expires = expires
         self._reply_header = reply_header
@@ -97,6 +99,9 @@ class CommandFeed:
                             self._stream, self.next_sequence)
                 await self._create_consumer()
         batch, self._arrived = self._arrived, []
+        if self._outstanding <= self._batch // 2 and self._consumer is not None:
+            self._last_heard = loop.time()
+            await self._pull()
         return batch
 
     async def _on_message(self, msg: Msg) -> None:
@@ -119,7 +124,7 @@ class CommandFeed:
         reply = headers.get(self._reply_header) if headers else None
         self._arrived.append(SequencedCommand(sequence, timestamp, msg.data, reply))
         self._wakeup.set()
-        if self._outstanding <= self._batch // 2:
+        if self._outstanding <= self._batch // 2 and len(self._arrived) < self._max_buffered:
             await self._pull()
 
     async def _on_status(self, msg: Msg) -> None:
@@ -129,7 +134,7 @@ class CommandFeed:
             return
         if status in ("404", "408"):  # a pull request ran out (no messages, expired)
             self._outstanding -= int(headers.get(_PENDING_MESSAGES, "0") or 0)
-            if self._outstanding <= self._batch // 2:
+            if self._outstanding <= self._batch // 2 and len(self._arrived) < self._max_buffered:
                 await self._pull()
             return
         log.warning("command feed of %s: status %s %s", self._stream, status,

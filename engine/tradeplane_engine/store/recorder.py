@@ -1,0 +1,208 @@
+"""The recorder: a market's events stream into PostgreSQL, exactly once, in batches.
+
+Each batch the feed hands over is written in one transaction with binary COPY (the
+journal, order history, trades, rejections, new orders, and changes to older orders
+through a temporary table and one UPDATE). The journal's primary key is
+(market, sequence), so a batch written twice fails as a whole; the recorder then reads
+where the database really is and continues from there. Its position is the database's
+own: the highest events-stream sequence in the journal, read at start — so a recorder
+killed at any point resumes without gaps or duplicates.
+
+If PostgreSQL goes away the batch is kept and written again once it is back; the feed
+stops pulling while the batch waits, so memory stays bounded. The lag (events in the
+stream, not yet in the database) is a Prometheus gauge and is answered on
+``tp.recorder.<market>.status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from prometheus_client import Gauge
+
+from tradeplane_engine.feed import CommandFeed, SequencedCommand
+from tradeplane_engine.store.rows import (
+    HISTORY,
+    JOURNAL,
+    ORDER_CHANGES,
+    ORDERS,
+    REJECTIONS,
+    TRADES,
+    Rows,
+)
+from tradeplane_engine.wire import MarketDefinition, decode_events, event_stream
+
+log = logging.getLogger(__name__)
+
+RECORDER_LAG = Gauge("tradeplane_recorder_lag_events",
+                     "Events messages in the stream not yet written to PostgreSQL",
+                     ["market"])
+RECORDED = Gauge("tradeplane_recorder_position",
+                 "The last events-stream sequence written to PostgreSQL", ["market"])
+
+CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError,
+                     asyncpg.exceptions.CannotConnectNowError,
+                     asyncpg.exceptions.AdminShutdownError, asyncpg.InterfaceError)
+
+
+class Resync(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The database already holds part of a batch: continue from where it really is."""
+
+
+async def prepare_connection(connection: asyncpg.Connection) -> None:
+    """Per connection: the temporary table through which order changes are applied."""
+    await connection.execute(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS order_changes ("
+        " market text, order_id bigint, status text, filled bigint, remaining bigint,"
+        " price bigint, quantity bigint, reason text, updated_sequence bigint"
+        ") ON COMMIT DELETE ROWS")
+
+
+async def record(connection: asyncpg.Connection, rows: Rows) -> None:
+    """Write one batch's rows in one transaction."""
+    async with connection.transaction():
+        await connection.copy_records_to_table("journal", records=rows.journal,
+                                               columns=JOURNAL)
+        if rows.new_orders:
+            await connection.copy_records_to_table("orders", records=rows.order_rows(),
+                                                   columns=ORDERS)
+        if rows.changes:
+            await connection.copy_records_to_table("order_changes",
+                                                   records=rows.change_rows(),
+                                                   columns=ORDER_CHANGES)
+            await connection.execute(
+                "UPDATE orders o SET status = coalesce(c.status, o.status),"
+                " filled = coalesce(c.filled, o.filled),"
+                " remaining = coalesce(c.remaining, o.remaining),"
+                " price = coalesce(c.price, o.price),"
+                " quantity = coalesce(c.quantity, o.quantity),"
+                " reason = coalesce(c.reason, o.reason),"
+                " updated_sequence = c.updated_sequence"
+                " FROM order_changes c"
+                " WHERE o.market = c.market AND o.order_id = c.order_id")
+        for table, records, columns in (("order_history", rows.history, HISTORY),
+                                        ("trades", rows.trades, TRADES),
+                                        ("rejections", rows.rejections, REJECTIONS)):
+            if records:
+                await connection.copy_records_to_table(table, records=records,
+                                                       columns=columns)
+
+
+async def recorded_position(connection: asyncpg.Connection, market: str) -> int:
+    position = await connection.fetchval(
+        "SELECT max(stream_sequence) FROM journal WHERE market = $1", market)
+    return int(position or 0)
+
+
+class Recorder:
+    """Records one market until cancelled."""
+
+    def __init__(self, nc: Client, pool: asyncpg.Pool, definition: MarketDefinition, *,
+                 batch: int = 2048) -> None:
+        self.nc = nc
+        self.pool = pool
+        self.definition = definition
+        self.market = definition.name
+        self.batch = batch
+        self.position = 0
+        """The last events-stream sequence written to PostgreSQL."""
+        self.stream_end = 0
+
+    async def run(self) -> None:
+        await self._define_market()
+        status = await self.nc.subscribe(f"tp.recorder.{self.market}.status",
+                                         cb=self._on_status)
+        lag = asyncio.create_task(self._follow_lag())
+        try:
+            while True:
+                self.position = await self._with_database(
+                    lambda connection: recorded_position(connection, self.market))
+                RECORDED.labels(self.market).set(self.position)
+                log.info("recorder %s: resuming after events message %d", self.market,
+                         self.position)
+                try:
+                    await self._consume()
+                except Resync:
+                    log.warning("recorder %s: part of a batch was already recorded; "
+                                "continuing from the database's position", self.market)
+        finally:
+            lag.cancel()
+            await status.unsubscribe()
+
+    async def _consume(self) -> None:
+        feed = CommandFeed(self.nc, event_stream(self.market), self.position + 1,
+                           batch=self.batch, max_buffered=4 * self.batch)
+        await feed.start()
+        try:
+            while True:
+                messages = await feed.next_batch()
+                rows = self.rows(messages)
+                await self._with_database(
+                    lambda connection, rows=rows: self._write(connection, rows))
+                self.position = messages[-1].sequence
+                RECORDED.labels(self.market).set(self.position)
+                RECORDER_LAG.labels(self.market).set(max(0, self.stream_end - self.position))
+        finally:
+            await feed.stop()
+
+    def rows(self, messages: list[SequencedCommand]) -> Rows:
+        rows = Rows()
+        for message in messages:
+            rows.add(message.sequence, decode_events(message.data), message.data.decode())
+        return rows
+
+    async def _write(self, connection: asyncpg.Connection, rows: Rows) -> None:
+        try:
+            await record(connection, rows)
+        except asyncpg.UniqueViolationError as exc:
+            raise Resync from exc
+
+    async def _with_database(self, work: Any) -> Any:
+        """Run ``work(connection)``, retrying for as long as PostgreSQL is unreachable."""
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as connection:
+                    return await work(connection)
+            except CONNECTION_ERRORS as exc:
+                log.warning("recorder %s: PostgreSQL unavailable (%s); retrying in %.1f s",
+                            self.market, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def _define_market(self) -> None:
+        spec = self.definition
+
+        async def upsert(connection: asyncpg.Connection) -> None:
+            await connection.execute(
+                "INSERT INTO markets (market, base, quote, tick_size, lot_size)"
+                " VALUES ($1, $2, $3, $4::numeric, $5::numeric)"
+                " ON CONFLICT (market) DO UPDATE SET base = excluded.base,"
+                " quote = excluded.quote, tick_size = excluded.tick_size,"
+                " lot_size = excluded.lot_size, updated_at = now()",
+                self.market, spec.base, spec.quote, spec.tick_size, spec.lot_size)
+
+        await self._with_database(upsert)
+
+    async def _follow_lag(self) -> None:
+        js = self.nc.jetstream()
+        while True:
+            try:
+                info = await js.stream_info(event_stream(self.market))
+                self.stream_end = info.state.last_seq
+                RECORDER_LAG.labels(self.market).set(max(0, self.stream_end - self.position))
+            except Exception as exc:
+                log.debug("recorder %s: no stream info: %s", self.market, exc)
+            await asyncio.sleep(1.0)
+
+    async def _on_status(self, msg: Msg) -> None:
+        await msg.respond(msgspec.json.encode({
+            "market": self.market, "recorded": self.position, "streamEnd": self.stream_end,
+            "lag": max(0, self.stream_end - self.position),
+        }))
