@@ -98,6 +98,17 @@ class Client:
         return await self.request("status", {"market": market, "orderId": order_id,
                                              "clientOrderId": client_order_id})
 
+    async def open_orders(self, market: str) -> Reply:
+        """The account's open orders in the market (``reply.orders``), from its engine."""
+        return await self.request("openOrders", {"market": market})
+
+    async def trade_history(self, market: str, *, before: int | None = None,
+                            limit: int = 100) -> Reply:
+        """The account's trades, newest first (``reply.trades``); page on with
+        ``before=reply.next``. Needs a recorder (PostgreSQL)."""
+        return await self.request("trades", {"market": market, "before": before,
+                                             "limit": limit})
+
     async def order_updates(self) -> AsyncIterator[dict[str, Any]]:
         """This account's private updates, in every market, as they happen."""
         subscription = await self.nc.subscribe(account_subject(self.account))

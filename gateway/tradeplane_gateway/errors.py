@@ -39,6 +39,8 @@ class EdgeCode(IntEnum):
     """The command was sequenced but its result did not come in time; ask for its status."""
     ENGINE_UNAVAILABLE = 911
     """The market's engine did not answer a query."""
+    HISTORY_UNAVAILABLE = 912
+    """No recorder answered a history query (no database configured, or it is down)."""
 
 
 class TradeplaneError(Exception):

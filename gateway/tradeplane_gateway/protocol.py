@@ -74,12 +74,24 @@ class StatusRequest(Request, kw_only=True):
     client_order_id: str | None = None
 
 
+class OpenOrdersRequest(Request, kw_only=True):
+    pass
+
+
+class TradesRequest(Request, kw_only=True):
+    before: int | None = None
+    """Only trades with a smaller trade id: the ``next`` of the previous page."""
+    limit: int = 100
+
+
 REQUESTS: dict[str, type[Request]] = {
     "place": PlaceRequest,
     "cancel": CancelRequest,
     "replace": ReplaceRequest,
     "cancelAll": CancelAllRequest,
     "status": StatusRequest,
+    "openOrders": OpenOrdersRequest,
+    "trades": TradesRequest,
 }
 """The request verbs: ``tp.api.<account>.order.<verb>``."""
 
@@ -126,6 +138,12 @@ class Reply(msgspec.Struct, rename="camel", omit_defaults=True):
     order: OrderState | None = None
     fills: list[Fill] = msgspec.field(default_factory=list)
     events: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    orders: list[OrderState] | None = None
+    """``openOrders``: the account's open orders, oldest first."""
+    trades: list[dict[str, Any]] | None = None
+    """``trades``: the account's trades, newest first."""
+    next: int | None = None
+    """``trades``: pass as ``before`` for the next page (absent on the last page)."""
     error: ErrorBody | None = None
 
 

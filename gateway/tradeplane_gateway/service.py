@@ -54,10 +54,12 @@ from tradeplane_gateway.markets import KnownMarket, MarketDirectory
 from tradeplane_gateway.protocol import (
     ErrorBody,
     Fill,
+    OpenOrdersRequest,
     OrderState,
     Reply,
     ResponseMode,
     StatusRequest,
+    TradesRequest,
     encode_reply,
     error_reply,
 )
@@ -73,6 +75,8 @@ from tradeplane_gateway.validation import (
 )
 
 log = logging.getLogger(__name__)
+
+MAX_TRADES_PAGE = 500
 
 
 @dataclass(slots=True)
@@ -134,8 +138,8 @@ class Gateway:
                 raise edge_error(EdgeCode.INVALID_ACCOUNT,
                                  "accounts are 1-64 characters of A-Z, a-z, 0-9, _ and -")
             request = decode_request(verb, msg.data)
-            if isinstance(request, StatusRequest):
-                self._spawn(self._answer_status(msg.reply, account, request))
+            if isinstance(request, (StatusRequest, OpenOrdersRequest, TradesRequest)):
+                self._spawn(self._answer_query(msg.reply, account, request))
                 return
             await self._publish(submission(self.markets, account, request, self._client_id),
                                 msg.reply)
@@ -277,16 +281,59 @@ class Gateway:
             ok=True, market=batch.market, sequence=batch.sequence, timestamp=batch.timestamp,
             client_order_id=client_order_id, order=order, fills=fills, events=events))
 
-    async def _answer_status(self, reply_to: str | None, account: str,
-                             request: StatusRequest) -> None:
+    async def _answer_query(self, reply_to: str | None, account: str,
+                            request: StatusRequest | OpenOrdersRequest | TradesRequest) -> None:
         try:
             market = known_market(self.markets, request)
-            order_id, client_order_id = order_reference(request.order_id,
-                                                        request.client_order_id)
-            reply = await self._order_status(market, account, order_id, client_order_id)
+            if isinstance(request, StatusRequest):
+                order_id, client_order_id = order_reference(request.order_id,
+                                                            request.client_order_id)
+                reply = await self._order_status(market, account, order_id, client_order_id)
+            elif isinstance(request, OpenOrdersRequest):
+                reply = await self._open_orders(market, account)
+            else:
+                reply = await self._trades(market, account, request)
         except EdgeError as exc:
             reply = error_reply(exc.code, exc.name, exc.reason)
         await self._reply(reply_to, reply)
+
+    async def _ask(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A query to an engine or a recorder: its answer, or ``{"error": ...}``."""
+        try:
+            answer = await self.nc.request(subject, msgspec.json.encode(body),
+                                           timeout=self.result_timeout)
+        except NoRespondersError:
+            return {"error": "no responders"}
+        except NatsTimeout:
+            return {"error": "no answer in time"}
+        result: dict[str, Any] = msgspec.json.decode(answer.data)
+        return result
+
+    async def _open_orders(self, market: KnownMarket, account: str) -> bytes:
+        name = market.definition.name
+        body = await self._ask(engine_subject(name, "openOrders"), {"account": account})
+        if "error" in body:
+            return error_reply(int(EdgeCode.ENGINE_UNAVAILABLE),
+                               EdgeCode.ENGINE_UNAVAILABLE.name,
+                               f"the engine of {name}: {body['error']}", market=name)
+        orders = msgspec.convert(body["orders"], list[OrderState])
+        return encode_reply(Reply(ok=True, market=name, sequence=body.get("sequence"),
+                                  orders=orders))
+
+    async def _trades(self, market: KnownMarket, account: str,
+                      request: TradesRequest) -> bytes:
+        name = market.definition.name
+        if not 1 <= request.limit <= MAX_TRADES_PAGE:
+            raise edge_error(EdgeCode.INVALID_FIELD, f"limit must be 1 to {MAX_TRADES_PAGE}")
+        body = await self._ask(f"tp.history.{name}.trades",
+                               {"account": account, "before": request.before,
+                                "limit": request.limit})
+        if "error" in body:
+            return error_reply(int(EdgeCode.HISTORY_UNAVAILABLE),
+                               EdgeCode.HISTORY_UNAVAILABLE.name,
+                               f"trade history of {name}: {body['error']}", market=name)
+        return encode_reply(Reply(ok=True, market=name, trades=body["trades"],
+                                  next=body.get("next")))
 
     async def _answer_duplicate(self, flight: _InFlight, sequence: int) -> None:
         work = flight.submission
@@ -298,14 +345,13 @@ class Gateway:
                             client_order_id: str, *, sequence: int | None = None,
                             duplicate: bool = False) -> bytes:
         name = market.definition.name
-        query = msgspec.json.encode({"account": account, "orderId": order_id,
-                                     "clientOrderId": client_order_id})
-        try:
-            answer = await self.nc.request(engine_subject(name, "order"), query,
-                                           timeout=self.result_timeout)
-            body = msgspec.json.decode(answer.data)
-        except (NoRespondersError, NatsTimeout):
-            body = {"error": "no answer"}
+        query = {"account": account, "orderId": order_id, "clientOrderId": client_order_id}
+        body = await self._ask(engine_subject(name, "order"), query)
+        if body.get("order") is None and "error" not in body:
+            # Neither open nor recently finished: PostgreSQL has every order ever accepted.
+            history = await self._ask(f"tp.history.{name}.order", query)
+            if history.get("order") is not None:
+                body = history
         if "error" in body:
             return error_reply(int(EdgeCode.ENGINE_UNAVAILABLE),
                                EdgeCode.ENGINE_UNAVAILABLE.name,

@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         if name == "replace":
             action.add_argument("--price")
             action.add_argument("--quantity", help="new total quantity")
+    open_orders = actions.add_parser("open", help="the account's open orders")
+    open_orders.add_argument("market")
+    history = actions.add_parser("trades", help="the account's trades, newest first")
+    history.add_argument("market")
+    history.add_argument("--before", type=int, help="trade id to page back from")
+    history.add_argument("--limit", type=int, default=20)
     cancel_all = actions.add_parser("cancel-all", help="cancel all of the account's orders")
     cancel_all.add_argument("market")
     cancel_all.add_argument("--side", choices=["buy", "sell"])

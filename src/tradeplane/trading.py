@@ -59,6 +59,10 @@ async def _order(client: Client, args: argparse.Namespace) -> Reply:
                                     quantity=args.quantity, response=response)
     if args.action == "cancel-all":
         return await client.cancel_all(args.market, args.side, response=response)
+    if args.action == "open":
+        return await client.open_orders(args.market)
+    if args.action == "trades":
+        return await client.trade_history(args.market, before=args.before, limit=args.limit)
     return await client.status(args.market, args.order_id, client_order_id=args.client_order_id)
 
 

@@ -111,6 +111,8 @@ class MarketService:
             await self.nc.subscribe(book_snapshot_subject(self.market), cb=self._on_snapshot),
             await self.nc.subscribe(engine_subject(self.market, "status"), cb=self._on_status),
             await self.nc.subscribe(engine_subject(self.market, "order"), cb=self._on_order),
+            await self.nc.subscribe(engine_subject(self.market, "openOrders"),
+                                    cb=self._on_open_orders),
         ]
         commands = await self.js.stream_info(command_stream(self.market))
         if commands.state.messages and commands.state.first_seq > start + 1:
@@ -247,6 +249,31 @@ class MarketService:
         if not order_id and query.client_order_id:
             order_id = self.recent_by_client_id.get((query.account, query.client_order_id), 0)
         return self.recent.get((query.account, order_id)) if order_id else None
+
+    def open_orders(self, account: str) -> list[dict[str, Any]]:
+        owner = self.engine.accounts.get(account)
+        if owner is None:
+            return []
+        price, quantity = self.formatter.price, self.formatter.quantity
+        return [{
+            "orderId": order.order_id, "clientOrderId": order.client_order_id,
+            "status": "partiallyFilled" if order.filled else "new", "side": order.side.value,
+            "price": price(order.price), "quantity": quantity(order.quantity),
+            "filledQuantity": quantity(order.filled),
+            "remainingQuantity": quantity(order.remaining),
+        } for order in sorted(owner.by_id.values(), key=lambda order: order.order_id)]
+
+    async def _on_open_orders(self, msg: Msg) -> None:
+        try:
+            query = msgspec.json.decode(msg.data, type=StatusQuery)
+        except msgspec.MsgspecError as exc:
+            await msg.respond(_encode({"error": str(exc)}))
+            return
+        if not self.ready.is_set():
+            await msg.respond(_encode({"error": "recovering"}))
+            return
+        await msg.respond(_encode({"sequence": self.engine.last_sequence,
+                                   "orders": self.open_orders(query.account)}))
 
     async def _on_order(self, msg: Msg) -> None:
         try:

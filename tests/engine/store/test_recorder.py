@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
+
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine.core import Engine
 from tradeplane_engine.store.queries import History, OrderQuery, TradesQuery
@@ -121,6 +123,57 @@ def test_snapshotter_snapshots_on_schedule_and_an_engine_restarts_from_it(
             service = await restarted
             assert service.engine.state_hash() == hash_before
             assert service.replayed == 5  # commands 31..35, not all 35
+        await pool.close()
+
+    run(scenario())
+
+
+def test_gateway_answers_from_postgres_what_the_engine_no_longer_holds(
+        tmp_path: Path, database: str) -> None:
+    async def scenario() -> None:
+        pool = await open_database(database)
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice") as alice, \
+                connect(exchange.url, account="bob") as bob:
+            recorder = Recorder(exchange.nc, pool, SOL)
+            history = History(exchange.nc, pool, SOL)
+            await history.start()
+            task = asyncio.create_task(recorder.run())
+            try:
+                await alice.place("sol-usdt", "sell", "1", "100", client_order_id="gone")
+                await bob.place("sol-usdt", "buy", "1", "100")
+                await alice.place("sol-usdt", "sell", "2", "101", client_order_id="resting")
+                with contextlib.suppress(RequestError):
+                    await alice.place("sol-usdt", "sell", "1", "200", client_order_id="banded")
+                await eventually(lambda: recorder.position == 4, timeout=15)
+                service = exchange.services["sol-usdt"]
+                service.recent.clear()  # as after a restart from a snapshot
+                service.recent_by_client_id.clear()
+
+                gone = await alice.status("sol-usdt", client_order_id="gone")
+                assert gone.order is not None
+                assert (gone.order.status, gone.order.filled_quantity) == ("filled", "1")
+                banded = await alice.status("sol-usdt", client_order_id="banded")
+                assert banded.order is not None
+                assert (banded.order.status, banded.order.code) == ("rejected", 206)
+                with pytest.raises(RequestError) as unknown:
+                    await alice.status("sol-usdt", client_order_id="never-sent")
+                assert unknown.value.code == 301
+
+                open_orders = await alice.open_orders("sol-usdt")
+                assert [order.client_order_id for order in open_orders.orders or []] == [
+                    "resting"]
+                trades = await bob.trade_history("sol-usdt")
+                assert [(t["role"], t["side"], t["price"]) for t in trades.trades or []] == [
+                    ("taker", "buy", "100")]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await history.stop()
+            with pytest.raises(RequestError) as no_history:
+                await bob.trade_history("sol-usdt")
+            assert no_history.value.code == 912
         await pool.close()
 
     run(scenario())
