@@ -40,6 +40,7 @@ from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.service.streams import StreamSettings, ensure_market_streams
+from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
 from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
     HEADER_REPLY,
@@ -103,8 +104,8 @@ class MarketService:
 
     async def run(self) -> None:
         await ensure_market_streams(self.js, self.market, self.settings)
-        start = await self._restore()
         self.published_through = await self._last_published_sequence()
+        start = await self._restore(self.published_through)
         if self.published_through <= start:
             self.ready.set()
         subscriptions = [
@@ -135,11 +136,15 @@ class MarketService:
             await self._feed.stop()
             await self.events.stop()
 
-    async def _restore(self) -> int:
-        """Start from the newest snapshot, if there is a database; the sequence it includes."""
+    async def _restore(self, published_through: int) -> int:
+        """Start from the newest snapshot, if there is a database; the sequence it includes.
+
+        Never from one past ``published_through``: the commands after it have not had
+        their events published, so they must be applied here, not skipped.
+        """
         if self.pool is None:
             return 0
-        snapshot = await _newest_snapshot(self.pool, self.market)
+        snapshot = await _newest_snapshot(self.pool, self.market, published_through)
         if snapshot is None:
             return 0
         self.engine = snapshot.engine()
@@ -311,20 +316,21 @@ class MarketService:
             "sequence": engine.last_sequence, "publishedThrough": self.published_through,
             "bookSequence": self.market_data.book_sequence, "mode": engine.mode.value,
             "nextOrderId": engine.next_order_id, "nextTradeId": engine.next_trade_id,
+            "replayed": self.replayed,
         }
         if with_hash:
             status["stateHash"] = engine.state_hash()
         return status
 
 
-async def _newest_snapshot(pool: asyncpg.Pool, market: str) -> Snapshot | None:
+async def _newest_snapshot(pool: asyncpg.Pool, market: str, at_most: int) -> Snapshot | None:
     """The newest snapshot; waits for PostgreSQL, which holds what the stream may not."""
     delay = 0.2
     while True:
         try:
             async with pool.acquire() as connection:
-                return await latest_snapshot(connection, market)
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                return await latest_snapshot(connection, market, at_most)
+        except DATABASE_UNAVAILABLE as exc:
             log.warning("market %s: waiting for PostgreSQL for its snapshot (%s)", market,
                         type(exc).__name__)
             await asyncio.sleep(delay)

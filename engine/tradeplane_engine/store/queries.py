@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tradeplane_engine.core.codes import RejectCode
+from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
 from tradeplane_engine.wire import MarketDefinition, PublicFormatter
 
 log = logging.getLogger(__name__)
@@ -134,15 +135,13 @@ class History:
         try:
             answer: dict[str, Any] = {"order": await self.order(
                 msgspec.json.decode(msg.data, type=OrderQuery))}
-        except (msgspec.MsgspecError, OSError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:
+        except (msgspec.MsgspecError, asyncpg.PostgresError, *DATABASE_UNAVAILABLE) as exc:
             answer = {"error": type(exc).__name__}
         await msg.respond(msgspec.json.encode(answer))
 
     async def _on_trades(self, msg: Msg) -> None:
         try:
             answer = await self.trades(msgspec.json.decode(msg.data, type=TradesQuery))
-        except (msgspec.MsgspecError, OSError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:
+        except (msgspec.MsgspecError, asyncpg.PostgresError, *DATABASE_UNAVAILABLE) as exc:
             answer = {"error": type(exc).__name__}
         await msg.respond(msgspec.json.encode(answer))

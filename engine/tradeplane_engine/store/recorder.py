@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Gauge
 
 from tradeplane_engine.feed import CommandFeed, SequencedCommand
+from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
 from tradeplane_engine.store.rows import (
     HISTORY,
     JOURNAL,
@@ -46,9 +47,6 @@ RECORDER_LAG = Gauge("tradeplane_recorder_lag_events",
 RECORDED = Gauge("tradeplane_recorder_position",
                  "The last events-stream sequence written to PostgreSQL", ["market"])
 
-CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError,
-                     asyncpg.exceptions.CannotConnectNowError,
-                     asyncpg.exceptions.AdminShutdownError, asyncpg.InterfaceError)
 
 
 class Resync(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -131,6 +129,9 @@ class Recorder:
                 except Resync:
                     log.warning("recorder %s: part of a batch was already recorded; "
                                 "continuing from the database's position", self.market)
+                except Exception:  # a recorder heals itself: start again from the database
+                    log.exception("recorder %s failed; starting again in 1 s", self.market)
+                    await asyncio.sleep(1.0)
         finally:
             lag.cancel()
             await status.unsubscribe()
@@ -170,7 +171,7 @@ class Recorder:
             try:
                 async with self.pool.acquire() as connection:
                     return await work(connection)
-            except CONNECTION_ERRORS as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 log.warning("recorder %s: PostgreSQL unavailable (%s); retrying in %.1f s",
                             self.market, type(exc).__name__, delay)
                 await asyncio.sleep(delay)

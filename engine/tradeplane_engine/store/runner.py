@@ -16,6 +16,7 @@ import asyncpg
 
 from tradeplane_engine.service.runner import connect, market_definition
 from tradeplane_engine.service.streams import StreamSettings, markets_bucket
+from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
 from tradeplane_engine.store.migrate import migrate
 from tradeplane_engine.store.queries import History
 from tradeplane_engine.store.recorder import Recorder, prepare_connection
@@ -44,8 +45,7 @@ async def open_database(dsn: str, *, size: int = 4) -> asyncpg.Pool:
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size,
                                              init=prepare_connection)
             break
-        except (OSError, asyncpg.PostgresConnectionError,
-                asyncpg.exceptions.CannotConnectNowError) as exc:
+        except DATABASE_UNAVAILABLE as exc:
             log.warning("waiting for PostgreSQL at %s (%s)", redact(dsn), type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
@@ -74,5 +74,8 @@ async def run_recorders(servers: str, markets: list[str], dsn: str,
                 group.create_task(Snapshotter(nc, pool, definition).run(),
                                   name=f"snapshotter {definition.name}")
     finally:
-        await pool.close()
+        try:
+            await asyncio.wait_for(pool.close(), 5)
+        except TimeoutError:
+            pool.terminate()
         await nc.drain()

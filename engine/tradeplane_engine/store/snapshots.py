@@ -8,7 +8,9 @@ command that changed the book, and the state hash. Taking a snapshot costs the
 snapshotter, never the engine that serves orders. Because the core is deterministic,
 the snapshot at sequence S is the serving engine's state at S; the state hash proves it.
 
-A restarted engine loads the newest snapshot and replays the command stream from the
+A restarted engine loads the newest snapshot that does not go past the last command
+whose events it published (the snapshotter may be ahead of a dead engine: the commands
+in between still need their events published) and replays the command stream from the
 next sequence. So the command stream must keep at least everything after the newest
 snapshot: with ``snapshotEvery`` N, a retention of fewer than ``RETAINED_INTERVALS`` × N
 commands is refused (see ``StreamSettings.check_retention``).
@@ -27,6 +29,7 @@ from nats.aio.client import Client
 from tradeplane_engine.core import BookLevel, Engine, TradingModeChanged
 from tradeplane_engine.core.state import digest
 from tradeplane_engine.feed import CommandFeed
+from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
 from tradeplane_engine.wire import MarketDefinition, command_stream, decode_command
 
 log = logging.getLogger(__name__)
@@ -54,10 +57,13 @@ class Snapshot:
         return Engine.restore(self.state)
 
 
-async def latest_snapshot(connection: asyncpg.Connection, market: str) -> Snapshot | None:
+async def latest_snapshot(connection: asyncpg.Connection, market: str,
+                          at_most: int | None = None) -> Snapshot | None:
+    """The newest snapshot, or the newest that includes no command after ``at_most``."""
     row = await connection.fetchrow(
         "SELECT sequence, book_sequence, state, state_hash FROM snapshots"
-        " WHERE market = $1 ORDER BY sequence DESC LIMIT 1", market)
+        " WHERE market = $1 AND sequence <= $2 ORDER BY sequence DESC LIMIT 1", market,
+        2**63 - 1 if at_most is None else at_most)
     if row is None:
         return None
     return Snapshot(market, row["sequence"], row["book_sequence"], bytes(row["state"]),
@@ -90,8 +96,15 @@ class Snapshotter:
         self.taken = 0
 
     async def run(self) -> None:
-        async with self.pool.acquire() as connection:
-            latest = await latest_snapshot(connection, self.market)
+        while True:
+            try:
+                await self._follow()
+            except Exception:  # start again from the newest snapshot
+                log.exception("snapshotter %s failed; starting again in 1 s", self.market)
+                await asyncio.sleep(1.0)
+
+    async def _follow(self) -> None:
+        latest = await self._newest()
         if latest is None:
             engine, book_sequence = Engine(self.definition.spec()), 0
         else:
@@ -117,6 +130,18 @@ class Snapshotter:
         finally:
             await feed.stop()
 
+    async def _newest(self) -> Snapshot | None:
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as connection:
+                    return await latest_snapshot(connection, self.market)
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning("market %s: the snapshotter waits for PostgreSQL (%s)",
+                            self.market, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
     async def _save(self, engine: Engine, book_sequence: int) -> None:
         state = engine.snapshot()
         snapshot = Snapshot(self.market, self.position, book_sequence, state, digest(state))
@@ -129,7 +154,7 @@ class Snapshotter:
                 log.info("market %s: snapshot at %d (%d bytes)", self.market, self.position,
                          len(state))
                 return
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 log.warning("market %s: snapshot waits for PostgreSQL (%s)", self.market,
                             type(exc).__name__)
                 await asyncio.sleep(delay)

@@ -1,0 +1,183 @@
+"""The exchange as separate processes on real nats-server and PostgreSQL, for tests that
+kill parts of it: engine, recorder and gateway run as ``tradeplane`` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import nats
+from nats.aio.client import Client
+
+from tests.support.exchange import eventually
+from tradeplane.processes import NatsServer, spawn, stop
+from tradeplane.up import publish_markets, wait_ready
+from tradeplane_engine.core import Engine
+from tradeplane_engine.service import StreamSettings
+from tradeplane_engine.wire import MarketDefinition, decode_command
+
+
+@dataclass
+class Cluster:
+    url: str
+    dsn: str
+    definition: MarketDefinition
+    logs: Path
+    nc: Client
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def market(self) -> str:
+        return self.definition.name
+
+    def start(self, role: str) -> None:
+        args = {"engine": ["engine", "--market", self.market],
+                "recorder": ["recorder", "--market", self.market],
+                "gateway": ["gateway"]}[role]
+        log = (self.logs / f"{role}.log").open("ab")
+        self.processes[role] = spawn(
+            [sys.executable, "-m", "tradeplane", "--nats", self.url, *args], log=log,
+            env={**os.environ, "TRADEPLANE_POSTGRES_DSN": self.dsn, "PYTHONUNBUFFERED": "1"})
+
+    def kill(self, role: str) -> None:
+        """``kill -9``: no clean-up, no flush, nothing handed over."""
+        process = self.processes.pop(role)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    async def engine_status(self, with_hash: bool = False) -> dict[str, Any]:
+        answer = await self.nc.request(f"tp.engine.{self.market}.status",
+                                       b"hash" if with_hash else b"", timeout=10)
+        result: dict[str, Any] = msgspec.json.decode(answer.data)
+        return result
+
+    async def recorder_status(self) -> dict[str, Any]:
+        answer = await self.nc.request(f"tp.recorder.{self.market}.status", b"", timeout=5)
+        result: dict[str, Any] = msgspec.json.decode(answer.data)
+        return result
+
+    async def settled(self, timeout: float = 60) -> int:
+        """Wait until the engine applied and the recorder wrote every command; how many.
+
+        A request sent just before the load stopped may still be sequenced: wait until
+        the count holds still across a whole round."""
+        js = self.nc.jetstream()
+        while True:
+            commands = (await js.stream_info(f"tp-cmd-{self.market}")).state.last_seq
+            await self._settled_at(commands, timeout)
+            if (await js.stream_info(f"tp-cmd-{self.market}")).state.last_seq == commands:
+                return commands
+
+    async def _settled_at(self, commands: int, timeout: float) -> None:
+        js = self.nc.jetstream()
+
+        async def engine_done() -> bool:
+            with contextlib.suppress(nats.errors.Error):
+                status = await self.engine_status()
+                return bool(status["ready"]) and status["sequence"] >= commands
+            return False
+
+        async def recorder_done() -> bool:
+            events = (await js.stream_info(f"tp-evt-{self.market}")).state.last_seq
+            with contextlib.suppress(nats.errors.Error):
+                return bool(events >= commands
+                            and (await self.recorder_status())["recorded"] >= events)
+            return False
+
+        try:
+            await eventually(engine_done, timeout, "the engine applying every command")
+            await eventually(recorder_done, timeout, "the recorder writing every event")
+        except AssertionError as exc:
+            events = (await js.stream_info(f"tp-evt-{self.market}")).state.last_seq
+            raise AssertionError(
+                f"{exc}: {commands} commands, {events} events messages, engine "
+                f"{await self.engine_status()}, recorder {await self.recorder_status()}"
+            ) from exc
+
+    async def replayed_hash(self) -> str:
+        """The state hash of the whole command stream applied from scratch."""
+        js = self.nc.jetstream()
+        info = await js.stream_info(f"tp-cmd-{self.market}")
+        engine = Engine(self.definition.spec())
+        for sequence in range(1, info.state.last_seq + 1):
+            message = await js.get_msg(f"tp-cmd-{self.market}", sequence)
+            assert message.data is not None
+            engine.apply(decode_command(message.data, sequence, 0))
+        return engine.state_hash()
+
+    async def database(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.dsn)
+
+
+@contextlib.asynccontextmanager
+async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
+                  *, roles: tuple[str, ...] = ("engine", "recorder", "gateway"),
+                  ) -> AsyncIterator[Cluster]:
+    logs = directory / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    server = NatsServer(directory / "nats").start()
+    nc = await nats.connect(server.url)
+    running = Cluster(server.url, dsn, definition, logs, nc)
+    try:
+        await publish_markets(server.url, [definition], StreamSettings())
+        for role in roles:
+            running.start(role)
+        await wait_ready(server.url, [definition.name], list(running.processes.values()))
+        yield running
+    finally:
+        for process in running.processes.values():
+            stop(process)
+        await nc.close()
+        server.stop()
+
+
+class OrderFlow:
+    """Orders placed one after another (``ack`` mode) until stopped, buys by one client
+    and sells by another, around one price so that many cross. Remembers every client
+    order id the exchange acknowledged."""
+
+    def __init__(self, buyer: Any, seller: Any, market: str, prefix: str) -> None:
+        self.buyer = buyer
+        self.seller = seller
+        self.market = market
+        self.prefix = prefix
+        self.acknowledged: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        number = 0
+        while True:
+            number += 1
+            side = "buy" if number % 2 else "sell"
+            price = str(100 + (number % 7) - 3)
+            client_order_id = f"{self.prefix}-{number}"
+            try:
+                client = self.buyer if side == "buy" else self.seller
+                await client.place(self.market, side, "0.5", price,
+                                        client_order_id=client_order_id, response="ack")
+            except Exception:  # an unacknowledged order may or may not be sequenced
+                continue
+            self.acknowledged.append(client_order_id)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def until(self, count: int, timeout: float = 60) -> None:
+        await eventually(lambda: len(self.acknowledged) >= count, timeout,
+                         f"{count} acknowledged orders")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
