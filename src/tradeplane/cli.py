@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="NATS client port (default: %(default)s; 0: any free port)")
     up.add_argument("--engines", type=int, default=2,
                     help="engine processes to spread the markets over (default: %(default)s)")
+    up.add_argument("--postgres-dsn", default=os.environ.get("TRADEPLANE_POSTGRES_DSN"),
+                    help="use this PostgreSQL instead of starting one (default: "
+                         "$TRADEPLANE_POSTGRES_DSN, else an embedded server in the data dir)")
     up.add_argument("--demo", action="store_true",
                     help="also run a market maker and takers so the books are alive")
 
@@ -139,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tradeplane.up import DEFAULT_MANIFESTS, run_up
 
         return run_up(args.manifests or [DEFAULT_MANIFESTS], args.data_dir, args.port,
-                      args.engines, args.demo, sys.stdout)
+                      args.engines, args.demo, sys.stdout, args.postgres_dsn)
     try:
         return _event_loop_runner()(_run_async(args))
     except KeyboardInterrupt:

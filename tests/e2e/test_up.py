@@ -10,9 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,6 +71,22 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
 
 
+def poll_cli(url: str, ready: Callable[[dict[str, Any]], bool], *args: str,
+             timeout: float = 30) -> dict[str, Any]:
+    """Run a CLI command until its JSON reply satisfies ``ready`` (the recorder may lag)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cli(url, *args)
+        reply: dict[str, Any] = {}
+        if result.returncode == 0:
+            reply = json.loads(result.stdout)
+            if ready(reply):
+                return reply
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{args}: {result.stdout}{result.stderr}")
+        time.sleep(0.2)
+
+
 def test_up_serves_orders_restarts_where_it_stopped_and_leaves_nothing_behind(
         tmp_path: Path) -> None:
     data_dir = tmp_path / "exchange"
@@ -99,6 +116,10 @@ def test_up_serves_orders_restarts_where_it_stopped_and_leaves_nothing_behind(
         assert re.search(r"150\s+1.5\s+ask", book.stdout), book.stdout
         again = cli(url, "order", "place", "sol-usdt", "buy", "0.5", "151", "--account", "bob")
         assert json.loads(again.stdout)["fills"][0]["tradeId"] == 2
+        # PostgreSQL kept the first run's trade, and the recorder serves it.
+        trades = poll_cli(url, lambda reply: len(reply.get("trades", [])) == 2,
+                          "order", "trades", "sol-usdt", "--account", "bob")
+        assert [trade["tradeId"] for trade in trades["trades"]] == [2, 1]
     assert processes_mentioning(str(data_dir)) == []
 
 
