@@ -58,8 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument("--market", action="append", required=True, dest="markets")
     engine.add_argument("--stream-replicas", type=int, default=1,
                         help="JetStream replicas of each stream (3 on a NATS cluster)")
-    engine.add_argument("--stream-max-age", type=float, default=0,
-                        help="retention of the streams in seconds (0: keep everything)")
+    engine.add_argument("--command-retention", type=int, default=0,
+                        help="commands each command stream keeps (0: all; at least 3 × the "
+                             "market's snapshotEvery)")
+    engine.add_argument("--events-max-age", type=float, default=0,
+                        help="seconds each events stream keeps its messages (0: all)")
 
     commands.add_parser("gateway", help="serve order entry (any number, one queue group)")
 
@@ -181,7 +184,8 @@ async def _run_async(args: argparse.Namespace) -> int:
         from tradeplane_engine.service import StreamSettings, run_engines
 
         settings = StreamSettings(replicas=args.stream_replicas,
-                                  max_age_seconds=args.stream_max_age)
+                                  command_retention=args.command_retention,
+                                  events_max_age_seconds=args.events_max_age)
         await run_engines(args.nats, args.markets, settings,
                           os.environ.get("TRADEPLANE_POSTGRES_DSN"))
         return 0

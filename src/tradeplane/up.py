@@ -75,7 +75,8 @@ async def publish_markets(url: str, definitions: list[MarketDefinition],
         js = nc.jetstream()
         kv = await markets_bucket(js, settings)
         for definition in definitions:
-            await ensure_market_streams(js, definition.name, settings)
+            await ensure_market_streams(js, definition.name, settings,
+                                        definition.snapshot_every)
             await kv.put(definition.name, encode_definition(definition))
     finally:
         await nc.close()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine.core import Engine
-from tradeplane_engine.feed import stream_position
+from tradeplane_engine.feed import FeedError, stream_position
+from tradeplane_engine.service import MarketService, StreamSettings, ensure_market_streams
 from tradeplane_engine.wire import decode_command, decode_events
 from tradeplane_gateway import connect
 
@@ -78,5 +81,29 @@ def test_a_command_that_is_not_a_command_is_skipped_the_same_way_everywhere(
             empty = await js.get_msg("tp-evt-sol-usdt", 1)
             assert empty.data is not None
             assert decode_events(empty.data).events == []
+
+    run(scenario())
+
+
+def test_command_retention_below_three_snapshot_intervals_is_refused() -> None:
+    StreamSettings(command_retention=300).check(snapshot_every=100)
+    StreamSettings(command_retention=0).check(snapshot_every=100)  # keeps everything
+    with pytest.raises(ValueError, match="below 300 commands"):
+        StreamSettings(command_retention=299).check(snapshot_every=100)
+
+
+def test_an_engine_refuses_a_stream_that_no_longer_reaches_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        short = type(SOL)(**{**{f: getattr(SOL, f) for f in SOL.__struct_fields__},
+                             "snapshot_every": 10})
+        async with local_exchange(tmp_path, short, engines=False) as exchange:
+            js = exchange.nc.jetstream()
+            settings = StreamSettings(memory=True, command_retention=30)
+            await ensure_market_streams(js, "sol-usdt", settings, snapshot_every=10)
+            for _ in range(50):
+                await js.publish("tp.cmd.sol-usdt", b"{}")
+            service = MarketService(exchange.nc, short, settings)  # no database, no snapshot
+            with pytest.raises(FeedError, match="starts at sequence 21, but the engine needs 1"):
+                await asyncio.wait_for(service.run(), 10)
 
     run(scenario())

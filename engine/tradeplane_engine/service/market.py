@@ -103,7 +103,8 @@ class MarketService:
         self._feed: CommandFeed | None = None
 
     async def run(self) -> None:
-        await ensure_market_streams(self.js, self.market, self.settings)
+        await ensure_market_streams(self.js, self.market, self.settings,
+                                    self.definition.snapshot_every)
         self.published_through = await self._last_published_sequence()
         start = await self._restore(self.published_through)
         if self.published_through <= start:

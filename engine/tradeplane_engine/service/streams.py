@@ -31,6 +31,9 @@ from tradeplane_engine.wire import (
 
 log = logging.getLogger(__name__)
 
+RETAINED_INTERVALS = 3
+"""A command stream keeps at least this many snapshot intervals of commands."""
+
 
 @dataclass(frozen=True)
 class StreamSettings:
@@ -38,17 +41,41 @@ class StreamSettings:
 
     replicas: int = 1
     """JetStream replicas of each stream (3 on a three-node NATS cluster)."""
-    max_age_seconds: float = 0
-    """Drop messages older than this (0: keep them). Engines rebuild from the command
-    stream, so it must reach back to the newest snapshot (see docs/protocol.md)."""
+    command_retention: int = 0
+    """Commands a command stream keeps (0: all). An engine restarts from the newest
+    snapshot and replays the commands after it, so this must cover several snapshot
+    intervals: ``check`` refuses fewer than RETAINED_INTERVALS × snapshotEvery. There
+    is no age limit for commands: a quiet market would lose commands no snapshot holds."""
+    events_max_age_seconds: float = 0
+    """Drop events messages older than this (0: keep them); the recorder must have
+    written them by then (its lag is exported)."""
     max_bytes: int = -1
-    """Largest size of each stream in bytes (-1: no limit)."""
+    """Largest size of each events stream in bytes (-1: no limit)."""
     duplicate_window_seconds: float = 120
     """How long a ``Nats-Msg-Id`` is remembered: a retry within it is applied once."""
     memory: bool = False
     """Keep the streams in memory (tests, benchmarks) instead of on disk."""
 
-    def stream_config(self, name: str, subject: str) -> StreamConfig:
+    def check(self, snapshot_every: int) -> None:
+        """Refuse a command retention shorter than recovery needs."""
+        needed = RETAINED_INTERVALS * snapshot_every
+        if self.command_retention and self.command_retention < needed:
+            raise ValueError(
+                f"command retention {self.command_retention} is below {needed} commands "
+                f"({RETAINED_INTERVALS} × snapshotEvery {snapshot_every}): an engine could "
+                "not replay from its newest snapshot")
+
+    def command_stream_config(self, market: str) -> StreamConfig:
+        return self._config(command_stream(market), command_subject(market),
+                            max_msgs=self.command_retention or -1)
+
+    def event_stream_config(self, market: str) -> StreamConfig:
+        return self._config(event_stream(market), event_subject(market),
+                            max_age=self.events_max_age_seconds or None,
+                            max_bytes=self.max_bytes)
+
+    def _config(self, name: str, subject: str, *, max_msgs: int = -1,
+                max_age: float | None = None, max_bytes: int = -1) -> StreamConfig:
         return StreamConfig(
             name=name,
             subjects=[subject],
@@ -56,18 +83,20 @@ class StreamSettings:
             discard=DiscardPolicy.OLD,
             storage=StorageType.MEMORY if self.memory else StorageType.FILE,
             num_replicas=self.replicas,
-            max_age=self.max_age_seconds or None,
-            max_bytes=self.max_bytes,
+            max_msgs=max_msgs,
+            max_age=max_age,
+            max_bytes=max_bytes,
             duplicate_window=self.duplicate_window_seconds,
             allow_direct=True,
         )
 
 
-async def ensure_market_streams(js: JetStreamContext, market: str,
-                                settings: StreamSettings) -> None:
+async def ensure_market_streams(js: JetStreamContext, market: str, settings: StreamSettings,
+                                snapshot_every: int = 100_000) -> None:
     """Create (or bring up to date) the command and events streams of one market."""
-    for config in (settings.stream_config(command_stream(market), command_subject(market)),
-                   settings.stream_config(event_stream(market), event_subject(market))):
+    settings.check(snapshot_every)
+    for config in (settings.command_stream_config(market),
+                   settings.event_stream_config(market)):
         assert config.name is not None
         try:
             await js.stream_info(config.name)

@@ -13,7 +13,7 @@ whose events it published (the snapshotter may be ahead of a dead engine: the co
 in between still need their events published) and replays the command stream from the
 next sequence. So the command stream must keep at least everything after the newest
 snapshot: with ``snapshotEvery`` N, a retention of fewer than ``RETAINED_INTERVALS`` × N
-commands is refused (see ``StreamSettings.check_retention``).
+commands is refused (``StreamSettings.check``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 KEEP = 3
 """Snapshots kept per market; older ones are deleted."""
-RETAINED_INTERVALS = 3
-"""The command stream keeps at least this many snapshot intervals."""
 
 
 @dataclass(frozen=True)
