@@ -40,6 +40,7 @@ test: lint pytest
 
 bench: native
 	$(PY) bench/run.py
+	$(PY) bench/persistence.py
 	$(PY) bench/e2e.py
 
 run: native

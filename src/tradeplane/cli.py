@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         "recorder", help="record markets into PostgreSQL, take snapshots, answer history "
                          "queries ($TRADEPLANE_POSTGRES_DSN)")
     recorder.add_argument("--market", action="append", required=True, dest="markets")
+    recorder.add_argument("--metrics-port", type=int, default=0,
+                          help="serve Prometheus metrics (the recorder's lag) on this port")
 
     order = commands.add_parser("order", help="place, cancel, replace or look up orders")
     actions = order.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -196,6 +198,10 @@ async def _run_async(args: argparse.Namespace) -> int:
         if not dsn:
             print("tradeplane recorder: set TRADEPLANE_POSTGRES_DSN", file=sys.stderr)
             return 2
+        if args.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(args.metrics_port)
         await run_recorders(args.nats, args.markets, dsn)
         return 0
     if args.command == "gateway":
