@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -40,7 +41,7 @@ from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.service.streams import StreamSettings, ensure_market_streams
-from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
+from tradeplane_engine.store.errors import with_connection
 from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
     HEADER_REPLY,
@@ -270,18 +271,14 @@ class MarketService:
         } for order in sorted(owner.by_id.values(), key=lambda order: order.order_id)]
 
     async def _on_open_orders(self, msg: Msg) -> None:
-        try:
-            query = msgspec.json.decode(msg.data, type=StatusQuery)
-        except msgspec.MsgspecError as exc:
-            await msg.respond(_encode({"error": str(exc)}))
-            return
-        if not self.ready.is_set():
-            await msg.respond(_encode({"error": "recovering"}))
-            return
-        await msg.respond(_encode({"sequence": self.engine.last_sequence,
-                                   "orders": self.open_orders(query.account)}))
+        await self._answer(msg, lambda query: {"orders": self.open_orders(query.account)})
 
     async def _on_order(self, msg: Msg) -> None:
+        await self._answer(msg, lambda query: {"order": self.order_status(query)})
+
+    async def _answer(self, msg: Msg,
+                      answer: Callable[[StatusQuery], dict[str, Any]]) -> None:
+        """A query about an account's orders, answered from the live book."""
         try:
             query = msgspec.json.decode(msg.data, type=StatusQuery)
         except msgspec.MsgspecError as exc:
@@ -290,8 +287,7 @@ class MarketService:
         if not self.ready.is_set():
             await msg.respond(_encode({"error": "recovering"}))
             return
-        order = self.order_status(query)
-        await msg.respond(_encode({"sequence": self.engine.last_sequence, "order": order}))
+        await msg.respond(_encode({"sequence": self.engine.last_sequence, **answer(query)}))
 
     async def _on_snapshot(self, msg: Msg) -> None:
         if not self.ready.is_set():
@@ -325,14 +321,7 @@ class MarketService:
 
 
 async def _newest_snapshot(pool: asyncpg.Pool, market: str, at_most: int) -> Snapshot | None:
-    """The newest snapshot; waits for PostgreSQL, which holds what the stream may not."""
-    delay = 0.2
-    while True:
-        try:
-            async with pool.acquire() as connection:
-                return await latest_snapshot(connection, market, at_most)
-        except DATABASE_UNAVAILABLE as exc:
-            log.warning("market %s: waiting for PostgreSQL for its snapshot (%s)", market,
-                        type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(2.0, delay * 2)
+    """The newest usable snapshot; waits for PostgreSQL, which holds what the stream may not."""
+    return await with_connection(
+        pool, lambda connection: latest_snapshot(connection, market, at_most),
+        f"market {market} (its snapshot)")

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Gauge
 
 from tradeplane_engine.feed import CommandFeed, SequencedCommand
-from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
+from tradeplane_engine.store.errors import with_connection
 from tradeplane_engine.store.rows import (
     HISTORY,
     JOURNAL,
@@ -165,17 +165,7 @@ class Recorder:
             raise Resync from exc
 
     async def _with_database(self, work: Any) -> Any:
-        """Run ``work(connection)``, retrying for as long as PostgreSQL is unreachable."""
-        delay = 0.1
-        while True:
-            try:
-                async with self.pool.acquire() as connection:
-                    return await work(connection)
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning("recorder %s: PostgreSQL unavailable (%s); retrying in %.1f s",
-                            self.market, type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+        return await with_connection(self.pool, work, f"recorder {self.market}")
 
     async def _define_market(self) -> None:
         spec = self.definition

@@ -16,7 +16,7 @@ import asyncpg
 
 from tradeplane_engine.service.runner import connect, market_definition
 from tradeplane_engine.service.streams import StreamSettings, markets_bucket
-from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
+from tradeplane_engine.store.errors import until_available
 from tradeplane_engine.store.migrate import migrate
 from tradeplane_engine.store.queries import History
 from tradeplane_engine.store.recorder import Recorder, prepare_connection
@@ -39,16 +39,9 @@ def redact(dsn: str) -> str:
 
 async def open_database(dsn: str, *, size: int = 4) -> asyncpg.Pool:
     """A pool on a migrated database; waits for PostgreSQL to be reachable."""
-    delay = 0.2
-    while True:
-        try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size,
-                                             init=prepare_connection)
-            break
-        except DATABASE_UNAVAILABLE as exc:
-            log.warning("waiting for PostgreSQL at %s (%s)", redact(dsn), type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(2.0, delay * 2)
+    pool: asyncpg.Pool = await until_available(
+        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=size, init=prepare_connection),
+        f"the database at {redact(dsn)}")
     async with pool.acquire() as connection:
         applied = await migrate(connection)
     if applied:

@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from tradeplane_engine.core import BookLevel, Engine, TradingModeChanged
 from tradeplane_engine.core.state import digest
 from tradeplane_engine.feed import CommandFeed
-from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
+from tradeplane_engine.store.errors import with_connection
 from tradeplane_engine.wire import MarketDefinition, command_stream, decode_command
 
 log = logging.getLogger(__name__)
@@ -129,31 +129,16 @@ class Snapshotter:
             await feed.stop()
 
     async def _newest(self) -> Snapshot | None:
-        delay = 0.1
-        while True:
-            try:
-                async with self.pool.acquire() as connection:
-                    return await latest_snapshot(connection, self.market)
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning("market %s: the snapshotter waits for PostgreSQL (%s)",
-                            self.market, type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+        return await with_connection(
+            self.pool, lambda connection: latest_snapshot(connection, self.market),
+            f"snapshotter {self.market}")
 
     async def _save(self, engine: Engine, book_sequence: int) -> None:
         state = engine.snapshot()
         snapshot = Snapshot(self.market, self.position, book_sequence, state, digest(state))
-        delay = 0.1
-        while True:
-            try:
-                async with self.pool.acquire() as connection:
-                    await save_snapshot(connection, snapshot)
-                self.taken += 1
-                log.info("market %s: snapshot at %d (%d bytes)", self.market, self.position,
-                         len(state))
-                return
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning("market %s: snapshot waits for PostgreSQL (%s)", self.market,
-                            type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+        await with_connection(self.pool,
+                              lambda connection: save_snapshot(connection, snapshot),
+                              f"snapshot of {self.market} at {self.position}")
+        self.taken += 1
+        log.info("market %s: snapshot at %d (%d bytes)", self.market, self.position,
+                 len(state))
