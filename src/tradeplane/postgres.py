@@ -162,7 +162,7 @@ class PostgresServer:
         self.process = None
 
     def __enter__(self) -> PostgresServer:
-        return self
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *_: object) -> None:
         self.stop()

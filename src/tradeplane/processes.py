@@ -110,7 +110,7 @@ class NatsServer:
             self.process = None
 
     def __enter__(self) -> NatsServer:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *_: object) -> None:
         self.stop()
