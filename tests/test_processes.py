@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.test_up import processes_mentioning
 from tradeplane.postgres import PostgresServer
 from tradeplane.processes import NatsServer
@@ -24,3 +26,13 @@ def test_a_started_postgres_used_as_a_context_runs_once(tmp_path: Path) -> None:
                        .replace(b"\0", b" ").decode()]
         assert len(postmasters) == 1
     assert processes_mentioning(str(tmp_path / "pg" / "pgdata")) == []
+
+
+def test_servers_take_relative_data_directories(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``tradeplane up --data-dir .tradeplane`` gives them."""
+    monkeypatch.chdir(tmp_path)
+    with NatsServer(Path("relative") / "nats") as nats_server, \
+            PostgresServer(Path("relative") / "pg") as postgres:
+        assert nats_server.url
+        assert postgres.dsn

@@ -87,7 +87,7 @@ class PostgresServer:
 
     def __init__(self, data_dir: Path, *, port: int = 0, host: str = "127.0.0.1",
                  log: IO[bytes] | None = None) -> None:
-        self.data_dir = data_dir
+        self.data_dir = data_dir.resolve()
         self.port = port
         self.host = host
         self.log = log
