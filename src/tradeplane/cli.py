@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
     engine = commands.add_parser("engine", help="run the engines of the given markets")
     engine.add_argument("--market", action="append", required=True, dest="markets")
+    engine.add_argument("--replica", help="this replica's name (default: host-pid; on "
+                                          "Kubernetes, the pod name)")
     engine.add_argument("--stream-replicas", type=int, default=1,
                         help="JetStream replicas of each stream (3 on a NATS cluster)")
     engine.add_argument("--command-retention", type=int, default=0,
@@ -189,7 +191,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                                   command_retention=args.command_retention,
                                   events_max_age_seconds=args.events_max_age)
         await run_engines(args.nats, args.markets, settings,
-                          os.environ.get("TRADEPLANE_POSTGRES_DSN"))
+                          os.environ.get("TRADEPLANE_POSTGRES_DSN"), args.replica)
         return 0
     if args.command == "recorder":
         from tradeplane_engine.store.runner import run_recorders

@@ -27,9 +27,19 @@ from tradeplane_engine.wire import (
 
 log = logging.getLogger(__name__)
 
+EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+
 
 class PublishError(Exception):
     """The events stream refused a message (not a timeout: those are retried)."""
+
+
+class Fenced(PublishError):  # noqa: N818 - what happened to us, not an error of ours
+    """The events stream moved on without us: another replica leads now."""
+
+
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error code when ``Nats-Expected-Last-Sequence`` does not match."""
 
 
 class EventsPublisher:
@@ -51,8 +61,14 @@ class EventsPublisher:
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def publish(self, batch: list[tuple[int, bytes]]) -> None:
-        """Store every (sequence, payload) of the batch in the events stream."""
+    async def publish(self, batch: list[tuple[int, bytes]], after: int) -> None:
+        """Store every (sequence, payload) of the batch in the events stream.
+
+        ``after`` is the stream's last sequence as this leader knows it: each message
+        carries ``Nats-Expected-Last-Sequence``, so if anyone else wrote to the stream
+        since, the stream refuses and ``Fenced`` is raised (data-plane fencing).
+        """
+        expected = {sequence: after + index for index, (sequence, _) in enumerate(batch)}
         pending = dict(batch)
         attempt = 0
         while pending:
@@ -63,7 +79,8 @@ class EventsPublisher:
                 await self.nc.publish(
                     self._subject, payload, reply=f"{self._inbox}.{number}",
                     headers={HEADER_MESSAGE_ID: f"{self.market}:{number}",
-                             HEADER_SEQUENCE: number})
+                             HEADER_SEQUENCE: number,
+                             EXPECTED_LAST_SEQUENCE: str(expected[sequence])})
             try:
                 await asyncio.wait_for(asyncio.shield(self._done), self.ack_timeout)
                 return
@@ -80,7 +97,8 @@ class EventsPublisher:
             return
         ack = decode_pub_ack(msg.data) if msg.data else PubAck(error={"description": "no data"})
         if ack.error is not None:
-            self._done.set_exception(PublishError(
+            kind = Fenced if ack.error.get("err_code") == WRONG_LAST_SEQUENCE else PublishError
+            self._done.set_exception(kind(
                 f"events stream of {self.market} refused sequence {sequence}: {ack.error}"))
             return
         self._waiting.discard(sequence)

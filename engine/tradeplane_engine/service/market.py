@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 
 from tradeplane_engine.core import (
     AnyEvent,
@@ -38,7 +40,8 @@ from tradeplane_engine.core import (
     OrderUpdate,
 )
 from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
-from tradeplane_engine.service.events import EventsPublisher
+from tradeplane_engine.service.events import EventsPublisher, Fenced
+from tradeplane_engine.service.lease import Lease
 from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.service.streams import StreamSettings, ensure_market_streams
 from tradeplane_engine.store.errors import with_connection
@@ -78,7 +81,8 @@ class MarketService:
 
     def __init__(self, nc: Client, definition: MarketDefinition,
                  settings: StreamSettings | None = None, *, batch: int = 512,
-                 pool: asyncpg.Pool | None = None) -> None:
+                 pool: asyncpg.Pool | None = None, replica: str = "solo",
+                 leases: KeyValue | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.market = definition.name
@@ -102,6 +106,19 @@ class MarketService:
         self._rejections = 0
         self._event_subject = event_subject(self.market)
         self._feed: CommandFeed | None = None
+        self.replica = replica
+        self.leading = leases is None
+        """Only the leader publishes; without a lease bucket a replica leads alone."""
+        self.lease = None if leases is None else Lease(
+            leases, self.market, replica, on_promoted=self._promote, on_demoted=self._demote)
+        self.epoch = 0
+        self.stream_last = 0
+        """The events stream's last sequence as far as this replica knows (fencing)."""
+        self.pending: list[tuple[SequencedCommand, bytes, list[AnyEvent]]] = []
+        """Applied while standing by, events not yet seen in the events stream."""
+        self._lock = asyncio.Lock()
+        self.failovers = 0
+        """Times this replica took the lead."""
 
     async def run(self) -> None:
         await ensure_market_streams(self.js, self.market, self.settings,
@@ -111,6 +128,9 @@ class MarketService:
         if self.published_through <= start:
             self.ready.set()
         subscriptions = [
+            await self.nc.subscribe(self._event_subject, cb=self._on_published),
+            await self.nc.subscribe(engine_subject(self.market, f"{self.replica}.status"),
+                                    cb=self._on_status),
             await self.nc.subscribe(book_snapshot_subject(self.market), cb=self._on_snapshot),
             await self.nc.subscribe(engine_subject(self.market, "status"), cb=self._on_status),
             await self.nc.subscribe(engine_subject(self.market, "order"), cb=self._on_order),
@@ -129,10 +149,13 @@ class MarketService:
         await self._feed.start()
         log.info("market %s: replaying the command stream; events published through %d",
                  self.market, self.published_through)
+        lease = asyncio.create_task(self.lease.run()) if self.lease is not None else None
         try:
             while True:
                 await self.process(await self._feed.next_batch())
         finally:
+            if lease is not None:
+                lease.cancel()
             for subscription in subscriptions:
                 await subscription.unsubscribe()
             await self._feed.stop()
@@ -156,15 +179,16 @@ class MarketService:
         return snapshot.sequence
 
     async def _last_published_sequence(self) -> int:
-        try:
-            last = await self.js.get_last_msg(event_stream(self.market), self._event_subject)
-        except NotFoundError:
-            return 0
-        return int((last.headers or {}).get(HEADER_SEQUENCE, "0"))
+        self.stream_last, published = await self._last_events_message()
+        return published
 
     # -- the hot path ------------------------------------------------------------------
 
     async def process(self, batch: list[SequencedCommand]) -> None:
+        async with self._lock:
+            await self._process(batch)
+
+    async def _process(self, batch: list[SequencedCommand]) -> None:
         apply = self.engine.apply
         market = self.market
         outgoing: list[tuple[SequencedCommand, bytes, list[AnyEvent]]] = []
@@ -181,7 +205,7 @@ class MarketService:
                 self.replayed += 1
                 self._remember(events)
                 self.market_data.replayed(command.sequence, events)
-                if command.sequence == self.published_through:
+                if command.sequence == self.published_through and not self.ready.is_set():
                     log.info("market %s: caught up at sequence %d", market, command.sequence)
                     self.ready.set()
                 continue
@@ -189,9 +213,28 @@ class MarketService:
                 EventBatch(market, command.sequence, command.timestamp, events)), events))
         if not outgoing:
             return
-        await self.events.publish([(command.sequence, payload)
-                                   for command, payload, _ in outgoing])
+        if not self.leading:
+            self.pending.extend(outgoing)
+            return
+        await self._publish(outgoing)
+
+    async def _publish(self, outgoing: list[tuple[SequencedCommand, bytes, list[AnyEvent]]],
+                       ) -> None:
+        """Events first (fenced), then replies, private updates and market data."""
+        try:
+            await self.events.publish([(command.sequence, payload)
+                                       for command, payload, _ in outgoing], self.stream_last)
+        except Fenced as exc:
+            log.warning("market %s: fenced at epoch %d (%s)", self.market, self.epoch, exc)
+            self.pending[:0] = outgoing
+            if self.lease is not None:
+                await self.lease.step_down()
+            else:
+                raise
+            return
+        self.stream_last += len(outgoing)
         self.published_through = outgoing[-1][0].sequence
+        self.ready.set()
         publish = self.nc.publish
         market_data = self.market_data
         for command, payload, events in outgoing:
@@ -201,6 +244,59 @@ class MarketService:
             market_data.add(command.sequence, command.timestamp, events)
         for subject, message in market_data.messages():
             await publish(subject, message)
+
+    # -- roles -------------------------------------------------------------------------
+
+    async def _promote(self, epoch: int) -> None:
+        await self._take_lead(epoch)
+        self.failovers += 1
+
+    async def _take_lead(self, epoch: int) -> None:
+        """Lead from exactly where the events stream ends: no gap, no duplicate."""
+        async with self._lock:
+            last = await self._last_events_message()
+            self.epoch = epoch
+            self.stream_last, published = last
+            self._confirm(published)
+            self.published_through = published
+            self.leading = True
+            rest, self.pending = self.pending, []
+            log.info("market %s: replica %s leads (epoch %d) from sequence %d, %d applied "
+                     "commands to publish", self.market, self.replica, epoch, published,
+                     len(rest))
+            if rest:
+                await self._publish(rest)
+
+    async def _demote(self) -> None:
+        self.leading = False
+
+    async def _on_published(self, msg: Msg) -> None:
+        """What the leader stored: a standby forgets the events it no longer needs."""
+        if self.leading or msg.headers is None:
+            return
+        sequence = int(msg.headers.get(HEADER_SEQUENCE, "0"))
+        if sequence > self.published_through:
+            self.published_through = sequence
+        self._confirm(sequence)
+
+    def _confirm(self, sequence: int) -> None:
+        """Events up to ``sequence`` are in the stream: drop them from ``pending``."""
+        pending = self.pending
+        if pending and pending[0][0].sequence <= sequence:
+            keep = next((index for index, item in enumerate(pending)
+                         if item[0].sequence > sequence), len(pending))
+            for command, _, events in pending[:keep]:
+                self._remember(events)
+                self.market_data.replayed(command.sequence, events)
+            del pending[:keep]
+
+    async def _last_events_message(self) -> tuple[int, int]:
+        """(stream sequence, command sequence) of the events stream's last message."""
+        try:
+            last = await self.js.get_last_msg(event_stream(self.market), self._event_subject)
+        except NotFoundError:
+            return 0, 0
+        return last.seq or 0, int((last.headers or {}).get(HEADER_SEQUENCE, "0"))
 
     def _remember(self, events: list[AnyEvent]) -> None:
         """Keep the last state of finished and rejected orders for status queries."""
@@ -284,12 +380,16 @@ class MarketService:
         except msgspec.MsgspecError as exc:
             await msg.respond(_encode({"error": str(exc)}))
             return
+        if not self.leading:
+            return  # the leader answers
         if not self.ready.is_set():
             await msg.respond(_encode({"error": "recovering"}))
             return
         await msg.respond(_encode({"sequence": self.engine.last_sequence, **answer(query)}))
 
     async def _on_snapshot(self, msg: Msg) -> None:
+        if not self.leading:
+            return  # the leader answers
         if not self.ready.is_set():
             await msg.respond(_encode({"error": "recovering", "market": self.market}))
             return
@@ -304,12 +404,16 @@ class MarketService:
         }))
 
     async def _on_status(self, msg: Msg) -> None:
-        await msg.respond(_encode(self.status(with_hash=msg.data == b"hash")))
+        """The market's status subject is the leader's; ``<market>.<replica>.status`` anyone's."""
+        if self.leading or msg.subject.endswith(f".{self.replica}.status"):
+            await msg.respond(_encode(self.status(with_hash=msg.data == b"hash")))
 
     def status(self, *, with_hash: bool = False) -> dict[str, Any]:
         engine = self.engine
         status: dict[str, Any] = {
-            "market": self.market, "role": "leader", "ready": self.ready.is_set(),
+            "market": self.market, "replica": self.replica, "pid": os.getpid(),
+            "role": "leader" if self.leading else "standby", "epoch": self.epoch,
+            "pending": len(self.pending), "ready": self.ready.is_set(),
             "sequence": engine.last_sequence, "publishedThrough": self.published_through,
             "bookSequence": self.market_data.book_sequence, "mode": engine.mode.value,
             "nextOrderId": engine.next_order_id, "nextTradeId": engine.next_trade_id,

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 import nats
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
+from tradeplane_engine.service.lease import leases_bucket
 from tradeplane_engine.service.market import MarketService
 from tradeplane_engine.service.streams import StreamSettings, markets_bucket
 from tradeplane_engine.wire import MarketDefinition, decode_definition
@@ -42,8 +45,10 @@ async def connect(servers: str, name: str) -> Client:
 
 
 async def run_engines(servers: str, markets: list[str],
-                      settings: StreamSettings | None = None, dsn: str | None = None) -> None:
-    """Run the named markets until cancelled; with a DSN, start from their snapshots."""
+                      settings: StreamSettings | None = None, dsn: str | None = None,
+                      replica: str | None = None) -> None:
+    """Run a replica of each named market until cancelled: it leads or stands by, as the
+    market's lease decides. With a DSN, start from the markets' snapshots."""
     from tradeplane_engine.store.runner import open_database
 
     settings = settings or StreamSettings()
@@ -52,7 +57,10 @@ async def run_engines(servers: str, markets: list[str],
     try:
         kv = await markets_bucket(nc.jetstream(), settings)
         definitions = [await market_definition(kv, market) for market in markets]
-        services = [MarketService(nc, definition, settings, pool=pool)
+        leases = await leases_bucket(nc.jetstream(), settings.replicas, settings.memory)
+        name = replica or f"{socket.gethostname()}-{os.getpid()}"
+        services = [MarketService(nc, definition, settings, pool=pool, replica=name,
+                                  leases=leases)
                     for definition in definitions]
         async with asyncio.TaskGroup() as group:
             for service in services:
