@@ -41,9 +41,12 @@ class Cluster:
         return self.definition.name
 
     def start(self, role: str) -> None:
-        args = {"engine": ["engine", "--market", self.market],
-                "recorder": ["recorder", "--market", self.market],
-                "gateway": ["gateway"]}[role]
+        """Start a component; every role named ``engine...`` is an engine replica."""
+        if role.startswith("engine"):
+            args = ["engine", "--market", self.market, "--replica", role]
+        else:
+            args = {"recorder": ["recorder", "--market", self.market],
+                    "gateway": ["gateway"]}[role]
         log = (self.logs / f"{role}.log").open("ab")
         self.processes[role] = spawn(
             [sys.executable, "-m", "tradeplane", "--nats", self.url, *args], log=log,
@@ -60,6 +63,30 @@ class Cluster:
                                        b"hash" if with_hash else b"", timeout=10)
         result: dict[str, Any] = msgspec.json.decode(answer.data)
         return result
+
+    async def replica_status(self, replica: str, with_hash: bool = False) -> dict[str, Any]:
+        answer = await self.nc.request(f"tp.engine.{self.market}.{replica}.status",
+                                       b"hash" if with_hash else b"", timeout=10)
+        result: dict[str, Any] = msgspec.json.decode(answer.data)
+        return result
+
+    async def leader(self, timeout: float = 20, not_: str | None = None) -> str:
+        """The replica that leads now (waiting for one, other than ``not_``)."""
+        found: list[str] = []
+
+        async def led() -> bool:
+            with contextlib.suppress(nats.errors.Error):
+                status = await self.engine_status()
+                if status["role"] == "leader" and status["replica"] != not_:
+                    found.append(status["replica"])
+                    return True
+            return False
+
+        await eventually(led, timeout, "a leader")
+        return found[-1]
+
+    def signal(self, role: str, number: int) -> None:
+        self.processes[role].send_signal(number)
 
     async def recorder_status(self) -> dict[str, Any]:
         answer = await self.nc.request(f"tp.recorder.{self.market}.status", b"", timeout=5)

@@ -70,6 +70,11 @@ _encode = msgspec.json.Encoder().encode
 _TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED)
 
 
+class SwitchoverRequest(msgspec.Struct, forbid_unknown_fields=True):
+    to: str
+    """The standby to lead next."""
+
+
 class StatusQuery(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     account: str
     order_id: int = 0
@@ -131,6 +136,8 @@ class MarketService:
             await self.nc.subscribe(self._event_subject, cb=self._on_published),
             await self.nc.subscribe(engine_subject(self.market, f"{self.replica}.status"),
                                     cb=self._on_status),
+            await self.nc.subscribe(engine_subject(self.market, "switchover"),
+                                    cb=self._on_switchover),
             await self.nc.subscribe(book_snapshot_subject(self.market), cb=self._on_snapshot),
             await self.nc.subscribe(engine_subject(self.market, "status"), cb=self._on_status),
             await self.nc.subscribe(engine_subject(self.market, "order"), cb=self._on_order),
@@ -269,6 +276,23 @@ class MarketService:
 
     async def _demote(self) -> None:
         self.leading = False
+
+    async def _on_switchover(self, msg: Msg) -> None:
+        """A planned switchover: hand the lease to a named standby between two batches."""
+        if not self.leading or self.lease is None:
+            return  # the leader answers
+        try:
+            target = msgspec.json.decode(msg.data, type=SwitchoverRequest).to
+        except msgspec.MsgspecError as exc:
+            await msg.respond(_encode({"error": str(exc)}))
+            return
+        if target == self.replica:
+            await msg.respond(_encode({"error": f"{target} leads already"}))
+            return
+        async with self._lock:  # no batch in flight: the next one is the new leader's
+            await self.lease.hand_over(target)
+        log.info("market %s: handed the lead to %s", self.market, target)
+        await msg.respond(_encode({"from": self.replica, "to": target, "epoch": self.epoch}))
 
     async def _on_published(self, msg: Msg) -> None:
         """What the leader stored: a standby forgets the events it no longer needs."""

@@ -1,0 +1,135 @@
+"""Failover with every part a process: kill -9 of the leader again and again, a frozen
+leader that wakes up fenced, and a planned switchover — nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import msgspec
+
+from tests.e2e.cluster import Cluster, OrderFlow, cluster
+from tests.e2e.test_crash_recovery import MARKET, check_database
+from tests.support.exchange import eventually, run
+from tradeplane_gateway import LocalBook, connect
+
+ROLES = ("engine-1", "engine-2", "recorder", "gateway")
+
+
+async def check_replicas(exchange: Cluster, replicas: list[str]) -> None:
+    """Every replica holds the state of the whole command stream, by its hash."""
+    expected = await exchange.replayed_hash()
+    for replica in replicas:
+        async def caught_up(replica: str = replica) -> bool:
+            status = await exchange.replica_status(replica, with_hash=True)
+            return bool(status["stateHash"] == expected)
+
+        await eventually(caught_up, 30, f"replica {replica} holding the stream's state")
+
+
+async def check_events_stream(exchange: Cluster, commands: int) -> None:
+    """One events message per command, each sequence once, in order."""
+    js = exchange.nc.jetstream()
+    info = await js.stream_info(f"tp-evt-{exchange.market}")
+    assert info.state.messages == commands
+    last = await js.get_last_msg(f"tp-evt-{exchange.market}", f"tp.evt.{exchange.market}")
+    assert last.headers is not None
+    assert int(last.headers["Tp-Sequence"]) == commands
+
+
+async def check_book(exchange: Cluster, book: LocalBook) -> None:
+    answer = await exchange.nc.request(f"tp.md.{exchange.market}.book.snapshot", b"",
+                                       timeout=10)
+    snapshot = msgspec.json.decode(answer.data)
+    await book.wait_for_sequence(snapshot["sequence"] if not snapshot["bids"]
+                                 and not snapshot["asks"] else 0)
+    await eventually(lambda: book.bids == [tuple(level) for level in snapshot["bids"]]
+                     and book.asks == [tuple(level) for level in snapshot["asks"]], 20,
+                     "the SDK's book equal to the leader's")
+
+
+def test_kill_9_of_the_leader_five_times_under_order_flow(tmp_path: Path, database: str) -> None:
+    async def scenario() -> None:
+        async with cluster(tmp_path, database, MARKET, roles=ROLES) as exchange, \
+                connect(exchange.url, account="buyer") as buyer, \
+                connect(exchange.url, account="seller") as seller, \
+                LocalBook(buyer.nc, exchange.market, timeout=20) as book:
+            flow = OrderFlow(buyer, seller, exchange.market, "f")
+            flow.start()
+            await flow.until(100)
+            replicas = ["engine-1", "engine-2"]
+            for kill in range(5):
+                leader = await exchange.leader()
+                exchange.kill(leader)
+                replicas.remove(leader)
+                successor = await exchange.leader(not_=leader)
+                assert successor in replicas
+                replacement = f"engine-{3 + kill}"
+                exchange.start(replacement)
+                replicas.append(replacement)
+                await flow.until(len(flow.acknowledged) + 100)
+            await flow.stop()
+            commands = await exchange.settled(timeout=90)
+            await check_events_stream(exchange, commands)
+            await check_database(exchange, commands, flow.acknowledged)
+            await check_replicas(exchange, replicas)
+            await check_book(exchange, book)
+
+    run(scenario(), timeout=300)
+
+
+def test_a_frozen_leader_wakes_up_fenced_and_rejoins_as_a_standby(tmp_path: Path,
+                                                                  database: str) -> None:
+    async def scenario() -> None:
+        async with cluster(tmp_path, database, MARKET, roles=ROLES) as exchange, \
+                connect(exchange.url, account="buyer") as buyer, \
+                connect(exchange.url, account="seller") as seller:
+            flow = OrderFlow(buyer, seller, exchange.market, "s")
+            flow.start()
+            await flow.until(100)
+            frozen = await exchange.leader()
+            exchange.signal(frozen, signal.SIGSTOP)
+            try:
+                successor = await exchange.leader(not_=frozen)
+                await flow.until(len(flow.acknowledged) + 200)
+            finally:
+                exchange.signal(frozen, signal.SIGCONT)
+
+            async def standing_by() -> bool:
+                status = await exchange.replica_status(frozen)
+                return bool(status["role"] == "standby")
+
+            await eventually(standing_by, 20, "the woken leader standing by")
+            await flow.until(len(flow.acknowledged) + 100)
+            await flow.stop()
+            assert (await exchange.engine_status())["replica"] == successor
+            commands = await exchange.settled(timeout=90)
+            await check_events_stream(exchange, commands)
+            await check_database(exchange, commands, flow.acknowledged)
+            await check_replicas(exchange, ["engine-1", "engine-2"])
+
+    run(scenario(), timeout=300)
+
+
+def test_planned_switchover_under_load(tmp_path: Path, database: str) -> None:
+    async def scenario() -> None:
+        async with cluster(tmp_path, database, MARKET, roles=ROLES) as exchange, \
+                connect(exchange.url, account="buyer") as buyer, \
+                connect(exchange.url, account="seller") as seller:
+            flow = OrderFlow(buyer, seller, exchange.market, "w")
+            flow.start()
+            await flow.until(100)
+            leader = await exchange.leader()
+            standby = "engine-2" if leader == "engine-1" else "engine-1"
+            answer = await exchange.nc.request(f"tp.engine.{exchange.market}.switchover",
+                                               msgspec.json.encode({"to": standby}), timeout=10)
+            assert msgspec.json.decode(answer.data)["to"] == standby
+            assert await exchange.leader(not_=leader) == standby
+            await flow.until(len(flow.acknowledged) + 150)
+            await flow.stop()
+            commands = await exchange.settled(timeout=90)
+            await check_events_stream(exchange, commands)
+            await check_database(exchange, commands, flow.acknowledged)
+            await check_replicas(exchange, ["engine-1", "engine-2"])
+
+    run(scenario(), timeout=300)
