@@ -58,9 +58,9 @@ class Cluster:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
 
-    async def engine_status(self, with_hash: bool = False) -> dict[str, Any]:
+    async def engine_status(self, with_hash: bool = False, timeout: float = 10) -> dict[str, Any]:
         answer = await self.nc.request(f"tp.engine.{self.market}.status",
-                                       b"hash" if with_hash else b"", timeout=10)
+                                       b"hash" if with_hash else b"", timeout=timeout)
         result: dict[str, Any] = msgspec.json.decode(answer.data)
         return result
 
@@ -76,7 +76,7 @@ class Cluster:
 
         async def led() -> bool:
             with contextlib.suppress(nats.errors.Error):
-                status = await self.engine_status()
+                status = await self.engine_status(timeout=1)
                 if status["role"] == "leader" and status["replica"] != not_:
                     found.append(status["replica"])
                     return True

@@ -19,6 +19,7 @@ from the commands, not from the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -29,6 +30,7 @@ import asyncpg
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
@@ -124,6 +126,7 @@ class MarketService:
         self._lock = asyncio.Lock()
         self.failovers = 0
         """Times this replica took the lead."""
+        self._leader_subscriptions: list[Subscription] = []
 
     async def run(self) -> None:
         await ensure_market_streams(self.js, self.market, self.settings,
@@ -136,14 +139,9 @@ class MarketService:
             await self.nc.subscribe(self._event_subject, cb=self._on_published),
             await self.nc.subscribe(engine_subject(self.market, f"{self.replica}.status"),
                                     cb=self._on_status),
-            await self.nc.subscribe(engine_subject(self.market, "switchover"),
-                                    cb=self._on_switchover),
-            await self.nc.subscribe(book_snapshot_subject(self.market), cb=self._on_snapshot),
-            await self.nc.subscribe(engine_subject(self.market, "status"), cb=self._on_status),
-            await self.nc.subscribe(engine_subject(self.market, "order"), cb=self._on_order),
-            await self.nc.subscribe(engine_subject(self.market, "openOrders"),
-                                    cb=self._on_open_orders),
         ]
+        if self.leading:
+            await self._serve()
         commands = await self.js.stream_info(command_stream(self.market))
         if commands.state.messages and commands.state.first_seq > start + 1:
             raise FeedError(
@@ -163,6 +161,7 @@ class MarketService:
         finally:
             if lease is not None:
                 lease.cancel()
+            await self._stop_serving()
             for subscription in subscriptions:
                 await subscription.unsubscribe()
             await self._feed.stop()
@@ -267,6 +266,7 @@ class MarketService:
             self._confirm(published)
             self.published_through = published
             self.leading = True
+            await self._serve()
             rest, self.pending = self.pending, []
             log.info("market %s: replica %s leads (epoch %d) from sequence %d, %d applied "
                      "commands to publish", self.market, self.replica, epoch, published,
@@ -276,6 +276,26 @@ class MarketService:
 
     async def _demote(self) -> None:
         self.leading = False
+        await self._stop_serving()
+
+    async def _serve(self) -> None:
+        """The leader's subjects: only the leader subscribes, so a request made while no
+        replica leads fails at once (no responders) rather than timing out."""
+        handlers = {
+            book_snapshot_subject(self.market): self._on_snapshot,
+            engine_subject(self.market, "status"): self._on_status,
+            engine_subject(self.market, "order"): self._on_order,
+            engine_subject(self.market, "openOrders"): self._on_open_orders,
+            engine_subject(self.market, "switchover"): self._on_switchover,
+        }
+        self._leader_subscriptions = [await self.nc.subscribe(subject, cb=handler)
+                                      for subject, handler in handlers.items()]
+
+    async def _stop_serving(self) -> None:
+        subscriptions, self._leader_subscriptions = self._leader_subscriptions, []
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     async def _on_switchover(self, msg: Msg) -> None:
         """A planned switchover: hand the lease to a named standby between two batches."""
