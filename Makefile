@@ -41,6 +41,7 @@ test: lint pytest
 bench: native
 	$(PY) bench/run.py
 	$(PY) bench/persistence.py
+	$(PY) bench/failover.py
 	$(PY) bench/e2e.py
 
 run: native

@@ -42,6 +42,8 @@ HEADER_REPLY = "Tp-Reply"
 """On a command: where the engine sends the command's events once applied (core NATS)."""
 HEADER_SEQUENCE = "Tp-Sequence"
 """On an events message: the command sequence the events belong to."""
+HEADER_EPOCH = "Tp-Epoch"
+"""On an events message: the lease epoch of the leader that published it."""
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -46,8 +46,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="where NATS keeps its streams and the logs go (default: %(default)s)")
     up.add_argument("--port", type=int, default=4222,
                     help="NATS client port (default: %(default)s; 0: any free port)")
-    up.add_argument("--engines", type=int, default=2,
-                    help="engine processes to spread the markets over (default: %(default)s)")
+    up.add_argument("--engines", type=int, default=1,
+                    help="groups of engine processes to spread the markets over "
+                         "(default: %(default)s)")
+    up.add_argument("--replicas", type=int, default=2,
+                    help="engine replicas of each market, a leader and standbys "
+                         "(default: %(default)s)")
     up.add_argument("--postgres-dsn", default=os.environ.get("TRADEPLANE_POSTGRES_DSN"),
                     help="use this PostgreSQL instead of starting one (default: "
                          "$TRADEPLANE_POSTGRES_DSN, else an embedded server in the data dir)")
@@ -119,7 +123,16 @@ def _parser() -> argparse.ArgumentParser:
     trades.add_argument("market")
     trades.add_argument("--count", type=int, default=0, help="exit after this many trades")
 
-    commands.add_parser("status", help="every market and what its engine reports")
+    commands.add_parser("status", help="every market, its leader and its replicas")
+
+    failover = commands.add_parser("failover", help="planned switchover of a market's leader")
+    failover.add_argument("market")
+    failover.add_argument("--to", help="the standby to lead (default: the least behind)")
+
+    chaos = commands.add_parser("chaos", help="break things on purpose, to watch them heal")
+    chaos_actions = chaos.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kill_leader = chaos_actions.add_parser("kill-leader", help="kill -9 a market's leader")
+    kill_leader.add_argument("market")
 
     demo = commands.add_parser(
         "demo", help="run the matching engine core on the standard workload, no NATS",
@@ -149,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tradeplane.up import DEFAULT_MANIFESTS, run_up
 
         return run_up(args.manifests or [DEFAULT_MANIFESTS], args.data_dir, args.port,
-                      args.engines, args.demo, sys.stdout, args.postgres_dsn)
+                      args.engines, args.demo, sys.stdout, args.postgres_dsn, args.replicas)
     try:
         return _event_loop_runner()(_run_async(args))
     except KeyboardInterrupt:
@@ -219,6 +232,10 @@ async def _run_async(args: argparse.Namespace) -> int:
         return await trading.book_command(args, sys.stdout)
     if args.command == "trades":
         return await trading.trades_command(args, sys.stdout)
+    if args.command == "failover":
+        return await trading.failover_command(args, sys.stdout)
+    if args.command == "chaos":
+        return await trading.kill_leader_command(args, sys.stdout)
     return await trading.status_command(args, sys.stdout)
 
 

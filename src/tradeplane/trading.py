@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
 from typing import IO, Any
 
 import msgspec
 import nats
+from nats.aio.client import Client as NatsClient
 
+from tradeplane_engine.service.lease import REPLICAS_BUCKET
 from tradeplane_engine.wire import MARKETS_BUCKET, decode_definition, engine_subject
 from tradeplane_gateway import Client, LocalBook, Reply, RequestError, connect
 from tradeplane_gateway.errors import ConnectionLostError
@@ -110,6 +117,23 @@ async def trades_command(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+async def replica_statuses(nc: NatsClient) -> dict[str, list[dict[str, Any]]]:
+    """What every live replica last published, by market."""
+    try:
+        kv = await nc.jetstream().key_value(REPLICAS_BUCKET)
+        keys = await kv.keys()
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError):
+        return {}
+    replicas: dict[str, list[dict[str, Any]]] = {}
+    for key in keys:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            entry = await kv.get(key)
+            if entry.value:
+                status = msgspec.json.decode(entry.value)
+                replicas.setdefault(status["market"], []).append(status)
+    return replicas
+
+
 async def status_command(args: argparse.Namespace, out: IO[str]) -> int:
     nc = await nats.connect(args.nats, **CONNECT_OPTIONS)
     try:
@@ -118,27 +142,87 @@ async def status_command(args: argparse.Namespace, out: IO[str]) -> int:
             names = sorted(await kv.keys())
         except nats.js.errors.NoKeysError:
             names = []
-        rows: list[dict[str, Any]] = []
+        replicas = await replica_statuses(nc)
+        out.write(f"{'market':<12} {'symbol':<10} {'mode':<10} {'sequence':>9} {'trades':>7} "
+                  f"{'epoch':>5}  replicas (role, lag in commands)\n")
         for name in names:
             entry = await kv.get(name)
             assert entry.value is not None
-            definition = decode_definition(entry.value)
-            row: dict[str, Any] = {"market": name, "symbol": definition.spec().symbol}
-            try:
-                status = msgspec.json.decode((await nc.request(
-                    engine_subject(name, "status"), b"", timeout=1.0)).data)
-                row.update(status)
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                row["role"] = "no engine"
-            rows.append(row)
-        out.write(f"{'market':<12} {'symbol':<10} {'engine':<10} {'mode':<10} "
-                  f"{'sequence':>9} {'trades':>8}\n")
-        for row in rows:
-            out.write(f"{row['market']:<12} {row['symbol']:<10} {row.get('role', ''):<10} "
-                      f"{row.get('mode', ''):<10} {row.get('sequence', ''):>9} "
-                      f"{max(0, row.get('nextTradeId', 1) - 1):>8}\n")
-        if not rows:
+            symbol = decode_definition(entry.value).spec().symbol
+            members = sorted(replicas.get(name, []), key=lambda status: status["replica"])
+            leader = next((m for m in members if m["role"] == "leader"), None)
+            shown = ", ".join(f"{m['replica']} ({m['role']}, {m.get('lag', '?')})"
+                              for m in members) or "no engine"
+            out.write(f"{name:<12} {symbol:<10} {(leader or {}).get('mode', ''):<10} "
+                      f"{(leader or {}).get('sequence', ''):>9} "
+                      f"{max(0, (leader or {}).get('nextTradeId', 1) - 1):>7} "
+                      f"{(leader or {}).get('epoch', ''):>5}  {shown}\n")
+        if not names:
             out.write("no markets defined\n")
+        return 0
+    finally:
+        await nc.close()
+
+
+async def _leader(nc: NatsClient, market: str, not_: str | None = None,
+                  timeout: float = 30.0) -> dict[str, Any]:
+    """The leader's status, waiting for one (other than ``not_``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            status: dict[str, Any] = msgspec.json.decode((await nc.request(
+                engine_subject(market, "status"), b"", timeout=1.0)).data)
+            if status["replica"] != not_:
+                return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no leader for {market} within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+async def failover_command(args: argparse.Namespace, out: IO[str]) -> int:
+    """A planned switchover to a standby, timed from request to the new leader."""
+    nc = await nats.connect(args.nats, **CONNECT_OPTIONS)
+    try:
+        leader = await _leader(nc, args.market, timeout=5)
+        target = args.to
+        if target is None:
+            standbys = sorted((m for m in (await replica_statuses(nc)).get(args.market, [])
+                               if m["role"] == "standby"), key=lambda m: m.get("lag", 0))
+            if not standbys:
+                out.write(f"{args.market}: no standby to hand over to\n")
+                return 2
+            target = standbys[0]["replica"]
+        started = time.monotonic()
+        answer = msgspec.json.decode((await nc.request(
+            engine_subject(args.market, "switchover"), msgspec.json.encode({"to": target}),
+            timeout=10)).data)
+        if "error" in answer:
+            out.write(f"{args.market}: {answer['error']}\n")
+            return 2
+        new = await _leader(nc, args.market, not_=leader["replica"])
+        out.write(f"{args.market}: {leader['replica']} handed over to {new['replica']} "
+                  f"(epoch {new['epoch']}) in {(time.monotonic() - started) * 1e3:.0f} ms\n")
+        return 0
+    finally:
+        await nc.close()
+
+
+async def kill_leader_command(args: argparse.Namespace, out: IO[str]) -> int:
+    """``kill -9`` of a market's leader (on this machine), timed to the next leader."""
+    nc = await nats.connect(args.nats, **CONNECT_OPTIONS)
+    try:
+        leader = await _leader(nc, args.market, timeout=5)
+        if leader.get("host") not in (None, socket.gethostname()):
+            out.write(f"the leader runs on {leader['host']}, not here\n")
+            return 2
+        started = time.monotonic()
+        os.kill(leader["pid"], signal.SIGKILL)
+        out.write(f"{args.market}: killed leader {leader['replica']} (pid {leader['pid']}, "
+                  f"epoch {leader['epoch']})\n")
+        new = await _leader(nc, args.market, not_=leader["replica"])
+        out.write(f"{args.market}: {new['replica']} leads (epoch {new['epoch']}) after "
+                  f"{(time.monotonic() - started) * 1e3:.0f} ms, from sequence "
+                  f"{new['publishedThrough']}\n")
         return 0
     finally:
         await nc.close()

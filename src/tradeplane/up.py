@@ -17,6 +17,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -123,20 +124,60 @@ def spread(markets: list[str], processes: int) -> list[list[str]]:
     return groups
 
 
+@dataclass
+class Child:
+    """A component process, restarted when it exits (as Kubernetes would restart a pod)."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    environment: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = spawn(tradeplane_command(*self.argv), log=log, env=self.environment)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
+async def supervise(children: list[Child], out: IO[str]) -> None:
+    """Restart any component that exits, until cancelled."""
+    while True:
+        for child in children:
+            assert child.process is not None
+            if child.process.poll() is not None:
+                child.restarts += 1
+                print(f"{child.name} exited ({child.process.returncode}); restarting it "
+                      f"(restart {child.restarts})", file=out, flush=True)
+                child.start()
+        await asyncio.sleep(0.5)
+
+
+async def run_exchange(url: str, definitions: list[MarketDefinition], children: list[Child],
+                       demo: bool, out: IO[str]) -> None:
+    async with asyncio.TaskGroup() as group:
+        group.create_task(supervise(children, out))
+        if demo:
+            from tradeplane.demo_traders import run_traders
+
+            group.create_task(run_traders(url, definitions))
+
+
 def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo: bool,
-           out: IO[str], postgres_dsn: str | None = None) -> int:
+           out: IO[str], postgres_dsn: str | None = None, replicas: int = 2) -> int:
     definitions = load_manifests(manifests)
     names = [definition.name for definition in definitions]
     settings = StreamSettings()
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
-    children: list[subprocess.Popen[bytes]] = []
-    stopping = False
+    children: list[Child] = []
 
     def request_stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -152,35 +193,26 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
         try:
             asyncio.run(publish_markets(server.url, definitions, settings))
             environment = {**child_environment(), "TRADEPLANE_POSTGRES_DSN": postgres_dsn}
-            for index, group in enumerate(spread(names, engines)):
-                log = (logs / f"engine-{index}.log").open("ab")
-                argv = ["--nats", server.url, "engine"]
-                for market in group:
-                    argv += ["--market", market]
-                children.append(spawn(tradeplane_command(*argv), log=log, env=environment))
-            recorder_argv = ["--nats", server.url, "recorder"]
-            for market in names:
-                recorder_argv += ["--market", market]
-            children.append(spawn(tradeplane_command(*recorder_argv),
-                                  log=(logs / "recorder.log").open("ab"), env=environment))
-            gateway_log = (logs / "gateway.log").open("ab")
-            children.append(spawn(tradeplane_command("--nats", server.url, "gateway"),
-                                  log=gateway_log, env=environment))
-            asyncio.run(wait_ready(server.url, names, children))
+            nats_url = ["--nats", server.url]
+            for index, group in enumerate(spread(names, engines), start=1):
+                for letter in "abcdefghij"[:max(1, replicas)]:
+                    replica = f"engine-{index}{letter}"
+                    markets = [argument for market in group for argument in ("--market", market)]
+                    children.append(Child(replica, [*nats_url, "engine", "--replica", replica,
+                                                    *markets], logs / f"{replica}.log",
+                                          environment))
+            everything = [argument for market in names for argument in ("--market", market)]
+            children.append(Child("recorder", [*nats_url, "recorder", *everything],
+                                  logs / "recorder.log", environment))
+            children.append(Child("gateway", [*nats_url, "gateway"], logs / "gateway.log",
+                                  environment))
+            for child in children:
+                child.start()
+            asyncio.run(wait_ready(server.url, names,
+                                   [child.process for child in children if child.process]))
             print(_banner(server.url, definitions, data_dir, demo, redact(postgres_dsn)),
                   file=out, flush=True)
-            if demo:
-                from tradeplane.demo_traders import run_traders
-
-                asyncio.run(run_traders(server.url, definitions))
-            else:
-                while all(child.poll() is None for child in children):
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        children[0].wait(0.5)
-                failed = [child for child in children if child.poll() is not None]
-                if failed:
-                    print(f"a component exited ({failed[0].args!s}); stopping", file=out)
-                    return 1
+            asyncio.run(run_exchange(server.url, definitions, children, demo, out))
         except KeyboardInterrupt:
             print("stopping...", file=out, flush=True)
         except UpError as exc:
@@ -188,7 +220,7 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
             return 1
         finally:
             for child in reversed(children):
-                stop(child)
+                child.stop()
     print("stopped", file=out, flush=True)
     return 0
 
@@ -204,7 +236,9 @@ def _banner(url: str, definitions: list[MarketDefinition], data_dir: Path, demo:
         f"    tradeplane --nats {url} book {definitions[0].name}",
         f"    tradeplane --nats {url} order place {definitions[0].name} buy 1 "
         f"{definitions[0].reference_price or '100'} --account alice",
-        f"    tradeplane --nats {url} status",
+        f"    tradeplane --nats {url} status      # leaders, replicas, lag",
+        f"    tradeplane --nats {url} chaos kill-leader {definitions[0].name}",
+        f"    tradeplane --nats {url} failover {definitions[0].name}",
         "  protocol for any NATS client: docs/protocol.md",
     ]
     if demo:

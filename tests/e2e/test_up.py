@@ -103,8 +103,14 @@ def test_up_serves_orders_restarts_where_it_stopped_and_leaves_nothing_behind(
         book = cli(url, "book", "sol-usdt", "--once")
         assert re.search(r"150\s+1.5\s+ask", book.stdout), book.stdout
         status = cli(url, "status")  # the off-tick order never reached the stream
-        assert re.search(r"sol-usdt\s+SOL-USDT\s+leader\s+open\s+2\s+1", status.stdout), \
-            status.stdout
+        assert re.search(r"sol-usdt\s+SOL-USDT\s+open\s+2\s+1\s+1\s+engine-1a \(\w+, 0\), "
+                         r"engine-1b \(\w+, 0\)", status.stdout), status.stdout
+        killed = cli(url, "chaos", "kill-leader", "sol-usdt")
+        assert killed.returncode == 0, killed.stdout + killed.stderr
+        assert re.search(r"engine-1[ab] leads \(epoch 2\) after \d+ ms", killed.stdout), \
+            killed.stdout
+        survived = cli(url, "order", "place", "sol-usdt", "buy", "0.5", "151", "--account", "bob")
+        assert json.loads(survived.stdout)["fills"][0]["tradeId"] == 2
         assert processes_mentioning(str(data_dir))  # nats-server runs from the data dir
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
@@ -113,13 +119,13 @@ def test_up_serves_orders_restarts_where_it_stopped_and_leaves_nothing_behind(
 
     with tradeplane_up(data_dir) as (process, url):
         book = cli(url, "book", "sol-usdt", "--once")
-        assert re.search(r"150\s+1.5\s+ask", book.stdout), book.stdout
+        assert re.search(r"150\s+1\s+ask", book.stdout), book.stdout
         again = cli(url, "order", "place", "sol-usdt", "buy", "0.5", "151", "--account", "bob")
-        assert json.loads(again.stdout)["fills"][0]["tradeId"] == 2
-        # PostgreSQL kept the first run's trade, and the recorder serves it.
-        trades = poll_cli(url, lambda reply: len(reply.get("trades", [])) == 2,
+        assert json.loads(again.stdout)["fills"][0]["tradeId"] == 3
+        # PostgreSQL kept the first run's trades, and the recorder serves them.
+        trades = poll_cli(url, lambda reply: len(reply.get("trades", [])) == 3,
                           "order", "trades", "sol-usdt", "--account", "bob")
-        assert [trade["tradeId"] for trade in trades["trades"]] == [2, 1]
+        assert [trade["tradeId"] for trade in trades["trades"]] == [3, 2, 1]
     assert processes_mentioning(str(data_dir)) == []
 
 

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tradeplane_engine.wire import (
+    HEADER_EPOCH,
     HEADER_MESSAGE_ID,
     HEADER_SEQUENCE,
     PubAck,
@@ -61,7 +62,7 @@ class EventsPublisher:
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def publish(self, batch: list[tuple[int, bytes]], after: int) -> None:
+    async def publish(self, batch: list[tuple[int, bytes]], after: int, epoch: int = 0) -> None:
         """Store every (sequence, payload) of the batch in the events stream.
 
         ``after`` is the stream's last sequence as this leader knows it: each message
@@ -79,7 +80,7 @@ class EventsPublisher:
                 await self.nc.publish(
                     self._subject, payload, reply=f"{self._inbox}.{number}",
                     headers={HEADER_MESSAGE_ID: f"{self.market}:{number}",
-                             HEADER_SEQUENCE: number,
+                             HEADER_SEQUENCE: number, HEADER_EPOCH: str(epoch),
                              EXPECTED_LAST_SEQUENCE: str(expected[sequence])})
             try:
                 await asyncio.wait_for(asyncio.shield(self._done), self.ack_timeout)

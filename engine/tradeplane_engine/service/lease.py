@@ -32,6 +32,9 @@ from nats.js.kv import KeyValue
 log = logging.getLogger(__name__)
 
 LEASES_BUCKET = "tp-leases"
+REPLICAS_BUCKET = "tp-replicas"
+"""Each replica's status, key ``<market>.<replica>``, renewed every second; an entry
+not renewed for 10 s expires (a replica that is gone)."""
 
 
 class LeaseValue(msgspec.Struct, frozen=True):
@@ -51,6 +54,16 @@ class LeaseState:
     """When this replica last saw the lease change (its own monotonic clock)."""
 
 
+async def replicas_bucket(js: JetStreamContext, replicas: int = 1,
+                          memory: bool = False) -> KeyValue:
+    try:
+        return await js.key_value(REPLICAS_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(KeyValueConfig(
+            bucket=REPLICAS_BUCKET, history=1, replicas=replicas, ttl=10,
+            storage=StorageType.MEMORY if memory else StorageType.FILE))
+
+
 async def leases_bucket(js: JetStreamContext, replicas: int = 1, memory: bool = False) -> KeyValue:
     try:
         return await js.key_value(LEASES_BUCKET)
@@ -66,7 +79,7 @@ class Lease:
     def __init__(self, kv: KeyValue, market: str, replica: str, *,
                  on_promoted: Callable[[int], Awaitable[None]],
                  on_demoted: Callable[[], Awaitable[None]],
-                 renew_every: float = 0.15, timeout: float = 0.6) -> None:
+                 renew_every: float = 0.1, timeout: float = 0.5) -> None:
         self.kv = kv
         self.market = market
         self.replica = replica

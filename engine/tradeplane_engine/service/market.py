@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -89,7 +91,7 @@ class MarketService:
     def __init__(self, nc: Client, definition: MarketDefinition,
                  settings: StreamSettings | None = None, *, batch: int = 512,
                  pool: asyncpg.Pool | None = None, replica: str = "solo",
-                 leases: KeyValue | None = None) -> None:
+                 leases: KeyValue | None = None, replicas: KeyValue | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.market = definition.name
@@ -127,6 +129,9 @@ class MarketService:
         self.failovers = 0
         """Times this replica took the lead."""
         self._leader_subscriptions: list[Subscription] = []
+        self._replicas = replicas
+        self.last_failover: int | None = None
+        """When this replica last took the lead (ns since the epoch)."""
 
     async def run(self) -> None:
         await ensure_market_streams(self.js, self.market, self.settings,
@@ -155,12 +160,15 @@ class MarketService:
         log.info("market %s: replaying the command stream; events published through %d",
                  self.market, self.published_through)
         lease = asyncio.create_task(self.lease.run()) if self.lease is not None else None
+        reporter = asyncio.create_task(self._report()) if self._replicas is not None else None
         try:
             while True:
                 await self.process(await self._feed.next_batch())
         finally:
             if lease is not None:
                 lease.cancel()
+            if reporter is not None:
+                reporter.cancel()
             await self._stop_serving()
             for subscription in subscriptions:
                 await subscription.unsubscribe()
@@ -229,7 +237,8 @@ class MarketService:
         """Events first (fenced), then replies, private updates and market data."""
         try:
             await self.events.publish([(command.sequence, payload)
-                                       for command, payload, _ in outgoing], self.stream_last)
+                                       for command, payload, _ in outgoing], self.stream_last,
+                                      self.epoch)
         except Fenced as exc:
             log.warning("market %s: fenced at epoch %d (%s)", self.market, self.epoch, exc)
             self.pending[:0] = outgoing
@@ -256,6 +265,7 @@ class MarketService:
     async def _promote(self, epoch: int) -> None:
         await self._take_lead(epoch)
         self.failovers += 1
+        self.last_failover = time.time_ns()
 
     async def _take_lead(self, epoch: int) -> None:
         """Lead from exactly where the events stream ends: no gap, no duplicate."""
@@ -277,6 +287,20 @@ class MarketService:
     async def _demote(self) -> None:
         self.leading = False
         await self._stop_serving()
+
+    async def _report(self) -> None:
+        """Publish this replica's status every second, for the operator and ``status``."""
+        assert self._replicas is not None
+        while True:
+            try:
+                info = await self.js.stream_info(command_stream(self.market))
+                status = self.status()
+                status["lag"] = max(0, info.state.last_seq - self.engine.last_sequence)
+                status["host"] = socket.gethostname()
+                await self._replicas.put(f"{self.market}.{self.replica}", _encode(status))
+            except Exception as exc:
+                log.debug("market %s: status not published: %s", self.market, exc)
+            await asyncio.sleep(1.0)
 
     async def _serve(self) -> None:
         """The leader's subjects: only the leader subscribes, so a request made while no
@@ -458,6 +482,7 @@ class MarketService:
             "market": self.market, "replica": self.replica, "pid": os.getpid(),
             "role": "leader" if self.leading else "standby", "epoch": self.epoch,
             "pending": len(self.pending), "ready": self.ready.is_set(),
+            "failovers": self.failovers, "lastFailover": self.last_failover,
             "sequence": engine.last_sequence, "publishedThrough": self.published_through,
             "bookSequence": self.market_data.book_sequence, "mode": engine.mode.value,
             "nextOrderId": engine.next_order_id, "nextTradeId": engine.next_trade_id,

@@ -15,7 +15,7 @@ import nats
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from tradeplane_engine.service.lease import leases_bucket
+from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.service.market import MarketService
 from tradeplane_engine.service.streams import StreamSettings, markets_bucket
 from tradeplane_engine.wire import MarketDefinition, decode_definition
@@ -58,9 +58,10 @@ async def run_engines(servers: str, markets: list[str],
         kv = await markets_bucket(nc.jetstream(), settings)
         definitions = [await market_definition(kv, market) for market in markets]
         leases = await leases_bucket(nc.jetstream(), settings.replicas, settings.memory)
+        statuses = await replicas_bucket(nc.jetstream(), settings.replicas, settings.memory)
         name = replica or f"{socket.gethostname()}-{os.getpid()}"
         services = [MarketService(nc, definition, settings, pool=pool, replica=name,
-                                  leases=leases)
+                                  leases=leases, replicas=statuses)
                     for definition in definitions]
         async with asyncio.TaskGroup() as group:
             for service in services:

@@ -1,0 +1,159 @@
+"""Failover benchmark: how long a market stops when its leader dies, or hands over.
+
+A real nats-server, two engine replicas of one market and a gateway, each its own
+process, with orders flowing (``ack`` mode, about 500 a second). Then, repeatedly:
+``kill -9`` of the leader, timed from the kill to the first events message published
+under the next epoch (the ``Tp-Epoch`` header says which leader wrote it); the killed
+replica is started again as a standby before the next round. Last, planned
+switchovers: the pause is the gap between the last events message of the old epoch
+and the first of the new one, with orders still flowing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import uvloop
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
+from tradeplane.up import publish_markets, wait_ready
+from tradeplane_engine.service import StreamSettings
+from tradeplane_engine.wire import MarketDefinition
+
+MARKET = MarketDefinition(name="fail-usdt", base="FAIL", quote="USDT", tick_size="0.01",
+                          lot_size="0.01")
+
+
+class Observer:
+    """Watches the events stream's messages: when each epoch first and last wrote."""
+
+    def __init__(self) -> None:
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+
+    async def on_event(self, msg: Msg) -> None:
+        now = time.perf_counter()
+        epoch = int((msg.headers or {}).get("Tp-Epoch", "0"))
+        self.first.setdefault(epoch, now)
+        self.last[epoch] = now
+
+
+async def status(nc: Client, subject: str) -> dict[str, Any] | None:
+    try:
+        result: dict[str, Any] = msgspec.json.decode(
+            (await nc.request(subject, b"", timeout=1.0)).data)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return None
+    return result
+
+
+async def flow(nc: Client, stop_flow: asyncio.Event) -> None:
+    number = 0
+    while not stop_flow.is_set():
+        number += 1
+        side = "buy" if number % 2 else "sell"
+        body = {"market": MARKET.name, "side": side, "quantity": "1",
+                "price": str(100 + number % 5 - 2), "response": "ack"}
+        with contextlib.suppress(nats.errors.Error):
+            await nc.request(f"tp.api.trader{number % 2}.order.place",
+                             msgspec.json.encode(body), timeout=5)
+        await asyncio.sleep(0.002)
+
+
+async def benchmark(url: str, engines: dict[str, Any], kills: int,
+                    switchovers: int) -> None:
+    nc = await nats.connect(url)
+    observer = Observer()
+    await nc.subscribe(f"tp.evt.{MARKET.name}", cb=observer.on_event)
+    stop_flow = asyncio.Event()
+    load = asyncio.create_task(flow(nc, stop_flow))
+    market = f"tp.engine.{MARKET.name}"
+
+    async def leader() -> dict[str, Any]:
+        while (found := await status(nc, f"{market}.status")) is None:
+            await asyncio.sleep(0.01)
+        return found
+
+    async def standby_ready(name: str) -> None:
+        while True:
+            found = await status(nc, f"{market}.{name}.status")
+            if found is not None and found["ready"] and found["role"] == "standby":
+                return
+            await asyncio.sleep(0.05)
+
+    failover_times = []
+    for _ in range(kills):
+        current = await leader()
+        name = current["replica"]
+        await asyncio.sleep(0.5)  # orders flowing under this leader
+        killed_at = time.perf_counter()
+        engines[name].send_signal(signal.SIGKILL)
+        engines[name].wait()
+        while current["epoch"] + 1 not in observer.first:
+            await asyncio.sleep(0.001)
+        failover_times.append(observer.first[current["epoch"] + 1] - killed_at)
+        engines[name] = spawn(tradeplane_command("--nats", url, "engine", "--market",
+                                                 MARKET.name, "--replica", name))
+        await standby_ready(name)
+    pauses = []
+    for _ in range(switchovers):
+        current = await leader()
+        await asyncio.sleep(0.5)
+        target = next(name for name in engines if name != current["replica"])
+        await nc.request(f"{market}.switchover", msgspec.json.encode({"to": target}),
+                         timeout=10)
+        while current["epoch"] + 1 not in observer.first:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.2)
+        pauses.append(observer.first[current["epoch"] + 1] - observer.last[current["epoch"]])
+    stop_flow.set()
+    await load
+    await nc.close()
+    print(f"failover, kill -9 of the leader to the first event of the next leader, "
+          f"{kills} kills: p50 {statistics.median(failover_times) * 1e3:.0f} ms, "
+          f"max {max(failover_times) * 1e3:.0f} ms, min {min(failover_times) * 1e3:.0f} ms",
+          flush=True)
+    print(f"planned switchover, gap in the events stream, {switchovers} switchovers: "
+          f"p50 {statistics.median(pauses) * 1e3:.1f} ms, max {max(pauses) * 1e3:.1f} ms",
+          flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--switchovers", type=int, default=10)
+    args = parser.parse_args()
+    print("failover: two engine replicas, a gateway and nats-server, each its own process; "
+          "lease renewed every 0.1 s, lapsed after 0.5 s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory, \
+            NatsServer(Path(directory) / "nats") as server:
+        asyncio.run(publish_markets(server.url, [MARKET], StreamSettings()))
+        engines = {name: spawn(tradeplane_command("--nats", server.url, "engine",
+                                                  "--market", MARKET.name, "--replica", name))
+                   for name in ("engine-a", "engine-b")}
+        gateway = spawn(tradeplane_command("--nats", server.url, "gateway"))
+        try:
+            asyncio.run(wait_ready(server.url, [MARKET.name], [*engines.values(), gateway]))
+            uvloop.run(benchmark(server.url, engines, args.kills, args.switchovers))
+        finally:
+            stop(gateway)
+            for process in engines.values():
+                stop(process)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
