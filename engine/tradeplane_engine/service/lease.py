@@ -129,17 +129,26 @@ class Lease:
     # -- internals -----------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        watcher = await self.kv.watch(self.market)
-        async for entry in watcher:
-            if entry is None or entry.revision is None:
-                continue
-            if entry.value:
-                value = msgspec.json.decode(entry.value, type=LeaseValue)
-                self.state = LeaseState(value.holder, value.epoch, entry.revision,
-                                        value.handover, loop.time())
-            if self.leading and self.state.holder != self.replica:
-                await self.step_down()
+        """Follow the lease key for ever; a watch that ends (a reconnect) is made again."""
+        while True:
+            try:
+                watcher = await self.kv.watch(self.market)
+                async for entry in watcher:
+                    if entry is not None and entry.revision is not None and entry.value:
+                        await self._saw(entry.value, entry.revision)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: watch again
+                log.warning("market %s: lease watch failed (%s); watching again",
+                            self.market, type(exc).__name__)
+            await asyncio.sleep(self.renew_every)
+
+    async def _saw(self, raw: bytes, revision: int) -> None:
+        value = msgspec.json.decode(raw, type=LeaseValue)
+        self.state = LeaseState(value.holder, value.epoch, revision, value.handover,
+                                asyncio.get_running_loop().time())
+        if self.leading and value.holder != self.replica:
+            await self.step_down()
 
     async def _maybe_take(self) -> None:
         loop = asyncio.get_running_loop()
@@ -170,7 +179,11 @@ class Lease:
             new_revision = await self.kv.update(
                 self.market, msgspec.json.encode(LeaseValue(self.replica, epoch)), last=revision)
         except KeyWrongLastSequenceError:
-            return  # someone else renewed or took it
+            # Someone else renewed or took it: see what the lease is now.
+            entry = await self.kv.get(self.market)
+            if entry.value and entry.revision:
+                await self._saw(entry.value, entry.revision)
+            return
         await self._won(new_revision, epoch)
 
     async def _won(self, revision: int, epoch: int) -> None:
