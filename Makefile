@@ -13,7 +13,7 @@ PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint pytest bench native clean
+.PHONY: run test lint pytest bench native crd clean
 
 $(INSTALLED): pyproject.toml scripts/find-python
 	@python=$$(sh scripts/find-python) || exit 1; \
@@ -46,6 +46,10 @@ bench: native
 
 run: native
 	$(BIN)/tradeplane up --demo
+
+# The Market CRD is generated from its model (a test fails when they disagree).
+crd: $(INSTALLED)
+	$(PY) -m tradeplane_operator.crd > charts/tradeplane/crds/markets.tradeplane.dev.yaml
 
 clean:
 	$(PY) scripts/build_native.py --clean 2>/dev/null || true

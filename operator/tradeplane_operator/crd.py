@@ -1,0 +1,220 @@
+"""The Market custom resource, defined once as a model; its CRD is generated from it.
+
+``python -m tradeplane_operator.crd`` prints the CustomResourceDefinition that the
+chart ships in ``charts/tradeplane/crds/``; a test fails when the checked-in file and
+this model disagree. Field names are camelCase in Kubernetes and snake_case here.
+
+What a structural schema cannot say is said in CEL (``x-kubernetes-validations``):
+sizes must be positive, not only well-formed decimals; base and quote never change
+after creation; a market that trades keeps a standby (replicas of at least 2 unless
+halted).
+"""
+
+from __future__ import annotations
+
+import sys
+from copy import deepcopy
+from enum import StrEnum
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "tradeplane.dev"
+VERSION = "v1alpha1"
+KIND = "Market"
+PLURAL = "markets"
+
+DECIMAL = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"
+"""A plain non-negative decimal string: no sign, exponent or spaces."""
+POSITIVE = "!self.matches('^0+(\\\\.0+)?$')"
+"""CEL: a decimal string that is not zero."""
+
+
+def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}
+                                         for rule, message in rules]}
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
+                              extra="forbid", use_enum_values=True)
+
+
+class TradingMode(StrEnum):
+    OPEN = "open"
+    POST_ONLY = "postOnly"
+    CANCEL_ONLY = "cancelOnly"
+    HALTED = "halted"
+
+
+class Fees(Model):
+    """Trading fees in basis points of the traded value."""
+
+    maker_bps: int = Field(0, ge=-100, le=1000, description="Maker fee in basis points "
+                           "(negative: a rebate).")
+    taker_bps: int = Field(0, ge=0, le=1000, description="Taker fee in basis points.")
+
+
+class EngineSettings(Model):
+    """How the engine pods run."""
+
+    image: str | None = Field(None, description="Engine image (default: the operator's).")
+    resources: dict[str, Any] | None = Field(
+        None, description="Kubernetes resource requests and limits of each engine.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+
+class MarketSpec(Model):
+    """A market: what is traded, on which grid, and how its engines run."""
+
+    base: str = Field(description="The asset bought and sold, e.g. BTC. Immutable.",
+                      pattern=r"^[A-Z0-9]{1,16}$",
+                      json_schema_extra=_rules(("self == oldSelf", "base is immutable")))
+    quote: str = Field(description="The asset prices are in, e.g. USDT. Immutable.",
+                       pattern=r"^[A-Z0-9]{1,16}$",
+                       json_schema_extra=_rules(("self == oldSelf", "quote is immutable")))
+    tick_size: str = Field(description="Price increment, a positive decimal string.",
+                           pattern=DECIMAL, max_length=32,
+                           json_schema_extra=_rules((POSITIVE, "tickSize must be positive")))
+    lot_size: str = Field(description="Quantity increment, a positive decimal string.",
+                          pattern=DECIMAL, max_length=32,
+                          json_schema_extra=_rules((POSITIVE, "lotSize must be positive")))
+    min_notional: str = Field("0", description="Smallest order value (price × quantity).",
+                              pattern=DECIMAL, max_length=32)
+    price_band: str = Field("0", description="Largest distance of a limit price from the "
+                            "last trade, in percent; 0 for none.", pattern=DECIMAL,
+                            max_length=32)
+    reference_price: str | None = Field(None, description="Reference for the price band "
+                                        "until the first trade.", pattern=DECIMAL,
+                                        max_length=32)
+    trading_mode: TradingMode = Field(TradingMode.OPEN, description="What the market "
+                                      "accepts; a change is a sequenced admin command.")
+    replicas: int = Field(2, ge=1, le=7, description="Engine replicas: a leader and standbys.")
+    fees: Fees = Field(default_factory=lambda: Fees())
+    snapshot_every: int = Field(100_000, ge=1_000, le=100_000_000,
+                                description="Commands between two engine snapshots.")
+    engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
+
+
+SPEC_RULES = [
+    ("!has(self.referencePrice) || !self.referencePrice.matches('^0+(\\\\.0+)?$')",
+     "referencePrice must be positive"),
+    ("self.tradingMode == 'halted' || self.replicas >= 2",
+     "a market that trades needs a standby: replicas must be at least 2 unless halted"),
+]
+
+
+def _structural(schema: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic's JSON Schema as a Kubernetes structural schema: references inlined,
+    optional values unwrapped, titles dropped."""
+    if "$ref" in schema:
+        target = definitions[schema["$ref"].rsplit("/", 1)[1]]
+        merged = {**deepcopy(target), **{k: v for k, v in schema.items() if k != "$ref"}}
+        return _structural(merged, definitions)
+    if "anyOf" in schema:
+        options = [option for option in schema["anyOf"] if option.get("type") != "null"]
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        return _structural({**options[0], **rest}, definitions)
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("title",):
+            continue
+        if key == "default" and value is None:
+            continue
+        if key == "additionalProperties" and value is False:
+            continue  # not allowed in a structural schema; unknown fields are pruned
+        if key == "properties":
+            out[key] = {name: _structural(child, definitions) for name, child in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _structural(value, definitions)
+        elif key == "enum":
+            out["type"] = "string"
+            out[key] = value
+        else:
+            out[key] = value
+    if out.get("x-kubernetes-preserve-unknown-fields"):
+        out.pop("additionalProperties", None)
+        out["type"] = "object"
+    return out
+
+
+def spec_schema() -> dict[str, Any]:
+    raw = MarketSpec.model_json_schema(by_alias=True)
+    schema = _structural(raw, raw.get("$defs", {}))
+    schema.pop("$defs", None)
+    schema["x-kubernetes-validations"] = [{"rule": rule, "message": message}
+                                          for rule, message in SPEC_RULES]
+    return schema
+
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "What the operator and the engine replicas report.",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {
+        "phase": {"type": "string"},
+        "leader": {"type": "string", "description": "The replica that leads."},
+        "epoch": {"type": "integer", "description": "The leader's lease epoch."},
+        "lastSequence": {"type": "integer", "description": "The last command applied."},
+        "readyReplicas": {"type": "integer"},
+        "replicas": {"type": "integer"},
+        "failovers": {"type": "integer"},
+        "lastFailoverTime": {"type": "string", "format": "date-time"},
+        "observedGeneration": {"type": "integer"},
+        "replicaLag": {"type": "object", "additionalProperties": {"type": "integer"},
+                       "description": "Commands each replica is behind, by replica."},
+        "conditions": {"type": "array", "items": {
+            "type": "object", "required": ["type", "status"],
+            "properties": {"type": {"type": "string"}, "status": {"type": "string"},
+                           "reason": {"type": "string"}, "message": {"type": "string"},
+                           "lastTransitionTime": {"type": "string", "format": "date-time"}}}},
+    },
+}
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition of Market."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": KIND, "plural": PLURAL, "singular": "market",
+                      "shortNames": ["mkt"], "listKind": "MarketList"},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object", "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(), "status": STATUS_SCHEMA,
+                    },
+                }},
+                "subresources": {"status": {}, "scale": {
+                    "specReplicasPath": ".spec.replicas",
+                    "statusReplicasPath": ".status.replicas"}},
+                "additionalPrinterColumns": [
+                    {"name": "Mode", "type": "string", "jsonPath": ".spec.tradingMode"},
+                    {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
+                    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                    {"name": "Sequence", "type": "integer", "jsonPath": ".status.lastSequence"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+            }],
+        },
+    }
+
+
+def render() -> str:
+    header = ("# Generated from operator/tradeplane_operator/crd.py by\n"
+              "# `python -m tradeplane_operator.crd`; do not edit (a test compares them).\n")
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=100, allow_unicode=True)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,112 @@
+"""The Market CRD: generated from the model, and its schema (OpenAPI and CEL rules)
+accepts every example Market and refuses invalid ones, each for its stated reason."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+from celpy.adapter import json_to_cel
+
+from tradeplane_operator.crd import crd, render
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKED_IN = ROOT / "charts" / "tradeplane" / "crds" / "markets.tradeplane.dev.yaml"
+EXAMPLES = sorted((ROOT / "examples" / "markets").glob("*.yaml"))
+
+
+def spec_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema["properties"]["spec"]  # type: ignore[no-any-return]
+
+
+def rule_failures(schema: dict[str, Any], value: Any, old: Any = None) -> list[str]:
+    """The messages of the CEL rules ``value`` breaks, as the API server evaluates them
+    (transition rules, which use ``oldSelf``, only on updates)."""
+    failures = []
+    environment = celpy.Environment()
+    for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"] and old is None:
+            continue
+        program = environment.program(environment.compile(rule["rule"]))
+        activation = {"self": json_to_cel(value)}
+        if old is not None:
+            activation["oldSelf"] = json_to_cel(old)
+        if not bool(program.evaluate(activation)):
+            failures.append(rule["message"])
+    for name, child in schema.get("properties", {}).items():
+        if isinstance(value, dict) and name in value:
+            failures += rule_failures(child, value[name],
+                                      old.get(name) if isinstance(old, dict) else None)
+    return failures
+
+
+def problems(spec: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    schema = spec_schema()
+    found = [error.message for error in
+             jsonschema.Draft202012Validator(schema).iter_errors(spec)]
+    # As the API server does, CEL rules judge only values of the right shape.
+    return found or rule_failures(schema, spec, old)
+
+
+def test_the_checked_in_crd_is_the_model() -> None:
+    assert CHECKED_IN.read_text() == render(), (
+        "run `python -m tradeplane_operator.crd > " + str(CHECKED_IN.relative_to(ROOT)) + "`")
+
+
+def test_crd_names_subresources_and_columns() -> None:
+    definition = crd()
+    assert definition["metadata"]["name"] == "markets.tradeplane.dev"
+    assert definition["spec"]["names"]["shortNames"] == ["mkt"]
+    version = definition["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1"
+    assert set(version["subresources"]) == {"status", "scale"}
+    assert [column["name"] for column in version["additionalPrinterColumns"]] == [
+        "Mode", "Leader", "Ready", "Sequence", "Age"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
+def test_every_example_market_is_accepted(path: Path) -> None:
+    assert problems(yaml.safe_load(path.read_text())["spec"]) == []
+
+
+VALID: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "markets" / "sol-usdt.yaml")
+                                       .read_text())["spec"]
+
+INVALID = [
+    ("zero tick", {"tickSize": "0"}, "tickSize must be positive"),
+    ("zero lot written long", {"lotSize": "0.000"}, "lotSize must be positive"),
+    ("negative tick", {"tickSize": "-0.01"}, "does not match"),
+    ("exponent", {"lotSize": "1e-3"}, "does not match"),
+    ("a number, not a string", {"tickSize": 0.01}, "is not of type 'string'"),
+    ("lowercase symbol", {"base": "sol"}, "does not match"),
+    ("unknown mode", {"tradingMode": "paused"}, "is not one of"),
+    ("no standby while open", {"replicas": 1}, "needs a standby"),
+    ("too many replicas", {"replicas": 9}, "is greater than the maximum"),
+    ("snapshots too often", {"snapshotEvery": 10}, "is less than the minimum"),
+    ("zero reference price", {"referencePrice": "0"}, "referencePrice must be positive"),
+]
+
+
+@pytest.mark.parametrize(("change", "reason"), [case[1:] for case in INVALID],
+                         ids=[case[0] for case in INVALID])
+def test_invalid_markets_are_refused_for_their_reason(change: dict[str, Any],
+                                                      reason: str) -> None:
+    found = problems({**VALID, **change})
+    assert any(reason in message for message in found), found
+
+
+def test_a_halted_market_may_run_one_replica() -> None:
+    assert problems({**VALID, "replicas": 1, "tradingMode": "halted"}) == []
+
+
+def test_base_and_quote_are_immutable() -> None:
+    changed = deepcopy(VALID)
+    changed["base"] = "ETH"
+    assert "base is immutable" in problems(changed, old=VALID)
+    assert problems({**VALID, "tradingMode": "halted"}, old=VALID) == []
