@@ -26,7 +26,6 @@ from tradeplane_engine.core.events import (
     OrderReplaced,
     OrderUpdate,
     Trade,
-    TradingModeChanged,
 )
 from tradeplane_engine.core.market import MarketSpec, UnitFormatter, format_decimal
 
@@ -281,7 +280,3 @@ def _own_side(trade: Trade, role: str) -> str:
 
 def _product(a: str, b: str) -> str:
     return format_decimal(Decimal(a) * Decimal(b))
-
-
-def mode_event(event: TradingModeChanged) -> dict[str, Any]:
-    return {"type": "mode", "mode": event.mode.value, "previous": event.previous.value}

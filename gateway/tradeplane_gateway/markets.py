@@ -34,9 +34,6 @@ class MarketDirectory:
     def get(self, name: str) -> KnownMarket | None:
         return self._markets.get(name)
 
-    def names(self) -> list[str]:
-        return sorted(self._markets)
-
     async def wait_for(self, name: str, timeout: float = 10.0) -> KnownMarket:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(lambda: name in self._markets),

@@ -26,7 +26,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
@@ -64,6 +64,9 @@ from tradeplane_engine.wire import (
     event_stream,
     event_subject,
 )
+
+if TYPE_CHECKING:
+    from tradeplane_engine.core.book import Order
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ class MarketService:
     async def run(self) -> None:
         await ensure_market_streams(self.js, self.market, self.settings,
                                     self.definition.snapshot_every)
-        self.published_through = await self._last_published_sequence()
+        self.stream_last, self.published_through = await self._last_events_message()
         start = await self._restore(self.published_through)
         if self.published_through <= start:
             self.ready.set()
@@ -192,10 +195,6 @@ class MarketService:
                  snapshot.sequence)
         return snapshot.sequence
 
-    async def _last_published_sequence(self) -> int:
-        self.stream_last, published = await self._last_events_message()
-        return published
-
     # -- the hot path ------------------------------------------------------------------
 
     async def process(self, batch: list[SequencedCommand]) -> None:
@@ -209,7 +208,7 @@ class MarketService:
         for command in batch:
             try:
                 events = apply(decode_command(command.data, command.sequence, command.timestamp))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except msgspec.DecodeError as exc:  # ValidationError included
                 # Only a client that bypassed the gateway can put this here; the engine
                 # skips it the same way on every replica and replay.
                 log.warning("market %s: command %d is not a command: %s", market,
@@ -263,12 +262,9 @@ class MarketService:
     # -- roles -------------------------------------------------------------------------
 
     async def _promote(self, epoch: int) -> None:
-        await self._take_lead(epoch)
+        """Lead from exactly where the events stream ends: no gap, no duplicate."""
         self.failovers += 1
         self.last_failover = time.time_ns()
-
-    async def _take_lead(self, epoch: int) -> None:
-        """Lead from exactly where the events stream ends: no gap, no duplicate."""
         async with self._lock:
             last = await self._last_events_message()
             self.epoch = epoch
@@ -407,15 +403,7 @@ class MarketService:
         """An order's current state: open in the book, or recently finished."""
         order = self.engine.open_order(query.account, query.order_id, query.client_order_id)
         if order is not None:
-            price, quantity = self.formatter.price, self.formatter.quantity
-            return {
-                "orderId": order.order_id, "clientOrderId": order.client_order_id,
-                "status": "partiallyFilled" if order.filled else "new",
-                "side": order.side.value, "price": price(order.price),
-                "quantity": quantity(order.quantity),
-                "filledQuantity": quantity(order.filled),
-                "remainingQuantity": quantity(order.remaining),
-            }
+            return self._open_order(order)
         order_id = query.order_id
         if not order_id and query.client_order_id:
             order_id = self.recent_by_client_id.get((query.account, query.client_order_id), 0)
@@ -425,14 +413,19 @@ class MarketService:
         owner = self.engine.accounts.get(account)
         if owner is None:
             return []
+        return [self._open_order(order)
+                for order in sorted(owner.by_id.values(), key=lambda order: order.order_id)]
+
+    def _open_order(self, order: Order) -> dict[str, Any]:
+        """An order in the book, as status and open-orders replies show it."""
         price, quantity = self.formatter.price, self.formatter.quantity
-        return [{
+        return {
             "orderId": order.order_id, "clientOrderId": order.client_order_id,
             "status": "partiallyFilled" if order.filled else "new", "side": order.side.value,
             "price": price(order.price), "quantity": quantity(order.quantity),
             "filledQuantity": quantity(order.filled),
             "remainingQuantity": quantity(order.remaining),
-        } for order in sorted(owner.by_id.values(), key=lambda order: order.order_id)]
+        }
 
     async def _on_open_orders(self, msg: Msg) -> None:
         await self._answer(msg, lambda query: {"orders": self.open_orders(query.account)})
