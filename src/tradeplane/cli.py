@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
                              "market's snapshotEvery)")
     engine.add_argument("--events-max-age", type=float, default=0,
                         help="seconds each events stream keeps its messages (0: all)")
+    engine.add_argument("--health-port", type=int,
+                        default=os.environ.get("TRADEPLANE_HEALTH_PORT"),
+                        help="serve /livez and /readyz for Kubernetes probes on this port "
+                             "(default: $TRADEPLANE_HEALTH_PORT, else none)")
 
     commands.add_parser("gateway", help="serve order entry (any number, one queue group)")
 
@@ -204,7 +208,8 @@ async def _run_async(args: argparse.Namespace) -> int:
                                   command_retention=args.command_retention,
                                   events_max_age_seconds=args.events_max_age)
         await run_engines(args.nats, args.markets, settings,
-                          os.environ.get("TRADEPLANE_POSTGRES_DSN"), args.replica)
+                          os.environ.get("TRADEPLANE_POSTGRES_DSN"), args.replica,
+                          health_port=args.health_port)
         return 0
     if args.command == "recorder":
         from tradeplane_engine.store.runner import run_recorders

@@ -15,6 +15,7 @@ import nats
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
+from tradeplane_engine.service.health import DEFAULT_HOST, bound_port, start_health_server
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.service.market import MarketService
 from tradeplane_engine.service.streams import StreamSettings, markets_bucket
@@ -46,12 +47,33 @@ async def connect(servers: str, name: str) -> Client:
 
 async def run_engines(servers: str, markets: list[str],
                       settings: StreamSettings | None = None, dsn: str | None = None,
-                      replica: str | None = None) -> None:
+                      replica: str | None = None, *, health_port: int | None = None,
+                      health_host: str = DEFAULT_HOST) -> None:
     """Run a replica of each named market until cancelled: it leads or stands by, as the
-    market's lease decides. With a DSN, start from the markets' snapshots."""
+    market's lease decides. With a DSN, start from the markets' snapshots.
+
+    With a ``health_port``, serve the Kubernetes probes (``/livez``, ``/readyz``) from the
+    start, so the pod is alive, though not ready, while its markets are still awaited."""
+    services: list[MarketService] = []
+    health = None
+    if health_port is not None:
+        health = await start_health_server(health_host, health_port, services)
+        log.info("health endpoint on %s:%d", health_host, bound_port(health))
+    try:
+        await _run_markets(servers, markets, settings or StreamSettings(), dsn, replica,
+                           services)
+    finally:
+        if health is not None:
+            health.close()
+            await health.wait_closed()
+
+
+async def _run_markets(servers: str, markets: list[str], settings: StreamSettings,
+                       dsn: str | None, replica: str | None,
+                       services: list[MarketService]) -> None:
+    """``run_engines`` itself; ``services`` receives the markets' services once made."""
     from tradeplane_engine.store.runner import open_database
 
-    settings = settings or StreamSettings()
     nc = await connect(servers, f"tradeplane-engine:{','.join(markets)}")
     pool = await open_database(dsn, size=2) if dsn else None
     try:
@@ -60,9 +82,9 @@ async def run_engines(servers: str, markets: list[str],
         leases = await leases_bucket(nc.jetstream(), settings.replicas, settings.memory)
         statuses = await replicas_bucket(nc.jetstream(), settings.replicas, settings.memory)
         name = replica or f"{socket.gethostname()}-{os.getpid()}"
-        services = [MarketService(nc, definition, settings, pool=pool, replica=name,
-                                  leases=leases, replicas=statuses)
-                    for definition in definitions]
+        services.extend(MarketService(nc, definition, settings, pool=pool, replica=name,
+                                      leases=leases, replicas=statuses)
+                        for definition in definitions)
         async with asyncio.TaskGroup() as group:
             for service in services:
                 group.create_task(service.run(), name=f"market {service.market}")

@@ -1,0 +1,187 @@
+"""What a Market becomes in Kubernetes: pure functions from the Market to its children.
+
+- a StatefulSet of engine replicas: stable names (``<market>-engine-0``, ``-1``) are the
+  replicas' names in the market's lease, so status and switchover speak of pods;
+  probes on the engine's health port (``/readyz`` is true once a replica has caught up
+  with the command stream, ``/livez`` while its event loop runs); anti-affinity so a
+  node failure takes one replica, not the market;
+- a headless Service for the replicas' stable DNS names (and their health and metrics);
+- a PodDisruptionBudget of one: a drain or upgrade takes one replica at a time, so a
+  standby is always there to take the lead.
+
+Every child carries an owner reference to its Market (cascading deletion and
+``kubectl get --show-kind`` lineage) and the market's labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tradeplane_operator.config import MARKET_LABEL, Config
+from tradeplane_operator.crd import GROUP, KIND, VERSION, MarketSpec
+
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "500m", "memory": "512Mi"},
+    "limits": {"memory": "1Gi"},
+}
+
+
+@dataclass(frozen=True)
+class Market:
+    """A Market as the operator sees it: identity and validated spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: MarketSpec
+    generation: int = 1
+    created: str = ""
+    """``creationTimestamp``: the older of two Markets with one name keeps it."""
+
+    @classmethod
+    def from_body(cls, body: Any) -> Market:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
+                   spec=MarketSpec.model_validate(dict(body["spec"])),
+                   generation=int(meta.get("generation") or 1),
+                   created=str(meta.get("creationTimestamp") or ""))
+
+    @property
+    def engine_name(self) -> str:
+        return f"{self.name}-engine"
+
+
+def labels(market: Market) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tradeplane",
+        "app.kubernetes.io/component": "engine",
+        "app.kubernetes.io/instance": market.name,
+        "app.kubernetes.io/managed-by": "tradeplane-operator",
+        MARKET_LABEL: market.name,
+    }
+
+
+def selector(market: Market) -> dict[str, str]:
+    return {"app.kubernetes.io/component": "engine", MARKET_LABEL: market.name}
+
+
+def _metadata(market: Market) -> dict[str, Any]:
+    return {
+        "name": market.engine_name,
+        "namespace": market.namespace,
+        "labels": labels(market),
+        "ownerReferences": [{
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": market.name,
+            "uid": market.uid, "controller": True, "blockOwnerDeletion": True,
+        }],
+    }
+
+
+def _affinity(market: Market, config: Config) -> dict[str, Any]:
+    term = {"labelSelector": {"matchLabels": selector(market)},
+            "topologyKey": "kubernetes.io/hostname"}
+    if config.anti_affinity == "required":
+        return {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": term}]}}
+
+
+def _environment(config: Config) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "TRADEPLANE_NATS", "value": config.nats_url},
+        {"name": "TRADEPLANE_HEALTH_PORT", "value": str(config.health_port)},
+    ]
+    if config.postgres_secret:
+        env.append({"name": "TRADEPLANE_POSTGRES_DSN", "valueFrom": {"secretKeyRef": {
+            "name": config.postgres_secret, "key": "dsn"}}})
+    return env
+
+
+def statefulset(market: Market, config: Config) -> dict[str, Any]:
+    spec = market.spec
+    probe = {"httpGet": {"path": "/readyz", "port": "health"}}
+    container = {
+        "name": "engine",
+        "image": spec.engine.image or config.engine_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "args": ["engine", "--market", market.name, "--replica", "$(POD_NAME)",
+                 "--stream-replicas", str(config.stream_replicas)],
+        "env": _environment(config),
+        "ports": [{"name": "health", "containerPort": config.health_port,
+                   "protocol": "TCP"}],
+        "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": "health"},
+                          "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        "resources": spec.engine.resources or DEFAULT_RESOURCES,
+        "securityContext": {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": _metadata(market),
+        "spec": {
+            "replicas": spec.replicas,
+            "serviceName": market.engine_name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector(market)},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {"labels": labels(market)},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                        "runAsGroup": 10001,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "affinity": _affinity(market, config),
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+def service(market: Market, config: Config) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _metadata(market),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector(market),
+            "ports": [{"name": "health", "port": config.health_port,
+                       "targetPort": "health", "protocol": "TCP"}],
+        },
+    }
+
+
+def disruption_budget(market: Market, config: Config) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": _metadata(market),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(market)}},
+    }
+
+
+CHILDREN = (statefulset, service, disruption_budget)
+"""Every child, in the order they are made (and the reverse of how they go)."""
+
+
+def is_subset(desired: Any, actual: Any) -> bool:
+    """Does ``actual`` say at least what ``desired`` says?
+
+    The API server adds defaults to what it stores (``dnsPolicy``, ``revisionHistoryLimit``
+    ...), so a child is as it should be when every field the operator sets has its value;
+    lists must match item by item.
+    """
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(
+            is_subset(value, actual.get(key)) for key, value in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(actual, list) and len(actual) == len(desired)
+                and all(is_subset(d, a) for d, a in zip(desired, actual, strict=True)))
+    return bool(desired == actual)

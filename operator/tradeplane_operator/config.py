@@ -1,0 +1,76 @@
+"""The operator's settings: one documented place, read from the environment.
+
+The Helm chart sets these on the operator's Deployment; tests build a ``Config``
+directly. Everything an engine pod needs that is not in the Market (the image, where
+NATS and PostgreSQL are) comes from here, so a Market says only what is traded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PREFIX = "tradeplane.dev"
+PAUSE_ANNOTATION = f"{PREFIX}/paused"
+"""``"true"``: the operator leaves the Market and its children alone (status still
+follows the replicas)."""
+SWITCHOVER_ANNOTATION = f"{PREFIX}/switchover-to"
+"""A replica's name: hand the lead to it (a planned switchover), then the annotation goes."""
+FINALIZER = f"{PREFIX}/finalizer"
+MARKET_LABEL = f"{PREFIX}/market"
+
+
+@dataclass(frozen=True)
+class Config:
+    nats_url: str = "nats://nats:4222"
+    """Where engines, gateways, recorders and the operator meet."""
+    engine_image: str = "ghcr.io/tradeplane/tradeplane:0.1.0"
+    """The engine image unless a Market names its own (``spec.engine.image``)."""
+    image_pull_policy: str = "IfNotPresent"
+    postgres_secret: str | None = None
+    """A Secret with key ``dsn``: engines start from the newest snapshot in PostgreSQL."""
+    stream_replicas: int = 1
+    """JetStream replicas of each market's streams (3 on a NATS cluster)."""
+    anti_affinity: str = "preferred"
+    """``required``: never two engines of a market on one node; ``preferred``: spread
+    them when the cluster can (a one-node cluster still runs a standby)."""
+    health_port: int = 8080
+    status_interval: float = 2.0
+    """Seconds between two readings of the replicas' status."""
+    drift_interval: float = 30.0
+    """Seconds between two checks that the children still look as they should (a
+    deleted child is recreated at once; this catches edits)."""
+    final_snapshot_timeout: float = 120.0
+    """Seconds a deletion waits for the leader and a recorder (the final snapshot) before
+    it goes on without them."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty: the whole cluster."""
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if environ is None else environ
+        default = cls()
+        namespaces = tuple(filter(None, env.get("TRADEPLANE_NAMESPACES", "").split(",")))
+        return cls(
+            nats_url=env.get("TRADEPLANE_NATS", default.nats_url),
+            engine_image=env.get("TRADEPLANE_ENGINE_IMAGE", default.engine_image),
+            image_pull_policy=env.get("TRADEPLANE_IMAGE_PULL_POLICY",
+                                      default.image_pull_policy),
+            postgres_secret=env.get("TRADEPLANE_POSTGRES_SECRET") or None,
+            stream_replicas=int(env.get("TRADEPLANE_STREAM_REPLICAS",
+                                        default.stream_replicas)),
+            anti_affinity=env.get("TRADEPLANE_ANTI_AFFINITY", default.anti_affinity),
+            status_interval=float(env.get("TRADEPLANE_STATUS_INTERVAL",
+                                          default.status_interval)),
+            drift_interval=float(env.get("TRADEPLANE_DRIFT_INTERVAL",
+                                         default.drift_interval)),
+            namespaces=namespaces,
+        )
+
+    def __post_init__(self) -> None:
+        if self.anti_affinity not in ("required", "preferred"):
+            raise ValueError(f"anti-affinity must be required or preferred, "
+                             f"not {self.anti_affinity!r}")
+        if self.stream_replicas not in (1, 3, 5):
+            raise ValueError("stream replicas must be 1, 3 or 5")

@@ -1,0 +1,59 @@
+"""The operator's errors, and how each becomes kopf's retry or give-up.
+
+    OperatorError
+    ├── Retry       try again after ``delay`` seconds (waiting for something to happen)
+    └── Invalid     the Market cannot be made as written; retrying will not help
+
+plus what the libraries raise: ``KubeError`` (by HTTP status), ``ExchangeError`` (NATS),
+network errors, and pydantic's ``ValidationError`` (a spec the CRD should have refused).
+``to_kopf`` is the one mapping; handlers call nothing else for errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import kopf
+import nats.errors
+import pydantic
+
+from tradeplane_operator.exchange import ExchangeError
+from tradeplane_operator.kube import KubeError
+
+
+class OperatorError(Exception):
+    pass
+
+
+class Retry(OperatorError):
+    def __init__(self, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class Invalid(OperatorError):
+    pass
+
+
+def to_kopf(exc: BaseException) -> kopf.TemporaryError | kopf.PermanentError | None:
+    """kopf's error for an exception, or None for one that is a bug (kopf retries those
+    with its default back-off and logs the traceback)."""
+    if isinstance(exc, Retry):
+        return kopf.TemporaryError(str(exc), delay=exc.delay)
+    if isinstance(exc, Invalid | pydantic.ValidationError):
+        return kopf.PermanentError(str(exc))
+    if isinstance(exc, KubeError):
+        if exc.status in (400, 422):
+            return kopf.PermanentError(f"the API server refused a child: {exc}")
+        if exc.status in (401, 403):
+            return kopf.TemporaryError(f"not allowed (check the operator's RBAC): {exc}",
+                                       delay=30)
+        if exc.status == 409:
+            return kopf.TemporaryError(f"conflict, trying again: {exc}", delay=1)
+        return kopf.TemporaryError(f"API server: {exc}", delay=5)
+    if isinstance(exc, ExchangeError | nats.errors.Error):
+        return kopf.TemporaryError(f"NATS: {exc}", delay=5)
+    if isinstance(exc, aiohttp.ClientError | OSError | asyncio.TimeoutError):
+        return kopf.TemporaryError(f"connection: {exc}", delay=5)
+    return None

@@ -1,0 +1,228 @@
+"""The operator's side of the exchange's NATS protocol (docs/protocol.md, docs/failover.md).
+
+The operator imports no engine code: it speaks to the engines as any NATS client
+would, and a test checks that what it writes is what the engines read. It
+
+- writes a Market's definition to the ``tp-markets`` bucket (engines and gateways follow it);
+- sequences admin commands (``setTradingMode``, ``cancelAll`` of every account) in the
+  market's command stream, with a message id so a retried handler sequences nothing twice;
+- reads what the replicas publish (``tp-replicas``) and who holds the lease (``tp-leases``);
+- asks the leader for a planned switchover and the recorder for a final snapshot.
+
+Nothing here sits in the failover path: replicas elect their leader among themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+MARKETS_BUCKET = "tp-markets"
+REPLICAS_BUCKET = "tp-replicas"
+LEASES_BUCKET = "tp-leases"
+
+
+def command_stream(market: str) -> str:
+    return f"tp-cmd-{market}"
+
+
+def command_subject(market: str) -> str:
+    return f"tp.cmd.{market}"
+
+
+def engine_subject(market: str, what: str) -> str:
+    return f"tp.engine.{market}.{what}"
+
+
+def recorder_subject(market: str, what: str) -> str:
+    return f"tp.recorder.{market}.{what}"
+
+
+class ExchangeError(Exception):
+    """The exchange could not do what the operator asked (NATS down, no engine...)."""
+
+
+class Unanswered(ExchangeError):
+    """Nobody answered a request (no leader, no recorder) in time."""
+
+
+class Refused(ExchangeError):
+    """An engine or recorder answered with an error."""
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """One replica's last status in ``tp-replicas`` (renewed every second, gone after 10)."""
+
+    replica: str
+    role: str
+    epoch: int
+    ready: bool
+    sequence: int
+    lag: int
+    mode: str
+    published_through: int
+    failovers: int
+    last_failover: int | None
+    """Nanoseconds since the Unix epoch when this replica last took the lead."""
+
+    @classmethod
+    def decode(cls, data: bytes) -> ReplicaReport:
+        raw = json.loads(data)
+        return cls(replica=str(raw["replica"]), role=str(raw.get("role", "standby")),
+                   epoch=int(raw.get("epoch", 0)), ready=bool(raw.get("ready", False)),
+                   sequence=int(raw.get("sequence", 0)), lag=int(raw.get("lag", 0)),
+                   mode=str(raw.get("mode", "")),
+                   published_through=int(raw.get("publishedThrough", 0)),
+                   failovers=int(raw.get("failovers", 0)),
+                   last_failover=raw.get("lastFailover"))
+
+
+@dataclass(frozen=True)
+class Lease:
+    holder: str
+    epoch: int
+
+
+def admin_command(command: dict[str, Any]) -> bytes:
+    """An admin command as the command stream carries it; the stream stamps the sequence
+    and time (the zeros are placeholders the engine overwrites)."""
+    return json.dumps({**command, "sequence": 0, "timestamp": 0},
+                      separators=(",", ":")).encode()
+
+
+class Exchange:
+    """One NATS connection for the whole operator."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self._buckets: dict[str, KeyValue] = {}
+
+    @classmethod
+    async def connect(cls, url: str) -> Exchange:
+        nc = await nats.connect(url, name="tradeplane-operator", max_reconnect_attempts=-1,
+                                reconnect_time_wait=0.5, connect_timeout=3)
+        return cls(nc)
+
+    async def close(self) -> None:
+        await self.nc.drain()
+
+    async def _bucket(self, name: str, create: bool = False) -> KeyValue | None:
+        if name not in self._buckets:
+            try:
+                self._buckets[name] = await self.js.key_value(name)
+            except (BucketNotFoundError, NotFoundError):
+                if not create:
+                    return None
+                self._buckets[name] = await self.js.create_key_value(bucket=name, history=5)
+        return self._buckets[name]
+
+    # -- definitions -------------------------------------------------------------------
+
+    async def definition(self, market: str) -> dict[str, Any] | None:
+        bucket = await self._bucket(MARKETS_BUCKET)
+        if bucket is None:
+            return None
+        try:
+            entry = await bucket.get(market)
+        except KeyNotFoundError:
+            return None
+        return json.loads(entry.value) if entry.value else None
+
+    async def put_definition(self, market: str, definition: dict[str, Any]) -> None:
+        bucket = await self._bucket(MARKETS_BUCKET, create=True)
+        assert bucket is not None
+        await bucket.put(market, json.dumps(definition, separators=(",", ":")).encode())
+
+    async def delete_definition(self, market: str) -> None:
+        bucket = await self._bucket(MARKETS_BUCKET)
+        if bucket is not None:
+            await bucket.delete(market)
+
+    # -- the command stream ------------------------------------------------------------
+
+    async def has_command_stream(self, market: str) -> bool:
+        try:
+            await self.js.stream_info(command_stream(market))
+        except NotFoundError:
+            return False
+        return True
+
+    async def sequence(self, market: str, command: dict[str, Any], message_id: str
+                       ) -> tuple[int, bool]:
+        """Sequence an admin command; its stream sequence and whether it is new (a
+        retried message id gets the first one's sequence back)."""
+        ack = await self.js.publish(command_subject(market), admin_command(command),
+                                    stream=command_stream(market),
+                                    headers={"Nats-Msg-Id": message_id})
+        return ack.seq, not ack.duplicate
+
+    # -- what the replicas say ---------------------------------------------------------
+
+    async def replicas(self, market: str) -> list[ReplicaReport]:
+        bucket = await self._bucket(REPLICAS_BUCKET)
+        if bucket is None:
+            return []
+        reports = []
+        watcher = await bucket.watch(f"{market}.*", ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is there now
+                    break
+                if entry.value:
+                    try:
+                        reports.append(ReplicaReport.decode(entry.value))
+                    except (ValueError, KeyError, TypeError):
+                        continue  # not a report this operator understands
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return sorted(reports, key=lambda report: report.replica)
+
+    async def lease(self, market: str) -> Lease | None:
+        bucket = await self._bucket(LEASES_BUCKET)
+        if bucket is None:
+            return None
+        try:
+            entry = await bucket.get(market)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        raw = json.loads(entry.value)
+        return Lease(holder=str(raw.get("holder", "")), epoch=int(raw.get("epoch", 0)))
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def request(self, subject: str, body: dict[str, Any],
+                      timeout: float) -> dict[str, Any]:
+        try:
+            reply = await self.nc.request(subject, json.dumps(body).encode(), timeout=timeout)
+        except (NoRespondersError, NatsTimeout, asyncio.TimeoutError) as exc:
+            raise Unanswered(f"no answer on {subject}") from exc
+        answer = json.loads(reply.data)
+        if not isinstance(answer, dict):
+            raise Refused(f"{subject}: unexpected answer {answer!r}")
+        if "error" in answer:
+            raise Refused(f"{subject}: {answer['error']}")
+        return answer
+
+    async def leader_status(self, market: str) -> dict[str, Any]:
+        return await self.request(engine_subject(market, "status"), {}, timeout=2.0)
+
+    async def switchover(self, market: str, to: str) -> dict[str, Any]:
+        return await self.request(engine_subject(market, "switchover"), {"to": to},
+                                  timeout=5.0)
+
+    async def final_snapshot(self, market: str, through: int) -> dict[str, Any]:
+        return await self.request(recorder_subject(market, "snapshot"),
+                                  {"through": through}, timeout=15.0)

@@ -1,0 +1,211 @@
+"""The kopf handlers: they register, unpack kopf's arguments and call ``reconcile``.
+
+Every handler hands its work to a plain function and maps errors with ``to_kopf``.
+The operator runs as one replica and is never in the failover path: the replicas elect
+their leader through NATS; the operator only sets up, reports and retires markets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import kopf
+
+from tradeplane_operator.children import Market
+from tradeplane_operator.config import (
+    FINALIZER,
+    MARKET_LABEL,
+    PREFIX,
+    SWITCHOVER_ANNOTATION,
+    Config,
+)
+from tradeplane_operator.crd import GROUP, PLURAL, VERSION
+from tradeplane_operator.errors import to_kopf
+from tradeplane_operator.exchange import Exchange
+from tradeplane_operator.kube import MARKETS, KubeApi
+from tradeplane_operator.reconcile import (
+    Notify,
+    finalize,
+    observe,
+    paused,
+    reconcile,
+    switch_over,
+)
+
+T = TypeVar("T")
+MARKET = {"group": GROUP, "version": VERSION, "plural": PLURAL}
+OWNED = {"labels": {MARKET_LABEL: kopf.PRESENT}}
+
+
+@dataclass
+class Runtime:
+    """What every handler shares (kopf hands it over as ``memo``)."""
+
+    config: Config
+    connection: kopf.ConnectionInfo | None = None
+    """Fixed credentials (tests); None: the service account, else the kubeconfig."""
+    kube: KubeApi | None = None
+    exchange: Exchange | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def settings() -> kopf.OperatorSettings:
+    result = kopf.OperatorSettings()
+    result.persistence.finalizer = FINALIZER
+    result.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    result.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    result.posting.level = logging.WARNING  # Events are ours, not every log line
+    result.watching.server_timeout = 300
+    result.watching.client_timeout = 330
+    result.networking.error_backoffs = [1, 2, 5, 10]
+    return result
+
+
+async def _guarded(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except Exception as exc:
+        mapped = to_kopf(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _notify(body: kopf.Body) -> Notify:
+    def notify(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message)
+    return notify
+
+
+def _parts(memo: Any) -> tuple[Config, KubeApi, Exchange]:
+    runtime: Runtime = memo.runtime
+    assert runtime.kube is not None and runtime.exchange is not None
+    return runtime.config, runtime.kube, runtime.exchange
+
+
+def _login(runtime: Runtime, logger: logging.Logger | kopf.Logger) -> kopf.ConnectionInfo:
+    if runtime.connection is not None:
+        return runtime.connection
+    info = (kopf.login_with_service_account(logger=logger)
+            or kopf.login_with_kubeconfig(logger=logger))
+    if info is None:
+        raise kopf.LoginError("no service account token and no kubeconfig")
+    return info
+
+
+def registry(config: Config) -> kopf.OperatorRegistry:
+    """A fresh registry with every handler (one per operator run, so tests can run
+    several operators in one process, each with its own intervals)."""
+    reg = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=reg)
+    def login(memo: Any, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo:
+        return _login(memo.runtime, logger)
+
+    @kopf.on.startup(registry=reg)
+    async def startup(memo: Any, logger: kopf.Logger, **_: Any) -> None:
+        runtime: Runtime = memo.runtime
+        runtime.kube = KubeApi(_login(runtime, logger))
+        runtime.exchange = await _guarded(Exchange.connect(runtime.config.nats_url))
+
+    @kopf.on.cleanup(registry=reg)
+    async def cleanup(memo: Any, **_: Any) -> None:
+        runtime: Runtime = memo.runtime
+        if runtime.kube is not None:
+            await runtime.kube.close()
+        if runtime.exchange is not None:
+            await runtime.exchange.close()
+
+    @kopf.on.resume(**MARKET, registry=reg)
+    @kopf.on.create(**MARKET, registry=reg)
+    @kopf.on.update(**MARKET, registry=reg)
+    async def apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
+                    logger: kopf.Logger, **_: Any) -> None:
+        await _apply(body, meta, memo, patch, logger)
+
+    @kopf.timer(**MARKET, interval=config.drift_interval,
+                initial_delay=config.drift_interval, registry=reg)
+    async def repair(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
+                     logger: kopf.Logger, **_: Any) -> None:
+        """Children edited by hand come back to what the Market says."""
+        if not meta.get("deletionTimestamp"):
+            await _apply(body, meta, memo, patch, logger)
+
+    @kopf.timer(**MARKET, interval=config.status_interval, registry=reg)
+    async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any,
+                     patch: kopf.Patch, **_: Any) -> None:
+        _, _, exchange = _parts(memo)
+        market = Market.from_body(body)
+        change = await _guarded(observe(
+            market, exchange, dict(status), paused=paused(dict(meta.annotations)),
+            deleting=bool(meta.get("deletionTimestamp"))))
+        patch.status.update(change.status)
+        if change.failover:
+            kopf.event(body, type="Warning", reason="Failover", message=change.failover)
+
+    @kopf.on.event("apps", "v1", "statefulsets", **OWNED, registry=reg)
+    @kopf.on.event("v1", "services", **OWNED, registry=reg)
+    @kopf.on.event("policy", "v1", "poddisruptionbudgets", **OWNED, registry=reg)
+    async def child_gone(event: kopf.RawEvent, body: kopf.Body, memo: Any,
+                         logger: kopf.Logger, **_: Any) -> None:
+        """A deleted child comes back at once (unless its Market is going too)."""
+        if event["type"] != "DELETED":
+            return
+        _, kube, _ = _parts(memo)
+        owner = await _guarded(kube.get(MARKETS, body.metadata.namespace,
+                                        body.metadata.labels[MARKET_LABEL]))
+        if owner is None or owner["metadata"].get("deletionTimestamp"):
+            return
+        if paused(owner["metadata"].get("annotations") or {}):
+            return
+        logger.info("%s %s was deleted; recreating it", body.get("kind"), body.metadata.name)
+        await _reconcile(kopf.Body(owner), memo, logger)
+
+    @kopf.on.delete(**MARKET, registry=reg)
+    async def retire(body: kopf.Body, memo: Any, runtime: datetime.timedelta,
+                     **_: Any) -> None:
+        config, kube, exchange = _parts(memo)
+        await _guarded(finalize(Market.from_body(body), kube, exchange, config,
+                                _notify(body), runtime))
+
+    return reg
+
+
+async def run(config: Config, *, connection: kopf.ConnectionInfo | None = None,
+              stop: asyncio.Event | None = None, ready: asyncio.Event | None = None,
+              liveness: str | None = None) -> None:
+    """Run the operator until ``stop`` is set (or the process is signalled)."""
+    await kopf.operator(
+        registry=registry(config), settings=settings(),
+        memo=kopf.Memo(runtime=Runtime(config, connection)),
+        standalone=True, clusterwide=not config.namespaces, namespaces=config.namespaces,
+        stop_flag=stop, ready_flag=ready, liveness_endpoint=liveness)
+
+
+async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger | logging.Logger) -> None:
+    config, kube, exchange = _parts(memo)
+    done = await _guarded(reconcile(Market.from_body(body), kube, exchange, config,
+                                    _notify(body)))
+    for line in done:
+        logger.info(line)
+
+
+async def _apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
+                 logger: kopf.Logger) -> None:
+    annotations = dict(meta.annotations)
+    if paused(annotations):
+        logger.info("reconciliation is paused")
+        return
+    await _reconcile(body, memo, logger)
+    patch.status["observedGeneration"] = meta.get("generation")
+    target = annotations.get(SWITCHOVER_ANNOTATION)
+    if target:
+        _, _, exchange = _parts(memo)
+        await _guarded(switch_over(Market.from_body(body), target, exchange, _notify(body)))
+        patch.metadata.annotations[SWITCHOVER_ANNOTATION] = None

@@ -1,0 +1,174 @@
+"""What the operator does, as plain async functions (the kopf handlers only call these).
+
+``reconcile``  makes the children and the market's definition match the Market, and
+               sequences a trading-mode change in the market's command stream;
+``observe``    reads the replicas and returns the status (and a failover, if one happened);
+``switch_over`` asks the leader to hand the lead to a named replica;
+``finalize``   retires a market: cancel-only, cancel every order, wait until the leader
+               has published the cancellations, a final snapshot, then the children go.
+
+Each step can run again without doing anything twice: children are compared before
+they are written, and admin commands carry message ids the stream deduplicates.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+from tradeplane_operator.children import CHILDREN, Market, is_subset
+from tradeplane_operator.config import PAUSE_ANNOTATION, Config
+from tradeplane_operator.errors import Invalid, Retry
+from tradeplane_operator.exchange import Exchange, ExchangeError, Refused, Unanswered
+from tradeplane_operator.kube import BY_KIND, MARKETS, KubeApi
+from tradeplane_operator.status import Change, Observation, compute, timestamp
+
+Notify = Callable[[str, str, str], None]
+"""``notify(type, reason, message)``: a Kubernetes Event on the Market."""
+
+
+def definition(market: Market) -> dict[str, Any]:
+    """The market's definition as engines and gateways read it from ``tp-markets``."""
+    spec = market.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if not spec.get("engine"):
+        spec.pop("engine", None)
+    return {"name": market.name, **spec}
+
+
+async def reconcile(market: Market, kube: KubeApi, exchange: Exchange, config: Config,
+                    notify: Notify) -> list[str]:
+    """Bring everything in line with the Market; what was done, for the log."""
+    await _check_unique(market, kube)
+    done = await _apply_children(market, kube, config)
+    done += await _apply_definition(market, exchange, notify)
+    return done
+
+
+async def _check_unique(market: Market, kube: KubeApi) -> None:
+    """A market's streams and bucket keys are named by the market alone, so two
+    namespaces must not both have one of that name: the older one keeps it."""
+    for other in await kube.list(MARKETS, None, f"metadata.name={market.name}"):
+        meta = other["metadata"]
+        if meta.get("uid") == market.uid or meta.get("deletionTimestamp"):
+            continue
+        if (meta.get("creationTimestamp", ""), meta.get("namespace", "")) < (
+                market.created, market.namespace):
+            raise Invalid(f"market {market.name} already exists in namespace "
+                          f"{meta.get('namespace')}; market names are cluster-wide")
+
+
+async def _apply_children(market: Market, kube: KubeApi, config: Config) -> list[str]:
+    done = []
+    for build in CHILDREN:
+        desired = build(market, config)
+        resource = BY_KIND[desired["kind"]]
+        name = desired["metadata"]["name"]
+        actual = await kube.get(resource, market.namespace, name)
+        if actual is None:
+            await kube.create(resource, market.namespace, desired)
+            done.append(f"created {desired['kind']} {name}")
+            continue
+        wanted = {"metadata": {key: desired["metadata"][key]
+                               for key in ("labels", "ownerReferences")},
+                  "spec": desired["spec"]}
+        if not is_subset(wanted, actual):
+            await kube.patch(resource, market.namespace, name, wanted)
+            done.append(f"updated {desired['kind']} {name}")
+    return done
+
+
+async def _apply_definition(market: Market, exchange: Exchange, notify: Notify) -> list[str]:
+    """Write the definition; a mode change also goes into the command stream, so it takes
+    effect between two orders, the same way in every replica and every replay."""
+    done = []
+    wanted = definition(market)
+    mode = wanted["tradingMode"]
+    previous = await exchange.definition(market.name)
+    if await exchange.has_command_stream(market.name):
+        reports = await exchange.replicas(market.name)
+        effective = next((report.mode for report in reports if report.role == "leader"), None)
+        changed = previous is not None and previous.get("tradingMode") != mode
+        if previous is None or changed or (effective is not None and effective != mode):
+            sequence, new = await exchange.sequence(
+                market.name, {"type": "setTradingMode", "mode": mode},
+                f"{market.name}:mode:{market.uid}:{market.generation}")
+            if new:
+                notify("Normal", "TradingModeChanged",
+                       f"trading mode {mode} sequenced at command {sequence}")
+                done.append(f"sequenced trading mode {mode} at {sequence}")
+    if previous != wanted:
+        await exchange.put_definition(market.name, wanted)
+        done.append("wrote the definition")
+    return done
+
+
+async def observe(market: Market, exchange: Exchange, previous: dict[str, Any], *,
+                  paused: bool = False, deleting: bool = False) -> Change:
+    observation = Observation(
+        generation=market.generation, replicas=market.spec.replicas,
+        mode=str(market.spec.trading_mode), reports=await exchange.replicas(market.name),
+        lease=await exchange.lease(market.name), paused=paused, deleting=deleting)
+    return compute(observation, previous, timestamp())
+
+
+async def switch_over(market: Market, target: str, exchange: Exchange,
+                      notify: Notify) -> None:
+    try:
+        answer = await exchange.switchover(market.name, target)
+    except Unanswered as exc:
+        raise Retry(f"no leader answers the switchover: {exc}", delay=2) from exc
+    except Refused as exc:
+        notify("Warning", "SwitchoverRefused", str(exc))
+        return
+    notify("Normal", "Switchover", f"the lead moved from {answer.get('from')} to "
+           f"{answer.get('to')}")
+
+
+async def finalize(market: Market, kube: KubeApi, exchange: Exchange, config: Config,
+                   notify: Notify, runtime: datetime.timedelta) -> None:
+    patient = runtime.total_seconds() < config.final_snapshot_timeout
+    if await exchange.has_command_stream(market.name):
+        await _retire(market, exchange, notify, patient)
+    for build in reversed(CHILDREN):
+        desired = build(market, config)
+        await kube.delete(BY_KIND[desired["kind"]], market.namespace,
+                          desired["metadata"]["name"])
+    notify("Normal", "ChildrenDeleted", "engines, service and disruption budget deleted")
+    await exchange.delete_definition(market.name)
+
+
+async def _retire(market: Market, exchange: Exchange, notify: Notify, patient: bool) -> None:
+    sequence, new = await exchange.sequence(
+        market.name, {"type": "setTradingMode", "mode": "cancelOnly"},
+        f"{market.name}:final-mode:{market.uid}")
+    if new:
+        notify("Normal", "CancelOnly", f"the market went cancel-only at command {sequence}")
+    through, new = await exchange.sequence(
+        market.name, {"type": "cancelAll", "account": None},
+        f"{market.name}:final-cancel:{market.uid}")
+    if new:
+        notify("Normal", "OrdersCanceled", f"every open order canceled at command {through}")
+    try:
+        leader = await exchange.leader_status(market.name)
+        if int(leader.get("publishedThrough", 0)) < through:
+            raise Retry(f"waiting for the leader to publish through command {through}",
+                        delay=1)
+    except Unanswered as exc:
+        if patient:
+            raise Retry(f"no leader to publish the cancellations: {exc}", delay=2) from exc
+        notify("Warning", "NoLeader", "no leader published the cancellations; the command "
+               "stream keeps them for the next engine of this market")
+    try:
+        snapshot = await exchange.final_snapshot(market.name, through)
+        notify("Normal", "FinalSnapshot", f"snapshot at command {snapshot.get('sequence')}, "
+               f"state hash {snapshot.get('stateHash')}")
+    except ExchangeError as exc:
+        if patient:
+            raise Retry(f"no recorder took the final snapshot: {exc}", delay=5) from exc
+        notify("Warning", "FinalSnapshotSkipped", f"{exc}; the market is deleted without a final "
+               "snapshot (its streams and history remain)")
+
+
+def paused(annotations: dict[str, str]) -> bool:
+    return annotations.get(PAUSE_ANNOTATION, "").lower() in ("true", "1", "yes")

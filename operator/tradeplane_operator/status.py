@@ -1,0 +1,142 @@
+"""A Market's status, computed from what its replicas publish: a pure function.
+
+The replicas elect their leader and report themselves to ``tp-replicas`` every second;
+the operator only reads. Conditions, in Kubernetes' sense:
+
+- ``Available``: a leader is serving (orders are matched);
+- ``Ready``: available, every replica the spec asks for has caught up, and the market
+  trades in the mode its spec says;
+- ``Progressing``: the operator or the market is still moving towards the spec (a new
+  generation, replicas catching up, a mode change on its way);
+- ``Degraded``: something the spec asks for is missing: no leader, or fewer ready
+  replicas than asked (a failover would have nowhere to go).
+
+``lastTransitionTime`` changes only when a condition's status does.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tradeplane_operator.exchange import Lease, ReplicaReport
+
+CONDITIONS = ("Ready", "Available", "Progressing", "Degraded")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the status is made from, read at one moment."""
+
+    generation: int
+    replicas: int
+    """Replicas the spec asks for."""
+    mode: str
+    """The trading mode the spec asks for."""
+    reports: Sequence[ReplicaReport]
+    lease: Lease | None
+    paused: bool = False
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class Change:
+    """The status to write, and what happened since the last one (for Events)."""
+
+    status: dict[str, Any]
+    failover: str | None = None
+    """A message when the lead moved to another replica."""
+
+
+def timestamp(nanoseconds: int | None = None) -> str:
+    moment = (datetime.datetime.now(tz=datetime.UTC) if nanoseconds is None else
+              datetime.datetime.fromtimestamp(nanoseconds / 1e9, tz=datetime.UTC))
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def compute(observation: Observation, previous: dict[str, Any], now: str) -> Change:
+    reports = list(observation.reports)
+    lease = observation.lease
+    leaders = [report for report in reports if report.role == "leader"]
+    leader = max(leaders, key=lambda report: report.epoch, default=None)
+    if leader is not None and lease is not None and leader.replica != lease.holder:
+        leader = None  # a deposed leader's last report, not yet expired
+    ready = [report for report in reports if report.ready]
+    # The epoch moves on when the new leader has said so; a lease taken by a replica
+    # whose report has not arrived yet is counted on the next reading.
+    epoch = lease.epoch if lease is not None and leader is not None else int(
+        previous.get("epoch") or 0)
+    failovers = max(0, epoch - 1)
+    effective_mode = leader.mode if leader is not None else None
+    failover_times = [report.last_failover for report in reports if report.last_failover]
+
+    status: dict[str, Any] = {
+        "observedGeneration": observation.generation,
+        "replicas": observation.replicas,
+        "readyReplicas": len(ready),
+        "leader": leader.replica if leader is not None else None,
+        "epoch": epoch,
+        "lastSequence": max((report.sequence for report in reports), default=0),
+        "tradingMode": effective_mode,
+        "replicaLag": {report.replica: report.lag for report in reports},
+        "failovers": failovers,
+    }
+    if failovers and failover_times:
+        status["lastFailoverTime"] = timestamp(max(failover_times))
+    elif previous.get("lastFailoverTime"):
+        status["lastFailoverTime"] = previous["lastFailoverTime"]
+
+    available = leader is not None and leader.ready
+    all_ready = len(ready) >= observation.replicas
+    mode_applied = effective_mode == observation.mode
+    if observation.deleting:
+        phase = "Terminating"
+    elif not reports:
+        phase = "Pending"
+    elif not available:
+        phase = "Unavailable"
+    elif not all_ready:
+        phase = "Degraded"
+    else:
+        phase = "Running"
+    status["phase"] = phase
+
+    wanted = {
+        "Available": (available, "LeaderServing" if available else "NoLeader",
+                      f"{leader.replica} leads at epoch {epoch}" if available and leader
+                      else "no replica leads the market"),
+        "Ready": (available and all_ready and mode_applied,
+                  "AllReplicasReady" if available and all_ready and mode_applied else
+                  "ModePending" if available and all_ready else "ReplicasNotReady",
+                  f"{len(ready)}/{observation.replicas} replicas ready, trading "
+                  f"{effective_mode or 'unknown'}"),
+        "Progressing": (not all_ready or not mode_applied or observation.paused,
+                        "Paused" if observation.paused else
+                        "Reconciling" if not all_ready or not mode_applied else "Stable",
+                        "reconciliation is paused by annotation" if observation.paused
+                        else f"{len(ready)}/{observation.replicas} ready"),
+        "Degraded": (bool(reports) and (not available or not all_ready),
+                     "NoLeader" if reports and not available else
+                     "ReplicasMissing" if reports and not all_ready else "AsExpected",
+                     f"{observation.replicas - len(ready)} replica(s) not ready"
+                     if not all_ready else "every replica is ready"),
+    }
+    before = {condition.get("type"): condition for condition in previous.get("conditions", [])}
+    conditions = []
+    for kind in CONDITIONS:
+        value, reason, message = wanted[kind]
+        state = "True" if value else "False"
+        old = before.get(kind, {})
+        since = old.get("lastTransitionTime") if old.get("status") == state else None
+        conditions.append({"type": kind, "status": state, "reason": reason,
+                           "message": message, "lastTransitionTime": since or now})
+    status["conditions"] = conditions
+
+    failover = None
+    old_leader, old_epoch = previous.get("leader"), int(previous.get("epoch") or 0)
+    if old_epoch and epoch > old_epoch and leader is not None:
+        failover = (f"the lead moved from {old_leader or 'a lost replica'} to "
+                    f"{leader.replica} (epoch {old_epoch} → {epoch})")
+    return Change(status=status, failover=failover)

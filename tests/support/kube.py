@@ -1,0 +1,563 @@
+"""A Kubernetes API server for tests: kopf's ``kmock`` emulator with what it lacks.
+
+``kmock.KubernetesEmulator`` keeps objects in memory and serves list, watch, get,
+create, merge-patch and delete over HTTP. kopf and kubectl need more of a real API
+server than that, so this subclass adds it:
+
+- metadata stamping: ``uid``, ``creationTimestamp``, ``generation`` (raised when the
+  spec changes), ``generateName``, and one cluster-wide ``resourceVersion`` raised by
+  every change and carried by every watch event;
+- list kinds (``MarketList``) with the list's ``resourceVersion``; watches that resume
+  from a ``resourceVersion``, honour ``timeoutSeconds`` and name/label selectors, and
+  stream newline-delimited JSON with a JSON content type (client-go needs it);
+- a CustomResourceDefinition that is created becomes discoverable at once, with its
+  kind, short names, scope and subresources, and its status subresource is honoured
+  (a patch of the object leaves ``status`` alone, a patch of ``/status`` only changes it);
+- server-side printing (``as=Table``) with the CRD's printer columns, for ``kubectl get``;
+- standard error reasons (``NotFound``, ``AlreadyExists``, ``Conflict``, ...);
+- namespaces to list, and background garbage collection of owned objects.
+
+What it still does not do is said in docs/operator.md: no admission (OpenAPI or CEL
+validation, defaulting), no strategic merge, no controllers (nothing runs pods or fills
+a StatefulSet's status), no RBAC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import itertools
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import jsonpointer
+import kmock
+import yaml
+from kmock._internal import rendering
+
+BUILTIN: dict[str, tuple[str, bool]] = {
+    # "group/version/plural": (kind, namespaced)
+    "v1/namespaces": ("Namespace", False),
+    "v1/services": ("Service", True),
+    "v1/pods": ("Pod", True),
+    "v1/events": ("Event", True),
+    "v1/configmaps": ("ConfigMap", True),
+    "v1/secrets": ("Secret", True),
+    "v1/serviceaccounts": ("ServiceAccount", True),
+    "apps/v1/statefulsets": ("StatefulSet", True),
+    "apps/v1/deployments": ("Deployment", True),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
+    "events.k8s.io/v1/events": ("Event", True),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False),
+}
+VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+CRDS = kmock.resource(group="apiextensions.k8s.io", version="v1",
+                      plural="customresourcedefinitions")
+
+
+@dataclass
+class Kind:
+    """What the emulator knows of a resource beyond its URL."""
+
+    kind: str
+    namespaced: bool
+    status_subresource: bool = False
+    printer_columns: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Status(Exception):
+    """An API error with a standard reason, rendered as a ``kind: Status``."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+_REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "AlreadyExists",
+            415: "UnsupportedMediaType", 422: "Invalid"}
+
+
+class _RecordingBus:
+    """Where kmock announces each change: stamps it with the next resourceVersion and
+    keeps it, so that watches can resume from any version."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+
+    async def put(self, event: dict[str, Any]) -> None:
+        await self.emulator._record(event)
+
+
+@attrs.define(kw_only=True)
+class Emulator(kmock.KubernetesEmulator):
+    _kinds: dict[kmock.resource, Kind] = attrs.field(factory=dict, init=False)
+    _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _version: int = attrs.field(default=0, init=False)
+    _log: list[tuple[int, kmock.resource, dict[str, Any]]] = attrs.field(factory=list,
+                                                                           init=False)
+    _changed: asyncio.Condition | None = attrs.field(default=None, init=False)
+    _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _current_resource: kmock.resource | None = attrs.field(default=None, init=False)
+    """The resource of the change being made (kmock's announcements do not say it)."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._buses = _Buses(self)  # type: ignore[assignment]
+        for key, (kind, namespaced) in BUILTIN.items():
+            self._declare(kmock.resource(key), Kind(kind, namespaced))
+        for namespace in ("default", "kube-system"):
+            self.objects[kmock.resource("v1/namespaces"), None, namespace] = {
+                "apiVersion": "v1", "kind": "Namespace", "metadata": self._stamp_new(
+                    {"name": namespace})}
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _declare(self, resource: kmock.resource, kind: Kind) -> None:
+        self._kinds[resource] = kind
+        info = self.resources[resource]
+        info.kind = kind.kind
+        info.namespaced = kind.namespaced
+        info.verbs = set(VERBS)
+        info.singular = kind.kind.lower()
+
+    def _stamp_new(self, meta: dict[str, Any]) -> dict[str, Any]:
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", _now())
+        meta.setdefault("generation", 1)
+        meta["resourceVersion"] = str(self._next_version())
+        return meta
+
+    def _next_version(self) -> int:
+        self._version = next(self._versions)
+        return self._version
+
+    async def _record(self, event: dict[str, Any]) -> None:
+        event = copy.deepcopy(event)
+        version = self._next_version()
+        meta = event["object"].setdefault("metadata", {})
+        meta["resourceVersion"] = str(version)
+        resource = self._current_resource
+        if event["type"] != "DELETED":
+            key = (resource, meta.get("namespace"), meta.get("name"))
+            if key in self.objects and not self.objects[key].deleted:
+                self.objects[key].patch({"metadata": {"resourceVersion": str(version)}})
+        self._log.append((version, resource, event))
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        resource = request.resource
+        if resource is None or resource.plural is None:
+            return await super()._handle(request)
+        if resource not in self._kinds and request.action is not None:
+            raise _Status(404, "NotFound", f"the server could not find the requested "
+                          f"resource ({resource.plural}.{resource.group})")
+        action = request.action
+        if action == kmock.action.WATCH:
+            return await self._watch(request)
+        if action == kmock.action.LIST:
+            return self._list(request)
+        if action == kmock.action.FETCH:
+            return self._fetch(request)
+        if action is None:
+            raise _Status(405, "MethodNotAllowed",
+                          f"{request.method} is not supported by this emulator")
+        async with self._writes:
+            self._current_resource = resource
+            before = self._uids()
+            if action == kmock.action.CREATE:
+                self._prepare_create(request)
+            elif action == kmock.action.UPDATE:
+                self._prepare_patch(request)
+            elif action == kmock.action.DELETE:
+                self._require(request)
+            response = await super()._handle(request)
+            if action == kmock.action.CREATE and resource == CRDS:
+                self._register_crd(request.data)
+            if action == kmock.action.CREATE:
+                response.set_status(201)
+            for uid in before - self._uids():
+                await self._collect_dependents(uid)
+            return response
+
+    def _uids(self) -> set[str]:
+        return {obj.get("metadata", {}).get("uid", "") for obj in self.objects.values()
+                if not obj.deleted}
+
+    def _require(self, request: rendering.Request) -> kmock.Object:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            raise _Status(404, "NotFound", f'{request.resource.plural} "{request.name}" '
+                          "not found")
+        return self.objects[key]
+
+    def _prepare_create(self, request: rendering.Request) -> None:
+        data = request.data
+        if not isinstance(data, dict):
+            raise _Status(400, "BadRequest", "the body must be a JSON object")
+        meta = data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)
+        if not meta.get("name"):
+            raise _Status(422, "Invalid", "metadata.name: Required value")
+        kind = self._kinds[request.resource]
+        if kind.namespaced:
+            meta["namespace"] = request.namespace or meta.get("namespace") or "default"
+        else:
+            meta.pop("namespace", None)
+        key = (request.resource, meta.get("namespace"), meta["name"])
+        if key in self.objects and not self.objects[key].deleted:
+            raise _Status(409, "AlreadyExists", f'{request.resource.plural} "{meta["name"]}" '
+                          "already exists")
+        for stamped in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+            meta.pop(stamped, None)
+        self._stamp_new(meta)
+        if kind.status_subresource:
+            data.pop("status", None)
+
+    def _prepare_patch(self, request: rendering.Request) -> None:
+        current = self._require(request)
+        content_type = request.headers.get("Content-Type", "application/merge-patch+json")
+        data = request.data
+        if "json-patch" in content_type and isinstance(data, list):
+            data = _json_patch_as_merge(current.raw, data)
+            object.__setattr__(request, "data", data)  # kmock applies request.data
+        elif not isinstance(data, dict):
+            raise _Status(415, "UnsupportedMediaType",
+                          "a patch must be a JSON merge patch or a JSON patch")
+        kind = self._kinds[request.resource]
+        meta = data.setdefault("metadata", {}) or {}
+        data["metadata"] = meta
+        sent_version = meta.pop("resourceVersion", None)
+        if sent_version is not None and sent_version != current["metadata"]["resourceVersion"]:
+            raise _Status(409, "Conflict", "the object has been modified; please apply your "
+                          "changes to the latest version and try again")
+        for stamped in ("uid", "creationTimestamp", "generation", "name", "namespace"):
+            meta.pop(stamped, None)
+        if request.subresource == "status":
+            for key in list(data):
+                if key != "status":
+                    del data[key]
+        elif kind.status_subresource:
+            data.pop("status", None)
+        if "spec" in data and request.subresource is None:
+            merged = _merge(copy.deepcopy(current.get("spec") or {}), data["spec"])
+            if merged != current.get("spec"):
+                data.setdefault("metadata", {})["generation"] = (
+                    current["metadata"].get("generation", 1) + 1)
+
+    def _register_crd(self, crd: dict[str, Any]) -> None:
+        spec = crd["spec"]
+        names = spec["names"]
+        for version in spec["versions"]:
+            if not version.get("served", True):
+                continue
+            resource = kmock.resource(group=spec["group"], version=version["name"],
+                                      plural=names["plural"])
+            subresources = version.get("subresources") or {}
+            self._declare(resource, Kind(
+                names["kind"], spec.get("scope", "Namespaced") == "Namespaced",
+                status_subresource="status" in subresources,
+                printer_columns=version.get("additionalPrinterColumns", [])))
+            info = self.resources[resource]
+            info.singular = names.get("singular", names["kind"].lower())
+            info.shortnames = set(names.get("shortNames", []))
+            info.categories = set(names.get("categories", []))
+            info.subresources = set(subresources)
+
+    async def _collect_dependents(self, owner_uid: str) -> None:
+        """Background cascading deletion: what the owner owned goes too (finalizers
+        permitting, as in a real cluster)."""
+        for (resource, namespace, name), obj in list(self.objects.items()):
+            if obj.deleted:
+                continue
+            owners = obj.get("metadata", {}).get("ownerReferences") or []
+            if not any(owner.get("uid") == owner_uid for owner in owners):
+                continue
+            self._current_resource = resource
+            if obj.get("metadata", {}).get("finalizers"):
+                obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                await self._record({"type": "MODIFIED", "object": obj.raw})
+                continue
+            raw = obj.raw
+            obj.delete()
+            await self._record({"type": "DELETED", "object": raw})
+            await self._collect_dependents(raw.get("metadata", {}).get("uid", ""))
+
+    async def _serve_version(self, request: rendering.Request) -> dict[str, Any]:
+        """Discovery of one group/version; subresources carry no short names (kubectl
+        would warn that ``mkt`` is ambiguous)."""
+        assert request.resource is not None
+        resources = []
+        for resource, kind in sorted(self._kinds.items(), key=lambda item: str(item[0])):
+            if (resource.group, resource.version) != (request.resource.group,
+                                                      request.resource.version):
+                continue
+            info = self.resources[resource]
+            resources.append({"name": resource.plural, "kind": kind.kind,
+                              "singularName": info.singular or "", "namespaced": kind.namespaced,
+                              "shortNames": sorted(info.shortnames),
+                              "categories": sorted(info.categories), "verbs": sorted(VERBS)})
+            resources += [{"name": f"{resource.plural}/{sub}", "kind": kind.kind,
+                           "singularName": "", "namespaced": kind.namespaced,
+                           "verbs": ["get", "patch", "update"]}
+                          for sub in sorted(info.subresources)]
+        if not resources:
+            raise _Status(404, "NotFound", "the server could not find the requested resource")
+        return {"apiVersion": "v1", "kind": "APIResourceList",
+                "groupVersion": _api_version(request.resource), "resources": resources}
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
+        return [obj.raw for (resource, namespace, name), obj in self.objects.items()
+                if resource == request.resource and not obj.deleted
+                and _selected(request, namespace, name, obj.raw)]
+
+    def _list(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        kind = self._kinds[request.resource]
+        items = sorted(self._matching(request), key=lambda obj: (
+            obj["metadata"].get("namespace") or "", obj["metadata"]["name"]))
+        if _wants_table(request):
+            return _json(self._table(kind, items))
+        return _json({"apiVersion": _api_version(request.resource),
+                      "kind": f"{kind.kind}List",
+                      "metadata": {"resourceVersion": str(self._version)},
+                      "items": items})
+
+    def _fetch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        obj = self._require(request).raw
+        if _wants_table(request):
+            return _json(self._table(self._kinds[request.resource], [obj]))
+        return _json(obj)
+
+    def _table(self, kind: Kind, items: list[dict[str, Any]]) -> dict[str, Any]:
+        columns = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
+                    "description": "Name of the object"}]
+        paths = []
+        for column in kind.printer_columns or [
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]:
+            columns.append({"name": column["name"], "type": column["type"],
+                            "format": column.get("format", ""),
+                            "priority": column.get("priority", 0),
+                            "description": column.get("description", "")})
+            paths.append((column["jsonPath"], column["type"]))
+        rows = []
+        for obj in items:
+            cells: list[Any] = [obj["metadata"]["name"]]
+            for path, type_ in paths:
+                value = _json_path(obj, path)
+                if type_ == "date" and isinstance(value, str):
+                    value = _age(value)
+                cells.append(value)
+            rows.append({"cells": cells, "object": {
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": obj["metadata"]}})
+        return {"apiVersion": "meta.k8s.io/v1", "kind": "Table",
+                "metadata": {"resourceVersion": str(self._version)},
+                "columnDefinitions": columns, "rows": rows}
+
+    async def _watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        raw = request._raw_request
+        assert raw is not None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw)
+        since = request.params.get("resourceVersion") or "0"
+        if since == "0":
+            since_version = self._version
+            for obj in self._matching(request):
+                await _write(response, {"type": "ADDED", "object": obj})
+        else:
+            since_version = int(since)
+        timeout = float(request.params.get("timeoutSeconds") or 3600)
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(timeout):
+                position = 0
+                while True:
+                    for version, resource, event in self._log[position:]:
+                        meta = event["object"].get("metadata", {})
+                        if (version > since_version and resource == request.resource
+                                and _selected(request, meta.get("namespace"),
+                                              meta.get("name"), event["object"])):
+                            await _write(response, event)
+                    position = len(self._log)
+                    async with self._changed:
+                        await self._changed.wait_for(lambda: len(self._log) > position)
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        if isinstance(exc, _Status):
+            code, reason, message = exc.code, exc.reason, exc.message
+        elif isinstance(exc, kmock.KubernetesError):
+            code = exc.status
+            reason = _REASONS.get(code, "InternalError")
+            message = exc.message or reason
+        else:
+            return await super()._render_error(exc)
+        return _json({"apiVersion": "v1", "kind": "Status", "metadata": {},
+                      "status": "Failure", "code": code, "reason": reason,
+                      "message": message}, status=code)
+
+
+class _Buses(dict):  # type: ignore[type-arg]
+    def __init__(self, emulator: Emulator) -> None:
+        super().__init__()
+        self.bus = _RecordingBus(emulator)
+
+    def __getitem__(self, key: object) -> _RecordingBus:
+        return self.bus
+
+
+# -- helpers --------------------------------------------------------------------------
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age(timestamp: str) -> str:
+    created = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    seconds = int((datetime.datetime.now(tz=datetime.UTC) - created).total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _api_version(resource: kmock.resource) -> str:
+    return f"{resource.group}/{resource.version}" if resource.group else resource.version
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    if not isinstance(base, dict) or not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    for key, value in patch.items():
+        if value is None:
+            base.pop(key, None)
+        else:
+            base[key] = _merge(base.get(key), value)
+    return base
+
+
+def _json_patch_as_merge(current: dict[str, Any], operations: list[Any]) -> dict[str, Any]:
+    """A JSON patch (RFC 6902; kopf removes finalizers with one, guarded by a ``test`` of
+    the resourceVersion) as the merge patch that has the same effect."""
+    try:
+        patched = jsonpatch.apply_patch(current, operations)
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise _Status(422, "Invalid", f"the patch's test failed: {exc}") from exc
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        raise _Status(422, "Invalid", f"the patch cannot be applied: {exc}") from exc
+    return _difference(current, patched)
+
+
+def _difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    merge: dict[str, Any] = {key: None for key in before if key not in after}
+    for key, value in after.items():
+        if isinstance(value, dict) and isinstance(before.get(key), dict):
+            inner = _difference(before[key], value)
+            if inner:
+                merge[key] = inner
+        elif before.get(key) != value or key not in before:
+            merge[key] = value
+    return merge
+
+
+def _json_path(obj: Any, path: str) -> Any:
+    for part in path.lstrip(".").split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _wants_table(request: rendering.Request) -> bool:
+    return "as=Table" in request.headers.get("Accept", "")
+
+
+def _selected(request: rendering.Request, namespace: str | None, name: str | None,
+              obj: dict[str, Any]) -> bool:
+    if request.namespace is not None and namespace != request.namespace:
+        return False
+    if request.name is not None and name != request.name:
+        return False
+    for term in filter(None, request.params.get("fieldSelector", "").split(",")):
+        path, _, value = term.partition("=")
+        if str(_json_path(obj, path.strip())) != value.lstrip("="):
+            return False
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, request.params.get("labelSelector", "").split(",")):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            if labels.get(key) != value.lstrip("="):
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _json(payload: Any, status: int = 200) -> aiohttp.web.Response:
+    return aiohttp.web.json_response(payload, status=status)
+
+
+async def _write(response: aiohttp.web.StreamResponse, event: dict[str, Any]) -> None:
+    await response.write(json.dumps(event).encode() + b"\n")
+
+
+# -- running it -----------------------------------------------------------------------
+
+@dataclass
+class Cluster:
+    """A running emulator, its URL, and a kubeconfig file that points at it."""
+
+    emulator: Emulator
+    url: str
+    kubeconfig: Path
+
+    def objects(self, plural: str, namespace: str = "default") -> dict[str, dict[str, Any]]:
+        """The live objects of a resource (by plural, e.g. ``statefulsets``), by name."""
+        return {name: obj.raw for (resource, ns, name), obj in self.emulator.objects.items()
+                if resource.plural == plural and ns == namespace and not obj.deleted}
+
+    def get(self, plural: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        return self.objects(plural, namespace).get(name)
+
+
+@contextlib.asynccontextmanager
+async def cluster(directory: Path) -> AsyncIterator[Cluster]:
+    """An emulated API server on a free loopback port, and its kubeconfig."""
+    async with Emulator() as emulator, kmock.Server(emulator) as server:
+        url = str(server.url).rstrip("/")
+        kubeconfig = directory / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+            "users": [{"name": "tester", "user": {"token": "test"}}],
+            "contexts": [{"name": "emulator", "context": {
+                "cluster": "emulator", "user": "tester", "namespace": "default"}}],
+        }))
+        yield Cluster(emulator, url, kubeconfig)
