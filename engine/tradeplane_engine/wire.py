@@ -99,6 +99,12 @@ def engine_subject(market: str, what: str) -> str:
     return f"tp.engine.{market}.{what}"
 
 
+def recorder_subject(market: str, what: str) -> str:
+    """Internal request/reply served by a market's recorder process: ``status`` (the
+    recorder's lag), ``snapshot`` (a snapshot through a given command, on demand)."""
+    return f"tp.recorder.{market}.{what}"
+
+
 def api_subject(account: str, verb: str) -> str:
     return f"tp.api.{account}.order.{verb}"
 

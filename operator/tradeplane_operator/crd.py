@@ -156,6 +156,10 @@ STATUS_SCHEMA: dict[str, Any] = {
     "properties": {
         "phase": {"type": "string"},
         "leader": {"type": "string", "description": "The replica that leads."},
+        "lastLeader": {"type": "string", "description": "The replica that led last "
+                       "(kept while no replica leads)."},
+        "tradingMode": {"type": "string", "description": "The mode the leader trades in "
+                        "(the spec's once its command has been applied)."},
         "epoch": {"type": "integer", "description": "The leader's lease epoch."},
         "lastSequence": {"type": "integer", "description": "The last command applied."},
         "readyReplicas": {"type": "integer"},

@@ -1,8 +1,8 @@
 """The operator's errors, and how each becomes kopf's retry or give-up.
 
     OperatorError
-    ├── Retry       try again after ``delay`` seconds (waiting for something to happen)
-    └── Invalid     the Market cannot be made as written; retrying will not help
+    ├── RetryError           try again after ``delay`` seconds (waiting for something)
+    └── InvalidMarketError   the Market cannot be made as written; retrying will not help
 
 plus what the libraries raise: ``KubeError`` (by HTTP status), ``ExchangeError`` (NATS),
 network errors, and pydantic's ``ValidationError`` (a spec the CRD should have refused).
@@ -26,22 +26,22 @@ class OperatorError(Exception):
     pass
 
 
-class Retry(OperatorError):
+class RetryError(OperatorError):
     def __init__(self, message: str, delay: float = 5.0) -> None:
         super().__init__(message)
         self.delay = delay
 
 
-class Invalid(OperatorError):
+class InvalidMarketError(OperatorError):
     pass
 
 
 def to_kopf(exc: BaseException) -> kopf.TemporaryError | kopf.PermanentError | None:
     """kopf's error for an exception, or None for one that is a bug (kopf retries those
     with its default back-off and logs the traceback)."""
-    if isinstance(exc, Retry):
+    if isinstance(exc, RetryError):
         return kopf.TemporaryError(str(exc), delay=exc.delay)
-    if isinstance(exc, Invalid | pydantic.ValidationError):
+    if isinstance(exc, InvalidMarketError | pydantic.ValidationError):
         return kopf.PermanentError(str(exc))
     if isinstance(exc, KubeError):
         if exc.status in (400, 422):

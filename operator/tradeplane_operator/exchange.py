@@ -14,7 +14,6 @@ Nothing here sits in the failover path: replicas elect their leader among themse
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +50,11 @@ class ExchangeError(Exception):
     """The exchange could not do what the operator asked (NATS down, no engine...)."""
 
 
-class Unanswered(ExchangeError):
+class UnansweredError(ExchangeError):
     """Nobody answered a request (no leader, no recorder) in time."""
 
 
-class Refused(ExchangeError):
+class RefusedError(ExchangeError):
     """An engine or recorder answered with an error."""
 
 
@@ -207,13 +206,13 @@ class Exchange:
                       timeout: float) -> dict[str, Any]:
         try:
             reply = await self.nc.request(subject, json.dumps(body).encode(), timeout=timeout)
-        except (NoRespondersError, NatsTimeout, asyncio.TimeoutError) as exc:
-            raise Unanswered(f"no answer on {subject}") from exc
+        except (TimeoutError, NoRespondersError, NatsTimeout) as exc:
+            raise UnansweredError(f"no answer on {subject}") from exc
         answer = json.loads(reply.data)
         if not isinstance(answer, dict):
-            raise Refused(f"{subject}: unexpected answer {answer!r}")
+            raise RefusedError(f"{subject}: unexpected answer {answer!r}")
         if "error" in answer:
-            raise Refused(f"{subject}: {answer['error']}")
+            raise RefusedError(f"{subject}: {answer['error']}")
         return answer
 
     async def leader_status(self, market: str) -> dict[str, Any]:

@@ -38,8 +38,7 @@ from tradeplane_operator.reconcile import (
 )
 
 T = TypeVar("T")
-MARKET = {"group": GROUP, "version": VERSION, "plural": PLURAL}
-OWNED = {"labels": {MARKET_LABEL: kopf.PRESENT}}
+OWNED: dict[str, Any] = {MARKET_LABEL: kopf.PRESENT}
 
 
 @dataclass
@@ -67,7 +66,7 @@ def settings() -> kopf.OperatorSettings:
     return result
 
 
-async def _guarded(work: Awaitable[T]) -> T:
+async def _guarded[T](work: Awaitable[T]) -> T:
     try:
         return await work
     except Exception as exc:
@@ -85,15 +84,17 @@ def _notify(body: kopf.Body) -> Notify:
 
 def _parts(memo: Any) -> tuple[Config, KubeApi, Exchange]:
     runtime: Runtime = memo.runtime
-    assert runtime.kube is not None and runtime.exchange is not None
+    assert runtime.kube is not None
+    assert runtime.exchange is not None
     return runtime.config, runtime.kube, runtime.exchange
 
 
-def _login(runtime: Runtime, logger: logging.Logger | kopf.Logger) -> kopf.ConnectionInfo:
+def _login(runtime: Runtime, logger: kopf.Logger,
+           settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
     if runtime.connection is not None:
         return runtime.connection
-    info = (kopf.login_with_service_account(logger=logger)
-            or kopf.login_with_kubeconfig(logger=logger))
+    info = (kopf.login_with_service_account(logger=logger, settings=settings)
+            or kopf.login_with_kubeconfig(logger=logger, settings=settings))
     if info is None:
         raise kopf.LoginError("no service account token and no kubeconfig")
     return info
@@ -105,13 +106,15 @@ def registry(config: Config) -> kopf.OperatorRegistry:
     reg = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=reg)
-    def login(memo: Any, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo:
-        return _login(memo.runtime, logger)
+    def login(memo: Any, logger: kopf.Logger, settings: kopf.OperatorSettings,
+              **_: Any) -> kopf.ConnectionInfo:
+        return _login(memo.runtime, logger, settings)
 
     @kopf.on.startup(registry=reg)
-    async def startup(memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    async def startup(memo: Any, logger: kopf.Logger, settings: kopf.OperatorSettings,
+                      **_: Any) -> None:
         runtime: Runtime = memo.runtime
-        runtime.kube = KubeApi(_login(runtime, logger))
+        runtime.kube = KubeApi(_login(runtime, logger, settings))
         runtime.exchange = await _guarded(Exchange.connect(runtime.config.nats_url))
 
     @kopf.on.cleanup(registry=reg)
@@ -122,25 +125,27 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         if runtime.exchange is not None:
             await runtime.exchange.close()
 
-    @kopf.on.resume(**MARKET, registry=reg)
-    @kopf.on.create(**MARKET, registry=reg)
-    @kopf.on.update(**MARKET, registry=reg)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=reg)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=reg)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=reg)
     async def apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
                     logger: kopf.Logger, **_: Any) -> None:
         await _apply(body, meta, memo, patch, logger)
 
-    @kopf.timer(**MARKET, interval=config.drift_interval,
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.drift_interval,
                 initial_delay=config.drift_interval, registry=reg)
     async def repair(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
                      logger: kopf.Logger, **_: Any) -> None:
-        """Children edited by hand come back to what the Market says."""
-        if not meta.get("deletionTimestamp"):
+        """Children edited by hand come back to what the Market says (for a Market the
+        operator has applied: not one refused as invalid, nor one being deleted)."""
+        applied = body.get("status", {}).get("observedGeneration") == meta.get("generation")
+        if applied and not meta.get("deletionTimestamp"):
             await _apply(body, meta, memo, patch, logger)
 
-    @kopf.timer(**MARKET, interval=config.status_interval, registry=reg)
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.status_interval, registry=reg)
     async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any,
                      patch: kopf.Patch, **_: Any) -> None:
-        _, _, exchange = _parts(memo)
+        exchange = _parts(memo)[2]
         market = Market.from_body(body)
         change = await _guarded(observe(
             market, exchange, dict(status), paused=paused(dict(meta.annotations)),
@@ -149,15 +154,15 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         if change.failover:
             kopf.event(body, type="Warning", reason="Failover", message=change.failover)
 
-    @kopf.on.event("apps", "v1", "statefulsets", **OWNED, registry=reg)
-    @kopf.on.event("v1", "services", **OWNED, registry=reg)
-    @kopf.on.event("policy", "v1", "poddisruptionbudgets", **OWNED, registry=reg)
+    @kopf.on.event("apps", "v1", "statefulsets", labels=OWNED, registry=reg)
+    @kopf.on.event("v1", "services", labels=OWNED, registry=reg)
+    @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED, registry=reg)
     async def child_gone(event: kopf.RawEvent, body: kopf.Body, memo: Any,
                          logger: kopf.Logger, **_: Any) -> None:
         """A deleted child comes back at once (unless its Market is going too)."""
         if event["type"] != "DELETED":
             return
-        _, kube, _ = _parts(memo)
+        kube = _parts(memo)[1]
         owner = await _guarded(kube.get(MARKETS, body.metadata.namespace,
                                         body.metadata.labels[MARKET_LABEL]))
         if owner is None or owner["metadata"].get("deletionTimestamp"):
@@ -165,9 +170,9 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         if paused(owner["metadata"].get("annotations") or {}):
             return
         logger.info("%s %s was deleted; recreating it", body.get("kind"), body.metadata.name)
-        await _reconcile(kopf.Body(owner), memo, logger)
+        await _reconcile(kopf.Body(owner), memo, logger)  # type: ignore[arg-type]
 
-    @kopf.on.delete(**MARKET, registry=reg)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=reg)
     async def retire(body: kopf.Body, memo: Any, runtime: datetime.timedelta,
                      **_: Any) -> None:
         config, kube, exchange = _parts(memo)
@@ -190,8 +195,12 @@ async def run(config: Config, *, connection: kopf.ConnectionInfo | None = None,
 
 async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger | logging.Logger) -> None:
     config, kube, exchange = _parts(memo)
-    done = await _guarded(reconcile(Market.from_body(body), kube, exchange, config,
-                                    _notify(body)))
+    try:
+        done = await _guarded(reconcile(Market.from_body(body), kube, exchange, config,
+                                        _notify(body)))
+    except kopf.PermanentError as exc:
+        kopf.event(body, type="Warning", reason="InvalidMarket", message=str(exc))
+        raise
     for line in done:
         logger.info(line)
 
@@ -206,6 +215,6 @@ async def _apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
     patch.status["observedGeneration"] = meta.get("generation")
     target = annotations.get(SWITCHOVER_ANNOTATION)
     if target:
-        _, _, exchange = _parts(memo)
+        exchange = _parts(memo)[2]
         await _guarded(switch_over(Market.from_body(body), target, exchange, _notify(body)))
         patch.metadata.annotations[SWITCHOVER_ANNOTATION] = None

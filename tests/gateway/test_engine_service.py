@@ -99,7 +99,7 @@ def test_an_engine_refuses_a_stream_that_no_longer_reaches_back(tmp_path: Path) 
         async with local_exchange(tmp_path, short, engines=False) as exchange:
             js = exchange.nc.jetstream()
             settings = StreamSettings(memory=True, command_retention=30)
-            await ensure_market_streams(js, "sol-usdt", settings, snapshot_every=10)
+            await ensure_market_streams(js, short, settings)
             for _ in range(50):
                 await js.publish("tp.cmd.sol-usdt", b"{}")
             service = MarketService(exchange.nc, short, settings)  # no database, no snapshot

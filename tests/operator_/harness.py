@@ -81,8 +81,9 @@ async def operator_world(tmp_path: Path, **config: Any) -> AsyncIterator[World]:
         async with cluster(tmp_path) as emulated:
             kube = KubeApi(kopf.ConnectionInfo(server=emulated.url))
             await kube.create(CRDS, None, crd())
-            settings = Config(nats_url=server.url, status_interval=0.2, drift_interval=1.0,
-                              final_snapshot_timeout=10.0, **config)
+            settings = Config(**{"nats_url": server.url, "status_interval": 0.2,
+                                 "drift_interval": 1.0, "final_snapshot_timeout": 10.0,
+                                 **config})
             stop, ready = asyncio.Event(), asyncio.Event()
             task = asyncio.create_task(handlers.run(
                 settings, connection=kopf.ConnectionInfo(server=emulated.url),
@@ -107,6 +108,8 @@ class Kubelet:
 
     world: World
     running: dict[str, tuple[MarketService, asyncio.Task[None]]] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+    """Pods that stay dead (a node that is gone), until ``revive``."""
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Kubelet:
@@ -121,7 +124,11 @@ class Kubelet:
         for pod in list(self.running):
             await self.kill(pod)
 
-    async def kill(self, pod: str) -> None:
+    async def kill(self, pod: str, *, restart: bool = True) -> None:
+        """Stop a replica at once; the StatefulSet starts it again unless ``restart``
+        is false."""
+        if not restart:
+            self.down.add(pod)
         _, task = self.running.pop(pod)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -143,7 +150,7 @@ class Kubelet:
                     wanted[f"{name}-{ordinal}"] = market
             for pod in set(self.running) - set(wanted):
                 await self.kill(pod)
-            for pod in set(wanted) - set(self.running):
+            for pod in set(wanted) - set(self.running) - self.down:
                 definition = await market_definition(kv, wanted[pod])
                 service = MarketService(self.world.nc, definition, SETTINGS, replica=pod,
                                         leases=leases, replicas=statuses)

@@ -34,6 +34,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ class Kind:
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _Status(Exception):
+class _StatusError(Exception):
     """An API error with a standard reason, rendered as a ``kind: Status``."""
 
     def __init__(self, code: int, reason: str, message: str) -> None:
@@ -112,7 +113,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self._buses = _Buses(self)  # type: ignore[assignment]
+        self._buses = _Buses(self)
         for key, (kind, namespaced) in BUILTIN.items():
             self._declare(kmock.resource(key), Kind(kind, namespaced))
         for namespace in ("default", "kube-system"):
@@ -147,6 +148,7 @@ class Emulator(kmock.KubernetesEmulator):
         meta = event["object"].setdefault("metadata", {})
         meta["resourceVersion"] = str(version)
         resource = self._current_resource
+        assert resource is not None
         if event["type"] != "DELETED":
             key = (resource, meta.get("namespace"), meta.get("name"))
             if key in self.objects and not self.objects[key].deleted:
@@ -164,7 +166,7 @@ class Emulator(kmock.KubernetesEmulator):
         if resource is None or resource.plural is None:
             return await super()._handle(request)
         if resource not in self._kinds and request.action is not None:
-            raise _Status(404, "NotFound", f"the server could not find the requested "
+            raise _StatusError(404, "NotFound", f"the server could not find the requested "
                           f"resource ({resource.plural}.{resource.group})")
         action = request.action
         if action == kmock.action.WATCH:
@@ -174,7 +176,7 @@ class Emulator(kmock.KubernetesEmulator):
         if action == kmock.action.FETCH:
             return self._fetch(request)
         if action is None:
-            raise _Status(405, "MethodNotAllowed",
+            raise _StatusError(405, "MethodNotAllowed",
                           f"{request.method} is not supported by this emulator")
         async with self._writes:
             self._current_resource = resource
@@ -199,30 +201,32 @@ class Emulator(kmock.KubernetesEmulator):
                 if not obj.deleted}
 
     def _require(self, request: rendering.Request) -> kmock.Object:
-        key = (request.resource, request.namespace, request.name)
+        resource = _resource(request)
+        key = (resource, request.namespace, request.name or "")
         if key not in self.objects or self.objects[key].deleted:
-            raise _Status(404, "NotFound", f'{request.resource.plural} "{request.name}" '
-                          "not found")
+            raise _StatusError(404, "NotFound", f'{resource.plural} "{request.name}" '
+                               "not found")
         return self.objects[key]
 
     def _prepare_create(self, request: rendering.Request) -> None:
         data = request.data
         if not isinstance(data, dict):
-            raise _Status(400, "BadRequest", "the body must be a JSON object")
+            raise _StatusError(400, "BadRequest", "the body must be a JSON object")
         meta = data.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)
         if not meta.get("name"):
-            raise _Status(422, "Invalid", "metadata.name: Required value")
-        kind = self._kinds[request.resource]
+            raise _StatusError(422, "Invalid", "metadata.name: Required value")
+        resource = _resource(request)
+        kind = self._kinds[resource]
         if kind.namespaced:
             meta["namespace"] = request.namespace or meta.get("namespace") or "default"
         else:
             meta.pop("namespace", None)
-        key = (request.resource, meta.get("namespace"), meta["name"])
+        key = (resource, meta.get("namespace"), meta["name"])
         if key in self.objects and not self.objects[key].deleted:
-            raise _Status(409, "AlreadyExists", f'{request.resource.plural} "{meta["name"]}" '
-                          "already exists")
+            raise _StatusError(409, "AlreadyExists", f'{resource.plural} "{meta["name"]}" '
+                               "already exists")
         for stamped in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
             meta.pop(stamped, None)
         self._stamp_new(meta)
@@ -237,14 +241,14 @@ class Emulator(kmock.KubernetesEmulator):
             data = _json_patch_as_merge(current.raw, data)
             object.__setattr__(request, "data", data)  # kmock applies request.data
         elif not isinstance(data, dict):
-            raise _Status(415, "UnsupportedMediaType",
+            raise _StatusError(415, "UnsupportedMediaType",
                           "a patch must be a JSON merge patch or a JSON patch")
-        kind = self._kinds[request.resource]
+        kind = self._kinds[_resource(request)]
         meta = data.setdefault("metadata", {}) or {}
         data["metadata"] = meta
         sent_version = meta.pop("resourceVersion", None)
         if sent_version is not None and sent_version != current["metadata"]["resourceVersion"]:
-            raise _Status(409, "Conflict", "the object has been modified; please apply your "
+            raise _StatusError(409, "Conflict", "the object has been modified; please apply your "
                           "changes to the latest version and try again")
         for stamped in ("uid", "creationTimestamp", "generation", "name", "namespace"):
             meta.pop(stamped, None)
@@ -282,7 +286,7 @@ class Emulator(kmock.KubernetesEmulator):
     async def _collect_dependents(self, owner_uid: str) -> None:
         """Background cascading deletion: what the owner owned goes too (finalizers
         permitting, as in a real cluster)."""
-        for (resource, namespace, name), obj in list(self.objects.items()):
+        for (resource, _namespace, _name), obj in list(self.objects.items()):
             if obj.deleted:
                 continue
             owners = obj.get("metadata", {}).get("ownerReferences") or []
@@ -317,7 +321,7 @@ class Emulator(kmock.KubernetesEmulator):
                            "verbs": ["get", "patch", "update"]}
                           for sub in sorted(info.subresources)]
         if not resources:
-            raise _Status(404, "NotFound", "the server could not find the requested resource")
+            raise _StatusError(404, "NotFound", "the server could not find the requested resource")
         return {"apiVersion": "v1", "kind": "APIResourceList",
                 "groupVersion": _api_version(request.resource), "resources": resources}
 
@@ -329,12 +333,13 @@ class Emulator(kmock.KubernetesEmulator):
                 and _selected(request, namespace, name, obj.raw)]
 
     def _list(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        kind = self._kinds[request.resource]
+        resource = _resource(request)
+        kind = self._kinds[resource]
         items = sorted(self._matching(request), key=lambda obj: (
             obj["metadata"].get("namespace") or "", obj["metadata"]["name"]))
         if _wants_table(request):
             return _json(self._table(kind, items))
-        return _json({"apiVersion": _api_version(request.resource),
+        return _json({"apiVersion": _api_version(resource),
                       "kind": f"{kind.kind}List",
                       "metadata": {"resourceVersion": str(self._version)},
                       "items": items})
@@ -342,7 +347,7 @@ class Emulator(kmock.KubernetesEmulator):
     def _fetch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         obj = self._require(request).raw
         if _wants_table(request):
-            return _json(self._table(self._kinds[request.resource], [obj]))
+            return _json(self._table(self._kinds[_resource(request)], [obj]))
         return _json(obj)
 
     def _table(self, kind: Kind, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -390,7 +395,8 @@ class Emulator(kmock.KubernetesEmulator):
             async with asyncio.timeout(timeout):
                 position = 0
                 while True:
-                    for version, resource, event in self._log[position:]:
+                    seen = position
+                    for version, resource, event in self._log[seen:]:
                         meta = event["object"].get("metadata", {})
                         if (version > since_version and resource == request.resource
                                 and _selected(request, meta.get("namespace"),
@@ -398,13 +404,13 @@ class Emulator(kmock.KubernetesEmulator):
                             await _write(response, event)
                     position = len(self._log)
                     async with self._changed:
-                        await self._changed.wait_for(lambda: len(self._log) > position)
+                        await self._changed.wait_for(partial(_longer, self._log, position))
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
         return response
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
-        if isinstance(exc, _Status):
+        if isinstance(exc, _StatusError):
             code, reason, message = exc.code, exc.reason, exc.message
         elif isinstance(exc, kmock.KubernetesError):
             code = exc.status
@@ -428,6 +434,15 @@ class _Buses(dict):  # type: ignore[type-arg]
 
 # -- helpers --------------------------------------------------------------------------
 
+def _resource(request: rendering.Request) -> kmock.resource:
+    assert request.resource is not None  # only Kubernetes requests get here
+    return request.resource
+
+
+def _longer(log: list[Any], length: int) -> bool:
+    return len(log) > length
+
+
 def _now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -442,7 +457,7 @@ def _age(timestamp: str) -> str:
 
 
 def _api_version(resource: kmock.resource) -> str:
-    return f"{resource.group}/{resource.version}" if resource.group else resource.version
+    return f"{resource.group}/{resource.version}" if resource.group else str(resource.version)
 
 
 def _merge(base: Any, patch: Any) -> Any:
@@ -462,9 +477,9 @@ def _json_patch_as_merge(current: dict[str, Any], operations: list[Any]) -> dict
     try:
         patched = jsonpatch.apply_patch(current, operations)
     except jsonpatch.JsonPatchTestFailed as exc:
-        raise _Status(422, "Invalid", f"the patch's test failed: {exc}") from exc
+        raise _StatusError(422, "Invalid", f"the patch's test failed: {exc}") from exc
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-        raise _Status(422, "Invalid", f"the patch cannot be applied: {exc}") from exc
+        raise _StatusError(422, "Invalid", f"the patch cannot be applied: {exc}") from exc
     return _difference(current, patched)
 
 

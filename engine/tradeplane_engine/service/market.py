@@ -33,7 +33,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.core import (
@@ -47,7 +47,11 @@ from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
 from tradeplane_engine.service.events import EventsPublisher, Fenced
 from tradeplane_engine.service.lease import Lease
 from tradeplane_engine.service.marketdata import MarketData
-from tradeplane_engine.service.streams import StreamSettings, ensure_market_streams
+from tradeplane_engine.service.streams import (
+    StreamSettings,
+    ensure_market_streams,
+    replay_spec,
+)
 from tradeplane_engine.store.errors import with_connection
 from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
@@ -137,8 +141,10 @@ class MarketService:
         """When this replica last took the lead (ns since the epoch)."""
 
     async def run(self) -> None:
-        await ensure_market_streams(self.js, self.market, self.settings,
-                                    self.definition.snapshot_every)
+        await ensure_market_streams(self.js, self.definition, self.settings)
+        # A replay starts in the mode the stream's first command met, not the definition's
+        # current one; a snapshot, if there is one, carries its own mode.
+        self.engine = Engine(await replay_spec(self.js, self.definition))
         self.stream_last, self.published_through = await self._last_events_message()
         start = await self._restore(self.published_through)
         if self.published_through <= start:
@@ -329,10 +335,28 @@ class MarketService:
         if target == self.replica:
             await msg.respond(_encode({"error": f"{target} leads already"}))
             return
+        refusal = await self._unfit_standby(target)
+        if refusal:
+            await msg.respond(_encode({"error": refusal}))
+            return
         async with self._lock:  # no batch in flight: the next one is the new leader's
             await self.lease.hand_over(target)
         log.info("market %s: handed the lead to %s", self.market, target)
         await msg.respond(_encode({"from": self.replica, "to": target, "epoch": self.epoch}))
+
+    async def _unfit_standby(self, target: str) -> str | None:
+        """Why ``target`` cannot take the lead now (None: it can): a switchover to a
+        replica that is not there, or not caught up, would leave the market leaderless."""
+        if self._replicas is None:
+            return None
+        try:
+            entry = await self._replicas.get(f"{self.market}.{target}")
+        except KeyNotFoundError:
+            return f"no replica {target} of market {self.market} is running"
+        report = msgspec.json.decode(entry.value or b"{}")
+        if not report.get("ready"):
+            return f"{target} has not caught up yet"
+        return None
 
     async def _on_published(self, msg: Msg) -> None:
         """What the leader stored: a standby forgets the events it no longer needs."""

@@ -3,6 +3,14 @@
 Replication and retention are settings, not code: one replica on a single nats-server,
 three on a NATS cluster. Every process that needs a stream ensures it exists with the
 same configuration, so start-up order does not matter.
+
+A command stream also records, in its own metadata, the trading mode its market started
+in (``INITIAL_MODE_KEY``). The market's definition in the markets bucket says the mode
+the market should be in *now*; once an admin ``SetTradingMode`` has been sequenced the
+two differ, and a replay from the first command must start in the mode the first
+command met, or it would not reproduce what was published. So the mode is written once,
+when the stream is created, and never changed by later updates of the stream's
+configuration; ``replay_spec`` reads it back.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -17,12 +26,15 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
+from tradeplane_engine.core.market import MarketSpec, TradingMode
 from tradeplane_engine.wire import (
     MARKETS_BUCKET,
+    MarketDefinition,
     command_stream,
     command_subject,
     event_stream,
@@ -33,6 +45,9 @@ log = logging.getLogger(__name__)
 
 RETAINED_INTERVALS = 3
 """A command stream keeps at least this many snapshot intervals of commands."""
+
+INITIAL_MODE_KEY = "tradeplane.dev/initial-trading-mode"
+"""Command-stream metadata: the trading mode the market's first command met."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +80,15 @@ class StreamSettings:
                 f"({RETAINED_INTERVALS} × snapshotEvery {snapshot_every}): an engine could "
                 "not replay from its newest snapshot")
 
-    def command_stream_config(self, market: str) -> StreamConfig:
-        return self._config(command_stream(market), command_subject(market),
-                            max_msgs=self.command_retention or -1)
+    def command_stream_config(self, market: str,
+                              initial_mode: TradingMode | None = None) -> StreamConfig:
+        """The command stream's configuration; with ``initial_mode``, its metadata records
+        the mode a replay from the first command starts in."""
+        config = self._config(command_stream(market), command_subject(market),
+                              max_msgs=self.command_retention or -1)
+        if initial_mode is not None:
+            config.metadata = {INITIAL_MODE_KEY: initial_mode.value}
+        return config
 
     def event_stream_config(self, market: str) -> StreamConfig:
         return self._config(event_stream(market), event_subject(market),
@@ -91,25 +112,81 @@ class StreamSettings:
         )
 
 
-async def ensure_market_streams(js: JetStreamContext, market: str, settings: StreamSettings,
-                                snapshot_every: int = 100_000) -> None:
-    """Create (or bring up to date) the command and events streams of one market."""
-    settings.check(snapshot_every)
-    for config in (settings.command_stream_config(market),
+async def ensure_market_streams(js: JetStreamContext, definition: MarketDefinition,
+                                settings: StreamSettings) -> None:
+    """Create (or bring up to date) the command and events streams of one market.
+
+    A new command stream records the definition's trading mode as the market's initial
+    mode. An existing one keeps whatever initial mode it recorded: the definition's mode
+    may have changed since (by a sequenced ``SetTradingMode``), and the first command was
+    applied in the old one. Only a stream that has never held a command and recorded no
+    mode (made before the mode was recorded) gets the definition's, which is then
+    certainly the mode its first command will meet.
+    """
+    settings.check(definition.snapshot_every)
+    market = definition.name
+    for config in (settings.command_stream_config(market, definition.trading_mode),
                    settings.event_stream_config(market)):
         assert config.name is not None
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
             try:
                 await js.add_stream(config)
                 continue
             except BadRequestError:  # another process created it first
-                pass
+                info = await js.stream_info(config.name)
+        config.metadata = _kept_metadata(config.metadata, info)
         try:
             await js.update_stream(config)
         except APIError as exc:  # storage type and a few more can never change
             log.warning("stream %s keeps its configuration; %s", config.name, exc.description)
+
+
+def _kept_metadata(wanted: dict[str, str] | None, info: StreamInfo) -> dict[str, str] | None:
+    """The metadata an update of an existing stream sets: what the stream has, with the
+    initial mode it recorded (if any) winning over the one ``wanted`` proposes.
+
+    Keys under ``_nats.`` belong to the server, which sets them itself on every update.
+    """
+    current = {key: value for key, value in (info.config.metadata or {}).items()
+               if not key.startswith("_nats.")}
+    proposed = (wanted or {}).get(INITIAL_MODE_KEY)
+    if INITIAL_MODE_KEY not in current and proposed is not None and not info.state.last_seq:
+        current[INITIAL_MODE_KEY] = proposed
+    return current or None
+
+
+async def initial_trading_mode(js: JetStreamContext, market: str) -> TradingMode | None:
+    """The trading mode the market's command stream recorded at its creation; None for a
+    stream made before the mode was recorded. NotFoundError if there is no stream."""
+    info = await js.stream_info(command_stream(market))
+    recorded = (info.config.metadata or {}).get(INITIAL_MODE_KEY)
+    if recorded is None:
+        return None
+    try:
+        return TradingMode(recorded)
+    except ValueError:
+        # Guessing would let a replay diverge from what was published; refuse instead.
+        raise ValueError(f"{command_stream(market)}: metadata {INITIAL_MODE_KEY} is "
+                         f"{recorded!r}, not a trading mode") from None
+
+
+async def replay_spec(js: JetStreamContext, definition: MarketDefinition) -> MarketSpec:
+    """The spec an engine replaying the market's command stream from its first command
+    starts from: the definition's, in the trading mode the stream recorded at its creation
+    rather than the mode the definition says now (which later ``SetTradingMode`` commands
+    in the stream may have set). A stream that recorded no mode (one made before the mode
+    was recorded) falls back to the definition's, with a warning: a replay is right only
+    if the mode has not changed since the stream's first command.
+    """
+    spec = definition.spec()
+    mode = await initial_trading_mode(js, definition.name)
+    if mode is None:
+        log.warning("%s records no initial trading mode; replaying from the definition's "
+                    "mode %s", command_stream(definition.name), spec.trading_mode.value)
+        return spec
+    return msgspec.structs.replace(spec, trading_mode=mode)
 
 
 async def markets_bucket(js: JetStreamContext, settings: StreamSettings) -> KeyValue:

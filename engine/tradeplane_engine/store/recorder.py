@@ -37,7 +37,12 @@ from tradeplane_engine.store.rows import (
     TRADES,
     Rows,
 )
-from tradeplane_engine.wire import MarketDefinition, decode_events, event_stream
+from tradeplane_engine.wire import (
+    MarketDefinition,
+    decode_events,
+    event_stream,
+    recorder_subject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +119,7 @@ class Recorder:
 
     async def run(self) -> None:
         await self._define_market()
-        status = await self.nc.subscribe(f"tp.recorder.{self.market}.status",
+        status = await self.nc.subscribe(recorder_subject(self.market, "status"),
                                          cb=self._on_status)
         lag = asyncio.create_task(self._follow_lag())
         try:

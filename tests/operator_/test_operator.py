@@ -1,0 +1,433 @@
+"""The operator, running in-process with kopf against the emulated API server and a real
+nats-server. ``Kubelet`` runs real engine replicas for each StatefulSet the operator
+makes, so status, mode changes, switchover and deletion meet real engines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from tests.operator_.harness import Kubelet, World, eventually, market_manifest, operator_world
+from tests.support.exchange import run
+from tradeplane_engine.core import Place, Side
+from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
+from tradeplane_engine.wire import (
+    MarketDefinition,
+    command_stream,
+    command_subject,
+    decode_command,
+    decode_definition,
+    definition_from_manifest,
+    encode_command,
+)
+from tradeplane_operator.config import PAUSE_ANNOTATION, SWITCHOVER_ANNOTATION
+from tradeplane_operator.kube import MARKETS, STATEFULSETS
+
+ENGINE = "sol-usdt-engine"
+
+
+async def status_of(world: World, name: str = "sol-usdt") -> dict[str, Any]:
+    market = await world.market(name)
+    return dict((market or {}).get("status") or {})
+
+
+def condition(status: dict[str, Any], kind: str) -> str | None:
+    return next((c["status"] for c in status.get("conditions", []) if c["type"] == kind), None)
+
+
+async def commands(world: World, market: str = "sol-usdt") -> list[Any]:
+    """Every command in the market's command stream, in order."""
+    js = world.nc.jetstream()
+    info = await js.stream_info(command_stream(market))
+    result = []
+    for sequence in range(info.state.first_seq, info.state.last_seq + 1):
+        message = await js.get_msg(command_stream(market), sequence)
+        assert message.data is not None
+        result.append(decode_command(message.data, sequence, 0))
+    return result
+
+
+async def definition(world: World, market: str = "sol-usdt") -> MarketDefinition | None:
+    try:
+        kv = await world.nc.jetstream().key_value("tp-markets")
+        return decode_definition((await kv.get(market)).value or b"")
+    except (NotFoundError, KeyNotFoundError):
+        return None
+
+
+async def serving(world: World, replicas: int = 2) -> None:
+    async def ready() -> bool:
+        status = await status_of(world)
+        return (status.get("readyReplicas") == replicas and bool(status.get("leader"))
+                and condition(status, "Ready") == "True")
+    await eventually(ready, 30, f"{replicas} ready replicas and a leader")
+
+
+def test_a_market_becomes_its_children_and_its_definition(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world:
+            created = await world.apply(market_manifest())
+            await eventually(lambda: len(world.cluster.objects("poddisruptionbudgets")) == 1,
+                             15, "children")
+            sts = world.cluster.get("statefulsets", ENGINE)
+            service = world.cluster.get("services", ENGINE)
+            budget = world.cluster.get("poddisruptionbudgets", ENGINE)
+            assert sts is not None
+            assert service is not None
+            assert budget is not None
+            uid = created["metadata"]["uid"]
+            for child in (sts, service, budget):
+                owner = child["metadata"]["ownerReferences"][0]
+                assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+                    "Market", "sol-usdt", uid, True)
+                assert child["metadata"]["labels"]["tradeplane.dev/market"] == "sol-usdt"
+            spec = sts["spec"]
+            assert spec["replicas"] == 2
+            assert spec["serviceName"] == ENGINE
+            pod = spec["template"]["spec"]
+            container = pod["containers"][0]
+            assert container["args"][:3] == ["engine", "--market", "sol-usdt"]
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+            assert {"name": "TRADEPLANE_NATS", "value": world.nats_url} in container["env"]
+            anti = pod["affinity"]["podAntiAffinity"]
+            term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+            assert term["topologyKey"] == "kubernetes.io/hostname"
+            assert term["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+            assert service["spec"]["clusterIP"] == "None"
+            assert budget["spec"]["maxUnavailable"] == 1
+
+            # The definition engines and gateways read is the Market's spec.
+            # (with the CRD's defaults filled in, as the API server would)
+            expected = msgspec.structs.replace(definition_from_manifest(market_manifest()),
+                                               fees={"makerBps": 0, "takerBps": 0})
+
+            async def defined() -> bool:
+                return await definition(world) == expected
+            await eventually(defined, 10, "the definition in tp-markets")
+
+            async def observed() -> bool:
+                return "observedGeneration" in await status_of(world)
+            await eventually(observed, 10, "status")
+            status = await status_of(world)
+            assert status["observedGeneration"] == 1
+            assert status["phase"] == "Pending"  # no replica has reported yet
+    run(scenario())
+
+
+def test_a_spec_change_updates_the_children_and_a_deleted_child_comes_back(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world:
+            await world.apply(market_manifest())
+            await eventually(lambda: len(world.cluster.objects("poddisruptionbudgets")) == 1,
+                             15, "children")
+            resources = {"requests": {"cpu": "2", "memory": "2Gi"}}
+            await world.patch("sol-usdt", {"spec": {
+                "replicas": 3, "engine": {"image": "registry.example/tp:2",
+                                          "resources": resources},
+                "minNotional": "5"}})
+
+            def updated() -> bool:
+                sts = world.cluster.get("statefulsets", ENGINE) or {}
+                container = sts["spec"]["template"]["spec"]["containers"][0]
+                return bool(sts["spec"]["replicas"] == 3
+                        and container["image"] == "registry.example/tp:2"
+                        and container["resources"] == resources)
+            await eventually(updated, 15, "the StatefulSet follows the spec")
+            async def redefined() -> bool:
+                stored = await definition(world)
+                return stored is not None and stored.min_notional == "5"
+            await eventually(redefined, 10, "the definition follows the spec")
+
+            async def observed() -> bool:
+                return (await status_of(world)).get("observedGeneration") == 2
+            await eventually(observed, 10, "observedGeneration 2")
+
+            old_uid = world.cluster.get("statefulsets", ENGINE)["metadata"]["uid"]  # type: ignore[index]
+            assert await world.kube.delete(STATEFULSETS, "default", ENGINE)
+
+            def recreated() -> bool:
+                sts = world.cluster.get("statefulsets", ENGINE)
+                return sts is not None and sts["metadata"]["uid"] != old_uid
+            await eventually(recreated, 10, "the deleted StatefulSet is made again")
+            assert world.cluster.get("statefulsets", ENGINE)["spec"]["replicas"] == 3  # type: ignore[index]
+
+            # An edit by hand is put back by the periodic check.
+            await world.kube.patch(STATEFULSETS, "default", ENGINE, {"spec": {"replicas": 1}})
+            await eventually(lambda: world.cluster.get("statefulsets", ENGINE)["spec"][  # type: ignore[index]
+                "replicas"] == 3, 10, "the edit is repaired")
+    run(scenario())
+
+
+def test_status_follows_real_replicas_through_a_failover(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world, Kubelet(world) as kubelet:
+            await world.apply(market_manifest())
+            await serving(world)
+            status = await status_of(world)
+            assert status["phase"] == "Running"
+            assert status["epoch"] == 1
+            assert status["failovers"] == 0
+            assert status["tradingMode"] == "open"
+            assert set(status["replicaLag"]) == {f"{ENGINE}-0", f"{ENGINE}-1"}
+            assert {c["type"]: c["status"] for c in status["conditions"]} == {
+                "Ready": "True", "Available": "True", "Progressing": "False",
+                "Degraded": "False"}
+            leader = status["leader"]
+
+            await kubelet.kill(leader, restart=False)  # its node is gone
+
+            async def failed_over() -> bool:
+                now = await status_of(world)
+                return now.get("leader") not in (None, leader) and now.get("epoch") == 2
+            await eventually(failed_over, 20, "the standby leads")
+            status = await status_of(world)
+            assert status["failovers"] == 1
+            assert status["lastFailoverTime"].endswith("Z")
+            await eventually(lambda: "Failover" in world.reasons("sol-usdt"), 10,
+                             "a Failover event")
+            failover = next(e for e in world.events("sol-usdt") if e["reason"] == "Failover")
+            assert failover["type"] == "Warning"
+            assert leader in failover["message"]
+            assert status["leader"] in failover["message"]
+
+            async def degraded() -> bool:
+                return condition(await status_of(world), "Degraded") == "True"
+            await eventually(degraded, 15, "Degraded while a replica is missing")
+            status = await status_of(world)
+            assert condition(status, "Available") == "True"
+            assert condition(status, "Ready") == "False"
+            assert status["phase"] == "Degraded"
+    run(scenario())
+
+
+def test_status_follows_what_a_replica_publishes(tmp_path: Path) -> None:
+    """No engine at all: the test writes the replicas' reports and the lease itself."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world:
+            js = world.nc.jetstream()
+            leases = await leases_bucket(js, 1, True)
+            reports = await replicas_bucket(js, 1, True)
+            await world.apply(market_manifest(replicas=3))
+
+            async def publish(replica: str, **fields: Any) -> None:
+                report = {"market": "sol-usdt", "replica": replica, "role": "standby",
+                          "epoch": 4, "ready": True, "sequence": 120, "lag": 0,
+                          "mode": "open", "publishedThrough": 120, "failovers": 0,
+                          "lastFailover": None, **fields}
+                await reports.put(f"sol-usdt.{replica}", json.dumps(report).encode())
+
+            await leases.put("sol-usdt", json.dumps({"holder": "a", "epoch": 4}).encode())
+            await publish("a", role="leader", failovers=2, lastFailover=1_700_000_000_000_000_000)
+            await publish("b", lag=7, sequence=113)
+            await publish("c", ready=False, lag=5000, sequence=0)
+
+            async def reported() -> bool:
+                return (await status_of(world)).get("lastSequence") == 120
+            await eventually(reported, 10, "the reports in the status")
+            status = await status_of(world)
+            assert status["leader"] == "a"
+            assert status["epoch"] == 4
+            assert status["failovers"] == 3
+            assert status["lastFailoverTime"] == "2023-11-14T22:13:20Z"
+            assert status["replicaLag"] == {"a": 0, "b": 7, "c": 5000}
+            assert status["readyReplicas"] == 2
+            assert condition(status, "Available") == "True"
+            assert condition(status, "Degraded") == "True"
+            assert condition(status, "Ready") == "False"
+
+            await publish("c", ready=True, lag=0, sequence=120)
+
+            async def ready() -> bool:
+                return condition(await status_of(world), "Ready") == "True"
+            await eventually(ready, 10, "Ready once every replica has caught up")
+            assert condition(await status_of(world), "Degraded") == "False"
+
+            # The lease moves; the new leader's report follows.
+            await leases.put("sol-usdt", json.dumps({"holder": "b", "epoch": 5}).encode())
+            await publish("a", role="standby")
+            await publish("b", role="leader", epoch=5)
+
+            async def moved() -> bool:
+                return (await status_of(world)).get("leader") == "b"
+            await eventually(moved, 10, "the new leader in the status")
+            await eventually(lambda: "Failover" in world.reasons("sol-usdt"), 10,
+                             "a Failover event")
+            # A replica whose report expires leaves the lag table.
+            await reports.delete("sol-usdt.c")
+
+            async def gone() -> bool:
+                return "c" not in (await status_of(world)).get("replicaLag", {"c": 0})
+            await eventually(gone, 10, "a gone replica leaves replicaLag")
+    run(scenario())
+
+
+def test_a_mode_change_is_a_sequenced_command(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world, Kubelet(world) as kubelet:
+            await world.apply(market_manifest())
+            await serving(world)
+            js = world.nc.jetstream()
+            await js.publish(command_subject("sol-usdt"), encode_command(Place(
+                sequence=0, timestamp=0, account="alice", side=Side.BUY, quantity=100,
+                price=10_000)))
+            await world.patch("sol-usdt", {"spec": {"tradingMode": "halted"}})
+
+            async def halted() -> bool:
+                return (await status_of(world)).get("tradingMode") == "halted"
+            await eventually(halted, 15, "the engines trade halted")
+            sequenced = await commands(world)
+            assert [type(c).__name__ for c in sequenced] == ["Place", "SetTradingMode"]
+            assert sequenced[1].mode == "halted"
+            for pod in (f"{ENGINE}-0", f"{ENGINE}-1"):
+                assert kubelet.service(pod).engine.mode == "halted"
+            await eventually(lambda: "TradingModeChanged" in world.reasons("sol-usdt"), 10,
+                             "a TradingModeChanged event")
+            # Reconciling again (the periodic check) sequences nothing more.
+            await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None, 1)
+            before = len(await commands(world))
+            await world.patch("sol-usdt", {"metadata": {"labels": {"touched": "yes"}}})
+            await eventually(lambda: _handled(world), 10, "the label change handled")
+            assert len(await commands(world)) == before
+    run(scenario())
+
+
+async def _handled(world: World) -> bool:
+    market = await world.market("sol-usdt") or {}
+    last = (market["metadata"].get("annotations") or {}).get(
+        "tradeplane.dev/last-handled-configuration", "")
+    return '"touched"' in last
+
+
+def test_switchover_and_pause_annotations(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world, Kubelet(world):
+            await world.apply(market_manifest())
+            await serving(world)
+            leader = (await status_of(world))["leader"]
+            target = next(p for p in (f"{ENGINE}-0", f"{ENGINE}-1") if p != leader)
+            await world.patch("sol-usdt", {"metadata": {"annotations": {
+                SWITCHOVER_ANNOTATION: target}}})
+
+            async def switched() -> bool:
+                market = await world.market("sol-usdt") or {}
+                annotations = market["metadata"].get("annotations") or {}
+                return ((market.get("status") or {}).get("leader") == target
+                        and SWITCHOVER_ANNOTATION not in annotations)
+            await eventually(switched, 15, "the lead handed over, the annotation gone")
+            assert "Switchover" in world.reasons("sol-usdt")
+
+            await world.patch("sol-usdt", {"metadata": {"annotations": {
+                SWITCHOVER_ANNOTATION: "no-such-replica"}}})
+            await eventually(lambda: "SwitchoverRefused" in world.reasons("sol-usdt"), 10,
+                             "a refused switchover is reported")
+
+            # Paused: a deleted child stays deleted (for longer than the repair interval).
+            await world.patch("sol-usdt", {"metadata": {"annotations": {
+                PAUSE_ANNOTATION: "true"}}})
+
+            async def paused() -> bool:
+                return condition(await status_of(world), "Progressing") == "Unknown"
+            await eventually(paused, 10, "Progressing Unknown while paused")
+            await world.kube.delete(STATEFULSETS, "default", ENGINE)
+            await asyncio.sleep(2.5)  # an observation window, not synchronisation
+            assert world.cluster.get("statefulsets", ENGINE) is None
+            await world.patch("sol-usdt", {"metadata": {"annotations": {
+                PAUSE_ANNOTATION: None}}})
+            await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None,
+                             10, "unpaused: the StatefulSet is back")
+    run(scenario())
+
+
+def test_deletion_retires_the_market_in_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world, Kubelet(world) as kubelet:
+            await world.apply(market_manifest())
+            await serving(world)
+            js = world.nc.jetstream()
+            for account, price in (("alice", 9_900), ("bob", 10_100)):
+                await js.publish(command_subject("sol-usdt"), encode_command(Place(
+                    sequence=0, timestamp=0, account=account,
+                    side=Side.BUY if account == "alice" else Side.SELL, quantity=100,
+                    price=price)))
+            leader = (await status_of(world))["leader"]
+            await eventually(lambda: kubelet.service(leader).engine.last_sequence == 2, 10)
+
+            snapshot_requests: list[dict[str, Any]] = []
+            children_then: list[int] = []
+
+            async def recorder(msg: Any) -> None:  # what the recorder's snapshotter answers
+                snapshot_requests.append(json.loads(msg.data))
+                children_then.append(len(world.cluster.objects("statefulsets")))
+                await msg.respond(json.dumps({"market": "sol-usdt", "sequence": 4,
+                                              "stateHash": "f00d"}).encode())
+            subscription = await world.nc.subscribe("tp.recorder.sol-usdt.snapshot",
+                                                    cb=recorder)
+            await world.kube.delete(MARKETS, "default", "sol-usdt")
+
+            async def gone() -> bool:
+                return await world.market("sol-usdt") is None
+            await eventually(gone, 30, "the Market is deleted")
+            await subscription.unsubscribe()
+
+            assert [r for r in world.reasons("sol-usdt") if r in (
+                "CancelOnly", "OrdersCanceled", "FinalSnapshot", "ChildrenDeleted")] == [
+                "CancelOnly", "OrdersCanceled", "FinalSnapshot", "ChildrenDeleted"]
+            sequenced = await commands(world)
+            assert [type(c).__name__ for c in sequenced] == [
+                "Place", "Place", "SetTradingMode", "CancelAll"]
+            assert sequenced[2].mode == "cancelOnly"
+            assert sequenced[3].account is None
+            assert snapshot_requests == [{"through": 4}]
+            assert children_then == [1]  # the engines were still there for the snapshot
+            assert not world.cluster.objects("statefulsets")
+            assert not world.cluster.objects("services")
+            assert not world.cluster.objects("poddisruptionbudgets")
+            assert await definition(world) is None  # gateways no longer route to it
+            # The leader published the cancellations before it went.
+            events = await js.stream_info("tp-evt-sol-usdt")
+            assert events.state.last_seq == 4
+    run(scenario())
+
+
+def test_deletion_goes_on_without_a_recorder(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path, final_snapshot_timeout=1.0) as world, \
+                Kubelet(world):
+            await world.apply(market_manifest())
+            await serving(world)
+            await world.kube.delete(MARKETS, "default", "sol-usdt")
+
+            async def gone() -> bool:
+                return await world.market("sol-usdt") is None
+            await eventually(gone, 30, "the Market is deleted")
+            reasons = world.reasons("sol-usdt")
+            assert "FinalSnapshotSkipped" in reasons
+            assert "ChildrenDeleted" in reasons
+            skipped = next(e for e in world.events("sol-usdt")
+                       if e["reason"] == "FinalSnapshotSkipped")
+            assert skipped["type"] == "Warning"
+    run(scenario())
+
+
+def test_a_market_name_is_cluster_wide(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world:
+            await world.apply(market_manifest())
+            await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None, 15)
+            other = market_manifest()
+            other["metadata"]["namespace"] = "team-b"
+            await world.kube.create(MARKETS, "team-b", other)
+
+            def refused() -> bool:
+                return any(e["reason"] == "InvalidMarket" and "cluster-wide" in e["message"]
+                           for e in world.cluster.objects("events", "team-b").values())
+            await eventually(refused, 15, "the second Market is refused with a reason")
+            assert world.cluster.get("statefulsets", ENGINE, "team-b") is None
+    run(scenario())
