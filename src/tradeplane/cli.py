@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("gateway", help="serve order entry (any number, one queue group)")
 
+    operator = commands.add_parser(
+        "operator", help="run the Kubernetes operator: Market resources become engine pods "
+                         "(settings from $TRADEPLANE_*, see docs/operator.md)")
+    operator.add_argument("--liveness-port", type=int, default=8080,
+                          help="serve /healthz for the operator's liveness probe "
+                               "(default: %(default)s; 0: none)")
+
     recorder = commands.add_parser(
         "recorder", help="record markets into PostgreSQL, take snapshots, answer history "
                          "queries ($TRADEPLANE_POSTGRES_DSN)")
@@ -223,6 +230,15 @@ async def _run_async(args: argparse.Namespace) -> int:
 
             start_http_server(args.metrics_port)
         await run_recorders(args.nats, args.markets, dsn)
+        return 0
+    if args.command == "operator":
+        from tradeplane_operator.config import Config
+        from tradeplane_operator.handlers import run as run_operator
+
+        config = Config.from_environment({**os.environ, "TRADEPLANE_NATS": args.nats})
+        liveness = (f"http://0.0.0.0:{args.liveness_port}/healthz"
+                    if args.liveness_port else None)
+        await run_operator(config, liveness=liveness)
         return 0
     if args.command == "gateway":
         from tradeplane_gateway.runner import run_gateway

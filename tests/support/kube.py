@@ -204,7 +204,7 @@ class Emulator(kmock.KubernetesEmulator):
         resource = _resource(request)
         key = (resource, request.namespace, request.name or "")
         if key not in self.objects or self.objects[key].deleted:
-            raise _StatusError(404, "NotFound", f'{resource.plural} "{request.name}" '
+            raise _StatusError(404, "NotFound", f'{_qualified(resource)} "{request.name}" '
                                "not found")
         return self.objects[key]
 
@@ -225,8 +225,8 @@ class Emulator(kmock.KubernetesEmulator):
             meta.pop("namespace", None)
         key = (resource, meta.get("namespace"), meta["name"])
         if key in self.objects and not self.objects[key].deleted:
-            raise _StatusError(409, "AlreadyExists", f'{resource.plural} "{meta["name"]}" '
-                               "already exists")
+            raise _StatusError(409, "AlreadyExists", f'{_qualified(resource)} '
+                               f'"{meta["name"]}" already exists')
         for stamped in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
             meta.pop(stamped, None)
         self._stamp_new(meta)
@@ -437,6 +437,11 @@ class _Buses(dict):  # type: ignore[type-arg]
 def _resource(request: rendering.Request) -> kmock.resource:
     assert request.resource is not None  # only Kubernetes requests get here
     return request.resource
+
+
+def _qualified(resource: kmock.resource) -> str:
+    """``markets.tradeplane.dev``, as the API server names a resource in its messages."""
+    return f"{resource.plural}.{resource.group}" if resource.group else str(resource.plural)
 
 
 def _longer(log: list[Any], length: int) -> bool:

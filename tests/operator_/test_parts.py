@@ -1,0 +1,233 @@
+"""The operator's pure parts: status and conditions, children, error mapping, settings,
+and what it writes on NATS checked against what the engines read."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import kopf
+import msgspec
+import pydantic
+import pytest
+import yaml
+
+from tradeplane_engine.wire import decode_command, decode_definition, definition_from_manifest
+from tradeplane_operator.children import Market, disruption_budget, is_subset, statefulset
+from tradeplane_operator.config import Config
+from tradeplane_operator.errors import InvalidMarketError, RetryError, to_kopf
+from tradeplane_operator.exchange import Lease, RefusedError, ReplicaReport, admin_command
+from tradeplane_operator.kube import KubeError
+from tradeplane_operator.reconcile import definition
+from tradeplane_operator.status import Observation, compute
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = "2026-01-01T00:00:00Z"
+
+
+def report(replica: str, **fields: Any) -> ReplicaReport:
+    values: dict[str, Any] = {"replica": replica, "role": "standby", "epoch": 1, "ready": True,
+                              "sequence": 10, "lag": 0, "mode": "open",
+                              "published_through": 10, "failovers": 0,
+                              "last_failover": None}
+    values.update(fields)
+    return ReplicaReport(**values)
+
+
+def observe(reports: list[ReplicaReport], lease: Lease | None = None,
+            previous: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    observation = Observation(**{"generation": 1, "replicas": 2, "mode": "open",
+                                 "reports": reports, "lease": lease, **fields})
+    return compute(observation, previous or {"observedGeneration": 1}, NOW).status
+
+
+def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+LEADING = Lease("a", 1)
+
+
+@pytest.mark.parametrize(("reports", "lease", "extra", "phase", "expected"), [
+    ([], None, {}, "Pending",
+     {"Available": ("False", "NoLeader"), "Ready": ("False", "ReplicasNotReady"),
+      "Progressing": ("True", "Converging"), "Degraded": ("False", "AsExpected")}),
+    ([report("a", role="leader"), report("b")], LEADING, {}, "Running",
+     {"Available": ("True", "LeaderServing"), "Ready": ("True", "AllReplicasReady"),
+      "Progressing": ("False", "Stable"), "Degraded": ("False", "AsExpected")}),
+    ([report("a", role="leader"), report("b", ready=False, lag=900)], LEADING, {}, "Degraded",
+     {"Available": ("True", "LeaderServing"), "Ready": ("False", "ReplicasNotReady"),
+      "Progressing": ("True", "Converging"), "Degraded": ("True", "ReplicasMissing")}),
+    ([report("a"), report("b")], LEADING, {}, "Unavailable",
+     {"Available": ("False", "NoLeader"), "Ready": ("False", "ReplicasNotReady"),
+      "Progressing": ("True", "Converging"), "Degraded": ("True", "NoLeader")}),
+    ([report("a", role="leader"), report("b")], LEADING, {"mode": "halted"}, "Running",
+     {"Available": ("True", "LeaderServing"), "Ready": ("False", "ModePending"),
+      "Progressing": ("True", "Converging"), "Degraded": ("False", "AsExpected")}),
+    ([report("a", role="leader"), report("b")], LEADING, {"generation": 2}, "Running",
+     {"Available": ("True", "LeaderServing"), "Ready": ("True", "AllReplicasReady"),
+      "Progressing": ("True", "Reconciling"), "Degraded": ("False", "AsExpected")}),
+    ([report("a", role="leader"), report("b")], LEADING, {"paused": True}, "Running",
+     {"Available": ("True", "LeaderServing"), "Ready": ("True", "AllReplicasReady"),
+      "Progressing": ("Unknown", "Paused"), "Degraded": ("False", "AsExpected")}),
+    # A deposed leader's report (not the lease holder) does not count as the leader.
+    ([report("a", role="leader"), report("b", role="leader", epoch=2)], Lease("b", 2), {},
+     "Running", {"Available": ("True", "LeaderServing"), "Ready": ("True", "AllReplicasReady"),
+                 "Progressing": ("False", "Stable"), "Degraded": ("False", "AsExpected")}),
+], ids=["nothing-yet", "serving", "standby-behind", "no-leader", "mode-pending",
+        "new-generation", "paused", "deposed-report"])
+def test_conditions(reports: list[ReplicaReport], lease: Lease | None, extra: dict[str, Any],
+                    phase: str, expected: dict[str, tuple[str, str]]) -> None:
+    status = observe(reports, lease, **extra)
+    assert status["phase"] == phase
+    assert conditions(status) == expected
+
+
+def test_a_condition_keeps_its_transition_time_until_it_changes() -> None:
+    serving = [report("a", role="leader"), report("b")]
+    first = compute(Observation(1, 2, "open", serving, LEADING), {"observedGeneration": 1},
+                    "2026-01-01T00:00:00Z").status
+    again = compute(Observation(1, 2, "open", serving, LEADING),
+                    {**first, "observedGeneration": 1}, "2026-01-01T00:05:00Z").status
+    assert [c["lastTransitionTime"] for c in again["conditions"]] == [
+        "2026-01-01T00:00:00Z"] * 4
+    lost = compute(Observation(1, 2, "open", [report("b")], LEADING),
+                   {**again, "observedGeneration": 1}, "2026-01-01T00:06:00Z").status
+    times = {c["type"]: c["lastTransitionTime"] for c in lost["conditions"]}
+    assert times["Available"] == "2026-01-01T00:06:00Z"
+
+
+def test_a_failover_is_reported_once_with_both_leaders() -> None:
+    before = observe([report("a", role="leader"), report("b")], LEADING)
+    assert before["epoch"] == 1
+    # The lease moved but b has not said so yet: no leader, the epoch waits.
+    gap = compute(Observation(1, 2, "open", [report("a", role="leader"), report("b")],
+                              Lease("b", 2)), before, NOW)
+    assert gap.status["leader"] is None
+    assert gap.status["lastLeader"] == "a"
+    assert gap.status["epoch"] == 1
+    assert gap.failover is None
+    after = compute(Observation(1, 2, "open", [report("b", role="leader", epoch=2,
+                                                      last_failover=1_700_000_000 * 10**9)],
+                                Lease("b", 2)), gap.status, NOW)
+    assert after.failover is not None
+    assert "from a to b" in after.failover
+    assert after.status["failovers"] == 1
+    assert after.status["lastFailoverTime"] == "2023-11-14T22:13:20Z"
+    assert after.status["replicaLag"] == {"a": None, "b": 0}  # a's entry is removed
+    steady = compute(Observation(1, 2, "open", [report("b", role="leader", epoch=2)],
+                                 Lease("b", 2)), after.status, NOW)
+    assert steady.failover is None
+
+
+def test_what_the_operator_writes_is_what_the_engines_read() -> None:
+    for path in sorted((ROOT / "examples" / "markets").glob("*.yaml")):
+        manifest = yaml.safe_load(path.read_text())
+        body = {**manifest, "metadata": {**manifest["metadata"], "namespace": "default",
+                                         "uid": "u"}}
+        written = msgspec.json.encode(definition(Market.from_body(body)))
+        expected = msgspec.structs.replace(definition_from_manifest(manifest),
+                                           fees={"makerBps": 0, "takerBps": 0})
+        assert decode_definition(written) == expected, path.name
+    for command in ({"type": "setTradingMode", "mode": "cancelOnly"},
+                    {"type": "cancelAll", "account": None}):
+        decoded = decode_command(admin_command(command), 7, 99)
+        assert decoded.sequence == 7
+        assert msgspec.to_builtins(decoded)["type"] == command["type"]
+    assert decode_command(admin_command({"type": "setTradingMode", "mode": "halted"}),
+                          1, 1).mode == "halted"  # type: ignore[union-attr]
+
+
+def market(**spec: Any) -> Market:
+    return Market.from_body({
+        "metadata": {"name": "btc-usdt", "namespace": "prod", "uid": "u1"},
+        "spec": {"base": "BTC", "quote": "USDT", "tickSize": "0.1", "lotSize": "0.001",
+                 **spec}})
+
+
+def test_children_follow_the_settings() -> None:
+    config = Config(anti_affinity="required", postgres_secret="pg", stream_replicas=3,
+                    engine_image="tp:1")
+    sts = statefulset(market(replicas=3, engine={"image": "tp:custom"}), config)
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "tp:custom"
+    assert container["args"][-2:] == ["--stream-replicas", "3"]
+    assert {"name": "TRADEPLANE_POSTGRES_DSN", "valueFrom": {"secretKeyRef": {
+        "name": "pg", "key": "dsn"}}} in container["env"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"][
+        "podAntiAffinity"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert sts["spec"]["replicas"] == 3
+    assert statefulset(market(), Config(engine_image="tp:1"))["spec"]["template"]["spec"][
+        "containers"][0]["image"] == "tp:1"
+    assert disruption_budget(market(), config)["spec"]["maxUnavailable"] == 1
+
+
+def test_what_the_api_server_adds_is_not_drift() -> None:
+    desired = statefulset(market(), Config())
+    stored = msgspec.json.decode(msgspec.json.encode(desired))
+    stored["spec"]["revisionHistoryLimit"] = 10
+    stored["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    assert is_subset(desired, stored)
+    stored["spec"]["replicas"] = 1
+    assert not is_subset(desired, stored)
+
+
+def test_settings_from_the_environment() -> None:
+    config = Config.from_environment({
+        "TRADEPLANE_NATS": "nats://n:4222", "TRADEPLANE_ENGINE_IMAGE": "tp:9",
+        "TRADEPLANE_POSTGRES_SECRET": "db", "TRADEPLANE_STREAM_REPLICAS": "3",
+        "TRADEPLANE_ANTI_AFFINITY": "required", "TRADEPLANE_NAMESPACES": "a,b"})
+    assert (config.nats_url, config.engine_image, config.postgres_secret) == (
+        "nats://n:4222", "tp:9", "db")
+    assert config.stream_replicas == 3
+    assert config.namespaces == ("a", "b")
+    with pytest.raises(ValueError, match="anti-affinity"):
+        Config(anti_affinity="sometimes")
+    with pytest.raises(ValueError, match="stream replicas"):
+        Config(stream_replicas=2)
+
+
+def _validation_error() -> pydantic.ValidationError:
+    try:
+        market(tickSize=1)
+    except pydantic.ValidationError as exc:
+        return exc
+    raise AssertionError("a number for tickSize was accepted")
+
+
+@pytest.mark.parametrize(("error", "kind", "delay"), [
+    (RetryError("waiting", delay=1), kopf.TemporaryError, 1),
+    (InvalidMarketError("taken"), kopf.PermanentError, None),
+    (KubeError(422, "Invalid", "bad"), kopf.PermanentError, None),
+    (KubeError(400, "BadRequest", "bad"), kopf.PermanentError, None),
+    (KubeError(403, "Forbidden", "rbac"), kopf.TemporaryError, 30),
+    (KubeError(409, "Conflict", "race"), kopf.TemporaryError, 1),
+    (KubeError(500, "InternalError", "x"), kopf.TemporaryError, 5),
+    (KubeError(429, "TooManyRequests", "x"), kopf.TemporaryError, 5),
+    (RefusedError("no"), kopf.TemporaryError, 5),
+    (ConnectionRefusedError(), kopf.TemporaryError, 5),
+    (TimeoutError(), kopf.TemporaryError, 5),
+], ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value))
+def test_errors_map_to_kopf(error: Exception, kind: type[Exception], delay: float | None) -> None:
+    mapped = to_kopf(error)
+    assert isinstance(mapped, kind)
+    if delay is not None:
+        assert isinstance(mapped, kopf.TemporaryError)
+        assert mapped.delay == delay
+
+
+def test_an_invalid_spec_is_permanent_and_a_bug_is_not_swallowed() -> None:
+    assert isinstance(to_kopf(_validation_error()), kopf.PermanentError)
+    assert to_kopf(KeyError("a bug")) is None
+
+
+def test_timestamps_are_rfc3339_utc() -> None:
+    from tradeplane_operator.status import timestamp
+
+    assert timestamp(0) == "1970-01-01T00:00:00Z"
+    now = datetime.datetime.strptime(timestamp(), "%Y-%m-%dT%H:%M:%SZ")
+    assert now.year >= 2026
