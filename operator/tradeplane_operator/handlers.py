@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import kopf
 
-from tradeplane_operator.children import Market
+from tradeplane_operator.children import Market, is_subset
 from tradeplane_operator.config import (
     FINALIZER,
     MARKET_LABEL,
@@ -125,14 +125,14 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         if runtime.exchange is not None:
             await runtime.exchange.close()
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=reg)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=reg)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=reg)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="apply", registry=reg)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="apply", registry=reg)
+    @kopf.on.update(GROUP, VERSION, PLURAL, id="apply", registry=reg)
     async def apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
                     logger: kopf.Logger, **_: Any) -> None:
         await _apply(body, meta, memo, patch, logger)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.drift_interval,
+    @kopf.timer(GROUP, VERSION, PLURAL, id="repair", interval=config.drift_interval,
                 initial_delay=config.drift_interval, registry=reg)
     async def repair(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
                      logger: kopf.Logger, **_: Any) -> None:
@@ -142,7 +142,8 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         if applied and not meta.get("deletionTimestamp"):
             await _apply(body, meta, memo, patch, logger)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.status_interval, registry=reg)
+    @kopf.timer(GROUP, VERSION, PLURAL, id="report", interval=config.status_interval,
+                registry=reg)
     async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any,
                      patch: kopf.Patch, **_: Any) -> None:
         exchange = _parts(memo)[2]
@@ -150,13 +151,15 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         change = await _guarded(observe(
             market, exchange, dict(status), paused=paused(dict(meta.annotations)),
             deleting=bool(meta.get("deletionTimestamp"))))
-        patch.status.update(change.status)
+        if not is_subset(change.status, dict(status)):  # no write when nothing changed
+            patch.status.update(change.status)
         if change.failover:
             kopf.event(body, type="Warning", reason="Failover", message=change.failover)
 
-    @kopf.on.event("apps", "v1", "statefulsets", labels=OWNED, registry=reg)
-    @kopf.on.event("v1", "services", labels=OWNED, registry=reg)
-    @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED, registry=reg)
+    @kopf.on.event("apps", "v1", "statefulsets", id="child", labels=OWNED, registry=reg)
+    @kopf.on.event("v1", "services", id="child", labels=OWNED, registry=reg)
+    @kopf.on.event("policy", "v1", "poddisruptionbudgets", id="child", labels=OWNED,
+                   registry=reg)
     async def child_gone(event: kopf.RawEvent, body: kopf.Body, memo: Any,
                          logger: kopf.Logger, **_: Any) -> None:
         """A deleted child comes back at once (unless its Market is going too)."""
@@ -172,7 +175,7 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         logger.info("%s %s was deleted; recreating it", body.get("kind"), body.metadata.name)
         await _reconcile(kopf.Body(owner), memo, logger)  # type: ignore[arg-type]
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=reg)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, id="retire", registry=reg)
     async def retire(body: kopf.Body, memo: Any, runtime: datetime.timedelta,
                      **_: Any) -> None:
         config, kube, exchange = _parts(memo)

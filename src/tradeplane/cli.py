@@ -205,6 +205,12 @@ def _service_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+def _quiet_timers(record: logging.LogRecord) -> bool:
+    """kopf logs every successful timer run; the status timer runs every 2 s per market."""
+    message = record.getMessage()
+    return not (message.startswith("Timer ") and message.endswith(" succeeded."))
+
+
 async def _run_async(args: argparse.Namespace) -> int:
     if args.command in ("engine", "gateway", "recorder"):
         _service_gc()
@@ -236,6 +242,7 @@ async def _run_async(args: argparse.Namespace) -> int:
         from tradeplane_operator.handlers import run as run_operator
 
         config = Config.from_environment({**os.environ, "TRADEPLANE_NATS": args.nats})
+        logging.getLogger("kopf.objects").addFilter(_quiet_timers)
         liveness = (f"http://0.0.0.0:{args.liveness_port}/healthz"
                     if args.liveness_port else None)
         await run_operator(config, liveness=liveness)
