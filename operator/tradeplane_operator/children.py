@@ -5,7 +5,7 @@
   probes on the engine's health port (``/readyz`` is true once a replica has caught up
   with the command stream, ``/livez`` while its event loop runs); anti-affinity so a
   node failure takes one replica, not the market;
-- a headless Service for the replicas' stable DNS names (and their health and metrics);
+- a headless Service for the replicas' stable DNS names and their health port;
 - a PodDisruptionBudget of one: a drain or upgrade takes one replica at a time, so a
   standby is always there to take the lead.
 
@@ -15,11 +15,16 @@ Every child carries an owner reference to its Market (cascading deletion and
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from tradeplane_operator.config import MARKET_LABEL, Config
 from tradeplane_operator.crd import GROUP, KIND, VERSION, MarketSpec
+
+MAX_NAME = 40
+"""``<name>-engine-<n>`` and the StatefulSet's revision label must fit in 63 characters."""
+NAME = re.compile(rf"[a-z0-9](?:[-a-z0-9]{{0,{MAX_NAME - 2}}}[a-z0-9])?")
 
 DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "500m", "memory": "512Mi"},
@@ -42,6 +47,9 @@ class Market:
     @classmethod
     def from_body(cls, body: Any) -> Market:
         meta = body["metadata"]
+        if not NAME.fullmatch(str(meta["name"])):
+            raise ValueError(f"market name {meta['name']!r}: a DNS label of at most "
+                             f"{MAX_NAME} characters (a-z, 0-9, -), so pod names fit")
         return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
                    spec=MarketSpec.model_validate(dict(body["spec"])),
                    generation=int(meta.get("generation") or 1),

@@ -65,6 +65,7 @@ class Config:
                                           default.status_interval)),
             drift_interval=float(env.get("TRADEPLANE_DRIFT_INTERVAL",
                                          default.drift_interval)),
+            health_port=int(env.get("TRADEPLANE_ENGINE_HEALTH_PORT", default.health_port)),
             final_snapshot_timeout=float(env.get("TRADEPLANE_FINAL_SNAPSHOT_TIMEOUT",
                                                  default.final_snapshot_timeout)),
             namespaces=namespaces,

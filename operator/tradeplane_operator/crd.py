@@ -32,6 +32,16 @@ POSITIVE = "!self.matches('^0+(\\\\.0+)?$')"
 """CEL: a decimal string that is not zero."""
 
 
+IMMUTABLE_GRID = ("the price and quantity grid is immutable: resting orders are on it "
+                  "(make a new market instead)")
+IMMUTABLE_RULES = ("the matching rules are immutable: every replica and every replay must "
+                   "apply the same rules (make a new market instead)")
+NAME_RULE = ("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') "
+             "&& size(self.metadata.name) <= 40")
+NAME_MESSAGE = ("the name must be a DNS label of at most 40 characters: it names the "
+                "market's streams, subjects and pods")
+
+
 def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": message}
                                          for rule, message in rules]}
@@ -75,17 +85,23 @@ class MarketSpec(Model):
     quote: str = Field(description="The asset prices are in, e.g. USDT. Immutable.",
                        pattern=r"^[A-Z0-9]{1,16}$",
                        json_schema_extra=_rules(("self == oldSelf", "quote is immutable")))
-    tick_size: str = Field(description="Price increment, a positive decimal string.",
+    tick_size: str = Field(description="Price increment, a positive decimal string. "
+                           "Immutable.",
                            pattern=DECIMAL, max_length=32,
-                           json_schema_extra=_rules((POSITIVE, "tickSize must be positive")))
-    lot_size: str = Field(description="Quantity increment, a positive decimal string.",
+                           json_schema_extra=_rules((POSITIVE, "tickSize must be positive"),
+                                                    ("self == oldSelf", IMMUTABLE_GRID)))
+    lot_size: str = Field(description="Quantity increment, a positive decimal string. "
+                          "Immutable.",
                           pattern=DECIMAL, max_length=32,
-                          json_schema_extra=_rules((POSITIVE, "lotSize must be positive")))
-    min_notional: str = Field("0", description="Smallest order value (price × quantity).",
-                              pattern=DECIMAL, max_length=32)
+                          json_schema_extra=_rules((POSITIVE, "lotSize must be positive"),
+                                                   ("self == oldSelf", IMMUTABLE_GRID)))
+    min_notional: str = Field("0", description="Smallest order value (price × quantity). "
+                              "Immutable.", pattern=DECIMAL, max_length=32,
+                              json_schema_extra=_rules(("self == oldSelf", IMMUTABLE_RULES)))
     price_band: str = Field("0", description="Largest distance of a limit price from the "
-                            "last trade, in percent; 0 for none.", pattern=DECIMAL,
-                            max_length=32)
+                            "last trade, in percent; 0 for none. Immutable.", pattern=DECIMAL,
+                            max_length=32,
+                            json_schema_extra=_rules(("self == oldSelf", IMMUTABLE_RULES)))
     reference_price: str | None = Field(None, description="Reference for the price band "
                                         "until the first trade.", pattern=DECIMAL,
                                         max_length=32)
@@ -163,8 +179,11 @@ STATUS_SCHEMA: dict[str, Any] = {
         "epoch": {"type": "integer", "description": "The leader's lease epoch."},
         "lastSequence": {"type": "integer", "description": "The last command applied."},
         "readyReplicas": {"type": "integer"},
-        "replicas": {"type": "integer"},
-        "failovers": {"type": "integer"},
+        "replicas": {"type": "integer", "description": "Replicas running (reporting)."},
+        "selector": {"type": "string", "description": "The engine pods' label selector "
+                     "(for the scale subresource)."},
+        "failovers": {"type": "integer", "description": "Unplanned leader changes."},
+        "switchovers": {"type": "integer", "description": "Planned leader changes."},
         "lastFailoverTime": {"type": "string", "format": "date-time"},
         "observedGeneration": {"type": "integer"},
         "replicaLag": {"type": "object", "additionalProperties": {"type": "integer"},
@@ -193,6 +212,8 @@ def crd() -> dict[str, Any]:
                 "name": VERSION, "served": True, "storage": True,
                 "schema": {"openAPIV3Schema": {
                     "type": "object", "required": ["spec"],
+                    "x-kubernetes-validations": [{"rule": NAME_RULE,
+                                                  "message": NAME_MESSAGE}],
                     "properties": {
                         "apiVersion": {"type": "string"}, "kind": {"type": "string"},
                         "metadata": {"type": "object"},
@@ -201,7 +222,8 @@ def crd() -> dict[str, Any]:
                 }},
                 "subresources": {"status": {}, "scale": {
                     "specReplicasPath": ".spec.replicas",
-                    "statusReplicasPath": ".status.replicas"}},
+                    "statusReplicasPath": ".status.replicas",
+                    "labelSelectorPath": ".status.selector"}},
                 "additionalPrinterColumns": [
                     {"name": "Mode", "type": "string", "jsonPath": ".spec.tradingMode"},
                     {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},

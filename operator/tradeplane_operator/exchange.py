@@ -90,6 +90,8 @@ class ReplicaReport:
 class Lease:
     holder: str
     epoch: int
+    taken: str = "election"
+    """How the holder got it: ``election``, ``failover`` or ``handover`` (a switchover)."""
 
 
 def admin_command(command: dict[str, Any]) -> bytes:
@@ -102,16 +104,17 @@ def admin_command(command: dict[str, Any]) -> bytes:
 class Exchange:
     """One NATS connection for the whole operator."""
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, stream_replicas: int = 1) -> None:
         self.nc = nc
+        self.stream_replicas = stream_replicas
         self.js = nc.jetstream()
         self._buckets: dict[str, KeyValue] = {}
 
     @classmethod
-    async def connect(cls, url: str) -> Exchange:
+    async def connect(cls, url: str, stream_replicas: int = 1) -> Exchange:
         nc = await nats.connect(url, name="tradeplane-operator", max_reconnect_attempts=-1,
                                 reconnect_time_wait=0.5, connect_timeout=3)
-        return cls(nc)
+        return cls(nc, stream_replicas)
 
     async def close(self) -> None:
         await self.nc.drain()
@@ -123,7 +126,8 @@ class Exchange:
             except (BucketNotFoundError, NotFoundError):
                 if not create:
                     return None
-                self._buckets[name] = await self.js.create_key_value(bucket=name, history=5)
+                self._buckets[name] = await self.js.create_key_value(
+                    bucket=name, history=5, replicas=self.stream_replicas)
         return self._buckets[name]
 
     # -- definitions -------------------------------------------------------------------
@@ -198,7 +202,8 @@ class Exchange:
         if not entry.value:
             return None
         raw = json.loads(entry.value)
-        return Lease(holder=str(raw.get("holder", "")), epoch=int(raw.get("epoch", 0)))
+        return Lease(holder=str(raw.get("holder", "")), epoch=int(raw.get("epoch", 0)),
+                     taken=str(raw.get("taken", "election")))
 
     # -- requests ----------------------------------------------------------------------
 

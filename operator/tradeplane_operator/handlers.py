@@ -82,6 +82,15 @@ def _notify(body: kopf.Body) -> Notify:
     return notify
 
 
+def _parse(body: kopf.Body) -> Market:
+    """The Market, or a Warning event and a permanent error (retrying will not fix it)."""
+    try:
+        return Market.from_body(body)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        kopf.event(body, type="Warning", reason="InvalidMarket", message=str(exc)[:1000])
+        raise kopf.PermanentError(f"invalid Market: {exc}") from exc
+
+
 def _parts(memo: Any) -> tuple[Config, KubeApi, Exchange]:
     runtime: Runtime = memo.runtime
     assert runtime.kube is not None
@@ -115,7 +124,8 @@ def registry(config: Config) -> kopf.OperatorRegistry:
                       **_: Any) -> None:
         runtime: Runtime = memo.runtime
         runtime.kube = KubeApi(_login(runtime, logger, settings))
-        runtime.exchange = await _guarded(Exchange.connect(runtime.config.nats_url))
+        runtime.exchange = await _guarded(Exchange.connect(runtime.config.nats_url,
+                                                           runtime.config.stream_replicas))
 
     @kopf.on.cleanup(registry=reg)
     async def cleanup(memo: Any, **_: Any) -> None:
@@ -147,14 +157,17 @@ def registry(config: Config) -> kopf.OperatorRegistry:
     async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any,
                      patch: kopf.Patch, **_: Any) -> None:
         exchange = _parts(memo)[2]
-        market = Market.from_body(body)
+        if "observedGeneration" not in status:
+            return  # never applied (yet, or refused): nothing of it runs to report on
+        market = _parse(body)
         change = await _guarded(observe(
             market, exchange, dict(status), paused=paused(dict(meta.annotations)),
             deleting=bool(meta.get("deletionTimestamp"))))
         if not is_subset(change.status, dict(status)):  # no write when nothing changed
             patch.status.update(change.status)
-        if change.failover:
-            kopf.event(body, type="Warning", reason="Failover", message=change.failover)
+        if change.leader_change:
+            kind, reason, message = change.leader_change
+            kopf.event(body, type=kind, reason=reason, message=message)
 
     @kopf.on.event("apps", "v1", "statefulsets", id="child", labels=OWNED, registry=reg)
     @kopf.on.event("v1", "services", id="child", labels=OWNED, registry=reg)
@@ -176,11 +189,11 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         await _reconcile(kopf.Body(owner), memo, logger)  # type: ignore[arg-type]
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="retire", registry=reg)
-    async def retire(body: kopf.Body, memo: Any, runtime: datetime.timedelta,
-                     **_: Any) -> None:
+    async def retire(body: kopf.Body, status: kopf.Status, memo: Any,
+                     runtime: datetime.timedelta, **_: Any) -> None:
         config, kube, exchange = _parts(memo)
-        await _guarded(finalize(Market.from_body(body), kube, exchange, config,
-                                _notify(body), runtime))
+        await _guarded(finalize(_parse(body), kube, exchange, config, _notify(body), runtime,
+                                dict(status.get("retirement") or {})))
 
     return reg
 
@@ -199,7 +212,7 @@ async def run(config: Config, *, connection: kopf.ConnectionInfo | None = None,
 async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger | logging.Logger) -> None:
     config, kube, exchange = _parts(memo)
     try:
-        done = await _guarded(reconcile(Market.from_body(body), kube, exchange, config,
+        done = await _guarded(reconcile(_parse(body), kube, exchange, config,
                                         _notify(body)))
     except kopf.PermanentError as exc:
         kopf.event(body, type="Warning", reason="InvalidMarket", message=str(exc))
@@ -219,5 +232,5 @@ async def _apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
     target = annotations.get(SWITCHOVER_ANNOTATION)
     if target:
         exchange = _parts(memo)[2]
-        await _guarded(switch_over(Market.from_body(body), target, exchange, _notify(body)))
+        await _guarded(switch_over(_parse(body), target, exchange, _notify(body)))
         patch.metadata.annotations[SWITCHOVER_ANNOTATION] = None

@@ -17,7 +17,7 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
-from tradeplane_operator.children import CHILDREN, Market, is_subset
+from tradeplane_operator.children import CHILDREN, Market, is_subset, selector
 from tradeplane_operator.config import PAUSE_ANNOTATION, Config
 from tradeplane_operator.errors import InvalidMarketError, RetryError
 from tradeplane_operator.exchange import Exchange, ExchangeError, RefusedError, UnansweredError
@@ -45,17 +45,32 @@ async def reconcile(market: Market, kube: KubeApi, exchange: Exchange, config: C
     return done
 
 
-async def _check_unique(market: Market, kube: KubeApi) -> None:
-    """A market's streams and bucket keys are named by the market alone, so two
-    namespaces must not both have one of that name: the older one keeps it."""
+async def _owner(market: Market, kube: KubeApi) -> dict[str, Any] | None:
+    """The other Market that owns this one's name, if any.
+
+    A market's streams and bucket keys are named by the market alone, so two namespaces
+    must not both run one of that name: the older Market keeps it, even while it is
+    being deleted (its retirement must finish before the name is free again)."""
     for other in await kube.list(MARKETS, None, f"metadata.name={market.name}"):
         meta = other["metadata"]
-        if meta.get("uid") == market.uid or meta.get("deletionTimestamp"):
+        if meta.get("uid") == market.uid:
             continue
         if (meta.get("creationTimestamp", ""), meta.get("namespace", "")) < (
                 market.created, market.namespace):
-            raise InvalidMarketError(f"market {market.name} already exists in namespace "
-                          f"{meta.get('namespace')}; market names are cluster-wide")
+            return other
+    return None
+
+
+async def _check_unique(market: Market, kube: KubeApi) -> None:
+    owner = await _owner(market, kube)
+    if owner is None:
+        return
+    namespace = owner["metadata"].get("namespace")
+    if owner["metadata"].get("deletionTimestamp"):
+        raise RetryError(f"market {market.name} in namespace {namespace} is being retired; "
+                         "waiting for its name", delay=5)
+    raise InvalidMarketError(f"market {market.name} already exists in namespace "
+                             f"{namespace}; market names are cluster-wide")
 
 
 async def _apply_children(market: Market, kube: KubeApi, config: Config) -> list[str]:
@@ -86,8 +101,10 @@ async def _apply_definition(market: Market, exchange: Exchange, notify: Notify) 
     mode = wanted["tradingMode"]
     previous = await exchange.definition(market.name)
     if await exchange.has_command_stream(market.name):
-        reports = await exchange.replicas(market.name)
-        effective = next((report.mode for report in reports if report.role == "leader"), None)
+        lease = await exchange.lease(market.name)
+        effective = next((report.mode for report in await exchange.replicas(market.name)
+                          if lease is not None and report.replica == lease.holder
+                          and report.role == "leader"), None)
         changed = previous is not None and previous.get("tradingMode") != mode
         if previous is None or changed or (effective is not None and effective != mode):
             sequence, new = await exchange.sequence(
@@ -108,7 +125,8 @@ async def observe(market: Market, exchange: Exchange, previous: dict[str, Any], 
     observation = Observation(
         generation=market.generation, replicas=market.spec.replicas,
         mode=str(market.spec.trading_mode), reports=await exchange.replicas(market.name),
-        lease=await exchange.lease(market.name), paused=paused, deleting=deleting)
+        lease=await exchange.lease(market.name), paused=paused, deleting=deleting,
+        selector=",".join(f"{key}={value}" for key, value in selector(market).items()))
     return compute(observation, previous, timestamp())
 
 
@@ -121,15 +139,26 @@ async def switch_over(market: Market, target: str, exchange: Exchange,
     except RefusedError as exc:
         notify("Warning", "SwitchoverRefused", str(exc))
         return
-    notify("Normal", "Switchover", f"the lead moved from {answer.get('from')} to "
+    notify("Normal", "SwitchoverRequested", f"{answer.get('from')} hands the lead to "
            f"{answer.get('to')}")
 
 
 async def finalize(market: Market, kube: KubeApi, exchange: Exchange, config: Config,
-                   notify: Notify, runtime: datetime.timedelta) -> None:
+                   notify: Notify, runtime: datetime.timedelta,
+                   retired: dict[str, int]) -> None:
+    """Retire the market, then delete its children and definition.
+
+    ``retired`` is ``status.retirement``: the sequences of the final admin commands once
+    sequenced, kept in the status so a retry long after the stream's duplicate window
+    still sequences them once. A Market that never owned its name (a duplicate in another
+    namespace) retires nothing: the market is the other Market's."""
+    if await _owner(market, kube) is not None:
+        notify("Normal", "NotRetired", f"market {market.name} belongs to another namespace; "
+               "only this Market goes")
+        return
     patient = runtime.total_seconds() < config.final_snapshot_timeout
     if await exchange.has_command_stream(market.name):
-        await _retire(market, exchange, notify, patient)
+        await _retire(market, kube, exchange, notify, patient, dict(retired))
     for build in reversed(CHILDREN):
         desired = build(market, config)
         await kube.delete(BY_KIND[desired["kind"]], market.namespace,
@@ -138,22 +167,31 @@ async def finalize(market: Market, kube: KubeApi, exchange: Exchange, config: Co
     await exchange.delete_definition(market.name)
 
 
-async def _retire(market: Market, exchange: Exchange, notify: Notify, patient: bool) -> None:
-    sequence, new = await exchange.sequence(
-        market.name, {"type": "setTradingMode", "mode": "cancelOnly"},
-        f"{market.name}:final-mode:{market.uid}")
-    if new:
-        notify("Normal", "CancelOnly", f"the market went cancel-only at command {sequence}")
-    through, new = await exchange.sequence(
-        market.name, {"type": "cancelAll", "account": None},
-        f"{market.name}:final-cancel:{market.uid}")
-    if new:
-        notify("Normal", "OrdersCanceled", f"every open order canceled at command {through}")
+async def _retire(market: Market, kube: KubeApi, exchange: Exchange, notify: Notify,
+                  patient: bool, retired: dict[str, int]) -> None:
+    steps = (("cancelOnly", {"type": "setTradingMode", "mode": "cancelOnly"}, "CancelOnly",
+              "the market went cancel-only at command {}"),
+             ("cancelAll", {"type": "cancelAll", "account": None}, "OrdersCanceled",
+              "every open order canceled at command {}"))
+    for step, command, reason, message in steps:
+        if step in retired:
+            continue
+        sequence, new = await exchange.sequence(market.name, command,
+                                                f"{market.name}:final-{step}:{market.uid}")
+        retired[step] = sequence
+        await kube.patch(MARKETS, market.namespace, market.name,
+                         {"status": {"retirement": {step: sequence}}}, subresource="status")
+        if new:
+            notify("Normal", reason, message.format(sequence))
+    through = retired["cancelAll"]
     try:
         leader = await exchange.leader_status(market.name)
         if int(leader.get("publishedThrough", 0)) < through:
-            raise RetryError(f"waiting for the leader to publish through command {through}",
-                        delay=1)
+            if patient:
+                raise RetryError(f"waiting for the leader to publish through command "
+                                 f"{through}", delay=1)
+            notify("Warning", "CancellationsUnpublished", f"the leader has not published "
+                   f"through command {through}; the command stream keeps the cancellations")
     except UnansweredError as exc:
         if patient:
             raise RetryError(f"no leader to publish the cancellations: {exc}", delay=2) from exc
@@ -166,8 +204,8 @@ async def _retire(market: Market, exchange: Exchange, notify: Notify, patient: b
     except ExchangeError as exc:
         if patient:
             raise RetryError(f"no recorder took the final snapshot: {exc}", delay=5) from exc
-        notify("Warning", "FinalSnapshotSkipped", f"{exc}; the market is deleted without a final "
-               "snapshot (its streams and history remain)")
+        notify("Warning", "FinalSnapshotSkipped", f"{exc}; the market is deleted without a "
+               "final snapshot (its streams and history remain)")
 
 
 def paused(annotations: dict[str, str]) -> bool:

@@ -39,15 +39,18 @@ class Observation:
     lease: Lease | None
     paused: bool = False
     deleting: bool = False
+    selector: str = ""
+    """The engine pods' label selector, for the scale subresource."""
 
 
 @dataclass(frozen=True)
 class Change:
-    """The status to write, and what happened since the last one (for Events)."""
+    """The status to write, and what happened since the last one (for an Event)."""
 
     status: dict[str, Any]
-    failover: str | None = None
-    """A message when the lead moved to another replica."""
+    leader_change: tuple[str, str, str] | None = None
+    """``(type, reason, message)`` when the lead moved: a ``Failover`` (Warning) or a
+    planned ``Switchover`` (Normal)."""
 
 
 def timestamp(nanoseconds: int | None = None) -> str:
@@ -68,17 +71,26 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
     ready = [report for report in reports if report.ready]
     # The epoch moves on when the new leader has said so; a lease taken by a replica
     # whose report has not arrived yet is counted on the next reading.
-    epoch = lease.epoch if lease is not None and leader is not None else int(
-        previous.get("epoch") or 0)
-    failovers = max(0, epoch - 1)
+    old_epoch = int(previous.get("epoch") or 0)
+    epoch = lease.epoch if lease is not None and leader is not None else old_epoch
+    planned = lease is not None and lease.taken == "handover"
+    failovers = int(previous.get("failovers") or 0)
+    switchovers = int(previous.get("switchovers") or 0)
+    if not old_epoch:
+        failovers = max(0, epoch - 1)  # changes before the operator watched: counted here
+    elif epoch > old_epoch and planned:
+        switchovers += epoch - old_epoch
+    elif epoch > old_epoch:
+        failovers += epoch - old_epoch
     effective_mode = leader.mode if leader is not None else None
     failover_times = [report.last_failover for report in reports if report.last_failover]
 
     lag: dict[str, int | None] = dict.fromkeys(previous.get("replicaLag") or {})
     lag.update({report.replica: report.lag for report in reports})  # None: a replica gone
     status: dict[str, Any] = {
-        "replicas": observation.replicas,
+        "replicas": len(reports),
         "readyReplicas": len(ready),
+        "selector": observation.selector,
         "leader": leader.replica if leader is not None else None,
         "lastLeader": (leader.replica if leader is not None else
                        previous.get("leader") or previous.get("lastLeader")),
@@ -87,8 +99,9 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
         "tradingMode": effective_mode,
         "replicaLag": lag,
         "failovers": failovers,
+        "switchovers": switchovers,
     }
-    if failovers and failover_times:
+    if epoch > old_epoch and not planned and failovers and failover_times:
         status["lastFailoverTime"] = timestamp(max(failover_times))
 
     available = leader is not None and leader.ready
@@ -97,8 +110,8 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
     reconciled = previous.get("observedGeneration") == observation.generation
     if observation.deleting:
         phase = "Terminating"
-    elif not reports:
-        phase = "Pending"
+    elif not reports and not status["lastLeader"]:
+        phase = "Pending"  # nothing has run yet
     elif not available:
         phase = "Unavailable"
     elif not all_ready:
@@ -127,7 +140,9 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
         progress = ("Converging", readiness[1])
     else:
         progress = ("Stable", "the market is as its spec says")
-    if reports and not available:
+    if not reports and status["lastLeader"]:
+        degradation = ("NoReplicas", f"no replica reports; {status['lastLeader']} led last")
+    elif reports and not available:
         degradation = ("NoLeader", "replicas run but none leads")
     elif reports and not all_ready:
         degradation = ("ReplicasMissing", f"{replicas_text}: a failover has fewer "
@@ -139,7 +154,7 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
         "Ready": (available and all_ready and mode_applied, *readiness),
         "Progressing": (None if observation.paused else
                         not reconciled or not all_ready or not mode_applied, *progress),
-        "Degraded": (bool(reports) and (not available or not all_ready), *degradation),
+        "Degraded": (degradation[0] != "AsExpected", *degradation),
     }
     before = {condition.get("type"): condition for condition in previous.get("conditions", [])}
     conditions = []
@@ -152,11 +167,12 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
                            "message": message, "lastTransitionTime": since or now})
     status["conditions"] = conditions
 
-    failover = None
-    old_epoch = int(previous.get("epoch") or 0)
+    leader_change = None
     old_leader = (previous.get("leader") or next(iter(deposed), None)
-                  or previous.get("lastLeader"))
+                  or previous.get("lastLeader") or "a lost replica")
     if old_epoch and epoch > old_epoch and leader is not None:
-        failover = (f"the lead moved from {old_leader or 'a lost replica'} to "
-                    f"{leader.replica} (epoch {old_epoch} → {epoch})")
-    return Change(status=status, failover=failover)
+        moved = (f"the lead moved from {old_leader} to {leader.replica} "
+                 f"(epoch {old_epoch} → {epoch})")
+        leader_change = (("Normal", "Switchover", f"{moved}, as planned") if planned
+                         else ("Warning", "Failover", moved))
+    return Change(status=status, leader_change=leader_change)

@@ -110,3 +110,20 @@ def test_base_and_quote_are_immutable() -> None:
     changed["base"] = "ETH"
     assert "base is immutable" in problems(changed, old=VALID)
     assert problems({**VALID, "tradingMode": "halted"}, old=VALID) == []
+
+
+@pytest.mark.parametrize("field", ["tickSize", "lotSize", "minNotional", "priceBand"])
+def test_the_grid_and_matching_rules_are_immutable(field: str) -> None:
+    changed = {**VALID, field: "7"}
+    assert any("immutable" in message for message in problems(changed, old=VALID))
+
+
+@pytest.mark.parametrize(("name", "accepted"), [
+    ("btc-usdt", True), ("a", True), ("x" * 40, True), ("x" * 41, False),
+    ("BTC-USDT", False), ("btc.usdt", False), ("-btc", False), ("btc-", False),
+])
+def test_a_market_name_must_fit_streams_subjects_and_pods(name: str, accepted: bool) -> None:
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    failures = rule_failures({"x-kubernetes-validations": schema["x-kubernetes-validations"]},
+                             {"metadata": {"name": name}, "spec": VALID})
+    assert (failures == []) is accepted, failures

@@ -44,7 +44,9 @@ async def commands(world: World, market: str = "sol-usdt") -> list[Any]:
     """Every command in the market's command stream, in order."""
     js = world.nc.jetstream()
     info = await js.stream_info(command_stream(market))
-    result = []
+    result: list[Any] = []
+    if not info.state.messages:
+        return result
     for sequence in range(info.state.first_seq, info.state.last_seq + 1):
         message = await js.get_msg(command_stream(market), sequence)
         assert message.data is not None
@@ -112,7 +114,7 @@ def test_a_market_becomes_its_children_and_its_definition(tmp_path: Path) -> Non
             await eventually(defined, 10, "the definition in tp-markets")
 
             async def observed() -> bool:
-                return "observedGeneration" in await status_of(world)
+                return {"observedGeneration", "phase"} <= set(await status_of(world))
             await eventually(observed, 10, "status")
             status = await status_of(world)
             assert status["observedGeneration"] == 1
@@ -418,9 +420,9 @@ def test_deletion_goes_on_without_a_recorder(tmp_path: Path) -> None:
 
 def test_a_market_name_is_cluster_wide(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with operator_world(tmp_path) as world:
+        async with operator_world(tmp_path) as world, Kubelet(world):
             await world.apply(market_manifest())
-            await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None, 15)
+            await serving(world)
             other = market_manifest()
             other["metadata"]["namespace"] = "team-b"
             await world.kube.create(MARKETS, "team-b", other)
@@ -430,4 +432,29 @@ def test_a_market_name_is_cluster_wide(tmp_path: Path) -> None:
                            for e in world.cluster.objects("events", "team-b").values())
             await eventually(refused, 15, "the second Market is refused with a reason")
             assert world.cluster.get("statefulsets", ENGINE, "team-b") is None
+
+            # Deleting the refused one retires nothing of the market the first one runs.
+            before = len(await commands(world))
+            await world.kube.delete(MARKETS, "team-b", "sol-usdt")
+
+            async def gone() -> bool:
+                return await world.kube.get(MARKETS, "team-b", "sol-usdt") is None
+            await eventually(gone, 15, "the refused Market is deleted")
+            assert any(e["reason"] == "NotRetired"
+                       for e in world.cluster.objects("events", "team-b").values())
+            assert len(await commands(world)) == before
+            assert await definition(world) is not None
+            assert world.cluster.get("statefulsets", ENGINE) is not None
+    run(scenario())
+
+
+def test_an_invalid_name_is_refused_with_an_event(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world:
+            name = "a" * 41  # the CRD refuses it too; the emulator has no admission
+            await world.apply(market_manifest(name))
+            await eventually(lambda: "InvalidMarket" in world.reasons(name), 15,
+                             "an InvalidMarket event")
+            assert not world.cluster.objects("statefulsets")
+            assert await definition(world, name) is None
     run(scenario())

@@ -75,11 +75,17 @@ LEADING = Lease("a", 1)
     ([report("a", role="leader"), report("b", role="leader", epoch=2)], Lease("b", 2), {},
      "Running", {"Available": ("True", "LeaderServing"), "Ready": ("True", "AllReplicasReady"),
                  "Progressing": ("False", "Stable"), "Degraded": ("False", "AsExpected")}),
+    # Every replica gone after the market ran: not "Pending" as if it were new.
+    ([], LEADING, {}, "Unavailable",
+     {"Available": ("False", "NoLeader"), "Ready": ("False", "ReplicasNotReady"),
+      "Progressing": ("True", "Converging"), "Degraded": ("True", "NoReplicas")}),
 ], ids=["nothing-yet", "serving", "standby-behind", "no-leader", "mode-pending",
-        "new-generation", "paused", "deposed-report"])
+        "new-generation", "paused", "deposed-report", "all-gone"])
 def test_conditions(reports: list[ReplicaReport], lease: Lease | None, extra: dict[str, Any],
                     phase: str, expected: dict[str, tuple[str, str]]) -> None:
-    status = observe(reports, lease, **extra)
+    previous = {"observedGeneration": 1, "lastLeader": "a"} if phase == "Unavailable" and (
+        not reports) else None
+    status = observe(reports, lease, previous, **extra)
     assert status["phase"] == phase
     assert conditions(status) == expected
 
@@ -107,18 +113,26 @@ def test_a_failover_is_reported_once_with_both_leaders() -> None:
     assert gap.status["leader"] is None
     assert gap.status["lastLeader"] == "a"
     assert gap.status["epoch"] == 1
-    assert gap.failover is None
+    assert gap.leader_change is None
     after = compute(Observation(1, 2, "open", [report("b", role="leader", epoch=2,
                                                       last_failover=1_700_000_000 * 10**9)],
                                 Lease("b", 2)), gap.status, NOW)
-    assert after.failover is not None
-    assert "from a to b" in after.failover
+    assert after.leader_change is not None
+    kind, reason, message = after.leader_change
+    assert (kind, reason) == ("Warning", "Failover")
+    assert "from a to b" in message
     assert after.status["failovers"] == 1
     assert after.status["lastFailoverTime"] == "2023-11-14T22:13:20Z"
     assert after.status["replicaLag"] == {"a": None, "b": 0}  # a's entry is removed
     steady = compute(Observation(1, 2, "open", [report("b", role="leader", epoch=2)],
                                  Lease("b", 2)), after.status, NOW)
-    assert steady.failover is None
+    assert steady.leader_change is None
+    planned = compute(Observation(1, 2, "open", [report("a", role="leader", epoch=3)],
+                                  Lease("a", 3, taken="handover")), steady.status, NOW)
+    assert planned.leader_change is not None
+    assert planned.leader_change[:2] == ("Normal", "Switchover")
+    assert planned.status["failovers"] == 1
+    assert planned.status["switchovers"] == 1
 
 
 def test_what_the_operator_writes_is_what_the_engines_read() -> None:

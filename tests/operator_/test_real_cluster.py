@@ -30,7 +30,13 @@ from tests.support.exchange import eventually, run
 from tradeplane.processes import NatsServer
 from tradeplane_operator import handlers
 from tradeplane_operator.config import Config
-from tradeplane_operator.kube import MARKETS, STATEFULSETS, KubeApi
+from tradeplane_operator.kube import (
+    DISRUPTION_BUDGETS,
+    MARKETS,
+    SERVICES,
+    STATEFULSETS,
+    KubeApi,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECONFIG = os.environ.get("TRADEPLANE_KUBECONFIG", "")
@@ -111,9 +117,11 @@ def test_the_operator_makes_children_the_api_server_accepts(
             await kube.create(MARKETS, name, manifest)
             market = manifest["metadata"]["name"]
 
-            async def made() -> bool:
-                return await kube.get(STATEFULSETS, name, f"{market}-engine") is not None
-            await eventually(made, 60, "the StatefulSet on the real API server")
+            async def made() -> bool:  # the children are made in this order
+                return await kube.get(DISRUPTION_BUDGETS, name, f"{market}-engine") is not None
+            await eventually(made, 60, "the children on the real API server")
+            for resource in (STATEFULSETS, SERVICES):
+                assert await kube.get(resource, name, f"{market}-engine") is not None
             await kube.delete(MARKETS, name, market)
 
             async def gone() -> bool:

@@ -42,6 +42,9 @@ class LeaseValue(msgspec.Struct, frozen=True):
     epoch: int
     handover: str | None = None
     """A planned switchover: the replica the holder hands the lease to."""
+    taken: str = "election"
+    """How the holder got the lease: ``election`` (the first), ``failover`` (the last
+    holder lapsed) or ``handover`` (a planned switchover); the operator reports them."""
 
 
 @dataclass
@@ -51,6 +54,7 @@ class LeaseState:
     revision: int = 0
     handover: str | None = None
     seen_at: float = 0.0
+    taken: str = "election"
     """When this replica last saw the lease change (its own monotonic clock)."""
 
 
@@ -120,7 +124,8 @@ class Lease:
         """A planned switchover: name ``target`` in the lease; it takes over at once."""
         if not self.leading:
             raise RuntimeError("only the leader can hand over")
-        value = LeaseValue(self.replica, self.state.epoch, handover=target)
+        value = LeaseValue(self.replica, self.state.epoch, handover=target,
+                           taken=self.state.taken)
         self.state.revision = await self.kv.update(self.market, msgspec.json.encode(value),
                                                    last=self.state.revision)
         self.leading = False
@@ -146,7 +151,7 @@ class Lease:
     async def _saw(self, raw: bytes, revision: int) -> None:
         value = msgspec.json.decode(raw, type=LeaseValue)
         self.state = LeaseState(value.holder, value.epoch, revision, value.handover,
-                                asyncio.get_running_loop().time())
+                                asyncio.get_running_loop().time(), value.taken)
         if self.leading and value.holder != self.replica:
             await self.step_down()
 
@@ -159,7 +164,8 @@ class Lease:
             await self._create()
         elif named or (lapsed and state.handover is None) or (
                 lapsed and loop.time() - state.seen_at > 3 * self.timeout):
-            await self._take(state.revision, state.epoch + 1)
+            await self._take(state.revision, state.epoch + 1,
+                             "handover" if named else "failover")
 
     async def _create(self) -> None:
         try:
@@ -172,23 +178,24 @@ class Lease:
                 LeaseValue(self.replica, 1)))
         except KeyWrongLastSequenceError:
             return  # another replica created it first
-        await self._won(revision, 1)
+        await self._won(revision, 1, "election")
 
-    async def _take(self, revision: int, epoch: int) -> None:
+    async def _take(self, revision: int, epoch: int, taken: str) -> None:
         try:
             new_revision = await self.kv.update(
-                self.market, msgspec.json.encode(LeaseValue(self.replica, epoch)), last=revision)
+                self.market, msgspec.json.encode(LeaseValue(self.replica, epoch, taken=taken)),
+                last=revision)
         except KeyWrongLastSequenceError:
             # Someone else renewed or took it: see what the lease is now.
             entry = await self.kv.get(self.market)
             if entry.value and entry.revision:
                 await self._saw(entry.value, entry.revision)
             return
-        await self._won(new_revision, epoch)
+        await self._won(new_revision, epoch, taken)
 
-    async def _won(self, revision: int, epoch: int) -> None:
+    async def _won(self, revision: int, epoch: int, taken: str) -> None:
         self.state = LeaseState(self.replica, epoch, revision, None,
-                                asyncio.get_running_loop().time())
+                                asyncio.get_running_loop().time(), taken)
         self.leading = True
         log.info("market %s: replica %s leads with epoch %d", self.market, self.replica, epoch)
         await self.on_promoted(epoch)
@@ -197,7 +204,8 @@ class Lease:
         state = self.state
         try:
             state.revision = await self.kv.update(
-                self.market, msgspec.json.encode(LeaseValue(self.replica, state.epoch)),
+                self.market, msgspec.json.encode(LeaseValue(self.replica, state.epoch,
+                                                            taken=state.taken)),
                 last=state.revision)
         except KeyWrongLastSequenceError:
             await self.step_down()
