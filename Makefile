@@ -43,6 +43,7 @@ bench: native
 	$(PY) bench/persistence.py
 	$(PY) bench/failover.py
 	$(PY) bench/e2e.py
+	$(PY) bench/operator_bench.py
 
 run: native
 	$(BIN)/tradeplane up --demo

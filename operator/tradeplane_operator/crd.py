@@ -103,8 +103,9 @@ class MarketSpec(Model):
                             max_length=32,
                             json_schema_extra=_rules(("self == oldSelf", IMMUTABLE_RULES)))
     reference_price: str | None = Field(None, description="Reference for the price band "
-                                        "until the first trade.", pattern=DECIMAL,
-                                        max_length=32)
+                                        "until the first trade. Immutable.", pattern=DECIMAL,
+                                        max_length=32, json_schema_extra=_rules(
+                                            ("self == oldSelf", IMMUTABLE_RULES)))
     trading_mode: TradingMode = Field(TradingMode.OPEN, description="What the market "
                                       "accepts; a change is a sequenced admin command.")
     replicas: int = Field(2, ge=1, le=7, description="Engine replicas: a leader and standbys.")
@@ -186,6 +187,9 @@ STATUS_SCHEMA: dict[str, Any] = {
         "switchovers": {"type": "integer", "description": "Planned leader changes."},
         "lastFailoverTime": {"type": "string", "format": "date-time"},
         "observedGeneration": {"type": "integer"},
+        "retirement": {"type": "object", "additionalProperties": {"type": "integer"},
+                       "description": "Deletion: the command sequences of the final "
+                       "cancelOnly and cancelAll."},
         "replicaLag": {"type": "object", "additionalProperties": {"type": "integer"},
                        "description": "Commands each replica is behind, by replica."},
         "conditions": {"type": "array", "items": {

@@ -159,7 +159,10 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         exchange = _parts(memo)[2]
         if "observedGeneration" not in status:
             return  # never applied (yet, or refused): nothing of it runs to report on
-        market = _parse(body)
+        try:
+            market = Market.from_body(body)
+        except ValueError:
+            return  # reported once by the handler that applies it
         change = await _guarded(observe(
             market, exchange, dict(status), paused=paused(dict(meta.annotations)),
             deleting=bool(meta.get("deletionTimestamp"))))
@@ -211,9 +214,9 @@ async def run(config: Config, *, connection: kopf.ConnectionInfo | None = None,
 
 async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger | logging.Logger) -> None:
     config, kube, exchange = _parts(memo)
+    market = _parse(body)
     try:
-        done = await _guarded(reconcile(_parse(body), kube, exchange, config,
-                                        _notify(body)))
+        done = await _guarded(reconcile(market, kube, exchange, config, _notify(body)))
     except kopf.PermanentError as exc:
         kopf.event(body, type="Warning", reason="InvalidMarket", message=str(exc))
         raise

@@ -192,7 +192,7 @@ async def _retire(market: Market, kube: KubeApi, exchange: Exchange, notify: Not
                                  f"{through}", delay=1)
             notify("Warning", "CancellationsUnpublished", f"the leader has not published "
                    f"through command {through}; the command stream keeps the cancellations")
-    except UnansweredError as exc:
+    except ExchangeError as exc:  # no leader, or one that cannot say
         if patient:
             raise RetryError(f"no leader to publish the cancellations: {exc}", delay=2) from exc
         notify("Warning", "NoLeader", "no leader published the cancellations; the command "

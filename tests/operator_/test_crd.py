@@ -112,7 +112,8 @@ def test_base_and_quote_are_immutable() -> None:
     assert problems({**VALID, "tradingMode": "halted"}, old=VALID) == []
 
 
-@pytest.mark.parametrize("field", ["tickSize", "lotSize", "minNotional", "priceBand"])
+@pytest.mark.parametrize("field", ["tickSize", "lotSize", "minNotional", "priceBand",
+                                   "referencePrice"])
 def test_the_grid_and_matching_rules_are_immutable(field: str) -> None:
     changed = {**VALID, field: "7"}
     assert any("immutable" in message for message in problems(changed, old=VALID))

@@ -123,6 +123,11 @@ class Emulator(kmock.KubernetesEmulator):
 
     # -- bookkeeping -------------------------------------------------------------------
 
+    @property
+    def served(self) -> int:
+        """Requests served so far (what a client costs the API server)."""
+        return len(self._requests)
+
     def _declare(self, resource: kmock.resource, kind: Kind) -> None:
         self._kinds[resource] = kind
         info = self.resources[resource]

@@ -5,7 +5,8 @@ every command, the bucket's compare-and-set is atomic (an update names the revis
 replaces), and trading must not stop when PostgreSQL does (the persistence issue keeps
 trading going through a database outage; a lease in the database would end that).
 
-The lease of market M is key M in ``tp-leases``: ``{"holder", "epoch"}``. The holder
+The lease of market M is key M in ``tp-leases``: ``{"holder", "epoch", "taken"}`` (how
+the holder got it: election, failover or handover). The holder
 renews it every ``renew_every`` seconds with an update that names the last revision; if
 that fails, someone else has taken it, and the holder steps down at once. A standby
 watches the key and measures, on its own monotonic clock, how long ago it last saw a
@@ -54,8 +55,8 @@ class LeaseState:
     revision: int = 0
     handover: str | None = None
     seen_at: float = 0.0
-    taken: str = "election"
     """When this replica last saw the lease change (its own monotonic clock)."""
+    taken: str = "election"
 
 
 async def replicas_bucket(js: JetStreamContext, replicas: int = 1,
