@@ -1,10 +1,29 @@
-# Placeholder until the Helm chart and image land: a single image whose entrypoint is
-# `tradeplane`. The multi-stage build (wheel in the first stage, non-root runtime in
-# the second) comes with the chart.
+# One image for every tradeplane process: `tradeplane operator | engine | gateway |
+# recorder` (the Helm chart runs each with its own arguments).
+#
+# Stage 1 builds the wheel from the sources; stage 2 installs only that wheel on a slim
+# Python, as a non-root user, with no compiler and no sources.
+
+FROM python:3.12-slim AS build
+WORKDIR /src
+RUN pip install --no-cache-dir build==1.6.1
+COPY pyproject.toml README.md ./
+COPY src src
+COPY engine engine
+COPY gateway gateway
+COPY operator operator
+RUN python -m build --wheel --outdir /wheels
+
 FROM python:3.12-slim
-WORKDIR /app
-COPY . /app
-RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 tradeplane
-USER tradeplane
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN groupadd --gid 10001 tradeplane \
+    && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin tradeplane
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER 10001:10001
+WORKDIR /tmp
 ENTRYPOINT ["tradeplane"]
 CMD ["--help"]

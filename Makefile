@@ -2,7 +2,7 @@
 #   make run     the whole exchange on this machine, with demo traders (Ctrl-C stops it)
 #   make test    create the virtualenv, install, lint, and run the whole test suite
 #   make bench   print the benchmark figures
-#   make lint    ruff, mypy --strict, import-linter contracts
+#   make lint    ruff, mypy --strict, import-linter contracts, hadolint
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
@@ -32,6 +32,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 pytest: native
 	$(BIN)/pytest $(PYTEST_ARGS)

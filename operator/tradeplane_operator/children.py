@@ -103,7 +103,8 @@ def _environment(config: Config) -> list[dict[str, Any]]:
     ]
     if config.postgres_secret:
         env.append({"name": "TRADEPLANE_POSTGRES_DSN", "valueFrom": {"secretKeyRef": {
-            "name": config.postgres_secret, "key": "dsn"}}})
+            "name": config.postgres_secret, "key": config.postgres_secret_key,
+            "optional": True}}})
     return env
 
 

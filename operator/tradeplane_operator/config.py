@@ -29,7 +29,9 @@ class Config:
     """The engine image unless a Market names its own (``spec.engine.image``)."""
     image_pull_policy: str = "IfNotPresent"
     postgres_secret: str | None = None
-    """A Secret with key ``dsn``: engines start from the newest snapshot in PostgreSQL."""
+    """A Secret in the Market's namespace holding the PostgreSQL DSN: engines start from
+    the newest snapshot. Optional for the pods: without it they replay the stream."""
+    postgres_secret_key: str = "dsn"
     stream_replicas: int = 1
     """JetStream replicas of each market's streams (3 on a NATS cluster)."""
     anti_affinity: str = "preferred"
@@ -58,6 +60,8 @@ class Config:
             image_pull_policy=env.get("TRADEPLANE_IMAGE_PULL_POLICY",
                                       default.image_pull_policy),
             postgres_secret=env.get("TRADEPLANE_POSTGRES_SECRET") or None,
+            postgres_secret_key=env.get("TRADEPLANE_POSTGRES_SECRET_KEY",
+                                        default.postgres_secret_key),
             stream_replicas=int(env.get("TRADEPLANE_STREAM_REPLICAS",
                                         default.stream_replicas)),
             anti_affinity=env.get("TRADEPLANE_ANTI_AFFINITY", default.anti_affinity),

@@ -59,10 +59,14 @@ USED: dict[Resource, frozenset[str]] = {
     SERVICES: frozenset({"get", "create", "patch", "delete", "list", "watch"}),
     DISRUPTION_BUDGETS: frozenset({"get", "create", "patch", "delete", "list", "watch"}),
     Resource("", "v1", "events"): frozenset({"create"}),
-    Resource("events.k8s.io", "v1", "events"): frozenset({"create"}),
+    Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False):
+        frozenset({"list", "watch"}),
 }
 """What the operator does in the API: its own calls below, kopf's watches of Markets and
-of the children (to repair a deleted one), and kopf's Events and finalizer patches."""
+of the children (to repair a deleted one), kopf's Events and finalizer patches, and
+kopf's watch of CRDs (it notices resources that appear). The chart's RBAC grants exactly
+this; a test compares them, and another checks every request the operator made in the
+tests against it."""
 
 
 class KubeError(Exception):

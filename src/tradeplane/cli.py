@@ -3,6 +3,7 @@
     tradeplane up [--demo]              the whole exchange on this machine
     tradeplane engine --market M ...    an engine process (what a pod runs)
     tradeplane gateway                  a gateway process
+    tradeplane recorder [--market M]    a recorder process (every market if none named)
     tradeplane order place|cancel|replace|cancel-all|status ...
     tradeplane book MARKET              a live L2 view
     tradeplane trades MARKET            public trades as they happen
@@ -74,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="serve /livez and /readyz for Kubernetes probes on this port "
                              "(default: $TRADEPLANE_HEALTH_PORT, else none)")
 
-    commands.add_parser("gateway", help="serve order entry (any number, one queue group)")
+    gateway = commands.add_parser(
+        "gateway", help="serve order entry (any number, one queue group)")
+    gateway.add_argument("--metrics-port", type=int, default=0,
+                         help="serve Prometheus metrics on this port (0: none)")
 
     operator = commands.add_parser(
         "operator", help="run the Kubernetes operator: Market resources become engine pods "
@@ -86,7 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     recorder = commands.add_parser(
         "recorder", help="record markets into PostgreSQL, take snapshots, answer history "
                          "queries ($TRADEPLANE_POSTGRES_DSN)")
-    recorder.add_argument("--market", action="append", required=True, dest="markets")
+    recorder.add_argument("--market", action="append", dest="markets",
+                          help="a market to record (repeatable; default: every market in "
+                               "the markets bucket, started and stopped as markets are "
+                               "defined and deleted)")
     recorder.add_argument("--metrics-port", type=int, default=0,
                           help="serve Prometheus metrics (the recorder's lag) on this port")
 
@@ -135,6 +142,16 @@ def _parser() -> argparse.ArgumentParser:
     trades.add_argument("--count", type=int, default=0, help="exit after this many trades")
 
     commands.add_parser("status", help="every market, its leader and its replicas")
+
+    check = commands.add_parser(
+        "selftest", help="one trade end to end: a resting sell and a crossing buy "
+                         "(what `helm test` runs)")
+    check.add_argument("--market", required=True)
+    check.add_argument("--price", default="100", help="the price of both orders "
+                                                     "(default: %(default)s)")
+    check.add_argument("--timeout", type=float, default=300,
+                       help="seconds to wait for the market to be served (default: "
+                            "%(default)s)")
 
     failover = commands.add_parser("failover", help="planned switchover of a market's leader")
     failover.add_argument("market")
@@ -250,8 +267,16 @@ async def _run_async(args: argparse.Namespace) -> int:
     if args.command == "gateway":
         from tradeplane_gateway.runner import run_gateway
 
+        if args.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(args.metrics_port)
         await run_gateway(args.nats)
         return 0
+    if args.command == "selftest":
+        from tradeplane.selftest import selftest
+
+        return await selftest(args.nats, args.market, args.price, args.timeout, sys.stdout)
     from tradeplane import trading
 
     if args.command == "order":

@@ -169,7 +169,7 @@ def test_children_follow_the_settings() -> None:
     assert container["image"] == "tp:custom"
     assert container["args"][-2:] == ["--stream-replicas", "3"]
     assert {"name": "TRADEPLANE_POSTGRES_DSN", "valueFrom": {"secretKeyRef": {
-        "name": "pg", "key": "dsn"}}} in container["env"]
+        "name": "pg", "key": "dsn", "optional": True}}} in container["env"]
     assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"][
         "podAntiAffinity"]
     assert pod["securityContext"]["runAsNonRoot"] is True

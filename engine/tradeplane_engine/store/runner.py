@@ -1,6 +1,10 @@
 """A recorder process: for its markets, the recorder, the snapshotter and the history
 queries, on one NATS connection and one PostgreSQL pool.
 
+Its markets are either named (``--market``), each awaited in the markets bucket and
+all stopped by a failure of any, or, with none named, every market in the bucket as
+markets are defined and deleted (``following``), each restarted alone after a failure.
+
 The DSN comes from the environment (``TRADEPLANE_POSTGRES_DSN``), never from the
 command line, so that credentials do not show in process listings; logs show it
 without its password (``redact``).
@@ -10,19 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
 
 from tradeplane_engine.service.runner import connect, market_definition
 from tradeplane_engine.service.streams import StreamSettings, markets_bucket
 from tradeplane_engine.store.errors import until_available
+from tradeplane_engine.store.following import RecordedMarkets
 from tradeplane_engine.store.migrate import migrate
 from tradeplane_engine.store.queries import History
 from tradeplane_engine.store.recorder import Recorder, prepare_connection
 from tradeplane_engine.store.snapshots import Snapshotter
 
 log = logging.getLogger(__name__)
+
+FOLLOWING = "*"
+"""The NATS connection name's market part for a recorder that follows the bucket (``*``
+cannot be part of a market name, so the name says "every market")."""
 
 
 def redact(dsn: str) -> str:
@@ -49,26 +61,38 @@ async def open_database(dsn: str, *, size: int = 4) -> asyncpg.Pool:
     return pool
 
 
-async def run_recorders(servers: str, markets: list[str], dsn: str,
+async def run_recorders(servers: str, markets: Sequence[str] | None, dsn: str,
                         settings: StreamSettings | None = None) -> None:
-    """Record, snapshot and answer history queries for the named markets until cancelled."""
-    nc = await connect(servers, f"tradeplane-recorder:{','.join(markets)}")
+    """Record, snapshot and answer history queries until cancelled: for the named
+    markets, or, with none named, for every market in the markets bucket as it comes
+    and goes."""
+    name = ",".join(markets) if markets else FOLLOWING
+    nc = await connect(servers, f"tradeplane-recorder:{name}")
     pool = await open_database(dsn)
     try:
         kv = await markets_bucket(nc.jetstream(), settings or StreamSettings())
-        definitions = [await market_definition(kv, market) for market in markets]
-        histories = [History(nc, pool, definition) for definition in definitions]
-        for history in histories:
-            await history.start()
-        async with asyncio.TaskGroup() as group:
-            for definition in definitions:
-                group.create_task(Recorder(nc, pool, definition).run(),
-                                  name=f"recorder {definition.name}")
-                group.create_task(Snapshotter(nc, pool, definition).run(),
-                                  name=f"snapshotter {definition.name}")
+        if markets:
+            await _record_named(nc, pool, kv, markets)
+        else:
+            await RecordedMarkets(nc, pool).follow(kv)
     finally:
         try:
             await asyncio.wait_for(pool.close(), 5)
         except TimeoutError:
             pool.terminate()
         await nc.drain()
+
+
+async def _record_named(nc: Client, pool: asyncpg.Pool, kv: KeyValue,
+                        markets: Sequence[str]) -> None:
+    """The named markets, once each is defined; a failure of any ends them all."""
+    definitions = [await market_definition(kv, market) for market in markets]
+    histories = [History(nc, pool, definition) for definition in definitions]
+    for history in histories:
+        await history.start()
+    async with asyncio.TaskGroup() as group:
+        for definition in definitions:
+            group.create_task(Recorder(nc, pool, definition).run(),
+                              name=f"recorder {definition.name}")
+            group.create_task(Snapshotter(nc, pool, definition).run(),
+                              name=f"snapshotter {definition.name}")
