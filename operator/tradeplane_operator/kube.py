@@ -82,9 +82,10 @@ class KubeError(Exception):
 class KubeApi:
     """An aiohttp session to the API server, made from kopf's connection info."""
 
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
+    def __init__(self, info: kopf.ConnectionInfo,
+                 user_agent: str = "tradeplane-operator") -> None:
         self.server = info.server.rstrip("/")
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": user_agent}
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         auth = (aiohttp.BasicAuth(info.username, info.password or "")

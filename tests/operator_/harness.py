@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from tradeplane_operator.config import Config
 from tradeplane_operator.crd import crd
 from tradeplane_operator.kube import MARKETS, STATEFULSETS, KubeApi, Resource
 
+TEST_AGENT = "tradeplane-tests"
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
 
 
@@ -63,6 +64,34 @@ class World:
     def reasons(self, name: str) -> list[str]:
         return [event["reason"] for event in self.events(name)]
 
+    def requests_beyond(self, allowed: dict[Resource, frozenset[str]]) -> set[str]:
+        """The operator's API requests so far that ``allowed`` (its RBAC) does not cover.
+
+        The emulator also served the tests' own requests (creating Markets, deleting
+        children) and kubectl's; their User-Agents say whose they are."""
+        granted = {(resource.group, resource.plural, verb)
+                   for resource, verbs in allowed.items() for verb in verbs}
+        beyond = set()
+        for request in self.cluster.emulator._requests:
+            agent = request.headers.get("User-Agent", "")
+            if request.resource is None or agent == TEST_AGENT or agent.startswith("kubectl"):
+                continue
+            if request.resource.plural is None:
+                continue  # discovery (/apis/<group>/<version>): needs no permission
+            plural = request.resource.plural + (f"/{request.subresource}"
+                                                if request.subresource else "")
+            verb = _verb(request.method, request.name, request.params)
+            if (request.resource.group, plural, verb) not in granted:
+                beyond.add(f"{verb} {request.resource.group or 'core'}/{plural}")
+        return beyond
+
+
+def _verb(method: str, name: str | None, params: Mapping[str, str]) -> str:
+    if method == "GET":
+        return "watch" if params.get("watch") == "true" else "get" if name else "list"
+    return {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}.get(
+        method, method.lower())
+
 
 def market_manifest(name: str = "sol-usdt", **spec: Any) -> dict[str, Any]:
     return {
@@ -79,7 +108,7 @@ async def operator_world(tmp_path: Path, **config: Any) -> AsyncIterator[World]:
     server = NatsServer(tmp_path / "nats").start()
     try:
         async with cluster(tmp_path) as emulated:
-            kube = KubeApi(kopf.ConnectionInfo(server=emulated.url))
+            kube = KubeApi(kopf.ConnectionInfo(server=emulated.url), TEST_AGENT)
             await kube.create(CRDS, None, crd())
             settings = Config(**{"nats_url": server.url, "status_interval": 0.2,
                                  "drift_interval": 1.0, "final_snapshot_timeout": 10.0,

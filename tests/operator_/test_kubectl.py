@@ -19,7 +19,7 @@ from tests.support.exchange import run
 from tests.support.kube import cluster
 from tradeplane.processes import NatsServer
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
-from tradeplane_operator.kube import MARKETS, KubeApi
+from tradeplane_operator.kube import MARKETS, USED, KubeApi
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -98,6 +98,8 @@ def test_kubectl_applies_lists_and_deletes_markets(tmp_path: Path) -> None:
             code, output = await kubectl(world, "get", "market", "no-such-market")
             assert code != 0
             assert 'markets.tradeplane.dev "no-such-market" not found' in output
+            # What the operator asked of the API meanwhile is all in its RBAC.
+            assert world.requests_beyond(USED) == set()
     run(scenario())
 
 

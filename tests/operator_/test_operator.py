@@ -26,7 +26,7 @@ from tradeplane_engine.wire import (
     encode_command,
 )
 from tradeplane_operator.config import PAUSE_ANNOTATION, SWITCHOVER_ANNOTATION
-from tradeplane_operator.kube import MARKETS, STATEFULSETS
+from tradeplane_operator.kube import MARKETS, STATEFULSETS, USED
 
 ENGINE = "sol-usdt-engine"
 
@@ -344,6 +344,7 @@ def test_switchover_and_pause_annotations(tmp_path: Path) -> None:
                 PAUSE_ANNOTATION: None}}})
             await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None,
                              10, "unpaused: the StatefulSet is back")
+            assert world.requests_beyond(USED) == set()
     run(scenario())
 
 
@@ -395,6 +396,8 @@ def test_deletion_retires_the_market_in_order(tmp_path: Path) -> None:
             # The leader published the cancellations before it went.
             events = await js.stream_info("tp-evt-sol-usdt")
             assert events.state.last_seq == 4
+            # Everything the operator asked of the API is in what its RBAC grants.
+            assert world.requests_beyond(USED) == set()
     run(scenario())
 
 

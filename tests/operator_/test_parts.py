@@ -14,7 +14,13 @@ import pytest
 import yaml
 
 from tradeplane_engine.wire import decode_command, decode_definition, definition_from_manifest
-from tradeplane_operator.children import Market, disruption_budget, is_subset, statefulset
+from tradeplane_operator.children import (
+    Market,
+    disruption_budget,
+    is_subset,
+    service,
+    statefulset,
+)
 from tradeplane_operator.config import Config
 from tradeplane_operator.errors import InvalidMarketError, RetryError, to_kopf
 from tradeplane_operator.exchange import Lease, RefusedError, ReplicaReport, admin_command
@@ -245,3 +251,16 @@ def test_timestamps_are_rfc3339_utc() -> None:
     assert timestamp(0) == "1970-01-01T00:00:00Z"
     now = datetime.datetime.strptime(timestamp(), "%Y-%m-%dT%H:%M:%SZ")
     assert now.year >= 2026
+
+
+@pytest.mark.parametrize("version", ["1.29", "1.37"])
+def test_the_children_are_valid_kubernetes_objects(version: str) -> None:
+    """Strict schemas (no unknown field anywhere) of the oldest and newest Kubernetes the
+    chart supports: the emulator stores anything, so this is where typos are caught."""
+    import kubernetes_validate
+
+    config = Config(postgres_secret="pg", anti_affinity="required")
+    built = market(replicas=3, engine={"resources": {"requests": {"cpu": "1"}}})
+    for build in (statefulset, service, disruption_budget):
+        kubernetes_validate.validate(build(built, config), version, strict=True)
+    kubernetes_validate.validate(statefulset(built, Config()), version, strict=True)

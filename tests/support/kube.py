@@ -60,6 +60,10 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
     "events.k8s.io/v1/events": ("Event", True),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False),
+    "rbac.authorization.k8s.io/v1/clusterroles": ("ClusterRole", False),
+    "rbac.authorization.k8s.io/v1/clusterrolebindings": ("ClusterRoleBinding", False),
+    "rbac.authorization.k8s.io/v1/roles": ("Role", True),
+    "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", True),
 }
 VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 CRDS = kmock.resource(group="apiextensions.k8s.io", version="v1",
@@ -306,6 +310,13 @@ class Emulator(kmock.KubernetesEmulator):
             obj.delete()
             await self._record({"type": "DELETED", "object": raw})
             await self._collect_dependents(raw.get("metadata", {}).get("uid", ""))
+
+    async def _serve_server_version(self, request: rendering.Request) -> dict[str, Any]:
+        """A current Kubernetes (kmock says 1.26, older than the chart supports)."""
+        return {"major": "1", "minor": "33", "gitVersion": "v1.33.0",
+                "gitCommit": "emulated", "gitTreeState": "clean",
+                "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24",
+                "compiler": "gc", "platform": "linux/amd64"}
 
     async def _serve_version(self, request: rendering.Request) -> dict[str, Any]:
         """Discovery of one group/version; subresources carry no short names (kubectl
