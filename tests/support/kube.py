@@ -318,6 +318,30 @@ class Emulator(kmock.KubernetesEmulator):
                 "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24",
                 "compiler": "gc", "platform": "linux/amd64"}
 
+    def openapi(self) -> None:
+        """Serve a minimal OpenAPI v3: what Helm needs to build objects (it reads each
+        kind's patch operation and whether it takes ``fieldValidation``); no schemas."""
+        self["get /openapi/v3"] << (lambda: {"paths": {
+            _openapi_path(version): {"serverRelativeURL": f"/openapi/v3/{_openapi_path(version)}"}
+            for version in {(r.group, r.version) for r in self._kinds}}})
+        for group, version in {(r.group, r.version) for r in self._kinds}:
+            self[f"get /openapi/v3/{_openapi_path((group, version))}"] << partial(
+                self._openapi_document, group, version)
+
+    def _openapi_document(self, group: str | None, version: str | None) -> dict[str, Any]:
+        paths = {}
+        for resource, kind in self._kinds.items():
+            if (resource.group, resource.version) != (group, version):
+                continue
+            prefix = f"/{_openapi_path((group, version))}"
+            scope = "/namespaces/{namespace}" if kind.namespaced else ""
+            paths[f"{prefix}{scope}/{resource.plural}/{{name}}"] = {"patch": {
+                "x-kubernetes-group-version-kind": {"group": group, "version": version,
+                                                    "kind": kind.kind},
+                "parameters": [{"name": "fieldValidation", "in": "query"}]}}
+        return {"openapi": "3.0.0", "info": {"title": "emulated", "version": str(version)},
+                "paths": paths, "components": {"schemas": {}}}
+
     async def _serve_version(self, request: rendering.Request) -> dict[str, Any]:
         """Discovery of one group/version; subresources carry no short names (kubectl
         would warn that ``mkt`` is ambiguous)."""
@@ -398,10 +422,17 @@ class Emulator(kmock.KubernetesEmulator):
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(raw)
         since = request.params.get("resourceVersion") or "0"
-        if since == "0":
+        initial = request.params.get("sendInitialEvents") == "true"
+        if since == "0" or initial:
             since_version = self._version
             for obj in self._matching(request):
                 await _write(response, {"type": "ADDED", "object": obj})
+            if initial:  # a streaming list: say where the initial state ends
+                kind = self._kinds[_resource(request)]
+                await _write(response, {"type": "BOOKMARK", "object": {
+                    "apiVersion": _api_version(_resource(request)), "kind": kind.kind,
+                    "metadata": {"resourceVersion": str(since_version), "annotations": {
+                        "k8s.io/initial-events-end": "true"}}}})
         else:
             since_version = int(since)
         timeout = float(request.params.get("timeoutSeconds") or 3600)
@@ -453,6 +484,11 @@ class _Buses(dict):  # type: ignore[type-arg]
 def _resource(request: rendering.Request) -> kmock.resource:
     assert request.resource is not None  # only Kubernetes requests get here
     return request.resource
+
+
+def _openapi_path(group_version: tuple[str | None, str | None]) -> str:
+    group, version = group_version
+    return f"apis/{group}/{version}" if group else f"api/{version}"
 
 
 def _qualified(resource: kmock.resource) -> str:

@@ -1,0 +1,100 @@
+"""``helm test`` end to end: the chart's test hook trades on a real exchange.
+
+Helm (helm-sdkpy, memory driver) installs the chart into the emulated API server and
+runs its test hooks: a throw-away Market and a pod. The operator runs in-process and
+turns the Market into a StatefulSet; ``Kubelet`` runs its engines; a gateway serves
+orders; ``PodRunner`` stands in for the kubelet of the test pod: it runs the pod's
+command (``tradeplane selftest ...``) as a process with the pod's environment and
+reports its exit as the pod's phase, which is what Helm waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.chart.test_chart import CHART, ROOT, helm
+from tests.operator_.harness import Kubelet, World, operator_world
+from tests.support.exchange import SETTINGS, run
+from tradeplane_engine.service.streams import markets_bucket
+from tradeplane_gateway.markets import MarketDirectory
+from tradeplane_gateway.service import Gateway
+from tradeplane_operator.kube import Resource
+
+PODS = Resource("", "v1", "pods")
+
+
+@dataclass
+class PodRunner:
+    world: World
+    outputs: dict[str, str] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+    _pods: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def __aenter__(self) -> PodRunner:
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        for task in [self._task, *self._pods]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        started: set[str] = set()
+        while True:
+            for name, pod in self.world.cluster.objects("pods").items():
+                uid = pod["metadata"]["uid"]
+                if uid not in started:
+                    started.add(uid)
+                    self._pods.append(asyncio.create_task(self._run(name, pod)))
+            await asyncio.sleep(0.1)
+
+    async def _run(self, name: str, pod: dict[str, object]) -> None:
+        container = pod["spec"]["containers"][0]  # type: ignore[index]
+        env = {item["name"]: item["value"] for item in container.get("env", [])
+               if "value" in item}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tradeplane.cli", *container["args"],
+            env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(
+                str(ROOT / part) for part in ("src", "engine", "gateway", "operator"))},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output, _ = await process.communicate()
+        self.outputs[name] = output.decode()
+        phase = "Succeeded" if process.returncode == 0 else "Failed"
+        await self.world.kube.patch(PODS, "default", name, {"status": {"phase": phase}})
+
+
+def test_helm_test_places_and_crosses_an_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world, Kubelet(world), \
+                PodRunner(world) as pods:
+            world.cluster.emulator.openapi()
+            markets = MarketDirectory()
+            follow = asyncio.create_task(markets.follow(
+                await markets_bucket(world.nc.jetstream(), SETTINGS)))
+            gateway = Gateway(world.nc, markets)
+            await gateway.start()
+            try:
+                result = await helm({
+                    "install": True, "test": True, "release": "tp", "chart": str(CHART),
+                    "kubeconfig": str(world.cluster.kubeconfig), "namespace": "default",
+                    "values": {"nats": {"url": world.nats_url},
+                               "tests": {"market": "helm-test-usdt"}}}, tmp_path)
+            finally:
+                follow.cancel()
+                await gateway.stop()
+            assert result.get("status") == "deployed", result.get("error")
+            output = "".join(pods.outputs.values())
+            assert result["test"] == "passed", (result["test"], output)
+            assert "ok: one trade on helm-test-usdt" in output
+            # The hook's Market was a real one: the operator made its engines.
+            assert world.cluster.get("statefulsets", "helm-test-usdt-engine") is not None
+    run(scenario(), timeout=180)
+
