@@ -68,6 +68,12 @@ kopf's watch of CRDs (it notices resources that appear). The chart's RBAC grants
 this; a test compares them, and another checks every request the operator made in the
 tests against it."""
 
+USED_WHEN_NAMESPACED: dict[Resource, frozenset[str]] = {
+    Resource("", "v1", "namespaces", namespaced=False): frozenset({"list", "watch"}),
+}
+"""What an operator limited to some namespaces needs as well: kopf watches the
+namespaces to learn when a watched one appears or goes."""
+
 
 class KubeError(Exception):
     """An API call that failed, with what the API server said."""

@@ -39,19 +39,25 @@ def definition(market: Market) -> dict[str, Any]:
 async def reconcile(market: Market, kube: KubeApi, exchange: Exchange, config: Config,
                     notify: Notify) -> list[str]:
     """Bring everything in line with the Market; what was done, for the log."""
-    await _check_unique(market, kube)
+    await _check_unique(market, kube, config)
     done = await _apply_children(market, kube, config)
     done += await _apply_definition(market, exchange, notify)
     return done
 
 
-async def _owner(market: Market, kube: KubeApi) -> dict[str, Any] | None:
+async def _owner(market: Market, kube: KubeApi,
+                 namespaces: tuple[str, ...]) -> dict[str, Any] | None:
     """The other Market that owns this one's name, if any.
 
     A market's streams and bucket keys are named by the market alone, so two namespaces
     must not both run one of that name: the older Market keeps it, even while it is
-    being deleted (its retirement must finish before the name is free again)."""
-    for other in await kube.list(MARKETS, None, f"metadata.name={market.name}"):
+    being deleted (its retirement must finish before the name is free again). An
+    operator limited to some namespaces looks in those (its RBAC allows no more)."""
+    selector = f"metadata.name={market.name}"
+    others = ([other for namespace in namespaces
+               for other in await kube.list(MARKETS, namespace, selector)]
+              if namespaces else await kube.list(MARKETS, None, selector))
+    for other in others:
         meta = other["metadata"]
         if meta.get("uid") == market.uid:
             continue
@@ -61,8 +67,8 @@ async def _owner(market: Market, kube: KubeApi) -> dict[str, Any] | None:
     return None
 
 
-async def _check_unique(market: Market, kube: KubeApi) -> None:
-    owner = await _owner(market, kube)
+async def _check_unique(market: Market, kube: KubeApi, config: Config) -> None:
+    owner = await _owner(market, kube, config.namespaces)
     if owner is None:
         return
     namespace = owner["metadata"].get("namespace")
@@ -152,7 +158,7 @@ async def finalize(market: Market, kube: KubeApi, exchange: Exchange, config: Co
     sequenced, kept in the status so a retry long after the stream's duplicate window
     still sequences them once. A Market that never owned its name (a duplicate in another
     namespace) retires nothing: the market is the other Market's."""
-    if await _owner(market, kube) is not None:
+    if await _owner(market, kube, config.namespaces) is not None:
         notify("Normal", "NotRetired", f"market {market.name} belongs to another namespace; "
                "only this Market goes")
         return

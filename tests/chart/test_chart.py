@@ -20,7 +20,7 @@ import yaml
 
 from tests.support.exchange import run
 from tests.support.kube import Cluster, cluster
-from tradeplane_operator.kube import USED, KubeApi, Resource
+from tradeplane_operator.kube import USED, USED_WHEN_NAMESPACED, KubeApi, Resource
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tradeplane"
@@ -161,11 +161,13 @@ def test_rbac_is_exactly_what_the_operator_uses(tmp_path: Path) -> None:
             assert sorted(role["metadata"]["namespace"] for role in roles) == [
                 "desk-a", "desk-b"]
             cluster_rules = rules(cluster_role)
+            namespaced_extra = {(resource.group, resource.plural, verb) for resource, verbs
+                                in USED_WHEN_NAMESPACED.items() for verb in verbs}
             for role in roles:
-                assert rules(role) | cluster_rules == USED_RULES
+                assert rules(role) | cluster_rules == USED_RULES | namespaced_extra
                 assert not rules(role) & cluster_rules
             assert {resource for _, resource, _ in cluster_rules} == {
-                "customresourcedefinitions"}
+                "customresourcedefinitions", "namespaces"}
             operator = by_kind(objects)["Deployment"]["ns-tradeplane-operator"]
             env = {item["name"]: item.get("value") for item in
                    operator["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -26,7 +26,7 @@ from tradeplane_engine.wire import (
     encode_command,
 )
 from tradeplane_operator.config import PAUSE_ANNOTATION, SWITCHOVER_ANNOTATION
-from tradeplane_operator.kube import MARKETS, STATEFULSETS, USED
+from tradeplane_operator.kube import MARKETS, STATEFULSETS, USED, USED_WHEN_NAMESPACED
 
 ENGINE = "sol-usdt-engine"
 
@@ -460,4 +460,27 @@ def test_an_invalid_name_is_refused_with_an_event(tmp_path: Path) -> None:
                              "an InvalidMarket event")
             assert not world.cluster.objects("statefulsets")
             assert await definition(world, name) is None
+    run(scenario())
+
+
+def test_an_operator_limited_to_namespaces(tmp_path: Path) -> None:
+    """What the chart's `operator.watchNamespaces` gives: the operator sees Markets in
+    those namespaces only, and asks nothing cluster-wide of them (a Role allows no more)."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path, namespaces=("default",)) as world:
+            elsewhere = market_manifest("eth-usdt")
+            elsewhere["metadata"]["namespace"] = "other"
+            await world.kube.create(MARKETS, "other", elsewhere)
+            await world.apply(market_manifest())
+            await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None,
+                             15, "the watched namespace's Market served")
+            await asyncio.sleep(1.0)  # an observation window for the other namespace
+            assert world.cluster.get("statefulsets", "eth-usdt-engine", "other") is None
+            cluster_wide = [request for request in world.cluster.emulator._requests
+                            if request.resource is not None
+                            and request.resource.plural == "markets"
+                            and request.namespace is None
+                            and request.headers.get("User-Agent") != "tradeplane-tests"]
+            assert cluster_wide == []
+            assert world.requests_beyond({**USED, **USED_WHEN_NAMESPACED}) == set()
     run(scenario())

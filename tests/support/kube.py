@@ -170,6 +170,30 @@ class Emulator(kmock.KubernetesEmulator):
 
     # -- requests ----------------------------------------------------------------------
 
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """Namespaces themselves: kmock reads ``/api/v1/namespaces[/<name>]`` as a
+        namespace prefix with no resource after it; kopf lists and watches them when it
+        serves named namespaces."""
+        parts = raw_request.path.strip("/").split("/")
+        if parts[:3] != ["api", "v1", "namespaces"] or len(parts) > 4:
+            return await super().__call__(raw_request)
+        await raw_request.read()
+        name = parts[3] if len(parts) == 4 else None
+        params = dict(raw_request.query)
+        action: kmock.action | None = None  # only reading: namespaces are not changed here
+        if raw_request.method == "GET":
+            action = (kmock.action.WATCH if params.get("watch") == "true" else
+                      kmock.action.FETCH if name else kmock.action.LIST)
+        request = rendering.Request(
+            id=len(self._requests), method=raw_request.method, url=raw_request.url,
+            params=params, headers=dict(raw_request.headers), action=action,
+            resource=kmock.resource("v1/namespaces"), name=name, raw_request=raw_request)
+        self._requests.append(request)
+        try:
+            return await self._handle(request)
+        except Exception as exc:
+            return await self._render_error(exc)
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
         if resource is None or resource.plural is None:
