@@ -33,7 +33,9 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.core import (
@@ -346,15 +348,16 @@ class MarketService:
 
     async def _unfit_standby(self, target: str) -> str | None:
         """Why ``target`` cannot take the lead now (None: it can): a switchover to a
-        replica that is not there, or not caught up, would leave the market leaderless."""
-        if self._replicas is None:
+        replica that is not there, or not caught up, would leave the market leaderless.
+        The target itself is asked (its own status subject), not its last report."""
+        if self.lease is None:
             return None
         try:
-            entry = await self._replicas.get(f"{self.market}.{target}")
-        except KeyNotFoundError:
+            reply = await self.nc.request(engine_subject(self.market, f"{target}.status"),
+                                          b"", timeout=1.0)
+        except (NoRespondersError, NatsTimeout, TimeoutError):
             return f"no replica {target} of market {self.market} is running"
-        report = msgspec.json.decode(entry.value or b"{}")
-        if not report.get("ready"):
+        if not msgspec.json.decode(reply.data).get("ready"):
             return f"{target} has not caught up yet"
         return None
 
