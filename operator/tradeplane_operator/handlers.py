@@ -11,7 +11,7 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import kopf
@@ -50,7 +50,6 @@ class Runtime:
     """Fixed credentials (tests); None: the service account, else the kubeconfig."""
     kube: KubeApi | None = None
     exchange: Exchange | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def settings() -> kopf.OperatorSettings:
