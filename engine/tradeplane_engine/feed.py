@@ -21,6 +21,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from tradeplane_engine.telemetry import TRACEPARENT
+
 log = logging.getLogger(__name__)
 
 _STATUS = "Status"
@@ -39,6 +41,8 @@ class SequencedCommand:
     data: bytes
     reply: str | None
     """Where the sender wants the command's events (the ``Tp-Reply`` header)."""
+    trace: str | None = None
+    """The order's W3C ``traceparent``, passed on to the command's events message."""
 
 
 def stream_position(reply_subject: str) -> tuple[int, int]:
@@ -121,8 +125,12 @@ class CommandFeed:
             self._wakeup.set()
             return
         self.next_sequence = sequence + 1
-        reply = headers.get(self._reply_header) if headers else None
-        self._arrived.append(SequencedCommand(sequence, timestamp, msg.data, reply))
+        if headers:
+            self._arrived.append(SequencedCommand(
+                sequence, timestamp, msg.data, headers.get(self._reply_header),
+                headers.get(TRACEPARENT)))
+        else:
+            self._arrived.append(SequencedCommand(sequence, timestamp, msg.data, None))
         self._wakeup.set()
         if self._outstanding <= self._batch // 2 and len(self._arrived) < self._max_buffered:
             await self._pull()

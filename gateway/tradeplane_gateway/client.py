@@ -21,13 +21,18 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from tradeplane_engine import telemetry
 from tradeplane_engine.wire import account_subject, api_subject, is_account, trades_subject
 from tradeplane_gateway.book import LocalBook
 from tradeplane_gateway.errors import ConnectionLostError, RequestError
 from tradeplane_gateway.protocol import Reply, decode_reply
 
 _encode = msgspec.json.Encoder().encode
+_tracer = trace.get_tracer("tradeplane.sdk")
+"""Follows the application's tracer provider (a no-op until one is installed)."""
 
 
 class Client:
@@ -43,11 +48,31 @@ class Client:
         self.response = response
 
     async def request(self, verb: str, body: dict[str, Any]) -> Reply:
-        """Send one request; the reply, or RequestError with its code."""
+        """Send one request; the reply, or RequestError with its code.
+
+        With an OpenTelemetry tracer provider installed, the request is a span whose
+        context travels in the message's headers: the order's trace starts here."""
+        subject = api_subject(self.account, verb)
+        tracer = telemetry.tracer if telemetry.enabled else _tracer
+        with tracer.start_as_current_span(
+                f"send tp.api.order.{verb}", kind=SpanKind.PRODUCER,
+                attributes=telemetry.messaging("send", subject, **{
+                    "tradeplane.account": self.account,
+                    "tradeplane.market": body.get("market")})) as span:
+            reply = await self._request(subject, body)
+            if reply.sequence:
+                span.set_attribute("tradeplane.sequence", reply.sequence)
+            if reply.order is not None:
+                span.set_attribute("tradeplane.order_id", reply.order.order_id)
+            return reply
+
+    async def _request(self, subject: str, body: dict[str, Any]) -> Reply:
         payload = _encode({key: value for key, value in body.items() if value is not None})
+        headers: dict[str, str] = {}
+        telemetry.inject(headers)
         try:
-            msg = await self.nc.request(api_subject(self.account, verb), payload,
-                                        timeout=self.timeout)
+            msg = await self.nc.request(subject, payload, timeout=self.timeout,
+                                        headers=headers or None)
         except NoRespondersError as exc:
             raise ConnectionLostError("no gateway is serving requests") from exc
         except NatsTimeout as exc:
@@ -55,6 +80,9 @@ class Client:
         reply = decode_reply(msg.data)
         if not reply.ok:
             assert reply.error is not None
+            current = trace.get_current_span()
+            current.set_attribute(telemetry.REJECT_CODE, reply.error.code)
+            current.set_status(Status(StatusCode.ERROR, reply.error.name))
             raise RequestError(reply.error.code, reply.error.name, reply.error.reason,
                                reply.sequence)
         return reply

@@ -34,6 +34,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from tradeplane_engine import telemetry
 from tradeplane_engine.core.commands import Cancel, Place, Replace
 from tradeplane_engine.core.events import OrderRejected
 from tradeplane_engine.core.market import OffGrid
@@ -64,6 +65,12 @@ from tradeplane_gateway.protocol import (
     error_reply,
 )
 from tradeplane_gateway.results import place_summary, reference_summary
+from tradeplane_gateway.tracing import (
+    end_request_span,
+    start_request_span,
+    trace_command,
+    trace_reject,
+)
 from tradeplane_gateway.validation import (
     EdgeError,
     Submission,
@@ -88,6 +95,8 @@ class _InFlight:
     deadline: float
     sequence: int = 0
     result: bytes | None = None
+    span: Any = None
+    """The request's span when tracing is on; it ends with the reply."""
 
 
 class Gateway:
@@ -133,6 +142,7 @@ class Gateway:
         self.requests_served += 1
         tokens = msg.subject.split(".")
         account, verb = tokens[2], tokens[4]
+        span = start_request_span(msg, account, verb) if telemetry.enabled else None
         try:
             if not is_account(account):
                 raise edge_error(EdgeCode.INVALID_ACCOUNT,
@@ -142,29 +152,39 @@ class Gateway:
                 self._spawn(self._answer_query(msg.reply, account, request))
                 return
             await self._publish(submission(self.markets, account, request, self._client_id),
-                                msg.reply)
+                                msg.reply, span)
+            span = None  # in flight: it ends with the reply
         except EdgeError as exc:
             await self._reply(msg.reply, error_reply(exc.code, exc.name, exc.reason))
+            if span is not None:
+                trace_reject(span, int(exc.code), exc.name)
         except OffGrid as exc:
             await self._reply(msg.reply, error_reply(int(exc.code), exc.code.name, exc.reason))
+            if span is not None:
+                trace_reject(span, int(exc.code), exc.code.name)
         except Exception:  # one request's failure must never stop the gateway
             log.exception("request on %s failed", msg.subject)
             await self._reply(msg.reply, error_reply(500, "INTERNAL",
                                                      "the gateway failed on this request"))
+        finally:
+            if span is not None:  # answered here, not in flight
+                span.end()
 
     def _client_id(self) -> str:
         return self.nc._nuid.next().decode()
 
-    async def _publish(self, work: Submission, reply_to: str | None) -> None:
+    async def _publish(self, work: Submission, reply_to: str | None, span: Any = None) -> None:
         self._next_token += 1
         token = str(self._next_token)
         headers: dict[str, str] = {}
+        if span is not None:
+            trace_command(span, work, headers)
         if work.message_id is not None:
             headers[HEADER_MESSAGE_ID] = work.message_id
         if work.response is ResponseMode.RESULT:
             headers[HEADER_REPLY] = f"{self._inbox}.r.{token}"
         self._in_flight[token] = _InFlight(work, reply_to,
-                                           time.monotonic() + self.publish_timeout)
+                                           time.monotonic() + self.publish_timeout, span=span)
         await self.nc.publish(command_subject(work.market.definition.name),
                               encode_command(work.command), reply=f"{self._inbox}.a.{token}",
                               headers=headers)
@@ -181,11 +201,11 @@ class Gateway:
                 flight.result = msg.data
                 if flight.sequence:
                     del self._in_flight[token]
-                    await self._reply(flight.reply_to, self._result(flight))
+                    await self._complete(flight, self._result(flight))
         except Exception:
             log.exception("completing a request failed")
             self._in_flight.pop(token, None)
-            await self._reply(flight.reply_to, error_reply(
+            await self._complete(flight, error_reply(
                 500, "INTERNAL", "the gateway failed on this request"))
 
     async def _on_ack(self, token: str, flight: _InFlight, data: bytes) -> None:
@@ -195,7 +215,7 @@ class Gateway:
         if ack is None or ack.error is not None or not ack.seq:
             del self._in_flight[token]
             reason = (ack.error or {}).get("description", "no stream") if ack else "no stream"
-            await self._reply(flight.reply_to, error_reply(
+            await self._complete(flight, error_reply(
                 int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
                 f"the command stream did not take the command ({reason}); retry with the "
                 "same clientOrderId", market=name))
@@ -204,7 +224,7 @@ class Gateway:
             del self._in_flight[token]
             # Sequenced before: report the original instead of applying it again.
             if work.response is ResponseMode.ACK or not work.client_order_id:
-                await self._reply(flight.reply_to, encode_reply(Reply(
+                await self._complete(flight, encode_reply(Reply(
                     ok=True, market=name, sequence=ack.seq,
                     client_order_id=work.client_order_id, duplicate=True)))
             else:
@@ -212,14 +232,14 @@ class Gateway:
             return
         if work.response is ResponseMode.ACK:
             del self._in_flight[token]
-            await self._reply(flight.reply_to, encode_reply(Reply(
+            await self._complete(flight, encode_reply(Reply(
                 ok=True, market=name, sequence=ack.seq, client_order_id=work.client_order_id)))
             return
         flight.sequence = ack.seq
         flight.deadline = time.monotonic() + self.result_timeout
         if flight.result is not None:  # the engine was quicker than the acknowledgement
             del self._in_flight[token]
-            await self._reply(flight.reply_to, self._result(flight))
+            await self._complete(flight, self._result(flight))
 
     async def _sweep(self) -> None:
         """Answer every request whose acknowledgement or result did not come in time."""
@@ -243,7 +263,13 @@ class Gateway:
                         f"the command stream did not acknowledge within "
                         f"{self.publish_timeout} s; retry with the same clientOrderId",
                         market=name)
-                await self._reply(flight.reply_to, reply)
+                await self._complete(flight, reply)
+
+    async def _complete(self, flight: _InFlight, payload: bytes) -> None:
+        """Answer a request that was in flight (and end its span)."""
+        await self._reply(flight.reply_to, payload)
+        if flight.span is not None:
+            end_request_span(flight.span, flight.sequence, payload)
 
     async def _reply(self, reply_to: str | None, payload: bytes) -> None:
         if reply_to:
@@ -337,7 +363,7 @@ class Gateway:
 
     async def _answer_duplicate(self, flight: _InFlight, sequence: int) -> None:
         work = flight.submission
-        await self._reply(flight.reply_to, await self._order_status(
+        await self._complete(flight, await self._order_status(
             work.market, work.account, 0, work.client_order_id or "", sequence=sequence,
             duplicate=True))
 

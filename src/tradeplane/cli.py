@@ -231,6 +231,10 @@ def _quiet_timers(record: logging.LogRecord) -> bool:
 async def _run_async(args: argparse.Namespace) -> int:
     if args.command in ("engine", "gateway", "recorder"):
         _service_gc()
+    if args.command in ("engine", "gateway", "recorder", "operator", "selftest"):
+        from tradeplane_engine import telemetry
+
+        telemetry.configure(f"tradeplane-{args.command}")
     if args.command == "engine":
         from tradeplane_engine.service import StreamSettings, run_engines
 

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from tradeplane_engine.telemetry import TRACEPARENT
 from tradeplane_engine.wire import (
     HEADER_EPOCH,
     HEADER_MESSAGE_ID,
@@ -62,8 +63,12 @@ class EventsPublisher:
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def publish(self, batch: list[tuple[int, bytes]], after: int, epoch: int = 0) -> None:
+    async def publish(self, batch: list[tuple[int, bytes]], after: int, epoch: int = 0,
+                      traces: dict[int, str] | None = None) -> None:
         """Store every (sequence, payload) of the batch in the events stream.
+
+        ``traces`` maps a command's sequence to its order's ``traceparent``, which its
+        events message carries on, so the recorder continues the order's trace.
 
         ``after`` is the stream's last sequence as this leader knows it: each message
         carries ``Nats-Expected-Last-Sequence``, so if anyone else wrote to the stream
@@ -77,11 +82,13 @@ class EventsPublisher:
             self._done = asyncio.get_running_loop().create_future()
             for sequence, payload in pending.items():
                 number = str(sequence)
-                await self.nc.publish(
-                    self._subject, payload, reply=f"{self._inbox}.{number}",
-                    headers={HEADER_MESSAGE_ID: f"{self.market}:{number}",
-                             HEADER_SEQUENCE: number, HEADER_EPOCH: str(epoch),
-                             EXPECTED_LAST_SEQUENCE: str(expected[sequence])})
+                headers = {HEADER_MESSAGE_ID: f"{self.market}:{number}",
+                           HEADER_SEQUENCE: number, HEADER_EPOCH: str(epoch),
+                           EXPECTED_LAST_SEQUENCE: str(expected[sequence])}
+                if traces and sequence in traces:
+                    headers[TRACEPARENT] = traces[sequence]
+                await self.nc.publish(self._subject, payload, reply=f"{self._inbox}.{number}",
+                                      headers=headers)
             try:
                 await asyncio.wait_for(asyncio.shield(self._done), self.ack_timeout)
                 return

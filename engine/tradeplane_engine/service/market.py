@@ -38,6 +38,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
+from tradeplane_engine import telemetry
 from tradeplane_engine.core import (
     AnyEvent,
     Engine,
@@ -54,6 +55,7 @@ from tradeplane_engine.service.streams import (
     ensure_market_streams,
     replay_spec,
 )
+from tradeplane_engine.service.tracing import trace_batch
 from tradeplane_engine.store.errors import with_connection
 from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
@@ -213,6 +215,7 @@ class MarketService:
         apply = self.engine.apply
         market = self.market
         outgoing: list[tuple[SequencedCommand, bytes, list[AnyEvent]]] = []
+        started = time.time_ns() if telemetry.enabled else 0
         for command in batch:
             try:
                 events = apply(decode_command(command.data, command.sequence, command.timestamp))
@@ -234,6 +237,9 @@ class MarketService:
                 EventBatch(market, command.sequence, command.timestamp, events)), events))
         if not outgoing:
             return
+        if telemetry.enabled and self.leading:
+            trace_batch(market, self.replica, started,
+                        [(command, events) for command, _, events in outgoing])
         if not self.leading:
             self.pending.extend(outgoing)
             return
@@ -245,7 +251,9 @@ class MarketService:
         try:
             await self.events.publish([(command.sequence, payload)
                                        for command, payload, _ in outgoing], self.stream_last,
-                                      self.epoch)
+                                      self.epoch, {command.sequence: command.trace
+                                                   for command, _, _ in outgoing
+                                                   if command.trace})
         except Fenced as exc:
             log.warning("market %s: fenced at epoch %d (%s)", self.market, self.epoch, exc)
             self.pending[:0] = outgoing

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import Gauge
 
+from tradeplane_engine import telemetry
 from tradeplane_engine.feed import CommandFeed, SequencedCommand
 from tradeplane_engine.store.errors import with_connection
 from tradeplane_engine.store.rows import (
@@ -41,6 +43,7 @@ from tradeplane_engine.wire import (
     MarketDefinition,
     decode_events,
     event_stream,
+    event_subject,
     recorder_subject,
 )
 
@@ -148,14 +151,27 @@ class Recorder:
         try:
             while True:
                 messages = await feed.next_batch()
+                started = time.time_ns() if telemetry.enabled else 0
                 rows = self.rows(messages)
                 await self._with_database(
                     lambda connection, rows=rows: self._write(connection, rows))
+                if telemetry.enabled:
+                    self._trace(started, messages)
                 self.position = messages[-1].sequence
                 RECORDED.labels(self.market).set(self.position)
                 RECORDER_LAG.labels(self.market).set(max(0, self.stream_end - self.position))
         finally:
             await feed.stop()
+
+    def _trace(self, started: int, messages: list[SequencedCommand]) -> None:
+        """The recorded events of sampled orders, in the orders' traces."""
+        subject = event_subject(self.market)
+        telemetry.consumer_spans(f"process {subject}", started, [
+            (message.trace, telemetry.messaging(
+                "process", subject, **{"tradeplane.market": self.market,
+                                       "tradeplane.events_sequence": message.sequence,
+                                       "db.system.name": "postgresql"}))
+            for message in messages if message.trace])
 
     def rows(self, messages: list[SequencedCommand]) -> Rows:
         rows = Rows()
