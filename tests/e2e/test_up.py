@@ -35,12 +35,13 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 @contextmanager
-def tradeplane_up(data_dir: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def tradeplane_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                  ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "tradeplane", "up", "--port", "0", "--data-dir", str(data_dir),
          "-f", str(ROOT / "examples" / "markets"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     try:
         assert process.stdout is not None
