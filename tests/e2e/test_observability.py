@@ -46,7 +46,7 @@ def test_tradeplane_up_exports_one_trace_per_order(tmp_path: Path, database: str
                         return False
                     trace = {span["service_name"] for span in spans
                              if span["trace_id"] == client[0]["trace_id"]}
-                    return SERVICES <= trace
+                    return trace >= SERVICES
                 spans = await receiver.wait_for_spans(whole, timeout=30)
             [client] = [span for span in spans if span["service_name"] == "test-trader"]
             trace = [span for span in spans if span["trace_id"] == client["trace_id"]]
