@@ -44,6 +44,7 @@ bench: native
 	$(PY) bench/persistence.py
 	$(PY) bench/failover.py
 	$(PY) bench/e2e.py
+	$(PY) bench/tracing.py
 	$(PY) bench/operator_bench.py
 
 run: native
