@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,11 +33,16 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 TRACEPARENT = "traceparent"
 REJECT_CODE = "tradeplane.reject.code"
+SAMPLED_AT_EDGE = "tradeplane.sampled"
+"""Set on a root span the edge already decided to sample (see ``sample_root``)."""
 DEFAULT_RATIO = 0.01
 
 _propagator = TraceContextTextMapPropagator()
 enabled = False
 """True once ``configure`` installed an exporting tracer provider (checked on hot paths)."""
+root_ratio: float | None = None
+"""The share of orders a trace starts for at the edge when the sampler is a (parent-based)
+ratio, always-on or always-off one; None for any other sampler (the SDK decides)."""
 tracer: Tracer = trace.get_tracer("tradeplane")
 
 
@@ -91,8 +97,18 @@ def uninstall() -> None:
     tracer = trace.get_tracer("tradeplane")
 
 
+def sample_root() -> bool:
+    """Should an order arriving without trace context start a sampled trace?
+
+    Most orders are not sampled, and for them the edge makes no span at all: one random
+    number instead of a span, a context and ids, which is what keeps the default sampler
+    cheap on the hot path. A sampled one gets a span that ``SAMPLED_AT_EDGE`` marks."""
+    return root_ratio is None or random.random() < root_ratio
+
+
 def sampler(environ: Mapping[str, str]) -> Any:
     """The sampler the environment asks for, wrapped so that rejects are always kept."""
+    global root_ratio
     from opentelemetry.sdk.trace.sampling import (
         ALWAYS_OFF,
         ALWAYS_ON,
@@ -109,6 +125,9 @@ def sampler(environ: Mapping[str, str]) -> Any:
         "parentbased_always_on": ParentBased(ALWAYS_ON),
         "parentbased_always_off": ParentBased(ALWAYS_OFF),
     }.get(name) or ParentBased(TraceIdRatioBased(ratio))
+    root_ratio = {"always_on": 1.0, "always_off": 0.0, "parentbased_always_on": 1.0,
+                  "parentbased_always_off": 0.0, "traceidratio": ratio,
+                  "parentbased_traceidratio": ratio}.get(name)
     return RejectsKept(chosen)
 
 
@@ -123,7 +142,7 @@ class RejectsKept:
                       links: Sequence[Link] | None = None, trace_state: Any = None) -> Any:
         from opentelemetry.sdk.trace.sampling import Decision, SamplingResult
 
-        if attributes and REJECT_CODE in attributes:
+        if attributes and (REJECT_CODE in attributes or SAMPLED_AT_EDGE in attributes):
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes,
                                   parent.trace_state if parent.is_valid else None)

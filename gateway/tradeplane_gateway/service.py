@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -38,6 +38,7 @@ from tradeplane_engine import telemetry
 from tradeplane_engine.core.commands import Cancel, Place, Replace
 from tradeplane_engine.core.events import OrderRejected
 from tradeplane_engine.core.market import OffGrid
+from tradeplane_engine.telemetry import TRACEPARENT
 from tradeplane_engine.wire import (
     API_SUBJECTS,
     GATEWAY_QUEUE,
@@ -52,6 +53,7 @@ from tradeplane_engine.wire import (
 )
 from tradeplane_gateway.errors import EdgeCode
 from tradeplane_gateway.markets import KnownMarket, MarketDirectory
+from tradeplane_gateway.metrics import GatewayMetrics
 from tradeplane_gateway.protocol import (
     ErrorBody,
     Fill,
@@ -97,6 +99,8 @@ class _InFlight:
     result: bytes | None = None
     span: Any = None
     """The request's span when tracing is on; it ends with the reply."""
+    received: float = field(default_factory=time.perf_counter)
+    """When it went in flight (``time.perf_counter()``): the reply's latency counts from here."""
 
 
 class Gateway:
@@ -109,6 +113,7 @@ class Gateway:
         self.result_timeout = result_timeout
         self.publish_timeout = publish_timeout
         self.requests_served = 0
+        self.metrics = GatewayMetrics(markets)
         self._inbox = nc.new_inbox()
         self._in_flight: dict[str, _InFlight] = {}
         self._next_token = 0
@@ -142,7 +147,10 @@ class Gateway:
         self.requests_served += 1
         tokens = msg.subject.split(".")
         account, verb = tokens[2], tokens[4]
-        span = start_request_span(msg, account, verb) if telemetry.enabled else None
+        span = passed_on = None
+        if telemetry.enabled:
+            span, passed_on = start_request_span(msg, account, verb)
+        request = None  # until decoded: the metrics of a refusal name its market if known
         try:
             if not is_account(account):
                 raise edge_error(EdgeCode.INVALID_ACCOUNT,
@@ -152,20 +160,23 @@ class Gateway:
                 self._spawn(self._answer_query(msg.reply, account, request))
                 return
             await self._publish(submission(self.markets, account, request, self._client_id),
-                                msg.reply, span)
+                                msg.reply, span, passed_on)
             span = None  # in flight: it ends with the reply
         except EdgeError as exc:
             await self._reply(msg.reply, error_reply(exc.code, exc.name, exc.reason))
-            if span is not None:
-                trace_reject(span, int(exc.code), exc.name)
+            self.metrics.refused(verb, request, exc.code, exc.name)
+            if telemetry.enabled:
+                trace_reject(span, passed_on, int(exc.code), exc.name, account)
         except OffGrid as exc:
             await self._reply(msg.reply, error_reply(int(exc.code), exc.code.name, exc.reason))
-            if span is not None:
-                trace_reject(span, int(exc.code), exc.code.name)
+            self.metrics.refused(verb, request, int(exc.code), exc.code.name)
+            if telemetry.enabled:
+                trace_reject(span, passed_on, int(exc.code), exc.code.name, account)
         except Exception:  # one request's failure must never stop the gateway
             log.exception("request on %s failed", msg.subject)
             await self._reply(msg.reply, error_reply(500, "INTERNAL",
                                                      "the gateway failed on this request"))
+            self.metrics.failed(verb, request)
         finally:
             if span is not None:  # answered here, not in flight
                 span.end()
@@ -173,12 +184,15 @@ class Gateway:
     def _client_id(self) -> str:
         return self.nc._nuid.next().decode()
 
-    async def _publish(self, work: Submission, reply_to: str | None, span: Any = None) -> None:
+    async def _publish(self, work: Submission, reply_to: str | None, span: Any = None,
+                       passed_on: str | None = None) -> None:
         self._next_token += 1
         token = str(self._next_token)
         headers: dict[str, str] = {}
         if span is not None:
             trace_command(span, work, headers)
+        elif passed_on is not None:
+            headers[TRACEPARENT] = passed_on  # a caller's unsampled trace: rejects join it
         if work.message_id is not None:
             headers[HEADER_MESSAGE_ID] = work.message_id
         if work.response is ResponseMode.RESULT:
@@ -268,6 +282,7 @@ class Gateway:
     async def _complete(self, flight: _InFlight, payload: bytes) -> None:
         """Answer a request that was in flight (and end its span)."""
         await self._reply(flight.reply_to, payload)
+        self.metrics.answered(flight, payload)
         if flight.span is not None:
             end_request_span(flight.span, flight.sequence, payload)
 
@@ -322,6 +337,7 @@ class Gateway:
         except EdgeError as exc:
             reply = error_reply(exc.code, exc.name, exc.reason)
         await self._reply(reply_to, reply)
+        self.metrics.answered_query(request, reply)
 
     async def _ask(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
         """A query to an engine or a recorder: its answer, or ``{"error": ...}``."""

@@ -1,9 +1,12 @@
-"""The gateway's spans: one per request, from its arrival to its reply.
+"""The gateway's spans: one per sampled request, from its arrival to its reply.
 
-The request's ``traceparent`` (from the SDK, or any W3C-aware client) is the parent; the
-command the gateway sequences carries the request span's context on into the command
-stream. An edge reject records a ``reject`` span with the code, which the sampler keeps
-whatever the trace's sampling decision (``telemetry.RejectsKept``).
+The request's ``traceparent`` (from the SDK, or any W3C-aware client) decides: sampled,
+the request gets a span, and the command the gateway sequences carries the span's
+context into the command stream; not sampled, the gateway makes no span and passes the
+caller's ``traceparent`` on as it came. A request without one starts a trace only when
+``telemetry.sample_root`` says so. This keeps an unsampled order's cost to a header test
+and a random number. An edge reject always records a ``reject`` span with its code,
+which the sampler keeps whatever the trace's decision (``telemetry.RejectsKept``).
 """
 
 from __future__ import annotations
@@ -22,12 +25,25 @@ from tradeplane_gateway.validation import Submission
 _reply_status = msgspec.json.Decoder(dict[str, Any]).decode
 
 
-def start_request_span(msg: Msg, account: str, verb: str) -> Any:
-    return telemetry.tracer.start_span(
-        f"process tp.api.order.{verb}", context=telemetry.extract(msg.headers),
-        kind=SpanKind.CONSUMER, attributes=telemetry.messaging(
-            "process", msg.subject, **{"tradeplane.account": account,
-                                       "messaging.consumer.group.name": "tp-gateway"}))
+def start_request_span(msg: Msg, account: str, verb: str) -> tuple[Any, str | None]:
+    """The request's span if it is sampled; else None and the caller's traceparent."""
+    parent = msg.headers.get(telemetry.TRACEPARENT) if msg.headers else None
+    if parent is not None:
+        if not telemetry.is_sampled(parent):
+            return None, parent
+        context = telemetry.context_of(parent)
+        attributes: dict[str, Any] = {}
+    elif telemetry.sample_root():
+        context = None
+        attributes = {telemetry.SAMPLED_AT_EDGE: True}
+    else:
+        return None, None
+    attributes.update(telemetry.messaging(
+        "process", msg.subject, **{"tradeplane.account": account,
+                                   "messaging.consumer.group.name": "tp-gateway"}))
+    span = telemetry.tracer.start_span(f"process tp.api.order.{verb}", context=context,
+                                       kind=SpanKind.CONSUMER, attributes=attributes)
+    return span, None
 
 
 def trace_command(span: Any, work: Submission, headers: dict[str, str]) -> None:
@@ -40,31 +56,34 @@ def trace_command(span: Any, work: Submission, headers: dict[str, str]) -> None:
     telemetry.inject(headers, trace.set_span_in_context(span))
 
 
-def trace_reject(span: Any, code: int, name: str) -> None:
-    """An edge reject: recorded as a span of its own (always kept) under the request."""
+def trace_reject(span: Any, passed_on: str | None, code: int, name: str,
+                 account: str) -> None:
+    """An edge reject: a span of its own (always kept), in the request's trace."""
+    context = (trace.set_span_in_context(span) if span is not None
+               else telemetry.context_of(passed_on))
     telemetry.tracer.start_span(
-        "reject tp.api.order", context=trace.set_span_in_context(span),
+        "reject tp.api.order", context=context,
         attributes={telemetry.REJECT_CODE: code, "tradeplane.reject.name": name,
-                    "tradeplane.reject.stage": "edge"}).end()
-    span.set_status(Status(StatusCode.ERROR, name))
+                    "tradeplane.reject.stage": "edge", "tradeplane.account": account}).end()
+    if span is not None:
+        span.set_status(Status(StatusCode.ERROR, name))
 
 
 def end_request_span(span: Any, sequence: int, payload: bytes) -> None:
     """End the request's span with what the reply said (sequence, order id, reject)."""
     if sequence:
         span.set_attribute("tradeplane.sequence", sequence)
-    if span.is_recording():
-        try:
-            reply = _reply_status(payload)
-        except msgspec.DecodeError:
-            reply = {}
-        order = reply.get("order") or {}
-        if order.get("orderId"):
-            span.set_attribute("tradeplane.order_id", order["orderId"])
-        error = reply.get("error") or {}
-        if error:
-            span.set_attribute(telemetry.REJECT_CODE, error.get("code", 0))
-            span.set_status(Status(StatusCode.ERROR, str(error.get("name", ""))))
-        elif order.get("code"):
-            span.set_attribute(telemetry.REJECT_CODE, order["code"])
+    try:
+        reply = _reply_status(payload)
+    except msgspec.DecodeError:
+        reply = {}
+    order = reply.get("order") or {}
+    if order.get("orderId"):
+        span.set_attribute("tradeplane.order_id", order["orderId"])
+    error = reply.get("error") or {}
+    if error:
+        span.set_attribute(telemetry.REJECT_CODE, error.get("code", 0))
+        span.set_status(Status(StatusCode.ERROR, str(error.get("name", ""))))
+    elif order.get("code"):
+        span.set_attribute(telemetry.REJECT_CODE, order["code"])
     span.end()

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import kopf
 
+from tradeplane_operator import metrics
 from tradeplane_operator.children import Market, is_subset
 from tradeplane_operator.config import (
     FINALIZER,
@@ -162,9 +163,9 @@ def registry(config: Config) -> kopf.OperatorRegistry:
             market = Market.from_body(body)
         except ValueError:
             return  # reported once by the handler that applies it
-        change = await _guarded(observe(
+        change = await _guarded(metrics.reading(market, observe(
             market, exchange, dict(status), paused=paused(dict(meta.annotations)),
-            deleting=bool(meta.get("deletionTimestamp"))))
+            deleting=bool(meta.get("deletionTimestamp")))))
         if not is_subset(change.status, dict(status)):  # no write when nothing changed
             patch.status.update(change.status)
         if change.leader_change:
@@ -196,6 +197,7 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         config, kube, exchange = _parts(memo)
         await _guarded(finalize(_parse(body), kube, exchange, config, _notify(body), runtime,
                                 dict(status.get("retirement") or {})))
+        metrics.retired(body)
 
     return reg
 
@@ -215,7 +217,8 @@ async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger | logging.L
     config, kube, exchange = _parts(memo)
     market = _parse(body)
     try:
-        done = await _guarded(reconcile(market, kube, exchange, config, _notify(body)))
+        done = await metrics.reconciling(market, _guarded(
+            reconcile(market, kube, exchange, config, _notify(body))))
     except kopf.PermanentError as exc:
         kopf.event(body, type="Warning", reason="InvalidMarket", message=str(exc))
         raise

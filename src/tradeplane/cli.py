@@ -72,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds each events stream keeps its messages (0: all)")
     engine.add_argument("--health-port", type=int,
                         default=os.environ.get("TRADEPLANE_HEALTH_PORT"),
-                        help="serve /livez and /readyz for Kubernetes probes on this port "
-                             "(default: $TRADEPLANE_HEALTH_PORT, else none)")
+                        help="serve /livez and /readyz for Kubernetes probes, and /metrics "
+                             "for Prometheus, on this port (default: "
+                             "$TRADEPLANE_HEALTH_PORT, else none)")
 
     gateway = commands.add_parser(
         "gateway", help="serve order entry (any number, one queue group)")
@@ -86,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--liveness-port", type=int, default=8080,
                           help="serve /healthz for the operator's liveness probe "
                                "(default: %(default)s; 0: none)")
+    operator.add_argument("--metrics-port", type=int, default=0,
+                          help="serve Prometheus metrics on this port (0: none)")
 
     recorder = commands.add_parser(
         "recorder", help="record markets into PostgreSQL, take snapshots, answer history "
@@ -95,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                                "the markets bucket, started and stopped as markets are "
                                "defined and deleted)")
     recorder.add_argument("--metrics-port", type=int, default=0,
-                          help="serve Prometheus metrics (the recorder's lag) on this port")
+                          help="serve Prometheus metrics (the recorder's lag and writes) on "
+                               "this port")
 
     order = commands.add_parser("order", help="place, cancel, replace or look up orders")
     actions = order.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -266,6 +270,10 @@ async def _run_async(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").addFilter(_quiet_timers)
         liveness = (f"http://0.0.0.0:{args.liveness_port}/healthz"
                     if args.liveness_port else None)
+        if args.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(args.metrics_port)
         await run_operator(config, liveness=liveness)
         return 0
     if args.command == "gateway":

@@ -1,4 +1,5 @@
-"""The engine's health endpoint: HTTP probes for the StatefulSet the operator creates.
+"""The engine's health endpoint: HTTP probes for the StatefulSet the operator creates,
+and the process's Prometheus metrics.
 
 The kubelet asks two questions over plain HTTP. ``GET /livez``: is the process alive?
 If it answers at all, its event loop runs, so the answer is always ``200 ok``.
@@ -7,8 +8,12 @@ has caught up with its command stream (``MarketService.ready``); until then ``50
 names the markets still catching up. A process whose markets are not running yet (their
 definitions still awaited) is not ready either.
 
-A few lines on ``asyncio.start_server`` instead of an HTTP library: two fixed answers,
-one request per connection, nothing for a dependency to add.
+``GET /metrics`` is Prometheus' scrape (docs/observability.md): on the same port, so an
+engine pod exposes one port (``health``) for probes and metrics alike, and the scrape
+runs on the event loop, where the services' state is read between two batches.
+
+A few lines on ``asyncio.start_server`` instead of an HTTP library: three fixed
+answers, one request per connection, nothing for a dependency to add.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import contextlib
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING
+
+from tradeplane_engine.metrics import exposition
 
 if TYPE_CHECKING:
     from tradeplane_engine.service.market import MarketService
@@ -30,19 +37,20 @@ READ_TIMEOUT = 5.0
 
 MAX_HEADERS = 100
 
+TEXT = "text/plain; charset=utf-8"
+
 
 async def start_health_server(host: str, port: int,
                               services: Sequence[MarketService]) -> asyncio.Server:
-    """Serve ``/livez`` and ``/readyz`` on ``host:port`` (port 0: any free port, see
-    ``bound_port``) until the server is closed. ``services`` is read at each request, so
-    a list filled in later (markets still being defined) is seen as it grows."""
+    """Serve ``/livez``, ``/readyz`` and ``/metrics`` on ``host:port`` (port 0: any free
+    port, see ``bound_port``) until the server is closed. ``services`` is read at each
+    request, so a list filled in later (markets still being defined) is seen as it grows."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 request = await _read_request(reader)
-            status, body = _answer(request, services)
-            writer.write(_response(status, body))
+            writer.write(_response(*_answer(request, services)))
             await writer.drain()
         except (TimeoutError, ConnectionError):
             pass  # the client went away or never asked: nothing to answer
@@ -80,24 +88,31 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
 
 
 def _answer(request: tuple[str, str] | None,
-            services: Sequence[MarketService]) -> tuple[HTTPStatus, str]:
+            services: Sequence[MarketService]) -> tuple[HTTPStatus, bytes, str]:
+    """The status, body and content type of the answer."""
     if request is None:
-        return HTTPStatus.BAD_REQUEST, "malformed request"
+        return _text(HTTPStatus.BAD_REQUEST, "malformed request")
     if request == ("GET", "/livez"):
-        return HTTPStatus.OK, "ok"
+        return _text(HTTPStatus.OK, "ok")
     if request == ("GET", "/readyz"):
         waiting = [service.market for service in services if not service.ready.is_set()]
         if services and not waiting:
-            return HTTPStatus.OK, "ready"
-        return HTTPStatus.SERVICE_UNAVAILABLE, "not ready: " + (
-            ", ".join(waiting) or "no markets running yet")
-    return HTTPStatus.NOT_FOUND, "not found"
+            return _text(HTTPStatus.OK, "ready")
+        return _text(HTTPStatus.SERVICE_UNAVAILABLE, "not ready: " + (
+            ", ".join(waiting) or "no markets running yet"))
+    if request == ("GET", "/metrics"):
+        body, content_type = exposition()
+        return HTTPStatus.OK, body, content_type
+    return _text(HTTPStatus.NOT_FOUND, "not found")
 
 
-def _response(status: HTTPStatus, body: str) -> bytes:
-    content = f"{body}\n".encode()
+def _text(status: HTTPStatus, body: str) -> tuple[HTTPStatus, bytes, str]:
+    return status, f"{body}\n".encode(), TEXT
+
+
+def _response(status: HTTPStatus, content: bytes, content_type: str) -> bytes:
     head = (f"HTTP/1.1 {status.value} {status.phrase}\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Type: {content_type}\r\n"
             f"Content-Length: {len(content)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode("ascii") + content

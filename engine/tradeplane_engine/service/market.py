@@ -50,6 +50,7 @@ from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
 from tradeplane_engine.service.events import EventsPublisher, Fenced
 from tradeplane_engine.service.lease import Lease
 from tradeplane_engine.service.marketdata import MarketData
+from tradeplane_engine.service.metrics import MarketMetrics
 from tradeplane_engine.service.streams import (
     StreamSettings,
     ensure_market_streams,
@@ -143,6 +144,7 @@ class MarketService:
         self._replicas = replicas
         self.last_failover: int | None = None
         """When this replica last took the lead (ns since the epoch)."""
+        self.metrics = MarketMetrics(self)
 
     async def run(self) -> None:
         await ensure_market_streams(self.js, self.definition, self.settings)
@@ -212,6 +214,7 @@ class MarketService:
             await self._process(batch)
 
     async def _process(self, batch: list[SequencedCommand]) -> None:
+        began = time.perf_counter()
         apply = self.engine.apply
         market = self.market
         outgoing: list[tuple[SequencedCommand, bytes, list[AnyEvent]]] = []
@@ -235,6 +238,7 @@ class MarketService:
                 continue
             outgoing.append((command, encode_events(
                 EventBatch(market, command.sequence, command.timestamp, events)), events))
+        self.metrics.applied(len(batch), time.perf_counter() - began)
         if not outgoing:
             return
         if telemetry.enabled and self.leading:
@@ -308,6 +312,7 @@ class MarketService:
                 info = await self.js.stream_info(command_stream(self.market))
                 status = self.status()
                 status["lag"] = max(0, info.state.last_seq - self.engine.last_sequence)
+                self.metrics.report_lag(status["lag"])
                 status["host"] = socket.gethostname()
                 await self._replicas.put(f"{self.market}.{self.replica}", _encode(status))
             except Exception as exc:

@@ -29,6 +29,11 @@ class MarketData:
         self.formatter = formatter
         self.book_sequence = 0
         """The last command that changed the book, as far as deltas have told."""
+        self.trades = 0
+        self.traded_lots = 0
+        self.traded_notional = 0
+        """Trades published so far, their lots and their price ticks × lots: running
+        totals the engine's metrics read when scraped (nothing to count per batch)."""
         self._book_subject = book_subject(market)
         self._trades_subject = trades_subject(market)
         self._reset()
@@ -55,6 +60,9 @@ class MarketData:
                 self._levels[(event.side, event.price)] = event
                 changed = True
             elif isinstance(event, Trade):
+                self.trades += 1
+                self.traded_lots += event.quantity
+                self.traded_notional += event.price * event.quantity
                 trade = formatter.trade(event)
                 trade["sequence"] = sequence
                 trade["timestamp"] = timestamp

@@ -15,6 +15,7 @@ import nats
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
+from tradeplane_engine.metrics import reconnected
 from tradeplane_engine.service.health import DEFAULT_HOST, bound_port, start_health_server
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.service.market import MarketService
@@ -37,11 +38,13 @@ async def market_definition(kv: KeyValue, market: str) -> MarketDefinition:
     raise RuntimeError(f"watch of market {market} ended")  # pragma: no cover
 
 
-async def connect(servers: str, name: str) -> Client:
-    """A connection that retries for ever: a service outlives a NATS restart."""
+async def connect(servers: str, name: str, component: str = "engine") -> Client:
+    """A connection that retries for ever: a service outlives a NATS restart (each
+    reconnect counted in ``tradeplane_nats_reconnects_total{component}``)."""
     return await nats.connect(
         servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
         connect_timeout=2, allow_reconnect=True, pending_size=64 * 1024 * 1024,
+        reconnected_cb=reconnected(component),
     )
 
 

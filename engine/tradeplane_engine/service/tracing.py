@@ -29,8 +29,8 @@ def trace_batch(market: str, replica: str, started: int,
     for command, events in applied:
         parent = command.trace
         rejected = next((event for event in events if isinstance(event, OrderRejected)), None)
-        if not parent or not (rejected is not None or telemetry.is_sampled(parent)):
-            continue
+        if rejected is None and not telemetry.is_sampled(parent):
+            continue  # a reject is kept even without a trace: it starts one
         attributes = telemetry.messaging(
             "process", subject, **{"tradeplane.market": market, "tradeplane.replica": replica,
                                    "tradeplane.sequence": command.sequence})

@@ -30,6 +30,7 @@ from prometheus_client import Gauge
 from tradeplane_engine import telemetry
 from tradeplane_engine.feed import CommandFeed, SequencedCommand
 from tradeplane_engine.store.errors import with_connection
+from tradeplane_engine.store.metrics import RecorderMetrics
 from tradeplane_engine.store.rows import (
     HISTORY,
     JOURNAL,
@@ -119,6 +120,7 @@ class Recorder:
         self.position = 0
         """The last events-stream sequence written to PostgreSQL."""
         self.stream_end = 0
+        self.metrics = RecorderMetrics(self.market)
 
     async def run(self) -> None:
         await self._define_market()
@@ -180,10 +182,12 @@ class Recorder:
         return rows
 
     async def _write(self, connection: asyncpg.Connection, rows: Rows) -> None:
+        began = time.perf_counter()
         try:
             await record(connection, rows)
         except asyncpg.UniqueViolationError as exc:
             raise Resync from exc
+        self.metrics.written(rows, time.perf_counter() - began)
 
     async def _with_database(self, work: Any) -> Any:
         return await with_connection(self.pool, work, f"recorder {self.market}")

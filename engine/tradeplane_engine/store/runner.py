@@ -67,7 +67,7 @@ async def run_recorders(servers: str, markets: Sequence[str] | None, dsn: str,
     markets, or, with none named, for every market in the markets bucket as it comes
     and goes."""
     name = ",".join(markets) if markets else FOLLOWING
-    nc = await connect(servers, f"tradeplane-recorder:{name}")
+    nc = await connect(servers, f"tradeplane-recorder:{name}", "recorder")
     pool = await open_database(dsn)
     try:
         kv = await markets_bucket(nc.jetstream(), settings or StreamSettings())
