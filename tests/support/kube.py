@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import datetime
 import itertools
-import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -40,11 +38,28 @@ from typing import Any
 
 import aiohttp.web
 import attrs
-import jsonpatch
-import jsonpointer
 import kmock
 import yaml
 from kmock._internal import rendering
+
+from tests.support.kube_http import (
+    REASONS,
+    StatusError,
+    age,
+    api_version,
+    json_patch_as_merge,
+    json_path,
+    json_response,
+    longer,
+    merge,
+    now,
+    openapi_path,
+    qualified,
+    request_resource,
+    selected,
+    wants_table,
+    write_event,
+)
 
 BUILTIN: dict[str, tuple[str, bool]] = {
     # "group/version/plural": (kind, namespaced)
@@ -78,18 +93,6 @@ class Kind:
     namespaced: bool
     status_subresource: bool = False
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
-
-
-class _StatusError(Exception):
-    """An API error with a standard reason, rendered as a ``kind: Status``."""
-
-    def __init__(self, code: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message = code, reason, message
-
-
-_REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "AlreadyExists",
-            415: "UnsupportedMediaType", 422: "Invalid"}
 
 
 class _RecordingBus:
@@ -142,7 +145,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     def _stamp_new(self, meta: dict[str, Any]) -> dict[str, Any]:
         meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", _now())
+        meta.setdefault("creationTimestamp", now())
         meta.setdefault("generation", 1)
         meta["resourceVersion"] = str(self._next_version())
         return meta
@@ -199,7 +202,7 @@ class Emulator(kmock.KubernetesEmulator):
         if resource is None or resource.plural is None:
             return await super()._handle(request)
         if resource not in self._kinds and request.action is not None:
-            raise _StatusError(404, "NotFound", f"the server could not find the requested "
+            raise StatusError(404, "NotFound", f"the server could not find the requested "
                           f"resource ({resource.plural}.{resource.group})")
         action = request.action
         if action == kmock.action.WATCH:
@@ -209,7 +212,7 @@ class Emulator(kmock.KubernetesEmulator):
         if action == kmock.action.FETCH:
             return self._fetch(request)
         if action is None:
-            raise _StatusError(405, "MethodNotAllowed",
+            raise StatusError(405, "MethodNotAllowed",
                           f"{request.method} is not supported by this emulator")
         async with self._writes:
             self._current_resource = resource
@@ -234,23 +237,23 @@ class Emulator(kmock.KubernetesEmulator):
                 if not obj.deleted}
 
     def _require(self, request: rendering.Request) -> kmock.Object:
-        resource = _resource(request)
+        resource = request_resource(request)
         key = (resource, request.namespace, request.name or "")
         if key not in self.objects or self.objects[key].deleted:
-            raise _StatusError(404, "NotFound", f'{_qualified(resource)} "{request.name}" '
+            raise StatusError(404, "NotFound", f'{qualified(resource)} "{request.name}" '
                                "not found")
         return self.objects[key]
 
     def _prepare_create(self, request: rendering.Request) -> None:
         data = request.data
         if not isinstance(data, dict):
-            raise _StatusError(400, "BadRequest", "the body must be a JSON object")
+            raise StatusError(400, "BadRequest", "the body must be a JSON object")
         meta = data.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)
         if not meta.get("name"):
-            raise _StatusError(422, "Invalid", "metadata.name: Required value")
-        resource = _resource(request)
+            raise StatusError(422, "Invalid", "metadata.name: Required value")
+        resource = request_resource(request)
         kind = self._kinds[resource]
         if kind.namespaced:
             meta["namespace"] = request.namespace or meta.get("namespace") or "default"
@@ -258,7 +261,7 @@ class Emulator(kmock.KubernetesEmulator):
             meta.pop("namespace", None)
         key = (resource, meta.get("namespace"), meta["name"])
         if key in self.objects and not self.objects[key].deleted:
-            raise _StatusError(409, "AlreadyExists", f'{_qualified(resource)} '
+            raise StatusError(409, "AlreadyExists", f'{qualified(resource)} '
                                f'"{meta["name"]}" already exists')
         for stamped in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
             meta.pop(stamped, None)
@@ -271,17 +274,17 @@ class Emulator(kmock.KubernetesEmulator):
         content_type = request.headers.get("Content-Type", "application/merge-patch+json")
         data = request.data
         if "json-patch" in content_type and isinstance(data, list):
-            data = _json_patch_as_merge(current.raw, data)
+            data = json_patch_as_merge(current.raw, data)
             object.__setattr__(request, "data", data)  # kmock applies request.data
         elif not isinstance(data, dict):
-            raise _StatusError(415, "UnsupportedMediaType",
+            raise StatusError(415, "UnsupportedMediaType",
                           "a patch must be a JSON merge patch or a JSON patch")
-        kind = self._kinds[_resource(request)]
+        kind = self._kinds[request_resource(request)]
         meta = data.setdefault("metadata", {}) or {}
         data["metadata"] = meta
         sent_version = meta.pop("resourceVersion", None)
         if sent_version is not None and sent_version != current["metadata"]["resourceVersion"]:
-            raise _StatusError(409, "Conflict", "the object has been modified; please apply your "
+            raise StatusError(409, "Conflict", "the object has been modified; please apply your "
                           "changes to the latest version and try again")
         for stamped in ("uid", "creationTimestamp", "generation", "name", "namespace"):
             meta.pop(stamped, None)
@@ -292,7 +295,7 @@ class Emulator(kmock.KubernetesEmulator):
         elif kind.status_subresource:
             data.pop("status", None)
         if "spec" in data and request.subresource is None:
-            merged = _merge(copy.deepcopy(current.get("spec") or {}), data["spec"])
+            merged = merge(copy.deepcopy(current.get("spec") or {}), data["spec"])
             if merged != current.get("spec"):
                 data.setdefault("metadata", {})["generation"] = (
                     current["metadata"].get("generation", 1) + 1)
@@ -327,7 +330,7 @@ class Emulator(kmock.KubernetesEmulator):
                 continue
             self._current_resource = resource
             if obj.get("metadata", {}).get("finalizers"):
-                obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                obj.patch({"metadata": {"deletionTimestamp": now()}})
                 await self._record({"type": "MODIFIED", "object": obj.raw})
                 continue
             raw = obj.raw
@@ -346,10 +349,10 @@ class Emulator(kmock.KubernetesEmulator):
         """Serve a minimal OpenAPI v3: what Helm needs to build objects (it reads each
         kind's patch operation and whether it takes ``fieldValidation``); no schemas."""
         self["get /openapi/v3"] << (lambda: {"paths": {
-            _openapi_path(version): {"serverRelativeURL": f"/openapi/v3/{_openapi_path(version)}"}
+            openapi_path(version): {"serverRelativeURL": f"/openapi/v3/{openapi_path(version)}"}
             for version in {(r.group, r.version) for r in self._kinds}}})
         for group, version in {(r.group, r.version) for r in self._kinds}:
-            self[f"get /openapi/v3/{_openapi_path((group, version))}"] << partial(
+            self[f"get /openapi/v3/{openapi_path((group, version))}"] << partial(
                 self._openapi_document, group, version)
 
     def _openapi_document(self, group: str | None, version: str | None) -> dict[str, Any]:
@@ -357,7 +360,7 @@ class Emulator(kmock.KubernetesEmulator):
         for resource, kind in self._kinds.items():
             if (resource.group, resource.version) != (group, version):
                 continue
-            prefix = f"/{_openapi_path((group, version))}"
+            prefix = f"/{openapi_path((group, version))}"
             scope = "/namespaces/{namespace}" if kind.namespaced else ""
             paths[f"{prefix}{scope}/{resource.plural}/{{name}}"] = {"patch": {
                 "x-kubernetes-group-version-kind": {"group": group, "version": version,
@@ -385,34 +388,34 @@ class Emulator(kmock.KubernetesEmulator):
                            "verbs": ["get", "patch", "update"]}
                           for sub in sorted(info.subresources)]
         if not resources:
-            raise _StatusError(404, "NotFound", "the server could not find the requested resource")
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
         return {"apiVersion": "v1", "kind": "APIResourceList",
-                "groupVersion": _api_version(request.resource), "resources": resources}
+                "groupVersion": api_version(request.resource), "resources": resources}
 
     # -- reading -----------------------------------------------------------------------
 
     def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
         return [obj.raw for (resource, namespace, name), obj in self.objects.items()
                 if resource == request.resource and not obj.deleted
-                and _selected(request, namespace, name, obj.raw)]
+                and selected(request, namespace, name, obj.raw)]
 
     def _list(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        resource = _resource(request)
+        resource = request_resource(request)
         kind = self._kinds[resource]
         items = sorted(self._matching(request), key=lambda obj: (
             obj["metadata"].get("namespace") or "", obj["metadata"]["name"]))
-        if _wants_table(request):
-            return _json(self._table(kind, items))
-        return _json({"apiVersion": _api_version(resource),
+        if wants_table(request):
+            return json_response(self._table(kind, items))
+        return json_response({"apiVersion": api_version(resource),
                       "kind": f"{kind.kind}List",
                       "metadata": {"resourceVersion": str(self._version)},
                       "items": items})
 
     def _fetch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         obj = self._require(request).raw
-        if _wants_table(request):
-            return _json(self._table(self._kinds[_resource(request)], [obj]))
-        return _json(obj)
+        if wants_table(request):
+            return json_response(self._table(self._kinds[request_resource(request)], [obj]))
+        return json_response(obj)
 
     def _table(self, kind: Kind, items: list[dict[str, Any]]) -> dict[str, Any]:
         columns = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
@@ -429,9 +432,9 @@ class Emulator(kmock.KubernetesEmulator):
         for obj in items:
             cells: list[Any] = [obj["metadata"]["name"]]
             for path, type_ in paths:
-                value = _json_path(obj, path)
+                value = json_path(obj, path)
                 if type_ == "date" and isinstance(value, str):
-                    value = _age(value)
+                    value = age(value)
                 cells.append(value)
             rows.append({"cells": cells, "object": {
                 "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
@@ -450,11 +453,11 @@ class Emulator(kmock.KubernetesEmulator):
         if since == "0" or initial:
             since_version = self._version
             for obj in self._matching(request):
-                await _write(response, {"type": "ADDED", "object": obj})
+                await write_event(response, {"type": "ADDED", "object": obj})
             if initial:  # a streaming list: say where the initial state ends
-                kind = self._kinds[_resource(request)]
-                await _write(response, {"type": "BOOKMARK", "object": {
-                    "apiVersion": _api_version(_resource(request)), "kind": kind.kind,
+                kind = self._kinds[request_resource(request)]
+                await write_event(response, {"type": "BOOKMARK", "object": {
+                    "apiVersion": api_version(request_resource(request)), "kind": kind.kind,
                     "metadata": {"resourceVersion": str(since_version), "annotations": {
                         "k8s.io/initial-events-end": "true"}}}})
         else:
@@ -470,26 +473,26 @@ class Emulator(kmock.KubernetesEmulator):
                     for version, resource, event in self._log[seen:]:
                         meta = event["object"].get("metadata", {})
                         if (version > since_version and resource == request.resource
-                                and _selected(request, meta.get("namespace"),
+                                and selected(request, meta.get("namespace"),
                                               meta.get("name"), event["object"])):
-                            await _write(response, event)
+                            await write_event(response, event)
                     position = len(self._log)
                     async with self._changed:
-                        await self._changed.wait_for(partial(_longer, self._log, position))
+                        await self._changed.wait_for(partial(longer, self._log, position))
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
         return response
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
-        if isinstance(exc, _StatusError):
+        if isinstance(exc, StatusError):
             code, reason, message = exc.code, exc.reason, exc.message
         elif isinstance(exc, kmock.KubernetesError):
             code = exc.status
-            reason = _REASONS.get(code, "InternalError")
+            reason = REASONS.get(code, "InternalError")
             message = exc.message or reason
         else:
             return await super()._render_error(exc)
-        return _json({"apiVersion": "v1", "kind": "Status", "metadata": {},
+        return json_response({"apiVersion": "v1", "kind": "Status", "metadata": {},
                       "status": "Failure", "code": code, "reason": reason,
                       "message": message}, status=code)
 
@@ -501,127 +504,6 @@ class _Buses(dict):  # type: ignore[type-arg]
 
     def __getitem__(self, key: object) -> _RecordingBus:
         return self.bus
-
-
-# -- helpers --------------------------------------------------------------------------
-
-def _resource(request: rendering.Request) -> kmock.resource:
-    assert request.resource is not None  # only Kubernetes requests get here
-    return request.resource
-
-
-def _openapi_path(group_version: tuple[str | None, str | None]) -> str:
-    group, version = group_version
-    return f"apis/{group}/{version}" if group else f"api/{version}"
-
-
-def _qualified(resource: kmock.resource) -> str:
-    """``markets.tradeplane.dev``, as the API server names a resource in its messages."""
-    return f"{resource.plural}.{resource.group}" if resource.group else str(resource.plural)
-
-
-def _longer(log: list[Any], length: int) -> bool:
-    return len(log) > length
-
-
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _age(timestamp: str) -> str:
-    created = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    seconds = int((datetime.datetime.now(tz=datetime.UTC) - created).total_seconds())
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds >= 2 * size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
-
-
-def _api_version(resource: kmock.resource) -> str:
-    return f"{resource.group}/{resource.version}" if resource.group else str(resource.version)
-
-
-def _merge(base: Any, patch: Any) -> Any:
-    if not isinstance(base, dict) or not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    for key, value in patch.items():
-        if value is None:
-            base.pop(key, None)
-        else:
-            base[key] = _merge(base.get(key), value)
-    return base
-
-
-def _json_patch_as_merge(current: dict[str, Any], operations: list[Any]) -> dict[str, Any]:
-    """A JSON patch (RFC 6902; kopf removes finalizers with one, guarded by a ``test`` of
-    the resourceVersion) as the merge patch that has the same effect."""
-    try:
-        patched = jsonpatch.apply_patch(current, operations)
-    except jsonpatch.JsonPatchTestFailed as exc:
-        raise _StatusError(422, "Invalid", f"the patch's test failed: {exc}") from exc
-    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-        raise _StatusError(422, "Invalid", f"the patch cannot be applied: {exc}") from exc
-    return _difference(current, patched)
-
-
-def _difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    merge: dict[str, Any] = {key: None for key in before if key not in after}
-    for key, value in after.items():
-        if isinstance(value, dict) and isinstance(before.get(key), dict):
-            inner = _difference(before[key], value)
-            if inner:
-                merge[key] = inner
-        elif before.get(key) != value or key not in before:
-            merge[key] = value
-    return merge
-
-
-def _json_path(obj: Any, path: str) -> Any:
-    for part in path.lstrip(".").split("."):
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(part)
-    return obj
-
-
-def _wants_table(request: rendering.Request) -> bool:
-    return "as=Table" in request.headers.get("Accept", "")
-
-
-def _selected(request: rendering.Request, namespace: str | None, name: str | None,
-              obj: dict[str, Any]) -> bool:
-    if request.namespace is not None and namespace != request.namespace:
-        return False
-    if request.name is not None and name != request.name:
-        return False
-    for term in filter(None, request.params.get("fieldSelector", "").split(",")):
-        path, _, value = term.partition("=")
-        if str(_json_path(obj, path.strip())) != value.lstrip("="):
-            return False
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    for term in filter(None, request.params.get("labelSelector", "").split(",")):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key) == value:
-                return False
-        elif "=" in term:
-            key, value = term.split("=", 1)
-            if labels.get(key) != value.lstrip("="):
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
-
-
-def _json(payload: Any, status: int = 200) -> aiohttp.web.Response:
-    return aiohttp.web.json_response(payload, status=status)
-
-
-async def _write(response: aiohttp.web.StreamResponse, event: dict[str, Any]) -> None:
-    await response.write(json.dumps(event).encode() + b"\n")
 
 
 # -- running it -----------------------------------------------------------------------
