@@ -140,3 +140,14 @@ def test_the_default_sampler_is_parent_based_with_rejects_kept() -> None:
     assert "TraceIdRatioBased{0.01}" in description
     assert "AlwaysOnSampler" in telemetry.sampler(
         {"OTEL_TRACES_SAMPLER": "always_on"}).get_description()
+
+
+def test_the_edge_decides_roots_as_the_sampler_would() -> None:
+    telemetry.sampler({"OTEL_TRACES_SAMPLER": "parentbased_always_off"})
+    assert not any(telemetry.sample_root() for _ in range(100))
+    telemetry.sampler({"OTEL_TRACES_SAMPLER": "always_on"})
+    assert all(telemetry.sample_root() for _ in range(100))
+    telemetry.sampler({"OTEL_TRACES_SAMPLER_ARG": "0.5"})
+    assert 300 < sum(telemetry.sample_root() for _ in range(1000)) < 700
+    telemetry.sampler({})
+    assert telemetry.root_ratio == telemetry.DEFAULT_RATIO

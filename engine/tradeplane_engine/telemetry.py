@@ -41,8 +41,8 @@ _propagator = TraceContextTextMapPropagator()
 enabled = False
 """True once ``configure`` installed an exporting tracer provider (checked on hot paths)."""
 root_ratio: float | None = None
-"""The share of orders a trace starts for at the edge when the sampler is a (parent-based)
-ratio, always-on or always-off one; None for any other sampler (the SDK decides)."""
+"""The share of orders the edge starts a trace for (from the sampler's settings); None
+before ``sampler`` ran, when the SDK's sampler decides alone."""
 tracer: Tracer = trace.get_tracer("tradeplane")
 
 
@@ -126,8 +126,7 @@ def sampler(environ: Mapping[str, str]) -> Any:
         "parentbased_always_off": ParentBased(ALWAYS_OFF),
     }.get(name) or ParentBased(TraceIdRatioBased(ratio))
     root_ratio = {"always_on": 1.0, "always_off": 0.0, "parentbased_always_on": 1.0,
-                  "parentbased_always_off": 0.0, "traceidratio": ratio,
-                  "parentbased_traceidratio": ratio}.get(name)
+                  "parentbased_always_off": 0.0}.get(name, ratio)  # else: the ratio one
     return RejectsKept(chosen)
 
 

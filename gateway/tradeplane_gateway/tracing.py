@@ -35,7 +35,9 @@ def start_request_span(msg: Msg, account: str, verb: str) -> tuple[Any, str | No
         attributes: dict[str, Any] = {}
     elif telemetry.sample_root():
         context = None
-        attributes = {telemetry.SAMPLED_AT_EDGE: True}
+        # The edge decided (a ratio sampler); otherwise the SDK's sampler decides.
+        attributes = ({telemetry.SAMPLED_AT_EDGE: True}
+                      if telemetry.root_ratio is not None else {})
     else:
         return None, None
     attributes.update(telemetry.messaging(
