@@ -173,22 +173,30 @@ class Exchange:
     # -- what the replicas say ---------------------------------------------------------
 
     async def replicas(self, market: str) -> list[ReplicaReport]:
+        """Every replica's last report.
+
+        The keys come from the bucket's stream (its subjects under ``<market>.``) and
+        each value from a direct read. A KV watch is not used: its "initial values done"
+        marker can come before values already on their way, which read as no replicas
+        at all."""
         bucket = await self._bucket(REPLICAS_BUCKET)
         if bucket is None:
             return []
+        prefix = f"$KV.{REPLICAS_BUCKET}."
+        info = await self.js.stream_info(f"KV_{REPLICAS_BUCKET}",
+                                         subjects_filter=f"{prefix}{market}.*")
         reports = []
-        watcher = await bucket.watch(f"{market}.*", ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what is there now
-                    break
-                if entry.value:
-                    try:
-                        reports.append(ReplicaReport.decode(entry.value))
-                    except (ValueError, KeyError, TypeError):
-                        continue  # not a report this operator understands
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        for subject in sorted(info.state.subjects or {}):
+            try:
+                entry = await bucket.get(subject[len(prefix):])
+            except KeyNotFoundError:  # deleted, or expired since
+                continue
+            if not entry.value:
+                continue
+            try:
+                reports.append(ReplicaReport.decode(entry.value))
+            except (ValueError, KeyError, TypeError):
+                continue  # not a report this operator understands
         return sorted(reports, key=lambda report: report.replica)
 
     async def lease(self, market: str) -> Lease | None:
