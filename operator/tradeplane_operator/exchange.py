@@ -132,15 +132,20 @@ class Exchange:
 
     # -- definitions -------------------------------------------------------------------
 
-    async def definition(self, market: str) -> dict[str, Any] | None:
-        bucket = await self._bucket(MARKETS_BUCKET)
+    async def _value(self, bucket_name: str, key: str) -> bytes | None:
+        """A key's value, or None when the bucket, the key or a value is missing."""
+        bucket = await self._bucket(bucket_name)
         if bucket is None:
             return None
         try:
-            entry = await bucket.get(market)
-        except KeyNotFoundError:
+            entry = await bucket.get(key)
+        except KeyNotFoundError:  # deleted or expired included
             return None
-        return json.loads(entry.value) if entry.value else None
+        return entry.value or None
+
+    async def definition(self, market: str) -> dict[str, Any] | None:
+        value = await self._value(MARKETS_BUCKET, market)
+        return json.loads(value) if value else None
 
     async def put_definition(self, market: str, definition: dict[str, Any]) -> None:
         bucket = await self._bucket(MARKETS_BUCKET, create=True)
@@ -179,37 +184,27 @@ class Exchange:
         each value from a direct read. A KV watch is not used: its "initial values done"
         marker can come before values already on their way, which read as no replicas
         at all."""
-        bucket = await self._bucket(REPLICAS_BUCKET)
-        if bucket is None:
+        if await self._bucket(REPLICAS_BUCKET) is None:
             return []
         prefix = f"$KV.{REPLICAS_BUCKET}."
         info = await self.js.stream_info(f"KV_{REPLICAS_BUCKET}",
                                          subjects_filter=f"{prefix}{market}.*")
         reports = []
         for subject in sorted(info.state.subjects or {}):
-            try:
-                entry = await bucket.get(subject[len(prefix):])
-            except KeyNotFoundError:  # deleted, or expired since
-                continue
-            if not entry.value:
+            value = await self._value(REPLICAS_BUCKET, subject[len(prefix):])
+            if value is None:
                 continue
             try:
-                reports.append(ReplicaReport.decode(entry.value))
+                reports.append(ReplicaReport.decode(value))
             except (ValueError, KeyError, TypeError):
                 continue  # not a report this operator understands
         return sorted(reports, key=lambda report: report.replica)
 
     async def lease(self, market: str) -> Lease | None:
-        bucket = await self._bucket(LEASES_BUCKET)
-        if bucket is None:
+        value = await self._value(LEASES_BUCKET, market)
+        if value is None:
             return None
-        try:
-            entry = await bucket.get(market)
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        raw = json.loads(entry.value)
+        raw = json.loads(value)
         return Lease(holder=str(raw.get("holder", "")), epoch=int(raw.get("epoch", 0)),
                      taken=str(raw.get("taken", "election")))
 

@@ -214,11 +214,10 @@ class MarketService:
             await self._process(batch)
 
     async def _process(self, batch: list[SequencedCommand]) -> None:
-        began = time.perf_counter()
         apply = self.engine.apply
         market = self.market
         outgoing: list[tuple[SequencedCommand, bytes, list[AnyEvent]]] = []
-        started = time.time_ns() if telemetry.enabled else 0
+        started = time.time_ns()  # one clock for the metrics and the spans
         for command in batch:
             try:
                 events = apply(decode_command(command.data, command.sequence, command.timestamp))
@@ -238,7 +237,7 @@ class MarketService:
                 continue
             outgoing.append((command, encode_events(
                 EventBatch(market, command.sequence, command.timestamp, events)), events))
-        self.metrics.applied(len(batch), time.perf_counter() - began)
+        self.metrics.applied(len(batch), (time.time_ns() - started) / 1e9)
         if not outgoing:
             return
         if telemetry.enabled and self.leading:
