@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.telemetry import TRACEPARENT
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,12 @@ class CommandFeed:
             if self._broken or loop.time() - self._last_heard > 3 * self._heartbeat:
                 log.warning("command feed of %s went quiet; rebuilding its consumer at %d",
                             self._stream, self.next_sequence)
-                await self._create_consumer()
+                try:
+                    await self._create_consumer()
+                except NATS_ERRORS as exc:  # NATS away: try again at the next heartbeat
+                    log.warning("command feed of %s: no consumer yet (%s: %s)", self._stream,
+                                type(exc).__name__, exc)
+                    self._broken = True
         batch, self._arrived = self._arrived, []
         if self._outstanding <= self._batch // 2 and self._consumer is not None:
             self._last_heard = loop.time()

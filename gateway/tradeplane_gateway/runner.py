@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
-from tradeplane_engine.metrics import reconnected
+from tradeplane_engine.connection import connect
 from tradeplane_engine.wire import MARKETS_BUCKET
 from tradeplane_gateway.markets import MarketDirectory
 from tradeplane_gateway.service import Gateway
@@ -30,9 +29,7 @@ async def open_markets_bucket(js: JetStreamContext) -> KeyValue:
 
 async def run_gateway(servers: str, started: asyncio.Event | None = None) -> None:
     """Serve order entry until cancelled; ``started`` is set once requests are served."""
-    nc = await nats.connect(servers, name="tradeplane-gateway", max_reconnect_attempts=-1,
-                            reconnect_time_wait=0.25, pending_size=64 * 1024 * 1024,
-                            reconnected_cb=reconnected("gateway"))
+    nc = await connect(servers, "tradeplane-gateway", "gateway")
     try:
         kv = await open_markets_bucket(nc.jetstream())
         markets = MarketDirectory()

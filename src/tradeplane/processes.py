@@ -102,11 +102,20 @@ class NatsServer:
         wait_until(ports_file.exists, timeout, "nats-server", self.process)
         wait_until(lambda: bool(ports_file.read_text().strip()), timeout, "nats-server")
         self.url = json.loads(ports_file.read_text())["nats"][0]
+        # A restart comes back on the same port, so clients reconnect to it.
+        self.port = int(self.url.rsplit(":", 1)[1])
         return self
 
     def stop(self) -> None:
         if self.process is not None:
             stop(self.process)
+            self.process = None
+
+    def kill(self) -> None:
+        """``kill -9``: no clean shutdown (JetStream recovers its files at the next start)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
             self.process = None
 
     def __enter__(self) -> NatsServer:

@@ -34,6 +34,7 @@ class Cluster:
     definition: MarketDefinition
     logs: Path
     nc: Client
+    server: NatsServer
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -154,7 +155,7 @@ async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
     logs.mkdir(parents=True, exist_ok=True)
     server = NatsServer(directory / "nats").start()
     nc = await nats.connect(server.url)
-    running = Cluster(server.url, dsn, definition, logs, nc)
+    running = Cluster(server.url, dsn, definition, logs, nc, server)
     try:
         await publish_markets(server.url, [definition], StreamSettings())
         for role in roles:
@@ -165,7 +166,7 @@ async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
         for process in running.processes.values():
             stop(process)
         await nc.close()
-        server.stop()
+        running.server.stop()
 
 
 class OrderFlow:

@@ -18,10 +18,10 @@ import pytest
 from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, run
 from tests.support.metrics import Samples, has, samples, value
 from tradeplane.processes import NatsServer
+from tradeplane_engine.connection import connect
 from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.service import run_engines
 from tradeplane_engine.service.health import bound_port, start_health_server
-from tradeplane_engine.service.runner import connect
 from tradeplane_gateway.client import Client
 from tradeplane_gateway.errors import RequestError
 

@@ -29,8 +29,16 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+from tradeplane_engine.connection import NATS_ERRORS
 
 log = logging.getLogger(__name__)
+
+LEASE_ERRORS = Counter(
+    "tradeplane_engine_lease_errors",
+    "Lease operations that failed and were tried again: reason nats (NATS away or slow) "
+    "or unreadable (a lease value that is not a lease)", ["market", "reason"])
 
 LEASES_BUCKET = "tp-leases"
 REPLICAS_BUCKET = "tp-replicas"
@@ -94,24 +102,41 @@ class Lease:
         self.timeout = timeout
         self.state = LeaseState()
         self.leading = False
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def epoch(self) -> int:
         return self.state.epoch
 
     async def run(self) -> None:
-        """Watch, renew, take over, step down — until cancelled."""
-        watcher = asyncio.create_task(self._watch())
+        """Watch, renew, take over, step down — until cancelled.
+
+        A NATS error (an outage, a request whose outcome is unknown) is logged, counted
+        in ``tradeplane_engine_lease_errors_total``, and tried again at the next tick:
+        the lease keeps its role right through any outage. Any other error is a defect
+        and ends the task, which takes the market's service, and its process, down.
+        """
+        self._watcher = asyncio.create_task(self._watch(), name=f"lease watch {self.market}")
         try:
             while True:
-                if self.leading:
-                    await self._renew()
-                    await asyncio.sleep(self.renew_every)
-                else:
-                    await self._maybe_take()
-                    await asyncio.sleep(self.renew_every / 3)
+                if self._watcher.done():
+                    self._watcher.result()  # it never returns: this raises its defect
+                try:
+                    if self.leading:
+                        started = asyncio.get_running_loop().time()
+                        await self._renew()
+                        took = asyncio.get_running_loop().time() - started
+                        if took > self.timeout / 2:
+                            log.warning("market %s: replica %s renewed its lease in %.3f s "
+                                        "(the lease lapses after %.3f s)", self.market,
+                                        self.replica, took, self.timeout)
+                    else:
+                        await self._maybe_take()
+                except NATS_ERRORS as exc:
+                    self._failed("leading" if self.leading else "standing by", exc)
+                await asyncio.sleep(self.renew_every if self.leading else self.renew_every / 3)
         finally:
-            watcher.cancel()
+            self._watcher.cancel()
 
     async def step_down(self) -> None:
         """Give up leading now (the data plane refused a write): let the lease lapse."""
@@ -142,19 +167,34 @@ class Lease:
                 async for entry in watcher:
                     if entry is not None and entry.revision is not None and entry.value:
                         await self._saw(entry.value, entry.revision)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: watch again
-                log.warning("market %s: lease watch failed (%s); watching again",
-                            self.market, type(exc).__name__)
+            except NATS_ERRORS as exc:
+                self._failed("watching", exc)
             await asyncio.sleep(self.renew_every)
 
     async def _saw(self, raw: bytes, revision: int) -> None:
-        value = msgspec.json.decode(raw, type=LeaseValue)
+        """The lease as the bucket holds it at ``revision``.
+
+        A value that is not a lease (nothing of ours writes one) counts as a lease held
+        by nobody at the last epoch known: it lapses, and the next holder replaces it.
+        """
+        try:
+            value = msgspec.json.decode(raw, type=LeaseValue)
+        except msgspec.DecodeError as exc:
+            LEASE_ERRORS.labels(self.market, "unreadable").inc()
+            log.warning("market %s: the lease at revision %d is not a lease (%s); it will "
+                        "lapse and be taken over", self.market, revision, exc)
+            value = LeaseValue("", self.state.epoch)
+        if revision < self.state.revision:
+            return  # an older revision, from a watch that lags a direct read
         self.state = LeaseState(value.holder, value.epoch, revision, value.handover,
                                 asyncio.get_running_loop().time(), value.taken)
         if self.leading and value.holder != self.replica:
             await self.step_down()
+
+    def _failed(self, doing: str, exc: BaseException) -> None:
+        LEASE_ERRORS.labels(self.market, "nats").inc()
+        log.warning("market %s: replica %s, %s: NATS error on the lease (%s: %s); trying "
+                    "again", self.market, self.replica, doing, type(exc).__name__, exc)
 
     async def _maybe_take(self) -> None:
         loop = asyncio.get_running_loop()
@@ -165,8 +205,29 @@ class Lease:
             await self._create()
         elif named or (lapsed and state.handover is None) or (
                 lapsed and loop.time() - state.seen_at > 3 * self.timeout):
+            if not named and await self._changed_since(state.revision):
+                return  # the watch lags (or died in an outage): the lease is alive
             await self._take(state.revision, state.epoch + 1,
                              "handover" if named else "failover")
+
+    async def _changed_since(self, revision: int) -> bool:
+        """Whether the lease moved past ``revision`` without the watch telling: read it
+        directly before taking over, so a watch that went quiet never causes a failover."""
+        try:
+            entry = await self.kv.get(self.market)
+        except KeyNotFoundError:
+            return False
+        if entry.value and entry.revision and entry.revision != revision:
+            # Renewals come ten times a timeout: a watch that missed them all is dead
+            # (a NATS restart can leave one silent). Watch anew.
+            log.info("market %s: the lease watch went quiet; watching again", self.market)
+            if self._watcher is not None:
+                self._watcher.cancel()
+            self._watcher = asyncio.create_task(self._watch(),
+                                                name=f"lease watch {self.market}")
+            await self._saw(entry.value, entry.revision)
+            return True
+        return False
 
     async def _create(self) -> None:
         try:
@@ -209,7 +270,22 @@ class Lease:
                                                             taken=state.taken)),
                 last=state.revision)
         except KeyWrongLastSequenceError:
-            await self.step_down()
-        except Exception as exc:
-            log.warning("market %s: lease renewal failed (%s)", self.market,
-                        type(exc).__name__)
+            if not await self._still_ours():
+                await self.step_down()
+
+    async def _still_ours(self) -> bool:
+        """After a refused renewal: whether the lease is still this replica's, at this
+        epoch. It is when an earlier renewal went through but its answer was lost (a
+        timeout in an outage, sent again on reconnect): then go on from its revision."""
+        entry = await self.kv.get(self.market)
+        if not entry.value or not entry.revision:
+            return False
+        try:
+            value = msgspec.json.decode(entry.value, type=LeaseValue)
+        except msgspec.DecodeError:
+            return False
+        if value.holder != self.replica or value.epoch != self.state.epoch \
+                or value.handover is not None:
+            return False
+        self.state.revision = entry.revision
+        return True

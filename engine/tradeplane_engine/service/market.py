@@ -39,6 +39,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine import telemetry
+from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core import (
     AnyEvent,
     Engine,
@@ -145,6 +146,8 @@ class MarketService:
         self.last_failover: int | None = None
         """When this replica last took the lead (ns since the epoch)."""
         self.metrics = MarketMetrics(self)
+        self._tasks: asyncio.TaskGroup | None = None
+        """The service's tasks (lease, reporter, commands, a takeover): one fails, all end."""
 
     async def run(self) -> None:
         await ensure_market_streams(self.js, self.definition, self.settings)
@@ -174,21 +177,29 @@ class MarketService:
         await self._feed.start()
         log.info("market %s: replaying the command stream; events published through %d",
                  self.market, self.published_through)
-        lease = asyncio.create_task(self.lease.run()) if self.lease is not None else None
-        reporter = asyncio.create_task(self._report()) if self._replicas is not None else None
         try:
-            while True:
-                await self.process(await self._feed.next_batch())
+            # The lease and the status reporter run beside the command loop; a task that
+            # fails (a defect: NATS errors are survived inside each) ends the others and
+            # the service, and so the process, which is then restarted whole.
+            async with asyncio.TaskGroup() as group:
+                self._tasks = group
+                if self.lease is not None:
+                    group.create_task(self.lease.run(), name=f"lease {self.market}")
+                if self._replicas is not None:
+                    group.create_task(self._report(), name=f"status report {self.market}")
+                group.create_task(self._consume(), name=f"commands {self.market}")
         finally:
-            if lease is not None:
-                lease.cancel()
-            if reporter is not None:
-                reporter.cancel()
             await self._stop_serving()
             for subscription in subscriptions:
-                await subscription.unsubscribe()
+                with contextlib.suppress(*NATS_ERRORS):
+                    await subscription.unsubscribe()
             await self._feed.stop()
             await self.events.stop()
+
+    async def _consume(self) -> None:
+        assert self._feed is not None
+        while True:
+            await self.process(await self._feed.next_batch())
 
     async def _restore(self, published_through: int) -> int:
         """Start from the newest snapshot, if there is a database; the sequence it includes.
@@ -281,23 +292,44 @@ class MarketService:
     # -- roles -------------------------------------------------------------------------
 
     async def _promote(self, epoch: int) -> None:
-        """Lead from exactly where the events stream ends: no gap, no duplicate."""
+        """The lease made this replica the leader: take up the lead beside the lease's
+        task, which must go on renewing while the takeover publishes."""
         self.failovers += 1
         self.last_failover = time.time_ns()
+        assert self._tasks is not None, "the lease runs inside the service's task group"
+        self._tasks.create_task(self._take_lead(epoch), name=f"take the lead {self.market}")
+
+    async def _take_lead(self, epoch: int) -> None:
+        """Lead from exactly where the events stream ends: no gap, no duplicate."""
         async with self._lock:
-            last = await self._last_events_message()
+            try:
+                last = await self._last_events_message()
+            except NATS_ERRORS as exc:
+                log.warning("market %s: cannot read where the events stream ends (%s); "
+                            "letting the lease go", self.market, type(exc).__name__)
+                if self.lease is not None:
+                    await self.lease.step_down()
+                return
+            if not self._holds(epoch):
+                return  # the lease moved on before the takeover began
             self.epoch = epoch
             self.stream_last, published = last
             self._confirm(published)
             self.published_through = published
             self.leading = True
             await self._serve()
+            if not self._holds(epoch):  # demoted while subscribing: nothing to stop then
+                await self._stop_serving()
+                return
             rest, self.pending = self.pending, []
             log.info("market %s: replica %s leads (epoch %d) from sequence %d, %d applied "
                      "commands to publish", self.market, self.replica, epoch, published,
                      len(rest))
             if rest:
                 await self._publish(rest)
+
+    def _holds(self, epoch: int) -> bool:
+        return self.lease is None or (self.lease.leading and self.lease.epoch == epoch)
 
     async def _demote(self) -> None:
         self.leading = False
@@ -314,7 +346,7 @@ class MarketService:
                 self.metrics.report_lag(status["lag"])
                 status["host"] = socket.gethostname()
                 await self._replicas.put(f"{self.market}.{self.replica}", _encode(status))
-            except Exception as exc:
+            except NATS_ERRORS as exc:
                 log.debug("market %s: status not published: %s", self.market, exc)
             await asyncio.sleep(1.0)
 
@@ -353,8 +385,15 @@ class MarketService:
         if refusal:
             await msg.respond(_encode({"error": refusal}))
             return
-        async with self._lock:  # no batch in flight: the next one is the new leader's
-            await self.lease.hand_over(target)
+        try:
+            async with self._lock:  # no batch in flight: the next one is the new leader's
+                await self.lease.hand_over(target)
+        except NATS_ERRORS as exc:
+            # The lease is as it was, or the handover happened and this leader sees that
+            # it lost the lease at its next renewal: either way a leader is found again.
+            await msg.respond(_encode({"error": f"the lease could not be handed over: "
+                                                f"{type(exc).__name__}"}))
+            return
         log.info("market %s: handed the lead to %s", self.market, target)
         await msg.respond(_encode({"from": self.replica, "to": target, "epoch": self.epoch}))
 

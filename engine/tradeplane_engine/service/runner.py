@@ -11,11 +11,9 @@ import logging
 import os
 import socket
 
-import nats
-from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from tradeplane_engine.metrics import reconnected
+from tradeplane_engine.connection import connect
 from tradeplane_engine.service.health import DEFAULT_HOST, bound_port, start_health_server
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.service.market import MarketService
@@ -36,16 +34,6 @@ async def market_definition(kv: KeyValue, market: str) -> MarketDefinition:
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
     raise RuntimeError(f"watch of market {market} ended")  # pragma: no cover
-
-
-async def connect(servers: str, name: str, component: str = "engine") -> Client:
-    """A connection that retries for ever: a service outlives a NATS restart (each
-    reconnect counted in ``tradeplane_nats_reconnects_total{component}``)."""
-    return await nats.connect(
-        servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-        connect_timeout=2, allow_reconnect=True, pending_size=64 * 1024 * 1024,
-        reconnected_cb=reconnected(component),
-    )
 
 
 async def run_engines(servers: str, markets: list[str],
@@ -77,7 +65,7 @@ async def _run_markets(servers: str, markets: list[str], settings: StreamSetting
     """``run_engines`` itself; ``services`` receives the markets' services once made."""
     from tradeplane_engine.store.runner import open_database
 
-    nc = await connect(servers, f"tradeplane-engine:{','.join(markets)}")
+    nc = await connect(servers, f"tradeplane-engine:{','.join(markets)}", "engine")
     pool = await open_database(dsn, size=2) if dsn else None
     try:
         kv = await markets_bucket(nc.jetstream(), settings)

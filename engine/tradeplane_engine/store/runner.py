@@ -21,7 +21,8 @@ import asyncpg
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from tradeplane_engine.service.runner import connect, market_definition
+from tradeplane_engine.connection import connect
+from tradeplane_engine.service.runner import market_definition
 from tradeplane_engine.service.streams import StreamSettings, markets_bucket
 from tradeplane_engine.store.errors import until_available
 from tradeplane_engine.store.following import RecordedMarkets
