@@ -54,7 +54,7 @@ async def connect(servers: str, name: str, component: str) -> Client:
     count_reconnect = reconnected(component)
 
     async def on_disconnect() -> None:
-        log.warning("%s: disconnected from NATS; reconnecting", component)
+        log.warning("%s: disconnected from NATS", component)
 
     async def on_reconnect() -> None:
         log.info("%s: reconnected to NATS", component)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -197,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       args.engines, args.demo, sys.stdout, args.postgres_dsn, args.replicas)
     try:
         return _event_loop_runner()(_run_async(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
     except (OSError, nats.errors.NoServersError) as exc:
         print(f"tradeplane: cannot reach NATS at {args.nats}: {exc or type(exc).__name__}",
@@ -232,9 +234,49 @@ def _quiet_timers(record: logging.LogRecord) -> bool:
     return not (message.startswith("Timer ") and message.endswith(" succeeded."))
 
 
+def _on_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT stop a service: they set ``stop`` (the service leaves in order,
+    the engine handing over its lead first); a second signal cancels it at once.
+
+    Handled explicitly because a container's first process is PID 1, for which the
+    kernel ignores every signal that has no handler: without this, SIGTERM would do
+    nothing, and Kubernetes would SIGKILL the pod at the end of its grace period.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_signal() -> None:
+        if stop.is_set():
+            task.cancel()
+        stop.set()
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, on_signal)
+
+
+async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run a service until it ends or ``stop`` is set; then cancel it (its ``finally``
+    blocks drain its connections)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _run_async(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
     if args.command in ("engine", "gateway", "recorder"):
         _service_gc()
+        _on_stop_signals(stop)
     if args.command in ("engine", "gateway", "recorder", "operator", "selftest"):
         from tradeplane_engine import telemetry
 
@@ -247,7 +289,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                                   events_max_age_seconds=args.events_max_age)
         await run_engines(args.nats, args.markets, settings,
                           os.environ.get("TRADEPLANE_POSTGRES_DSN"), args.replica,
-                          health_port=args.health_port)
+                          health_port=args.health_port, stop=stop)
         return 0
     if args.command == "recorder":
         from tradeplane_engine.store.runner import run_recorders
@@ -260,7 +302,7 @@ async def _run_async(args: argparse.Namespace) -> int:
             from prometheus_client import start_http_server
 
             start_http_server(args.metrics_port)
-        await run_recorders(args.nats, args.markets, dsn)
+        await _until(stop, run_recorders(args.nats, args.markets, dsn))
         return 0
     if args.command == "operator":
         from tradeplane_operator.config import Config
@@ -283,7 +325,7 @@ async def _run_async(args: argparse.Namespace) -> int:
             from prometheus_client import start_http_server
 
             start_http_server(args.metrics_port)
-        await run_gateway(args.nats)
+        await _until(stop, run_gateway(args.nats))
         return 0
     if args.command == "selftest":
         from tradeplane.selftest import selftest

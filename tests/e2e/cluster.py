@@ -36,6 +36,8 @@ class Cluster:
     nc: Client
     server: NatsServer
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    wrap: dict[str, list[str]] = field(default_factory=dict)
+    """A command line to run a role's process under (``unshare ...``), by role."""
 
     @property
     def market(self) -> str:
@@ -50,7 +52,8 @@ class Cluster:
                     "gateway": ["gateway"]}[role]
         log = (self.logs / f"{role}.log").open("ab")
         self.processes[role] = spawn(
-            [sys.executable, "-m", "tradeplane", "--nats", self.url, *args], log=log,
+            [*self.wrap.get(role, []), sys.executable, "-m", "tradeplane", "--nats", self.url,
+             *args], log=log,
             env={**os.environ, "TRADEPLANE_POSTGRES_DSN": self.dsn, "PYTHONUNBUFFERED": "1"})
 
     def kill(self, role: str) -> None:
@@ -150,12 +153,12 @@ class Cluster:
 @contextlib.asynccontextmanager
 async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
                   *, roles: tuple[str, ...] = ("engine", "recorder", "gateway"),
-                  ) -> AsyncIterator[Cluster]:
+                  wrap: dict[str, list[str]] | None = None) -> AsyncIterator[Cluster]:
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     server = NatsServer(directory / "nats").start()
     nc = await nats.connect(server.url)
-    running = Cluster(server.url, dsn, definition, logs, nc, server)
+    running = Cluster(server.url, dsn, definition, logs, nc, server, wrap=wrap or {})
     try:
         await publish_markets(server.url, [definition], StreamSettings())
         for role in roles:

@@ -92,6 +92,10 @@ class SwitchoverRequest(msgspec.Struct, forbid_unknown_fields=True):
     """The standby to lead next."""
 
 
+class _Readiness(msgspec.Struct):
+    ready: bool
+
+
 class StatusQuery(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     account: str
     order_id: int = 0
@@ -142,7 +146,8 @@ class MarketService:
         self.failovers = 0
         """Times this replica took the lead."""
         self._leader_subscriptions: list[Subscription] = []
-        self._replicas = replicas
+        self.replicas = replicas
+        """The replicas' status bucket, where this replica reports (None: it does not)."""
         self.last_failover: int | None = None
         """When this replica last took the lead (ns since the epoch)."""
         self.metrics = MarketMetrics(self)
@@ -185,7 +190,7 @@ class MarketService:
                 self._tasks = group
                 if self.lease is not None:
                     group.create_task(self.lease.run(), name=f"lease {self.market}")
-                if self._replicas is not None:
+                if self.replicas is not None:
                     group.create_task(self._report(), name=f"status report {self.market}")
                 group.create_task(self._consume(), name=f"commands {self.market}")
         finally:
@@ -337,7 +342,7 @@ class MarketService:
 
     async def _report(self) -> None:
         """Publish this replica's status every second, for the operator and ``status``."""
-        assert self._replicas is not None
+        assert self.replicas is not None
         while True:
             try:
                 info = await self.js.stream_info(command_stream(self.market))
@@ -345,7 +350,7 @@ class MarketService:
                 status["lag"] = max(0, info.state.last_seq - self.engine.last_sequence)
                 self.metrics.report_lag(status["lag"])
                 status["host"] = socket.gethostname()
-                await self._replicas.put(f"{self.market}.{self.replica}", _encode(status))
+                await self.replicas.put(f"{self.market}.{self.replica}", _encode(status))
             except NATS_ERRORS as exc:
                 log.debug("market %s: status not published: %s", self.market, exc)
             await asyncio.sleep(1.0)
@@ -381,21 +386,29 @@ class MarketService:
         if target == self.replica:
             await msg.respond(_encode({"error": f"{target} leads already"}))
             return
-        refusal = await self._unfit_standby(target)
+        refusal = await self.hand_over(target)
         if refusal:
             await msg.respond(_encode({"error": refusal}))
             return
+        await msg.respond(_encode({"from": self.replica, "to": target, "epoch": self.epoch}))
+
+    async def hand_over(self, target: str) -> str | None:
+        """A planned switchover to the standby ``target``, between two batches: None once
+        the lease names it, else why not."""
+        if not self.leading or self.lease is None:
+            return f"{self.replica} does not lead {self.market}"
+        refusal = await self._unfit_standby(target)
+        if refusal:
+            return refusal
         try:
             async with self._lock:  # no batch in flight: the next one is the new leader's
                 await self.lease.hand_over(target)
         except NATS_ERRORS as exc:
             # The lease is as it was, or the handover happened and this leader sees that
             # it lost the lease at its next renewal: either way a leader is found again.
-            await msg.respond(_encode({"error": f"the lease could not be handed over: "
-                                                f"{type(exc).__name__}"}))
-            return
+            return f"the lease could not be handed over: {type(exc).__name__}"
         log.info("market %s: handed the lead to %s", self.market, target)
-        await msg.respond(_encode({"from": self.replica, "to": target, "epoch": self.epoch}))
+        return None
 
     async def _unfit_standby(self, target: str) -> str | None:
         """Why ``target`` cannot take the lead now (None: it can): a switchover to a
@@ -408,7 +421,11 @@ class MarketService:
                                           b"", timeout=1.0)
         except (NoRespondersError, NatsTimeout, TimeoutError):
             return f"no replica {target} of market {self.market} is running"
-        if not msgspec.json.decode(reply.data).get("ready"):
+        try:
+            ready = msgspec.json.decode(reply.data, type=_Readiness).ready
+        except msgspec.DecodeError:
+            return f"{target} answered with no status"
+        if not ready:
             return f"{target} has not caught up yet"
         return None
 

@@ -17,6 +17,7 @@ from tradeplane_engine.connection import connect
 from tradeplane_engine.service.health import DEFAULT_HOST, bound_port, start_health_server
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.service.market import MarketService
+from tradeplane_engine.service.shutdown import leave
 from tradeplane_engine.service.streams import StreamSettings, markets_bucket
 from tradeplane_engine.wire import MarketDefinition, decode_definition
 
@@ -39,9 +40,14 @@ async def market_definition(kv: KeyValue, market: str) -> MarketDefinition:
 async def run_engines(servers: str, markets: list[str],
                       settings: StreamSettings | None = None, dsn: str | None = None,
                       replica: str | None = None, *, health_port: int | None = None,
-                      health_host: str = DEFAULT_HOST) -> None:
-    """Run a replica of each named market until cancelled: it leads or stands by, as the
-    market's lease decides. With a DSN, start from the markets' snapshots.
+                      health_host: str = DEFAULT_HOST, stop: asyncio.Event | None = None,
+                      ) -> None:
+    """Run a replica of each named market until cancelled, or until ``stop`` is set: it
+    leads or stands by, as the market's lease decides. With a DSN, start from the
+    markets' snapshots.
+
+    When ``stop`` is set (the process got SIGTERM), each market this process leads is
+    handed to a caught-up standby first (``shutdown.leave``), then everything stops.
 
     With a ``health_port``, serve the Kubernetes probes (``/livez``, ``/readyz``) from the
     start, so the pod is alive, though not ready, while its markets are still awaited."""
@@ -51,12 +57,23 @@ async def run_engines(servers: str, markets: list[str],
         health = await start_health_server(health_host, health_port, services)
         log.info("health endpoint on %s:%d", health_host, bound_port(health))
     try:
-        await _run_markets(servers, markets, settings or StreamSettings(), dsn, replica,
-                           services)
+        async with asyncio.TaskGroup() as group:
+            serving = group.create_task(_run_markets(
+                servers, markets, settings or StreamSettings(), dsn, replica, services))
+            if stop is not None:
+                group.create_task(_leave_on(stop, services, serving))
     finally:
         if health is not None:
             health.close()
             await health.wait_closed()
+
+
+async def _leave_on(stop: asyncio.Event, services: list[MarketService],
+                    serving: asyncio.Task[None]) -> None:
+    await stop.wait()
+    log.info("stopping: handing over what this process leads")
+    await asyncio.gather(*(leave(service) for service in services))
+    serving.cancel()
 
 
 async def _run_markets(servers: str, markets: list[str], settings: StreamSettings,
