@@ -36,9 +36,11 @@ class EdgeCode(IntEnum):
     """The command stream did not acknowledge in time; retry with the same client order id
     (a retry within the duplicate window is applied at most once)."""
     RESULT_TIMEOUT = 910
-    """The command was sequenced but its result did not come in time; ask for its status."""
+    """The command was sequenced (a retried place: before, when its clientOrderId was
+    first sent) but its result did not come in time; ask for its status."""
     ENGINE_UNAVAILABLE = 911
-    """The market's engine did not answer a query."""
+    """The market's engine did not answer a query (status, open orders); never the
+    answer to an order."""
     HISTORY_UNAVAILABLE = 912
     """No recorder answered a history query (no database configured, or it is down)."""
 
@@ -50,13 +52,18 @@ class TradeplaneError(Exception):
 class RequestError(TradeplaneError):
     """The exchange refused a request: an edge code (9xx) or an engine reject (1xx-4xx)."""
 
-    def __init__(self, code: int, name: str, reason: str, sequence: int | None = None) -> None:
+    def __init__(self, code: int, name: str, reason: str, sequence: int | None = None,
+                 client_order_id: str | None = None) -> None:
         super().__init__(f"{code} {name}: {reason}")
         self.code = code
         self.name = name
         self.reason = reason
         self.sequence = sequence
-        """The command's sequence when the engine refused it (None: never sequenced)."""
+        """The command's sequence when it was sequenced: refused by the engine, or
+        ``RESULT_TIMEOUT`` (None: never sequenced)."""
+        self.client_order_id = client_order_id
+        """The order's client order id when the reply names it (the one the gateway
+        generated if none was given): after ``RESULT_TIMEOUT``, ask ``status`` with it."""
 
 
 class ConnectionLostError(TradeplaneError):

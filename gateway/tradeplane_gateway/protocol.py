@@ -152,6 +152,7 @@ decode_reply = msgspec.json.Decoder(Reply).decode
 
 
 def error_reply(code: int, name: str, reason: str, *, market: str | None = None,
-                sequence: int | None = None) -> bytes:
+                sequence: int | None = None, client_order_id: str | None = None) -> bytes:
     return encode_reply(Reply(ok=False, market=market, sequence=sequence,
+                              client_order_id=client_order_id,
                               error=ErrorBody(code, name, reason)))

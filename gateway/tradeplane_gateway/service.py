@@ -270,7 +270,8 @@ class Gateway:
                         int(EdgeCode.RESULT_TIMEOUT), EdgeCode.RESULT_TIMEOUT.name,
                         f"sequenced as {flight.sequence} but no result within "
                         f"{self.result_timeout} s; ask for the order's status", market=name,
-                        sequence=flight.sequence)
+                        sequence=flight.sequence, client_order_id=getattr(
+                            flight.submission.command, "client_order_id", None) or None)
                 else:
                     reply = error_reply(
                         int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
@@ -339,11 +340,12 @@ class Gateway:
         await self._reply(reply_to, reply)
         self.metrics.answered_query(request, reply)
 
-    async def _ask(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(self, subject: str, body: dict[str, Any],
+                   timeout: float | None = None) -> dict[str, Any]:
         """A query to an engine or a recorder: its answer, or ``{"error": ...}``."""
         try:
             answer = await self.nc.request(subject, msgspec.json.encode(body),
-                                           timeout=self.result_timeout)
+                                           timeout=timeout or self.result_timeout)
         except NoRespondersError:
             return {"error": "no responders"}
         except NatsTimeout:
@@ -378,35 +380,72 @@ class Gateway:
                                   next=body.get("next")))
 
     async def _answer_duplicate(self, flight: _InFlight, sequence: int) -> None:
+        """A place the command stream took for a retry: the original was sequenced as
+        ``sequence``, so the answer is the original's state — also when the engine cannot
+        tell yet (recovering after a restart, no leader, not applied that far): the
+        gateway asks again until the result timeout. Then it answers 910, which says the
+        order is sequenced and how to learn its outcome, as for any result that did not
+        come in time; never 911, which would read as "not placed"."""
         work = flight.submission
-        await self._complete(flight, await self._order_status(
-            work.market, work.account, 0, work.client_order_id or "", sequence=sequence,
-            duplicate=True))
+        market, client_order_id = work.market, work.client_order_id or ""
+        name = market.definition.name
+        deadline = time.monotonic() + self.result_timeout
+        pause = 0.02
+        while True:
+            body = await self._find_order(market, work.account, 0, client_order_id,
+                                          timeout=max(deadline - time.monotonic(), 0.01))
+            if body.get("order") is not None:
+                reply = encode_reply(Reply(
+                    ok=True, market=name, sequence=sequence,
+                    client_order_id=client_order_id, duplicate=True,
+                    order=msgspec.convert(body["order"], OrderState)))
+                break
+            if "error" not in body and body.get("sequence", 0) >= sequence:
+                # Applied, but neither the engine nor a history knows the order any more.
+                reply = encode_reply(Reply(ok=True, market=name, sequence=sequence,
+                                           client_order_id=client_order_id, duplicate=True))
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = body.get("error") or f"applied up to {body.get('sequence')} only"
+                reply = error_reply(
+                    int(EdgeCode.RESULT_TIMEOUT), EdgeCode.RESULT_TIMEOUT.name,
+                    f"sequenced as {sequence} when clientOrderId {client_order_id} was first "
+                    f"sent, but the engine of {name} could not tell its outcome within "
+                    f"{self.result_timeout} s ({why}); ask for its status by clientOrderId",
+                    market=name, sequence=sequence, client_order_id=client_order_id)
+                break
+            await asyncio.sleep(min(pause, left))
+            pause = min(2 * pause, 0.5)
+        await self._complete(flight, reply)
 
-    async def _order_status(self, market: KnownMarket, account: str, order_id: int,
-                            client_order_id: str, *, sequence: int | None = None,
-                            duplicate: bool = False) -> bytes:
+    async def _find_order(self, market: KnownMarket, account: str, order_id: int,
+                          client_order_id: str, *,
+                          timeout: float | None = None) -> dict[str, Any]:
+        """The engine's answer about an order (``order`` None: it does not know it, or
+        ``error``), with the order from PostgreSQL when the engine does not know it."""
         name = market.definition.name
         query = {"account": account, "orderId": order_id, "clientOrderId": client_order_id}
-        body = await self._ask(engine_subject(name, "order"), query)
+        body = await self._ask(engine_subject(name, "order"), query, timeout)
         if body.get("order") is None and "error" not in body:
             # Neither open nor recently finished: PostgreSQL has every order ever accepted.
-            history = await self._ask(f"tp.history.{name}.order", query)
+            history = await self._ask(f"tp.history.{name}.order", query, timeout)
             if history.get("order") is not None:
-                body = history
+                body["order"] = history["order"]
+        return body
+
+    async def _order_status(self, market: KnownMarket, account: str, order_id: int,
+                            client_order_id: str) -> bytes:
+        name = market.definition.name
+        body = await self._find_order(market, account, order_id, client_order_id)
         if "error" in body:
             return error_reply(int(EdgeCode.ENGINE_UNAVAILABLE),
                                EdgeCode.ENGINE_UNAVAILABLE.name,
-                               f"the engine of {name}: {body['error']}", market=name,
-                               sequence=sequence)
-        if body.get("order") is None and duplicate:  # the original is not applied yet
-            return encode_reply(Reply(ok=True, market=name, sequence=sequence,
-                                      client_order_id=client_order_id, duplicate=True))
+                               f"the engine of {name}: {body['error']}", market=name)
         if body.get("order") is None:
             return error_reply(301, "UNKNOWN_ORDER",
                                "no open or recently finished order of this account has that id",
-                               market=name, sequence=sequence)
+                               market=name)
         order = msgspec.convert(body["order"], OrderState)
-        return encode_reply(Reply(ok=True, market=name, sequence=sequence,
-                                  client_order_id=order.client_order_id or None,
-                                  duplicate=duplicate, order=order))
+        return encode_reply(Reply(ok=True, market=name,
+                                  client_order_id=order.client_order_id or None, order=order))

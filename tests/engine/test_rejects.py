@@ -1,7 +1,7 @@
 """Every rejection the engine can return: one table, one row per way to get each code.
 
 A rejection is one ``OrderRejected`` event that echoes the command's account, client
-order id and order id, and it changes nothing in the book. The table must name every
+order id, order id and type, and it changes nothing in the book. The table must name every
 ``RejectCode`` except those only the decimal conversion at the edge raises (those are
 in ``test_market.py``); a test below holds it to that.
 """
@@ -36,6 +36,7 @@ from tradeplane_engine.core import (
     MarketSpec,
     OrderRejected,
     OrderType,
+    Place,
     RejectCode,
 )
 from tradeplane_engine.core.market import TradingMode
@@ -179,6 +180,8 @@ def test_reject(row: Reject) -> None:
     assert event.account == (getattr(command, "account", None) or "")
     assert event.client_order_id == getattr(command, "client_order_id", "")
     assert event.order_id == getattr(command, "order_id", 0)
+    assert event.command == type(command).__struct_config__.tag
+    assert event.new_order is isinstance(command, Place)
     assert (engine.l3().bids, engine.l3().asks, engine.next_order_id, engine.next_trade_id,
             engine.reference_price, engine.mode) == before
 

@@ -62,7 +62,7 @@ def test_sequence_must_rise_and_a_replay_changes_nothing() -> None:
 def test_a_rejected_command_still_uses_up_its_sequence() -> None:
     engine = Engine(SPEC)
     assert engine.apply(buy("a", 0, 90)(1, 0))[0] == OrderRejected(
-        "a", "", 0, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+        "a", "", 0, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more", "place")
     [event] = engine.apply(buy("a", 1, 90)(1, 0))
     assert isinstance(event, OrderRejected)
     assert event.code is RejectCode.SEQUENCE_OUT_OF_ORDER

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+from nats.aio.msg import Msg
+
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane.processes import NatsServer
 from tradeplane.up import publish_markets
@@ -117,3 +120,73 @@ async def _places(client: Client, price: str) -> bool:
     except (RequestError, ConnectionLostError):
         return False
     return reply.order is not None
+
+
+def test_a_retried_place_waits_for_a_recovering_engine_and_answers_the_original(
+        tmp_path: Path) -> None:
+    """As just after a NATS restart: the retry is a duplicate, and the engine answers
+    "recovering" for a while. The reply is the original's state, not a refusal."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            first = await alice.place("sol-usdt", "buy", "1", "99", client_order_id="again")
+            assert first.order is not None
+            service = exchange.services["sol-usdt"]
+            service.ready.clear()  # replaying: every query is answered "recovering"
+            queries: list[bytes] = []
+
+            async def watch(msg: Msg) -> None:
+                queries.append(msg.data)
+
+            watching = await alice.nc.subscribe("tp.engine.sol-usdt.order", cb=watch)
+            await alice.nc.flush()
+            retry = asyncio.create_task(
+                alice.place("sol-usdt", "buy", "1", "99", client_order_id="again"))
+            # A second query means the first was answered "recovering" and not given up on.
+            await eventually(lambda: retry.done() or len(queries) >= 2,
+                             what="the gateway asking the engine again")
+            await watching.unsubscribe()
+            service.ready.set()
+            again = await retry
+            assert again.duplicate
+            assert again.sequence == first.sequence
+            assert again.order is not None
+            assert (again.order.order_id, again.order.status) == (first.order.order_id, "new")
+
+    run(scenario())
+
+
+def test_a_retried_place_the_engine_cannot_answer_for_says_it_is_sequenced(
+        tmp_path: Path) -> None:
+    """No engine within the result timeout: 910 with the original's sequence (the order
+    is sequenced; ask its status by clientOrderId), never 911, which reads as "not
+    placed". Once the engine is back, status has the outcome."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            first = await alice.place("sol-usdt", "buy", "1", "99", client_order_id="lost")
+            assert first.order is not None
+            await exchange.stop_engine("sol-usdt")
+            exchange.gateway.result_timeout = 1.0
+            with pytest.raises(RequestError) as unanswered:
+                await alice.place("sol-usdt", "buy", "1", "99", client_order_id="lost")
+            assert (unanswered.value.code, unanswered.value.name) == (910, "RESULT_TIMEOUT")
+            assert unanswered.value.sequence == first.sequence
+            assert unanswered.value.client_order_id == "lost"
+            with pytest.raises(RequestError) as unnamed:  # a new order, no clientOrderId
+                await alice.place("sol-usdt", "buy", "1", "98")
+            assert unnamed.value.code == 910
+            assert unnamed.value.sequence == (first.sequence or 0) + 1
+            assert unnamed.value.client_order_id  # the one the gateway gave it
+
+            await exchange.start_engine(SOL)
+            status = await alice.status("sol-usdt",
+                                        client_order_id=unanswered.value.client_order_id)
+            assert status.order is not None
+            assert status.order.order_id == first.order.order_id
+            status = await alice.status("sol-usdt",
+                                        client_order_id=unnamed.value.client_order_id)
+            assert status.order is not None
+            assert (status.order.status, status.order.price) == ("new", "98")
+
+    run(scenario())

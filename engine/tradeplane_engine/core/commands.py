@@ -116,3 +116,10 @@ class SetTradingMode(Command, frozen=True, gc=False, tag="setTradingMode"):
 
 
 AnyCommand = Place | Cancel | Replace | CancelAll | SetTradingMode
+
+
+def command_type(command: Command) -> str:
+    """The command's ``type`` as it is encoded (``place``, ``cancel``...)."""
+    tag = type(command).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

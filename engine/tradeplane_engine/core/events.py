@@ -50,13 +50,27 @@ class OrderAccepted(Event, frozen=True, gc=False, tag="accepted"):
 
 
 class OrderRejected(Event, frozen=True, gc=False, tag="rejected"):
-    """The command changed nothing. ``order_id`` is the order it named, 0 for a new one."""
+    """The command changed nothing.
+
+    ``command`` is the refused command's type (``place``, ``cancel``, ``replace``,
+    ``cancelAll``, ...). Only a refused place is an order of its own: a new order that
+    ended here, without an id. A refused cancel or replace names an order that exists,
+    or no longer does, by ``order_id`` or by ``client_order_id`` (``order_id`` 0 then):
+    its refusal says nothing about that order's state.
+    """
 
     account: str
     client_order_id: str
     order_id: int
     code: RejectCode
     reason: str
+    command: str = ""
+    """The refused command's ``type``; empty in events stored before it was recorded."""
+
+    @property
+    def new_order(self) -> bool:
+        """Whether this is a refused place: a new order whose state is ``rejected``."""
+        return self.command == "place"
 
 
 class Trade(Event, frozen=True, gc=False, tag="trade"):

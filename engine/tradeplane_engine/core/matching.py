@@ -29,6 +29,7 @@ from tradeplane_engine.core.commands import (
     SetTradingMode,
     Side,
     TimeInForce,
+    command_type,
 )
 from tradeplane_engine.core.events import (
     AnyEvent,
@@ -124,7 +125,7 @@ class Engine:
             return [OrderRejected(
                 getattr(command, "account", None) or "", getattr(command, "client_order_id", ""),
                 getattr(command, "order_id", 0), RejectCode.SEQUENCE_OUT_OF_ORDER,
-                f"sequence {sequence} is not above {previous}",
+                f"sequence {sequence} is not above {previous}", command_type(command),
             )]
         self.last_sequence = sequence
         if type(command) is _Place:
@@ -656,7 +657,7 @@ def _reject(command: Place | Cancel | Replace | CancelAll, code: RejectCode,
             reason: str) -> list[AnyEvent]:
     return [OrderRejected(
         command.account or "", getattr(command, "client_order_id", ""),
-        getattr(command, "order_id", 0), code, reason,
+        getattr(command, "order_id", 0), code, reason, command_type(command),
     )]
 
 

@@ -458,7 +458,11 @@ class MarketService:
         return last.seq or 0, int((last.headers or {}).get(HEADER_SEQUENCE, "0"))
 
     def _remember(self, events: list[AnyEvent]) -> None:
-        """Keep the last state of finished and rejected orders for status queries."""
+        """Keep the last state of finished and rejected orders for status queries.
+
+        A rejected order is a refused place; the refusal of a cancel or a replace is not
+        an order's state, even when it named the order by its client order id.
+        """
         quantity = self.formatter.quantity
         for event in events:
             if type(event) is OrderUpdate and event.status in _TERMINAL:
@@ -472,7 +476,7 @@ class MarketService:
                     record["reason"] = event.reason.name.lower()
                 self._remember_order(event.account, event.order_id, event.client_order_id,
                                      record)
-            elif type(event) is OrderRejected and event.order_id == 0 and event.client_order_id:
+            elif type(event) is OrderRejected and event.new_order and event.client_order_id:
                 self._remember_order(event.account, 0, event.client_order_id, {
                     "orderId": 0, "clientOrderId": event.client_order_id,
                     "status": "rejected", "code": int(event.code), "name": event.code.name,
@@ -495,7 +499,12 @@ class MarketService:
     # -- requests ----------------------------------------------------------------------
 
     def order_status(self, query: StatusQuery) -> dict[str, Any] | None:
-        """An order's current state: open in the book, or recently finished."""
+        """An order's current state: open in the book, or recently finished.
+
+        By client order id (which may be used again once its order finished): the open
+        order that carries it, else the one that carried it and ended last (a refused
+        place ends as it is sequenced), as the recorder's history answers too.
+        """
         order = self.engine.open_order(query.account, query.order_id, query.client_order_id)
         if order is not None:
             return self._open_order(order)

@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 
 MAX_TRADES = 500
 
+OPEN_STATUSES = ("new", "partiallyFilled")
+
+_REFUSED_PLACE = (
+    "(command = 'place' OR (command IS NULL"
+    f" AND code NOT IN ({int(RejectCode.UNKNOWN_ORDER)},"
+    f" {int(RejectCode.REPLACE_QUANTITY_TOO_LOW)})))")
+"""A rejection that is an order's state: a refused place. A rejection recorded before
+the engine said which command it refused (``command`` NULL) counts unless its code is
+one only a cancel or a replace is refused with."""
+
 
 class OrderQuery(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     account: str
@@ -66,6 +76,9 @@ class History:
             await subscription.unsubscribe()
 
     async def order(self, query: OrderQuery) -> dict[str, Any] | None:
+        """An order by id, or by client order id: the open order that carries it, else
+        the one that carried it and ended last — a refused place, which ends as it is
+        sequenced, included (the engine answers the same from its memory)."""
         quantity, price = self.formatter.quantity, self.formatter.price
         async with self.pool.acquire() as connection:
             if query.order_id:
@@ -73,21 +86,25 @@ class History:
                     "SELECT * FROM orders WHERE market = $1 AND account = $2 AND order_id = $3",
                     self.market, query.account, query.order_id)
             else:
+                # An order's client order id is free again once the order is not open,
+                # so orders carrying one follow each other: the newest is the last to end.
                 row = await connection.fetchrow(
                     "SELECT * FROM orders WHERE market = $1 AND account = $2"
                     " AND client_order_id = $3 ORDER BY order_id DESC LIMIT 1",
                     self.market, query.account, query.client_order_id)
-                rejected = await connection.fetchrow(
-                    "SELECT * FROM rejections WHERE market = $1 AND account = $2"
-                    " AND client_order_id = $3 AND order_id = 0"
-                    " ORDER BY sequence DESC LIMIT 1",
-                    self.market, query.account, query.client_order_id)
-                if rejected is not None and (row is None
-                                             or rejected["sequence"] > row["created_sequence"]):
-                    code = RejectCode(rejected["code"])
-                    return {"orderId": 0, "clientOrderId": query.client_order_id,
-                            "status": "rejected", "code": int(code), "name": code.name,
-                            "reason": rejected["reason"]}
+                if row is None or row["status"] not in OPEN_STATUSES:
+                    rejected = await connection.fetchrow(
+                        "SELECT code, reason FROM rejections WHERE market = $1"
+                        " AND account = $2 AND client_order_id = $3 AND order_id = 0"
+                        f" AND sequence > $4 AND {_REFUSED_PLACE}"
+                        " ORDER BY sequence DESC LIMIT 1",
+                        self.market, query.account, query.client_order_id,
+                        0 if row is None else row["updated_sequence"])
+                    if rejected is not None:
+                        code = RejectCode(rejected["code"])
+                        return {"orderId": 0, "clientOrderId": query.client_order_id,
+                                "status": "rejected", "code": int(code), "name": code.name,
+                                "reason": rejected["reason"]}
         if row is None:
             return None
         order: dict[str, Any] = {

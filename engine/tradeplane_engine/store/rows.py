@@ -30,7 +30,7 @@ HISTORY = ("market", "sequence", "position", "order_id", "kind", "status", "fill
 TRADES = ("market", "trade_id", "sequence", "traded_at", "price", "quantity", "aggressor_side",
           "maker_order_id", "maker_account", "taker_order_id", "taker_account")
 REJECTIONS = ("market", "sequence", "position", "account", "client_order_id", "order_id",
-              "code", "reason")
+              "code", "reason", "command")
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Rows:
             elif isinstance(event, OrderRejected):
                 self.rejections.append((market, sequence, position, event.account,
                                         event.client_order_id, event.order_id, int(event.code),
-                                        event.reason))
+                                        event.reason, event.command or None))
 
     def _state(self, order_id: int) -> dict[str, Any]:
         return self.new_orders.get(order_id) or self.changes.get(order_id) or {}

@@ -6,15 +6,30 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from tests.support.exchange import SOL, eventually, local_exchange, run
-from tradeplane_engine.core import Engine
+from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, run
+from tradeplane_engine.core import (
+    AnyEvent,
+    CancelReason,
+    Engine,
+    OrderAccepted,
+    OrderRejected,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    RejectCode,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+)
+from tradeplane_engine.service import ensure_market_streams
 from tradeplane_engine.store.queries import History, OrderQuery, TradesQuery
 from tradeplane_engine.store.recorder import Recorder
 from tradeplane_engine.store.runner import open_database, redact
 from tradeplane_engine.store.snapshots import Snapshotter, latest_snapshot
-from tradeplane_engine.wire import decode_command
+from tradeplane_engine.wire import EventBatch, decode_command, encode_events, event_subject
 from tradeplane_gateway import RequestError, connect
 
 
@@ -174,6 +189,52 @@ def test_gateway_answers_from_postgres_what_the_engine_no_longer_holds(
             with pytest.raises(RequestError) as no_history:
                 await bob.trade_history("sol-usdt")
             assert no_history.value.code == 912
+        await pool.close()
+
+    run(scenario())
+
+
+def test_history_reads_rejections_stored_before_they_named_their_command(
+        tmp_path: Path, database: str) -> None:
+    """Events an older engine published do not say which command a rejection refused: a
+    code only a cancel or a replace gets is not taken for an order's state."""
+    async def scenario() -> None:
+        pool = await open_database(database)
+        async with local_exchange(tmp_path, SOL, engines=False) as exchange:
+            js = exchange.nc.jetstream()
+            await ensure_market_streams(js, SOL, SETTINGS)
+            accepted = OrderAccepted(1, "alice", "old", Side.SELL, OrderType.LIMIT, 10500,
+                                     100, 0, TimeInForce.GTC, False,
+                                     SelfTradePrevention.EXPIRE_MAKER)
+            canceled = OrderUpdate(1, "alice", "old", OrderStatus.CANCELED, 0, 0,
+                                   CancelReason.USER)
+            batches: list[list[AnyEvent]] = [
+                [accepted], [canceled],
+                [OrderRejected("alice", "old", 0, RejectCode.UNKNOWN_ORDER,
+                               "no such open order")],
+                [OrderRejected("alice", "banded", 0, RejectCode.OUTSIDE_PRICE_BAND,
+                               "price outside the band")]]
+            for sequence, events in enumerate(batches, start=1):
+                message = msgspec.json.decode(encode_events(
+                    EventBatch("sol-usdt", sequence, sequence, events)))
+                for event in message["events"]:
+                    event.pop("command", None)  # as published before it was recorded
+                await js.publish(event_subject("sol-usdt"), msgspec.json.encode(message))
+            recorder = Recorder(exchange.nc, pool, SOL)
+            task = asyncio.create_task(recorder.run())
+            try:
+                await eventually(lambda: recorder.position == 4, timeout=15)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            history = History(exchange.nc, pool, SOL)
+            old = await history.order(OrderQuery("alice", client_order_id="old"))
+            assert old is not None
+            assert (old["orderId"], old["status"]) == (1, "canceled")
+            banded = await history.order(OrderQuery("alice", client_order_id="banded"))
+            assert banded is not None
+            assert (banded["orderId"], banded["status"], banded["code"]) == (0, "rejected", 206)
         await pool.close()
 
     run(scenario())
