@@ -500,6 +500,7 @@ def test_an_upgrade_takes_over_markets_the_previous_operator_handled(
                     PAUSE_ANNOTATION: None}}})
                 await eventually(lambda: world.cluster.get("statefulsets", ENGINE)["spec"][  # type: ignore[index]
                     "replicas"] == 3, 5, "resumed at once")
+                assert world.requests_beyond(USED) == set()  # removing the old state too
     run(scenario())
 
 
