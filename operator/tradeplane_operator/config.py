@@ -12,6 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 PREFIX = "tradeplane.dev"
+"""The prefix of what users and other components read and write on Markets and children
+(annotations, labels, the finalizer)."""
+KOPF_PREFIX = f"operator.{PREFIX}"
+"""Where kopf keeps its own state on a Market (progress, last handled configuration).
+It must not be ``PREFIX``: kopf leaves its prefix's annotations out of the changes it
+reacts to, and the annotations below must start handlers at once."""
 PAUSE_ANNOTATION = f"{PREFIX}/paused"
 """``"true"``: the operator leaves the Market and its children alone (status still
 follows the replicas)."""

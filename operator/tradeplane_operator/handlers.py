@@ -16,12 +16,11 @@ from typing import Any, TypeVar
 
 import kopf
 
-from tradeplane_operator import metrics
+from tradeplane_operator import metrics, storage
 from tradeplane_operator.children import Market, is_subset
 from tradeplane_operator.config import (
     FINALIZER,
     MARKET_LABEL,
-    PREFIX,
     SWITCHOVER_ANNOTATION,
     Config,
 )
@@ -56,9 +55,8 @@ class Runtime:
 def settings() -> kopf.OperatorSettings:
     result = kopf.OperatorSettings()
     result.persistence.finalizer = FINALIZER
-    result.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    result.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration")
+    result.persistence.progress_storage = storage.progress_storage()
+    result.persistence.diffbase_storage = storage.DiffBaseStorage()
     result.posting.level = logging.WARNING  # Events are ours, not every log line
     result.watching.server_timeout = 300
     result.watching.client_timeout = 330

@@ -104,31 +104,52 @@ def market_manifest(name: str = "sol-usdt", **spec: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def operator_world(tmp_path: Path, **config: Any) -> AsyncIterator[World]:
+async def operator_world(tmp_path: Path, *, start: bool = True,
+                         **config: Any) -> AsyncIterator[World]:
+    """The emulated API server and a nats-server, with the operator running on them
+    unless ``start`` is false (then the test runs it with ``running_operator``)."""
     server = NatsServer(tmp_path / "nats").start()
     try:
         async with cluster(tmp_path) as emulated:
             kube = KubeApi(kopf.ConnectionInfo(server=emulated.url), TEST_AGENT)
             await kube.create(CRDS, None, crd())
+            # The drift check keeps its default (30 s), as users get it: what must
+            # happen at once must not wait for it. A test that is about the check
+            # itself shortens it explicitly.
             settings = Config(**{"nats_url": server.url, "status_interval": 0.2,
-                                 "drift_interval": 1.0, "final_snapshot_timeout": 10.0,
-                                 **config})
-            stop, ready = asyncio.Event(), asyncio.Event()
-            task = asyncio.create_task(handlers.run(
-                settings, connection=kopf.ConnectionInfo(server=emulated.url),
-                stop=stop, ready=ready))
+                                 "final_snapshot_timeout": 10.0, **config})
             nc = await nats.connect(server.url)
+            world = World(emulated, kube, nc, server.url, settings)
             try:
-                await asyncio.wait_for(ready.wait(), 20)
-                yield World(emulated, kube, nc, server.url, settings)
+                if start:
+                    async with running_operator(world):
+                        yield world
+                else:
+                    yield world
             finally:
-                stop.set()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 20)
                 await nc.drain()
                 await kube.close()
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_operator(world: World) -> AsyncIterator[None]:
+    """The operator's handlers in kopf, in this event loop, until the block ends.
+
+    When kopf stops it cancels every task started in its loop while it ran: engines
+    (``Kubelet``) must stop first, and NATS requests made meanwhile may not outlive it."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(handlers.run(
+        world.config, connection=kopf.ConnectionInfo(server=world.cluster.url),
+        stop=stop, ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 20)
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 20)
 
 
 @dataclass
@@ -187,4 +208,5 @@ class Kubelet:
             await asyncio.sleep(0.05)
 
 
-__all__ = ["Kubelet", "World", "eventually", "market_manifest", "operator_world"]
+__all__ = ["Kubelet", "World", "eventually", "market_manifest", "operator_world",
+           "running_operator"]

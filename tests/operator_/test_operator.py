@@ -5,14 +5,27 @@ makes, so status, mode changes, switchover and deletion meet real engines."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import queue
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import kopf
 import msgspec
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from tests.operator_.harness import Kubelet, World, eventually, market_manifest, operator_world
+from tests.operator_.harness import (
+    Kubelet,
+    World,
+    eventually,
+    market_manifest,
+    operator_world,
+    running_operator,
+)
 from tests.support.exchange import run
 from tradeplane_engine.core import Place, Side
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
@@ -25,8 +38,14 @@ from tradeplane_engine.wire import (
     definition_from_manifest,
     encode_command,
 )
-from tradeplane_operator.config import PAUSE_ANNOTATION, SWITCHOVER_ANNOTATION
+from tradeplane_operator import handlers
+from tradeplane_operator.config import (
+    PAUSE_ANNOTATION,
+    PREFIX,
+    SWITCHOVER_ANNOTATION,
+)
 from tradeplane_operator.kube import MARKETS, STATEFULSETS, USED, USED_WHEN_NAMESPACED
+from tradeplane_operator.storage import LAST_HANDLED_ANNOTATION, LEGACY_ANNOTATIONS
 
 ENGINE = "sol-usdt-engine"
 
@@ -159,11 +178,21 @@ def test_a_spec_change_updates_the_children_and_a_deleted_child_comes_back(
                 return sts is not None and sts["metadata"]["uid"] != old_uid
             await eventually(recreated, 10, "the deleted StatefulSet is made again")
             assert world.cluster.get("statefulsets", ENGINE)["spec"]["replicas"] == 3  # type: ignore[index]
+    run(scenario())
 
-            # An edit by hand is put back by the periodic check.
+
+def test_an_edited_child_is_put_back_by_the_drift_check(tmp_path: Path) -> None:
+    """An edit of a child by hand raises no event on the Market: only the periodic
+    drift check sees it. The test is about that timer, so it shortens it to 1 s (the
+    default, 30 s, would make the test wait that long)."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path, drift_interval=1.0) as world:
+            await world.apply(market_manifest())
+            await eventually(lambda: len(world.cluster.objects("poddisruptionbudgets")) == 1,
+                             15, "children")
             await world.kube.patch(STATEFULSETS, "default", ENGINE, {"spec": {"replicas": 1}})
             await eventually(lambda: world.cluster.get("statefulsets", ENGINE)["spec"][  # type: ignore[index]
-                "replicas"] == 3, 10, "the edit is repaired")
+                "replicas"] == 2, 10, "the edit is repaired")
     run(scenario())
 
 
@@ -295,19 +324,22 @@ def test_a_mode_change_is_a_sequenced_command(tmp_path: Path) -> None:
             await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None, 1)
             before = len(await commands(world))
             await world.patch("sol-usdt", {"metadata": {"labels": {"touched": "yes"}}})
-            await eventually(lambda: _handled(world), 10, "the label change handled")
+            await eventually(lambda: _handled(world, '"touched"'), 10,
+                             "the label change handled")
             assert len(await commands(world)) == before
     run(scenario())
 
 
-async def _handled(world: World) -> bool:
+async def _handled(world: World, fragment: str) -> bool:
+    """Whether kopf has handled a change: its last handled configuration has it."""
     market = await world.market("sol-usdt") or {}
-    last = (market["metadata"].get("annotations") or {}).get(
-        "tradeplane.dev/last-handled-configuration", "")
-    return '"touched"' in last
+    last = (market["metadata"].get("annotations") or {}).get(LAST_HANDLED_ANNOTATION, "")
+    return fragment in last
 
 
 def test_switchover_and_pause_annotations(tmp_path: Path) -> None:
+    """The annotations act at once, not at the next drift check (30 s by default, as
+    here): each deadline is a few seconds."""
     async def scenario() -> None:
         async with operator_world(tmp_path) as world, Kubelet(world):
             await world.apply(market_manifest())
@@ -322,29 +354,153 @@ def test_switchover_and_pause_annotations(tmp_path: Path) -> None:
                 annotations = market["metadata"].get("annotations") or {}
                 return ((market.get("status") or {}).get("leader") == target
                         and SWITCHOVER_ANNOTATION not in annotations)
-            await eventually(switched, 15, "the lead handed over, the annotation gone")
-            assert "Switchover" in world.reasons("sol-usdt")
+            await eventually(switched, 5, "the lead handed over, the annotation gone")
+            await eventually(lambda: "Switchover" in world.reasons("sol-usdt"), 5,
+                             "a Switchover event")
 
             await world.patch("sol-usdt", {"metadata": {"annotations": {
                 SWITCHOVER_ANNOTATION: "no-such-replica"}}})
-            await eventually(lambda: "SwitchoverRefused" in world.reasons("sol-usdt"), 10,
+            await eventually(lambda: "SwitchoverRefused" in world.reasons("sol-usdt"), 5,
                              "a refused switchover is reported")
 
-            # Paused: a deleted child stays deleted (for longer than the repair interval).
+            # Paused: a deleted child stays deleted (unpaused, it comes back at once).
             await world.patch("sol-usdt", {"metadata": {"annotations": {
                 PAUSE_ANNOTATION: "true"}}})
 
             async def paused() -> bool:
                 return condition(await status_of(world), "Progressing") == "Unknown"
-            await eventually(paused, 10, "Progressing Unknown while paused")
+            await eventually(paused, 5, "Progressing Unknown while paused")
             await world.kube.delete(STATEFULSETS, "default", ENGINE)
-            await asyncio.sleep(2.5)  # an observation window, not synchronisation
+            await asyncio.sleep(1.5)  # an observation window, not synchronisation
             assert world.cluster.get("statefulsets", ENGINE) is None
             await world.patch("sol-usdt", {"metadata": {"annotations": {
                 PAUSE_ANNOTATION: None}}})
             await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None,
-                             10, "unpaused: the StatefulSet is back")
+                             5, "unpaused: the StatefulSet is back")
             assert world.requests_beyond(USED) == set()
+    run(scenario())
+
+
+def test_a_change_made_while_paused_is_applied_on_resume(tmp_path: Path) -> None:
+    """Paused, a spec change is recorded but not applied; resuming applies it at once.
+    The drift check (30 s by default, as here) skips a Market whose generation is not
+    applied, so only the resume itself can apply it."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world:
+            await world.apply(market_manifest())
+            await eventually(lambda: len(world.cluster.objects("poddisruptionbudgets")) == 1,
+                             15, "children")
+
+            async def observed(generation: int) -> bool:
+                return (await status_of(world)).get("observedGeneration") == generation
+            await eventually(lambda: observed(1), 10, "observedGeneration 1")
+
+            await world.patch("sol-usdt", {"metadata": {"annotations": {
+                PAUSE_ANNOTATION: "true"}}})
+            await world.patch("sol-usdt", {"spec": {"replicas": 3}})
+            await eventually(lambda: _handled(world, '"replicas":3'), 5,
+                             "the change recorded while paused")
+            await asyncio.sleep(1.0)  # an observation window, not synchronisation
+            assert world.cluster.get("statefulsets", ENGINE)["spec"]["replicas"] == 2  # type: ignore[index]
+            assert (await status_of(world)).get("observedGeneration") == 1
+
+            await world.patch("sol-usdt", {"metadata": {"annotations": {
+                PAUSE_ANNOTATION: None}}})
+            await eventually(lambda: world.cluster.get("statefulsets", ENGINE)["spec"][  # type: ignore[index]
+                "replicas"] == 3, 5, "resumed: the change made while paused is applied")
+            await eventually(lambda: observed(2), 5, "observedGeneration 2")
+    run(scenario())
+
+
+_settings = handlers.settings
+
+
+def _previous_settings() -> kopf.OperatorSettings:
+    """The operator's settings before kopf's state had a prefix of its own."""
+    result = _settings()
+    result.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    result.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    return result
+
+
+@contextlib.asynccontextmanager
+async def _previous_operator(world: World) -> AsyncIterator[None]:
+    """The operator with ``_previous_settings``, in a thread with an event loop of its
+    own: kopf, when it stops, cancels every task started in its loop while it ran, and
+    the test's engines and NATS subscriptions must outlive it."""
+    started: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = (
+        queue.SimpleQueue())
+
+    async def operate() -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(handlers.run(
+            world.config, connection=kopf.ConnectionInfo(server=world.cluster.url),
+            stop=stop, ready=ready))
+        await asyncio.wait([task, asyncio.create_task(ready.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        started.put((asyncio.get_running_loop(), stop))
+        await task
+
+    with mock.patch.object(handlers, "settings", _previous_settings):
+        thread = threading.Thread(target=asyncio.run, args=(operate(),), daemon=True)
+        thread.start()
+        loop, stop = await asyncio.to_thread(started.get, timeout=20)
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        await asyncio.to_thread(thread.join, 20)
+        assert not thread.is_alive()
+
+
+def test_an_upgrade_takes_over_markets_the_previous_operator_handled(
+        tmp_path: Path) -> None:
+    """An operator that kept kopf's state under ``tradeplane.dev`` ran the market; this
+    one removes that state, changes nothing already in place, and acts on the
+    annotations at once."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path, start=False) as world:
+            async with _previous_operator(world), Kubelet(world):
+                await world.apply(market_manifest())
+                await serving(world)
+            market = await world.market("sol-usdt") or {}
+            legacy = {key for key in market["metadata"]["annotations"]
+                      if key.startswith(f"{PREFIX}/")}
+            assert legacy == {f"{PREFIX}/kopf-managed", f"{PREFIX}/last-handled-configuration"}
+            assert legacy <= LEGACY_ANNOTATIONS
+            children = {kind: world.cluster.get(kind, ENGINE)["metadata"]["resourceVersion"]  # type: ignore[index]
+                        for kind in ("statefulsets", "services", "poddisruptionbudgets")}
+            sequenced = len(await commands(world))
+            defined = await definition(world)
+            events = len(world.events("sol-usdt"))
+
+            async with running_operator(world):
+                async def taken_over() -> bool:
+                    market = await world.market("sol-usdt") or {}
+                    annotations = market["metadata"].get("annotations") or {}
+                    return (LAST_HANDLED_ANNOTATION in annotations
+                            and not LEGACY_ANNOTATIONS & set(annotations))
+                await eventually(taken_over, 10, "kopf's old state replaced by the new")
+                # Handled again as new: the same reconcile, with nothing to do.
+                assert {kind: world.cluster.get(kind, ENGINE)["metadata"]["resourceVersion"]  # type: ignore[index]
+                        for kind in children} == children
+                assert len(await commands(world)) == sequenced
+                assert await definition(world) == defined
+                assert [event["reason"] for event in world.events("sol-usdt")[events:]
+                        if event["type"] == "Warning"] == []
+
+                await world.patch("sol-usdt", {"metadata": {"annotations": {
+                    PAUSE_ANNOTATION: "true"}}})
+                await world.patch("sol-usdt", {"spec": {"replicas": 3}})
+                await eventually(lambda: _handled(world, '"replicas":3'), 5,
+                                 "the change recorded while paused")
+                assert world.cluster.get("statefulsets", ENGINE)["spec"]["replicas"] == 2  # type: ignore[index]
+                await world.patch("sol-usdt", {"metadata": {"annotations": {
+                    PAUSE_ANNOTATION: None}}})
+                await eventually(lambda: world.cluster.get("statefulsets", ENGINE)["spec"][  # type: ignore[index]
+                    "replicas"] == 3, 5, "resumed at once")
+                assert world.requests_beyond(USED) == set()  # removing the old state too
     run(scenario())
 
 

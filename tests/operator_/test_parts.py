@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tradeplane_engine.wire import decode_command, decode_definition, definition_from_manifest
+from tradeplane_operator import handlers
 from tradeplane_operator.children import (
     Market,
     disruption_budget,
@@ -21,12 +22,19 @@ from tradeplane_operator.children import (
     service,
     statefulset,
 )
-from tradeplane_operator.config import Config
+from tradeplane_operator.config import (
+    KOPF_PREFIX,
+    PAUSE_ANNOTATION,
+    PREFIX,
+    SWITCHOVER_ANNOTATION,
+    Config,
+)
 from tradeplane_operator.errors import InvalidMarketError, RetryError, to_kopf
 from tradeplane_operator.exchange import Lease, RefusedError, ReplicaReport, admin_command
 from tradeplane_operator.kube import KubeError
 from tradeplane_operator.reconcile import definition
 from tradeplane_operator.status import Observation, compute
+from tradeplane_operator.storage import LAST_HANDLED_ANNOTATION, LEGACY_ANNOTATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = "2026-01-01T00:00:00Z"
@@ -208,6 +216,43 @@ def test_what_the_api_server_adds_is_not_drift() -> None:
     assert is_subset(desired, stored)
     stored["spec"]["replicas"] = 1
     assert not is_subset(desired, stored)
+
+
+def _essence(annotations: dict[str, str]) -> dict[str, Any]:
+    """What kopf compares to decide whether a Market changed (the operator's storages)."""
+    persistence = handlers.settings().persistence
+    body = kopf.Body({"apiVersion": "tradeplane.dev/v1alpha1", "kind": "Market",
+                      "metadata": {"name": "sol-usdt", "annotations": annotations},
+                      "spec": {"replicas": 2}})
+    essence = persistence.diffbase_storage.build(body=body)
+    return dict(persistence.progress_storage.clear(essence=essence))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["kopf's state", "an older operator's"])
+def test_the_users_annotations_are_changes_and_kopfs_own_are_not(legacy: bool) -> None:
+    """kopf drops every annotation under its storage prefix from what it compares, so
+    its prefix must not be the one the switchover and pause annotations use."""
+    user = {PAUSE_ANNOTATION: "true", SWITCHOVER_ANNOTATION: "sol-usdt-engine-1"}
+    state = {LAST_HANDLED_ANNOTATION: "{}", f"{KOPF_PREFIX}/kopf-managed": "yes",
+             f"{KOPF_PREFIX}/apply": "{}"}
+    if legacy:
+        state |= dict.fromkeys(LEGACY_ANNOTATIONS, "yes")
+    assert _essence(user | state) == {"spec": {"replicas": 2},
+                                      "metadata": {"annotations": user}}
+    assert _essence(state) == {"spec": {"replicas": 2}}
+
+
+def test_storing_a_configuration_removes_an_older_operators_state() -> None:
+    present = {f"{PREFIX}/kopf-managed": "yes", f"{PREFIX}/last-handled-configuration": "{}",
+               PAUSE_ANNOTATION: "true"}
+    body = kopf.Body({"metadata": {"name": "sol-usdt", "annotations": present}})
+    patch = kopf.Patch()
+    handlers.settings().persistence.diffbase_storage.store(
+        body=body, patch=patch, essence=kopf.BodyEssence(spec={"replicas": 2}))
+    assert dict(patch["metadata"]["annotations"]) == {
+        f"{PREFIX}/kopf-managed": None, f"{PREFIX}/last-handled-configuration": None,
+        LAST_HANDLED_ANNOTATION: '{"spec":{"replicas":2}}\n',
+        f"{KOPF_PREFIX}/kopf-managed": "yes"}
 
 
 def test_settings_from_the_environment() -> None:
