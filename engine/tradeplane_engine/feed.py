@@ -5,7 +5,8 @@ the server's) and pull requests kept in flight ahead of the engine: a new batch 
 asked for when half of the last one has arrived, so commands flow without a round trip
 each, and whatever has arrived is handed over at once as one batch. The feed checks
 that sequences are contiguous, and rebuilds its consumer from the next sequence after a
-heartbeat goes missing, a reconnect, or a consumer the server dropped.
+heartbeat goes missing, after a reconnect (at once: the server may be a new one), or for
+a consumer the server dropped.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class CommandFeed:
         self._last_heard = 0.0
         self._broken = False
         self._failure: FeedError | None = None
+        self._reconnects = nc.stats["reconnects"]
+        """The connection's reconnect count when the consumer was made: after a reconnect
+        the consumer may be gone with the server that held it, so it is made again."""
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
@@ -99,9 +103,15 @@ class CommandFeed:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._heartbeat)
-            if self._broken or loop.time() - self._last_heard > 3 * self._heartbeat:
-                log.warning("command feed of %s went quiet; rebuilding its consumer at %d",
-                            self._stream, self.next_sequence)
+            reconnects = self._nc.stats["reconnects"]
+            why = ("reconnected" if reconnects != self._reconnects
+                   else "broken" if self._broken
+                   else "quiet" if loop.time() - self._last_heard > 3 * self._heartbeat
+                   else None)
+            if why is not None:
+                log.warning("command feed of %s %s; rebuilding its consumer at %d",
+                            self._stream, why, self.next_sequence)
+                self._reconnects = reconnects
                 try:
                     await self._create_consumer()
                 except NATS_ERRORS as exc:  # NATS away: try again at the next heartbeat

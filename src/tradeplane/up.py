@@ -8,7 +8,9 @@ markets bucket (a changed ``tradingMode`` of a market that exists is also sequen
 them), a recorder process (PostgreSQL, snapshots, history queries) and a gateway
 process; waits until every market answers, prints where to connect, and on Ctrl-C (or
 SIGTERM) stops the gateway, the recorder, the engines, PostgreSQL and nats-server, in
-that order. Children die with it even if it is killed outright (see
+that order. While it runs it supervises everything it started: nats-server and
+PostgreSQL come back on the same port with the same data, and a component that exits is
+started again. Children die with it even if it is killed outright (see
 ``tradeplane.processes``).
 """
 
@@ -31,7 +33,14 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane.postgres import PostgresServer
-from tradeplane.processes import NatsServer, child_environment, spawn, stop, tradeplane_command
+from tradeplane.processes import (
+    NatsServer,
+    StartError,
+    child_environment,
+    spawn,
+    stop,
+    tradeplane_command,
+)
 from tradeplane_engine.core.commands import SetTradingMode
 from tradeplane_engine.service import StreamSettings, ensure_market_streams, markets_bucket
 from tradeplane_engine.service.admin import publish_admin
@@ -190,23 +199,61 @@ class Child:
             stop(self.process)
 
 
-async def supervise(children: list[Child], out: IO[str]) -> None:
-    """Restart any component that exits, until cancelled."""
+@dataclass
+class Server:
+    """nats-server or PostgreSQL, restarted in place (same port, same data) when it exits;
+    the components reconnect to it by themselves."""
+
+    name: str
+    server: NatsServer | PostgresServer
+    restarts: int = 0
+
+    def exit_code(self) -> int | None:
+        process = self.server.process
+        return None if process is None else process.poll()
+
+    async def restart(self) -> None:
+        await asyncio.to_thread(self.server.start)
+
+
+RETRY_AFTER = 2.0
+"""Seconds before another try at a server that did not come back."""
+
+
+async def supervise(servers: list[Server], children: list[Child], out: IO[str]) -> None:
+    """Restart whatever exits, until cancelled, in dependency order: nats-server first,
+    then PostgreSQL, then the components (which reconnect to both by themselves)."""
     while True:
-        for child in children:
-            assert child.process is not None
-            if child.process.poll() is not None:
-                child.restarts += 1
-                print(f"{child.name} exited ({child.process.returncode}); restarting it "
-                      f"(restart {child.restarts})", file=out, flush=True)
-                child.start()
+        for server in servers:
+            code = server.exit_code()
+            if code is None:
+                continue
+            server.restarts += 1
+            print(f"{server.name} exited ({code}); restarting it (restart {server.restarts})",
+                  file=out, flush=True)
+            try:
+                await server.restart()
+            except (StartError, OSError, subprocess.SubprocessError) as exc:
+                print(f"{server.name} did not come back ({exc}); trying again", file=out,
+                      flush=True)
+                await asyncio.sleep(RETRY_AFTER)
+                break  # nothing that depends on it is worth restarting yet
+            print(f"{server.name} is back", file=out, flush=True)
+        else:
+            for child in children:
+                assert child.process is not None
+                if child.process.poll() is not None:
+                    child.restarts += 1
+                    print(f"{child.name} exited ({child.process.returncode}); restarting it "
+                          f"(restart {child.restarts})", file=out, flush=True)
+                    child.start()
         await asyncio.sleep(0.5)
 
 
-async def run_exchange(url: str, definitions: list[MarketDefinition], children: list[Child],
-                       demo: bool, out: IO[str]) -> None:
+async def run_exchange(url: str, definitions: list[MarketDefinition], servers: list[Server],
+                       children: list[Child], demo: bool, out: IO[str]) -> None:
     async with asyncio.TaskGroup() as group:
-        group.create_task(supervise(children, out))
+        group.create_task(supervise(servers, children, out))
         if demo:
             from tradeplane.demo_traders import run_traders
 
@@ -231,11 +278,13 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
         nats_log = running.enter_context((logs / "nats-server.log").open("ab"))
         server = running.enter_context(
             NatsServer(data_dir / "nats", port=port, log=nats_log).start())
+        servers = [Server("nats-server", server)]
         if postgres_dsn is None:
             postgres_log = running.enter_context((logs / "postgres.log").open("ab"))
             postgres = running.enter_context(
                 PostgresServer(data_dir / "postgres", log=postgres_log).start())
             postgres_dsn = postgres.dsn
+            servers.append(Server("postgres", postgres))
         try:
             asyncio.run(publish_markets(server.url, definitions, settings))
             environment = {**child_environment(), "TRADEPLANE_POSTGRES_DSN": postgres_dsn}
@@ -258,7 +307,7 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
                                    [child.process for child in children if child.process]))
             print(_banner(server.url, definitions, data_dir, demo, redact(postgres_dsn)),
                   file=out, flush=True)
-            asyncio.run(run_exchange(server.url, definitions, children, demo, out))
+            asyncio.run(run_exchange(server.url, definitions, servers, children, demo, out))
         except KeyboardInterrupt:
             print("stopping...", file=out, flush=True)
         except UpError as exc:

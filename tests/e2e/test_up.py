@@ -140,3 +140,64 @@ def test_up_demo_trades_by_itself(tmp_path: Path) -> None:
         assert "bid" in book.stdout, book.stdout
         assert "ask" in book.stdout, book.stdout
     assert processes_mentioning(str(data_dir)) == []
+
+
+def _read_until(process: subprocess.Popen[str], text: str, timeout: float = 60) -> str:
+    """``up``'s output up to the first line that contains ``text``."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"no {text!r} in the output of up: {''.join(seen)}")
+
+
+def _recovered(url: str, account: str, timeout: float = 60) -> float:
+    """Seconds until an order of ``account`` is accepted again (placed every 0.1 s)."""
+    started = time.monotonic()
+    while True:
+        placed = cli(url, "order", "place", "sol-usdt", "buy", "0.5", "140",
+                     "--account", account)
+        if placed.returncode == 0:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"no order accepted within {timeout} s: {placed.stdout}")
+        time.sleep(0.1)
+
+
+def test_up_brings_back_nats_server_and_postgres_when_they_die(tmp_path: Path) -> None:
+    """kill -9 of nats-server, then of PostgreSQL, under the demo traders: ``up`` starts
+    each again on its port with its data, and the exchange serves and records again
+    with no manual step."""
+    data_dir = tmp_path / "exchange"
+    with tradeplane_up(data_dir, "--demo") as (process, url):
+        _recovered(url, "carol")  # serving before anything dies
+
+        [nats_server] = [pid for pid in processes_mentioning(str(data_dir / "nats"))
+                         if "nats-server" in Path(f"/proc/{pid}/cmdline").read_text()]
+        killed_at = time.monotonic()
+        os.kill(nats_server, signal.SIGKILL)
+        _read_until(process, "nats-server exited")
+        _read_until(process, "nats-server is back")
+        _recovered(url, "carol")
+        print(f"orders accepted again {time.monotonic() - killed_at:.1f} s after the kill "
+              "of nats-server")
+
+        postmaster = min(pid for pid in processes_mentioning(str(data_dir / "postgres"))
+                         if "-D" in Path(f"/proc/{pid}/cmdline").read_text())
+        os.kill(postmaster, signal.SIGKILL)
+        _read_until(process, "postgres exited")
+        _read_until(process, "postgres is back")
+        sold = cli(url, "order", "place", "sol-usdt", "sell", "0.5", "140", "--account", "dave")
+        assert sold.returncode == 0, sold.stdout + sold.stderr
+        assert json.loads(sold.stdout)["fills"], sold.stdout  # crossed carol's bids
+        # The recorder wrote the trade into the PostgreSQL that came back.
+        poll_cli(url, lambda reply: len(reply.get("trades", [])) >= 1,
+                 "order", "trades", "sol-usdt", "--account", "dave", timeout=60)
+        assert process.poll() is None
+    assert processes_mentioning(str(data_dir)) == []
