@@ -23,6 +23,9 @@ from tradeplane_operator.config import MARKET_LABEL, Config
 from tradeplane_operator.crd import GROUP, KIND, VERSION, MarketSpec
 
 MAX_NAME = 40
+GRACE_PERIOD = 30
+"""Seconds an engine pod has after SIGTERM: a leader hands its lease to a standby within
+10 of them, then exits (docs/failover.md, leaving on SIGTERM)."""
 """``<name>-engine-<n>`` and the StatefulSet's revision label must fit in 63 characters."""
 NAME = re.compile(rf"[a-z0-9](?:[-a-z0-9]{{0,{MAX_NAME - 2}}}[a-z0-9])?")
 
@@ -142,7 +145,7 @@ def statefulset(market: Market, config: Config) -> dict[str, Any]:
                 "metadata": {"labels": labels(market)},
                 "spec": {
                     "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": GRACE_PERIOD,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
                                         "runAsGroup": 10001,
                                         "seccompProfile": {"type": "RuntimeDefault"}},

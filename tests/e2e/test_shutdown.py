@@ -22,12 +22,11 @@ from tests.e2e.test_crash_recovery import MARKET
 from tests.support.exchange import eventually, run
 from tradeplane_engine.service.lease import LEASES_BUCKET, REPLICAS_BUCKET
 from tradeplane_gateway import connect
+from tradeplane_operator.children import GRACE_PERIOD
 
 AS_PID_1 = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 """A new PID namespace whose first process (PID 1) is the engine."""
 
-GRACE_PERIOD = 30.0
-"""The engines' terminationGracePeriodSeconds (operator/tradeplane_operator/children.py)."""
 
 
 def _pid_namespaces() -> bool:
@@ -55,7 +54,17 @@ def test_sigterm_to_a_leader_running_as_pid_1_hands_over(tmp_path: Path, databas
                 connect(exchange.url, account="buyer") as buyer, \
                 connect(exchange.url, account="seller") as seller:
             market = exchange.market
-            assert (await exchange.replica_status("engine-1"))["pid"] == 1
+            pids: list[int] = []
+
+            async def engine_1_answers() -> bool:
+                with contextlib.suppress(Exception):
+                    status = await exchange.replica_status("engine-1")
+                    pids.append(status["pid"])
+                    return bool(status["ready"])
+                return False
+
+            await eventually(engine_1_answers, 30, "engine-1 up and caught up")
+            assert pids[-1] == 1  # the first process of its PID namespace
             if await exchange.leader() != "engine-1":
                 answer = await exchange.nc.request(f"tp.engine.{market}.switchover",
                                                    msgspec.json.encode({"to": "engine-1"}),
