@@ -274,7 +274,10 @@ class Engine:
         elif not remaining:
             events.append(_OrderUpdate(order_ref, account, client_order_id, _FILLED, filled, 0))
         elif time_in_force is _GTC:
-            if filled:
+            if filled + remaining != quantity:  # a self-trade decrement took lots from it
+                events.append(_OrderUpdate(order_ref, account, client_order_id, _REDUCED, filled,
+                                           remaining, _STP))
+            elif filled:
                 events.append(_OrderUpdate(order_ref, account, client_order_id, _PARTIAL, filled,
                                            remaining))
             owner = self.accounts.get(account)  # looked up only for orders that rest
@@ -508,12 +511,17 @@ class Engine:
         self._unlink(order)
         events.append(OrderReplaced(order.order_id, order.account, order.client_order_id, price,
                                     quantity, remaining, False))
-        events.append(_level_event(level))
+        # At the same price the order goes back into the level it left (it cannot cross:
+        # the book is never crossed): that level is told once, when the order is back in
+        # it, never in the state between without it.
+        if price != order.price:
+            events.append(_level_event(level))
         side = order.side
         opposite = self.asks if side is _BUY else self.bids
         limit_key = opposite.key_of(price)
         keys = opposite.keys
         filled = order.filled
+        opened = remaining  # what matching neither trades nor rests, a decrement took
         expired = False
         if keys and keys[-1] >= limit_key:
             if order.post_only or self.mode is _POST_ONLY_MODE:
@@ -539,7 +547,10 @@ class Engine:
             self._rest(Order(order.order_id, order.account, order.client_order_id, side, price,
                              quantity, filled, remaining, order.post_only, order.stp, order.owner,
                              new_level))
-            if filled > order.filled:
+            if filled - order.filled + remaining != opened:
+                events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
+                                           _REDUCED, filled, remaining, _STP))
+            elif filled > order.filled:
                 events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                            _PARTIAL, filled, remaining))
             events.append(_level_event(new_level))
