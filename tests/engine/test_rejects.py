@@ -34,6 +34,7 @@ from tests.engine.helpers import (
 from tradeplane_engine.core import (
     MAX_UNITS,
     MarketSpec,
+    OffGrid,
     OrderRejected,
     OrderType,
     RejectCode,
@@ -88,7 +89,9 @@ REJECTS = [
            RejectCode.INVALID_QUANTITY),
     Reject("quote amount negative", market_buy("a", quote_amount=-100),
            RejectCode.INVALID_QUANTITY),
-    Reject("quote amount above the maximum", market_buy("a", quote_amount=MAX_UNITS**2 + 1),
+    Reject("quote amount above the maximum", market_buy("a", quote_amount=MAX_UNITS + 1),
+           RejectCode.INVALID_QUANTITY),
+    Reject("quote amount far above the maximum", market_buy("a", quote_amount=MAX_UNITS**2),
            RejectCode.INVALID_QUANTITY),
     Reject("replace quantity negative", replace("a", 1, quantity=-1),
            RejectCode.INVALID_QUANTITY),
@@ -201,3 +204,59 @@ def test_a_rejected_order_uses_up_no_order_id() -> None:
     book = Book(steps=[buy("a", 0, 98), buy("", 1, 98), sell("a", 1, -1)])
     assert book.log(buy("a", 1, 98)) == ["accepted #1", "level buy 98: 1 lots in 1"]
 
+
+
+@pytest.mark.parametrize("amount", [MAX_UNITS - 1, MAX_UNITS, MAX_UNITS + 1, MAX_UNITS * 2])
+def test_the_core_and_the_edge_take_the_same_largest_quote_amount(amount: int) -> None:
+    """Regression: the core took quote amounts up to (2^53 - 1)^2 units (and traded them),
+    while the edge refuses any above 2^53 - 1; one maximum now holds in both."""
+    try:
+        SPEC.to_notional_units(str(amount))
+        edge_accepts = True
+    except OffGrid:
+        edge_accepts = False
+    events = Book(steps=[sell("b", 1, 100)]).do(market_buy("a", quote_amount=amount))
+    core_accepts = not isinstance(events[0], OrderRejected)
+    assert core_accepts is edge_accepts is (amount <= MAX_UNITS)
+
+
+DECIMALS = MarketSpec(base="BTC", quote="USD", tick_size="0.01", lot_size="0.001")
+LARGEST_PRICE = "90071992547409.91"
+LARGEST_QUANTITY = "9007199254740.991"
+LARGEST_QUOTE_AMOUNT = "90071992547.40991"
+
+REASONS = [
+    pytest.param(buy("a", 1, 0), "price must be 1 tick or more", id="price 0"),
+    pytest.param(buy("a", 1, MAX_UNITS + 1),
+                 f"price must be at most {LARGEST_PRICE} ({MAX_UNITS} ticks)",
+                 id="price above the maximum"),
+    pytest.param(buy("a", -2, 100), "quantity must be 1 lot or more",
+                 id="quantity negative"),
+    pytest.param(buy("a", MAX_UNITS + 1, 1),
+                 f"quantity must be at most {LARGEST_QUANTITY} ({MAX_UNITS} lots)",
+                 id="quantity above the maximum"),
+    pytest.param(market_sell("a", MAX_UNITS + 1),
+                 f"quantity must be at most {LARGEST_QUANTITY} ({MAX_UNITS} lots)",
+                 id="market quantity above the maximum"),
+    pytest.param(market_buy("a", quote_amount=-1), "quote amount must be positive",
+                 id="quote amount negative"),
+    pytest.param(market_buy("a", quote_amount=MAX_UNITS + 1),
+                 f"quote amount must be at most {LARGEST_QUOTE_AMOUNT}",
+                 id="quote amount above the maximum"),
+    pytest.param(replace("a", 1, price=MAX_UNITS + 1),
+                 f"price must be at most {LARGEST_PRICE} ({MAX_UNITS} ticks)",
+                 id="replace price above the maximum"),
+    pytest.param(replace("a", 1, quantity=MAX_UNITS + 1),
+                 f"quantity must be at most {LARGEST_QUANTITY} ({MAX_UNITS} lots)",
+                 id="replace quantity above the maximum"),
+    pytest.param(replace("a", 1, quantity=-1), "quantity must be 1 lot or more",
+                 id="replace quantity negative"),
+]
+
+
+@pytest.mark.parametrize(("step", "reason"), REASONS)
+def test_a_value_out_of_range_is_refused_with_what_is_wrong(step: Step, reason: str) -> None:
+    """Regression: a value above the maximum was refused as "must be 1 tick/lot or more"."""
+    [event] = Book(DECIMALS, [buy("a", 1, 100)]).do(step)
+    assert isinstance(event, OrderRejected)
+    assert event.reason == reason

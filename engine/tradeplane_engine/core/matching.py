@@ -201,9 +201,9 @@ class Engine:
                 return refused
         if order_type is _LIMIT:
             if not 0 < price <= _MAX_UNITS:
-                return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
+                return _reject(c, RejectCode.INVALID_PRICE, self._price_reason(price))
             if not 0 < quantity <= _MAX_UNITS:
-                return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+                return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(quantity))
             if quote_amount or (post_only and time_in_force is not _GTC):
                 return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
                                "quote amount is for market buys; post-only is for GTC orders")
@@ -431,12 +431,13 @@ class Engine:
             if c.quantity or c.side is not _BUY or c.time_in_force is _FOK:
                 return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
                                "a quote amount goes alone (no quantity), on a market buy, not FOK")
-            if not 0 < c.quote_amount <= _MAX_UNITS * _MAX_UNITS:
-                return _reject(c, RejectCode.INVALID_QUANTITY, "quote amount must be positive")
+            if not 0 < c.quote_amount <= _MAX_UNITS:
+                return _reject(c, RejectCode.INVALID_QUANTITY,
+                               self._quote_amount_reason(c.quote_amount))
             if c.quote_amount < self._min_notional:
                 return _reject(c, RejectCode.BELOW_MIN_NOTIONAL, "quote amount below min notional")
         elif not 0 < c.quantity <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+            return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(c.quantity))
         return None
 
     def _market_order_limit(self, side: Side) -> int:
@@ -476,9 +477,9 @@ class Engine:
         price = c.price or order.price
         quantity = c.quantity or order.quantity
         if not 0 < price <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
+            return _reject(c, RejectCode.INVALID_PRICE, self._price_reason(price))
         if not 0 < quantity <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+            return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(quantity))
         # The new total counts what is gone for good: filled lots, and lots a self-trade
         # decrement took. What is left of it is open.
         remaining = quantity - (order.quantity - order.remaining)
@@ -586,6 +587,26 @@ class Engine:
         return [TradingModeChanged(c.mode, previous)]
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _price_reason(self, price: int) -> str:
+        """Why a price is out of range, in the market's own decimals (a cold path)."""
+        if price > _MAX_UNITS:
+            return (f"price must be at most {self.spec.from_ticks(_MAX_UNITS)} "
+                    f"({_MAX_UNITS} ticks)")
+        return "price must be 1 tick or more"
+
+    def _quantity_reason(self, quantity: int) -> str:
+        """Why a quantity is out of range, in the market's own decimals (a cold path)."""
+        if quantity > _MAX_UNITS:
+            return (f"quantity must be at most {self.spec.from_lots(_MAX_UNITS)} "
+                    f"({_MAX_UNITS} lots)")
+        return "quantity must be 1 lot or more"
+
+    def _quote_amount_reason(self, quote_amount: int) -> str:
+        """Why a quote amount is out of range, in the market's own decimals (a cold path)."""
+        if quote_amount > _MAX_UNITS:
+            return f"quote amount must be at most {self.spec.from_notional_units(_MAX_UNITS)}"
+        return "quote amount must be positive"
 
     def _band_reason(self, reference: int) -> str:
         """Why a price is outside the band, in the market's own decimals (a cold path)."""
