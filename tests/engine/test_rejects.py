@@ -165,8 +165,45 @@ REJECTS = [
 ]
 
 
+MIN_100_BANDED = MarketSpec(base="BTC", quote="USD", tick_size="1", lot_size="1",
+                            min_notional="100", price_band="10", reference_price="100")
+
+FIRST_CHECK_WINS = [
+    # A command that fails several checks gets the code of the first, in this order
+    # (docs/engine.md): sequence, trading mode, the named order (cancel, replace), price,
+    # quantity (or quote amount), combination, new total (replace), minimum notional,
+    # price band, account, client order id.
+    Reject("stale and halted", stale(buy("a", 0, 0)), RejectCode.SEQUENCE_OUT_OF_ORDER,
+           HALTED),
+    Reject("halted, no price and no quantity", buy("a", 0, 0), RejectCode.MARKET_HALTED,
+           HALTED),
+    Reject("postOnly and a market order with a price", place("a", BUY, 1, 5, order_type=MARKET),
+           RejectCode.MARKET_POST_ONLY, POST_ONLY),
+    Reject("no price and no quantity", buy("a", 0, 0), RejectCode.INVALID_PRICE),
+    Reject("no quantity and post-only IOC", buy("a", 0, 100, time_in_force=IOC, post_only=True),
+           RejectCode.INVALID_QUANTITY),
+    Reject("post-only IOC and below min notional",
+           buy("a", 1, 50, time_in_force=IOC, post_only=True), RejectCode.INVALID_ORDER_PARAMS,
+           (), MIN_100_BANDED),
+    Reject("below min notional and outside the band", buy("a", 1, 50),
+           RejectCode.BELOW_MIN_NOTIONAL, (), MIN_100_BANDED),
+    Reject("outside the band and no account", buy("", 1, 200), RejectCode.OUTSIDE_PRICE_BAND,
+           (), MIN_100_BANDED),
+    Reject("no account and a client order id in use", buy("", 1, 98, client_order_id="x"),
+           RejectCode.INVALID_ORDER_PARAMS),
+    Reject("replace: unknown order and no price", replace("b", 1, price=-1, quantity=-1),
+           RejectCode.UNKNOWN_ORDER),
+    Reject("replace: bad price and bad quantity", replace("a", 1, price=-1, quantity=-1),
+           RejectCode.INVALID_PRICE),
+    Reject("replace: total too low and below min notional", replace("b", 2, quantity=3, price=1),
+           RejectCode.REPLACE_QUANTITY_TOO_LOW, (*RESTING, buy("c", 3, 101)), MIN_100),
+    Reject("replace: below min notional and outside the band", replace("a", 1, price=80),
+           RejectCode.BELOW_MIN_NOTIONAL, (buy("a", 1, 100),), MIN_100_BANDED),
+]
+
+
 @pytest.mark.parametrize("row", [pytest.param(row, id=f"{row.code.name}: {row.why}")
-                                 for row in REJECTS])
+                                 for row in (*REJECTS, *FIRST_CHECK_WINS)])
 def test_reject(row: Reject) -> None:
     book = Book(row.spec, row.setup)
     engine = book.engine
