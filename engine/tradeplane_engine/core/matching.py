@@ -522,7 +522,7 @@ class Engine:
         limit_key = opposite.key_of(price)
         keys = opposite.keys
         filled = order.filled
-        opened = remaining  # what matching neither trades nor rests, a decrement took
+        opened = remaining  # open as it enters matching
         expired = False
         if keys and keys[-1] >= limit_key:
             if order.post_only or self.mode is _POST_ONLY_MODE:
@@ -548,7 +548,7 @@ class Engine:
             self._rest(Order(order.order_id, order.account, order.client_order_id, side, price,
                              quantity, filled, remaining, order.post_only, order.stp, order.owner,
                              new_level))
-            if filled - order.filled + remaining != opened:
+            if filled - order.filled + remaining != opened:  # a decrement took lots from it
                 events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                            _REDUCED, filled, remaining, _STP))
             elif filled > order.filled:
