@@ -24,10 +24,11 @@ def place_summary(command: Place, events: list[dict[str, Any]],
         return OrderState(order_id, command.client_order_id, "new", "0",
                           formatter.quantity(command.quantity), side=command.side.value,
                           price=accepted.get("price"), quantity=accepted.get("quantity")), fills
-    return OrderState(order_id, command.client_order_id, final["status"],
+    status, reason = _state(final)
+    return OrderState(order_id, command.client_order_id, status,
                       final["filledQuantity"], final["remainingQuantity"],
                       side=command.side.value, price=accepted.get("price"),
-                      quantity=accepted.get("quantity"), reason=final.get("reason")), fills
+                      quantity=accepted.get("quantity"), reason=reason), fills
 
 
 def reference_summary(events: list[dict[str, Any]]) -> tuple[OrderState | None, list[Fill]]:
@@ -48,9 +49,22 @@ def reference_summary(events: list[dict[str, Any]]) -> tuple[OrderState | None, 
                           remaining_quantity=named["remainingQuantity"],
                           price=named["price"], quantity=named["quantity"]), fills
     assert final is not None
-    return OrderState(order_id, final["clientOrderId"], final["status"],
+    status, reason = _state(final)
+    return OrderState(order_id, final["clientOrderId"], status,
                       final["filledQuantity"], final["remainingQuantity"],
-                      reason=final.get("reason")), fills
+                      reason=reason), fills
+
+
+def _state(update: dict[str, Any]) -> tuple[str, str | None]:
+    """An order's status and reason from its last update.
+
+    ``reduced`` (a self-trade decrement took some of it) is an event, not a state: the
+    order is still open, ``new`` or ``partiallyFilled`` as a status query would say; the
+    update itself is among the reply's events.
+    """
+    if update["status"] == "reduced":
+        return ("partiallyFilled" if Decimal(update["filledQuantity"]) else "new"), None
+    return update["status"], update.get("reason")
 
 
 def _fills(events: list[dict[str, Any]], order_id: int) -> list[Fill]:

@@ -162,3 +162,12 @@ def test_the_mode_survives_a_snapshot() -> None:
     restored = book.restored()
     assert restored.log(buy("t", 1, 101)) == book.log(buy("t", 1, 101)) == [
         "accepted #3", "#3 canceled filled 0 left 0 MODE"]
+
+
+def test_in_post_only_mode_a_post_only_order_keeps_its_own_reason_on_replace_too() -> None:
+    book = Book(steps=[*SETUP, buy("t", 5, 98, post_only=True), set_mode(POST_ONLY)])
+    assert book.log(replace("t", 3, price=101)) == [
+        "replaced #3 5 @ 101 left 5 priority lost",
+        "level buy 98: 0 lots in 0",
+        "#3 canceled filled 0 left 0 POST_ONLY_WOULD_CROSS",
+    ]

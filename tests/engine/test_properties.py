@@ -14,7 +14,9 @@ commands are refused. After every command we check:
 (d) the same commands give the same events and state hash, also after a trip through
     the wire encoding;
 (e) snapshot, restore and continue gives what continuing without the snapshot gives;
-(f) the L2 events describe exactly the book ``l2()`` and ``l3()`` show;
+(f) the L2 events describe exactly the book ``l2()`` and ``l3()`` show, one event per
+    level a command touched, with the level as the command left it (never a state in
+    between);
 (g) no trading mode lets through what it should refuse;
 (h) a cancel or cancel-all takes exactly the orders it names, no more, no fewer.
 """
@@ -98,14 +100,23 @@ class Ledger:
 
 @dataclass
 class Books:
-    """Every order the events have told of, and the one in flight in the current command."""
+    """Every order the events have told of, and the one in flight in the current command.
+
+    Each order's ledger moves only on events about that order (its trades and its own
+    updates), so every lot must be accounted for by the order's own events. Lots that
+    self-trade prevention takes from makers are counted apart (``decremented``) and held
+    against what the incoming order's own final update says a decrement took from it.
+    """
 
     orders: dict[int, Ledger] = field(default_factory=dict)
     taker: Ledger | None = None
     trades: int = 0
+    decremented: int = 0
+    """Lots a decrement took from makers in this command: the taker must lose as many."""
 
     def record(self, events: list[AnyEvent]) -> None:
         self.taker = None
+        self.decremented = 0
         for event in events:
             match event:
                 case OrderAccepted():
@@ -118,6 +129,11 @@ class Books:
                     self._replaced(event)
                 case OrderRejected():
                     assert len(events) == 1, "a rejection comes alone"
+        taker = self.taker
+        if taker is not None and not taker.done and not taker.by_quote:
+            assert self.decremented == 0, (
+                f"a decrement took {self.decremented} lots from an order that rests, "
+                "and no update of its own said so")
 
     def _accepted(self, event: OrderAccepted) -> None:
         assert event.order_id not in self.orders
@@ -148,37 +164,67 @@ class Books:
         assert not order.done
         assert (event.account, event.client_order_id) == (order.account, order.client_order_id)
         assert event.filled_quantity == order.filled, "fills must agree with the trades"
+        if order is self.taker:
+            self._taker_update(order, event)
+            return
+        if event.reason is CancelReason.STP:
+            self._took_from_maker(order.open - event.remaining_quantity)
         if event.status is OrderStatus.PARTIALLY_FILLED:
+            assert event.reason is None
             assert event.remaining_quantity == order.open > 0
             return
         if event.status is OrderStatus.REDUCED:
             assert event.reason is CancelReason.STP
             assert 0 < event.remaining_quantity < order.open
-            self._reduce_taker(order.open - event.remaining_quantity)
             order.canceled += order.open - event.remaining_quantity
             order.open = event.remaining_quantity
             return
         assert event.remaining_quantity == 0
+        assert event.status is OrderStatus.FILLED or event.status is OrderStatus.CANCELED
+        assert (event.reason is None) is (event.status is OrderStatus.FILLED)
         if event.status is OrderStatus.FILLED:
-            assert order.by_quote or order.open == 0, f"filled with lots still open: {order}"
+            assert order.open == 0, f"a maker filled with lots still open: {order}"
+        order.canceled += order.open
+        order.open = 0
+        order.done = True
+
+    def _taker_update(self, taker: Ledger, event: OrderUpdate) -> None:
+        """The incoming order's one update when its matching ends: it must account for the
+        lots a decrement took from it (``decremented``) as well as for its fills."""
+        decremented = self.decremented if not taker.by_quote else 0
+        if event.status is OrderStatus.PARTIALLY_FILLED:
             assert event.reason is None
+            assert decremented == 0, "partiallyFilled hides the lots a decrement took"
+            assert event.remaining_quantity == taker.open > 0
+            return
+        if event.status is OrderStatus.REDUCED:
+            assert event.reason is CancelReason.STP
+            assert decremented > 0, "reduced, but no decrement took anything"
+            assert event.remaining_quantity == taker.open - decremented > 0
+            taker.canceled += decremented
+            taker.open = event.remaining_quantity
+            self.decremented = 0  # accounted for
+            return
+        assert event.remaining_quantity == 0
+        if event.status is OrderStatus.FILLED:
+            assert event.reason is None
+            assert taker.by_quote or taker.open == decremented, (
+                f"filled with lots open that no decrement took: {taker}")
         else:
             assert event.status is OrderStatus.CANCELED
             assert event.reason is not None
-            if event.reason is CancelReason.STP and order is not self.taker:
-                self._reduce_taker(order.open)
-            order.canceled += order.open
-            order.open = 0
-        order.done = True
+            assert taker.by_quote or decremented <= taker.open
+        taker.canceled += taker.open
+        taker.open = 0
+        taker.done = True
 
-    def _reduce_taker(self, lots: int) -> None:
+    def _took_from_maker(self, lots: int) -> None:
         """Self-trade prevention took ``lots`` from a maker; decrement takes them from the taker."""
         taker = self.taker
         assert taker is not None
-        if taker.stp is SelfTradePrevention.DECREMENT and not taker.by_quote:
-            assert lots <= taker.open
-            taker.open -= lots
-            taker.canceled += lots
+        assert lots > 0
+        if taker.stp is SelfTradePrevention.DECREMENT:
+            self.decremented += lots
 
     def _replaced(self, event: OrderReplaced) -> None:
         order = self.orders[event.order_id]
@@ -456,25 +502,30 @@ def test_snapshot_restore_continue(stream: tuple[MarketSpec, list[AnyCommand]],
 def test_level_events_describe_the_book(stream: tuple[MarketSpec, list[AnyCommand]]) -> None:
     levels: dict[tuple[Side, int], tuple[int, int]] = {}
     for _, _, events, engine in applied(*stream):
+        book = engine.l2(depth=1_000)
+        after = {(side, level.price): (level.quantity, level.order_count)
+                 for side, side_levels in ((Side.BUY, book.bids), (Side.SELL, book.asks))
+                 for level in side_levels}
+        told = [(event.side, event.price) for event in events if isinstance(event, BookLevel)]
+        assert len(told) == len(set(told)), f"a level told twice in one command: {told}"
         for event in events:
             if isinstance(event, BookLevel):
+                # Only states the book really reaches: what the level holds after the command.
+                assert (event.quantity, event.order_count) == after.get(
+                    (event.side, event.price), (0, 0)), f"a level that never existed: {event}"
                 if event.order_count:
                     levels[event.side, event.price] = event.quantity, event.order_count
                 else:
                     assert event.quantity == 0
                     levels.pop((event.side, event.price), None)
-        book = engine.l2(depth=1_000)
-        shown = {(side, level.price): (level.quantity, level.order_count)
-                 for side, side_levels in ((Side.BUY, book.bids), (Side.SELL, book.asks))
-                 for level in side_levels}
-        assert levels == shown
+        assert levels == after
         orders = engine.l3()
         from_orders: dict[tuple[Side, int], tuple[int, int]] = {}
         for side, side_orders in ((Side.BUY, orders.bids), (Side.SELL, orders.asks)):
             for order in side_orders:
                 quantity, count = from_orders.get((side, order.price), (0, 0))
                 from_orders[side, order.price] = quantity + order.remaining, count + 1
-        assert from_orders == shown
+        assert from_orders == after
         top = engine.l2(depth=2)
         assert (top.bids, top.asks) == (book.bids[:2], book.asks[:2])
 

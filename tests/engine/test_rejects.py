@@ -34,6 +34,7 @@ from tests.engine.helpers import (
 from tradeplane_engine.core import (
     MAX_UNITS,
     MarketSpec,
+    OffGrid,
     OrderRejected,
     OrderType,
     Place,
@@ -89,7 +90,9 @@ REJECTS = [
            RejectCode.INVALID_QUANTITY),
     Reject("quote amount negative", market_buy("a", quote_amount=-100),
            RejectCode.INVALID_QUANTITY),
-    Reject("quote amount above the maximum", market_buy("a", quote_amount=MAX_UNITS**2 + 1),
+    Reject("quote amount above the maximum", market_buy("a", quote_amount=MAX_UNITS + 1),
+           RejectCode.INVALID_QUANTITY),
+    Reject("quote amount far above the maximum", market_buy("a", quote_amount=MAX_UNITS**2),
            RejectCode.INVALID_QUANTITY),
     Reject("replace quantity negative", replace("a", 1, quantity=-1),
            RejectCode.INVALID_QUANTITY),
@@ -163,8 +166,45 @@ REJECTS = [
 ]
 
 
+MIN_100_BANDED = MarketSpec(base="BTC", quote="USD", tick_size="1", lot_size="1",
+                            min_notional="100", price_band="10", reference_price="100")
+
+FIRST_CHECK_WINS = [
+    # A command that fails several checks gets the code of the first, in this order
+    # (docs/engine.md): sequence, trading mode, the named order (cancel, replace), price,
+    # quantity (or quote amount), combination, new total (replace), minimum notional,
+    # price band, account, client order id.
+    Reject("stale and halted", stale(buy("a", 0, 0)), RejectCode.SEQUENCE_OUT_OF_ORDER,
+           HALTED),
+    Reject("halted, no price and no quantity", buy("a", 0, 0), RejectCode.MARKET_HALTED,
+           HALTED),
+    Reject("postOnly and a market order with a price", place("a", BUY, 1, 5, order_type=MARKET),
+           RejectCode.MARKET_POST_ONLY, POST_ONLY),
+    Reject("no price and no quantity", buy("a", 0, 0), RejectCode.INVALID_PRICE),
+    Reject("no quantity and post-only IOC", buy("a", 0, 100, time_in_force=IOC, post_only=True),
+           RejectCode.INVALID_QUANTITY),
+    Reject("post-only IOC and below min notional",
+           buy("a", 1, 50, time_in_force=IOC, post_only=True), RejectCode.INVALID_ORDER_PARAMS,
+           (), MIN_100_BANDED),
+    Reject("below min notional and outside the band", buy("a", 1, 50),
+           RejectCode.BELOW_MIN_NOTIONAL, (), MIN_100_BANDED),
+    Reject("outside the band and no account", buy("", 1, 200), RejectCode.OUTSIDE_PRICE_BAND,
+           (), MIN_100_BANDED),
+    Reject("no account and a client order id in use", buy("", 1, 98, client_order_id="x"),
+           RejectCode.INVALID_ORDER_PARAMS),
+    Reject("replace: unknown order and no price", replace("b", 1, price=-1, quantity=-1),
+           RejectCode.UNKNOWN_ORDER),
+    Reject("replace: bad price and bad quantity", replace("a", 1, price=-1, quantity=-1),
+           RejectCode.INVALID_PRICE),
+    Reject("replace: total too low and below min notional", replace("b", 2, quantity=3, price=1),
+           RejectCode.REPLACE_QUANTITY_TOO_LOW, (*RESTING, buy("c", 3, 101)), MIN_100),
+    Reject("replace: below min notional and outside the band", replace("a", 1, price=80),
+           RejectCode.BELOW_MIN_NOTIONAL, (buy("a", 1, 100),), MIN_100_BANDED),
+]
+
+
 @pytest.mark.parametrize("row", [pytest.param(row, id=f"{row.code.name}: {row.why}")
-                                 for row in REJECTS])
+                                 for row in (*REJECTS, *FIRST_CHECK_WINS)])
 def test_reject(row: Reject) -> None:
     book = Book(row.spec, row.setup)
     engine = book.engine
@@ -204,3 +244,59 @@ def test_a_rejected_order_uses_up_no_order_id() -> None:
     book = Book(steps=[buy("a", 0, 98), buy("", 1, 98), sell("a", 1, -1)])
     assert book.log(buy("a", 1, 98)) == ["accepted #1", "level buy 98: 1 lots in 1"]
 
+
+
+@pytest.mark.parametrize("amount", [MAX_UNITS - 1, MAX_UNITS, MAX_UNITS + 1, MAX_UNITS * 2])
+def test_the_core_and_the_edge_take_the_same_largest_quote_amount(amount: int) -> None:
+    """Regression: the core took quote amounts up to (2^53 - 1)^2 units (and traded them),
+    while the edge refuses any above 2^53 - 1; one maximum now holds in both."""
+    try:
+        SPEC.to_notional_units(str(amount))
+        edge_accepts = True
+    except OffGrid:
+        edge_accepts = False
+    events = Book(steps=[sell("b", 1, 100)]).do(market_buy("a", quote_amount=amount))
+    core_accepts = not isinstance(events[0], OrderRejected)
+    assert core_accepts is edge_accepts is (amount <= MAX_UNITS)
+
+
+DECIMALS = MarketSpec(base="BTC", quote="USD", tick_size="0.01", lot_size="0.001")
+LARGEST_PRICE = "90071992547409.91"
+LARGEST_QUANTITY = "9007199254740.991"
+LARGEST_QUOTE_AMOUNT = "90071992547.40991"
+
+REASONS = [
+    pytest.param(buy("a", 1, 0), "price must be 1 tick or more", id="price 0"),
+    pytest.param(buy("a", 1, MAX_UNITS + 1),
+                 f"price must be at most {LARGEST_PRICE} ({MAX_UNITS} ticks)",
+                 id="price above the maximum"),
+    pytest.param(buy("a", -2, 100), "quantity must be 1 lot or more",
+                 id="quantity negative"),
+    pytest.param(buy("a", MAX_UNITS + 1, 1),
+                 f"quantity must be at most {LARGEST_QUANTITY} ({MAX_UNITS} lots)",
+                 id="quantity above the maximum"),
+    pytest.param(market_sell("a", MAX_UNITS + 1),
+                 f"quantity must be at most {LARGEST_QUANTITY} ({MAX_UNITS} lots)",
+                 id="market quantity above the maximum"),
+    pytest.param(market_buy("a", quote_amount=-1), "quote amount must be positive",
+                 id="quote amount negative"),
+    pytest.param(market_buy("a", quote_amount=MAX_UNITS + 1),
+                 f"quote amount must be at most {LARGEST_QUOTE_AMOUNT}",
+                 id="quote amount above the maximum"),
+    pytest.param(replace("a", 1, price=MAX_UNITS + 1),
+                 f"price must be at most {LARGEST_PRICE} ({MAX_UNITS} ticks)",
+                 id="replace price above the maximum"),
+    pytest.param(replace("a", 1, quantity=MAX_UNITS + 1),
+                 f"quantity must be at most {LARGEST_QUANTITY} ({MAX_UNITS} lots)",
+                 id="replace quantity above the maximum"),
+    pytest.param(replace("a", 1, quantity=-1), "quantity must be 1 lot or more",
+                 id="replace quantity negative"),
+]
+
+
+@pytest.mark.parametrize(("step", "reason"), REASONS)
+def test_a_value_out_of_range_is_refused_with_what_is_wrong(step: Step, reason: str) -> None:
+    """Regression: a value above the maximum was refused as "must be 1 tick/lot or more"."""
+    [event] = Book(DECIMALS, [buy("a", 1, 100)]).do(step)
+    assert isinstance(event, OrderRejected)
+    assert event.reason == reason

@@ -18,10 +18,11 @@ from tests.engine.helpers import (
     Step,
     buy,
     cancel,
+    describe,
     replace,
     sell,
 )
-from tradeplane_engine.core import MarketSpec, OrderReplaced, SelfTradePrevention
+from tradeplane_engine.core import BookLevel, MarketSpec, OrderReplaced, SelfTradePrevention
 
 BOOK: list[Step] = [buy("a", 5, 99), buy("b", 5, 99), sell("c", 5, 101), sell("d", 5, 102),
                     buy("e", 5, 98)]
@@ -46,9 +47,8 @@ REPLACES = [
     ], [1, 2, 5], [3, 4], id="zeros keep price and quantity"),
     pytest.param(replace("a", 1, quantity=8), [
         "replaced #1 8 @ 99 left 8 priority lost",
-        "level buy 99: 5 lots in 1",
         "level buy 99: 13 lots in 2",
-    ], [2, 1, 5], [3, 4], id="higher quantity goes to the back"),
+    ], [2, 1, 5], [3, 4], id="higher quantity goes to the back: one level event, the real one"),
     pytest.param(replace("a", 1, price=100), [
         "replaced #1 5 @ 100 left 5 priority lost",
         "level buy 99: 5 lots in 1",
@@ -66,9 +66,8 @@ REPLACES = [
     ], [2, 5, 1], [3, 4], id="new price with a lower quantity still loses priority"),
     pytest.param(replace("e", 5, quantity=6), [
         "replaced #5 6 @ 98 left 6 priority lost",
-        "level buy 98: 0 lots in 0",
         "level buy 98: 6 lots in 1",
-    ], [1, 2, 5], [3, 4], id="the only order of a level leaves and re-enters it"),
+    ], [1, 2, 5], [3, 4], id="the only order of a level re-enters it: the level never empties"),
     pytest.param(replace("a", 1, price=101), [
         "replaced #1 5 @ 101 left 5 priority lost",
         "level buy 99: 5 lots in 1",
@@ -120,7 +119,6 @@ PARTIALLY_FILLED = [
     ], id="one lot above the filled quantity is the least"),
     pytest.param(replace("a", 1, quantity=8), [
         "replaced #1 8 @ 99 left 6 priority lost",
-        "level buy 99: 5 lots in 1",
         "level buy 99: 11 lots in 2",
     ], id="a higher total loses priority"),
     pytest.param(replace("a", 1, price=100), [
@@ -156,6 +154,16 @@ PARTIALLY_FILLED = [
 def test_replace_a_partially_filled_order(step: Step, expected: list[str]) -> None:
     book = Book(steps=[*BOOK, sell("x", 2, 99)])  # #6 fills 2 of #1's 5
     assert book.log(step) == expected
+
+
+def test_a_larger_replace_at_the_same_price_publishes_no_level_that_never_existed() -> None:
+    """Regression: the level was published without the order (here: empty, 0 lots in 0
+    orders) and then again with it, though the book never held the first state."""
+    book = Book(steps=[buy("a", 5, 98)])
+    events = book.do(replace("a", 1, quantity=6))
+    assert [describe(event) for event in events if isinstance(event, BookLevel)] == [
+        "level buy 98: 6 lots in 1"]
+    assert book.depth() == ([(98, 6, 1)], [])
 
 
 def test_replaced_event_carries_the_order_and_its_client_order_id() -> None:
@@ -303,7 +311,6 @@ AFTER_A_DECREMENT = [
     ], {1: 4}, id="a new price does not bring the lots gone back"),
     pytest.param(replace("a", 1, quantity=12), [
         "replaced #1 12 @ 100 left 6 priority lost",
-        "level sell 100: 0 lots in 0",
         "level sell 100: 6 lots in 1",
     ], {1: 6}, id="a higher total adds to what is left"),
 ]

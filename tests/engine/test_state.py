@@ -89,13 +89,21 @@ def test_order_and_trade_ids_count_up_and_skip_nothing() -> None:
 
 def test_the_largest_prices_and_quantities_trade_exactly() -> None:
     # Notional values reach 2**106: far beyond 64 bits, in compiled code too.
-    book = Book(steps=[sell("a", MAX_UNITS, MAX_UNITS), sell("a", 1, MAX_UNITS)])
-    assert book.log(market_buy("b", quote_amount=MAX_UNITS * MAX_UNITS)) == [
+    book = Book(steps=[sell("a", MAX_UNITS, MAX_UNITS), sell("a", 2, MAX_UNITS)])
+    assert book.log(market_buy("b", MAX_UNITS)) == [
         "accepted #3",
         f"trade {MAX_UNITS} @ {MAX_UNITS} maker #1 taker #3",
         f"#1 filled filled {MAX_UNITS} left 0",
-        f"level sell {MAX_UNITS}: 1 lots in 1",
+        f"level sell {MAX_UNITS}: 2 lots in 1",
         f"#3 filled filled {MAX_UNITS} left 0",
+    ]
+    # The largest quote amount is MAX_UNITS tick x lot units, as at the edge: one lot here.
+    assert book.log(market_buy("b", quote_amount=MAX_UNITS)) == [
+        "accepted #4",
+        f"trade 1 @ {MAX_UNITS} maker #2 taker #4",
+        "#2 partiallyFilled filled 1 left 1",
+        f"level sell {MAX_UNITS}: 1 lots in 1",
+        "#4 filled filled 1 left 0",
     ]
     assert book.log(buy("b", MAX_UNITS, MAX_UNITS))[-1] == (
         f"level buy {MAX_UNITS}: {MAX_UNITS - 1} lots in 1")

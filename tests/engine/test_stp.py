@@ -20,6 +20,7 @@ from tests.engine.helpers import (
     Step,
     buy,
     market_buy,
+    replace,
     sell,
 )
 from tradeplane_engine.core import Place, SelfTradePrevention, Side
@@ -260,3 +261,80 @@ def test_fok_with_own_orders(setup: list[Step], stp: SelfTradePrevention,
 ])
 def test_stp_with_other_order_types(step: Step, expected: list[str]) -> None:
     assert Book(steps=OWN_FIRST).log(step) == expected
+
+
+# The incoming order's own update tells what a decrement took from it: when it stays
+# open (rests) after matching, it gets a ``reduced`` update (reason STP) with its filled
+# and remaining quantity, so its events alone give its open quantity.
+DECREMENT_THEN_REST = [
+    pytest.param([sell("a", 4, 9)], buy("a", 5, 9, stp=DECREMENT), [
+        "accepted #2",
+        "#1 canceled filled 0 left 0 STP",
+        "level sell 9: 0 lots in 0",
+        "#2 reduced filled 0 left 1 STP",
+        "level buy 9: 1 lots in 1",
+    ], {2: 1}, id="the own order is used up, the taker rests what is left"),
+    pytest.param([sell("b", 2, 9), sell("a", 4, 9)], buy("a", 10, 9, stp=DECREMENT), [
+        "accepted #3",
+        "trade 2 @ 9 maker #1 taker #3",
+        "#1 filled filled 2 left 0",
+        "#2 canceled filled 0 left 0 STP",
+        "level sell 9: 0 lots in 0",
+        "#3 reduced filled 2 left 4 STP",
+        "level buy 9: 4 lots in 1",
+    ], {3: 4}, id="a fill, then a decrement, then it rests: reduced, not partiallyFilled"),
+    pytest.param([sell("a", 4, 9), sell("b", 2, 9)], buy("a", 10, 9, stp=DECREMENT), [
+        "accepted #3",
+        "#1 canceled filled 0 left 0 STP",
+        "trade 2 @ 9 maker #2 taker #3",
+        "#2 filled filled 2 left 0",
+        "level sell 9: 0 lots in 0",
+        "#3 reduced filled 2 left 4 STP",
+        "level buy 9: 4 lots in 1",
+    ], {3: 4}, id="a decrement, then a fill, then it rests"),
+    pytest.param([sell("a", 4, 9), sell("a", 3, 10)], buy("a", 10, 10, stp=DECREMENT), [
+        "accepted #3",
+        "#1 canceled filled 0 left 0 STP",
+        "level sell 9: 0 lots in 0",
+        "#2 canceled filled 0 left 0 STP",
+        "level sell 10: 0 lots in 0",
+        "#3 reduced filled 0 left 3 STP",
+        "level buy 10: 3 lots in 1",
+    ], {3: 3}, id="decrements at two levels: one update with the total"),
+]
+
+
+@pytest.mark.parametrize(("setup", "step", "expected", "resting"), DECREMENT_THEN_REST)
+def test_a_decremented_incoming_order_that_rests_says_so(
+        setup: list[Step], step: Step, expected: list[str], resting: dict[int, int]) -> None:
+    """Regression: the taker rested with fewer lots than its events said (no update, or
+    ``partiallyFilled`` with the lots the decrement took counted nowhere)."""
+    book = Book(steps=setup)
+    assert book.log(step) == expected
+    assert book.remaining() == resting
+
+
+def test_a_decremented_replace_that_rests_says_so() -> None:
+    """Regression: the same, for an order a crossing replace sends into its own order."""
+    book = Book(steps=[sell("a", 4, 9), buy("a", 5, 8, stp=DECREMENT)])
+    assert book.log(replace("a", 2, price=9)) == [
+        "replaced #2 5 @ 9 left 5 priority lost",
+        "level buy 8: 0 lots in 0",
+        "#1 canceled filled 0 left 0 STP",
+        "level sell 9: 0 lots in 0",
+        "#2 reduced filled 0 left 1 STP",
+        "level buy 9: 1 lots in 1",
+    ]
+    assert book.remaining() == {2: 1}
+    book = Book(steps=[sell("b", 1, 9), sell("a", 2, 9), buy("a", 6, 8, stp=DECREMENT)])
+    assert book.log(replace("a", 3, price=9)) == [
+        "replaced #3 6 @ 9 left 6 priority lost",
+        "level buy 8: 0 lots in 0",
+        "trade 1 @ 9 maker #1 taker #3",
+        "#1 filled filled 1 left 0",
+        "#2 canceled filled 0 left 0 STP",
+        "level sell 9: 0 lots in 0",
+        "#3 reduced filled 1 left 3 STP",
+        "level buy 9: 3 lots in 1",
+    ]
+    assert book.remaining() == {3: 3}

@@ -74,7 +74,8 @@ class Place(Command, frozen=True, gc=False, tag="place"):
     stp: SelfTradePrevention = SelfTradePrevention.EXPIRE_MAKER
     client_order_id: str = ""
     quote_amount: int = 0
-    """Market buys only: spend at most this much quote (tick × lot units)."""
+    """Market buys only: spend at most this much quote (tick × lot units, at most
+    ``MAX_UNITS`` of them, as prices and quantities)."""
 
 
 class Cancel(Command, frozen=True, gc=False, tag="cancel"):

@@ -26,7 +26,10 @@ class OrderStatus(StrEnum):
     CANCELED = "canceled"
     """It left the book, or never rested; ``reason`` says why."""
     REDUCED = "reduced"
-    """Self-trade prevention (decrement) lowered its open quantity without a trade."""
+    """Self-trade prevention (decrement) lowered its open quantity without a trade, and it
+    is still open: a resting order the incoming one met, or the incoming order itself when
+    it rests after a decrement took lots from it (``filled_quantity`` says whether it also
+    traded; its lots are filled + remaining + those gone without a trade)."""
 
 
 class Event(msgspec.Struct, frozen=True, gc=False, tag_field="type"):
@@ -89,8 +92,9 @@ class Trade(Event, frozen=True, gc=False, tag="trade"):
 class OrderUpdate(Event, frozen=True, gc=False, tag="orderUpdate"):
     """An order's state after a fill, a cancel or a self-trade decrement.
 
-    Resting (maker) orders get one per fill; the incoming order gets one when its
-    matching ends (its fills are in the ``Trade`` events before it).
+    Resting (maker) orders get one per fill or decrement; the incoming order gets one
+    when its matching ends (its fills are in the ``Trade`` events before it), unless it
+    rests untouched. So an order's own events always give its open quantity.
     """
 
     order_id: int

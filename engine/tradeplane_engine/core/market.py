@@ -17,7 +17,8 @@ import msgspec
 from tradeplane_engine.core.codes import RejectCode
 
 MAX_UNITS = 2**53 - 1
-"""Largest price in ticks or quantity in lots: exact in every JSON reader, JavaScript's too."""
+"""Largest price in ticks, quantity in lots or quote amount in tick × lot units: exact in
+every JSON reader, JavaScript's too. The edge conversion and the engine hold the same one."""
 
 
 class TradingMode(StrEnum):

@@ -202,9 +202,9 @@ class Engine:
                 return refused
         if order_type is _LIMIT:
             if not 0 < price <= _MAX_UNITS:
-                return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
+                return _reject(c, RejectCode.INVALID_PRICE, self._price_reason(price))
             if not 0 < quantity <= _MAX_UNITS:
-                return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+                return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(quantity))
             if quote_amount or (post_only and time_in_force is not _GTC):
                 return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
                                "quote amount is for market buys; post-only is for GTC orders")
@@ -275,7 +275,10 @@ class Engine:
         elif not remaining:
             events.append(_OrderUpdate(order_ref, account, client_order_id, _FILLED, filled, 0))
         elif time_in_force is _GTC:
-            if filled:
+            if filled + remaining != quantity:  # a self-trade decrement took lots from it
+                events.append(_OrderUpdate(order_ref, account, client_order_id, _REDUCED, filled,
+                                           remaining, _STP))
+            elif filled:
                 events.append(_OrderUpdate(order_ref, account, client_order_id, _PARTIAL, filled,
                                            remaining))
             owner = self.accounts.get(account)  # looked up only for orders that rest
@@ -429,12 +432,13 @@ class Engine:
             if c.quantity or c.side is not _BUY or c.time_in_force is _FOK:
                 return _reject(c, RejectCode.INVALID_ORDER_PARAMS,
                                "a quote amount goes alone (no quantity), on a market buy, not FOK")
-            if not 0 < c.quote_amount <= _MAX_UNITS * _MAX_UNITS:
-                return _reject(c, RejectCode.INVALID_QUANTITY, "quote amount must be positive")
+            if not 0 < c.quote_amount <= _MAX_UNITS:
+                return _reject(c, RejectCode.INVALID_QUANTITY,
+                               self._quote_amount_reason(c.quote_amount))
             if c.quote_amount < self._min_notional:
                 return _reject(c, RejectCode.BELOW_MIN_NOTIONAL, "quote amount below min notional")
         elif not 0 < c.quantity <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+            return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(c.quantity))
         return None
 
     def _market_order_limit(self, side: Side) -> int:
@@ -474,9 +478,9 @@ class Engine:
         price = c.price or order.price
         quantity = c.quantity or order.quantity
         if not 0 < price <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_PRICE, "price must be 1 tick or more")
+            return _reject(c, RejectCode.INVALID_PRICE, self._price_reason(price))
         if not 0 < quantity <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_QUANTITY, "quantity must be 1 lot or more")
+            return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(quantity))
         # The new total counts what is gone for good: filled lots, and lots a self-trade
         # decrement took. What is left of it is open.
         remaining = quantity - (order.quantity - order.remaining)
@@ -509,12 +513,17 @@ class Engine:
         self._unlink(order)
         events.append(OrderReplaced(order.order_id, order.account, order.client_order_id, price,
                                     quantity, remaining, False))
-        events.append(_level_event(level))
+        # At the same price the order goes back into the level it left (it cannot cross:
+        # the book is never crossed): that level is told once, when the order is back in
+        # it, never in the state between without it.
+        if price != order.price:
+            events.append(_level_event(level))
         side = order.side
         opposite = self.asks if side is _BUY else self.bids
         limit_key = opposite.key_of(price)
         keys = opposite.keys
         filled = order.filled
+        opened = remaining  # open as it enters matching
         expired = False
         if keys and keys[-1] >= limit_key:
             if order.post_only or self.mode is _POST_ONLY_MODE:
@@ -540,7 +549,10 @@ class Engine:
             self._rest(Order(order.order_id, order.account, order.client_order_id, side, price,
                              quantity, filled, remaining, order.post_only, order.stp, order.owner,
                              new_level))
-            if filled > order.filled:
+            if filled - order.filled + remaining != opened:  # a decrement took lots from it
+                events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
+                                           _REDUCED, filled, remaining, _STP))
+            elif filled > order.filled:
                 events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
                                            _PARTIAL, filled, remaining))
             events.append(_level_event(new_level))
@@ -576,6 +588,26 @@ class Engine:
         return [TradingModeChanged(c.mode, previous)]
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _price_reason(self, price: int) -> str:
+        """Why a price is out of range, in the market's own decimals (a cold path)."""
+        if price > _MAX_UNITS:
+            return (f"price must be at most {self.spec.from_ticks(_MAX_UNITS)} "
+                    f"({_MAX_UNITS} ticks)")
+        return "price must be 1 tick or more"
+
+    def _quantity_reason(self, quantity: int) -> str:
+        """Why a quantity is out of range, in the market's own decimals (a cold path)."""
+        if quantity > _MAX_UNITS:
+            return (f"quantity must be at most {self.spec.from_lots(_MAX_UNITS)} "
+                    f"({_MAX_UNITS} lots)")
+        return "quantity must be 1 lot or more"
+
+    def _quote_amount_reason(self, quote_amount: int) -> str:
+        """Why a quote amount is out of range, in the market's own decimals (a cold path)."""
+        if quote_amount > _MAX_UNITS:
+            return f"quote amount must be at most {self.spec.from_notional_units(_MAX_UNITS)}"
+        return "quote amount must be positive"
 
     def _band_reason(self, reference: int) -> str:
         """Why a price is outside the band, in the market's own decimals (a cold path)."""

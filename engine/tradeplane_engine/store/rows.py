@@ -3,6 +3,11 @@
 One batch of events messages becomes rows for the journal, order history, trades and
 rejections (appended), new orders (inserted) and changes to older orders (applied
 with one UPDATE). Within a batch an order's changes are folded into its final state.
+
+An order's ``status`` in ``orders`` is its state, as a status query shows it: ``new``
+or ``partiallyFilled`` while open, then ``filled`` or ``canceled``. A ``reduced``
+update (self-trade decrement) is an event, kept as such in ``order_history``; the
+order it reduced is still open, so its row says ``new`` or ``partiallyFilled``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from tradeplane_engine.core.events import (
     OrderAccepted,
     OrderRejected,
     OrderReplaced,
+    OrderStatus,
     OrderUpdate,
     Trade,
 )
@@ -31,6 +37,11 @@ TRADES = ("market", "trade_id", "sequence", "traded_at", "price", "quantity", "a
           "maker_order_id", "maker_account", "taker_order_id", "taker_account")
 REJECTIONS = ("market", "sequence", "position", "account", "client_order_id", "order_id",
               "code", "reason", "command")
+
+
+def open_status(filled: int) -> str:
+    """The state of an open order: ``partiallyFilled`` once anything traded, else ``new``."""
+    return "partiallyFilled" if filled else "new"
 
 
 @dataclass
@@ -64,9 +75,16 @@ class Rows:
                                      None))
             elif isinstance(event, OrderUpdate):
                 reason = event.reason.name.lower() if event.reason is not None else None
-                self._change(market, event.order_id, sequence, status=event.status.value,
-                             filled=event.filled_quantity, remaining=event.remaining_quantity,
-                             reason=reason)
+                if event.status is OrderStatus.REDUCED:
+                    # An event, not a state: the order is open, new or partially filled.
+                    self._change(market, event.order_id, sequence,
+                                 status=open_status(event.filled_quantity),
+                                 filled=event.filled_quantity,
+                                 remaining=event.remaining_quantity)
+                else:
+                    self._change(market, event.order_id, sequence, status=event.status.value,
+                                 filled=event.filled_quantity,
+                                 remaining=event.remaining_quantity, reason=reason)
                 state = self._state(event.order_id)
                 self.history.append((market, sequence, position, event.order_id, "orderUpdate",
                                      event.status.value, event.filled_quantity,

@@ -57,7 +57,13 @@ def test_recorder_writes_every_event_once_and_history_answers(tmp_path: Path,
                     await bob.place("sol-usdt", "buy", "0.1", str(90 + n % 5),
                                     client_order_id=f"b-{n}", response="ack")
                 await alice.place("sol-usdt", "sell", "3", "90", client_order_id="sweep")
-                await eventually(lambda: recorder.position == 45, timeout=15,
+                # A decrement takes 0.5 from "dec" (and all of "own"); "dec" rests with 0.5.
+                await alice.place("sol-usdt", "sell", "0.5", "95", client_order_id="own")
+                dec = await alice.place("sol-usdt", "buy", "1", "95", stp="decrement",
+                                        client_order_id="dec")
+                assert dec.order is not None
+                assert (dec.order.status, dec.order.remaining_quantity) == ("new", "0.5")
+                await eventually(lambda: recorder.position == 47, timeout=15,
                                  what="the recorder catching up")
             finally:
                 task.cancel()
@@ -66,7 +72,7 @@ def test_recorder_writes_every_event_once_and_history_answers(tmp_path: Path,
             async with pool.acquire() as connection:
                 journal = [row["sequence"] for row in await connection.fetch(
                     "SELECT sequence FROM journal ORDER BY sequence")]
-                assert journal == list(range(1, 46))
+                assert journal == list(range(1, 48))
                 engine = exchange.services["sol-usdt"].engine
                 trades = await connection.fetchval("SELECT count(*) FROM trades")
                 assert trades == engine.next_trade_id - 1
@@ -74,6 +80,15 @@ def test_recorder_writes_every_event_once_and_history_answers(tmp_path: Path,
                     "SELECT * FROM orders_decimal WHERE client_order_id = 'a1'")
                 assert (a1["status"], str(a1["filled"]), str(a1["remaining"])) == (
                     "partiallyFilled", "0.50", "1.00")
+                dec_row = await connection.fetchrow(
+                    "SELECT * FROM orders_decimal WHERE client_order_id = 'dec'")
+                assert (dec_row["status"], str(dec_row["filled"]), str(dec_row["remaining"]),
+                        dec_row["reason"]) == ("new", "0.00", "0.50", None)
+                dec_history = [(row["status"], row["remaining"]) for row in await connection.fetch(
+                    "SELECT h.status, h.remaining FROM order_history h JOIN orders o"
+                    " USING (market, order_id) WHERE o.client_order_id = 'dec'"
+                    " ORDER BY h.sequence, h.position")]
+                assert dec_history == [("new", 100), ("reduced", 50)]
                 open_in_book = {order.order_id for side in (engine.l3().bids, engine.l3().asks)
                                 for order in side}
                 open_in_database = {row["order_id"] for row in await connection.fetch(
