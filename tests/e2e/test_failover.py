@@ -37,6 +37,16 @@ async def check_events_stream(exchange: Cluster, commands: int) -> None:
     assert int(last.headers["Tp-Sequence"]) == commands
 
 
+async def check_settled(exchange: Cluster, acknowledged: list[str],
+                        replicas: list[str]) -> None:
+    """Once everything is applied and recorded: one events message per command, every
+    acknowledged order once in PostgreSQL, every replica with the stream's state."""
+    commands = await exchange.settled(timeout=90)
+    await check_events_stream(exchange, commands)
+    await check_database(exchange, commands, acknowledged)
+    await check_replicas(exchange, replicas)
+
+
 async def check_book(exchange: Cluster, book: LocalBook) -> None:
     answer = await exchange.nc.request(f"tp.md.{exchange.market}.book.snapshot", b"",
                                        timeout=10)
@@ -69,10 +79,7 @@ def test_kill_9_of_the_leader_five_times_under_order_flow(tmp_path: Path, databa
                 replicas.append(replacement)
                 await flow.until(len(flow.acknowledged) + 100)
             await flow.stop()
-            commands = await exchange.settled(timeout=90)
-            await check_events_stream(exchange, commands)
-            await check_database(exchange, commands, flow.acknowledged)
-            await check_replicas(exchange, replicas)
+            await check_settled(exchange, flow.acknowledged, replicas)
             await check_book(exchange, book)
 
     run(scenario(), timeout=300)
@@ -103,10 +110,7 @@ def test_a_frozen_leader_wakes_up_fenced_and_rejoins_as_a_standby(tmp_path: Path
             await flow.until(len(flow.acknowledged) + 100)
             await flow.stop()
             assert (await exchange.engine_status())["replica"] == successor
-            commands = await exchange.settled(timeout=90)
-            await check_events_stream(exchange, commands)
-            await check_database(exchange, commands, flow.acknowledged)
-            await check_replicas(exchange, ["engine-1", "engine-2"])
+            await check_settled(exchange, flow.acknowledged, ["engine-1", "engine-2"])
 
     run(scenario(), timeout=300)
 
@@ -127,9 +131,6 @@ def test_planned_switchover_under_load(tmp_path: Path, database: str) -> None:
             assert await exchange.leader(not_=leader) == standby
             await flow.until(len(flow.acknowledged) + 150)
             await flow.stop()
-            commands = await exchange.settled(timeout=90)
-            await check_events_stream(exchange, commands)
-            await check_database(exchange, commands, flow.acknowledged)
-            await check_replicas(exchange, ["engine-1", "engine-2"])
+            await check_settled(exchange, flow.acknowledged, ["engine-1", "engine-2"])
 
     run(scenario(), timeout=300)

@@ -265,10 +265,13 @@ class Lease:
     async def _renew(self) -> None:
         state = self.state
         try:
-            state.revision = await self.kv.update(
+            revision = await self.kv.update(
                 self.market, msgspec.json.encode(LeaseValue(self.replica, state.epoch,
                                                             taken=state.taken)),
                 last=state.revision)
+            # The watch may have replaced the state meanwhile (with this replica's previous
+            # renewal): the next renewal names this one's revision all the same.
+            self.state.revision = max(self.state.revision, revision)
         except KeyWrongLastSequenceError:
             if not await self._still_ours():
                 await self.step_down()
