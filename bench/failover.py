@@ -113,8 +113,10 @@ async def benchmark(url: str, engines: dict[str, Any], kills: int,
         current = await leader()
         await asyncio.sleep(0.5)
         target = next(name for name in engines if name != current["replica"])
-        await nc.request(f"{market}.switchover", msgspec.json.encode({"to": target}),
-                         timeout=10)
+        answer = msgspec.json.decode((await nc.request(
+            f"{market}.switchover", msgspec.json.encode({"to": target}), timeout=10)).data)
+        if "error" in answer:
+            raise RuntimeError(f"switchover to {target} refused: {answer['error']}")
         while current["epoch"] + 1 not in observer.first:
             await asyncio.sleep(0.001)
         await asyncio.sleep(0.2)

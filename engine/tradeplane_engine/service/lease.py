@@ -56,6 +56,10 @@ class LeaseValue(msgspec.Struct, frozen=True):
     holder lapsed) or ``handover`` (a planned switchover); the operator reports them."""
 
 
+class NotLeadingError(Exception):
+    """A handover asked of a replica that does not (or no longer) hold the lease."""
+
+
 @dataclass
 class LeaseState:
     holder: str = ""
@@ -103,6 +107,9 @@ class Lease:
         self.state = LeaseState()
         self.leading = False
         self._watcher: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()
+        """Held by the leader's renewal and by a handover, which both name the revision
+        they replace: neither may make the other's revision stale."""
 
     @property
     def epoch(self) -> int:
@@ -149,12 +156,15 @@ class Lease:
     async def hand_over(self, target: str) -> None:
         """A planned switchover: name ``target`` in the lease; it takes over at once."""
         if not self.leading:
-            raise RuntimeError("only the leader can hand over")
-        value = LeaseValue(self.replica, self.state.epoch, handover=target,
-                           taken=self.state.taken)
-        self.state.revision = await self.kv.update(self.market, msgspec.json.encode(value),
-                                                   last=self.state.revision)
-        self.leading = False
+            raise NotLeadingError("only the leader can hand over")
+        async with self._writing:
+            if not self.leading:
+                raise NotLeadingError("the lease was lost before the handover")
+            value = LeaseValue(self.replica, self.state.epoch, handover=target,
+                               taken=self.state.taken)
+            self.state.revision = await self.kv.update(
+                self.market, msgspec.json.encode(value), last=self.state.revision)
+            self.leading = False
         await self.on_demoted()
 
     # -- internals -----------------------------------------------------------------------
@@ -263,6 +273,11 @@ class Lease:
         await self.on_promoted(epoch)
 
     async def _renew(self) -> None:
+        async with self._writing:
+            if self.leading:  # a handover may have come first
+                await self._renew_now()
+
+    async def _renew_now(self) -> None:
         state = self.state
         try:
             revision = await self.kv.update(

@@ -49,7 +49,7 @@ from tradeplane_engine.core import (
 )
 from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
 from tradeplane_engine.service.events import EventsPublisher, Fenced
-from tradeplane_engine.service.lease import Lease
+from tradeplane_engine.service.lease import Lease, NotLeadingError
 from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.service.metrics import MarketMetrics
 from tradeplane_engine.service.streams import (
@@ -403,6 +403,8 @@ class MarketService:
         try:
             async with self._lock:  # no batch in flight: the next one is the new leader's
                 await self.lease.hand_over(target)
+        except NotLeadingError as exc:
+            return str(exc)
         except NATS_ERRORS as exc:
             # The lease is as it was, or the handover happened and this leader sees that
             # it lost the lease at its next renewal: either way a leader is found again.
