@@ -61,6 +61,10 @@ def settings() -> kopf.OperatorSettings:
     result.watching.server_timeout = 300
     result.watching.client_timeout = 330
     result.networking.error_backoffs = [1, 2, 5, 10]
+    # A Market deleted while one of its timers is mid-run (the status report runs every
+    # 2 s) keeps its finalizer until kopf sees the timer gone; kopf looks every 60 s by
+    # default, so a deletion could wait a minute after it was done.
+    result.background.cancellation_polling = 0.5
     return result
 
 
