@@ -23,7 +23,9 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from tradeplane_engine.connection import NATS_ERRORS
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.telemetry import TRACEPARENT
+from tradeplane_engine.wire import is_subject
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +144,16 @@ class CommandFeed:
             return
         self.next_sequence = sequence + 1
         if headers:
+            reply = headers.get(self._reply_header)
+            if reply is not None and not is_subject(reply):
+                # Only a client that bypassed the gateway writes this: the command is
+                # applied, its events are stored, no reply is sent.
+                log.warning("%s: command %d has reply subject %r, not a subject; no reply",
+                            self._stream, sequence, reply[:80])
+                UNTRUSTED_SKIPPED.labels("engine", "reply subject").inc()
+                reply = None
             self._arrived.append(SequencedCommand(
-                sequence, timestamp, msg.data, headers.get(self._reply_header),
-                headers.get(TRACEPARENT)))
+                sequence, timestamp, msg.data, reply, headers.get(TRACEPARENT)))
         else:
             self._arrived.append(SequencedCommand(sequence, timestamp, msg.data, None))
         self._wakeup.set()

@@ -23,6 +23,11 @@ NATS_RECONNECTS = Counter(
     "Times the process's NATS connection was re-established after it was lost",
     ["component"])
 
+UNTRUSTED_SKIPPED = Counter(
+    "tradeplane_untrusted_skipped",
+    "Messages, or parts of them, that a component read but did not write and skipped as "
+    "malformed (what: command, reply subject, ...)", ["component", "what"])
+
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The classic text format, which every Prometheus reads (prometheus_client's own HTTP
 server answers with it too when the scraper does not ask for another)."""

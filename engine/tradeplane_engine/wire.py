@@ -46,6 +46,8 @@ HEADER_EPOCH = "Tp-Epoch"
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SUBJECT = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
+MAX_SUBJECT = 256
 
 
 def is_market_name(name: str) -> bool:
@@ -56,6 +58,13 @@ def is_market_name(name: str) -> bool:
 def is_account(account: str) -> bool:
     """Accounts are one subject token, so NATS permissions can confine a trader to theirs."""
     return bool(_ACCOUNT.match(account))
+
+
+def is_subject(subject: str) -> bool:
+    """A subject a message can be published to: dot-separated tokens, none empty, no
+    whitespace, no wildcards, at most ``MAX_SUBJECT`` characters (a reply subject that
+    came with a command is checked before anything is sent to it)."""
+    return len(subject) <= MAX_SUBJECT and bool(_SUBJECT.match(subject))
 
 
 def command_stream(market: str) -> str:
@@ -158,8 +167,15 @@ def encode_command(command: AnyCommand) -> bytes:
 
 
 def decode_command(data: bytes, sequence: int, timestamp: int) -> AnyCommand:
-    """A command from the stream, stamped with the sequence and time the stream gave it."""
+    """A command from the stream, stamped with the sequence and time the stream gave it.
+
+    Raises ``msgspec.ValidationError`` for an account that is not one subject token (the
+    gateway never sequences one; a client that bypassed it could, and the account names
+    the subjects of the private updates)."""
     command: AnyCommand = _command_decoder.decode(data)
+    account: str | None = getattr(command, "account", None)
+    if account is not None and not is_account(account):
+        raise msgspec.ValidationError(f"account {account[:80]!r} is not one subject token")
     stamped: AnyCommand = msgspec.structs.replace(command, sequence=sequence,
                                                   timestamp=timestamp)
     return stamped

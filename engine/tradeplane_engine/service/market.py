@@ -48,6 +48,7 @@ from tradeplane_engine.core import (
     OrderUpdate,
 )
 from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.events import EventsPublisher, Fenced
 from tradeplane_engine.service.lease import Lease, NotLeadingError
 from tradeplane_engine.service.marketdata import MarketData
@@ -242,6 +243,7 @@ class MarketService:
                 # skips it the same way on every replica and replay.
                 log.warning("market %s: command %d is not a command: %s", market,
                             command.sequence, exc)
+                UNTRUSTED_SKIPPED.labels("engine", "command").inc()
                 events = []
             if command.sequence <= self.published_through:
                 self.replayed += 1

@@ -1,0 +1,46 @@
+"""Commands nobody should have written, put straight into a market's command stream by a
+client that bypassed the gateway: the engine skips or answers them, the same way on every
+replica and replay, and goes on serving the market."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.exchange import SOL, eventually, local_exchange, run
+from tradeplane_engine.wire import HEADER_REPLY, command_subject
+from tradeplane_gateway import connect
+
+PLACE = (b'{"type":"place","sequence":0,"timestamp":0,"account":%s,"side":"buy",'
+         b'"quantity":100,"price":9900}')
+
+POISON: list[tuple[str, bytes, dict[str, str] | None]] = [
+    ("an account that is not one subject token", PLACE % b'"a.b c"', None),
+    ("an account with a wildcard", PLACE % b'"a.>"', None),
+    ("an empty account", PLACE % b'""', None),
+    ("a reply subject with a space", PLACE % b'"mallory"', {HEADER_REPLY: "x y"}),
+    ("a reply subject with a wildcard", PLACE % b'"mallory"', {HEADER_REPLY: "_INBOX.>"}),
+    ("an empty reply subject", PLACE % b'"mallory"', {HEADER_REPLY: ""}),
+    ("not a command", b"\xff\x00 not json", None),
+]
+
+
+@pytest.mark.parametrize(("payload", "headers"), [(p, h) for _, p, h in POISON],
+                         ids=[name for name, _, _ in POISON])
+def test_a_poison_command_leaves_the_market_serving(tmp_path: Path, payload: bytes,
+                                                    headers: dict[str, str] | None) -> None:
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            service = exchange.services["sol-usdt"]
+            await exchange.nc.jetstream().publish(command_subject("sol-usdt"), payload,
+                                                  headers=headers)
+            await eventually(lambda: service.published_through >= 1, 10,
+                             "the poison command applied or skipped")
+            placed = await alice.place("sol-usdt", "buy", "1", "99")
+            assert placed.ok
+            assert placed.sequence == 2
+            assert not exchange.engine_tasks["sol-usdt"].done()
+
+    run(scenario(), timeout=60)
