@@ -29,6 +29,7 @@ from prometheus_client import Gauge
 
 from tradeplane_engine import telemetry
 from tradeplane_engine.feed import CommandFeed, SequencedCommand
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.store.errors import with_connection
 from tradeplane_engine.store.metrics import RecorderMetrics
 from tradeplane_engine.store.rows import (
@@ -36,6 +37,7 @@ from tradeplane_engine.store.rows import (
     JOURNAL,
     ORDER_CHANGES,
     ORDERS,
+    QUARANTINE,
     REJECTIONS,
     TRADES,
     Rows,
@@ -95,15 +97,18 @@ async def record(connection: asyncpg.Connection, rows: Rows) -> None:
                 " WHERE o.market = c.market AND o.order_id = c.order_id")
         for table, records, columns in (("order_history", rows.history, HISTORY),
                                         ("trades", rows.trades, TRADES),
-                                        ("rejections", rows.rejections, REJECTIONS)):
+                                        ("rejections", rows.rejections, REJECTIONS),
+                                        ("quarantine", rows.quarantined, QUARANTINE)):
             if records:
                 await connection.copy_records_to_table(table, records=records,
                                                        columns=columns)
 
 
 async def recorded_position(connection: asyncpg.Connection, market: str) -> int:
+    """The last events-stream message recorded: journaled, or quarantined as unreadable."""
     position = await connection.fetchval(
-        "SELECT max(stream_sequence) FROM journal WHERE market = $1", market)
+        "SELECT greatest((SELECT max(stream_sequence) FROM journal WHERE market = $1),"
+        " (SELECT max(stream_sequence) FROM quarantine WHERE market = $1))", market)
     return int(position or 0)
 
 
@@ -178,7 +183,21 @@ class Recorder:
     def rows(self, messages: list[SequencedCommand]) -> Rows:
         rows = Rows()
         for message in messages:
-            rows.add(message.sequence, decode_events(message.data), message.data.decode())
+            try:
+                batch = decode_events(message.data)
+                payload = message.data.decode()
+                if batch.market != self.market:
+                    raise ValueError(f"events of market {batch.market[:80]!r}")
+            except (msgspec.DecodeError, ValueError) as exc:  # UnicodeDecodeError included
+                # Only an engine writes here: someone else did (or a defect). Kept aside
+                # whole, stepped over; never a reason to stop recording the market.
+                log.warning("recorder %s: events message %d is unreadable (%s); quarantined",
+                            self.market, message.sequence, exc)
+                UNTRUSTED_SKIPPED.labels("recorder", "events message").inc()
+                rows.quarantined.append((self.market, message.sequence, message.data,
+                                         str(exc)[:500]))
+                continue
+            rows.add(message.sequence, batch, payload)
         return rows
 
     async def _write(self, connection: asyncpg.Connection, rows: Rows) -> None:

@@ -37,6 +37,7 @@ TRADES = ("market", "trade_id", "sequence", "traded_at", "price", "quantity", "a
           "maker_order_id", "maker_account", "taker_order_id", "taker_account")
 REJECTIONS = ("market", "sequence", "position", "account", "client_order_id", "order_id",
               "code", "reason", "command")
+QUARANTINE = ("market", "stream_sequence", "payload", "reason")
 
 
 def open_status(filled: int) -> str:
@@ -50,6 +51,8 @@ class Rows:
     history: list[tuple[Any, ...]] = field(default_factory=list)
     trades: list[tuple[Any, ...]] = field(default_factory=list)
     rejections: list[tuple[Any, ...]] = field(default_factory=list)
+    quarantined: list[tuple[Any, ...]] = field(default_factory=list)
+    """Messages that could not be read: (market, stream sequence, payload, why)."""
     new_orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Orders accepted in this batch, in their state at its end (keyed by order id)."""
     changes: dict[int, dict[str, Any]] = field(default_factory=dict)

@@ -253,3 +253,53 @@ def test_history_reads_rejections_stored_before_they_named_their_command(
         await pool.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xff\x00 not json",
+    b'{"market":"sol-usdt","sequence":2}',
+    b'{"market":"other-usdt","sequence":2,"timestamp":2,"events":[]}',
+], ids=["not JSON", "not an events message", "another market's events"])
+def test_an_unreadable_events_message_is_quarantined_and_recording_goes_on(
+        tmp_path: Path, database: str, payload: bytes) -> None:
+    """Only an engine writes a market's events stream; whatever else is found there is
+    kept aside in the quarantine table and stepped over, also after a restart."""
+    async def scenario() -> None:
+        pool = await open_database(database)
+        async with local_exchange(tmp_path, SOL, engines=False) as exchange:
+            js = exchange.nc.jetstream()
+            await ensure_market_streams(js, SOL, SETTINGS)
+            accepted = OrderAccepted(1, "alice", "a", Side.SELL, OrderType.LIMIT, 10500,
+                                     100, 0, TimeInForce.GTC, False,
+                                     SelfTradePrevention.EXPIRE_MAKER)
+            await js.publish(event_subject("sol-usdt"),
+                             encode_events(EventBatch("sol-usdt", 1, 1, [accepted])))
+            await js.publish(event_subject("sol-usdt"), payload)
+            await js.publish(event_subject("sol-usdt"),
+                             encode_events(EventBatch("sol-usdt", 2, 3, [])))
+
+            async def recorded_through(position: int) -> None:
+                recorder = Recorder(exchange.nc, pool, SOL)
+                task = asyncio.create_task(recorder.run())
+                try:
+                    await eventually(lambda: recorder.position == position, timeout=15,
+                                     what="the recorder past the bad message")
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+            await recorded_through(3)
+            await recorded_through(3)  # again, from the database's position
+            async with pool.acquire() as connection:
+                journal = [row["stream_sequence"] for row in await connection.fetch(
+                    "SELECT stream_sequence FROM journal WHERE market = 'sol-usdt'"
+                    " ORDER BY stream_sequence")]
+                quarantined = await connection.fetch(
+                    "SELECT stream_sequence, payload FROM quarantine WHERE market = 'sol-usdt'")
+            assert journal == [1, 3]
+            assert [(row["stream_sequence"], bytes(row["payload"]))
+                    for row in quarantined] == [(2, payload)]
+        await pool.close()
+
+    run(scenario())
