@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from tradeplane_engine.core.commands import Place
+from tradeplane_engine.core.events import open_status
 from tradeplane_engine.core.market import format_decimal
 from tradeplane_engine.wire import PublicFormatter
 from tradeplane_gateway.protocol import Fill, OrderState
@@ -63,7 +64,7 @@ def _state(update: dict[str, Any]) -> tuple[str, str | None]:
     update itself is among the reply's events.
     """
     if update["status"] == "reduced":
-        return ("partiallyFilled" if Decimal(update["filledQuantity"]) else "new"), None
+        return open_status(Decimal(update["filledQuantity"]) != 0), None
     return update["status"], update.get("reason")
 
 

@@ -16,6 +16,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from tradeplane_engine.service.lease import REPLICAS_BUCKET
+from tradeplane_engine.service.shutdown import standbys
 from tradeplane_engine.wire import MARKETS_BUCKET, decode_definition, engine_subject
 from tradeplane_gateway import Client, LocalBook, Reply, RequestError, connect
 from tradeplane_gateway.errors import ConnectionLostError
@@ -186,12 +187,13 @@ async def failover_command(args: argparse.Namespace, out: IO[str]) -> int:
         leader = await _leader(nc, args.market, timeout=5)
         target = args.to
         if target is None:
-            standbys = sorted((m for m in (await replica_statuses(nc)).get(args.market, [])
-                               if m["role"] == "standby"), key=lambda m: m.get("lag", 0))
-            if not standbys:
-                out.write(f"{args.market}: no standby to hand over to\n")
+            js = nc.jetstream()
+            ready = await standbys(js, await js.key_value(REPLICAS_BUCKET), args.market,
+                                   leader["replica"])
+            if not ready:
+                out.write(f"{args.market}: no caught-up standby to hand over to\n")
                 return 2
-            target = standbys[0]["replica"]
+            target = ready[0]
         started = time.monotonic()
         answer = msgspec.json.decode((await nc.request(
             engine_subject(args.market, "switchover"), msgspec.json.encode({"to": target}),

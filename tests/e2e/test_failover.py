@@ -125,6 +125,13 @@ def test_planned_switchover_under_load(tmp_path: Path, database: str) -> None:
             await flow.until(100)
             leader = await exchange.leader()
             standby = "engine-2" if leader == "engine-1" else "engine-1"
+            for bad in ("x y", ">", "*", ""):  # a target names a subject: refused, no harm
+                refused = await exchange.nc.request(
+                    f"tp.engine.{exchange.market}.switchover",
+                    msgspec.json.encode({"to": bad}), timeout=10)
+                assert "is not a replica name" in msgspec.json.decode(refused.data)["error"]
+            assert await exchange.leader() == leader
+            await flow.until(len(flow.acknowledged) + 20)
             answer = await exchange.nc.request(f"tp.engine.{exchange.market}.switchover",
                                                msgspec.json.encode({"to": standby}), timeout=10)
             assert msgspec.json.decode(answer.data)["to"] == standby

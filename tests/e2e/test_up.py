@@ -106,9 +106,12 @@ def test_up_serves_orders_restarts_where_it_stopped_and_leaves_nothing_behind(
         status = cli(url, "status")  # the off-tick order never reached the stream
         assert re.search(r"sol-usdt\s+SOL-USDT\s+open\s+2\s+1\s+1\s+engine-1a \(\w+, 0\), "
                          r"engine-1b \(\w+, 0\)", status.stdout), status.stdout
+        switched = cli(url, "failover", "sol-usdt")  # to the caught-up standby
+        assert re.search(r"engine-1[ab] handed over to engine-1[ab] \(epoch 2\)",
+                         switched.stdout), switched.stdout + switched.stderr
         killed = cli(url, "chaos", "kill-leader", "sol-usdt")
         assert killed.returncode == 0, killed.stdout + killed.stderr
-        assert re.search(r"engine-1[ab] leads \(epoch 2\) after \d+ ms", killed.stdout), \
+        assert re.search(r"engine-1[ab] leads \(epoch 3\) after \d+ ms", killed.stdout), \
             killed.stdout
         survived = cli(url, "order", "place", "sol-usdt", "buy", "0.5", "151", "--account", "bob")
         assert json.loads(survived.stdout)["fills"][0]["tradeId"] == 2

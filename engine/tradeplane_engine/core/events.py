@@ -32,6 +32,12 @@ class OrderStatus(StrEnum):
     traded; its lots are filled + remaining + those gone without a trade)."""
 
 
+def open_status(filled: int) -> str:
+    """The status an open order shows (status queries, open orders, the recorder's rows,
+    replies): ``partiallyFilled`` once anything of it traded, else ``new``."""
+    return "partiallyFilled" if filled else "new"
+
+
 class Event(msgspec.Struct, frozen=True, gc=False, tag_field="type"):
     pass
 

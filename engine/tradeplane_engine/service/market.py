@@ -47,6 +47,7 @@ from tradeplane_engine.core import (
     OrderStatus,
     OrderUpdate,
 )
+from tradeplane_engine.core.events import open_status
 from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
 from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.events import EventsPublisher, Fenced
@@ -74,6 +75,7 @@ from tradeplane_engine.wire import (
     engine_subject,
     event_stream,
     event_subject,
+    is_subject,
 )
 
 if TYPE_CHECKING:
@@ -399,6 +401,8 @@ class MarketService:
         the lease names it, else why not."""
         if not self.leading or self.lease is None:
             return f"{self.replica} does not lead {self.market}"
+        if not is_subject(target):  # it names a status subject: no spaces, no wildcards
+            return f"{target[:80]!r} is not a replica name"
         refusal = await self._unfit_standby(target)
         if refusal:
             return refusal
@@ -529,7 +533,7 @@ class MarketService:
         price, quantity = self.formatter.price, self.formatter.quantity
         return {
             "orderId": order.order_id, "clientOrderId": order.client_order_id,
-            "status": "partiallyFilled" if order.filled else "new", "side": order.side.value,
+            "status": open_status(order.filled), "side": order.side.value,
             "price": price(order.price), "quantity": quantity(order.quantity),
             "filledQuantity": quantity(order.filled),
             "remainingQuantity": quantity(order.remaining),

@@ -22,6 +22,7 @@ from tradeplane_engine.core.events import (
     OrderStatus,
     OrderUpdate,
     Trade,
+    open_status,
 )
 from tradeplane_engine.wire import EventBatch
 
@@ -38,11 +39,6 @@ TRADES = ("market", "trade_id", "sequence", "traded_at", "price", "quantity", "a
 REJECTIONS = ("market", "sequence", "position", "account", "client_order_id", "order_id",
               "code", "reason", "command")
 QUARANTINE = ("market", "stream_sequence", "payload", "reason")
-
-
-def open_status(filled: int) -> str:
-    """The state of an open order: ``partiallyFilled`` once anything traded, else ``new``."""
-    return "partiallyFilled" if filled else "new"
 
 
 @dataclass
