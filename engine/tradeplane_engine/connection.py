@@ -22,6 +22,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
+from tradeplane_engine.access import Access
 from tradeplane_engine.metrics import reconnected
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,10 @@ def error_logger(component: str) -> Callable[[Exception], Awaitable[None]]:
     return on_error
 
 
-async def connect(servers: str, name: str, component: str) -> Client:
-    """A service's connection: it retries for ever and says so in one line each time."""
+async def connect(servers: str, name: str, component: str,
+                  access: Access | None = None) -> Client:
+    """A service's connection: it retries for ever and says so in one line each time.
+    ``access`` holds its credentials (docs/security.md)."""
     count_reconnect = reconnected(component)
 
     async def on_disconnect() -> None:
@@ -64,5 +67,5 @@ async def connect(servers: str, name: str, component: str) -> Client:
         servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
         connect_timeout=2, allow_reconnect=True, pending_size=64 * 1024 * 1024,
         error_cb=error_logger(component), disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
+        reconnected_cb=on_reconnect, **(access or Access()).options(),
     )

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from tradeplane_engine.access import GATEWAY_INBOX
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.telemetry import TRACEPARENT
@@ -145,10 +146,11 @@ class CommandFeed:
         self.next_sequence = sequence + 1
         if headers:
             reply = headers.get(self._reply_header)
-            if reply is not None and not is_subject(reply):
+            if reply is not None and not (is_subject(reply)
+                                          and reply.startswith(f"{GATEWAY_INBOX}.")):
                 # Only a client that bypassed the gateway writes this: the command is
                 # applied, its events are stored, no reply is sent.
-                log.warning("%s: command %d has reply subject %r, not a subject; no reply",
+                log.warning("%s: command %d has reply subject %r, not a gateway's; no reply",
                             self._stream, sequence, reply[:80])
                 UNTRUSTED_SKIPPED.labels("engine", "reply subject").inc()
                 reply = None

@@ -1,6 +1,6 @@
 """The Python client SDK: trade on tradeplane from asyncio.
 
-    async with tradeplane.connect("nats://127.0.0.1:4222", account="alice") as client:
+    async with tradeplane.connect("nats://127.0.0.1:4222", credentials="alice.json") as client:
         reply = await client.place("sol-usdt", "buy", "1.5", "101.25")
         print(reply.order.status, reply.fills)
         async with client.book("sol-usdt") as book:
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -25,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tradeplane_engine import telemetry
+from tradeplane_engine.access import Credentials, trader_inbox
 from tradeplane_engine.wire import account_subject, api_subject, is_account, trades_subject
 from tradeplane_gateway.book import LocalBook
 from tradeplane_gateway.errors import ConnectionLostError, RequestError
@@ -161,10 +163,23 @@ class Client:
 
 
 @asynccontextmanager
-async def connect(servers: str | list[str] = "nats://127.0.0.1:4222", *, account: str,
-                  timeout: float = 10.0, response: str = "result",
-                  **options: Any) -> AsyncIterator[Client]:
-    """Connect to NATS as ``account``; ``options`` go to ``nats.connect`` (credentials...)."""
+async def connect(servers: str | list[str] = "nats://127.0.0.1:4222", *,
+                  account: str | None = None, secret: str | None = None,
+                  credentials: str | Path | None = None, timeout: float = 10.0,
+                  response: str = "result", **options: Any) -> AsyncIterator[Client]:
+    """Connect to NATS as ``account`` with its ``secret``, or with a ``credentials`` file
+    (``{"user": account, "password": secret}``, as ``tradeplane accounts create`` writes
+    it). Replies come to the account's own inboxes (``_INBOX.<account>``), the only ones
+    a trader may read. Other ``options`` go to ``nats.connect`` (TLS, callbacks...)."""
+    if credentials is not None:
+        loaded = Credentials.load(credentials)
+        account, secret = account or loaded.user, loaded.password
+    if account is None:
+        raise ValueError("connect needs an account (or a credentials file)")
+    if secret is not None:
+        options.setdefault("user", account)
+        options.setdefault("password", secret)
+    options.setdefault("inbox_prefix", trader_inbox(account))
     nc = await nats.connect(servers, **options)
     try:
         yield Client(nc, account, timeout=timeout, response=response)

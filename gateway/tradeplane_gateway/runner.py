@@ -9,6 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from tradeplane_engine.access import Access
 from tradeplane_engine.connection import connect
 from tradeplane_engine.wire import MARKETS_BUCKET
 from tradeplane_gateway.markets import MarketDirectory
@@ -27,9 +28,10 @@ async def open_markets_bucket(js: JetStreamContext) -> KeyValue:
             await asyncio.sleep(0.5)
 
 
-async def run_gateway(servers: str, started: asyncio.Event | None = None) -> None:
+async def run_gateway(servers: str, started: asyncio.Event | None = None,
+                      access: Access | None = None) -> None:
     """Serve order entry until cancelled; ``started`` is set once requests are served."""
-    nc = await connect(servers, "tradeplane-gateway", "gateway")
+    nc = await connect(servers, "tradeplane-gateway", "gateway", access)
     try:
         kv = await open_markets_bucket(nc.jetstream())
         markets = MarketDirectory()

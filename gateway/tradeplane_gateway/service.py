@@ -35,9 +35,11 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from tradeplane_engine import telemetry
+from tradeplane_engine.access import GATEWAY_INBOX, trader_inbox
 from tradeplane_engine.core.commands import Cancel, Place, Replace
 from tradeplane_engine.core.events import OrderRejected
 from tradeplane_engine.core.market import OffGrid
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.telemetry import TRACEPARENT
 from tradeplane_engine.wire import (
     API_SUBJECTS,
@@ -114,7 +116,8 @@ class Gateway:
         self.publish_timeout = publish_timeout
         self.requests_served = 0
         self.metrics = GatewayMetrics(markets)
-        self._inbox = nc.new_inbox()
+        # Engines send results to gateways' inboxes only (docs/security.md).
+        self._inbox = f"{GATEWAY_INBOX}.{nc._nuid.next().decode()}"
         self._in_flight: dict[str, _InFlight] = {}
         self._next_token = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,6 +150,13 @@ class Gateway:
         self.requests_served += 1
         tokens = msg.subject.split(".")
         account, verb = tokens[2], tokens[4]
+        if not msg.reply.startswith(f"{trader_inbox(account)}."):
+            # A reply goes to the requester's own inbox and nowhere else: a reply subject
+            # chosen by a client could name any subject the gateway may publish on.
+            log.warning("request on %s with reply subject %r, not the account's inbox; "
+                        "ignored", msg.subject[:120], msg.reply[:120])
+            UNTRUSTED_SKIPPED.labels("gateway", "reply subject").inc()
+            return
         span = passed_on = None
         if telemetry.enabled:
             span, passed_on = start_request_span(msg, account, verb)

@@ -31,6 +31,8 @@ MARKET_LABEL = f"{PREFIX}/market"
 class Config:
     nats_url: str = "nats://nats:4222"
     """Where engines, gateways, recorders and the operator meet."""
+    nats_credentials: str | None = None
+    """The operator's NATS credentials file (``{"user", "password"}``; docs/security.md)."""
     engine_image: str = "ghcr.io/tradeplane/tradeplane:0.1.0"
     """The engine image unless a Market names its own (``spec.engine.image``)."""
     image_pull_policy: str = "IfNotPresent"
@@ -62,6 +64,7 @@ class Config:
         namespaces = tuple(filter(None, env.get("TRADEPLANE_NAMESPACES", "").split(",")))
         return cls(
             nats_url=env.get("TRADEPLANE_NATS", default.nats_url),
+            nats_credentials=env.get("TRADEPLANE_CREDENTIALS") or None,
             engine_image=env.get("TRADEPLANE_ENGINE_IMAGE", default.engine_image),
             image_pull_policy=env.get("TRADEPLANE_IMAGE_PULL_POLICY",
                                       default.image_pull_policy),

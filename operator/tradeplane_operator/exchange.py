@@ -111,9 +111,18 @@ class Exchange:
         self._buckets: dict[str, KeyValue] = {}
 
     @classmethod
-    async def connect(cls, url: str, stream_replicas: int = 1) -> Exchange:
+    async def connect(cls, url: str, stream_replicas: int = 1,
+                      credentials_file: str | None = None) -> Exchange:
+        """Connect as the operator: with a credentials file (``{"user", "password"}``),
+        its replies come to the operator's own inboxes (docs/security.md)."""
+        login: dict[str, Any] = {}
+        if credentials_file is not None:
+            with open(credentials_file) as file:
+                credentials = json.load(file)
+            login = {"user": credentials["user"], "password": credentials["password"],
+                     "inbox_prefix": f"_SVC.{credentials['user']}"}
         nc = await nats.connect(url, name="tradeplane-operator", max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.5, connect_timeout=3)
+                                reconnect_time_wait=0.5, connect_timeout=3, **login)
         return cls(nc, stream_replicas)
 
     async def close(self) -> None:

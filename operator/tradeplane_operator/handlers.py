@@ -127,7 +127,8 @@ def registry(config: Config) -> kopf.OperatorRegistry:
         runtime: Runtime = memo.runtime
         runtime.kube = KubeApi(_login(runtime, logger, settings))
         runtime.exchange = await _guarded(Exchange.connect(runtime.config.nats_url,
-                                                           runtime.config.stream_replicas))
+                                                           runtime.config.stream_replicas,
+                                                           runtime.config.nats_credentials))
 
     @kopf.on.cleanup(registry=reg)
     async def cleanup(memo: Any, **_: Any) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import nats
 
 from tradeplane import __version__
+from tradeplane_engine.access import Access, AccessError
 
 DEFAULT_NATS = os.environ.get("TRADEPLANE_NATS", "nats://127.0.0.1:4222")
 
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tradeplane {__version__}")
     parser.add_argument("--nats", default=DEFAULT_NATS,
                         help="NATS server URL (default: $TRADEPLANE_NATS or %(default)s)")
+    parser.add_argument("--credentials", default=os.environ.get("TRADEPLANE_CREDENTIALS"),
+                        help="NATS credentials file, a service's or a trader's "
+                             "(default: $TRADEPLANE_CREDENTIALS; docs/security.md)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="start the whole exchange on this machine")
@@ -134,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     cancel_all.add_argument("market")
     cancel_all.add_argument("--side", choices=["buy", "sell"])
     for action in actions.choices.values():
-        action.add_argument("--account", required=True)
+        action.add_argument("--account", help="the account (default: the credentials' "
+                                              "user)")
         action.add_argument("--ack", action="store_true",
                             help="reply once sequenced instead of once applied")
 
@@ -175,7 +180,44 @@ def _parser() -> argparse.ArgumentParser:
                       help="how many commands to generate (default: 200,000)")
     demo.add_argument("--seed", type=int, default=42, help="workload seed (default: 42)")
     demo.add_argument("--depth", type=int, default=5, help="book levels to show (default: 5)")
+    _security_commands(commands)
     return parser
+
+
+def _security_commands(commands: Any) -> None:
+    """``auth``, ``accounts`` and ``security``: who may connect (docs/security.md)."""
+    auth = commands.add_parser(
+        "auth", help="run the auth service: NATS's auth callout for traders "
+                     "($TRADEPLANE_POSTGRES_DSN)")
+    auth.add_argument("--issuer-seed", default=os.environ.get("TRADEPLANE_AUTH_ISSUER_SEED"),
+                      help="the signing key NATS trusts (default: "
+                           "$TRADEPLANE_AUTH_ISSUER_SEED)")
+    auth.add_argument("--system-credentials",
+                      default=os.environ.get("TRADEPLANE_AUTH_SYSTEM_CREDENTIALS"),
+                      help="the system account user's credentials, to close revoked "
+                           "connections (default: $TRADEPLANE_AUTH_SYSTEM_CREDENTIALS)")
+    auth.add_argument("--metrics-port", type=int, default=0,
+                      help="serve Prometheus metrics on this port (0: none)")
+
+    accounts = commands.add_parser(
+        "accounts", help="create, list and revoke trader accounts ($TRADEPLANE_POSTGRES_DSN)")
+    accounts.add_argument("--postgres-dsn", default=os.environ.get("TRADEPLANE_POSTGRES_DSN"),
+                          help="the exchange's database (default: $TRADEPLANE_POSTGRES_DSN)")
+    verbs = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = verbs.add_parser("create", help="a new account; its secret is shown once")
+    create.add_argument("account")
+    create.add_argument("--output", type=Path,
+                        help="also write a credentials file for the trader (mode 0600)")
+    verbs.add_parser("list", help="every account, and when it was revoked")
+    revoke = verbs.add_parser("revoke", help="no new connections; live ones closed in seconds")
+    revoke.add_argument("account")
+
+    security = commands.add_parser("security", help="the exchange's NATS secrets")
+    security_verbs = security.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = security_verbs.add_parser(
+        "init", help="create the service credentials, the auth service's signing key and "
+                     "the nats-server configuration in a directory (kept when present)")
+    init.add_argument("directory", type=Path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,8 +315,19 @@ async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
 
 
 async def _run_async(args: argparse.Namespace) -> int:
+    if args.command in ("accounts", "security"):
+        from tradeplane.admin import accounts_command, security_command
+
+        if args.command == "accounts":
+            return await accounts_command(args, sys.stdout)
+        return security_command(args, sys.stdout)
+    try:
+        args.access = Access.from_environment(os.environ, args.credentials)
+    except AccessError as exc:
+        print(f"tradeplane: {exc}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
-    if args.command in ("engine", "gateway", "recorder"):
+    if args.command in ("engine", "gateway", "recorder", "auth"):
         _service_gc()
         _on_stop_signals(stop)
     if args.command in ("engine", "gateway", "recorder", "operator", "selftest"):
@@ -289,7 +342,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                                   events_max_age_seconds=args.events_max_age)
         await run_engines(args.nats, args.markets, settings,
                           os.environ.get("TRADEPLANE_POSTGRES_DSN"), args.replica,
-                          health_port=args.health_port, stop=stop)
+                          health_port=args.health_port, stop=stop, access=args.access)
         return 0
     if args.command == "recorder":
         from tradeplane_engine.store.runner import run_recorders
@@ -302,7 +355,7 @@ async def _run_async(args: argparse.Namespace) -> int:
             from prometheus_client import start_http_server
 
             start_http_server(args.metrics_port)
-        await _until(stop, run_recorders(args.nats, args.markets, dsn))
+        await _until(stop, run_recorders(args.nats, args.markets, dsn, access=args.access))
         return 0
     if args.command == "operator":
         from tradeplane_operator.config import Config
@@ -325,12 +378,15 @@ async def _run_async(args: argparse.Namespace) -> int:
             from prometheus_client import start_http_server
 
             start_http_server(args.metrics_port)
-        await _until(stop, run_gateway(args.nats))
+        await _until(stop, run_gateway(args.nats, access=args.access))
         return 0
+    if args.command == "auth":
+        return await _auth(args, stop)
     if args.command == "selftest":
         from tradeplane.selftest import selftest
 
-        return await selftest(args.nats, args.market, args.price, args.timeout, sys.stdout)
+        return await selftest(args.nats, args.market, args.price, args.timeout, sys.stdout,
+                              args.access)
     from tradeplane import trading
 
     if args.command == "order":
@@ -344,6 +400,28 @@ async def _run_async(args: argparse.Namespace) -> int:
     if args.command == "chaos":
         return await trading.kill_leader_command(args, sys.stdout)
     return await trading.status_command(args, sys.stdout)
+
+
+async def _auth(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from tradeplane_gateway.auth import run_auth
+
+    dsn = os.environ.get("TRADEPLANE_POSTGRES_DSN")
+    if not (dsn and args.issuer_seed and args.system_credentials):
+        print("tradeplane auth: needs $TRADEPLANE_POSTGRES_DSN, --issuer-seed and "
+              "--system-credentials", file=sys.stderr)
+        return 2
+    try:
+        system = Access(Access.from_environment({}, args.system_credentials).credentials,
+                        args.access.ca_file, args.access.cert_file, args.access.key_file)
+    except AccessError as exc:
+        print(f"tradeplane auth: {exc}", file=sys.stderr)
+        return 2
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+    await _until(stop, run_auth(args.nats, dsn, args.issuer_seed, args.access, system))
+    return 0
 
 
 if __name__ == "__main__":

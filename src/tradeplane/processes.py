@@ -18,7 +18,11 @@ import sysconfig
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from tradeplane import security
+from tradeplane.security import SecurityFiles
+from tradeplane_engine.access import Access, Credentials
 
 
 class StartError(RuntimeError):
@@ -75,11 +79,15 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A real nats-server with JetStream on loopback; port 0 picks a free one."""
+    """A real nats-server with JetStream on loopback; port 0 picks a free one. ``config``
+    is a configuration file to load too (the accounts and auth callout of
+    ``tradeplane.security``)."""
 
     def __init__(self, data_dir: Path, *, port: int = 0, host: str = "127.0.0.1",
-                 log: IO[bytes] | None = None) -> None:
+                 log: IO[bytes] | None = None, secrets: SecurityFiles | None = None) -> None:
         self.data_dir = data_dir.resolve()
+        self.secrets = secrets
+        self.config = secrets.nats_config if secrets is not None else None
         self.port = port
         self.host = host
         self.log = log
@@ -96,6 +104,7 @@ class NatsServer:
             nats_server_binary(), "--jetstream", "--store_dir", str(self.data_dir),
             "--addr", self.host, "--port", str(self.port or -1),
             "--ports_file_dir", str(ports_dir),
+            *(["--config", str(self.config.resolve())] if self.config is not None else []),
         ], log=self.log)
         pid = self.process.pid
         ports_file = ports_dir / f"nats-server_{pid}.ports"
@@ -105,6 +114,29 @@ class NatsServer:
         # A restart comes back on the same port, so clients reconnect to it.
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
+
+    @classmethod
+    def secured(cls, data_dir: Path, **options: Any) -> NatsServer:
+        """Every connection authenticated (docs/security.md): the secrets are made, or
+        kept, in ``<data_dir>-security``."""
+        secrets = security.init(data_dir.with_name(f"{data_dir.name}-security"))
+        return cls(data_dir, secrets=secrets, **options)
+
+    def credentials(self, identity: str) -> Credentials:
+        assert self.secrets is not None, "an unsecured server has no credentials"
+        return Credentials.load(self.secrets.credentials(identity))
+
+    def access(self, identity: str) -> Access:
+        """How ``identity`` (a service: gateway, engine, admin...) connects."""
+        return Access(self.credentials(identity) if self.secrets is not None else None)
+
+    def url_as(self, identity: str) -> str:
+        """The URL with ``identity``'s user and password in it (for tests and tools)."""
+        if self.secrets is None:
+            return self.url
+        credentials = self.credentials(identity)
+        return self.url.replace("nats://", f"nats://{credentials.user}:"
+                                           f"{credentials.password}@", 1)
 
     def stop(self) -> None:
         if self.process is not None:

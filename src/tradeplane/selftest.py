@@ -13,6 +13,7 @@ import asyncio
 import secrets
 from typing import IO
 
+from tradeplane_engine.access import Access, trader_inbox
 from tradeplane_gateway import connect
 from tradeplane_gateway.client import Client
 from tradeplane_gateway.errors import ConnectionLostError, EdgeCode, RequestError
@@ -39,13 +40,20 @@ async def _until_served(client: Client, market: str, side: str, price: str, dead
             await asyncio.sleep(2.0)
 
 
-async def selftest(servers: str, market: str, price: str, timeout: float, out: IO[str]) -> int:
-    """0 when a crossing buy fills against a resting sell; 1 (and why) when not."""
+async def selftest(servers: str, market: str, price: str, timeout: float, out: IO[str],
+                   access: Access | None = None) -> int:
+    """0 when a crossing buy fills against a resting sell; 1 (and why) when not.
+
+    It trades as two throwaway accounts, so it runs with the admin's credentials (which
+    may act as any account; docs/security.md)."""
     run = secrets.token_hex(4)
+    access = access or Access()
     deadline = asyncio.get_running_loop().time() + timeout
     try:
-        async with connect(servers, account=f"selftest-maker-{run}") as maker, \
-                connect(servers, account=f"selftest-taker-{run}") as taker:
+        async with connect(servers, account=f"selftest-maker-{run}",
+                           **access.options(trader_inbox(f"selftest-maker-{run}"))) as maker, \
+                connect(servers, account=f"selftest-taker-{run}",
+                        **access.options(trader_inbox(f"selftest-taker-{run}"))) as taker:
             sell = await _until_served(maker, market, "sell", price, deadline,
                                        f"sell-{run}", "GTC", out)
             assert sell.order is not None

@@ -15,6 +15,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 
+from tradeplane_engine.access import Access, trader_inbox
 from tradeplane_engine.service.lease import REPLICAS_BUCKET
 from tradeplane_engine.service.shutdown import standbys
 from tradeplane_engine.wire import MARKETS_BUCKET, decode_definition, engine_subject
@@ -32,12 +33,22 @@ CONNECT_OPTIONS: dict[str, Any] = {"max_reconnect_attempts": 2, "connect_timeout
                                    "reconnect_time_wait": 0.5, "error_cb": _quiet}
 
 
+def _options(access: Access, inbox_prefix: str | None = None) -> dict[str, Any]:
+    """How a command connects: with its credentials, failing fast."""
+    return {**CONNECT_OPTIONS, **access.options(inbox_prefix)}
+
+
 def _print_reply(reply: Reply, out: IO[str]) -> None:
     out.write(msgspec.json.format(_pretty.encode(reply), indent=2).decode() + "\n")
 
 
 async def order_command(args: argparse.Namespace, out: IO[str]) -> int:
-    async with connect(args.nats, account=args.account, **CONNECT_OPTIONS) as client:
+    account = args.account or (args.access.credentials and args.access.credentials.user)
+    if not account:
+        out.write("refused: give --account or a trader's --credentials\n")
+        return 2
+    async with connect(args.nats, account=account,
+                       **_options(args.access, trader_inbox(account))) as client:
         try:
             reply = await _order(client, args)
         except RequestError as exc:
@@ -87,7 +98,7 @@ def render_book(book: LocalBook, depth: int) -> str:
 
 
 async def book_command(args: argparse.Namespace, out: IO[str]) -> int:
-    nc = await nats.connect(args.nats, **CONNECT_OPTIONS)
+    nc = await nats.connect(args.nats, **_options(args.access))
     try:
         async with LocalBook(nc, args.market) as book:
             if args.once:
@@ -105,7 +116,7 @@ async def book_command(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 async def trades_command(args: argparse.Namespace, out: IO[str]) -> int:
-    async with connect(args.nats, account="viewer", **CONNECT_OPTIONS) as client:
+    async with connect(args.nats, account="viewer", **_options(args.access)) as client:
         shown = 0
         async for message in client.trades(args.market):
             for trade in message["trades"]:
@@ -136,7 +147,7 @@ async def replica_statuses(nc: NatsClient) -> dict[str, list[dict[str, Any]]]:
 
 
 async def status_command(args: argparse.Namespace, out: IO[str]) -> int:
-    nc = await nats.connect(args.nats, **CONNECT_OPTIONS)
+    nc = await nats.connect(args.nats, **_options(args.access))
     try:
         kv = await nc.jetstream().key_value(MARKETS_BUCKET)
         try:
@@ -182,7 +193,7 @@ async def _leader(nc: NatsClient, market: str, not_: str | None = None,
 
 async def failover_command(args: argparse.Namespace, out: IO[str]) -> int:
     """A planned switchover to a standby, timed from request to the new leader."""
-    nc = await nats.connect(args.nats, **CONNECT_OPTIONS)
+    nc = await nats.connect(args.nats, **_options(args.access))
     try:
         leader = await _leader(nc, args.market, timeout=5)
         target = args.to
@@ -211,7 +222,7 @@ async def failover_command(args: argparse.Namespace, out: IO[str]) -> int:
 
 async def kill_leader_command(args: argparse.Namespace, out: IO[str]) -> int:
     """``kill -9`` of a market's leader (on this machine), timed to the next leader."""
-    nc = await nats.connect(args.nats, **CONNECT_OPTIONS)
+    nc = await nats.connect(args.nats, **_options(args.access))
     try:
         leader = await _leader(nc, args.market, timeout=5)
         if leader.get("host") not in (None, socket.gethostname()):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from tradeplane import security
 from tradeplane.postgres import PostgresServer
 from tradeplane.processes import (
     NatsServer,
@@ -41,6 +43,7 @@ from tradeplane.processes import (
     stop,
     tradeplane_command,
 )
+from tradeplane_engine.access import Access, Credentials, trader_inbox
 from tradeplane_engine.core.commands import SetTradingMode
 from tradeplane_engine.service import StreamSettings, ensure_market_streams, markets_bucket
 from tradeplane_engine.service.admin import publish_admin
@@ -88,7 +91,7 @@ def load_manifests(paths: list[Path]) -> list[MarketDefinition]:
 
 
 async def publish_markets(url: str, definitions: list[MarketDefinition],
-                          settings: StreamSettings) -> None:
+                          settings: StreamSettings, access: Access | None = None) -> None:
     """Write the definitions to the markets bucket, with their streams.
 
     A manifest that changes an existing market's trading mode also sequences the change
@@ -96,7 +99,7 @@ async def publish_markets(url: str, definitions: list[MarketDefinition],
     apply only what the stream says, and a failure in between leaves the old definition
     in the bucket, so the next start sequences the change again.
     """
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **(access or Access()).options())
     try:
         js = nc.jetstream()
         kv = await markets_bucket(js, settings)
@@ -139,9 +142,10 @@ async def sequence_mode_change(js: JetStreamContext, kv: KeyValue,
 
 
 async def wait_ready(url: str, markets: list[str], children: list[subprocess.Popen[bytes]],
-                     timeout: float = 60.0) -> None:
+                     timeout: float = 60.0, access: Access | None = None) -> None:
     """Until every engine has caught up and a gateway answers (or a child gave up)."""
-    nc = await nats.connect(url)
+    # Gateways answer a request on its account's inboxes only: the probe's.
+    nc = await nats.connect(url, **(access or Access()).options(trader_inbox("probe")))
     try:
         deadline = asyncio.get_running_loop().time() + timeout
         pending = set(markets)
@@ -251,13 +255,32 @@ async def supervise(servers: list[Server], children: list[Child], out: IO[str]) 
 
 
 async def run_exchange(url: str, definitions: list[MarketDefinition], servers: list[Server],
-                       children: list[Child], demo: bool, out: IO[str]) -> None:
+                       children: list[Child], files: security.SecurityFiles | None,
+                       out: IO[str]) -> None:
+    """Supervise until cancelled; with ``files``, demo traders trade with their
+    credentials from there."""
     async with asyncio.TaskGroup() as group:
         group.create_task(supervise(servers, children, out))
-        if demo:
+        if files is not None:
             from tradeplane.demo_traders import run_traders
 
-            group.create_task(run_traders(url, definitions))
+            group.create_task(run_traders(url, definitions, files.trader_credentials))
+
+
+async def issue_demo_accounts(dsn: str, accounts: list[str],
+                              files: security.SecurityFiles) -> None:
+    """Accounts for the demo traders, with fresh secrets in the data directory."""
+    from tradeplane_engine.store.runner import open_database
+    from tradeplane_gateway.accounts import issue
+
+    pool = await open_database(dsn, size=1)
+    try:
+        async with pool.acquire() as connection:
+            for account in accounts:
+                secret = await issue(connection, account)
+                Credentials(account, secret).save(files.trader_credentials(account))
+    finally:
+        await pool.close()
 
 
 def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo: bool,
@@ -274,10 +297,12 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, request_stop)
+    files = security.init(data_dir / "security")
+    admin = Access(Credentials.load(files.credentials("admin")))
     with contextlib.ExitStack() as running:
         nats_log = running.enter_context((logs / "nats-server.log").open("ab"))
         server = running.enter_context(
-            NatsServer(data_dir / "nats", port=port, log=nats_log).start())
+            NatsServer(data_dir / "nats", port=port, log=nats_log, secrets=files).start())
         servers = [Server("nats-server", server)]
         if postgres_dsn is None:
             postgres_log = running.enter_context((logs / "postgres.log").open("ab"))
@@ -286,28 +311,46 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
             postgres_dsn = postgres.dsn
             servers.append(Server("postgres", postgres))
         try:
-            asyncio.run(publish_markets(server.url, definitions, settings))
+            asyncio.run(publish_markets(server.url, definitions, settings, admin))
             environment = {**child_environment(), "TRADEPLANE_POSTGRES_DSN": postgres_dsn}
-            nats_url = ["--nats", server.url]
+
+            def nats_url(identity: str) -> list[str]:
+                return ["--nats", server.url, "--credentials",
+                        str(files.credentials(identity))]
+
+            children.append(Child("auth", [
+                *nats_url("auth"), "auth", "--issuer-seed", str(files.issuer_seed),
+                "--system-credentials", str(files.credentials(security.SYSTEM_USER)),
+            ], logs / "auth.log", environment))
             for index, group in enumerate(spread(names, engines), start=1):
                 for letter in "abcdefghij"[:max(1, replicas)]:
                     replica = f"engine-{index}{letter}"
                     markets = [argument for market in group for argument in ("--market", market)]
-                    children.append(Child(replica, [*nats_url, "engine", "--replica", replica,
+                    children.append(Child(replica, [*nats_url("engine"), "engine",
+                                                    "--replica", replica,
                                                     *markets], logs / f"{replica}.log",
                                           environment))
             everything = [argument for market in names for argument in ("--market", market)]
-            children.append(Child("recorder", [*nats_url, "recorder", *everything],
+            children.append(Child("recorder", [*nats_url("recorder"), "recorder", *everything],
                                   logs / "recorder.log", environment))
-            children.append(Child("gateway", [*nats_url, "gateway"], logs / "gateway.log",
+            children.append(Child("gateway", [*nats_url("gateway"), "gateway"],
+                                  logs / "gateway.log",
                                   environment))
             for child in children:
                 child.start()
             asyncio.run(wait_ready(server.url, names,
-                                   [child.process for child in children if child.process]))
-            print(_banner(server.url, definitions, data_dir, demo, redact(postgres_dsn)),
+                                   [child.process for child in children if child.process],
+                                   access=admin))
+            if demo:
+                from tradeplane.demo_traders import trader_accounts
+
+                asyncio.run(issue_demo_accounts(postgres_dsn, trader_accounts(definitions),
+                                                files))
+            admin_env = write_admin_environment(server.url, files, postgres_dsn)
+            print(_banner(server.url, definitions, admin_env, demo, postgres_dsn),
                   file=out, flush=True)
-            asyncio.run(run_exchange(server.url, definitions, servers, children, demo, out))
+            asyncio.run(run_exchange(server.url, definitions, servers, children,
+                                     files if demo else None, out))
         except KeyboardInterrupt:
             print("stopping...", file=out, flush=True)
         except UpError as exc:
@@ -320,20 +363,35 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
     return 0
 
 
-def _banner(url: str, definitions: list[MarketDefinition], data_dir: Path, demo: bool,
-            database: str) -> str:
+def write_admin_environment(url: str, files: security.SecurityFiles, dsn: str) -> Path:
+    """``admin.env`` beside the secrets (mode 0600): the administrator's settings, for
+    ``set -a; . admin.env; set +a`` in a shell."""
+    path = files.directory / "admin.env"
+    security.write_private(path, "".join(f"{name}={shlex.quote(value)}\n" for name, value in (
+        ("TRADEPLANE_NATS", url),
+        ("TRADEPLANE_CREDENTIALS", str(files.credentials("admin").resolve())),
+        ("TRADEPLANE_POSTGRES_DSN", dsn),
+    )))
+    return path
+
+
+def _banner(url: str, definitions: list[MarketDefinition], admin_env: Path,
+            demo: bool, dsn: str) -> str:
+    market = definitions[0]
     lines = [
-        f"tradeplane is up: NATS at {url}",
-        f"  PostgreSQL: {database}",
+        f"tradeplane is up: NATS at {url} (every connection authenticates: docs/security.md)",
+        f"  PostgreSQL: {redact(dsn)}",
         "  markets: " + ", ".join(f"{d.name} ({d.base}/{d.quote})" for d in definitions),
-        f"  data and logs: {data_dir}",
-        "  try:",
-        f"    tradeplane --nats {url} book {definitions[0].name}",
-        f"    tradeplane --nats {url} order place {definitions[0].name} buy 1 "
-        f"{definitions[0].reference_price or '100'} --account alice",
-        f"    tradeplane --nats {url} status      # leaders, replicas, lag",
-        f"    tradeplane --nats {url} chaos kill-leader {definitions[0].name}",
-        f"    tradeplane --nats {url} failover {definitions[0].name}",
+        f"  data, logs and secrets: {admin_env.parent.parent}",
+        f"  as the administrator (set -a; . {admin_env}; set +a):",
+        "    tradeplane accounts create alice --output alice.json   # a trader's login",
+        "    tradeplane status      # leaders, replicas, lag",
+        f"    tradeplane book {market.name}",
+        f"    tradeplane chaos kill-leader {market.name}",
+        f"    tradeplane failover {market.name}",
+        "  as the trader:",
+        f"    tradeplane --nats {url} --credentials alice.json order place {market.name} "
+        f"buy 1 {market.reference_price or '100'}",
         "  protocol for any NATS client: docs/protocol.md",
     ]
     if demo:

@@ -22,7 +22,6 @@ from tradeplane_engine.connection import connect
 from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.service import run_engines
 from tradeplane_engine.service.health import bound_port, start_health_server
-from tradeplane_gateway.client import Client
 from tradeplane_gateway.errors import RequestError
 
 
@@ -68,8 +67,8 @@ def test_a_trading_session_moves_the_engine_metrics_as_it_went(tmp_path: Path) -
                 assert value(before, "tradeplane_engine_leader", **series) == 1
                 assert value(before, "tradeplane_engine_ready", **series) == 1
 
-                maker = Client(exchange.nc, "maker")
-                taker = Client(exchange.nc, "taker")
+                maker = (await exchange.client("maker"))
+                taker = (await exchange.client("taker"))
                 for price in ("100.00", "100.01", "100.02", "100.03", "100.04"):
                     await maker.place(market.name, "sell", "1.5", price)
                 # Crosses the three best asks: three trades, 4 SOL for 400.035 USDT.
@@ -141,7 +140,7 @@ def test_a_replica_run_by_run_engines_reports_its_role_lag_and_failovers(
                         and value(scraped, "tradeplane_engine_ready", **series) == 1)
 
             await eventually(leading, what="the replica leading")
-            await Client(exchange.nc, "maker").place(market.name, "sell", "1", "100")
+            await (await exchange.client("maker")).place(market.name, "sell", "1", "100")
 
             async def reported() -> bool:
                 _, scraped = await scrape(port)

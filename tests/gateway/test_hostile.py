@@ -62,8 +62,9 @@ HOSTILE: list[tuple[str, str, bytes, int]] = [
 def test_hostile_request_gets_its_code(tmp_path: Path, verb: str, payload: bytes,
                                        code: int) -> None:
     async def scenario() -> None:
-        async with local_exchange(tmp_path, SOL) as exchange:
-            answer = await exchange.nc.request(f"tp.api.mallory.order.{verb}", payload,
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                exchange.raw_trader("mallory") as mallory:
+            answer = await mallory.request(f"tp.api.mallory.order.{verb}", payload,
                                                timeout=5)
             reply = decode_reply(answer.data)
             assert not reply.ok
@@ -77,8 +78,9 @@ def test_hostile_request_gets_its_code(tmp_path: Path, verb: str, payload: bytes
 
 def test_an_invalid_account_in_the_subject_is_refused(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with local_exchange(tmp_path, SOL) as exchange:
-            answer = await exchange.nc.request("tp.api.a%20b.order.place",
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                exchange.raw_trader("a%20b") as intruder:
+            answer = await intruder.request("tp.api.a%20b.order.place",
                                                json.dumps(VALID).encode(), timeout=5)
             reply = decode_reply(answer.data)
             assert reply.error is not None
@@ -92,7 +94,8 @@ def test_hostile_traffic_does_not_disturb_well_formed_orders(tmp_path: Path) -> 
 
     async def scenario() -> None:
         async with local_exchange(tmp_path, SOL) as exchange, \
-                connect(exchange.url, account="alice", response="ack") as alice:
+                connect(exchange.url, account="alice", response="ack") as alice, \
+                exchange.raw_trader("mallory") as mallory:
             async def good(number: int) -> int:
                 reply = await alice.place("sol-usdt", "buy", "0.1", str(95 + number % 5),
                                           client_order_id=f"good-{number}")
@@ -101,8 +104,8 @@ def test_hostile_traffic_does_not_disturb_well_formed_orders(tmp_path: Path) -> 
 
             async def bad(number: int) -> None:
                 _, verb, payload, code = HOSTILE[number % len(HOSTILE)]
-                answer = await exchange.nc.request(f"tp.api.mallory.order.{verb}", payload,
-                                                   timeout=10)
+                answer = await mallory.request(f"tp.api.mallory.order.{verb}", payload,
+                                               timeout=10)
                 assert decode_reply(answer.data).error.code == code  # type: ignore[union-attr]
 
             results = await asyncio.gather(*(good(n) for n in range(200)),

@@ -21,7 +21,6 @@ from prometheus_client import start_http_server
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tests.support.metrics import Samples, samples, value
-from tradeplane_gateway.client import Client
 from tradeplane_gateway.errors import RequestError
 
 MARKET = msgspec.structs.replace(SOL, name="gateway-metrics")
@@ -57,8 +56,8 @@ def test_a_session_of_requests_moves_the_gateway_metrics_as_it_went(
             gateway = exchange.gateway
             before = await scrape(metrics_port)
             served = gateway.requests_served
-            maker = Client(exchange.nc, "maker")
-            taker = Client(exchange.nc, "taker")
+            maker = (await exchange.client("maker"))
+            taker = (await exchange.client("taker"))
 
             for price in ("100.00", "100.01", "100.02", "100.03"):  # 4 rest
                 await maker.place(name, "sell", "1", price)

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from tests.support.exchange import SOL, Exchange, eventually, local_exchange, run
+from tradeplane_engine.access import GATEWAY_INBOX
 from tradeplane_engine.core import OrderAccepted, OrderRejected
 from tradeplane_engine.store.queries import History, OrderQuery
 from tradeplane_engine.store.recorder import Recorder
@@ -105,7 +106,7 @@ async def place_later(exchange: Exchange, arguments: dict[str, Any]) -> tuple[in
         "market": "sol-usdt", "side": arguments["side"], "quantity": arguments["quantity"],
         "price": arguments["price"], "clientOrderId": arguments["client_order_id"]}))
     work = submission(exchange.markets, "alice", request, lambda: "unused")
-    inbox = exchange.nc.new_inbox()
+    inbox = f"{GATEWAY_INBOX}.test.{exchange.nc._nuid.next().decode()}"  # as a gateway's
     results = await exchange.nc.subscribe(inbox)
     try:
         await exchange.nc.jetstream().publish(

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from tests.support.exchange import local_exchange, run
+from tradeplane_engine.store.runner import open_database
 from tradeplane_engine.wire import definition_from_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,24 +31,43 @@ def test_the_page_has_examples_for_every_request() -> None:
     assert "tp.acct." in text
 
 
-def test_protocol_examples_run_against_a_live_exchange(tmp_path: Path) -> None:
+def test_protocol_examples_run_against_a_live_exchange(tmp_path: Path, database: str) -> None:
+    """As traders do: real accounts, issued secrets, the auth service, their permissions."""
     manifest = yaml.safe_load((ROOT / "examples" / "markets" / "sol-usdt.yaml").read_text())
     sol = definition_from_manifest(manifest)
+    logins = tmp_path / "logins"
 
     async def scenario() -> None:
-        async with local_exchange(tmp_path, sol) as exchange:
-            os.environ["NATS_URL"] = exchange.url
-            namespace: dict[str, Any] = {}
-            try:
-                for number, source in enumerate(examples(), start=1):
-                    code = compile(source, f"{PROTOCOL.name} example {number}", "exec",
-                                   flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-                    result = eval(code, namespace)
-                    if result is not None:
-                        await result
-            finally:
-                os.environ.pop("NATS_URL", None)
-                if "nc" in namespace:
-                    await namespace["nc"].close()
+        pool = await open_database(database, size=2)
+        try:
+            async with local_exchange(tmp_path, sol, accounts_pool=pool) as exchange:
+                for account in ACCOUNTS:
+                    await exchange.issue(pool, account, logins)
+                await run_examples(exchange.server.url, logins)
+        finally:
+            await pool.close()
 
     run(scenario())
+
+
+ACCOUNTS = ("alice", "bob", "carol", "dave")
+"""Every account the examples trade as."""
+
+
+async def run_examples(url: str, logins: Path) -> None:
+    """Each example in order, in one namespace, as pasted into ``python -m asyncio``."""
+    os.environ["NATS_URL"] = url
+    os.environ["TP_LOGINS"] = str(logins)
+    namespace: dict[str, Any] = {}
+    try:
+        for number, source in enumerate(examples(), start=1):
+            code = compile(source, f"{PROTOCOL.name} example {number}", "exec",
+                           flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            result = eval(code, namespace)
+            if result is not None:
+                await result
+    finally:
+        os.environ.pop("NATS_URL", None)
+        os.environ.pop("TP_LOGINS", None)
+        for nc in namespace.get("traders", {}).values():
+            await nc.close()

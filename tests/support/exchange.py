@@ -3,6 +3,12 @@
 The engine services and the gateway run as asyncio tasks beside the test's clients, so
 a test sees every component's real behaviour over real NATS, with no processes to
 leak. ``tradeplane up`` (a separate test) covers the same pieces as processes.
+
+NATS runs with the real accounts and permissions (docs/security.md): the gateway and
+the engines connect as themselves, so a permission they lack fails here. The test's own
+connection, and ``Exchange.url``, are the admin's, which may act as any account: test
+traders ``connect(exchange.url, account="alice")`` without issuing secrets (the auth
+service's own tests issue and revoke real ones).
 """
 
 from __future__ import annotations
@@ -16,11 +22,16 @@ from typing import Any, TypeVar
 
 import asyncpg
 import nats
+import nkeys
 from nats.aio.client import Client as NatsClient
 
 from tradeplane.processes import NatsServer
+from tradeplane_engine.access import Credentials, trader_inbox
 from tradeplane_engine.service import MarketService, StreamSettings, markets_bucket
-from tradeplane_engine.wire import MarketDefinition, encode_definition
+from tradeplane_engine.wire import MARKETS_BUCKET, MarketDefinition, encode_definition
+from tradeplane_gateway import accounts
+from tradeplane_gateway.auth import AuthService
+from tradeplane_gateway.client import Client
 from tradeplane_gateway.markets import MarketDirectory
 from tradeplane_gateway.service import Gateway
 
@@ -61,9 +72,13 @@ class Exchange:
     nc: NatsClient
     markets: MarketDirectory
     gateway: Gateway
+    engine_nc: NatsClient
+    server: NatsServer
     services: dict[str, MarketService] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     engine_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    connections: list[NatsClient] = field(default_factory=list)
+    """Traders' connections made by ``client``, closed with the exchange."""
 
     async def define(self, definition: MarketDefinition) -> None:
         kv = await markets_bucket(self.nc.jetstream(), SETTINGS)
@@ -75,11 +90,29 @@ class Exchange:
 
     async def start_engine_with(self, definition: MarketDefinition,
                                 pool: asyncpg.Pool | None = None) -> MarketService:
-        service = MarketService(self.nc, definition, SETTINGS, pool=pool)
+        service = MarketService(self.engine_nc, definition, SETTINGS, pool=pool)
         self.services[definition.name] = service
         self.engine_tasks[definition.name] = asyncio.create_task(service.run())
         await asyncio.wait_for(service.ready.wait(), 10)
         return service
+
+    async def client(self, account: str) -> Client:
+        """An SDK client trading as ``account`` until the exchange stops."""
+        nc = await nats.connect(self.server.url,
+                                **self.server.access("admin").options(trader_inbox(account)))
+        self.connections.append(nc)
+        return Client(nc, account)
+
+    @contextlib.asynccontextmanager
+    async def raw_trader(self, account: str) -> AsyncIterator[NatsClient]:
+        """A plain NATS connection that may request as ``account`` (the admin's, with the
+        account's inboxes: a gateway answers nowhere else)."""
+        nc = await nats.connect(self.server.url,
+                                **self.server.access("admin").options(trader_inbox(account)))
+        try:
+            yield nc
+        finally:
+            await nc.close()
 
     async def stop_engine(self, name: str) -> None:
         """Stop a market's engine as a crash would: nothing is flushed or handed over."""
@@ -90,31 +123,84 @@ class Exchange:
             await task
 
 
+    async def issue(self, pool: asyncpg.Pool, account: str, directory: Path) -> Path:
+        """A real trader account (the exchange runs ``with_auth``): its credentials file."""
+        async with pool.acquire() as connection:
+            secret = await accounts.create(connection, account)
+        path = directory / f"{account}.json"
+        Credentials(account, secret).save(path)
+        return path
+
+
+@contextlib.asynccontextmanager
+async def auth_service(server: NatsServer, pool: asyncpg.Pool) -> AsyncIterator[AuthService]:
+    """The auth service on ``server``, with its accounts in ``pool``'s database."""
+    assert server.secrets is not None
+    callout = await nats.connect(server.url, **server.access("auth").options())
+    system = await nats.connect(server.url, **server.access("sys").options())
+    issuer = nkeys.from_seed(server.secrets.issuer_seed.read_text().strip().encode())
+    service = AuthService(callout, system, pool, issuer)
+    started = asyncio.Event()
+    task = asyncio.create_task(service.run(started))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        yield service
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await system.close()
+        await callout.close()
+
+
 @contextlib.asynccontextmanager
 async def local_exchange(data_dir: Path, *definitions: MarketDefinition,
-                         engines: bool = True) -> AsyncIterator[Exchange]:
-    """nats-server + gateway (+ an engine per market) for the length of a test."""
-    server = NatsServer(data_dir / "nats").start()
+                         engines: bool = True,
+                         accounts_pool: asyncpg.Pool | None = None) -> AsyncIterator[Exchange]:
+    """nats-server + gateway (+ an engine per market) for the length of a test; with
+    ``accounts_pool`` (a migrated database), the auth service too, so real traders can
+    connect (``Exchange.issue``)."""
+    server = NatsServer.secured(data_dir / "nats").start()
     try:
-        nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
-        kv = await markets_bucket(nc.jetstream(), SETTINGS)
+        nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024,
+                                **server.access("admin").options())
+        await markets_bucket(nc.jetstream(), SETTINGS)
+        gateway_nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024,
+                                        **server.access("gateway").options())
+        engine_nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024,
+                                       **server.access("engine").options())
+        kv = await gateway_nc.jetstream().key_value(MARKETS_BUCKET)
         markets = MarketDirectory()
         follow = asyncio.create_task(markets.follow(kv))
-        gateway = Gateway(nc, markets)
+        gateway = Gateway(gateway_nc, markets)
         await gateway.start()
-        exchange = Exchange(server.url, nc, markets, gateway, tasks=[follow])
-        try:
-            for definition in definitions:
-                await exchange.define(definition)
-                if engines:
-                    await exchange.start_engine(definition)
-            yield exchange
-        finally:
-            await gateway.stop()
-            tasks = [*exchange.tasks, *exchange.engine_tasks.values()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await nc.close()
+        exchange = Exchange(server.url_as("admin"), nc, markets, gateway, engine_nc, server,
+                            tasks=[follow])
+        async with contextlib.AsyncExitStack() as stack:
+            if accounts_pool is not None:
+                await stack.enter_async_context(auth_service(server, accounts_pool))
+            async with _running(exchange, definitions, engines, gateway_nc) as running:
+                yield running
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _running(exchange: Exchange, definitions: tuple[MarketDefinition, ...],
+                   engines: bool, gateway_nc: NatsClient) -> AsyncIterator[Exchange]:
+    """The exchange's markets defined (and engines started) until the test ends."""
+    try:
+        for definition in definitions:
+            await exchange.define(definition)
+            if engines:
+                await exchange.start_engine(definition)
+        yield exchange
+    finally:
+        await exchange.gateway.stop()
+        tasks = [*exchange.tasks, *exchange.engine_tasks.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for connection in (*exchange.connections, exchange.engine_nc, gateway_nc,
+                           exchange.nc):
+            await connection.close()

@@ -39,6 +39,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine import telemetry
+from tradeplane_engine.access import is_inbox
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core import (
     AnyEvent,
@@ -563,6 +564,11 @@ class MarketService:
     async def _on_snapshot(self, msg: Msg) -> None:
         if not self.leading:
             return  # the leader answers
+        if not is_inbox(msg.reply):
+            log.warning("%s: book snapshot request with reply subject %r; ignored",
+                        self.market, msg.reply[:120])
+            UNTRUSTED_SKIPPED.labels("engine", "reply subject").inc()
+            return
         if not self.ready.is_set():
             await msg.respond(_encode({"error": "recovering", "market": self.market}))
             return

@@ -13,6 +13,7 @@ import socket
 
 from nats.js.kv import KeyValue
 
+from tradeplane_engine.access import Access
 from tradeplane_engine.connection import connect
 from tradeplane_engine.service.health import DEFAULT_HOST, bound_port, start_health_server
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
@@ -41,7 +42,7 @@ async def run_engines(servers: str, markets: list[str],
                       settings: StreamSettings | None = None, dsn: str | None = None,
                       replica: str | None = None, *, health_port: int | None = None,
                       health_host: str = DEFAULT_HOST, stop: asyncio.Event | None = None,
-                      ) -> None:
+                      access: Access | None = None) -> None:
     """Run a replica of each named market until cancelled, or until ``stop`` is set: it
     leads or stands by, as the market's lease decides. With a DSN, start from the
     markets' snapshots.
@@ -59,7 +60,7 @@ async def run_engines(servers: str, markets: list[str],
     try:
         async with asyncio.TaskGroup() as group:
             serving = group.create_task(_run_markets(
-                servers, markets, settings or StreamSettings(), dsn, replica, services))
+                servers, markets, settings or StreamSettings(), dsn, replica, services, access))
             if stop is not None:
                 group.create_task(_leave_on(stop, services, serving))
     finally:
@@ -78,11 +79,11 @@ async def _leave_on(stop: asyncio.Event, services: list[MarketService],
 
 async def _run_markets(servers: str, markets: list[str], settings: StreamSettings,
                        dsn: str | None, replica: str | None,
-                       services: list[MarketService]) -> None:
+                       services: list[MarketService], access: Access | None) -> None:
     """``run_engines`` itself; ``services`` receives the markets' services once made."""
     from tradeplane_engine.store.runner import open_database
 
-    nc = await connect(servers, f"tradeplane-engine:{','.join(markets)}", "engine")
+    nc = await connect(servers, f"tradeplane-engine:{','.join(markets)}", "engine", access)
     pool = await open_database(dsn, size=2) if dsn else None
     try:
         kv = await markets_bucket(nc.jetstream(), settings)

@@ -21,6 +21,7 @@ import asyncpg
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
+from tradeplane_engine.access import Access
 from tradeplane_engine.connection import connect
 from tradeplane_engine.service.runner import market_definition
 from tradeplane_engine.service.streams import StreamSettings, markets_bucket
@@ -63,12 +64,13 @@ async def open_database(dsn: str, *, size: int = 4) -> asyncpg.Pool:
 
 
 async def run_recorders(servers: str, markets: Sequence[str] | None, dsn: str,
-                        settings: StreamSettings | None = None) -> None:
+                        settings: StreamSettings | None = None,
+                        access: Access | None = None) -> None:
     """Record, snapshot and answer history queries until cancelled: for the named
     markets, or, with none named, for every market in the markets bucket as it comes
     and goes."""
     name = ",".join(markets) if markets else FOLLOWING
-    nc = await connect(servers, f"tradeplane-recorder:{name}", "recorder")
+    nc = await connect(servers, f"tradeplane-recorder:{name}", "recorder", access)
     pool = await open_database(dsn)
     try:
         kv = await markets_bucket(nc.jetstream(), settings or StreamSettings())

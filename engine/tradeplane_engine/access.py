@@ -1,0 +1,233 @@
+"""Who may do what on NATS: identities, their credentials and their permissions.
+
+Every connection to a tradeplane NATS authenticates (docs/security.md):
+
+- A **service** (gateway, engine, recorder, operator, admin; ``auth`` and ``sys`` for
+  the auth service) is a user of the NATS configuration, with a password and the fixed
+  permissions below. Its reply inboxes are ``_SVC.<service>.>``.
+- A **trader** authenticates with the secret a tradeplane administrator issued for the
+  account; the auth service checks it and hands NATS the trader's permissions:
+  its own requests, its own private updates, public market data, and its own reply
+  inboxes ``_INBOX.<account>.>``. A gateway answers a request only on the requester's
+  inbox, so no trader can steer a reply anywhere else.
+
+Each service gets only the subjects its work needs; in particular only engines publish
+a market's events, lease, replica reports and market data, only gateways the command
+streams, and only the operator and the admin the market definitions, internal requests
+and stream deletion. JetStream API rights are by operation (``$JS.API.STREAM.INFO.*``):
+NATS permissions cannot match part of a token, and streams are named per market.
+
+This module is the one place these rules are written; ``tradeplane security init``
+renders them into the nats-server configuration and the auth service into each
+trader's user token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tradeplane_engine.wire import MARKETS_BUCKET
+
+TRADERS_ACCOUNT = "TP"
+"""The NATS account of the exchange: every service and every trader."""
+AUTH_ACCOUNT = "AUTH"
+"""The NATS account of the auth service's callout connection, and nothing else."""
+SYSTEM_ACCOUNT = "SYS"
+
+LEASES = "tp-leases"
+REPLICAS = "tp-replicas"
+
+CREDENTIALS_ENV = "TRADEPLANE_CREDENTIALS"
+"""Environment variable naming a credentials file (``--credentials`` overrides it)."""
+CA_ENV = "TRADEPLANE_NATS_CA"
+"""Environment variable naming the CA bundle that NATS's TLS certificate is checked with."""
+CERT_ENV = "TRADEPLANE_NATS_CERT"
+KEY_ENV = "TRADEPLANE_NATS_KEY"
+"""A client certificate and its key, when NATS asks for one (mutual TLS)."""
+
+
+class AccessError(Exception):
+    """A credentials file that cannot be used, with the reason."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A NATS user and password, as a credentials file holds them (JSON, mode 0600)."""
+
+    user: str
+    password: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> Credentials:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise AccessError(f"credentials file {path}: {exc}") from None
+        if (not isinstance(data, dict) or not isinstance(data.get("user"), str)
+                or not isinstance(data.get("password"), str)):
+            raise AccessError(f'credentials file {path}: expected {{"user": ..., '
+                              f'"password": ...}}')
+        return cls(data["user"], data["password"])
+
+    def save(self, path: Path) -> None:
+        """Write the file readable by its owner only."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump({"user": self.user, "password": self.password}, file)
+            file.write("\n")
+        path.chmod(0o600)
+
+
+@dataclass(frozen=True)
+class Access:
+    """How a process reaches NATS: its credentials and, with TLS, the files to check
+    the server (and prove itself) with."""
+
+    credentials: Credentials | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @classmethod
+    def from_environment(cls, environment: Mapping[str, str],
+                         credentials_file: str | None = None) -> Access:
+        path = credentials_file or environment.get(CREDENTIALS_ENV)
+        return cls(Credentials.load(path) if path else None, environment.get(CA_ENV) or None,
+                   environment.get(CERT_ENV) or None, environment.get(KEY_ENV) or None)
+
+    def tls(self) -> ssl.SSLContext | None:
+        if self.ca_file is None and self.cert_file is None:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file is not None:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise AccessError(f"NATS TLS files: {exc}") from None
+        return context
+
+    def options(self, inbox_prefix: str | None = None) -> dict[str, Any]:
+        """``nats.connect`` keyword arguments; a service's inboxes are its own by default."""
+        options: dict[str, Any] = {}
+        if self.credentials is not None:
+            options["user"] = self.credentials.user
+            options["password"] = self.credentials.password
+            options["inbox_prefix"] = inbox_prefix or own_inbox(self.credentials.user)
+        elif inbox_prefix is not None:
+            options["inbox_prefix"] = inbox_prefix
+        tls = self.tls()
+        if tls is not None:
+            options["tls"] = tls
+        return options
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = False
+    """May answer a request it received, on the request's reply subject (once)."""
+
+    def as_config(self) -> dict[str, object]:
+        """The nats-server configuration's ``permissions`` block."""
+        block: dict[str, object] = {"publish": {"allow": list(self.publish)},
+                                    "subscribe": {"allow": list(self.subscribe)}}
+        if self.allow_responses:
+            block["allow_responses"] = True
+        return block
+
+
+def service_inbox(service: str) -> str:
+    """The prefix of a service's reply inboxes."""
+    return f"_SVC.{service}"
+
+
+def trader_inbox(account: str) -> str:
+    """The prefix of a trader's reply inboxes: a gateway answers nowhere else."""
+    return f"_INBOX.{account}"
+
+
+def own_inbox(user: str) -> str:
+    """The inbox prefix of a NATS user: a service's, or else a trader's."""
+    return service_inbox(user) if user in SERVICE_USERS else trader_inbox(user)
+
+
+def is_inbox(subject: str) -> bool:
+    """Whether a reply subject is someone's inbox: a responder that traders can reach
+    answers nowhere else (a reply subject is the requester's choice, and could name a
+    market's events, its book or another account's updates)."""
+    return subject.startswith(("_INBOX.", "_SVC."))
+
+
+GATEWAY_INBOX = service_inbox("gateway")
+"""Where engines send a command's events (the ``Tp-Reply`` header): only to gateways."""
+
+_MARKETS_STREAM = f"KV_{MARKETS_BUCKET}"
+_FOLLOW_MARKETS = (  # watch the markets bucket (an ordered push consumer)
+    f"$JS.API.STREAM.INFO.{_MARKETS_STREAM}", f"$JS.API.CONSUMER.CREATE.{_MARKETS_STREAM}",
+    f"$JS.API.CONSUMER.INFO.{_MARKETS_STREAM}.*", f"$JS.FC.{_MARKETS_STREAM}.>",
+)
+_READ_STREAMS = (  # read any stream: info, consumers (push, ordered, pull), messages
+    "$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*",
+    "$JS.API.CONSUMER.CREATE.*", "$JS.API.CONSUMER.INFO.*.*", "$JS.API.CONSUMER.DELETE.*.*",
+    "$JS.API.CONSUMER.MSG.NEXT.*.*", "$JS.FC.>",
+)
+_CREATE_MARKETS = (f"$JS.API.STREAM.CREATE.{_MARKETS_STREAM}",)
+
+
+def _kv(bucket: str) -> str:
+    return f"$KV.{bucket}.>"
+
+
+def _service(name: str, publish: tuple[str, ...], subscribe: tuple[str, ...] = (), *,
+             allow_responses: bool = False) -> Permissions:
+    return Permissions(publish, (f"{service_inbox(name)}.>", *subscribe), allow_responses)
+
+
+SERVICES: dict[str, Permissions] = {
+    # Order entry: commands into the command streams, replies to traders' inboxes only;
+    # reads the market definitions and asks engines and recorders on traders' behalf.
+    "gateway": _service("gateway", (
+        "tp.cmd.*", "_INBOX.*.>", "tp.engine.*.order", "tp.engine.*.openOrders",
+        "tp.history.*.order", "tp.history.*.trades", *_FOLLOW_MARKETS,
+    ), ("tp.api.*.order.*",)),
+    # Matching: a market's streams, events, market data, private updates, results to
+    # gateways, lease and replica reports; answers status and switchover requests.
+    "engine": _service("engine", (
+        "tp.evt.*", "tp.md.*.book", "tp.md.*.trades", "tp.acct.*.orders", _kv(LEASES),
+        _kv(REPLICAS), f"{GATEWAY_INBOX}.>", "tp.engine.>", *_READ_STREAMS,
+        "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*",
+    ), ("tp.evt.*", "tp.engine.>", "tp.md.*.book.snapshot"), allow_responses=True),
+    # Persistence: reads the streams; answers history, status and snapshot requests.
+    "recorder": _service("recorder", (*_READ_STREAMS, *_CREATE_MARKETS),
+                         ("tp.history.*.*", "tp.recorder.>"), allow_responses=True),
+    # The operator: market definitions, sequenced admin commands, internal requests.
+    "operator": _service("operator", (
+        _kv(MARKETS_BUCKET), "tp.cmd.*", "tp.engine.*.status", "tp.engine.*.switchover",
+        "tp.recorder.*.snapshot", *_READ_STREAMS, *_CREATE_MARKETS,
+    )),
+    # An administrator's tools: tradeplane up, status, failover, selftest; may act as any
+    # account, delete streams, anything.
+    "admin": Permissions((">",), (">",)),
+}
+"""Each service's permissions in the exchange's NATS account."""
+
+
+SERVICE_USERS = frozenset({*SERVICES, "auth", "sys"})
+"""Every NATS user that is not a trader (``auth`` and ``sys``: the auth service's)."""
+
+
+def trader_permissions(account: str) -> Permissions:
+    """What a trader may do: its own requests and updates, public market data."""
+    return Permissions(
+        publish=(f"tp.api.{account}.>", "tp.md.*.book.snapshot"),
+        subscribe=(f"{trader_inbox(account)}.>", f"tp.acct.{account}.>", "tp.md.*.book",
+                   "tp.md.*.trades"),
+    )
