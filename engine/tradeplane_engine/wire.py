@@ -154,6 +154,24 @@ def definition_from_manifest(manifest: dict[str, Any]) -> MarketDefinition:
 encode_definition = msgspec.json.Encoder().encode
 decode_definition = msgspec.json.Decoder(MarketDefinition).decode
 
+MAX_DEFINITION = 64 * 1024
+"""Bytes: a market definition is a few hundred; a value this large is no definition."""
+
+
+def definition_entry(key: str, value: bytes) -> MarketDefinition:
+    """The definition stored under ``key`` in the markets bucket.
+
+    Raises ``ValueError`` (``msgspec.DecodeError`` is one) for a value that is larger
+    than ``MAX_DEFINITION``, is not a definition, or defines a market other than
+    ``key``: whoever wrote it, it is not what the operator or ``tradeplane up`` write,
+    and every reader skips it and keeps the market's last good definition."""
+    if len(value) > MAX_DEFINITION:
+        raise ValueError(f"{len(value)} bytes, more than {MAX_DEFINITION}")
+    definition = decode_definition(value)
+    if definition.name != key:
+        raise ValueError(f"the definition names market {definition.name!r}")
+    return definition
+
 
 # -- the command stream ------------------------------------------------------------------
 

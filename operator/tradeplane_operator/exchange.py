@@ -10,11 +10,17 @@ would, and a test checks that what it writes is what the engines read. It
 - asks the leader for a planned switchover and the recorder for a final snapshot.
 
 Nothing here sits in the failover path: replicas elect their leader among themselves.
+
+What the operator reads from the buckets, anyone with access to them may have written:
+a value that is not what an engine (or the operator itself) writes is skipped with a log
+line and counted in ``tradeplane_operator_untrusted_skipped_total`` (the engine's own
+counter is out of reach: the operator imports no engine code).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +30,21 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
 
 MARKETS_BUCKET = "tp-markets"
 REPLICAS_BUCKET = "tp-replicas"
 LEASES_BUCKET = "tp-leases"
+
+MAX_DEFINITION = 64 * 1024
+"""Bytes: a larger value in ``tp-markets`` is no definition (the engines' limit too)."""
+
+UNTRUSTED_SKIPPED = Counter(
+    "tradeplane_operator_untrusted_skipped",
+    "Values in the exchange's buckets the operator read and skipped as malformed "
+    "(what: market definition, replica report, lease)", ["what"])
 
 
 def command_stream(market: str) -> str:
@@ -94,6 +111,12 @@ class Lease:
     """How the holder got it: ``election``, ``failover`` or ``handover`` (a switchover)."""
 
 
+def skipped(what: str, where: str, exc: Exception) -> None:
+    """A malformed value read: one log line, one count."""
+    log.warning("%s skipped: %s", where, str(exc)[:200])
+    UNTRUSTED_SKIPPED.labels(what).inc()
+
+
 def admin_command(command: dict[str, Any]) -> bytes:
     """An admin command as the command stream carries it; the stream stamps the sequence
     and time (the zeros are placeholders the engine overwrites)."""
@@ -144,8 +167,22 @@ class Exchange:
         return entry.value or None
 
     async def definition(self, market: str) -> dict[str, Any] | None:
+        """The definition in the bucket; None if there is none, or none of this market
+        (a value someone else wrote: the operator's next write replaces it)."""
         value = await self._value(MARKETS_BUCKET, market)
-        return json.loads(value) if value else None
+        if not value:
+            return None
+        try:
+            if len(value) > MAX_DEFINITION:
+                raise ValueError(f"{len(value)} bytes, more than {MAX_DEFINITION}")
+            definition = json.loads(value)
+            if not isinstance(definition, dict) or definition.get("name") != market:
+                raise ValueError("not a definition of this market")
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+            skipped("market definition", f"market {market}: definition in {MARKETS_BUCKET}",
+                    exc)
+            return None
+        return definition
 
     async def put_definition(self, market: str, definition: dict[str, Any]) -> None:
         bucket = await self._bucket(MARKETS_BUCKET, create=True)

@@ -15,9 +15,10 @@ import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.lease import REPLICAS_BUCKET
 from tradeplane_engine.service.shutdown import standbys
-from tradeplane_engine.wire import MARKETS_BUCKET, decode_definition, engine_subject
+from tradeplane_engine.wire import MARKETS_BUCKET, definition_entry, engine_subject
 from tradeplane_gateway import Client, LocalBook, Reply, RequestError, connect
 from tradeplane_gateway.errors import ConnectionLostError
 
@@ -147,9 +148,15 @@ async def status_command(args: argparse.Namespace, out: IO[str]) -> int:
         out.write(f"{'market':<12} {'symbol':<10} {'mode':<10} {'sequence':>9} {'trades':>7} "
                   f"{'epoch':>5}  replicas (role, lag in commands)\n")
         for name in names:
-            entry = await kv.get(name)
-            assert entry.value is not None
-            symbol = decode_definition(entry.value).spec().symbol
+            try:
+                entry = await kv.get(name)
+                symbol = definition_entry(name, entry.value or b"").spec().symbol
+            except nats.js.errors.KeyNotFoundError:
+                continue  # deleted since it was listed
+            except ValueError as exc:  # msgspec's DecodeError included
+                out.write(f"{name[:80]:<12} definition refused: {str(exc)[:120]}\n")
+                UNTRUSTED_SKIPPED.labels("cli", "market definition").inc()
+                continue
             members = sorted(replicas.get(name, []), key=lambda status: status["replica"])
             leader = next((m for m in members if m["role"] == "leader"), None)
             shown = ", ".join(f"{m['replica']} ({m['role']}, {m.get('lag', '?')})"
