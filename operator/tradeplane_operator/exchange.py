@@ -93,14 +93,28 @@ class ReplicaReport:
 
     @classmethod
     def decode(cls, data: bytes) -> ReplicaReport:
+        """Raises ``ValueError`` for anything an engine does not write."""
         raw = json.loads(data)
-        return cls(replica=str(raw["replica"]), role=str(raw.get("role", "standby")),
-                   epoch=int(raw.get("epoch", 0)), ready=bool(raw.get("ready", False)),
-                   sequence=int(raw.get("sequence", 0)), lag=int(raw.get("lag", 0)),
-                   mode=str(raw.get("mode", "")),
-                   published_through=int(raw.get("publishedThrough", 0)),
-                   failovers=int(raw.get("failovers", 0)),
-                   last_failover=raw.get("lastFailover"))
+        if not isinstance(raw, dict) or not isinstance(raw.get("replica"), str):
+            raise ValueError("not a replica report")
+        last_failover = raw.get("lastFailover")
+        if last_failover is not None and not _is_time(last_failover):
+            raise ValueError(f"lastFailover {str(last_failover)[:40]} is not a time")
+        try:
+            return cls(replica=raw["replica"], role=str(raw.get("role", "standby")),
+                       epoch=int(raw.get("epoch", 0)), ready=bool(raw.get("ready", False)),
+                       sequence=int(raw.get("sequence", 0)), lag=int(raw.get("lag", 0)),
+                       mode=str(raw.get("mode", "")),
+                       published_through=int(raw.get("publishedThrough", 0)),
+                       failovers=int(raw.get("failovers", 0)),
+                       last_failover=last_failover)
+        except (TypeError, OverflowError) as exc:  # a number that is a list, or infinite
+            raise ValueError(str(exc)) from exc
+
+
+def _is_time(value: Any) -> bool:
+    """Nanoseconds since the Unix epoch, before the year 2262 (what int64 holds)."""
+    return type(value) is int and 0 <= value < 2**63
 
 
 @dataclass(frozen=True)
@@ -233,17 +247,26 @@ class Exchange:
                 continue
             try:
                 reports.append(ReplicaReport.decode(value))
-            except (ValueError, KeyError, TypeError):
-                continue  # not a report this operator understands
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+                skipped("replica report", f"market {market}: {subject[len(prefix):]} in "
+                        f"{REPLICAS_BUCKET}", exc)
         return sorted(reports, key=lambda report: report.replica)
 
     async def lease(self, market: str) -> Lease | None:
+        """The market's lease; None if there is none, or the value is not a lease (the
+        replicas treat that one as lapsed and replace it)."""
         value = await self._value(LEASES_BUCKET, market)
         if value is None:
             return None
-        raw = json.loads(value)
-        return Lease(holder=str(raw.get("holder", "")), epoch=int(raw.get("epoch", 0)),
-                     taken=str(raw.get("taken", "election")))
+        try:
+            raw = json.loads(value)
+            if not isinstance(raw, dict):
+                raise ValueError("not a lease")
+            return Lease(holder=str(raw.get("holder", "")), epoch=int(raw.get("epoch", 0)),
+                         taken=str(raw.get("taken", "election")))
+        except (ValueError, TypeError, OverflowError) as exc:
+            skipped("lease", f"market {market}: lease in {LEASES_BUCKET}", exc)
+            return None
 
     # -- requests ----------------------------------------------------------------------
 

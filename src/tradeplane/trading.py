@@ -119,8 +119,22 @@ async def trades_command(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+class ReplicaStatus(msgspec.Struct, rename="camel"):
+    """What ``status`` shows of a replica's report (the engine's ``MarketService.status``)."""
+
+    market: str
+    replica: str
+    role: str
+    mode: str = ""
+    sequence: int = 0
+    next_trade_id: int = 1
+    epoch: int = 0
+    lag: int | None = None
+
+
 async def replica_statuses(nc: NatsClient) -> dict[str, list[dict[str, Any]]]:
-    """What every live replica last published, by market."""
+    """What every live replica last published, by market. A value that is not a report
+    (anyone with access to the bucket may have written it) is skipped and counted."""
     try:
         kv = await nc.jetstream().key_value(REPLICAS_BUCKET)
         keys = await kv.keys()
@@ -130,9 +144,16 @@ async def replica_statuses(nc: NatsClient) -> dict[str, list[dict[str, Any]]]:
     for key in keys:
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
             entry = await kv.get(key)
-            if entry.value:
-                status = msgspec.json.decode(entry.value)
-                replicas.setdefault(status["market"], []).append(status)
+            if not entry.value:
+                continue
+            try:
+                status = msgspec.json.decode(entry.value, type=ReplicaStatus)
+            except msgspec.DecodeError:
+                UNTRUSTED_SKIPPED.labels("cli", "replica report").inc()
+                continue
+            shown = {field: value for field, value in msgspec.to_builtins(status).items()
+                     if value is not None}
+            replicas.setdefault(status.market, []).append(shown)
     return replicas
 
 
@@ -196,7 +217,7 @@ async def failover_command(args: argparse.Namespace, out: IO[str]) -> int:
         if target is None:
             js = nc.jetstream()
             ready = await standbys(js, await js.key_value(REPLICAS_BUCKET), args.market,
-                                   leader["replica"])
+                                   leader["replica"], "cli")
             if not ready:
                 out.write(f"{args.market}: no caught-up standby to hand over to\n")
                 return 2

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from tests.support.exchange import run
 from tradeplane.processes import NatsServer
-from tradeplane_operator.exchange import MARKETS_BUCKET, Exchange
+from tradeplane_operator.exchange import LEASES_BUCKET, MARKETS_BUCKET, REPLICAS_BUCKET, Exchange
 
 
 def skipped(what: str) -> float:
@@ -38,6 +38,41 @@ def test_a_bad_definition_reads_as_none_and_is_replaced(tmp_path: Path, value: b
                 before = skipped("market definition")
                 assert await exchange.definition("sol-usdt") is None
                 assert skipped("market definition") == before + 1
+            finally:
+                await exchange.close()
+
+    run(scenario())
+
+
+def test_reports_and_leases_that_are_not_are_skipped(tmp_path: Path) -> None:
+    """The status reading goes on with the reports that are real; a lease that is not
+    one reads as none (the replicas let it lapse and replace it)."""
+    good = {"market": "sol-usdt", "replica": "good", "role": "leader", "epoch": 2,
+            "ready": True, "lastFailover": 1_795_293_344_818_800_267}
+    bad = [b"\xff\x00 not json", b'["a"]', b'{"replica": "x", "epoch": 1e400}',
+           json.dumps({**good, "replica": "y", "lastFailover": 1e30}).encode(),
+           json.dumps({**good, "replica": "z", "epoch": [1]}).encode()]
+
+    async def scenario() -> None:
+        with NatsServer(tmp_path / "nats") as server:
+            exchange = await Exchange.connect(server.url)
+            try:
+                js = exchange.nc.jetstream()
+                reports = await js.create_key_value(bucket=REPLICAS_BUCKET, history=1)
+                for number, value in enumerate(bad):
+                    await reports.put(f"sol-usdt.bad-{number}", value)
+                await reports.put("sol-usdt.good", json.dumps(good).encode())
+                before = skipped("replica report")
+                assert [report.replica for report in await exchange.replicas("sol-usdt")] \
+                    == ["good"]
+                assert skipped("replica report") == before + len(bad)
+
+                leases = await js.create_key_value(bucket=LEASES_BUCKET, history=1)
+                for value in (b"\xff not json", b"[1]", b'{"holder": "a", "epoch": 1e400}'):
+                    await leases.put("sol-usdt", value)
+                    before = skipped("lease")
+                    assert await exchange.lease("sol-usdt") is None
+                    assert skipped("lease") == before + 1
             finally:
                 await exchange.close()
 
