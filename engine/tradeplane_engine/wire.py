@@ -44,6 +44,10 @@ HEADER_SEQUENCE = "Tp-Sequence"
 HEADER_EPOCH = "Tp-Epoch"
 """On an events message: the lease epoch of the leader that published it."""
 
+MAX_REQUEST = 4096
+"""Bytes: the largest body an internal request (a switchover, a snapshot) is read from;
+theirs are a few dozen, and a larger one is answered as malformed without decoding it."""
+
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUBJECT = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")

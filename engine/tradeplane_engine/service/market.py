@@ -65,6 +65,7 @@ from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
     HEADER_REPLY,
     HEADER_SEQUENCE,
+    MAX_REQUEST,
     EventBatch,
     MarketDefinition,
     PublicFormatter,
@@ -382,10 +383,15 @@ class MarketService:
         """A planned switchover: hand the lease to a named standby between two batches."""
         if not self.leading or self.lease is None:
             return  # the leader answers
+        if not msg.reply:
+            return  # nobody to tell the outcome: an admin act is done only when asked
+        if len(msg.data) > MAX_REQUEST:
+            await msg.respond(_encode({"error": f"a request over {MAX_REQUEST} bytes"}))
+            return
         try:
             target = msgspec.json.decode(msg.data, type=SwitchoverRequest).to
         except msgspec.MsgspecError as exc:
-            await msg.respond(_encode({"error": str(exc)}))
+            await msg.respond(_encode({"error": str(exc)[:200]}))
             return
         if target == self.replica:
             await msg.respond(_encode({"error": f"{target} leads already"}))

@@ -261,6 +261,8 @@ class Recorder:
             await asyncio.sleep(1.0)
 
     async def _on_status(self, msg: Msg) -> None:
+        if not msg.reply:
+            return  # nobody to answer
         await msg.respond(msgspec.json.encode({
             "market": self.market, "recorded": self.position, "streamEnd": self.stream_end,
             "lag": max(0, self.stream_end - self.position),
