@@ -48,10 +48,26 @@ MAX_REQUEST = 4096
 """Bytes: the largest body an internal request (a switchover, a snapshot) is read from;
 theirs are a few dozen, and a larger one is answered as malformed without decoding it."""
 
+_SEQUENCE = re.compile(r"^[0-9]{1,18}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUBJECT = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
 MAX_SUBJECT = 256
+
+
+def header_sequence(headers: dict[str, str] | None) -> int | None:
+    """An events message's ``Tp-Sequence``: None unless it is a plain decimal number (of
+    at most 18 digits) — what the engine writes; anyone else's header is not trusted."""
+    value = (headers or {}).get(HEADER_SEQUENCE)
+    return int(value) if value is not None and _SEQUENCE.match(value) else None
+
+
+def is_traceparent(value: str) -> bool:
+    """A W3C ``traceparent`` (55 characters): a command's is passed on to its events
+    message's headers, so anything else there is dropped rather than copied."""
+    return bool(_TRACEPARENT.match(value))
 
 
 def is_market_name(name: str) -> bool:
