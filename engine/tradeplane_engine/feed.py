@@ -26,7 +26,7 @@ from tradeplane_engine.access import GATEWAY_INBOX
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.telemetry import TRACEPARENT
-from tradeplane_engine.wire import is_subject
+from tradeplane_engine.wire import is_subject, is_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,14 @@ class CommandFeed:
                             self._stream, sequence, reply[:80])
                 UNTRUSTED_SKIPPED.labels("engine", "reply subject").inc()
                 reply = None
+            trace = headers.get(TRACEPARENT)
+            if trace is not None and not is_traceparent(trace):
+                log.warning("%s: command %d has a traceparent that is not one; dropped",
+                            self._stream, sequence)
+                UNTRUSTED_SKIPPED.labels("engine", "trace header").inc()
+                trace = None
             self._arrived.append(SequencedCommand(
-                sequence, timestamp, msg.data, reply, headers.get(TRACEPARENT)))
+                sequence, timestamp, msg.data, reply, trace))
         else:
             self._arrived.append(SequencedCommand(sequence, timestamp, msg.data, None))
         self._wakeup.set()

@@ -44,10 +44,30 @@ HEADER_SEQUENCE = "Tp-Sequence"
 HEADER_EPOCH = "Tp-Epoch"
 """On an events message: the lease epoch of the leader that published it."""
 
+MAX_REQUEST = 4096
+"""Bytes: the largest body an internal request (a switchover, a snapshot) is read from;
+theirs are a few dozen, and a larger one is answered as malformed without decoding it."""
+
+_SEQUENCE = re.compile(r"^[0-9]{1,18}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUBJECT = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
 MAX_SUBJECT = 256
+
+
+def header_sequence(headers: dict[str, str] | None) -> int | None:
+    """An events message's ``Tp-Sequence``: None unless it is a plain decimal number (of
+    at most 18 digits) — what the engine writes; anyone else's header is not trusted."""
+    value = (headers or {}).get(HEADER_SEQUENCE)
+    return int(value) if value is not None and _SEQUENCE.match(value) else None
+
+
+def is_traceparent(value: str) -> bool:
+    """A W3C ``traceparent`` (55 characters): a command's is passed on to its events
+    message's headers, so anything else there is dropped rather than copied."""
+    return bool(_TRACEPARENT.match(value))
 
 
 def is_market_name(name: str) -> bool:
@@ -153,6 +173,24 @@ def definition_from_manifest(manifest: dict[str, Any]) -> MarketDefinition:
 
 encode_definition = msgspec.json.Encoder().encode
 decode_definition = msgspec.json.Decoder(MarketDefinition).decode
+
+MAX_DEFINITION = 64 * 1024
+"""Bytes: a market definition is a few hundred; a value this large is no definition."""
+
+
+def definition_entry(key: str, value: bytes) -> MarketDefinition:
+    """The definition stored under ``key`` in the markets bucket.
+
+    Raises ``ValueError`` (``msgspec.DecodeError`` is one) for a value that is larger
+    than ``MAX_DEFINITION``, is not a definition, or defines a market other than
+    ``key``: whoever wrote it, it is not what the operator or ``tradeplane up`` write,
+    and every reader skips it and keeps the market's last good definition."""
+    if len(value) > MAX_DEFINITION:
+        raise ValueError(f"{len(value)} bytes, more than {MAX_DEFINITION}")
+    definition = decode_definition(value)
+    if definition.name != key:
+        raise ValueError(f"the definition names market {definition.name!r}")
+    return definition
 
 
 # -- the command stream ------------------------------------------------------------------

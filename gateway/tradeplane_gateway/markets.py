@@ -1,7 +1,9 @@
 """The markets a gateway knows, kept current from the markets key-value bucket.
 
 A market written to the bucket (by ``tradeplane up`` or the operator) is served from
-the next request on; a changed definition replaces the old one; no restart.
+the next request on; a changed definition replaces the old one; no restart. A value
+that is not a definition of the market its key names (whoever wrote it) is skipped with
+a log line and counted; the market keeps its last good definition, or stays unknown.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import msgspec
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.core.market import MarketSpec
-from tradeplane_engine.wire import MarketDefinition, PublicFormatter, decode_definition
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
+from tradeplane_engine.wire import MarketDefinition, PublicFormatter, definition_entry
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +61,15 @@ class MarketDirectory:
                     log.info("market %s removed", key)
             else:
                 try:
-                    definition = decode_definition(value)
-                except (msgspec.MsgspecError, ValueError) as exc:
-                    log.error("market %s: definition refused: %s", key, exc)
+                    definition = definition_entry(key, value)
+                    spec = definition.spec()
+                    known = KnownMarket(definition, spec, PublicFormatter(spec))
+                except (msgspec.MsgspecError, ValueError, ArithmeticError) as exc:
+                    log.error("market %s: definition refused, the last good one stays: %s",
+                              key[:80], str(exc)[:200])
+                    UNTRUSTED_SKIPPED.labels("gateway", "market definition").inc()
                     return
-                spec = definition.spec()
-                self._markets[key] = KnownMarket(definition, spec, PublicFormatter(spec))
+                self._markets[key] = known
                 log.info("market %s: %s tick %s lot %s", key, spec.symbol, spec.tick_size,
                          spec.lot_size)
             self._changed.notify_all()

@@ -10,11 +10,17 @@ would, and a test checks that what it writes is what the engines read. It
 - asks the leader for a planned switchover and the recorder for a final snapshot.
 
 Nothing here sits in the failover path: replicas elect their leader among themselves.
+
+What the operator reads from the buckets, anyone with access to them may have written:
+a value that is not what an engine (or the operator itself) writes is skipped with a log
+line and counted in ``tradeplane_operator_untrusted_skipped_total`` (the engine's own
+counter is out of reach: the operator imports no engine code).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +30,21 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
 
 MARKETS_BUCKET = "tp-markets"
 REPLICAS_BUCKET = "tp-replicas"
 LEASES_BUCKET = "tp-leases"
+
+MAX_DEFINITION = 64 * 1024
+"""Bytes: a larger value in ``tp-markets`` is no definition (the engines' limit too)."""
+
+UNTRUSTED_SKIPPED = Counter(
+    "tradeplane_operator_untrusted_skipped",
+    "Values in the exchange's buckets the operator read and skipped as malformed "
+    "(what: market definition, replica report, lease)", ["what"])
 
 
 def command_stream(market: str) -> str:
@@ -76,14 +93,28 @@ class ReplicaReport:
 
     @classmethod
     def decode(cls, data: bytes) -> ReplicaReport:
+        """Raises ``ValueError`` for anything an engine does not write."""
         raw = json.loads(data)
-        return cls(replica=str(raw["replica"]), role=str(raw.get("role", "standby")),
-                   epoch=int(raw.get("epoch", 0)), ready=bool(raw.get("ready", False)),
-                   sequence=int(raw.get("sequence", 0)), lag=int(raw.get("lag", 0)),
-                   mode=str(raw.get("mode", "")),
-                   published_through=int(raw.get("publishedThrough", 0)),
-                   failovers=int(raw.get("failovers", 0)),
-                   last_failover=raw.get("lastFailover"))
+        if not isinstance(raw, dict) or not isinstance(raw.get("replica"), str):
+            raise ValueError("not a replica report")
+        last_failover = raw.get("lastFailover")
+        if last_failover is not None and not _is_time(last_failover):
+            raise ValueError(f"lastFailover {str(last_failover)[:40]} is not a time")
+        try:
+            return cls(replica=raw["replica"], role=str(raw.get("role", "standby")),
+                       epoch=int(raw.get("epoch", 0)), ready=bool(raw.get("ready", False)),
+                       sequence=int(raw.get("sequence", 0)), lag=int(raw.get("lag", 0)),
+                       mode=str(raw.get("mode", "")),
+                       published_through=int(raw.get("publishedThrough", 0)),
+                       failovers=int(raw.get("failovers", 0)),
+                       last_failover=last_failover)
+        except (TypeError, OverflowError) as exc:  # a number that is a list, or infinite
+            raise ValueError(str(exc)) from exc
+
+
+def _is_time(value: Any) -> bool:
+    """Nanoseconds since the Unix epoch, before the year 2262 (what int64 holds)."""
+    return type(value) is int and 0 <= value < 2**63
 
 
 @dataclass(frozen=True)
@@ -92,6 +123,12 @@ class Lease:
     epoch: int
     taken: str = "election"
     """How the holder got it: ``election``, ``failover`` or ``handover`` (a switchover)."""
+
+
+def skipped(what: str, where: str, exc: Exception) -> None:
+    """A malformed value read: one log line, one count."""
+    log.warning("%s skipped: %s", where, str(exc)[:200])
+    UNTRUSTED_SKIPPED.labels(what).inc()
 
 
 def admin_command(command: dict[str, Any]) -> bytes:
@@ -153,8 +190,22 @@ class Exchange:
         return entry.value or None
 
     async def definition(self, market: str) -> dict[str, Any] | None:
+        """The definition in the bucket; None if there is none, or none of this market
+        (a value someone else wrote: the operator's next write replaces it)."""
         value = await self._value(MARKETS_BUCKET, market)
-        return json.loads(value) if value else None
+        if not value:
+            return None
+        try:
+            if len(value) > MAX_DEFINITION:
+                raise ValueError(f"{len(value)} bytes, more than {MAX_DEFINITION}")
+            definition = json.loads(value)
+            if not isinstance(definition, dict) or definition.get("name") != market:
+                raise ValueError("not a definition of this market")
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+            skipped("market definition", f"market {market}: definition in {MARKETS_BUCKET}",
+                    exc)
+            return None
+        return definition
 
     async def put_definition(self, market: str, definition: dict[str, Any]) -> None:
         bucket = await self._bucket(MARKETS_BUCKET, create=True)
@@ -205,17 +256,26 @@ class Exchange:
                 continue
             try:
                 reports.append(ReplicaReport.decode(value))
-            except (ValueError, KeyError, TypeError):
-                continue  # not a report this operator understands
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+                skipped("replica report", f"market {market}: {subject[len(prefix):]} in "
+                        f"{REPLICAS_BUCKET}", exc)
         return sorted(reports, key=lambda report: report.replica)
 
     async def lease(self, market: str) -> Lease | None:
+        """The market's lease; None if there is none, or the value is not a lease (the
+        replicas treat that one as lapsed and replace it)."""
         value = await self._value(LEASES_BUCKET, market)
         if value is None:
             return None
-        raw = json.loads(value)
-        return Lease(holder=str(raw.get("holder", "")), epoch=int(raw.get("epoch", 0)),
-                     taken=str(raw.get("taken", "election")))
+        try:
+            raw = json.loads(value)
+            if not isinstance(raw, dict):
+                raise ValueError("not a lease")
+            return Lease(holder=str(raw.get("holder", "")), epoch=int(raw.get("epoch", 0)),
+                         taken=str(raw.get("taken", "election")))
+        except (ValueError, TypeError, OverflowError) as exc:
+            skipped("lease", f"market {market}: lease in {LEASES_BUCKET}", exc)
+            return None
 
     # -- requests ----------------------------------------------------------------------
 

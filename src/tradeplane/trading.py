@@ -16,9 +16,10 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from tradeplane_engine.access import Access, trader_inbox
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.lease import REPLICAS_BUCKET
 from tradeplane_engine.service.shutdown import standbys
-from tradeplane_engine.wire import MARKETS_BUCKET, decode_definition, engine_subject
+from tradeplane_engine.wire import MARKETS_BUCKET, definition_entry, engine_subject
 from tradeplane_gateway import Client, LocalBook, Reply, RequestError, connect
 from tradeplane_gateway.errors import ConnectionLostError
 
@@ -129,8 +130,22 @@ async def trades_command(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+class ReplicaStatus(msgspec.Struct, rename="camel"):
+    """What ``status`` shows of a replica's report (the engine's ``MarketService.status``)."""
+
+    market: str
+    replica: str
+    role: str
+    mode: str = ""
+    sequence: int = 0
+    next_trade_id: int = 1
+    epoch: int = 0
+    lag: int | None = None
+
+
 async def replica_statuses(nc: NatsClient) -> dict[str, list[dict[str, Any]]]:
-    """What every live replica last published, by market."""
+    """What every live replica last published, by market. A value that is not a report
+    (anyone with access to the bucket may have written it) is skipped and counted."""
     try:
         kv = await nc.jetstream().key_value(REPLICAS_BUCKET)
         keys = await kv.keys()
@@ -140,9 +155,16 @@ async def replica_statuses(nc: NatsClient) -> dict[str, list[dict[str, Any]]]:
     for key in keys:
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
             entry = await kv.get(key)
-            if entry.value:
-                status = msgspec.json.decode(entry.value)
-                replicas.setdefault(status["market"], []).append(status)
+            if not entry.value:
+                continue
+            try:
+                status = msgspec.json.decode(entry.value, type=ReplicaStatus)
+            except msgspec.DecodeError:
+                UNTRUSTED_SKIPPED.labels("cli", "replica report").inc()
+                continue
+            shown = {field: value for field, value in msgspec.to_builtins(status).items()
+                     if value is not None}
+            replicas.setdefault(status.market, []).append(shown)
     return replicas
 
 
@@ -158,9 +180,15 @@ async def status_command(args: argparse.Namespace, out: IO[str]) -> int:
         out.write(f"{'market':<12} {'symbol':<10} {'mode':<10} {'sequence':>9} {'trades':>7} "
                   f"{'epoch':>5}  replicas (role, lag in commands)\n")
         for name in names:
-            entry = await kv.get(name)
-            assert entry.value is not None
-            symbol = decode_definition(entry.value).spec().symbol
+            try:
+                entry = await kv.get(name)
+                symbol = definition_entry(name, entry.value or b"").spec().symbol
+            except nats.js.errors.KeyNotFoundError:
+                continue  # deleted since it was listed
+            except ValueError as exc:  # msgspec's DecodeError included
+                out.write(f"{name[:80]:<12} definition refused: {str(exc)[:120]}\n")
+                UNTRUSTED_SKIPPED.labels("cli", "market definition").inc()
+                continue
             members = sorted(replicas.get(name, []), key=lambda status: status["replica"])
             leader = next((m for m in members if m["role"] == "leader"), None)
             shown = ", ".join(f"{m['replica']} ({m['role']}, {m.get('lag', '?')})"
@@ -200,7 +228,7 @@ async def failover_command(args: argparse.Namespace, out: IO[str]) -> int:
         if target is None:
             js = nc.jetstream()
             ready = await standbys(js, await js.key_value(REPLICAS_BUCKET), args.market,
-                                   leader["replica"])
+                                   leader["replica"], "cli")
             if not ready:
                 out.write(f"{args.market}: no caught-up standby to hand over to\n")
                 return 2

@@ -52,7 +52,7 @@ from tradeplane_engine.wire import (
     MarketDefinition,
     api_subject,
     command_stream,
-    decode_definition,
+    definition_entry,
     definition_from_manifest,
     encode_definition,
     engine_subject,
@@ -127,8 +127,8 @@ async def sequence_mode_change(js: JetStreamContext, kv: KeyValue,
     if not entry.value:
         return None
     try:
-        current = decode_definition(entry.value)
-    except msgspec.DecodeError:  # unreadable: the manifest replaces it, as before
+        current = definition_entry(definition.name, entry.value)
+    except ValueError:  # not a definition of this market: the manifest replaces it
         return None
     if current.trading_mode == definition.trading_mode:
         return None

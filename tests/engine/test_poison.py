@@ -7,9 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
-from tradeplane_engine.wire import HEADER_REPLY, command_subject
+from tradeplane_engine.telemetry import TRACEPARENT
+from tradeplane_engine.wire import (
+    HEADER_REPLY,
+    HEADER_SEQUENCE,
+    command_subject,
+    event_stream,
+    event_subject,
+)
 from tradeplane_gateway import connect
 
 PLACE = (b'{"type":"place","sequence":0,"timestamp":0,"account":%s,"side":"buy",'
@@ -40,6 +48,43 @@ def test_a_poison_command_leaves_the_market_serving(tmp_path: Path, payload: byt
                              "the poison command applied or skipped")
             placed = await alice.place("sol-usdt", "buy", "1", "99")
             assert placed.ok
+            assert placed.sequence == 2
+            assert not exchange.engine_tasks["sol-usdt"].done()
+
+    run(scenario(), timeout=60)
+
+
+def skipped(what: str) -> float:
+    return REGISTRY.get_sample_value("tradeplane_untrusted_skipped_total", {
+        "component": "engine", "what": what}) or 0.0
+
+
+def test_headers_nobody_should_have_written_never_stop_the_market(tmp_path: Path) -> None:
+    """A command's ``traceparent`` that is not one is not copied into its events
+    message; events messages at the stream's end whose ``Tp-Sequence`` is not a number
+    (someone else's) are stepped over by an engine starting on the stream, where they
+    failed its start."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            js = exchange.nc.jetstream()
+            before = {what: skipped(what) for what in ("trace header", "events header")}
+            await js.publish(command_subject("sol-usdt"), PLACE % b'"mallory"',
+                             headers={TRACEPARENT: "00-" + "x" * 5000})
+            service = exchange.services["sol-usdt"]
+            await eventually(lambda: service.published_through >= 1, 10, "the command")
+            stored = await js.get_msg(event_stream("sol-usdt"), 1)
+            assert TRACEPARENT not in (stored.headers or {})
+            assert skipped("trace header") == before["trace header"] + 1
+
+            await exchange.stop_engine("sol-usdt")
+            for sequence in ("not a number", "9" * 40, "-1"):
+                await js.publish(event_subject("sol-usdt"), b"{}",
+                                 headers={HEADER_SEQUENCE: sequence})
+            restarted = await exchange.start_engine(SOL)
+            assert restarted.published_through == 1
+            assert skipped("events header") >= before["events header"] + 3
+            placed = await alice.place("sol-usdt", "buy", "1", "99")
             assert placed.sequence == 2
             assert not exchange.engine_tasks["sol-usdt"].done()
 

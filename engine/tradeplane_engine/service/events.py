@@ -3,7 +3,11 @@
 Every message goes out at once with its own reply subject; the batch is done when the
 stream has acknowledged every one of them. Each message carries ``Nats-Msg-Id``
 ``<market>:<sequence>``, so when acknowledgements do not come in time the missing ones
-are simply sent again: the stream stores each at most once. This is nats-py's
+are simply sent again: the stream stores each at most once. An acknowledgement that
+says ``duplicate`` is checked against what the stream holds (``Forged``): it is either
+this message sent before, or another leader's for the same command — the same bytes,
+events being deterministic — or a message someone else published under the id first,
+which would make the stream drop the real events silently. This is nats-py's
 ``publish_async`` without its per-message semaphore, task and JSON parsing, which cost
 more than the matching itself.
 """
@@ -17,6 +21,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from tradeplane_engine.connection import NATS_ERRORS
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.telemetry import TRACEPARENT
 from tradeplane_engine.wire import (
     HEADER_EPOCH,
@@ -24,6 +30,7 @@ from tradeplane_engine.wire import (
     HEADER_SEQUENCE,
     PubAck,
     decode_pub_ack,
+    event_stream,
     event_subject,
 )
 
@@ -40,6 +47,11 @@ class Fenced(PublishError):  # noqa: N818 - what happened to us, not an error of
     """The events stream moved on without us: another replica leads now."""
 
 
+class Forged(Fenced):
+    """The stream holds, under one of our message ids, a message no engine wrote: the
+    command's real events are lost. The leader stops leading, as when fenced."""
+
+
 WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code when ``Nats-Expected-Last-Sequence`` does not match."""
 
@@ -52,6 +64,8 @@ class EventsPublisher:
         self._subject = event_subject(market)
         self._inbox = nc.new_inbox()
         self._waiting: set[int] = set()
+        self._duplicates: dict[int, int] = {}
+        """Command sequence -> stream sequence of a message acknowledged as a duplicate."""
         self._done: asyncio.Future[None] | None = None
         self._sub: Subscription | None = None
 
@@ -75,7 +89,8 @@ class EventsPublisher:
         since, the stream refuses and ``Fenced`` is raised (data-plane fencing).
         """
         expected = {sequence: after + index for index, (sequence, _) in enumerate(batch)}
-        pending = dict(batch)
+        payloads = pending = dict(batch)
+        self._duplicates = {}
         attempt = 0
         while pending:
             self._waiting = set(pending)
@@ -91,6 +106,7 @@ class EventsPublisher:
                                       headers=headers)
             try:
                 await asyncio.wait_for(asyncio.shield(self._done), self.ack_timeout)
+                await self._check_duplicates(payloads)
                 return
             except TimeoutError:
                 attempt += 1
@@ -98,6 +114,25 @@ class EventsPublisher:
                 log.warning("market %s: %d events messages not acknowledged in %.1f s "
                             "(attempt %d); sending them again", self.market, len(pending),
                             self.ack_timeout, attempt)
+
+    async def _check_duplicates(self, payloads: dict[int, bytes]) -> None:
+        """Raise ``Forged`` if a message acknowledged as a duplicate is not ours.
+
+        Duplicates come only from retries and takeovers, so this read is rare. When it
+        cannot be made (NATS away), the duplicate is taken as ours, as it was before."""
+        for sequence, stream_sequence in self._duplicates.items():
+            try:
+                stored = await self.nc.jetstream().get_msg(event_stream(self.market),
+                                                            stream_sequence)
+            except NATS_ERRORS as exc:
+                log.warning("market %s: events message %d acknowledged as a duplicate; "
+                            "not checked (%s)", self.market, sequence, type(exc).__name__)
+                continue
+            if stored.data != payloads[sequence]:
+                UNTRUSTED_SKIPPED.labels("engine", "forged events message").inc()
+                raise Forged(
+                    f"events stream of {self.market} holds message {stream_sequence} under "
+                    f"the id of command {sequence}'s events, and it is not them")
 
     async def _on_ack(self, msg: Msg) -> None:
         sequence = int(msg.subject.rpartition(".")[2])
@@ -109,6 +144,8 @@ class EventsPublisher:
             self._done.set_exception(kind(
                 f"events stream of {self.market} refused sequence {sequence}: {ack.error}"))
             return
+        if ack.duplicate:
+            self._duplicates[sequence] = ack.seq
         self._waiting.discard(sequence)
         if not self._waiting:
             self._done.set_result(None)

@@ -66,6 +66,7 @@ from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
     HEADER_REPLY,
     HEADER_SEQUENCE,
+    MAX_REQUEST,
     EventBatch,
     MarketDefinition,
     PublicFormatter,
@@ -76,6 +77,7 @@ from tradeplane_engine.wire import (
     engine_subject,
     event_stream,
     event_subject,
+    header_sequence,
     is_subject,
 )
 
@@ -86,6 +88,9 @@ log = logging.getLogger(__name__)
 
 RECENT_ORDERS = 100_000
 """Finished orders the engine remembers for status queries (PostgreSQL keeps them all)."""
+
+UNREADABLE_LOOKBACK = 1000
+"""Events messages without a readable ``Tp-Sequence`` stepped over at the stream's end."""
 
 _encode = msgspec.json.Encoder().encode
 _TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED)
@@ -383,10 +388,15 @@ class MarketService:
         """A planned switchover: hand the lease to a named standby between two batches."""
         if not self.leading or self.lease is None:
             return  # the leader answers
+        if not msg.reply:
+            return  # nobody to tell the outcome: an admin act is done only when asked
+        if len(msg.data) > MAX_REQUEST:
+            await msg.respond(_encode({"error": f"a request over {MAX_REQUEST} bytes"}))
+            return
         try:
             target = msgspec.json.decode(msg.data, type=SwitchoverRequest).to
         except msgspec.MsgspecError as exc:
-            await msg.respond(_encode({"error": str(exc)}))
+            await msg.respond(_encode({"error": str(exc)[:200]}))
             return
         if target == self.replica:
             await msg.respond(_encode({"error": f"{target} leads already"}))
@@ -442,7 +452,12 @@ class MarketService:
         """What the leader stored: a standby forgets the events it no longer needs."""
         if self.leading or msg.headers is None:
             return
-        sequence = int(msg.headers.get(HEADER_SEQUENCE, "0"))
+        sequence = header_sequence(msg.headers)
+        if sequence is None:
+            log.warning("market %s: an events message with Tp-Sequence %r; ignored",
+                        self.market, str(msg.headers.get(HEADER_SEQUENCE))[:40])
+            UNTRUSTED_SKIPPED.labels("engine", "events header").inc()
+            return
         if sequence > self.published_through:
             self.published_through = sequence
         self._confirm(sequence)
@@ -459,12 +474,32 @@ class MarketService:
             del pending[:keep]
 
     async def _last_events_message(self) -> tuple[int, int]:
-        """(stream sequence, command sequence) of the events stream's last message."""
+        """(stream sequence, command sequence) of the events stream's last message.
+
+        The command sequence is the last one whose ``Tp-Sequence`` an engine could have
+        written: a message after it without a readable one (someone else wrote it) is
+        stepped over, looking back at most ``UNREADABLE_LOOKBACK`` messages."""
+        stream = event_stream(self.market)
         try:
-            last = await self.js.get_last_msg(event_stream(self.market), self._event_subject)
+            message = await self.js.get_last_msg(stream, self._event_subject)
         except NotFoundError:
             return 0, 0
-        return last.seq or 0, int((last.headers or {}).get(HEADER_SEQUENCE, "0"))
+        last = position = message.seq or 0
+        for _ in range(UNREADABLE_LOOKBACK):
+            sequence = header_sequence(message.headers)
+            if sequence is not None:
+                return last, sequence
+            log.warning("market %s: events message %d has no readable Tp-Sequence; "
+                        "looking at the one before", self.market, position)
+            UNTRUSTED_SKIPPED.labels("engine", "events header").inc()
+            position -= 1
+            if position < 1:
+                break
+            try:
+                message = await self.js.get_msg(stream, position)
+            except NotFoundError:
+                break  # before the stream's first message: nothing is known published
+        return last, 0
 
     def _remember(self, events: list[AnyEvent]) -> None:
         """Keep the last state of finished and rejected orders for status queries.

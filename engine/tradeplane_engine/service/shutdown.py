@@ -23,6 +23,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.connection import NATS_ERRORS
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.lease import REPLICAS_BUCKET
 
 if TYPE_CHECKING:
@@ -44,9 +45,10 @@ class _Report(msgspec.Struct):
 
 
 async def standbys(js: JetStreamContext, replicas: KeyValue, market: str,
-                   leaving: str) -> list[str]:
+                   leaving: str, component: str = "engine") -> list[str]:
     """The market's ready standbys other than ``leaving``, least behind first, as their
-    last reports say. A report that is not one is skipped.
+    last reports say. A report that is not one (anyone with access to the bucket may
+    have written it) is skipped, logged and counted for ``component``.
 
     The keys come from the bucket's stream subjects under ``<market>.`` (nats-py's
     ``keys(filters=...)`` matches substrings, and a KV watch's "no more values" marker
@@ -64,7 +66,8 @@ async def standbys(js: JetStreamContext, replicas: KeyValue, market: str,
             continue  # expired meanwhile
         except msgspec.DecodeError as exc:
             log.warning("market %s: replica report %s is not a report (%s); skipped",
-                        market, key, exc)
+                        market, key[:80], str(exc)[:200])
+            UNTRUSTED_SKIPPED.labels(component, "replica report").inc()
             continue
         if (report.market == market and report.replica != leaving
                 and report.role == "standby" and report.ready):

@@ -21,19 +21,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 
 import asyncpg
-import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
+from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.store.queries import History
 from tradeplane_engine.store.recorder import RECORDED, RECORDER_LAG, Recorder
 from tradeplane_engine.store.snapshots import Snapshotter
 from tradeplane_engine.wire import (
     MarketDefinition,
     command_stream,
-    decode_definition,
+    definition_entry,
     event_stream,
 )
 
@@ -162,13 +162,11 @@ class RecordedMarkets:
             await self._stop(key, "deleted from the markets bucket")
             return
         try:
-            definition = decode_definition(value)
-        except (msgspec.MsgspecError, ValueError) as exc:
-            log.error("market %s: definition refused, nothing changes: %s", key, exc)
-            return
-        if definition.name != key:
-            log.error("market %s: the definition names %s; nothing changes", key,
-                      definition.name)
+            definition = definition_entry(key, value)
+        except ValueError as exc:  # msgspec's DecodeError included
+            log.error("market %s: definition refused, nothing changes: %s", key[:80],
+                      str(exc)[:200])
+            UNTRUSTED_SKIPPED.labels("recorder", "market definition").inc()
             return
         running = self._definitions.get(key)
         if running is not None:

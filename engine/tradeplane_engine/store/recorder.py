@@ -8,6 +8,13 @@ where the database really is and continues from there. Its position is the datab
 own: the highest events-stream sequence in the journal, read at start — so a recorder
 killed at any point resumes without gaps or duplicates.
 
+The engine publishes exactly one events message per command, in command order, so the
+command sequence an events message carries must be the one after the last recorded.
+One that is not (a copy of a recorded command's events published again under a new
+stream sequence, one that goes backwards or skips ahead) was not written by the
+market's leader; like a message that does not decode, it is quarantined and stepped
+over, never a reason to stop recording.
+
 If PostgreSQL goes away the batch is kept and written again once it is back; the feed
 stops pulling while the batch waits, so memory stays bounded. The lag (events in the
 stream, not yet in the database) is a Prometheus gauge and is answered on
@@ -104,12 +111,14 @@ async def record(connection: asyncpg.Connection, rows: Rows) -> None:
                                                        columns=columns)
 
 
-async def recorded_position(connection: asyncpg.Connection, market: str) -> int:
-    """The last events-stream message recorded: journaled, or quarantined as unreadable."""
-    position = await connection.fetchval(
+async def recorded_position(connection: asyncpg.Connection, market: str) -> tuple[int, int]:
+    """The last events-stream message recorded (journaled, or quarantined), and the last
+    command sequence journaled."""
+    row = await connection.fetchrow(
         "SELECT greatest((SELECT max(stream_sequence) FROM journal WHERE market = $1),"
-        " (SELECT max(stream_sequence) FROM quarantine WHERE market = $1))", market)
-    return int(position or 0)
+        " (SELECT max(stream_sequence) FROM quarantine WHERE market = $1)) AS position,"
+        " (SELECT max(sequence) FROM journal WHERE market = $1) AS command", market)
+    return int(row["position"] or 0), int(row["command"] or 0)
 
 
 class Recorder:
@@ -124,6 +133,9 @@ class Recorder:
         self.batch = batch
         self.position = 0
         """The last events-stream sequence written to PostgreSQL."""
+        self.command_sequence = 0
+        """The last command sequence journaled: the next events message must carry the
+        one after it."""
         self.stream_end = 0
         self.metrics = RecorderMetrics(self.market)
 
@@ -134,7 +146,7 @@ class Recorder:
         lag = asyncio.create_task(self._follow_lag())
         try:
             while True:
-                self.position = await self._with_database(
+                self.position, self.command_sequence = await self._with_database(
                     lambda connection: recorded_position(connection, self.market))
                 RECORDED.labels(self.market).set(self.position)
                 log.info("recorder %s: resuming after events message %d", self.market,
@@ -165,6 +177,8 @@ class Recorder:
                 if telemetry.enabled:
                     self._trace(started, messages)
                 self.position = messages[-1].sequence
+                if rows.journal:
+                    self.command_sequence = rows.journal[-1][1]
                 RECORDED.labels(self.market).set(self.position)
                 RECORDER_LAG.labels(self.market).set(max(0, self.stream_end - self.position))
         finally:
@@ -181,23 +195,33 @@ class Recorder:
             for message in messages if message.trace])
 
     def rows(self, messages: list[SequencedCommand]) -> Rows:
+        """The batch's rows; what is not the market's next command's events is quarantined."""
         rows = Rows()
+        last = self.command_sequence
         for message in messages:
             try:
                 batch = decode_events(message.data)
                 payload = message.data.decode()
                 if batch.market != self.market:
                     raise ValueError(f"events of market {batch.market[:80]!r}")
+                if batch.sequence <= last:
+                    raise ValueError(f"duplicate command sequence {batch.sequence} "
+                                     f"(recorded through {last})")
+                if batch.sequence != last + 1:
+                    raise ValueError(f"command sequence {batch.sequence} skips ahead of "
+                                     f"{last + 1}")
             except (msgspec.DecodeError, ValueError) as exc:  # UnicodeDecodeError included
-                # Only an engine writes here: someone else did (or a defect). Kept aside
-                # whole, stepped over; never a reason to stop recording the market.
-                log.warning("recorder %s: events message %d is unreadable (%s); quarantined",
+                # Only an engine writes here, one message per command in order: someone
+                # else did (or a defect). Kept aside whole, stepped over; never a reason
+                # to stop recording the market.
+                log.warning("recorder %s: events message %d refused (%s); quarantined",
                             self.market, message.sequence, exc)
                 UNTRUSTED_SKIPPED.labels("recorder", "events message").inc()
                 rows.quarantined.append((self.market, message.sequence, message.data,
                                          str(exc)[:500]))
                 continue
             rows.add(message.sequence, batch, payload)
+            last = batch.sequence
         return rows
 
     async def _write(self, connection: asyncpg.Connection, rows: Rows) -> None:
@@ -237,6 +261,8 @@ class Recorder:
             await asyncio.sleep(1.0)
 
     async def _on_status(self, msg: Msg) -> None:
+        if not msg.reply:
+            return  # nobody to answer
         await msg.respond(msgspec.json.encode({
             "market": self.market, "recorded": self.position, "streamEnd": self.stream_end,
             "lag": max(0, self.stream_end - self.position),

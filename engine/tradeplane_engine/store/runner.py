@@ -89,7 +89,7 @@ async def run_recorders(servers: str, markets: Sequence[str] | None, dsn: str,
 async def _record_named(nc: Client, pool: asyncpg.Pool, kv: KeyValue,
                         markets: Sequence[str]) -> None:
     """The named markets, once each is defined; a failure of any ends them all."""
-    definitions = [await market_definition(kv, market) for market in markets]
+    definitions = [await market_definition(kv, market, "recorder") for market in markets]
     histories = [History(nc, pool, definition) for definition in definitions]
     for history in histories:
         await history.start()

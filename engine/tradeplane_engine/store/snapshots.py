@@ -42,6 +42,7 @@ from tradeplane_engine.core.state import digest
 from tradeplane_engine.feed import CommandFeed
 from tradeplane_engine.store.errors import with_connection
 from tradeplane_engine.wire import (
+    MAX_REQUEST,
     MarketDefinition,
     command_stream,
     decode_command,
@@ -295,6 +296,8 @@ class Snapshotter:
         """Reply with the snapshot, or with an error and its code; never raise."""
         reply: dict[str, Any]
         try:
+            if len(msg.data) > MAX_REQUEST:
+                raise msgspec.DecodeError(f"a request over {MAX_REQUEST} bytes")
             request = _decode_request(msg.data)
             sequence, state_hash = await self.snapshot_through(request.through)
             reply = {"market": self.market, "sequence": sequence, "stateHash": state_hash}

@@ -259,11 +259,16 @@ def test_history_reads_rejections_stored_before_they_named_their_command(
     b"\xff\x00 not json",
     b'{"market":"sol-usdt","sequence":2}',
     b'{"market":"other-usdt","sequence":2,"timestamp":2,"events":[]}',
-], ids=["not JSON", "not an events message", "another market's events"])
+    encode_events(EventBatch("sol-usdt", 1, 1, [])),
+    encode_events(EventBatch("sol-usdt", 7, 2, [])),
+], ids=["not JSON", "not an events message", "another market's events",
+        "a recorded command's events again", "a command sequence that skips ahead"])
 def test_an_unreadable_events_message_is_quarantined_and_recording_goes_on(
         tmp_path: Path, database: str, payload: bytes) -> None:
-    """Only an engine writes a market's events stream; whatever else is found there is
-    kept aside in the quarantine table and stepped over, also after a restart."""
+    """Only an engine writes a market's events stream, one message per command in
+    order; whatever else is found there (a copy of a recorded command's events under a
+    new stream sequence made the recorder retry one batch for ever) is kept aside in the
+    quarantine table and stepped over, also after a restart."""
     async def scenario() -> None:
         pool = await open_database(database)
         async with local_exchange(tmp_path, SOL, engines=False) as exchange:
