@@ -36,7 +36,6 @@ from tradeplane_engine.access import TRADERS_ACCOUNT, Access, AccessError, trade
 from tradeplane_engine.connection import NATS_ERRORS, connect
 from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
-from tradeplane_engine.store.runner import open_database
 from tradeplane_gateway import accounts
 
 log = logging.getLogger(__name__)
@@ -242,24 +241,21 @@ class AuthService:
         return found
 
 
-async def run_auth(servers: str, dsn: str, issuer_seed_file: str, access: Access,
+async def run_auth(servers: str, pool: asyncpg.Pool, issuer_seed_file: str, access: Access,
                    system: Access, started: asyncio.Event | None = None) -> None:
-    """The auth service until cancelled: ``access`` is its callout user's, ``system``
-    its system-account user's, ``issuer_seed_file`` the signing key NATS trusts."""
+    """The auth service until cancelled: ``pool`` on the accounts' (migrated) database,
+    ``access`` its callout user's credentials, ``system`` its system-account user's,
+    ``issuer_seed_file`` the signing key NATS trusts."""
     try:
         issuer = nkeys.from_seed(Path(issuer_seed_file).read_text().strip().encode())
     except (OSError, ValueError, nkeys.NkeysError) as exc:
         raise AccessError(f"issuer seed {issuer_seed_file}: {exc}") from None
-    pool = await open_database(dsn, size=4)
+    callout = await connect(servers, "tradeplane-auth", "auth", access)
     try:
-        callout = await connect(servers, "tradeplane-auth", "auth", access)
+        system_connection = await connect(servers, "tradeplane-auth-system", "auth", system)
         try:
-            system_connection = await connect(servers, "tradeplane-auth-system", "auth", system)
-            try:
-                await AuthService(callout, system_connection, pool, issuer).run(started)
-            finally:
-                await system_connection.drain()
+            await AuthService(callout, system_connection, pool, issuer).run(started)
         finally:
-            await callout.drain()
+            await system_connection.drain()
     finally:
-        await pool.close()
+        await callout.drain()

@@ -420,7 +420,13 @@ async def _auth(args: argparse.Namespace, stop: asyncio.Event) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port)
-    await _until(stop, run_auth(args.nats, dsn, args.issuer_seed, args.access, system))
+    from tradeplane_engine.store.runner import open_database
+
+    pool = await open_database(dsn)
+    try:
+        await _until(stop, run_auth(args.nats, pool, args.issuer_seed, args.access, system))
+    finally:
+        await pool.close()
     return 0
 
 

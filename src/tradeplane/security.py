@@ -83,7 +83,7 @@ def init(directory: Path) -> SecurityFiles:
 
 def issuer_public(files: SecurityFiles) -> str:
     seed = files.issuer_seed.read_text().strip().encode()
-    return nkeys.from_seed(seed).public_key.decode()
+    return str(nkeys.from_seed(seed).public_key.decode())
 
 
 def render_config(issuer: str, passwords: dict[str, str]) -> str:
