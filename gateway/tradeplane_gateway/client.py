@@ -171,14 +171,16 @@ async def connect(servers: str | list[str] = "nats://127.0.0.1:4222", *,
     (``{"user": account, "password": secret}``, as ``tradeplane accounts create`` writes
     it). Replies come to the account's own inboxes (``_INBOX.<account>``), the only ones
     a trader may read. Other ``options`` go to ``nats.connect`` (TLS, callbacks...)."""
-    if credentials is not None:
+    if credentials is not None:  # a trader's, or a service's that may act as ``account``
         loaded = Credentials.load(credentials)
-        account, secret = account or loaded.user, loaded.password
-    if account is None:
-        raise ValueError("connect needs an account (or a credentials file)")
-    if secret is not None:
+        account = account or loaded.user
+        options.setdefault("user", loaded.user)
+        options.setdefault("password", loaded.password)
+    elif secret is not None and account is not None:
         options.setdefault("user", account)
         options.setdefault("password", secret)
+    if account is None:
+        raise ValueError("connect needs an account (or a credentials file)")
     options.setdefault("inbox_prefix", trader_inbox(account))
     nc = await nats.connect(servers, **options)
     try:

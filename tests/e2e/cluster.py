@@ -51,9 +51,12 @@ class Cluster:
             args = {"recorder": ["recorder", "--market", self.market],
                     "gateway": ["gateway"]}[role]
         log = (self.logs / f"{role}.log").open("ab")
+        identity = "engine" if role.startswith("engine") else role
+        assert self.server.secrets is not None
         self.processes[role] = spawn(
-            [*self.wrap.get(role, []), sys.executable, "-m", "tradeplane", "--nats", self.url,
-             *args], log=log,
+            [*self.wrap.get(role, []), sys.executable, "-m", "tradeplane",
+             "--nats", self.server.url,
+             "--credentials", str(self.server.secrets.credentials(identity)), *args], log=log,
             env={**os.environ, "TRADEPLANE_POSTGRES_DSN": self.dsn, "PYTHONUNBUFFERED": "1"})
 
     def kill(self, role: str) -> None:
@@ -156,14 +159,17 @@ async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
                   wrap: dict[str, list[str]] | None = None) -> AsyncIterator[Cluster]:
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    server = NatsServer(directory / "nats").start()
-    nc = await nats.connect(server.url)
-    running = Cluster(server.url, dsn, definition, logs, nc, server, wrap=wrap or {})
+    server = NatsServer.secured(directory / "nats").start()
+    admin = server.access("admin")
+    nc = await nats.connect(server.url, **admin.options())
+    # Test traders connect(cluster.url, account=...) as the admin, who may act as anyone.
+    running = Cluster(server.url_as("admin"), dsn, definition, logs, nc, server, wrap=wrap or {})
     try:
-        await publish_markets(server.url, [definition], StreamSettings())
+        await publish_markets(server.url, [definition], StreamSettings(), admin)
         for role in roles:
             running.start(role)
-        await wait_ready(server.url, [definition.name], list(running.processes.values()))
+        await wait_ready(server.url, [definition.name], list(running.processes.values()),
+                         access=admin)
         yield running
     finally:
         for process in running.processes.values():

@@ -11,7 +11,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from tests.e2e.test_up import tradeplane_up
+from tests.e2e.test_up import ADMIN, tradeplane_up
 from tests.support.exchange import run
 from tests.support.otlp import ReceivedSpan, otlp_receiver
 from tradeplane_engine import telemetry
@@ -33,7 +33,8 @@ def test_tradeplane_up_exports_one_trace_per_order(tmp_path: Path, database: str
                     OTLPSpanExporter(endpoint=receiver.traces_endpoint)))
                 telemetry.install(provider)
                 try:
-                    async with connect(url, account="alice") as alice:
+                    admin = ADMIN[url]["TRADEPLANE_CREDENTIALS"]  # may act as alice
+                    async with connect(url, account="alice", credentials=admin) as alice:
                         reply = await alice.place("sol-usdt", "sell", "1", "150")
                 finally:
                     provider.shutdown()

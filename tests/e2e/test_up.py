@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def tradeplane_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None
             if match := re.search(r"tradeplane is up: NATS at (\S+)", line):
                 url = match.group(1)
         assert url, "".join(seen)
+        ADMIN[url] = admin_environment(data_dir)
         yield process, url
     finally:
         if process.poll() is None:
@@ -67,9 +69,23 @@ def tradeplane_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None
                 raise
 
 
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+ADMIN: dict[str, dict[str, str]] = {}
+"""By NATS URL: the administrator's settings that ``tradeplane up`` wrote (admin.env)."""
+
+
+def admin_environment(data_dir: Path) -> dict[str, str]:
+    """``<data dir>/security/admin.env``, as ``set -a; . admin.env`` would read it."""
+    text = (data_dir / "security" / "admin.env").read_text()
+    return {name: shlex.split(value)[0]
+            for name, value in (line.split("=", 1) for line in text.splitlines())}
+
+
+def cli(url: str, *args: str, as_admin: bool = True) -> subprocess.CompletedProcess[str]:
+    """A CLI command, with the administrator's settings (or none: give --credentials)."""
+    environment = {**os.environ, **(ADMIN[url] if as_admin else {})}
     return subprocess.run([sys.executable, "-m", "tradeplane", "--nats", url, *args],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+                          env=environment)
 
 
 def poll_cli(url: str, ready: Callable[[dict[str, Any]], bool], *args: str,
@@ -92,7 +108,13 @@ def test_up_serves_orders_restarts_where_it_stopped_and_leaves_nothing_behind(
         tmp_path: Path) -> None:
     data_dir = tmp_path / "exchange"
     with tradeplane_up(data_dir) as (process, url):
-        placed = cli(url, "order", "place", "sol-usdt", "sell", "2", "150", "--account", "alice")
+        # As the banner says: the administrator issues alice's login, alice trades with it.
+        login = tmp_path / "alice.json"
+        created = cli(url, "accounts", "create", "alice", "--output", str(login))
+        assert created.returncode == 0, created.stdout + created.stderr
+        assert login.stat().st_mode & 0o777 == 0o600
+        placed = cli(url, "--credentials", str(login), "order", "place", "sol-usdt", "sell",
+                     "2", "150", as_admin=False)
         assert placed.returncode == 0, placed.stdout + placed.stderr
         assert json.loads(placed.stdout)["order"]["status"] == "new"
         crossed = cli(url, "order", "place", "sol-usdt", "buy", "0.5", "151", "--account", "bob")
