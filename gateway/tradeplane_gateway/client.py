@@ -186,4 +186,7 @@ async def connect(servers: str | list[str] = "nats://127.0.0.1:4222", *,
     try:
         yield Client(nc, account, timeout=timeout, response=response)
     finally:
-        await nc.drain()
+        if nc.is_connected:
+            await nc.drain()
+        else:  # reconnecting, or refused for good: nothing to drain
+            await nc.close()
