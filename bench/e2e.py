@@ -39,6 +39,7 @@ from nats.js.api import StorageType, StreamConfig
 
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
+from tradeplane_engine.access import Access, trader_inbox
 from tradeplane_engine.service import StreamSettings
 from tradeplane_engine.wire import MarketDefinition, command_stream, engine_subject
 
@@ -82,12 +83,11 @@ class Orders:
         body = {"market": MARKET.name, "side": side, "quantity": f"{self.rng.randint(1, 9)}",
                 "price": f"{price // 100}.{price % 100:02d}", "response": mode,
                 "timeInForce": "IOC" if self.number % 10 == 0 else "GTC"}
-        account = f"trader{self.number % 16}"
-        return f"tp.api.{account}.order.place", json.dumps(body).encode()
+        return "place", json.dumps(body).encode()
 
 
 async def measure_jetstream_limit(url: str, messages: int) -> float:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **ACCESS.options())
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="bench-limit", subjects=["bench.limit"],
                                      storage=StorageType.FILE))
@@ -104,7 +104,7 @@ async def measure_jetstream_limit(url: str, messages: int) -> float:
 async def jetstream_open_loop(url: str, rate: float, seconds: float) -> Run:
     """The limit path measured like the exchange: JetStream publishes at a fixed rate,
     latency from each one's scheduled time to its acknowledgement."""
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **ACCESS.options())
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="bench-floor", subjects=["bench.floor"],
                                      storage=StorageType.FILE))
@@ -121,10 +121,17 @@ async def jetstream_open_loop(url: str, rate: float, seconds: float) -> Run:
     return run
 
 
-async def _request(nc: Client, subject: str, payload: bytes, scheduled: float,
+ACCESS = Access()
+"""How the load generator connects: the admin's credentials when NATS authenticates."""
+ACCOUNTS: dict[int, str] = {}
+"""Each load-generator connection's account (its inbox prefix is the account's)."""
+
+
+async def _request(nc: Client, verb: str, payload: bytes, scheduled: float,
                    run: Run) -> None:
     try:
-        reply = await nc.request(subject, payload, timeout=30)
+        reply = await nc.request(f"tp.api.{ACCOUNTS[id(nc)]}.order.{verb}", payload,
+                                 timeout=30)
     except Exception:  # a lost request is a figure, not a crash
         run.errors += 1
         return
@@ -244,8 +251,13 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
                                for _ in range(3)])
     print(f"JetStream async publish (nats-py, file storage, 200 B): {limit:,.0f} msg/s "
           "— the physical limit of this path here", flush=True)
-    connections = [await nats.connect(url, pending_size=64 * 1024 * 1024)
-                   for _ in range(args.clients)]
+    connections = []
+    for number in range(args.clients):
+        account = f"trader{number}"
+        nc = await nats.connect(url, pending_size=64 * 1024 * 1024,
+                                **ACCESS.options(trader_inbox(account)))
+        ACCOUNTS[id(nc)] = account
+        connections.append(nc)
     # The load generator's own garbage collections would show up as exchange latency.
     gc.collect()
     gc.freeze()
@@ -285,19 +297,35 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=256,
                         help="outstanding requests at saturation")
     parser.add_argument("--limit-messages", type=int, default=50_000)
+    parser.add_argument("--no-auth", action="store_true",
+                        help="run NATS without authentication (to measure what auth costs)")
     args = parser.parse_args()
     print(f"end to end: {args.clients} client connections, one engine process, one gateway "
           f"process, nats-server, all on this machine; {args.seconds:.0f} s per run",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory:
         data = Path(directory)
-        with NatsServer(data / "nats").start() as server:
-            asyncio.run(publish_markets(server.url, [MARKET], StreamSettings()))
-            engine = spawn(tradeplane_command("--nats", server.url, "engine", "--market",
+        nats_server = NatsServer(data / "nats") if args.no_auth else NatsServer.secured(
+            data / "nats")
+        print("NATS authentication and permissions: "
+              f"{'off (--no-auth)' if args.no_auth else 'on (docs/security.md)'}", flush=True)
+        with nats_server.start() as server:
+            global ACCESS
+            ACCESS = server.access("admin")  # the load generator acts as its accounts
+
+            def as_service(identity: str) -> list[str]:
+                if server.secrets is None:
+                    return ["--nats", server.url]
+                return ["--nats", server.url, "--credentials",
+                        str(server.secrets.credentials(identity))]
+
+            asyncio.run(publish_markets(server.url, [MARKET], StreamSettings(), ACCESS))
+            engine = spawn(tradeplane_command(*as_service("engine"), "engine", "--market",
                                               MARKET.name))
-            gateway = spawn(tradeplane_command("--nats", server.url, "gateway"))
+            gateway = spawn(tradeplane_command(*as_service("gateway"), "gateway"))
             try:
-                asyncio.run(wait_ready(server.url, [MARKET.name], [engine, gateway]))
+                asyncio.run(wait_ready(server.url, [MARKET.name], [engine, gateway],
+                                       access=ACCESS))
                 assert server.process is not None
                 processes = {"nats-server": server.process.pid, "engine": engine.pid,
                              "gateway": gateway.pid, "load generator": os.getpid()}
