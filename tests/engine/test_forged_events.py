@@ -34,8 +34,8 @@ def events(sequence: int) -> bytes:
 
 def test_a_duplicate_that_is_not_the_leaders_events_is_noticed(tmp_path: Path) -> None:
     async def scenario() -> None:
-        with NatsServer(tmp_path / "nats") as server:
-            nc = await nats.connect(server.url)
+        with NatsServer.secured(tmp_path / "nats") as server:
+            nc = await nats.connect(server.url, **server.access("admin").options())
             try:
                 js = nc.jetstream()
                 await ensure_market_streams(js, SOL, SETTINGS)

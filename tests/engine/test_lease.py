@@ -48,7 +48,8 @@ class Replica:
 
 @contextlib.asynccontextmanager
 async def replicas(server: NatsServer) -> AsyncIterator[tuple[Replica, Replica]]:
-    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                            **server.access("engine").options())
     kv = await leases_bucket(nc.jetstream(), memory=False)
     pair = Replica(kv, "a"), Replica(kv, "b")
     for replica in pair:
@@ -73,7 +74,7 @@ def test_handovers_never_race_the_leaders_renewals(tmp_path: Path) -> None:
     while a renewal is."""
 
     async def scenario() -> None:
-        with NatsServer(tmp_path / "nats") as server:
+        with NatsServer.secured(tmp_path / "nats") as server:
             async with replicas(server) as pair:
                 await eventually(lambda: leader(pair) is not None, 5, "a leader")
                 for _ in range(10):
@@ -92,7 +93,7 @@ def test_handovers_never_race_the_leaders_renewals(tmp_path: Path) -> None:
 
 def test_a_value_that_is_not_a_lease_lapses_and_is_taken_over(tmp_path: Path) -> None:
     async def scenario() -> None:
-        with NatsServer(tmp_path / "nats") as server:
+        with NatsServer.secured(tmp_path / "nats") as server:
             async with replicas(server) as pair:
                 await eventually(lambda: leader(pair) is not None, 5, "a leader")
                 current = leader(pair)
@@ -112,7 +113,7 @@ def test_a_standby_takes_over_after_a_nats_outage(tmp_path: Path) -> None:
     when the leader then stops, the standby takes over."""
 
     async def scenario() -> None:
-        server = NatsServer(tmp_path / "nats").start()
+        server = NatsServer.secured(tmp_path / "nats").start()
         try:
             async with replicas(server) as pair:
                 await eventually(lambda: leader(pair) is not None, 5, "a leader")

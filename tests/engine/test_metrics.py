@@ -164,9 +164,9 @@ def test_a_reconnect_to_nats_is_counted(tmp_path: Path) -> None:
     """A real nats-server stopped and started again on its port: one reconnect."""
 
     async def scenario() -> None:
-        server = NatsServer(tmp_path / "nats").start()
+        server = NatsServer.secured(tmp_path / "nats").start()
         port = int(server.url.rsplit(":", 1)[1])
-        nc = await connect(server.url, "metrics-test", "recorder")
+        nc = await connect(server.url, "metrics-test", "recorder", server.access("recorder"))
         again: NatsServer | None = None
         try:
             metrics = await start_health_server("127.0.0.1", 0, [])
@@ -174,7 +174,7 @@ def test_a_reconnect_to_nats_is_counted(tmp_path: Path) -> None:
             try:
                 _, before = await scrape(health)
                 server.stop()
-                again = NatsServer(tmp_path / "nats", port=port).start()
+                again = NatsServer.secured(tmp_path / "nats", port=port).start()
 
                 async def counted() -> bool:
                     _, scraped = await scrape(health)

@@ -41,8 +41,8 @@ def skipped(component: str) -> float:
 
 def test_reports_that_are_not_reports_are_skipped(tmp_path: Path) -> None:
     async def scenario() -> None:
-        with NatsServer(tmp_path / "nats") as server:
-            nc = await nats.connect(server.url)
+        with NatsServer.secured(tmp_path / "nats") as server:
+            nc = await nats.connect(server.url, **server.access("admin").options())
             try:
                 js = nc.jetstream()
                 await (await markets_bucket(js, SETTINGS)).put("sol-usdt",
@@ -61,7 +61,8 @@ def test_reports_that_are_not_reports_are_skipped(tmp_path: Path) -> None:
                 statuses = await replica_statuses(nc)
                 assert [status["replica"] for status in statuses["sol-usdt"]] == ["good"]
                 out = io.StringIO()
-                assert await status_command(argparse.Namespace(nats=server.url), out) == 0
+                arguments = argparse.Namespace(nats=server.url, access=server.access("admin"))
+                assert await status_command(arguments, out) == 0
                 assert "good (standby, 0)" in out.getvalue()
                 assert skipped("cli") >= before["cli"] + 2 * len(BAD)
             finally:

@@ -83,19 +83,21 @@ def test_trading_resumes_after_nats_server_restarts_and_nothing_is_lost(tmp_path
     themselves, the engine rebuilds its consumer, and every order is there after."""
 
     async def scenario() -> None:
-        server = NatsServer(tmp_path / "nats").start()
+        server = NatsServer.secured(tmp_path / "nats").start()
         port = int(server.url.rsplit(":", 1)[1])
         services: list[asyncio.Task[None]] = []
         try:
-            await publish_markets(server.url, [SOL], StreamSettings())
-            services = [asyncio.create_task(run_engines(server.url, ["sol-usdt"])),
-                        asyncio.create_task(run_gateway(server.url))]
-            async with connect(server.url, account="alice", reconnect_time_wait=0.2,
+            await publish_markets(server.url, [SOL], StreamSettings(), server.access("admin"))
+            services = [asyncio.create_task(run_engines(server.url, ["sol-usdt"],
+                                                        access=server.access("engine"))),
+                        asyncio.create_task(run_gateway(server.url,
+                                                        access=server.access("gateway")))]
+            async with connect(server.url_as("admin"), account="alice", reconnect_time_wait=0.2,
                                max_reconnect_attempts=-1) as alice:
                 await eventually(lambda: _places(alice, "99"), timeout=20,
                                  what="the first order")
                 server.stop()
-                server = NatsServer(tmp_path / "nats", port=port).start()
+                server = NatsServer.secured(tmp_path / "nats", port=port).start()
                 await eventually(lambda: _places(alice, "98"), timeout=30,
                                  what="an order after the restart")
                 async with alice.book("sol-usdt") as book:

@@ -69,7 +69,8 @@ async def trader_connection(exchange: Exchange, login: Path, errors: Errors) -> 
     credentials = json.loads(login.read_text())
     return await nats.connect(exchange.server.url, user=credentials["user"],
                               password=credentials["password"],
-                              inbox_prefix=trader_inbox(credentials["user"]), error_cb=errors.on_error)
+                              inbox_prefix=trader_inbox(credentials["user"]),
+                              error_cb=errors.on_error)
 
 
 async def _state(exchange: Exchange) -> dict[str, Any]:

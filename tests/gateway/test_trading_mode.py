@@ -80,8 +80,8 @@ def test_a_replay_from_scratch_starts_in_the_mode_the_stream_began_in(tmp_path: 
 
 def test_updating_a_command_stream_keeps_its_initial_mode(tmp_path: Path) -> None:
     async def scenario() -> None:
-        with NatsServer(tmp_path / "nats") as server:
-            nc = await nats.connect(server.url)
+        with NatsServer.secured(tmp_path / "nats") as server:
+            nc = await nats.connect(server.url, **server.access("admin").options())
             try:
                 js = nc.jetstream()
                 await ensure_market_streams(js, SOL, SETTINGS)
@@ -113,8 +113,8 @@ def test_updating_a_command_stream_keeps_its_initial_mode(tmp_path: Path) -> Non
 def test_a_stream_without_an_initial_mode(tmp_path: Path,
                                           caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
-        with NatsServer(tmp_path / "nats") as server:
-            nc = await nats.connect(server.url)
+        with NatsServer.secured(tmp_path / "nats") as server:
+            nc = await nats.connect(server.url, **server.access("admin").options())
             try:
                 js = nc.jetstream()
                 # Streams as they were made before the mode was recorded.
@@ -144,10 +144,11 @@ def test_a_stream_without_an_initial_mode(tmp_path: Path,
 
 def test_up_sequences_a_mode_change_of_an_existing_market(tmp_path: Path) -> None:
     async def scenario() -> None:
-        with NatsServer(tmp_path / "nats") as server:
-            await publish_markets(server.url, [SOL], SETTINGS)
-            await publish_markets(server.url, [SOL], SETTINGS)  # unchanged: nothing to do
-            nc = await nats.connect(server.url)
+        with NatsServer.secured(tmp_path / "nats") as server:
+            await publish_markets(server.url, [SOL], SETTINGS, server.access("admin"))
+            # unchanged: nothing to do
+            await publish_markets(server.url, [SOL], SETTINGS, server.access("admin"))
+            nc = await nats.connect(server.url, **server.access("admin").options())
             try:
                 js = nc.jetstream()
                 kv = await markets_bucket(js, SETTINGS)
@@ -157,7 +158,7 @@ def test_up_sequences_a_mode_change_of_an_existing_market(tmp_path: Path) -> Non
                 first = await sequence_mode_change(js, kv, HALTED)
                 again = await sequence_mode_change(js, kv, HALTED)
                 assert first == again == 1
-                await publish_markets(server.url, [HALTED], SETTINGS)
+                await publish_markets(server.url, [HALTED], SETTINGS, server.access("admin"))
                 info = await js.stream_info("tp-cmd-sol-usdt")
                 assert info.state.messages == 1
                 message = await js.get_msg("tp-cmd-sol-usdt", 1)
@@ -171,11 +172,11 @@ def test_up_sequences_a_mode_change_of_an_existing_market(tmp_path: Path) -> Non
 
                 # The same manifest again changes nothing; a market removed from the stream
                 # side (no command stream) gets no command, its new stream the new mode.
-                await publish_markets(server.url, [HALTED], SETTINGS)
+                await publish_markets(server.url, [HALTED], SETTINGS, server.access("admin"))
                 assert (await js.stream_info("tp-cmd-sol-usdt")).state.messages == 1
                 await js.delete_stream("tp-cmd-sol-usdt")
                 assert await sequence_mode_change(js, kv, SOL) is None
-                await publish_markets(server.url, [SOL], SETTINGS)
+                await publish_markets(server.url, [SOL], SETTINGS, server.access("admin"))
                 info = await js.stream_info("tp-cmd-sol-usdt")
                 assert info.state.messages == 0
                 assert await initial_trading_mode(js, "sol-usdt") is TradingMode.OPEN
