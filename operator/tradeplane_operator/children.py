@@ -5,6 +5,8 @@
   probes on the engine's health port (``/readyz`` is true once a replica has caught up
   with the command stream, ``/livez`` while its event loop runs); anti-affinity so a
   node failure takes one replica, not the market;
+  its NATS credentials (and TLS files) are mounted from Secrets in the Market's namespace,
+  read-only and readable by the pod's group only, never put in its environment;
 - a headless Service for the replicas' stable DNS names and their health port;
 - a PodDisruptionBudget of one: a drain or upgrade takes one replica at a time, so a
   standby is always there to take the lead.
@@ -28,6 +30,19 @@ GRACE_PERIOD = 30
 10 of them, then exits (docs/failover.md, leaving on SIGTERM)."""
 """``<name>-engine-<n>`` and the StatefulSet's revision label must fit in 63 characters."""
 NAME = re.compile(rf"[a-z0-9](?:[-a-z0-9]{{0,{MAX_NAME - 2}}}[a-z0-9])?")
+
+CREDENTIALS_DIR = "/etc/tradeplane/credentials"
+"""Where a pod's NATS credentials file is mounted (the chart's pods use the same place)."""
+CREDENTIALS_FILE = f"{CREDENTIALS_DIR}/engine.json"
+CA_DIR = "/etc/tradeplane/nats-ca"
+CA_FILE = f"{CA_DIR}/ca.crt"
+CLIENT_TLS_DIR = "/etc/tradeplane/nats-client"
+SECRET_MODE = 0o440
+"""Owner root, group the pod's ``fsGroup``: readable by the engine's user (its group)
+and nobody else."""
+PUBLIC_MODE = 0o444
+"""A CA bundle from a ConfigMap is no secret."""
+POD_USER = 10001
 
 DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "500m", "memory": "512Mi"},
@@ -104,6 +119,13 @@ def _environment(config: Config) -> list[dict[str, Any]]:
         {"name": "TRADEPLANE_NATS", "value": config.nats_url},
         {"name": "TRADEPLANE_HEALTH_PORT", "value": str(config.health_port)},
     ]
+    if config.engine_credentials_secret:
+        env.append({"name": "TRADEPLANE_CREDENTIALS", "value": CREDENTIALS_FILE})
+    if config.engine_ca_secret or config.engine_ca_config_map:
+        env.append({"name": "TRADEPLANE_NATS_CA", "value": CA_FILE})
+    if config.engine_client_cert_secret:
+        env.append({"name": "TRADEPLANE_NATS_CERT", "value": f"{CLIENT_TLS_DIR}/tls.crt"})
+        env.append({"name": "TRADEPLANE_NATS_KEY", "value": f"{CLIENT_TLS_DIR}/tls.key"})
     if config.postgres_secret:
         env.append({"name": "TRADEPLANE_POSTGRES_DSN", "valueFrom": {"secretKeyRef": {
             "name": config.postgres_secret, "key": config.postgres_secret_key,
@@ -111,10 +133,42 @@ def _environment(config: Config) -> list[dict[str, Any]]:
     return env
 
 
+def _volumes(config: Config) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each volume with its mount: only the keys an engine needs, read-only.
+
+    The credentials Secret holds every service's file (as ``tradeplane security init``
+    writes them); an engine pod sees its own alone."""
+    volumes: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    if config.engine_credentials_secret:
+        volumes.append(({"name": "nats-credentials", "secret": {
+            "secretName": config.engine_credentials_secret, "defaultMode": SECRET_MODE,
+            "items": [{"key": config.engine_credentials_key, "path": "engine.json"}]}},
+            {"name": "nats-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True}))
+    ca_items = [{"key": config.engine_ca_key, "path": "ca.crt"}]
+    if config.engine_ca_secret:
+        volumes.append(({"name": "nats-ca", "secret": {
+            "secretName": config.engine_ca_secret, "defaultMode": SECRET_MODE,
+            "items": ca_items}},
+            {"name": "nats-ca", "mountPath": CA_DIR, "readOnly": True}))
+    elif config.engine_ca_config_map:
+        volumes.append(({"name": "nats-ca", "configMap": {
+            "name": config.engine_ca_config_map, "defaultMode": PUBLIC_MODE,
+            "items": ca_items}},
+            {"name": "nats-ca", "mountPath": CA_DIR, "readOnly": True}))
+    if config.engine_client_cert_secret:
+        volumes.append(({"name": "nats-client-tls", "secret": {
+            "secretName": config.engine_client_cert_secret, "defaultMode": SECRET_MODE,
+            "items": [{"key": "tls.crt", "path": "tls.crt"},
+                      {"key": "tls.key", "path": "tls.key"}]}},
+            {"name": "nats-client-tls", "mountPath": CLIENT_TLS_DIR, "readOnly": True}))
+    return volumes
+
+
 def statefulset(market: Market, config: Config) -> dict[str, Any]:
     spec = market.spec
+    volumes = _volumes(config)
     probe = {"httpGet": {"path": "/readyz", "port": "health"}}
-    container = {
+    container: dict[str, Any] = {
         "name": "engine",
         "image": spec.engine.image or config.engine_image,
         "imagePullPolicy": config.image_pull_policy,
@@ -132,6 +186,18 @@ def statefulset(market: Market, config: Config) -> dict[str, Any]:
             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
         },
     }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": GRACE_PERIOD,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": POD_USER,
+                            "runAsGroup": POD_USER, "fsGroup": POD_USER,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "affinity": _affinity(market, config),
+        "containers": [container],
+        # Empty without credentials or TLS: then a pod that had volumes is drift too.
+        "volumes": [volume for volume, _ in volumes],
+    }
+    container["volumeMounts"] = [mount for _, mount in volumes]
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _metadata(market),
@@ -143,15 +209,7 @@ def statefulset(market: Market, config: Config) -> dict[str, Any]:
             "updateStrategy": {"type": "RollingUpdate"},
             "template": {
                 "metadata": {"labels": labels(market)},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": GRACE_PERIOD,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
-                                        "runAsGroup": 10001,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "affinity": _affinity(market, config),
-                    "containers": [container],
-                },
+                "spec": pod,
             },
         },
     }
@@ -188,12 +246,15 @@ def is_subset(desired: Any, actual: Any) -> bool:
 
     The API server adds defaults to what it stores (``dnsPolicy``, ``revisionHistoryLimit``
     ...), so a child is as it should be when every field the operator sets has its value;
-    lists must match item by item.
+    lists must match item by item. An empty list is as good as none: the API server
+    stores none for it.
     """
     if isinstance(desired, dict):
         return isinstance(actual, dict) and all(
             is_subset(value, actual.get(key)) for key, value in desired.items())
     if isinstance(desired, list):
+        if not desired and actual is None:
+            return True
         return (isinstance(actual, list) and len(actual) == len(desired)
                 and all(is_subset(d, a) for d, a in zip(desired, actual, strict=True)))
     return bool(desired == actual)

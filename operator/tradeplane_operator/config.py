@@ -33,6 +33,26 @@ class Config:
     """Where engines, gateways, recorders and the operator meet."""
     nats_credentials: str | None = None
     """The operator's NATS credentials file (``{"user", "password"}``; docs/security.md)."""
+    nats_ca: str | None = None
+    """A CA bundle (a file) that NATS's TLS certificate is checked with; None: no TLS
+    unless the URL asks for it (``tls://``), checked then with the system's CAs."""
+    nats_cert: str | None = None
+    nats_key: str | None = None
+    """The operator's client certificate and its key (files), when NATS asks for one
+    (without a key file, the key is in the certificate's file)."""
+    engine_credentials_secret: str | None = None
+    """A Secret in the Market's namespace with the engines' NATS credentials file: each
+    engine pod mounts its key alone. None: engines connect without credentials."""
+    engine_credentials_key: str = "engine.json"
+    engine_ca_secret: str | None = None
+    """A Secret in the Market's namespace with the CA bundle for NATS's TLS certificate,
+    mounted into each engine pod (or ``engine_ca_config_map``: a ConfigMap; not both)."""
+    engine_ca_config_map: str | None = None
+    engine_ca_key: str = "ca.crt"
+    """The CA bundle's key in that Secret or ConfigMap."""
+    engine_client_cert_secret: str | None = None
+    """A TLS Secret (``tls.crt``, ``tls.key``) in the Market's namespace: the engines'
+    client certificate, when NATS asks for one."""
     engine_image: str = "ghcr.io/tradeplane/tradeplane:0.1.0"
     """The engine image unless a Market names its own (``spec.engine.image``)."""
     image_pull_policy: str = "IfNotPresent"
@@ -65,6 +85,17 @@ class Config:
         return cls(
             nats_url=env.get("TRADEPLANE_NATS", default.nats_url),
             nats_credentials=env.get("TRADEPLANE_CREDENTIALS") or None,
+            nats_ca=env.get("TRADEPLANE_NATS_CA") or None,
+            nats_cert=env.get("TRADEPLANE_NATS_CERT") or None,
+            nats_key=env.get("TRADEPLANE_NATS_KEY") or None,
+            engine_credentials_secret=env.get("TRADEPLANE_ENGINE_CREDENTIALS_SECRET") or None,
+            engine_credentials_key=env.get("TRADEPLANE_ENGINE_CREDENTIALS_KEY")
+            or default.engine_credentials_key,
+            engine_ca_secret=env.get("TRADEPLANE_ENGINE_NATS_CA_SECRET") or None,
+            engine_ca_config_map=env.get("TRADEPLANE_ENGINE_NATS_CA_CONFIGMAP") or None,
+            engine_ca_key=env.get("TRADEPLANE_ENGINE_NATS_CA_KEY") or default.engine_ca_key,
+            engine_client_cert_secret=env.get("TRADEPLANE_ENGINE_NATS_CLIENT_CERT_SECRET")
+            or None,
             engine_image=env.get("TRADEPLANE_ENGINE_IMAGE", default.engine_image),
             image_pull_policy=env.get("TRADEPLANE_IMAGE_PULL_POLICY",
                                       default.image_pull_policy),
@@ -90,3 +121,8 @@ class Config:
                              f"not {self.anti_affinity!r}")
         if self.stream_replicas not in (1, 3, 5):
             raise ValueError("stream replicas must be 1, 3 or 5")
+        if self.engine_ca_secret and self.engine_ca_config_map:
+            raise ValueError("the engines' CA bundle comes from a Secret or a ConfigMap, "
+                             "not both")
+        if self.nats_key and not self.nats_cert:
+            raise ValueError("a NATS client key without its certificate")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +139,23 @@ def admin_command(command: dict[str, Any]) -> bytes:
                       separators=(",", ":")).encode()
 
 
+def tls_context(ca_file: str | None, cert_file: str | None = None,
+                key_file: str | None = None) -> ssl.SSLContext | None:
+    """The TLS context the engines and services build from the same files
+    (``TRADEPLANE_NATS_CA``, ``_CERT``, ``_KEY``): the server's certificate checked
+    against ``ca_file`` (the system's CAs without one), and a client certificate when
+    given. None when neither file is: plain NATS, or TLS as the URL says."""
+    if ca_file is None and cert_file is None:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ExchangeError(f"NATS TLS files: {exc}") from exc
+    return context
+
+
 class Exchange:
     """One NATS connection for the whole operator."""
 
@@ -149,15 +167,21 @@ class Exchange:
 
     @classmethod
     async def connect(cls, url: str, stream_replicas: int = 1,
-                      credentials_file: str | None = None) -> Exchange:
+                      credentials_file: str | None = None, *, ca_file: str | None = None,
+                      cert_file: str | None = None, key_file: str | None = None
+                      ) -> Exchange:
         """Connect as the operator: with a credentials file (``{"user", "password"}``),
-        its replies come to the operator's own inboxes (docs/security.md)."""
+        its replies come to the operator's own inboxes (docs/security.md); with a CA
+        bundle (and a client certificate), over TLS checked against that CA."""
         login: dict[str, Any] = {}
         if credentials_file is not None:
             with open(credentials_file) as file:
                 credentials = json.load(file)
             login = {"user": credentials["user"], "password": credentials["password"],
                      "inbox_prefix": f"_SVC.{credentials['user']}"}
+        context = tls_context(ca_file, cert_file, key_file)
+        if context is not None:
+            login["tls"] = context
         nc = await nats.connect(url, name="tradeplane-operator", max_reconnect_attempts=-1,
                                 reconnect_time_wait=0.5, connect_timeout=3, **login)
         return cls(nc, stream_replicas)

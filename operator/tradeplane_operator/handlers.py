@@ -126,9 +126,10 @@ def registry(config: Config) -> kopf.OperatorRegistry:
                       **_: Any) -> None:
         runtime: Runtime = memo.runtime
         runtime.kube = KubeApi(_login(runtime, logger, settings))
-        runtime.exchange = await _guarded(Exchange.connect(runtime.config.nats_url,
-                                                           runtime.config.stream_replicas,
-                                                           runtime.config.nats_credentials))
+        config = runtime.config
+        runtime.exchange = await _guarded(Exchange.connect(
+            config.nats_url, config.stream_replicas, config.nats_credentials,
+            ca_file=config.nats_ca, cert_file=config.nats_cert, key_file=config.nats_key))
 
     @kopf.on.cleanup(registry=reg)
     async def cleanup(memo: Any, **_: Any) -> None:

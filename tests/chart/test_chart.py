@@ -85,9 +85,10 @@ def test_the_default_install(tmp_path: Path) -> None:
             made = by_kind(documents(result))
             # What the API server now holds is what Helm rendered.
             assert set(emulated.objects("deployments", "exchange")) == {
-                "tp-tradeplane-operator", "tp-tradeplane-gateway", "tp-tradeplane-recorder"}
+                "tp-tradeplane-operator", "tp-tradeplane-gateway", "tp-tradeplane-recorder",
+                "tp-tradeplane-auth"}
             assert set(emulated.objects("services", "exchange")) == {
-                "tp-tradeplane-gateway", "tp-tradeplane-recorder"}
+                "tp-tradeplane-gateway", "tp-tradeplane-recorder", "tp-tradeplane-auth"}
             assert "tp-tradeplane-operator" in emulated.objects("serviceaccounts", "exchange")
             crds = {name for (resource, _, name), obj in emulated.emulator.objects.items()
                     if resource.plural == "customresourcedefinitions" and not obj.deleted}
@@ -177,14 +178,16 @@ def test_rbac_is_exactly_what_the_operator_uses(tmp_path: Path) -> None:
 
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "monitoring, NATS URL from a Secret, a pinned image": {
+    "monitoring, mutual TLS, a pinned image": {
         "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
-        "nats": {"existingSecret": "nats-url", "streamReplicas": 3},
+        "nats": {"streamReplicas": 3, "tls": {"caSecret": "nats-ca",
+                                              "clientCertSecret": "tradeplane-nats-tls"}},
         "image": {"tag": "1.2.3", "pullPolicy": "Always"},
         "imagePullSecrets": ["registry"],
     },
     "operator only, its own service account, named namespaces": {
         "gateway": {"enabled": False}, "recorder": {"enabled": False},
+        "auth": {"enabled": False},
         "operator": {"serviceAccount": {"create": False, "name": "existing"},
                      "watchNamespaces": ["markets"], "antiAffinity": "required"},
     },
@@ -192,6 +195,10 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "operator": {"enabled": False},
         "recorder": {"markets": ["btc-usdt", "eth-usdt"], "replicas": 2},
         "postgres": {"existingSecret": "pg", "secretKey": "uri"},
+    },
+    "no credentials, no auth service, a CA from a ConfigMap": {
+        "nats": {"credentials": {"existingSecret": ""}, "tls": {"caConfigMap": "nats-ca"}},
+        "auth": {"enabled": False},
     },
 }
 
@@ -221,7 +228,8 @@ def test_every_manifest_is_valid_for_oldest_and_newest_kubernetes(
     made = by_kind(objects)
     if values.get("monitoring"):
         assert set(made["ServiceMonitor"]) == {"tp-tradeplane-gateway",
-                                               "tp-tradeplane-recorder"}
+                                               "tp-tradeplane-recorder",
+                                               "tp-tradeplane-auth"}
         assert made["ServiceMonitor"]["tp-tradeplane-gateway"]["metadata"]["labels"][
             "release"] == "prom"
     if values.get("recorder", {}).get("markets"):
@@ -248,6 +256,14 @@ WRONG: dict[str, tuple[dict[str, Any], str]] = {
     "cpu as words": ({"gateway": {"resources": {"requests": {"cpu": "lots"}}}}, "cpu"),
     "scrape interval": ({"monitoring": {"serviceMonitor": {"interval": "often"}}},
                         "interval"),
+    "a URL with a password": ({"nats": {"url": "nats://gateway:secret@nats:4222"}}, "url"),
+    "the URL Secret of old": ({"nats": {"existingSecret": "nats-url"}},
+                              "'existingSecret' was unexpected"),
+    "a CA twice": ({"nats": {"tls": {"caSecret": "a", "caConfigMap": "b"}}}, "tls"),
+    "auth without credentials": ({"nats": {"credentials": {"existingSecret": ""}}},
+                                 "existingSecret"),
+    "auth without PostgreSQL": ({"recorder": {"enabled": False},
+                                 "postgres": {"existingSecret": ""}}, "existingSecret"),
 }
 
 

@@ -3,35 +3,49 @@
 Helm (helm-sdkpy, memory driver) installs the chart into the emulated API server and
 runs its test hooks: a throw-away Market and a pod. The operator runs in-process and
 turns the Market into a StatefulSet; ``Kubelet`` runs its engines; a gateway serves
-orders; ``PodRunner`` stands in for the kubelet of the test pod: it runs the pod's
-command (``tradeplane selftest ...``) as a process with the pod's environment and
-reports its exit as the pod's phase, which is what Helm waits for.
+orders; ``PodRunner`` stands in for the kubelet of the test pod: it mounts the pod's Secret
+volumes (the items it names, with their modes, from the Secrets in the API server) in a
+directory of its own, runs the pod's command (``tradeplane selftest ...``) as a process
+with the pod's environment (paths under a mount pointed at that directory), and reports
+its exit as the pod's phase, which is what Helm waits for.
+
+The nats-server here has no authorization (the operator's test world runs engines
+without credentials): the admin credentials the pod mounts are read and sent, not
+checked. tests/e2e runs the exchange with the real permissions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.chart.test_chart import CHART, ROOT, helm
 from tests.operator_.harness import Kubelet, World, operator_world
 from tests.support.exchange import SETTINGS, run
+from tradeplane import security
 from tradeplane_engine.service.streams import markets_bucket
 from tradeplane_gateway.markets import MarketDirectory
 from tradeplane_gateway.service import Gateway
 from tradeplane_operator.kube import Resource
 
 PODS = Resource("", "v1", "pods")
+SECRETS = Resource("", "v1", "secrets")
 
 
 @dataclass
 class PodRunner:
     world: World
+    root: Path
+    """Where the pods' volumes are mounted."""
     outputs: dict[str, str] = field(default_factory=dict)
+    mounted: dict[str, list[str]] = field(default_factory=dict)
+    """Each pod's mounted files, as the pod sees them."""
     _task: asyncio.Task[None] | None = None
     _pods: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -56,10 +70,34 @@ class PodRunner:
                     self._pods.append(asyncio.create_task(self._run(name, pod)))
             await asyncio.sleep(0.1)
 
-    async def _run(self, name: str, pod: dict[str, object]) -> None:
-        container = pod["spec"]["containers"][0]  # type: ignore[index]
+    def _mount(self, name: str, pod: dict[str, Any]) -> dict[str, str]:
+        """Write the Secret volumes' items under ``root``; the mount paths' new places."""
+        volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes", [])}
+        places = {}
+        for mount in pod["spec"]["containers"][0].get("volumeMounts", []):
+            source = volumes[mount["name"]]["secret"]
+            secret = self.world.cluster.get("secrets", source["secretName"])
+            assert secret is not None, f"{name}: no Secret {source['secretName']}"
+            directory = self.root / name / mount["name"]
+            directory.mkdir(parents=True)
+            for item in source["items"]:
+                path = directory / item["path"]
+                path.write_bytes(base64.b64decode(secret["data"][item["key"]]))
+                path.chmod(source["defaultMode"])
+                self.mounted.setdefault(name, []).append(
+                    f"{mount['mountPath']}/{item['path']}")
+            places[mount["mountPath"]] = str(directory)
+        return places
+
+    async def _run(self, name: str, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
+        places = self._mount(name, pod)
         env = {item["name"]: item["value"] for item in container.get("env", [])
                if "value" in item}
+        for variable, value in env.items():
+            for mount_path, place in places.items():
+                if value.startswith(f"{mount_path}/"):
+                    env[variable] = place + value[len(mount_path):]
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tradeplane.cli", *container["args"],
             env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(
@@ -74,8 +112,16 @@ class PodRunner:
 def test_helm_test_places_and_crosses_an_order(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with operator_world(tmp_path) as world, Kubelet(world), \
-                PodRunner(world) as pods:
+                PodRunner(world, tmp_path / "volumes") as pods:
             world.cluster.emulator.openapi()
+            # As `kubectl create secret generic tradeplane-nats --from-file=...` makes it.
+            secrets = security.init(tmp_path / "secrets")
+            keys = {f"{identity}.json": secrets.credentials(identity)
+                    for identity in security.IDENTITIES} | {"issuer.nk": secrets.issuer_seed}
+            await world.kube.create(SECRETS, "default", {
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tradeplane-nats"},
+                "data": {key: base64.b64encode(path.read_bytes()).decode()
+                         for key, path in keys.items()}})
             markets = MarketDirectory()
             follow = asyncio.create_task(markets.follow(
                 await markets_bucket(world.nc.jetstream(), SETTINGS)))
@@ -94,6 +140,9 @@ def test_helm_test_places_and_crosses_an_order(tmp_path: Path) -> None:
             output = "".join(pods.outputs.values())
             assert result["test"] == "passed", (result["test"], output)
             assert "ok: one trade on helm-test-usdt" in output
+            # The pod read the admin's credentials, and only them, from the mounted file.
+            assert pods.mounted == {"tp-tradeplane-test-trade": [
+                "/etc/tradeplane/credentials/admin.json"]}
             # The hook's Market was a real one: the operator made its engines.
             assert world.cluster.get("statefulsets", "helm-test-usdt-engine") is not None
     run(scenario(), timeout=180)

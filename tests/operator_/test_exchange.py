@@ -1,18 +1,104 @@
-"""What the operator reads from the exchange's buckets, on a real nats-server: values
+"""The operator's connection to the exchange, on a real nats-server: over mutual TLS with
+the files the chart mounts; and what it reads from the exchange's buckets: values
 anyone with access may have written that are not what engines or the operator write are
 skipped and counted, never an error that stops a reconciliation or a status reading."""
 
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
 from pathlib import Path
 
+import nats
 import pytest
 from prometheus_client import REGISTRY
 
 from tests.support.exchange import run
 from tradeplane.processes import NatsServer
-from tradeplane_operator.exchange import LEASES_BUCKET, MARKETS_BUCKET, REPLICAS_BUCKET, Exchange
+from tradeplane_operator.config import Config
+from tradeplane_operator.exchange import (
+    LEASES_BUCKET,
+    MARKETS_BUCKET,
+    REPLICAS_BUCKET,
+    Exchange,
+    ExchangeError,
+    tls_context,
+)
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def certificates(directory: Path) -> dict[str, Path]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
+    directory.mkdir()
+    files = {name: directory / name for name in (
+        "ca.crt", "ca.key", "server.crt", "server.key", "tls.crt", "tls.key")}
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *curve, "-keyout", str(files["ca.key"]),
+             "-out", str(files["ca.crt"]), "-days", "1", "-subj", "/CN=tradeplane test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name, extensions in (("server", ["subjectAltName=IP:127.0.0.1",
+                                         "extendedKeyUsage=serverAuth"]),
+                             ("tls", ["extendedKeyUsage=clientAuth"])):
+        key, certificate = files[f"{name}.key"], files[f"{name}.crt"]
+        request = directory / f"{name}.csr"
+        _openssl("req", "-new", *curve, "-keyout", str(key), "-out", str(request),
+                 "-subj", f"/CN={name}")
+        extfile = directory / f"{name}.ext"
+        extfile.write_text("\n".join(extensions) + "\n")
+        _openssl("x509", "-req", "-in", str(request), "-CA", str(files["ca.crt"]),
+                 "-CAkey", str(files["ca.key"]), "-CAcreateserial", "-days", "1",
+                 "-out", str(certificate), "-extfile", str(extfile))
+    return files
+
+
+def test_the_operator_connects_over_mutual_tls_with_the_mounted_files(tmp_path: Path) -> None:
+    """The chart mounts the CA bundle and the client certificate and names them in
+    TRADEPLANE_NATS_CA, _CERT and _KEY; the operator reads them as every process does.
+    The server requires TLS and a client certificate signed by the CA: a connection at
+    all shows both files were used."""
+    files = certificates(tmp_path / "tls")
+    server_config = tmp_path / "tls.conf"
+    server_config.write_text(
+        f'tls {{\n  cert_file: "{files["server.crt"]}"\n  key_file: "{files["server.key"]}"\n'
+        f'  ca_file: "{files["ca.crt"]}"\n  verify: true\n  timeout: 2\n}}\n')
+    config = Config.from_environment({
+        "TRADEPLANE_NATS_CA": str(files["ca.crt"]), "TRADEPLANE_NATS_CERT":
+        str(files["tls.crt"]), "TRADEPLANE_NATS_KEY": str(files["tls.key"])})
+
+    async def scenario() -> None:
+        server = NatsServer(tmp_path / "nats")
+        server.config = server_config
+        with server:
+            exchange = await Exchange.connect(server.url, ca_file=config.nats_ca,
+                                              cert_file=config.nats_cert,
+                                              key_file=config.nats_key)
+            try:
+                await exchange.put_definition("sol-usdt", {"name": "sol-usdt"})
+                assert await exchange.definition("sol-usdt") == {"name": "sol-usdt"}
+            finally:
+                await exchange.close()
+            # Without the client certificate the server refuses the connection (the
+            # TLS alert "certificate required", or the connection closed, as the race
+            # goes).
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await nats.connect(server.url, tls=tls_context(config.nats_ca),
+                                   allow_reconnect=False, connect_timeout=2)
+
+    run(scenario())
+
+
+def test_tls_files_that_cannot_be_read_are_an_exchange_error(tmp_path: Path) -> None:
+    assert tls_context(None) is None
+    with pytest.raises(ExchangeError, match="NATS TLS files"):
+        tls_context(str(tmp_path / "missing-ca.crt"))
+    (tmp_path / "not-a-cert.pem").write_text("not a certificate\n")
+    with pytest.raises(ExchangeError, match="NATS TLS files"):
+        tls_context(None, str(tmp_path / "not-a-cert.pem"))
 
 
 def skipped(what: str) -> float:

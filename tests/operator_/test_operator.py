@@ -196,6 +196,41 @@ def test_an_edited_child_is_put_back_by_the_drift_check(tmp_path: Path) -> None:
     run(scenario())
 
 
+def _engine_pod(world: World) -> dict[str, Any]:
+    sts = world.cluster.get("statefulsets", ENGINE) or {}
+    return dict(sts.get("spec", {}).get("template", {}).get("spec", {}))
+
+
+def _mounted_keys(world: World) -> list[str]:
+    return [item["key"] for volume in _engine_pod(world).get("volumes") or []
+            for item in volume["secret"]["items"]]
+
+
+def test_the_engines_credentials_mount_is_made_and_put_back(tmp_path: Path) -> None:
+    """With a credentials Secret configured, the engine pods mount its engine key; a
+    hand edit that mounts another service's key instead, or drops the mount, is put
+    back by the drift check."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path, drift_interval=1.0,
+                                  engine_credentials_secret="tradeplane-nats") as world:
+            await world.apply(market_manifest())
+            await eventually(lambda: _mounted_keys(world) == ["engine.json"], 15,
+                             "the mount")
+            pod = _engine_pod(world)
+            env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+            assert env["TRADEPLANE_CREDENTIALS"] == "/etc/tradeplane/credentials/engine.json"
+            volume = pod["volumes"][0]
+            another_key = [{**volume, "secret": {**volume["secret"], "items": [
+                {"key": "gateway.json", "path": "engine.json"}]}}]
+            for edit in (another_key, None):
+                await world.kube.patch(STATEFULSETS, "default", ENGINE, {
+                    "spec": {"template": {"spec": {"volumes": edit}}}})
+                assert _mounted_keys(world) != ["engine.json"]
+                await eventually(lambda: _mounted_keys(world) == ["engine.json"], 10,
+                                 "the edit is repaired")
+    run(scenario())
+
+
 def test_status_follows_real_replicas_through_a_failover(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with operator_world(tmp_path) as world, Kubelet(world) as kubelet:

@@ -218,6 +218,134 @@ def test_what_the_api_server_adds_is_not_drift() -> None:
     assert not is_subset(desired, stored)
 
 
+SECURED = Config(engine_credentials_secret="tradeplane-nats", engine_ca_config_map="nats-ca",
+                 engine_client_cert_secret="engine-tls", postgres_secret="pg")
+
+
+def _engine_pod(config: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = statefulset(market(), config)["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def test_engines_mount_their_own_credentials_and_the_tls_files() -> None:
+    """The credentials Secret holds every service's file; an engine pod mounts the
+    engine's key alone, read-only, readable by its group only, and the environment
+    names files, never a secret."""
+    pod, container = _engine_pod(SECURED)
+    env = {item["name"]: item for item in container["env"]}
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert set(mounts) == set(volumes) == {"nats-credentials", "nats-ca", "nats-client-tls"}
+    assert all(mount["readOnly"] for mount in mounts.values())
+
+    files = {}
+    for name, volume in volumes.items():
+        source = volume.get("secret") or volume["configMap"]
+        for item in source["items"]:
+            files[f"{mounts[name]['mountPath']}/{item['path']}"] = (
+                source.get("secretName") or source["name"], item["key"],
+                source["defaultMode"])
+    assert files[env["TRADEPLANE_CREDENTIALS"]["value"]] == (
+        "tradeplane-nats", "engine.json", 0o440)
+    assert [key for secret, key, _ in files.values() if secret == "tradeplane-nats"] == [
+        "engine.json"]
+    assert files[env["TRADEPLANE_NATS_CA"]["value"]] == ("nats-ca", "ca.crt", 0o444)
+    assert files[env["TRADEPLANE_NATS_CERT"]["value"]] == ("engine-tls", "tls.crt", 0o440)
+    assert files[env["TRADEPLANE_NATS_KEY"]["value"]] == ("engine-tls", "tls.key", 0o440)
+    # The files' group is the pod's, the one its user runs as.
+    security = pod["securityContext"]
+    assert security["fsGroup"] == security["runAsGroup"] == 10001
+    assert {"name": "TRADEPLANE_NATS", "value": "nats://nats:4222"} in container["env"]
+    assert not [item for item in container["env"]
+                if "value" in item and "password" in item["value"].lower()]
+
+
+def test_a_ca_from_a_secret_and_a_key_of_another_name() -> None:
+    pod, container = _engine_pod(Config(engine_credentials_secret="creds",
+                                        engine_credentials_key="engine-v2.json",
+                                        engine_ca_secret="nats-ca", engine_ca_key="bundle"))
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["nats-credentials"]["secret"]["items"] == [
+        {"key": "engine-v2.json", "path": "engine.json"}]
+    assert volumes["nats-ca"]["secret"] == {"secretName": "nats-ca", "defaultMode": 0o440,
+                                           "items": [{"key": "bundle", "path": "ca.crt"}]}
+    names = [item["name"] for item in container["env"]]
+    assert "TRADEPLANE_NATS_CERT" not in names
+    assert "nats-client-tls" not in volumes
+
+
+def test_without_credentials_an_engine_mounts_nothing() -> None:
+    pod, container = _engine_pod(Config())
+    assert pod["volumes"] == container["volumeMounts"] == []
+    assert {item["name"] for item in container["env"]}.isdisjoint(
+        {"TRADEPLANE_CREDENTIALS", "TRADEPLANE_NATS_CA", "TRADEPLANE_NATS_CERT"})
+
+
+def _stored(desired: dict[str, Any]) -> dict[str, Any]:
+    """What a real API server gives back: defaults added, empty lists dropped."""
+    stored: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(desired))
+    pod = stored["spec"]["template"]["spec"]
+    for owner, key in ((pod, "volumes"), (pod["containers"][0], "volumeMounts")):
+        if not owner[key]:
+            del owner[key]
+    pod["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
+    for mount in pod["containers"][0].get("volumeMounts", []):
+        mount.setdefault("mountPropagation", "None")
+    return stored
+
+
+def _pod_spec(sts: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = sts["spec"]["template"]["spec"]
+    return spec
+
+
+def _without_volumes(sts: dict[str, Any]) -> None:
+    _pod_spec(sts).pop("volumes", None)
+    _pod_spec(sts)["containers"][0].pop("volumeMounts", None)
+
+
+def _another_key(sts: dict[str, Any]) -> None:
+    _pod_spec(sts)["volumes"][0]["secret"]["items"] = [{"key": "gateway.json",
+                                                        "path": "engine.json"}]
+
+
+def _readable_by_all(sts: dict[str, Any]) -> None:
+    _pod_spec(sts)["volumes"][0]["secret"]["defaultMode"] = 0o444
+
+
+def _older_operators(sts: dict[str, Any]) -> None:
+    """A StatefulSet an operator made before credentials: no volumes, no fsGroup."""
+    _without_volumes(sts)
+    del _pod_spec(sts)["securityContext"]["fsGroup"]
+    env = _pod_spec(sts)["containers"][0]["env"]
+    env[:] = [item for item in env if not item["name"].startswith(
+        ("TRADEPLANE_CREDENTIALS", "TRADEPLANE_NATS_"))]
+
+
+def _added_volume(sts: dict[str, Any]) -> None:
+    _pod_spec(sts)["volumes"] = [{"name": "nats-credentials", "secret": {
+        "secretName": "tradeplane-nats", "defaultMode": 0o440,
+        "items": [{"key": "admin.json", "path": "engine.json"}]}}]
+
+
+@pytest.mark.parametrize(("config", "edit", "drift"), [
+    (SECURED, None, False),
+    (Config(), None, False),
+    (SECURED, _without_volumes, True),
+    (SECURED, _another_key, True),
+    (SECURED, _readable_by_all, True),
+    (SECURED, _older_operators, True),
+    (Config(), _added_volume, True),
+], ids=["secured as stored", "plain as stored", "volumes removed", "another service's key",
+        "readable by all", "made by an older operator", "a volume added by hand"])
+def test_drift_of_the_engines_credentials(config: Config, edit: Any, drift: bool) -> None:
+    desired = statefulset(market(), config)
+    stored = _stored(desired)
+    if edit is not None:
+        edit(stored)
+    assert is_subset(desired, stored) is not drift
+
+
 def _essence(annotations: dict[str, str]) -> dict[str, Any]:
     """What kopf compares to decide whether a Market changed (the operator's storages)."""
     persistence = handlers.settings().persistence
@@ -268,6 +396,32 @@ def test_settings_from_the_environment() -> None:
         Config(anti_affinity="sometimes")
     with pytest.raises(ValueError, match="stream replicas"):
         Config(stream_replicas=2)
+
+
+def test_nats_security_settings_from_the_environment() -> None:
+    config = Config.from_environment({
+        "TRADEPLANE_CREDENTIALS": "/etc/tradeplane/credentials/operator.json",
+        "TRADEPLANE_NATS_CA": "/ca/ca.crt", "TRADEPLANE_NATS_CERT": "/tls/tls.crt",
+        "TRADEPLANE_NATS_KEY": "/tls/tls.key",
+        "TRADEPLANE_ENGINE_CREDENTIALS_SECRET": "tradeplane-nats",
+        "TRADEPLANE_ENGINE_NATS_CA_CONFIGMAP": "nats-ca",
+        "TRADEPLANE_ENGINE_NATS_CLIENT_CERT_SECRET": "engine-tls"})
+    assert (config.nats_credentials, config.nats_ca, config.nats_cert, config.nats_key) == (
+        "/etc/tradeplane/credentials/operator.json", "/ca/ca.crt", "/tls/tls.crt",
+        "/tls/tls.key")
+    assert (config.engine_credentials_secret, config.engine_credentials_key) == (
+        "tradeplane-nats", "engine.json")
+    assert (config.engine_ca_secret, config.engine_ca_config_map, config.engine_ca_key) == (
+        None, "nats-ca", "ca.crt")
+    assert config.engine_client_cert_secret == "engine-tls"
+    empty = Config.from_environment({"TRADEPLANE_ENGINE_CREDENTIALS_SECRET": "",
+                                     "TRADEPLANE_ENGINE_CREDENTIALS_KEY": ""})
+    assert (empty.engine_credentials_secret, empty.engine_credentials_key) == (
+        None, "engine.json")
+    with pytest.raises(ValueError, match="not both"):
+        Config(engine_ca_secret="a", engine_ca_config_map="b")
+    with pytest.raises(ValueError, match="key without"):
+        Config(nats_key="/tls/tls.key")
 
 
 def _validation_error() -> pydantic.ValidationError:
@@ -323,3 +477,5 @@ def test_the_children_are_valid_kubernetes_objects(version: str) -> None:
     for build in (statefulset, service, disruption_budget):
         kubernetes_validate.validate(build(built, config), version, strict=True)
     kubernetes_validate.validate(statefulset(built, Config()), version, strict=True)
+    for secured in (SECURED, Config(engine_credentials_secret="c", engine_ca_secret="ca")):
+        kubernetes_validate.validate(statefulset(built, secured), version, strict=True)

@@ -53,16 +53,132 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The NATS URL as an environment variable: from a Secret, or the plain URL. */}}
+{{/*
+  NATS for one process: the URL (never with credentials in it), and the files it reads
+  its credentials and TLS material from, mounted by "tradeplane.natsVolumes".
+  Call with (dict "root" $ "identity" "gateway"): the identity whose credentials file
+  the process uses; "" for none.
+*/}}
 {{- define "tradeplane.natsEnv" -}}
+{{- $nats := .root.Values.nats }}
 - name: TRADEPLANE_NATS
-{{- if .Values.nats.existingSecret }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.nats.existingSecret }}
-      key: url
-{{- else }}
-  value: {{ .Values.nats.url | quote }}
+  value: {{ $nats.url | quote }}
+{{- if and $nats.credentials.existingSecret .identity }}
+- name: TRADEPLANE_CREDENTIALS
+  value: /etc/tradeplane/credentials/{{ .identity }}.json
+{{- end }}
+{{- if or $nats.tls.caSecret $nats.tls.caConfigMap }}
+- name: TRADEPLANE_NATS_CA
+  value: /etc/tradeplane/nats-ca/ca.crt
+{{- end }}
+{{- if $nats.tls.clientCertSecret }}
+- name: TRADEPLANE_NATS_CERT
+  value: /etc/tradeplane/nats-client/tls.crt
+- name: TRADEPLANE_NATS_KEY
+  value: /etc/tradeplane/nats-client/tls.key
+{{- end }}
+{{- end }}
+
+{{/*
+  The volumes of "tradeplane.natsEnv"'s files. Call with (dict "root" $ "keys" (list
+  "gateway.json")): the keys of the credentials Secret this pod may read, and no other.
+  Secrets are mode 0440 (decimal 288) with the pod's fsGroup as their group: readable by
+  the process's user, not by others.
+*/}}
+{{- define "tradeplane.natsVolumes" -}}
+{{- $nats := .root.Values.nats }}
+{{- if and $nats.credentials.existingSecret .keys }}
+- name: nats-credentials
+  secret:
+    secretName: {{ $nats.credentials.existingSecret }}
+    defaultMode: 288
+    items:
+      {{- range .keys }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
+{{- if $nats.tls.caSecret }}
+- name: nats-ca
+  secret:
+    secretName: {{ $nats.tls.caSecret }}
+    defaultMode: 288
+    items:
+      - key: {{ $nats.tls.caKey }}
+        path: ca.crt
+{{- else if $nats.tls.caConfigMap }}
+- name: nats-ca
+  configMap:
+    name: {{ $nats.tls.caConfigMap }}
+    defaultMode: 292
+    items:
+      - key: {{ $nats.tls.caKey }}
+        path: ca.crt
+{{- end }}
+{{- if $nats.tls.clientCertSecret }}
+- name: nats-client-tls
+  secret:
+    secretName: {{ $nats.tls.clientCertSecret }}
+    defaultMode: 288
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end }}
+
+{{/* The mounts of "tradeplane.natsVolumes" (same arguments), read-only. */}}
+{{- define "tradeplane.natsVolumeMounts" -}}
+{{- $nats := .root.Values.nats }}
+{{- if and $nats.credentials.existingSecret .keys }}
+- name: nats-credentials
+  mountPath: /etc/tradeplane/credentials
+  readOnly: true
+{{- end }}
+{{- if or $nats.tls.caSecret $nats.tls.caConfigMap }}
+- name: nats-ca
+  mountPath: /etc/tradeplane/nats-ca
+  readOnly: true
+{{- end }}
+{{- if $nats.tls.clientCertSecret }}
+- name: nats-client-tls
+  mountPath: /etc/tradeplane/nats-client
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The engines' NATS settings for the operator, which puts them on every engine pod. */}}
+{{- define "tradeplane.engineNatsEnv" -}}
+{{- $nats := .Values.nats }}
+{{- with $nats.credentials.existingSecret }}
+- name: TRADEPLANE_ENGINE_CREDENTIALS_SECRET
+  value: {{ . | quote }}
+- name: TRADEPLANE_ENGINE_CREDENTIALS_KEY
+  value: engine.json
+{{- end }}
+{{- with $nats.tls.caSecret }}
+- name: TRADEPLANE_ENGINE_NATS_CA_SECRET
+  value: {{ . | quote }}
+{{- end }}
+{{- with $nats.tls.caConfigMap }}
+- name: TRADEPLANE_ENGINE_NATS_CA_CONFIGMAP
+  value: {{ . | quote }}
+{{- end }}
+{{- if or $nats.tls.caSecret $nats.tls.caConfigMap }}
+- name: TRADEPLANE_ENGINE_NATS_CA_KEY
+  value: {{ $nats.tls.caKey | quote }}
+{{- end }}
+{{- with $nats.tls.clientCertSecret }}
+- name: TRADEPLANE_ENGINE_NATS_CLIENT_CERT_SECRET
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The checks the schema cannot make in a way Helm reports well. */}}
+{{- define "tradeplane.checkNats" -}}
+{{- if and .Values.nats.tls.caSecret .Values.nats.tls.caConfigMap }}
+{{- fail "nats.tls: give the CA bundle as caSecret or caConfigMap, not both" }}
 {{- end }}
 {{- end }}
 
@@ -89,6 +205,7 @@ capabilities:
 runAsNonRoot: true
 runAsUser: 10001
 runAsGroup: 10001
+fsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
