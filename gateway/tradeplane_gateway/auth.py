@@ -41,6 +41,8 @@ from tradeplane_gateway import accounts
 log = logging.getLogger(__name__)
 
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
+AUTH_QUEUE = "tp-auth"
+"""Replicas of the auth service share the requests: each is answered by one of them."""
 TOKEN_LIFETIME = 24 * 3600
 """Seconds a trader's user token is valid; the connection must then authenticate again."""
 SWEEP_EVERY = 2.0
@@ -123,7 +125,8 @@ class AuthService:
 
     async def run(self, started: asyncio.Event | None = None) -> None:
         """Answer requests and sweep revoked accounts until cancelled."""
-        subscription = await self.callout.subscribe(AUTH_SUBJECT, cb=self._on_request)
+        subscription = await self.callout.subscribe(AUTH_SUBJECT, queue=AUTH_QUEUE,
+                                                    cb=self._on_request)
         await self.callout.flush()
         if started is not None:
             started.set()
