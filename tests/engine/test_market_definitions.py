@@ -63,7 +63,9 @@ def test_a_bad_definition_is_skipped_and_the_last_good_one_stays(tmp_path: Path,
             assert skipped("recorder") > before["recorder"]
             assert recorded.definitions == {"sol-usdt": SOL}
             out = io.StringIO()
-            assert await status_command(argparse.Namespace(nats=exchange.url), out) == 0
+            arguments = argparse.Namespace(nats=exchange.server.url,
+                                           access=exchange.server.access("admin"))
+            assert await status_command(arguments, out) == 0
             assert "sol-usdt     definition refused" in out.getvalue()
             assert skipped("cli") > before["cli"]
 
