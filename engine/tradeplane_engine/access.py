@@ -12,9 +12,10 @@ Every connection to a tradeplane NATS authenticates (docs/security.md):
   inbox, so no trader can steer a reply anywhere else.
 
 Each service gets only the subjects its work needs; in particular only engines publish
-a market's events, lease, replica reports and market data, only gateways the command
-streams, and only the operator and the admin the market definitions, internal requests
-and stream deletion. JetStream API rights are by operation (``$JS.API.STREAM.INFO.*``):
+a market's events, lease, replica reports and market data, only gateways (and the
+operator's sequenced admin commands) the command streams, only the operator and the
+admin the market definitions and internal requests, and only the admin may delete a
+stream. JetStream API rights are by operation (``$JS.API.STREAM.INFO.*``):
 NATS permissions cannot match part of a token, and streams are named per market.
 
 This module is the one place these rules are written; ``tradeplane security init``
@@ -32,16 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tradeplane_engine.wire import MARKETS_BUCKET
+from tradeplane_engine.wire import LEASES_BUCKET, MARKETS_BUCKET, REPLICAS_BUCKET
 
 TRADERS_ACCOUNT = "TP"
 """The NATS account of the exchange: every service and every trader."""
 AUTH_ACCOUNT = "AUTH"
 """The NATS account of the auth service's callout connection, and nothing else."""
 SYSTEM_ACCOUNT = "SYS"
-
-LEASES = "tp-leases"
-REPLICAS = "tp-replicas"
 
 CREDENTIALS_ENV = "TRADEPLANE_CREDENTIALS"
 """Environment variable naming a credentials file (``--credentials`` overrides it)."""
@@ -201,8 +199,9 @@ SERVICES: dict[str, Permissions] = {
     # Matching: a market's streams, events, market data, private updates, results to
     # gateways, lease and replica reports; answers status and switchover requests.
     "engine": _service("engine", (
-        "tp.evt.*", "tp.md.*.book", "tp.md.*.trades", "tp.acct.*.orders", _kv(LEASES),
-        _kv(REPLICAS), f"{GATEWAY_INBOX}.>", "tp.engine.>", *_READ_STREAMS,
+        "tp.evt.*", "tp.md.*.book", "tp.md.*.trades", "tp.acct.*.orders",
+        _kv(LEASES_BUCKET), _kv(REPLICAS_BUCKET), f"{GATEWAY_INBOX}.>", "tp.engine.>",
+        *_READ_STREAMS,
         "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*",
     ), ("tp.evt.*", "tp.engine.>", "tp.md.*.book.snapshot"), allow_responses=True),
     # Persistence: reads the streams; answers history, status and snapshot requests.

@@ -31,6 +31,11 @@ from tradeplane_engine.core.market import MarketSpec, UnitFormatter, format_deci
 
 MARKETS_BUCKET = "tp-markets"
 """NATS key-value bucket of market definitions: key = market name, value = JSON spec."""
+LEASES_BUCKET = "tp-leases"
+"""Each market's leader lease, key ``<market>`` (docs/failover.md)."""
+REPLICAS_BUCKET = "tp-replicas"
+"""Each replica's status, key ``<market>.<replica>``, renewed every second; an entry
+not renewed for 10 s expires (a replica that is gone)."""
 GATEWAY_QUEUE = "tp-gateway"
 """Queue group of every gateway process: a request goes to exactly one of them."""
 API_SUBJECTS = "tp.api.*.order.*"

@@ -20,7 +20,7 @@ import pytest
 from tests.e2e.cluster import cluster
 from tests.e2e.test_crash_recovery import MARKET
 from tests.support.exchange import eventually, run
-from tradeplane_engine.service.lease import LEASES_BUCKET, REPLICAS_BUCKET
+from tradeplane_engine.wire import LEASES_BUCKET, REPLICAS_BUCKET
 from tradeplane_gateway import connect
 from tradeplane_operator.children import GRACE_PERIOD
 

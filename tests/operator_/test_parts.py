@@ -167,7 +167,6 @@ def test_what_the_operator_writes_is_what_the_engines_read() -> None:
                           1, 1).mode == "halted"  # type: ignore[union-attr]
     # The names the operator writes to are the engine's (it imports no engine code).
     from tradeplane_engine import wire
-    from tradeplane_engine.service import lease
     from tradeplane_operator import exchange
 
     assert exchange.command_stream("btc-usdt") == wire.command_stream("btc-usdt")
@@ -177,8 +176,8 @@ def test_what_the_operator_writes_is_what_the_engines_read() -> None:
     assert exchange.recorder_subject("btc-usdt", "snapshot") == wire.recorder_subject(
         "btc-usdt", "snapshot")
     assert exchange.MARKETS_BUCKET == wire.MARKETS_BUCKET
-    assert (exchange.LEASES_BUCKET, exchange.REPLICAS_BUCKET) == (lease.LEASES_BUCKET,
-                                                                  lease.REPLICAS_BUCKET)
+    assert (exchange.LEASES_BUCKET, exchange.REPLICAS_BUCKET) == (wire.LEASES_BUCKET,
+                                                                  wire.REPLICAS_BUCKET)
 
 
 def market(**spec: Any) -> Market:

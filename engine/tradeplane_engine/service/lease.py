@@ -32,6 +32,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from tradeplane_engine.connection import NATS_ERRORS
+from tradeplane_engine.wire import LEASES_BUCKET, REPLICAS_BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ LEASE_ERRORS = Counter(
     "Lease operations that failed and were tried again: reason nats (NATS away or slow) "
     "or unreadable (a lease value that is not a lease)", ["market", "reason"])
 
-LEASES_BUCKET = "tp-leases"
-REPLICAS_BUCKET = "tp-replicas"
-"""Each replica's status, key ``<market>.<replica>``, renewed every second; an entry
-not renewed for 10 s expires (a replica that is gone)."""
 
 
 class LeaseValue(msgspec.Struct, frozen=True):

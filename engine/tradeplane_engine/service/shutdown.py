@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.service.lease import REPLICAS_BUCKET
+from tradeplane_engine.wire import REPLICAS_BUCKET
 
 if TYPE_CHECKING:
     from tradeplane_engine.service.market import MarketService
