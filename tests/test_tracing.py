@@ -127,6 +127,25 @@ def test_rejected_orders_are_kept_whatever_the_sampler_says(
     run(scenario())
 
 
+def test_a_subject_that_names_no_request_is_traced_under_a_bounded_name(
+        tmp_path: Path, spans: InMemorySpanExporter) -> None:
+    """Span names come from the protocol's verbs: what a client puts in a subject does
+    not make new ones."""
+    tracing(spans, "1.0")
+
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                exchange.raw_trader("mallory") as mallory:
+            for subject in ("tp.api.mallory.order.liquidate", "tp.api.mallory.foo.bar"):
+                await mallory.request(subject, b"{}", timeout=5)
+            finished = list(spans.get_finished_spans())
+            assert {span.name for span in finished} == {"process tp.api.order.unknown",
+                                                        "reject tp.api.order"}
+            assert [attributes(span)[telemetry.REJECT_CODE]
+                    for span in named(finished, "reject tp.api.order")] == [907, 907]
+    run(scenario())
+
+
 def test_nothing_is_traced_without_an_exporter() -> None:
     assert telemetry.configure("tradeplane-test", {}) is False
     assert telemetry.enabled is False

@@ -33,7 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tradeplane_engine.wire import LEASES_BUCKET, MARKETS_BUCKET, REPLICAS_BUCKET
+from tradeplane_engine.wire import (
+    API_SUBJECTS,
+    BOOK_SNAPSHOTS,
+    LEASES_BUCKET,
+    MARKETS_BUCKET,
+    REPLICAS_BUCKET,
+)
 
 TRADERS_ACCOUNT = "TP"
 """The NATS account of the exchange: every service and every trader."""
@@ -190,12 +196,14 @@ def _service(name: str, publish: tuple[str, ...], subscribe: tuple[str, ...] = (
 
 
 SERVICES: dict[str, Permissions] = {
-    # Order entry: commands into the command streams, replies to traders' inboxes only;
-    # reads the market definitions and asks engines and recorders on traders' behalf.
+    # Order entry: every request under tp.api, commands into the command streams,
+    # replies to traders' inboxes only; reads the market definitions and asks engines
+    # and recorders on traders' behalf; answers book snapshot requests for markets that
+    # do not exist (an engine's leader answers its own market's).
     "gateway": _service("gateway", (
         "tp.cmd.*", "_INBOX.*.>", "tp.engine.*.order", "tp.engine.*.openOrders",
         "tp.history.*.order", "tp.history.*.trades", *_FOLLOW_MARKETS,
-    ), ("tp.api.*.order.*",)),
+    ), (API_SUBJECTS, BOOK_SNAPSHOTS)),
     # Matching: a market's streams, events, market data, private updates, results to
     # gateways, lease and replica reports; answers status and switchover requests.
     "engine": _service("engine", (
@@ -203,7 +211,7 @@ SERVICES: dict[str, Permissions] = {
         _kv(LEASES_BUCKET), _kv(REPLICAS_BUCKET), f"{GATEWAY_INBOX}.>", "tp.engine.>",
         *_READ_STREAMS,
         "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*",
-    ), ("tp.evt.*", "tp.engine.>", "tp.md.*.book.snapshot"), allow_responses=True),
+    ), ("tp.evt.*", "tp.engine.>", BOOK_SNAPSHOTS), allow_responses=True),
     # Persistence: reads the streams; answers history, status and snapshot requests.
     "recorder": _service("recorder", (*_READ_STREAMS, *_CREATE_MARKETS),
                          ("tp.history.*.*", "tp.recorder.>"), allow_responses=True),
@@ -226,7 +234,7 @@ SERVICE_USERS = frozenset({*SERVICES, "auth", "sys"})
 def trader_permissions(account: str) -> Permissions:
     """What a trader may do: its own requests and updates, public market data."""
     return Permissions(
-        publish=(f"tp.api.{account}.>", "tp.md.*.book.snapshot"),
+        publish=(f"tp.api.{account}.>", BOOK_SNAPSHOTS),
         subscribe=(f"{trader_inbox(account)}.>", f"tp.acct.{account}.>", "tp.md.*.book",
                    "tp.md.*.trades"),
     )

@@ -38,8 +38,13 @@ REPLICAS_BUCKET = "tp-replicas"
 not renewed for 10 s expires (a replica that is gone)."""
 GATEWAY_QUEUE = "tp-gateway"
 """Queue group of every gateway process: a request goes to exactly one of them."""
-API_SUBJECTS = "tp.api.*.order.*"
-"""What gateways serve: ``tp.api.<account>.order.<verb>``."""
+API_SUBJECTS = "tp.api.*.>"
+"""What gateways serve: every subject under ``tp.api.<account>.``. The requests are
+``tp.api.<account>.order.<verb>``; anything else there is answered as an unknown request,
+so that whatever a trader may send gets a reply."""
+BOOK_SNAPSHOTS = "tp.md.*.book.snapshot"
+"""Book snapshot requests: the leader of a market's engine answers its own market's, the
+gateways (in their queue group) those of a market they do not know."""
 
 HEADER_MESSAGE_ID = "Nats-Msg-Id"
 HEADER_REPLY = "Tp-Reply"

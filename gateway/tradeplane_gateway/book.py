@@ -107,15 +107,19 @@ class LocalBook:
         await self._apply(delta)
 
     async def _load_snapshot(self) -> None:
+        # While no engine leads the market (a failover) nothing answers, and the
+        # gateways' subscription to every market's snapshots means no "no responders"
+        # either: ask again soon, waiting longer each time up to the timeout.
+        attempt = min(self.timeout, 0.5)
         while True:
             try:
                 answer = await self.nc.request(book_snapshot_subject(self.market), b"",
-                                               timeout=self.timeout)
+                                               timeout=attempt)
                 snapshot = msgspec.json.decode(answer.data)
                 if "error" not in snapshot:
                     break
             except (NoRespondersError, NatsTimeout):
-                pass
+                attempt = min(2 * attempt, self.timeout)
             await asyncio.sleep(0.1)  # the engine is starting or recovering
         self._bids = {Decimal(price): (price, quantity) for price, quantity in snapshot["bids"]}
         self._asks = {Decimal(price): (price, quantity) for price, quantity in snapshot["asks"]}

@@ -29,7 +29,8 @@ class EdgeCode(IntEnum):
     INVALID_ACCOUNT = 906
     """The account in the subject is not a valid account name."""
     UNKNOWN_REQUEST = 907
-    """The subject names no request the gateway serves."""
+    """The subject names no request the gateway serves: it is not
+    ``tp.api.<account>.order.<verb>`` with a verb the protocol defines."""
     INVALID_CLIENT_ORDER_ID = 908
     """Client order ids are 1-36 characters of A-Z, a-z, 0-9, ``_`` and ``-``."""
     NOT_SEQUENCED = 909

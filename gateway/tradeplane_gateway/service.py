@@ -1,20 +1,25 @@
 """The gateway: order entry over NATS request/reply, validated at the edge.
 
 Any number of gateway processes serve ``tp.api.<account>.order.<verb>`` in one queue
-group; each is stateless. A request is checked (size, JSON, fields, market, tick, lot,
-account), turned into the core's command with integer prices, and published to the
-market's command stream — with ``Nats-Msg-Id`` = ``<account>:<clientOrderId>`` for a
-new order, so a retried submission is sequenced once. In ``ack`` mode the reply goes
-out when the stream has stored the command; in ``result`` mode (the default) when the
-engine has applied it: the command carries a ``Tp-Reply`` header naming this gateway's
-inbox, where the engine sends the command's events.
+group; each is stateless. They take every subject under ``tp.api.<account>.``, and answer
+one that names no request with ``UNKNOWN_REQUEST``; and a book snapshot request for a
+market they do not know with ``{"error": "unknown market"}`` (an engine's leader answers
+its own market's), so that nothing a trader may send goes unanswered.
+
+A request is checked (size, JSON, fields, market, tick, lot, account), turned into the
+core's command with integer prices, and published to the market's command stream — with
+``Nats-Msg-Id`` = ``<account>:<clientOrderId>`` for a new order, so a retried submission
+is sequenced once. In ``ack`` mode the reply goes out when the stream has stored the
+command; in ``result`` mode (the default) when the engine has applied it: the command
+carries a ``Tp-Reply`` header naming this gateway's inbox, where the engine sends the
+command's events.
 
 The request path is a pipeline of callbacks, not a task per request: a request is
 validated and published as it arrives; the stream's acknowledgement and the engine's
 result come back to one inbox (``<inbox>.a.<token>`` and ``<inbox>.r.<token>``) and
 complete it, in whichever order they arrive; a sweeper answers what ran out of time.
-The gateway answers every message it receives, whatever it is, and never lets one
-request's failure touch another's.
+The gateway answers every request under ``tp.api`` it receives, whatever it is (on the
+account's inbox only), and never lets one request's failure touch another's.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from tradeplane_engine import telemetry
-from tradeplane_engine.access import GATEWAY_INBOX, trader_inbox
+from tradeplane_engine.access import GATEWAY_INBOX, is_inbox, trader_inbox
 from tradeplane_engine.core.commands import Cancel, Place, Replace
 from tradeplane_engine.core.events import OrderRejected
 from tradeplane_engine.core.market import OffGrid
@@ -43,6 +48,7 @@ from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.telemetry import TRACEPARENT
 from tradeplane_engine.wire import (
     API_SUBJECTS,
+    BOOK_SNAPSHOTS,
     GATEWAY_QUEUE,
     HEADER_MESSAGE_ID,
     HEADER_REPLY,
@@ -55,7 +61,7 @@ from tradeplane_engine.wire import (
 )
 from tradeplane_gateway.errors import EdgeCode
 from tradeplane_gateway.markets import KnownMarket, MarketDirectory
-from tradeplane_gateway.metrics import GatewayMetrics
+from tradeplane_gateway.metrics import UNKNOWN, GatewayMetrics
 from tradeplane_gateway.protocol import (
     ErrorBody,
     Fill,
@@ -82,7 +88,9 @@ from tradeplane_gateway.validation import (
     edge_error,
     known_market,
     order_reference,
+    request_verb,
     submission,
+    unknown_request,
 )
 
 log = logging.getLogger(__name__)
@@ -128,13 +136,16 @@ class Gateway:
         self._subscriptions = [
             await self.nc.subscribe(f"{self._inbox}.>", cb=self._on_inbox),
             await self.nc.subscribe(API_SUBJECTS, queue=GATEWAY_QUEUE, cb=self._on_request),
+            await self.nc.subscribe(BOOK_SNAPSHOTS, queue=GATEWAY_QUEUE,
+                                    cb=self._on_snapshot),
         ]
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
         """Stop taking requests, answer those in flight (or let them time out), leave."""
-        inbox, requests = self._subscriptions
-        await requests.unsubscribe()
+        inbox, *requests = self._subscriptions
+        for subscription in requests:
+            await subscription.unsubscribe()
         deadline = time.monotonic() + max(self.publish_timeout, self.result_timeout) + 1
         while (self._in_flight or self._tasks) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -148,8 +159,9 @@ class Gateway:
 
     async def _on_request(self, msg: Msg) -> None:
         self.requests_served += 1
-        tokens = msg.subject.split(".")
-        account, verb = tokens[2], tokens[4]
+        account = msg.subject.split(".", 3)[2]  # the subscription: tp.api.<account>.>
+        verb = request_verb(msg.subject)
+        label = verb or UNKNOWN  # metrics and span names take verbs from a bounded set
         if not msg.reply.startswith(f"{trader_inbox(account)}."):
             # A reply goes to the requester's own inbox and nowhere else: a reply subject
             # chosen by a client could name any subject the gateway may publish on.
@@ -159,12 +171,14 @@ class Gateway:
             return
         span = passed_on = None
         if telemetry.enabled:
-            span, passed_on = start_request_span(msg, account, verb)
+            span, passed_on = start_request_span(msg, account, label)
         request = None  # until decoded: the metrics of a refusal name its market if known
         try:
             if not is_account(account):
                 raise edge_error(EdgeCode.INVALID_ACCOUNT,
                                  "accounts are 1-64 characters of A-Z, a-z, 0-9, _ and -")
+            if verb is None:
+                raise unknown_request(msg.subject)
             request = decode_request(verb, msg.data)
             if isinstance(request, (StatusRequest, OpenOrdersRequest, TradesRequest)):
                 self._spawn(self._answer_query(msg.reply, account, request))
@@ -174,22 +188,40 @@ class Gateway:
             span = None  # in flight: it ends with the reply
         except EdgeError as exc:
             await self._reply(msg.reply, error_reply(exc.code, exc.name, exc.reason))
-            self.metrics.refused(verb, request, exc.code, exc.name)
+            self.metrics.refused(label, request, exc.code, exc.name)
             if telemetry.enabled:
                 trace_reject(span, passed_on, int(exc.code), exc.name, account)
         except OffGrid as exc:
             await self._reply(msg.reply, error_reply(int(exc.code), exc.code.name, exc.reason))
-            self.metrics.refused(verb, request, int(exc.code), exc.code.name)
+            self.metrics.refused(label, request, int(exc.code), exc.code.name)
             if telemetry.enabled:
                 trace_reject(span, passed_on, int(exc.code), exc.code.name, account)
         except Exception:  # one request's failure must never stop the gateway
             log.exception("request on %s failed", msg.subject)
             await self._reply(msg.reply, error_reply(500, "INTERNAL",
                                                      "the gateway failed on this request"))
-            self.metrics.failed(verb, request)
+            self.metrics.failed(label, request)
         finally:
             if span is not None:  # answered here, not in flight
                 span.end()
+
+    async def _on_snapshot(self, msg: Msg) -> None:
+        """A book snapshot request. The leader of a market's engine answers its market's;
+        a gateway answers only for a market it does not know, which no engine serves, so
+        that the request gets an answer rather than silence."""
+        market = msg.subject.split(".")[2]  # the subscription: tp.md.<market>.book.snapshot
+        if self.markets.get(market) is not None:
+            return  # its engine's leader answers
+        if not msg.reply.startswith("_INBOX."):
+            # A trader's inbox only (the gateway may publish to no other); a reply subject
+            # that is no inbox at all is counted, as the engine counts it.
+            if not is_inbox(msg.reply):
+                log.warning("book snapshot request on %s with reply subject %r; ignored",
+                            msg.subject[:120], msg.reply[:120])
+                UNTRUSTED_SKIPPED.labels("gateway", "reply subject").inc()
+            return
+        await self._reply(msg.reply, msgspec.json.encode(
+            {"error": "unknown market", "market": market}))
 
     def _client_id(self) -> str:
         return self.nc._nuid.next().decode()

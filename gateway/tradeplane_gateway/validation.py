@@ -41,6 +41,24 @@ def edge_error(code: EdgeCode, reason: str) -> EdgeError:
     return EdgeError(int(code), code.name, reason)
 
 
+def request_verb(subject: str) -> str | None:
+    """The verb of a request subject, ``tp.api.<account>.order.<verb>``; None for any
+    other subject under ``tp.api.<account>.`` (too few or too many tokens, another
+    namespace than ``order``, a verb the protocol does not define), which is refused
+    with ``UNKNOWN_REQUEST`` (``unknown_request``)."""
+    tokens = subject.split(".")
+    if len(tokens) == 5 and tokens[3] == "order" and tokens[4] in REQUESTS:
+        return tokens[4]
+    return None
+
+
+def unknown_request(subject: str) -> EdgeError:
+    shown = subject if len(subject) <= 120 else f"{subject[:120]}..."
+    return edge_error(EdgeCode.UNKNOWN_REQUEST,
+                      f"no request is served on {shown!r}: requests are "
+                      f"tp.api.<account>.order.<verb>, <verb> one of {', '.join(REQUESTS)}")
+
+
 def decode_request(verb: str, data: bytes) -> Request:
     """Parse a request strictly, turning msgspec's complaints into stable codes."""
     if len(data) > MAX_PAYLOAD:

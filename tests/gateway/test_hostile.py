@@ -9,11 +9,15 @@ from decimal import Decimal
 from pathlib import Path
 
 import msgspec
+import nats
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.support.exchange import SOL, local_exchange, run
+from tradeplane_engine.access import trader_inbox
+from tradeplane_engine.store.runner import open_database
 from tradeplane_gateway import connect
-from tradeplane_gateway.protocol import decode_reply
+from tradeplane_gateway.protocol import REQUESTS, decode_reply
 
 VALID = {"market": "sol-usdt", "side": "buy", "quantity": "1", "price": "99"}
 
@@ -72,6 +76,110 @@ def test_hostile_request_gets_its_code(tmp_path: Path, verb: str, payload: bytes
             assert reply.error.code == code, reply.error
             assert reply.error.name
             assert reply.error.reason
+
+    run(scenario())
+
+
+# (what, subject): under the trader's own tp.api.<account>. (so NATS lets it publish
+# there), but no request: each is answered 907 UNKNOWN_REQUEST.
+SUBJECTS: list[tuple[str, str]] = [
+    ("too few tokens", "tp.api.mallory.order"),
+    ("too many tokens", "tp.api.mallory.order.place.extra"),
+    ("another account's token inside", "tp.api.mallory.bob.order.place"),
+    ("unknown namespace and verb", "tp.api.mallory.foo.bar"),
+    ("account token only", "tp.api.mallory.place"),
+]
+
+
+def unknown_verb_refusals() -> float:
+    return REGISTRY.get_sample_value("tradeplane_gateway_requests_total", {
+        "market": "unknown", "verb": "unknown", "type": "none", "result": "rejected"}) or 0.0
+
+
+def verbs_counted() -> set[str]:
+    return {sample.labels["verb"] for family in REGISTRY.collect()
+            if family.name == "tradeplane_gateway_requests" for sample in family.samples}
+
+
+@pytest.mark.parametrize("subject", [case[1] for case in SUBJECTS],
+                         ids=[case[0] for case in SUBJECTS])
+def test_a_subject_that_names_no_request_gets_907(tmp_path: Path, subject: str) -> None:
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                exchange.raw_trader("mallory") as mallory:
+            before = unknown_verb_refusals()
+            answer = await mallory.request(subject, json.dumps(VALID).encode(), timeout=5)
+            reply = json.loads(answer.data)
+            assert reply == {"ok": False, "error": {
+                "code": 907, "name": "UNKNOWN_REQUEST", "reason": reply["error"]["reason"]}}
+            assert subject in reply["error"]["reason"]
+            assert "tp.api.<account>.order.<verb>" in reply["error"]["reason"]
+            # Counted once, under the verb "unknown": a subject never becomes a label.
+            assert unknown_verb_refusals() == before + 1
+            assert verbs_counted() <= {*REQUESTS, "unknown"}
+            # Nothing was sequenced, and the gateway serves on.
+            placed = await mallory.request("tp.api.mallory.order.place",
+                                           json.dumps(VALID).encode(), timeout=5)
+            assert decode_reply(placed.data).sequence == 1
+
+    run(scenario())
+
+
+def test_a_snapshot_of_an_unknown_market_is_answered_by_a_gateway(tmp_path: Path) -> None:
+    """The gateways answer what no engine serves; a market's own engine answers for it."""
+
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                exchange.raw_trader("mallory") as mallory:
+            answer = await mallory.request("tp.md.nosuch.book.snapshot", b"", timeout=5)
+            assert json.loads(answer.data) == {"error": "unknown market", "market": "nosuch"}
+            answer = await mallory.request("tp.md.sol-usdt.book.snapshot", b"", timeout=5)
+            assert json.loads(answer.data) == {"market": "sol-usdt", "sequence": 0,
+                                               "mode": "open", "bids": [], "asks": []}
+
+    run(scenario())
+
+
+def test_a_snapshot_of_a_known_market_without_a_leader_is_not_answered(
+        tmp_path: Path) -> None:
+    """A market the gateways know is its engine's to answer: while none leads (a
+    failover), a snapshot request times out, and the client asks again."""
+
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, engines=False) as exchange, \
+                exchange.raw_trader("mallory") as mallory:
+            await exchange.markets.wait_for("sol-usdt")
+            with pytest.raises(nats.errors.TimeoutError):
+                await mallory.request("tp.md.sol-usdt.book.snapshot", b"", timeout=0.5)
+
+    run(scenario())
+
+
+def test_a_trader_gets_an_answer_for_whatever_it_may_publish(tmp_path: Path,
+                                                             database: str) -> None:
+    """With a real trader's permissions: every subject it may publish is answered."""
+
+    async def scenario() -> None:
+        pool = await open_database(database, size=2)
+        try:
+            async with local_exchange(tmp_path, SOL, accounts_pool=pool) as exchange:
+                login = json.loads((await exchange.issue(pool, "mallory", tmp_path)).read_text())
+                nc = await nats.connect(exchange.server.url, user=login["user"],
+                                        password=login["password"],
+                                        inbox_prefix=trader_inbox("mallory"))
+                try:
+                    for _, subject in SUBJECTS:
+                        answer = await nc.request(subject, b"{}", timeout=5)
+                        error = decode_reply(answer.data).error
+                        assert error is not None
+                        assert error.code == 907, subject
+                    answer = await nc.request("tp.md.nosuch.book.snapshot", b"", timeout=5)
+                    assert json.loads(answer.data) == {"error": "unknown market",
+                                                       "market": "nosuch"}
+                finally:
+                    await nc.close()
+        finally:
+            await pool.close()
 
     run(scenario())
 

@@ -33,7 +33,8 @@ ATTACKS = [
     ("read other accounts' replies", "sub", "_INBOX.>"),
     ("read one other account's replies", "sub", "_INBOX.alice.>"),
     ("read every request", "sub", "tp.api.>"),
-    ("impersonate the gateway", "queue", "tp.api.*.order.*"),
+    ("impersonate the gateway", "queue", "tp.api.*.>"),
+    ("answer book snapshots in the gateways' place", "queue", "tp.md.*.book.snapshot"),
     ("forge a command", "pub", "tp.cmd.sol-usdt"),
     ("forge an events message", "pub", "tp.evt.sol-usdt"),
     ("forge a market data delta", "pub", "tp.md.sol-usdt.book"),
@@ -131,9 +132,11 @@ def test_an_authenticated_trader_is_refused(tmp_path: Path, database: str, what:
 
 
 def test_reply_subjects_cannot_steer_answers(tmp_path: Path, database: str) -> None:
-    """A request on the trader's own subject with a reply subject that is not its inbox
-    (a lease key, a market's book, another account's updates or inbox, a stream) gets no
-    answer anywhere. (A book snapshot is public: it may be answered to another inbox.)"""
+    """A request on the trader's own subjects (a request, or a subject that names none)
+    with a reply subject that is not its inbox (a lease key, a market's book, another
+    account's updates or inbox, a stream) gets no answer anywhere; nor does a book
+    snapshot request, of a market or of none, whose reply subject is not an inbox. (A
+    book snapshot is public: it may be answered to another inbox.)"""
 
     async def scenario() -> None:
         pool = await open_database(database, size=2)
@@ -148,7 +151,7 @@ def test_reply_subjects_cannot_steer_answers(tmp_path: Path, database: str) -> N
                 async def on(msg: Any) -> None:
                     seen.append(msg.subject)
                 for subject in ("$KV.>", "tp.md.*.book", "tp.md.*.trades", "tp.acct.>",
-                                "tp.cmd.>", "tp.evt.>"):
+                                "tp.cmd.>", "tp.evt.>", "_INBOX.alice.>"):
                     await watcher.subscribe(subject, cb=on)
                 await watcher.flush()
                 errors = Errors()
@@ -158,9 +161,12 @@ def test_reply_subjects_cannot_steer_answers(tmp_path: Path, database: str) -> N
                                   "tp.md.sol-usdt.book", "tp.acct.alice.orders",
                                   "tp.cmd.sol-usdt", "tp.evt.sol-usdt"):
                         await nc.publish("tp.api.mallory.order.place", PLACE, reply=reply)
+                        await nc.publish("tp.api.mallory.foo.bar", PLACE, reply=reply)
                         await nc.publish("tp.md.sol-usdt.book.snapshot", b"", reply=reply)
-                    await nc.publish("tp.api.mallory.order.place", PLACE,
-                                     reply="_INBOX.alice.stolen")
+                        await nc.publish("tp.md.nosuch.book.snapshot", b"", reply=reply)
+                    for subject in ("tp.api.mallory.order.place", "tp.api.mallory.foo.bar",
+                                    "tp.api.mallory.order"):
+                        await nc.publish(subject, PLACE, reply="_INBOX.alice.stolen")
                     await nc.flush()
                     await asyncio.sleep(0.5)  # what would be answered is answered by now
                     await nc.flush()
