@@ -164,10 +164,12 @@ def own_inbox(user: str) -> str:
 
 
 def is_inbox(subject: str) -> bool:
-    """Whether a reply subject is someone's inbox: a responder that traders can reach
-    answers nowhere else (a reply subject is the requester's choice, and could name a
-    market's events, its book or another account's updates)."""
-    return subject.startswith(("_INBOX.", "_SVC."))
+    """Whether a reply subject is a trader-style inbox (``_INBOX.…``): a responder that
+    traders can reach answers nowhere else. A reply subject is the requester's choice,
+    and could name a market's events, its book, another account's updates or a
+    service's inbox (``_SVC.…``); a service that asks such a responder uses an
+    ``_INBOX.`` prefix for it (``tradeplane book`` as the admin does)."""
+    return subject.startswith("_INBOX.")
 
 
 GATEWAY_INBOX = service_inbox("gateway")

@@ -212,13 +212,12 @@ class Gateway:
         market = msg.subject.split(".")[2]  # the subscription: tp.md.<market>.book.snapshot
         if self.markets.get(market) is not None:
             return  # its engine's leader answers
-        if not msg.reply.startswith("_INBOX."):
-            # A trader's inbox only (the gateway may publish to no other); a reply subject
-            # that is no inbox at all is counted, as the engine counts it.
-            if not is_inbox(msg.reply):
-                log.warning("book snapshot request on %s with reply subject %r; ignored",
-                            msg.subject[:120], msg.reply[:120])
-                UNTRUSTED_SKIPPED.labels("gateway", "reply subject").inc()
+        if not is_inbox(msg.reply):
+            # A trader-style inbox only (the gateway may publish to no other), as the
+            # engine answers.
+            log.warning("book snapshot request on %s with reply subject %r; ignored",
+                        msg.subject[:120], msg.reply[:120])
+            UNTRUSTED_SKIPPED.labels("gateway", "reply subject").inc()
             return
         await self._reply(msg.reply, msgspec.json.encode(
             {"error": "unknown market", "market": market}))

@@ -15,7 +15,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 
-from tradeplane_engine.access import Access, trader_inbox
+from tradeplane_engine.access import SERVICE_USERS, Access, trader_inbox
 from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.shutdown import standbys
 from tradeplane_engine.wire import MARKETS_BUCKET, REPLICAS_BUCKET, definition_entry, engine_subject
@@ -98,7 +98,12 @@ def render_book(book: LocalBook, depth: int) -> str:
 
 
 async def book_command(args: argparse.Namespace, out: IO[str]) -> int:
-    nc = await nats.connect(args.nats, **_options(args.access))
+    # Engines answer a snapshot on a trader-style inbox only: a service's own (the
+    # admin's) would not do.
+    credentials = args.access.credentials
+    trader = credentials is not None and credentials.user not in SERVICE_USERS
+    nc = await nats.connect(args.nats, **_options(args.access,
+                                                   None if trader else trader_inbox("viewer")))
     try:
         async with LocalBook(nc, args.market) as book:
             if args.once:

@@ -48,8 +48,8 @@ async def check_settled(exchange: Cluster, acknowledged: list[str],
 
 
 async def check_book(exchange: Cluster, book: LocalBook) -> None:
-    answer = await exchange.nc.request(f"tp.md.{exchange.market}.book.snapshot", b"",
-                                       timeout=10)
+    answer = await book.nc.request(f"tp.md.{exchange.market}.book.snapshot", b"",
+                                   timeout=10)  # on the SDK's (trader's) inbox
     snapshot = msgspec.json.decode(answer.data)
     await book.wait_for_sequence(snapshot["sequence"] if not snapshot["bids"]
                                  and not snapshot["asks"] else 0)

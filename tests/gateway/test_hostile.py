@@ -221,7 +221,7 @@ def test_hostile_traffic_does_not_disturb_well_formed_orders(tmp_path: Path) -> 
             good_sequences = [result for result in results if result is not None]
             assert len(set(good_sequences)) == 200
             service = exchange.services["sol-usdt"]
-            answer = await exchange.nc.request("tp.md.sol-usdt.book.snapshot", b"", timeout=5)
+            answer = await mallory.request("tp.md.sol-usdt.book.snapshot", b"", timeout=5)
             book = msgspec.json.decode(answer.data)
             assert sum(Decimal(quantity) for _, quantity in book["bids"]) == Decimal("20")
             opened = [order for order in service.engine.l3().bids if order.account == "alice"]
