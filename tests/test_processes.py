@@ -12,7 +12,7 @@ from tradeplane.processes import NatsServer
 
 
 def test_a_started_nats_server_used_as_a_context_runs_once(tmp_path: Path) -> None:
-    with NatsServer(tmp_path / "nats").start() as server:
+    with NatsServer.secured(tmp_path / "nats").start() as server:
         assert server.url.startswith("nats://127.0.0.1:")
         assert len(processes_mentioning(str(tmp_path / "nats"))) == 1
     assert processes_mentioning(str(tmp_path / "nats")) == []
@@ -32,7 +32,7 @@ def test_servers_take_relative_data_directories(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """As ``tradeplane up --data-dir .tradeplane`` gives them."""
     monkeypatch.chdir(tmp_path)
-    with NatsServer(Path("relative") / "nats") as nats_server, \
+    with NatsServer.secured(Path("relative") / "nats") as nats_server, \
             PostgresServer(Path("relative") / "pg") as postgres:
         assert nats_server.url
         assert postgres.dsn

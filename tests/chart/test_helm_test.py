@@ -9,15 +9,15 @@ directory of its own, runs the pod's command (``tradeplane selftest ...``) as a 
 with the pod's environment (paths under a mount pointed at that directory), and reports
 its exit as the pod's phase, which is what Helm waits for.
 
-The nats-server here has no authorization (the operator's test world runs engines
-without credentials): the admin credentials the pod mounts are read and sent, not
-checked. tests/e2e runs the exchange with the real permissions.
+NATS runs with the real accounts and permissions (docs/security.md): the operator, the
+engines and the gateway connect as themselves, and the test pod with the admin
+credentials it mounts from the Secret ``tradeplane-nats`` (the operator's test world
+makes it from the server's own secrets), so those credentials are checked.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import sys
@@ -26,16 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from tests.chart.test_chart import CHART, ROOT, helm
-from tests.operator_.harness import Kubelet, World, operator_world
+from tests.operator_.harness import (
+    CREDENTIALS_SECRET,
+    Kubelet,
+    World,
+    mount_secrets,
+    operator_world,
+)
 from tests.support.exchange import SETTINGS, run
-from tradeplane import security
 from tradeplane_engine.service.streams import markets_bucket
-from tradeplane_gateway.markets import MarketDirectory
-from tradeplane_gateway.service import Gateway
+from tradeplane_gateway.runner import run_gateway
 from tradeplane_operator.kube import Resource
 
 PODS = Resource("", "v1", "pods")
-SECRETS = Resource("", "v1", "secrets")
 
 
 @dataclass
@@ -70,34 +73,12 @@ class PodRunner:
                     self._pods.append(asyncio.create_task(self._run(name, pod)))
             await asyncio.sleep(0.1)
 
-    def _mount(self, name: str, pod: dict[str, Any]) -> dict[str, str]:
-        """Write the Secret volumes' items under ``root``; the mount paths' new places."""
-        volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes", [])}
-        places = {}
-        for mount in pod["spec"]["containers"][0].get("volumeMounts", []):
-            source = volumes[mount["name"]]["secret"]
-            secret = self.world.cluster.get("secrets", source["secretName"])
-            assert secret is not None, f"{name}: no Secret {source['secretName']}"
-            directory = self.root / name / mount["name"]
-            directory.mkdir(parents=True)
-            for item in source["items"]:
-                path = directory / item["path"]
-                path.write_bytes(base64.b64decode(secret["data"][item["key"]]))
-                path.chmod(source["defaultMode"])
-                self.mounted.setdefault(name, []).append(
-                    f"{mount['mountPath']}/{item['path']}")
-            places[mount["mountPath"]] = str(directory)
-        return places
-
     async def _run(self, name: str, pod: dict[str, Any]) -> None:
         container = pod["spec"]["containers"][0]
-        places = self._mount(name, pod)
-        env = {item["name"]: item["value"] for item in container.get("env", [])
-               if "value" in item}
-        for variable, value in env.items():
-            for mount_path, place in places.items():
-                if value.startswith(f"{mount_path}/"):
-                    env[variable] = place + value[len(mount_path):]
+        mounted = mount_secrets(self.world.cluster, pod["spec"], self.root / name)
+        if mounted.files:
+            self.mounted[name] = mounted.files
+        env = mounted.environment(container)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tradeplane.cli", *container["args"],
             env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(
@@ -114,28 +95,23 @@ def test_helm_test_places_and_crosses_an_order(tmp_path: Path) -> None:
         async with operator_world(tmp_path) as world, Kubelet(world), \
                 PodRunner(world, tmp_path / "volumes") as pods:
             world.cluster.emulator.openapi()
-            # As `kubectl create secret generic tradeplane-nats --from-file=...` makes it.
-            secrets = security.init(tmp_path / "secrets")
-            keys = {f"{identity}.json": secrets.credentials(identity)
-                    for identity in security.IDENTITIES} | {"issuer.nk": secrets.issuer_seed}
-            await world.kube.create(SECRETS, "default", {
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tradeplane-nats"},
-                "data": {key: base64.b64encode(path.read_bytes()).decode()
-                         for key, path in keys.items()}})
-            markets = MarketDirectory()
-            follow = asyncio.create_task(markets.follow(
-                await markets_bucket(world.nc.jetstream(), SETTINGS)))
-            gateway = Gateway(world.nc, markets)
-            await gateway.start()
+            assert world.cluster.get("secrets", CREDENTIALS_SECRET) is not None
+            await markets_bucket(world.nc.jetstream(), SETTINGS)
+            started = asyncio.Event()
+            gateway = asyncio.create_task(run_gateway(
+                world.nats_url, started, access=world.server.access("gateway")))
             try:
+                await asyncio.wait_for(started.wait(), 10)
                 result = await helm({
                     "install": True, "test": True, "release": "tp", "chart": str(CHART),
                     "kubeconfig": str(world.cluster.kubeconfig), "namespace": "default",
-                    "values": {"nats": {"url": world.nats_url},
+                    "values": {"nats": {"url": world.nats_url,
+                                        "credentials": {"existingSecret": CREDENTIALS_SECRET}},
                                "tests": {"market": "helm-test-usdt"}}}, tmp_path)
             finally:
-                follow.cancel()
-                await gateway.stop()
+                gateway.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gateway
             assert result.get("status") == "deployed", result.get("error")
             output = "".join(pods.outputs.values())
             assert result["test"] == "passed", (result["test"], output)

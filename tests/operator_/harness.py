@@ -5,12 +5,22 @@ operator's handlers, and hands the test a client for each side. ``Kubelet`` play
 part of the StatefulSet controller and kubelet: for each engine StatefulSet it runs
 that many real engine replicas in-process (named like the pods), and stops them when
 the StatefulSet goes or shrinks.
+
+NATS runs with the real accounts and permissions (docs/security.md). The operator
+connects as ``operator``; the services' credentials are in the Secret
+``tradeplane-nats`` (as ``tradeplane security init`` and ``kubectl create secret``
+make it), which the operator mounts into its engine pods; ``Kubelet`` mounts what a
+pod's spec says and connects each replica with the credentials found there, so a
+permission the operator or the engines lack, or a pod that mounts the wrong file,
+fails the test. The test's own connection (``World.nc``) is the admin's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +32,12 @@ from nats.aio.client import Client as NatsClient
 
 from tests.support.exchange import SETTINGS, eventually
 from tests.support.kube import Cluster, cluster
+from tradeplane import security
 from tradeplane.processes import NatsServer
-from tradeplane_engine.service import MarketService
+from tradeplane.security import SecurityFiles
+from tradeplane_engine.access import Access
+from tradeplane_engine.connection import connect
+from tradeplane_engine.service import MarketService, StreamSettings
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.service.runner import market_definition
 from tradeplane_engine.service.streams import markets_bucket
@@ -34,6 +48,9 @@ from tradeplane_operator.kube import MARKETS, STATEFULSETS, KubeApi, Resource
 
 TEST_AGENT = "tradeplane-tests"
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
+SECRETS = Resource("", "v1", "secrets")
+CREDENTIALS_SECRET = "tradeplane-nats"
+"""The Secret with every service's NATS credentials (the chart's default name)."""
 
 
 @dataclass
@@ -41,8 +58,19 @@ class World:
     cluster: Cluster
     kube: KubeApi
     nc: NatsClient
+    """The admin's connection."""
     nats_url: str
     config: Config
+    server: NatsServer
+    directory: Path
+    connections: list[NatsClient] = field(default_factory=list)
+
+    async def connect(self, identity: str) -> NatsClient:
+        """A connection as a service identity (``engine``, ``recorder``...), closed
+        with the world."""
+        nc = await nats.connect(self.server.url, **self.server.access(identity).options())
+        self.connections.append(nc)
+        return nc
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         created = await self.kube.create(MARKETS, "default", manifest)
@@ -108,18 +136,23 @@ async def operator_world(tmp_path: Path, *, start: bool = True,
                          **config: Any) -> AsyncIterator[World]:
     """The emulated API server and a nats-server, with the operator running on them
     unless ``start`` is false (then the test runs it with ``running_operator``)."""
-    server = NatsServer(tmp_path / "nats").start()
+    server = NatsServer.secured(tmp_path / "nats").start()
+    assert server.secrets is not None
     try:
         async with cluster(tmp_path) as emulated:
             kube = KubeApi(kopf.ConnectionInfo(server=emulated.url), TEST_AGENT)
             await kube.create(CRDS, None, crd())
+            await kube.create(SECRETS, "default", credentials_secret(server.secrets))
             # The drift check keeps its default (30 s), as users get it: what must
             # happen at once must not wait for it. A test that is about the check
             # itself shortens it explicitly.
-            settings = Config(**{"nats_url": server.url, "status_interval": 0.2,
-                                 "final_snapshot_timeout": 10.0, **config})
-            nc = await nats.connect(server.url)
-            world = World(emulated, kube, nc, server.url, settings)
+            settings = Config(**{
+                "nats_url": server.url,
+                "nats_credentials": str(server.secrets.credentials("operator")),
+                "engine_credentials_secret": CREDENTIALS_SECRET, "status_interval": 0.2,
+                "final_snapshot_timeout": 10.0, **config})
+            nc = await nats.connect(server.url, **server.access("admin").options())
+            world = World(emulated, kube, nc, server.url, settings, server, tmp_path)
             try:
                 if start:
                     async with running_operator(world):
@@ -127,10 +160,65 @@ async def operator_world(tmp_path: Path, *, start: bool = True,
                 else:
                     yield world
             finally:
+                for connection in world.connections:
+                    await connection.close()
                 await nc.drain()
                 await kube.close()
     finally:
         server.stop()
+
+
+def credentials_secret(secrets: SecurityFiles) -> dict[str, Any]:
+    """The Secret ``kubectl create secret generic tradeplane-nats
+    --from-file=DIR/credentials/ --from-file=DIR/issuer.nk`` makes."""
+    keys = {f"{identity}.json": secrets.credentials(identity)
+            for identity in security.IDENTITIES} | {"issuer.nk": secrets.issuer_seed}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": CREDENTIALS_SECRET},
+            "data": {key: base64.b64encode(path.read_bytes()).decode()
+                     for key, path in keys.items()}}
+
+
+@dataclass
+class Mounted:
+    """A pod's Secret volumes as a kubelet would mount them, under a directory here."""
+
+    places: dict[str, str]
+    """Each mount path, and the directory that stands in for it."""
+    files: list[str]
+    """The files mounted, as the pod sees them."""
+
+    def environment(self, container: dict[str, Any]) -> dict[str, str]:
+        """The container's environment (its plain values), paths under a mount
+        pointed at the mount's stand-in."""
+        env = {item["name"]: item["value"] for item in container.get("env", [])
+               if "value" in item}
+        for variable, value in env.items():
+            for mount_path, place in self.places.items():
+                if value.startswith(f"{mount_path}/"):
+                    env[variable] = place + value[len(mount_path):]
+        return env
+
+
+def mount_secrets(cluster: Cluster, pod: dict[str, Any], directory: Path,
+                  namespace: str = "default") -> Mounted:
+    """Write the items of a pod spec's Secret volumes (from the Secrets in the API
+    server, with their modes) under ``directory``, afresh."""
+    volumes = {volume["name"]: volume for volume in pod.get("volumes") or []}
+    shutil.rmtree(directory, ignore_errors=True)
+    mounted = Mounted({}, [])
+    for mount in pod["containers"][0].get("volumeMounts") or []:
+        source = volumes[mount["name"]]["secret"]
+        secret = cluster.get("secrets", source["secretName"], namespace)
+        assert secret is not None, f"no Secret {source['secretName']} to mount"
+        place = directory / mount["name"]
+        place.mkdir(parents=True)
+        for item in source["items"]:
+            path = place / item["path"]
+            path.write_bytes(base64.b64decode(secret["data"][item["key"]]))
+            path.chmod(source["defaultMode"])
+            mounted.files.append(f"{mount['mountPath']}/{item['path']}")
+        mounted.places[mount["mountPath"]] = str(place)
+    return mounted
 
 
 @contextlib.asynccontextmanager
@@ -154,10 +242,15 @@ async def running_operator(world: World) -> AsyncIterator[None]:
 
 @dataclass
 class Kubelet:
-    """Runs the engine replicas each StatefulSet asks for, as in-process services."""
+    """Runs the engine replicas each StatefulSet asks for, as in-process services.
+
+    Each replica mounts its pod's Secret volumes and connects to NATS as its pod's
+    environment says (``TRADEPLANE_NATS``, ``TRADEPLANE_CREDENTIALS``...), on a
+    connection of its own that goes with it."""
 
     world: World
     running: dict[str, tuple[MarketService, asyncio.Task[None]]] = field(default_factory=dict)
+    connections: dict[str, NatsClient] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
     """Pods that stay dead (a node that is gone), until ``revive``."""
     _task: asyncio.Task[None] | None = None
@@ -173,6 +266,9 @@ class Kubelet:
             await self._task
         for pod in list(self.running):
             await self.kill(pod)
+        for nc in self.connections.values():  # a replica still waiting for its market
+            await nc.close()
+        self.connections.clear()
 
     async def kill(self, pod: str, *, restart: bool = True) -> None:
         """Stop a replica at once; the StatefulSet starts it again unless ``restart``
@@ -183,30 +279,47 @@ class Kubelet:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+        await self.connections.pop(pod).close()
 
     def service(self, pod: str) -> MarketService:
         return self.running[pod][0]
 
     async def _loop(self) -> None:
-        js = self.world.nc.jetstream()
-        kv = await markets_bucket(js, SETTINGS)
-        leases = await leases_bucket(js, 1, True)
-        statuses = await replicas_bucket(js, 1, True)
         while True:
-            wanted: dict[str, str] = {}
+            wanted: dict[str, dict[str, Any]] = {}
             for name, sts in self.world.cluster.objects(STATEFULSETS.plural).items():
-                market = sts["metadata"]["labels"]["tradeplane.dev/market"]
                 for ordinal in range(sts["spec"]["replicas"]):
-                    wanted[f"{name}-{ordinal}"] = market
+                    wanted[f"{name}-{ordinal}"] = sts
             for pod in set(self.running) - set(wanted):
                 await self.kill(pod)
             for pod in set(wanted) - set(self.running) - self.down:
-                definition = await market_definition(kv, wanted[pod])
-                service = MarketService(self.world.nc, definition, SETTINGS, replica=pod,
-                                        leases=leases, replicas=statuses)
-                self.running[pod] = (service, asyncio.create_task(service.run()))
+                await self._start(pod, wanted[pod])
             await asyncio.sleep(0.05)
 
+    async def _start(self, pod: str, sts: dict[str, Any]) -> None:
+        """What ``tradeplane engine`` does in the pod, up to running the market."""
+        market = sts["metadata"]["labels"]["tradeplane.dev/market"]
+        spec = sts["spec"]["template"]["spec"]
+        env = mount_secrets(self.world.cluster, spec, self.world.directory / "pods" / pod,
+                            sts["metadata"].get("namespace", "default")
+                            ).environment(spec["containers"][0])
+        try:
+            nc = await asyncio.wait_for(connect(
+                env["TRADEPLANE_NATS"], f"tradeplane-engine:{market}", "engine",
+                Access.from_environment(env)), 10)
+        except TimeoutError:
+            raise AssertionError(f"{pod}: no NATS connection with what its pod spec "
+                                 f"mounts and sets") from None
+        self.connections[pod] = nc
+        js = nc.jetstream()
+        # The markets bucket as the operator makes it too (on file), whoever comes first.
+        definition = await market_definition(await markets_bucket(js, StreamSettings()),
+                                             market)
+        service = MarketService(nc, definition, SETTINGS, replica=pod,
+                                leases=await leases_bucket(js, 1, True),
+                                replicas=await replicas_bucket(js, 1, True))
+        self.running[pod] = (service, asyncio.create_task(service.run()))
 
-__all__ = ["Kubelet", "World", "eventually", "market_manifest", "operator_world",
-           "running_operator"]
+
+__all__ = ["CREDENTIALS_SECRET", "Kubelet", "Mounted", "World", "eventually",
+           "market_manifest", "mount_secrets", "operator_world", "running_operator"]

@@ -1,5 +1,6 @@
-"""The operator's connection to the exchange, on a real nats-server: over mutual TLS with
-the files the chart mounts; and what it reads from the exchange's buckets: values
+"""The operator's connection to the exchange, on a real nats-server with the real
+accounts and permissions (docs/security.md), as the ``operator`` identity: over mutual
+TLS with the files the chart mounts; and what it reads from the exchange's buckets: values
 anyone with access may have written that are not what engines or the operator write are
 skipped and counted, never an error that stops a reconciliation or a status reading."""
 
@@ -59,22 +60,30 @@ def certificates(directory: Path) -> dict[str, Path]:
 def test_the_operator_connects_over_mutual_tls_with_the_mounted_files(tmp_path: Path) -> None:
     """The chart mounts the CA bundle and the client certificate and names them in
     TRADEPLANE_NATS_CA, _CERT and _KEY; the operator reads them as every process does.
-    The server requires TLS and a client certificate signed by the CA: a connection at
-    all shows both files were used."""
+    The server requires TLS and a client certificate signed by the CA, and the
+    operator's credentials: a connection at all shows every file was used."""
     files = certificates(tmp_path / "tls")
-    server_config = tmp_path / "tls.conf"
+    server = NatsServer.secured(tmp_path / "nats")
+    assert server.config is not None
+    assert server.secrets is not None
+    # The accounts and permissions, and TLS: nats-server includes a file relative to
+    # the including one.
+    server_config = server.config.with_name("tls.conf")
     server_config.write_text(
+        f'include "{server.config.name}"\n'
         f'tls {{\n  cert_file: "{files["server.crt"]}"\n  key_file: "{files["server.key"]}"\n'
         f'  ca_file: "{files["ca.crt"]}"\n  verify: true\n  timeout: 2\n}}\n')
+    server.config = server_config
     config = Config.from_environment({
+        "TRADEPLANE_CREDENTIALS": str(server.secrets.credentials("operator")),
         "TRADEPLANE_NATS_CA": str(files["ca.crt"]), "TRADEPLANE_NATS_CERT":
         str(files["tls.crt"]), "TRADEPLANE_NATS_KEY": str(files["tls.key"])})
 
     async def scenario() -> None:
-        server = NatsServer(tmp_path / "nats")
-        server.config = server_config
         with server:
-            exchange = await Exchange.connect(server.url, ca_file=config.nats_ca,
+            exchange = await Exchange.connect(server.url,
+                                              credentials_file=config.nats_credentials,
+                                              ca_file=config.nats_ca,
                                               cert_file=config.nats_cert,
                                               key_file=config.nats_key)
             try:
@@ -87,7 +96,8 @@ def test_the_operator_connects_over_mutual_tls_with_the_mounted_files(tmp_path: 
             # goes).
             with pytest.raises((ssl.SSLError, ConnectionError)):
                 await nats.connect(server.url, tls=tls_context(config.nats_ca),
-                                   allow_reconnect=False, connect_timeout=2)
+                                   allow_reconnect=False, connect_timeout=2,
+                                   **server.access("operator").options())
 
     run(scenario())
 
@@ -99,6 +109,14 @@ def test_tls_files_that_cannot_be_read_are_an_exchange_error(tmp_path: Path) -> 
     (tmp_path / "not-a-cert.pem").write_text("not a certificate\n")
     with pytest.raises(ExchangeError, match="NATS TLS files"):
         tls_context(None, str(tmp_path / "not-a-cert.pem"))
+
+
+async def operator_exchange(server: NatsServer) -> Exchange:
+    """The operator's connection, with its own credentials; the test writes what it
+    reads as the admin."""
+    assert server.secrets is not None
+    return await Exchange.connect(server.url,
+                                  credentials_file=str(server.secrets.credentials("operator")))
 
 
 def skipped(what: str) -> float:
@@ -114,17 +132,22 @@ def skipped(what: str) -> float:
 ], ids=["not JSON", "not an object", "another market's", "huge"])
 def test_a_bad_definition_reads_as_none_and_is_replaced(tmp_path: Path, value: bytes) -> None:
     async def scenario() -> None:
-        with NatsServer(tmp_path / "nats") as server:
-            exchange = await Exchange.connect(server.url)
+        with NatsServer.secured(tmp_path / "nats") as server:
+            exchange = await operator_exchange(server)
+            admin = await nats.connect(server.url, **server.access("admin").options())
             try:
                 await exchange.put_definition("sol-usdt", {"name": "sol-usdt"})
                 assert await exchange.definition("sol-usdt") == {"name": "sol-usdt"}
-                kv = await exchange.nc.jetstream().key_value(MARKETS_BUCKET)
+                kv = await admin.jetstream().key_value(MARKETS_BUCKET)
                 await kv.put("sol-usdt", value)
                 before = skipped("market definition")
                 assert await exchange.definition("sol-usdt") is None
                 assert skipped("market definition") == before + 1
+                # The operator's next write replaces it.
+                await exchange.put_definition("sol-usdt", {"name": "sol-usdt"})
+                assert await exchange.definition("sol-usdt") == {"name": "sol-usdt"}
             finally:
+                await admin.close()
                 await exchange.close()
 
     run(scenario())
@@ -140,10 +163,11 @@ def test_reports_and_leases_that_are_not_are_skipped(tmp_path: Path) -> None:
            json.dumps({**good, "replica": "z", "epoch": [1]}).encode()]
 
     async def scenario() -> None:
-        with NatsServer(tmp_path / "nats") as server:
-            exchange = await Exchange.connect(server.url)
+        with NatsServer.secured(tmp_path / "nats") as server:
+            exchange = await operator_exchange(server)
+            admin = await nats.connect(server.url, **server.access("admin").options())
             try:
-                js = exchange.nc.jetstream()
+                js = admin.jetstream()
                 reports = await js.create_key_value(bucket=REPLICAS_BUCKET, history=1)
                 for number, value in enumerate(bad):
                     await reports.put(f"sol-usdt.bad-{number}", value)
@@ -160,6 +184,7 @@ def test_reports_and_leases_that_are_not_are_skipped(tmp_path: Path) -> None:
                     assert await exchange.lease("sol-usdt") is None
                     assert skipped("lease") == before + 1
             finally:
+                await admin.close()
                 await exchange.close()
 
     run(scenario())

@@ -12,13 +12,16 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import nats
 import yaml
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from tests.operator_.harness import World, eventually, operator_world
 from tests.support.exchange import run
 from tests.support.kube import cluster
 from tradeplane.processes import NatsServer
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
+from tradeplane_engine.wire import MARKETS_BUCKET
 from tradeplane_operator.kube import MARKETS, USED, KubeApi
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +51,7 @@ def test_kubectl_applies_lists_and_deletes_markets(tmp_path: Path) -> None:
             assert "market.tradeplane.dev/sol-usdt created" in output
 
             # What a leader of btc-usdt would publish, so the columns have values.
-            js = world.nc.jetstream()
+            js = (await world.connect("engine")).jetstream()
             leases = await leases_bucket(js, 1, True)
             reports = await replicas_bucket(js, 1, True)
             await leases.put("btc-usdt", json.dumps({"holder": "btc-usdt-engine-0",
@@ -110,9 +113,12 @@ def _free_port() -> int:
 
 
 def test_tradeplane_operator_runs_as_a_process(tmp_path: Path) -> None:
-    """The command the chart's operator Deployment runs, with the kubeconfig login."""
+    """The command the chart's operator Deployment runs, with the kubeconfig login and
+    the operator's NATS credentials file (the chart mounts it and names it in
+    TRADEPLANE_CREDENTIALS)."""
     async def scenario() -> None:
-        server = NatsServer(tmp_path / "nats").start()
+        server = NatsServer.secured(tmp_path / "nats").start()
+        assert server.secrets is not None
         try:
             async with cluster(tmp_path) as emulated:
                 kube = KubeApi(__import__("kopf").ConnectionInfo(server=emulated.url))
@@ -124,6 +130,7 @@ def test_tradeplane_operator_runs_as_a_process(tmp_path: Path) -> None:
                     sys.executable, "-m", "tradeplane.cli", "--nats", server.url, "operator",
                     "--liveness-port", str(port),
                     env={**os.environ, "KUBECONFIG": str(emulated.kubeconfig),
+                         "TRADEPLANE_CREDENTIALS": str(server.secrets.credentials("operator")),
                          "TRADEPLANE_STATUS_INTERVAL": "0.5",
                          "PYTHONPATH": os.pathsep.join(
                              str(ROOT / part) for part in ("src", "engine", "gateway",
@@ -134,6 +141,20 @@ def test_tradeplane_operator_runs_as_a_process(tmp_path: Path) -> None:
                     await eventually(
                         lambda: emulated.get("statefulsets", "sol-usdt-engine") is not None,
                         30, "the operator process made the StatefulSet")
+                    # It logged in to NATS: the definition is in the markets bucket.
+                    admin = await nats.connect(server.url,
+                                               **server.access("admin").options())
+                    try:
+                        async def defined() -> bool:
+                            try:
+                                kv = await admin.jetstream().key_value(MARKETS_BUCKET)
+                                entry = await kv.get("sol-usdt")
+                            except (NotFoundError, KeyNotFoundError):
+                                return False
+                            return bool(json.loads(entry.value or b"{}")["name"] == "sol-usdt")
+                        await eventually(defined, 15, "the definition in the markets bucket")
+                    finally:
+                        await admin.close()
 
                     async def live() -> bool:
                         try:

@@ -274,10 +274,11 @@ def test_status_follows_real_replicas_through_a_failover(tmp_path: Path) -> None
 
 
 def test_status_follows_what_a_replica_publishes(tmp_path: Path) -> None:
-    """No engine at all: the test writes the replicas' reports and the lease itself."""
+    """No engine at all: the test writes the replicas' reports and the lease itself, as
+    an engine."""
     async def scenario() -> None:
         async with operator_world(tmp_path) as world:
-            js = world.nc.jetstream()
+            js = (await world.connect("engine")).jetstream()
             leases = await leases_bucket(js, 1, True)
             reports = await replicas_bucket(js, 1, True)
             await world.apply(market_manifest(replicas=3))
@@ -339,7 +340,7 @@ def test_a_mode_change_is_a_sequenced_command(tmp_path: Path) -> None:
         async with operator_world(tmp_path) as world, Kubelet(world) as kubelet:
             await world.apply(market_manifest())
             await serving(world)
-            js = world.nc.jetstream()
+            js = (await world.connect("gateway")).jetstream()  # orders come from gateways
             await js.publish(command_subject("sol-usdt"), encode_command(Place(
                 sequence=0, timestamp=0, account="alice", side=Side.BUY, quantity=100,
                 price=10_000)))
@@ -544,9 +545,9 @@ def test_deletion_retires_the_market_in_order(tmp_path: Path) -> None:
         async with operator_world(tmp_path) as world, Kubelet(world) as kubelet:
             await world.apply(market_manifest())
             await serving(world)
-            js = world.nc.jetstream()
+            gateway = (await world.connect("gateway")).jetstream()  # orders come from gateways
             for account, price in (("alice", 9_900), ("bob", 10_100)):
-                await js.publish(command_subject("sol-usdt"), encode_command(Place(
+                await gateway.publish(command_subject("sol-usdt"), encode_command(Place(
                     sequence=0, timestamp=0, account=account,
                     side=Side.BUY if account == "alice" else Side.SELL, quantity=100,
                     price=price)))
@@ -561,8 +562,9 @@ def test_deletion_retires_the_market_in_order(tmp_path: Path) -> None:
                 children_then.append(len(world.cluster.objects("statefulsets")))
                 await msg.respond(json.dumps({"market": "sol-usdt", "sequence": 4,
                                               "stateHash": "f00d"}).encode())
-            subscription = await world.nc.subscribe("tp.recorder.sol-usdt.snapshot",
-                                                    cb=recorder)
+            recorder_nc = await world.connect("recorder")
+            subscription = await recorder_nc.subscribe("tp.recorder.sol-usdt.snapshot",
+                                                       cb=recorder)
             await world.kube.delete(MARKETS, "default", "sol-usdt")
 
             async def gone() -> bool:
@@ -573,6 +575,9 @@ def test_deletion_retires_the_market_in_order(tmp_path: Path) -> None:
             assert [r for r in world.reasons("sol-usdt") if r in (
                 "CancelOnly", "OrdersCanceled", "FinalSnapshot", "ChildrenDeleted")] == [
                 "CancelOnly", "OrdersCanceled", "FinalSnapshot", "ChildrenDeleted"]
+            # The leader answered that it published the cancellations (no NoLeader).
+            assert [event["reason"] for event in world.events("sol-usdt")
+                    if event["type"] == "Warning"] == []
             sequenced = await commands(world)
             assert [type(c).__name__ for c in sequenced] == [
                 "Place", "Place", "SetTradingMode", "CancelAll"]
@@ -585,7 +590,7 @@ def test_deletion_retires_the_market_in_order(tmp_path: Path) -> None:
             assert not world.cluster.objects("poddisruptionbudgets")
             assert await definition(world) is None  # gateways no longer route to it
             # The leader published the cancellations before it went.
-            events = await js.stream_info("tp-evt-sol-usdt")
+            events = await world.nc.jetstream().stream_info("tp-evt-sol-usdt")
             assert events.state.last_seq == 4
             # Everything the operator asked of the API is in what its RBAC grants.
             assert world.requests_beyond(USED) == set()

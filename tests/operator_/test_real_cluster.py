@@ -24,6 +24,7 @@ import kopf
 import pytest
 import yaml
 
+from tests.operator_.harness import CREDENTIALS_SECRET
 from tests.operator_.test_crd import EXAMPLES, INVALID
 from tests.operator_.test_kubectl import kubectl
 from tests.support.exchange import eventually, run
@@ -101,11 +102,19 @@ def test_the_operator_makes_children_the_api_server_accepts(
     config_path, name = namespace
 
     async def scenario() -> None:
-        server = NatsServer(tmp_path / "nats").start()
+        server = NatsServer.secured(tmp_path / "nats").start()
+        assert server.secrets is not None
+        # The engines' credentials, as the chart's README has them made.
+        code, output = await kubectl(
+            config_path, "create", "secret", "generic", CREDENTIALS_SECRET, "-n", name,
+            f"--from-file={server.secrets.credentials('engine').parent}")
+        assert code == 0, output
         os.environ["KUBECONFIG"] = str(config_path)
         stop, ready = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(handlers.run(
-            Config(nats_url=server.url, namespaces=(name,), final_snapshot_timeout=1),
+            Config(nats_url=server.url, namespaces=(name,), final_snapshot_timeout=1,
+                   nats_credentials=str(server.secrets.credentials("operator")),
+                   engine_credentials_secret=CREDENTIALS_SECRET),
             stop=stop, ready=ready))
         info = kopf.login_with_kubeconfig(logger=__import__("logging").getLogger("test"),
                                           settings=kopf.OperatorSettings())
