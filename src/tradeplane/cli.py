@@ -361,7 +361,9 @@ async def _run_async(args: argparse.Namespace) -> int:
         from tradeplane_operator.config import Config
         from tradeplane_operator.handlers import run as run_operator
 
-        config = Config.from_environment({**os.environ, "TRADEPLANE_NATS": args.nats})
+        config = Config.from_environment({**os.environ, "TRADEPLANE_NATS": args.nats,
+                                          **({"TRADEPLANE_CREDENTIALS": args.credentials}
+                                             if args.credentials else {})})
         logging.getLogger("kopf.objects").addFilter(_quiet_timers)
         liveness = (f"http://0.0.0.0:{args.liveness_port}/healthz"
                     if args.liveness_port else None)
