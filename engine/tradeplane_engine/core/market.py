@@ -8,6 +8,7 @@ edge, with a stable code, and never rounded.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from fractions import Fraction
@@ -43,17 +44,25 @@ class OffGrid(ValueError):  # noqa: N818 - reads as what it is: the value is off
         self.reason = reason
 
 
+DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+"""The one decimal grammar, for orders and market definitions alike: ``0`` or digits
+without a leading zero, then optionally a point and one or more digits. No sign,
+exponent, whitespace or other digits than ASCII's; ``.5``, ``1.`` and ``007`` are
+refused, so a value has one spelling up to trailing zeros (the CRD's pattern is the same)."""
+
+MAX_DECIMAL_LENGTH = 64
+"""Longest decimal string accepted, in characters."""
+
+
 def parse_decimal(text: str, what: str) -> Decimal:
-    """Parse a plain decimal string strictly: no exponents, NaN, infinities or spaces."""
-    if not isinstance(text, str) or not text or len(text) > 64:
-        raise ValueError(f"{what} must be a decimal string, got {text!r}")
-    stripped = text[1:] if text[0] in "+-" else text
-    if not stripped.replace(".", "", 1).isdigit() or not stripped.isascii():
-        raise ValueError(f"{what} must be a plain decimal string such as '0.01', got {text!r}")
-    try:
-        return Decimal(text)
-    except InvalidOperation as exc:  # pragma: no cover - the check above already refuses these
-        raise ValueError(f"{what} is not a decimal: {text!r}") from exc
+    """Parse a decimal string of the one grammar (``DECIMAL``), at most 64 characters."""
+    if not isinstance(text, str) or not text or len(text) > MAX_DECIMAL_LENGTH:
+        raise ValueError(f"{what} must be a decimal string of 1 to {MAX_DECIMAL_LENGTH} "
+                         f"characters, got {text!r:.80}")
+    if DECIMAL.fullmatch(text) is None:
+        raise ValueError(f"{what} must be a plain decimal string such as '0.01' (digits, "
+                         f"no sign, exponent or leading zero), got {text!r}")
+    return Decimal(text)
 
 
 def format_decimal(value: Decimal) -> str:
@@ -91,10 +100,8 @@ class MarketSpec(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
             raise ValueError("tickSize must be positive")
         if parse_decimal(self.lot_size, "lotSize") <= 0:
             raise ValueError("lotSize must be positive")
-        if parse_decimal(self.min_notional, "minNotional") < 0:
-            raise ValueError("minNotional must not be negative")
-        if parse_decimal(self.price_band, "priceBand") < 0:
-            raise ValueError("priceBand must not be negative")
+        parse_decimal(self.min_notional, "minNotional")  # never negative: no sign
+        parse_decimal(self.price_band, "priceBand")
         if self.reference_price is not None:
             self.rules()  # refuses a reference price off the tick grid
 
