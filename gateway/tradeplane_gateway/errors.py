@@ -21,7 +21,10 @@ class EdgeCode(IntEnum):
     UNKNOWN_FIELD = 902
     """The request has a field the protocol does not define."""
     INVALID_FIELD = 903
-    """A field is missing, has the wrong type, or a value outside its set."""
+    """A field is missing, has the wrong JSON type, a value outside its set or range, or is
+    given twice (a key twice in any object); or fields do not go together (a limit order
+    without a price). A decimal string that is not a decimal is not this: it is an invalid
+    value of its field, 201 or 202 as the engine numbers them."""
     PAYLOAD_TOO_LARGE = 904
     """The payload is larger than the gateway accepts (4 KiB)."""
     UNKNOWN_MARKET = 905

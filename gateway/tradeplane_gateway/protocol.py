@@ -1,15 +1,16 @@
 """The public request/reply protocol: what a trader sends and what comes back.
 
-Every message is JSON. Requests are validated strictly (unknown fields, wrong types and
-numbers where decimal strings belong are refused); prices and quantities are decimal
-strings, never JSON numbers. docs/protocol.md describes all of it with examples.
+Every message is JSON. Requests are validated strictly (unknown fields, wrong types,
+integers out of their range and numbers where decimal strings belong are refused);
+prices and quantities are decimal strings, never JSON numbers. docs/protocol.md
+describes all of it with examples.
 """
 
 from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -17,6 +18,19 @@ from tradeplane_engine.core.commands import OrderType, SelfTradePrevention, Side
 
 MAX_PAYLOAD = 4096
 """Largest request the gateway reads, in bytes."""
+
+MAX_ID = 2**53 - 1
+"""Largest order id or trade id a request may name: exact in every JSON reader,
+JavaScript's too (ids are given from 1 up, one per order or trade, so none gets there)."""
+
+MAX_TRADES_PAGE = 500
+"""Most trades one ``trades`` reply holds."""
+
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+"""An order id or a trade id: 1 to ``MAX_ID``. Checked as the request is decoded, so an
+id no store could hold (PostgreSQL's bigint) never leaves the gateway."""
+
+PageSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_TRADES_PAGE)]
 
 _CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
 
@@ -50,13 +64,13 @@ class PlaceRequest(Request, kw_only=True):
 
 
 class CancelRequest(Request, kw_only=True):
-    order_id: int | None = None
+    order_id: Id | None = None
     client_order_id: str | None = None
     response: ResponseMode = ResponseMode.RESULT
 
 
 class ReplaceRequest(Request, kw_only=True):
-    order_id: int | None = None
+    order_id: Id | None = None
     client_order_id: str | None = None
     price: str | None = None
     quantity: str | None = None
@@ -70,7 +84,7 @@ class CancelAllRequest(Request, kw_only=True):
 
 
 class StatusRequest(Request, kw_only=True):
-    order_id: int | None = None
+    order_id: Id | None = None
     client_order_id: str | None = None
 
 
@@ -79,9 +93,9 @@ class OpenOrdersRequest(Request, kw_only=True):
 
 
 class TradesRequest(Request, kw_only=True):
-    before: int | None = None
+    before: Id | None = None
     """Only trades with a smaller trade id: the ``next`` of the previous page."""
-    limit: int = 100
+    limit: PageSize = 100
 
 
 REQUESTS: dict[str, type[Request]] = {

@@ -95,8 +95,6 @@ from tradeplane_gateway.validation import (
 
 log = logging.getLogger(__name__)
 
-MAX_TRADES_PAGE = 500
-
 
 @dataclass(slots=True)
 class _InFlight:
@@ -407,9 +405,7 @@ class Gateway:
 
     async def _trades(self, market: KnownMarket, account: str,
                       request: TradesRequest) -> bytes:
-        name = market.definition.name
-        if not 1 <= request.limit <= MAX_TRADES_PAGE:
-            raise edge_error(EdgeCode.INVALID_FIELD, f"limit must be 1 to {MAX_TRADES_PAGE}")
+        name = market.definition.name  # limit and before were range-checked as decoded
         body = await self._ask(f"tp.history.{name}.trades",
                                {"account": account, "before": request.before,
                                 "limit": request.limit})

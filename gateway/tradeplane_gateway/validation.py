@@ -6,12 +6,23 @@ moment it arrives, on the subscription's own callback.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
-from tradeplane_engine.core.commands import AnyCommand, Cancel, CancelAll, OrderType, Place, Replace
+from tradeplane_engine.core.commands import (
+    AnyCommand,
+    Cancel,
+    CancelAll,
+    OrderType,
+    Place,
+    Replace,
+    Side,
+    TimeInForce,
+)
 from tradeplane_gateway.errors import EdgeCode
 from tradeplane_gateway.markets import KnownMarket, MarketDirectory
 from tradeplane_gateway.protocol import (
@@ -27,6 +38,7 @@ from tradeplane_gateway.protocol import (
 )
 
 _decoders = {verb: msgspec.json.Decoder(kind) for verb, kind in REQUESTS.items()}
+_decode_any = msgspec.json.Decoder().decode
 
 
 class EdgeError(Exception):
@@ -69,6 +81,7 @@ def decode_request(verb: str, data: bytes) -> Request:
         raise edge_error(EdgeCode.UNKNOWN_REQUEST,
                          f"unknown request {verb!r}; one of {', '.join(REQUESTS)}")
     try:
+        refuse_duplicate_keys(data)
         request: Request = decoder.decode(data)
     except msgspec.ValidationError as exc:
         message = str(exc)
@@ -80,6 +93,82 @@ def decode_request(verb: str, data: bytes) -> Request:
     return request
 
 
+class _DuplicateKey(Exception):  # noqa: N818 - control flow inside refuse_duplicate_keys
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    unique = dict(pairs)
+    if len(unique) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return unique
+
+
+def refuse_duplicate_keys(data: bytes) -> None:
+    """INVALID_FIELD when an object of the JSON document has a key twice, at any depth.
+
+    JSON decoders (msgspec's too) keep the last of two equal keys, so a duplicate would be
+    a second, silent reading of the request. The cheap test is exact in one direction:
+    every key is followed by a colon, so when the payload has no more colons than the
+    decoded top-level object has keys, no key is there twice and no object is nested.
+    Well-formed requests pass on that alone; anything else (a colon inside a string,
+    a nested object) is read once more by the standard library, which sees every pair.
+    Raises msgspec.DecodeError when the payload is not JSON.
+    """
+    try:
+        document = _decode_any(data)
+    except RecursionError:
+        return  # nested deeper than any request: the request's own decoder refuses it
+    if type(document) is dict and data.count(b":") == len(document):
+        return
+    try:
+        json.loads(data, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        raise edge_error(EdgeCode.INVALID_FIELD,
+                         f"key {exc.args[0]!r} is given twice in one object") from None
+    except RecursionError:
+        return  # as above
+
+
+def check_order_fields(request: PlaceRequest) -> None:
+    """Refuse, before anything is sequenced, a place whose fields do not go together.
+
+    These are the engine's own checks that depend on the request alone (the engine keeps
+    them: commands also come from elsewhere): which of price, quantity and quoteAmount an
+    order type takes, and which flags go with it. Answered INVALID_FIELD.
+    """
+    if request.type is OrderType.LIMIT:
+        if request.price is None:
+            raise edge_error(EdgeCode.INVALID_FIELD, "a limit order needs a price")
+        if request.quantity is None:
+            raise edge_error(EdgeCode.INVALID_FIELD, "a limit order needs a quantity")
+        if request.quote_amount is not None:
+            raise edge_error(EdgeCode.INVALID_FIELD,
+                             "quoteAmount is for market buys; a limit order takes a quantity")
+        if request.post_only and request.time_in_force is not TimeInForce.GTC:
+            raise edge_error(EdgeCode.INVALID_FIELD, "postOnly goes with timeInForce GTC only")
+        return
+    if request.price is not None:
+        raise edge_error(EdgeCode.INVALID_FIELD, "a market order takes no price")
+    if request.post_only:
+        raise edge_error(EdgeCode.INVALID_FIELD, "a market order cannot be postOnly")
+    if request.quote_amount is None:
+        if request.quantity is None:
+            raise edge_error(EdgeCode.INVALID_FIELD,
+                             "a market order needs a quantity (or, to buy, a quoteAmount)")
+        return
+    if request.quantity is not None:
+        raise edge_error(EdgeCode.INVALID_FIELD, "give one of quantity and quoteAmount, not both")
+    if request.side is not Side.BUY:
+        raise edge_error(EdgeCode.INVALID_FIELD, "quoteAmount is for market buys only")
+    if request.time_in_force is TimeInForce.FOK:
+        raise edge_error(EdgeCode.INVALID_FIELD, "a market buy by quoteAmount cannot be FOK")
+
+
 def known_market(markets: MarketDirectory, request: Request) -> KnownMarket:
     market = markets.get(request.market)
     if market is None:
@@ -88,11 +177,10 @@ def known_market(markets: MarketDirectory, request: Request) -> KnownMarket:
 
 
 def order_reference(order_id: int | None, client_order_id: str | None) -> tuple[int, str]:
-    """Exactly one of orderId and clientOrderId names an order."""
+    """Exactly one of orderId and clientOrderId names an order (orderId's range was
+    checked as the request was decoded)."""
     if (order_id is None) == (client_order_id is None):
         raise edge_error(EdgeCode.INVALID_FIELD, "give exactly one of orderId and clientOrderId")
-    if order_id is not None and order_id <= 0:
-        raise edge_error(EdgeCode.INVALID_FIELD, "orderId must be positive")
     if client_order_id is not None and not is_client_order_id(client_order_id):
         raise edge_error(EdgeCode.INVALID_CLIENT_ORDER_ID,
                          "clientOrderId must be 1-36 characters of A-Z, a-z, 0-9, _ and -")
@@ -124,6 +212,7 @@ def submission(markets: MarketDirectory, account: str, request: Request,
         elif not is_client_order_id(client_order_id):
             raise edge_error(EdgeCode.INVALID_CLIENT_ORDER_ID,
                              "clientOrderId must be 1-36 characters of A-Z, a-z, 0-9, _ and -")
+        check_order_fields(request)
         place = Place(
             0, 0, account, request.side,
             quantity=spec.to_lots(request.quantity) if request.quantity is not None else 0,
@@ -133,8 +222,6 @@ def submission(markets: MarketDirectory, account: str, request: Request,
             quote_amount=(spec.to_notional_units(request.quote_amount)
                           if request.quote_amount is not None else 0),
         )
-        if request.type is OrderType.LIMIT and request.price is None:
-            raise edge_error(EdgeCode.INVALID_FIELD, "a limit order needs a price")
         return Submission(market, account, place, request.response,
                           f"{account}:{client_order_id}", client_order_id)
     if isinstance(request, CancelRequest):

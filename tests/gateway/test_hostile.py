@@ -20,6 +20,16 @@ from tradeplane_gateway import connect
 from tradeplane_gateway.protocol import REQUESTS, decode_reply
 
 VALID = {"market": "sol-usdt", "side": "buy", "quantity": "1", "price": "99"}
+MARKET_BUY = {"market": "sol-usdt", "side": "buy", "type": "market", "quoteAmount": "10"}
+
+
+def _body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+SEQUENCED = {205, 206, 301}
+"""Codes only the engine gives: the command was sequenced, then refused. Every other
+refusal in the table happens at the edge, and nothing reaches the command stream."""
 
 HOSTILE: list[tuple[str, str, bytes, int]] = [
     ("garbage bytes", "place", bytes(range(256)), 901),
@@ -58,6 +68,63 @@ HOSTILE: list[tuple[str, str, bytes, int]] = [
     ("wrong response mode", "place", json.dumps({**VALID, "response": "later"}).encode(), 903),
     ("boolean for a string", "place", json.dumps({**VALID, "price": True}).encode(), 903),
     ("nested object", "place", json.dumps({**VALID, "side": {"$ne": 1}}).encode(), 903),
+    # decimal strings: one grammar, 0|[1-9][0-9]* then optionally . and digits
+    ("plus-signed quantity", "place", _body(**{**VALID, "quantity": "+1"}), 201),
+    ("plus-signed price", "place", _body(**{**VALID, "price": "+99"}), 202),
+    ("no digit before the point", "place", _body(**{**VALID, "quantity": ".5"}), 201),
+    ("no digit after the point", "place", _body(**{**VALID, "price": "99."}), 202),
+    ("leading zero", "place", _body(**{**VALID, "quantity": "0138"}), 201),
+    ("leading zeros before the point", "place", _body(**{**VALID, "price": "00.5"}), 202),
+    ("negative zero", "place", _body(**{**VALID, "quantity": "-0"}), 201),
+    ("space around a decimal", "place", _body(**{**VALID, "price": "99 "}), 202),
+    ("underscore in a decimal", "place", _body(**{**VALID, "quantity": "1_0"}), 201),
+    ("hexadecimal price", "place", _body(**{**VALID, "price": "0x63"}), 202),
+    ("fullwidth digits", "place", _body(**{**VALID, "quantity": "\uff11"}), 201),
+    ("plus-signed quote amount", "place", _body(**{**MARKET_BUY, "quoteAmount": "+10"}), 201),
+    ("bare-point quote amount", "place", _body(**{**MARKET_BUY, "quoteAmount": ".5"}), 201),
+    ("replace to a signed price", "replace",
+     _body(market="sol-usdt", orderId=1, price="+99"), 202),
+    ("replace to a bare-point quantity", "replace",
+     _body(market="sol-usdt", orderId=1, quantity="1."), 201),
+    # integers: ids 1 to 2^53 - 1, limit 1 to 500
+    ("trades before 2^70", "trades", _body(market="sol-usdt", before=2**70), 903),
+    ("trades before 2^53", "trades", _body(market="sol-usdt", before=2**53), 903),
+    ("trades before 0", "trades", _body(market="sol-usdt", before=0), 903),
+    ("trades limit 0", "trades", _body(market="sol-usdt", limit=0), 903),
+    ("trades limit 501", "trades", _body(market="sol-usdt", limit=501), 903),
+    ("trades limit as a string", "trades", _body(market="sol-usdt", limit="10"), 903),
+    ("cancel orderId 2^70", "cancel", _body(market="sol-usdt", orderId=2**70), 903),
+    ("cancel orderId 0", "cancel", _body(market="sol-usdt", orderId=0), 903),
+    ("cancel orderId true", "cancel", _body(market="sol-usdt", orderId=True), 903),
+    ("replace orderId -5", "replace", _body(market="sol-usdt", orderId=-5, price="99"), 903),
+    ("status orderId 2^64", "status", _body(market="sol-usdt", orderId=2**64), 903),
+    # fields that do not go together: refused at the edge, not sequenced
+    ("limit without quantity", "place", _body(market="sol-usdt", side="buy", price="99"), 903),
+    ("limit with a quote amount", "place", _body(**{**VALID, "quoteAmount": "10"}), 903),
+    ("post-only IOC", "place", _body(**VALID, postOnly=True, timeInForce="IOC"), 903),
+    ("market order with a price", "place",
+     _body(market="sol-usdt", side="buy", type="market", quantity="1", price="99"), 903),
+    ("post-only market order", "place",
+     _body(market="sol-usdt", side="buy", type="market", quantity="1", postOnly=True), 903),
+    ("market order with no amount", "place",
+     _body(market="sol-usdt", side="buy", type="market"), 903),
+    ("market order with quantity and quote amount", "place",
+     _body(**MARKET_BUY, quantity="1"), 903),
+    ("market sell by quote amount", "place", _body(**{**MARKET_BUY, "side": "sell"}), 903),
+    ("market buy by quote amount, FOK", "place", _body(**MARKET_BUY, timeInForce="FOK"), 903),
+    # a key twice, in any object: refused before any field is read
+    ("side given twice", "place",
+     b'{"market": "sol-usdt", "side": "buy", "side": "sell", "quantity": "1", "price": "99"}',
+     903),
+    ("side given twice, once escaped", "place",
+     b'{"market": "sol-usdt", "side": "buy", "s\\u0069de": "sell", "quantity": "1",'
+     b' "price": "99"}', 903),
+    ("same key, same value", "cancel",
+     b'{"market": "sol-usdt", "orderId": 1, "orderId": 1}', 903),
+    ("key twice in a nested object", "place",
+     b'{"market": "sol-usdt", "side": "buy", "x": {"a": 1, "a": 2}}', 903),
+    ("key twice in an array's object", "trades",
+     b'{"market": "sol-usdt", "x": [{"a": 1}, {"b": 1, "b": 2}]}', 903),
 ]
 
 
@@ -68,6 +135,8 @@ def test_hostile_request_gets_its_code(tmp_path: Path, verb: str, payload: bytes
     async def scenario() -> None:
         async with local_exchange(tmp_path, SOL) as exchange, \
                 exchange.raw_trader("mallory") as mallory:
+            js = exchange.nc.jetstream()
+            before = (await js.stream_info("tp-cmd-sol-usdt")).state.last_seq
             answer = await mallory.request(f"tp.api.mallory.order.{verb}", payload,
                                                timeout=5)
             reply = decode_reply(answer.data)
@@ -76,6 +145,9 @@ def test_hostile_request_gets_its_code(tmp_path: Path, verb: str, payload: bytes
             assert reply.error.code == code, reply.error
             assert reply.error.name
             assert reply.error.reason
+            after = (await js.stream_info("tp-cmd-sol-usdt")).state.last_seq
+            assert after == before + (code in SEQUENCED)  # nothing else reached the stream
+            assert (reply.sequence is not None) is (code in SEQUENCED)
 
     run(scenario())
 
