@@ -53,6 +53,10 @@ HEADER_SEQUENCE = "Tp-Sequence"
 """On an events message: the command sequence the events belong to."""
 HEADER_EPOCH = "Tp-Epoch"
 """On an events message: the lease epoch of the leader that published it."""
+HEADER_ORDER = "Tp-Order"
+"""On a command's result (the reply to ``Tp-Reply``, never the events stream): the
+order a cancel finished, or a cancel or replace named and found no longer open, as the
+engine's ``order`` query answers it (JSON) — what the events do not say of it."""
 
 MAX_REQUEST = 4096
 """Bytes: the largest body an internal request (a switchover, a snapshot) is read from;
@@ -316,11 +320,18 @@ class PublicFormatter:
         if isinstance(event, OrderReplaced):
             if event.account != account:
                 return None
-            return {"type": "replaced", "orderId": event.order_id,
-                    "clientOrderId": event.client_order_id, "price": price(event.price),
-                    "quantity": quantity(event.quantity),
-                    "remainingQuantity": quantity(event.remaining_quantity),
-                    "priorityKept": event.priority_kept}
+            replaced: dict[str, Any] = {
+                "type": "replaced", "orderId": event.order_id,
+                "clientOrderId": event.client_order_id, "price": price(event.price),
+                "quantity": quantity(event.quantity),
+                "remainingQuantity": quantity(event.remaining_quantity),
+                "priorityKept": event.priority_kept,
+            }
+            if event.side is not None:  # None in events stored before they were recorded
+                replaced["side"] = event.side.value
+            if event.filled_quantity is not None:
+                replaced["filledQuantity"] = quantity(event.filled_quantity)
+            return replaced
         return None
 
     def accounts(self, events: list[AnyEvent]) -> list[str]:

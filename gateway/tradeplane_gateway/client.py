@@ -86,7 +86,7 @@ class Client:
             current.set_attribute(telemetry.REJECT_CODE, reply.error.code)
             current.set_status(Status(StatusCode.ERROR, reply.error.name))
             raise RequestError(reply.error.code, reply.error.name, reply.error.reason,
-                               reply.sequence, reply.client_order_id)
+                               reply.sequence, reply.client_order_id, reply.order)
         return reply
 
     async def place(self, market: str, side: str, quantity: str | None = None,

@@ -11,6 +11,10 @@ engine uses 1xx-4xx, the edge uses 9xx, so a code alone says who refused and why
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tradeplane_gateway.protocol import OrderState
 
 
 class EdgeCode(IntEnum):
@@ -47,6 +51,12 @@ class EdgeCode(IntEnum):
     answer to an order."""
     HISTORY_UNAVAILABLE = 912
     """No recorder answered a history query (no database configured, or it is down)."""
+    DUPLICATE_MISMATCH = 913
+    """A place reused a clientOrderId within the duplicate window with other terms: it
+    was not placed; the reply carries the original's sequence and order."""
+    ORDER_NOT_OPEN = 914
+    """A replace named an order that exists but is no longer open (filled, canceled, or
+    a refused place): nothing changed; the reply carries the order as it is."""
 
 
 class TradeplaneError(Exception):
@@ -57,7 +67,7 @@ class RequestError(TradeplaneError):
     """The exchange refused a request: an edge code (9xx) or an engine reject (1xx-4xx)."""
 
     def __init__(self, code: int, name: str, reason: str, sequence: int | None = None,
-                 client_order_id: str | None = None) -> None:
+                 client_order_id: str | None = None, order: OrderState | None = None) -> None:
         super().__init__(f"{code} {name}: {reason}")
         self.code = code
         self.name = name
@@ -68,6 +78,9 @@ class RequestError(TradeplaneError):
         self.client_order_id = client_order_id
         """The order's client order id when the reply names it (the one the gateway
         generated if none was given): after ``RESULT_TIMEOUT``, ask ``status`` with it."""
+        self.order = order
+        """The order the refusal is about, when the reply carries it: the original of a
+        ``DUPLICATE_MISMATCH``, the finished order of an ``ORDER_NOT_OPEN``."""
 
 
 class ConnectionLostError(TradeplaneError):

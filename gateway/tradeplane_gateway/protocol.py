@@ -123,20 +123,33 @@ class Fill(msgspec.Struct, frozen=True, rename="camel"):
     role: str
 
 
-class OrderState(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
-    """An order as a reply or a status query shows it."""
+class OrderState(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True,
+                 kw_only=True):
+    """An order as every reply shows it, whole: the same fields in a place's, cancel's or
+    replace's reply, a duplicate's, a status answer (from the engine or PostgreSQL), and
+    open orders (docs/protocol.md, "The order")."""
 
     order_id: int
+    """0 for a refused place (``rejected``): it never got an id."""
     client_order_id: str
     status: str
     """new, partiallyFilled, filled, canceled, or rejected."""
-    filled_quantity: str = "0"
-    remaining_quantity: str = "0"
     side: str | None = None
+    """Absent only for a refused place."""
     price: str | None = None
+    """The limit price (its last replace's); absent for a market order."""
     quantity: str | None = None
+    """The total quantity, filled included (its last replace's); absent for a market buy
+    by quote amount (which has ``quote_amount``)."""
+    quote_amount: str | None = None
+    """A market buy by quote amount only."""
+    filled_quantity: str
+    remaining_quantity: str
+    """Open in the book; "0" once finished."""
     reason: str | None = None
+    """Why it was canceled (``user``, ``stp``...), or, refused, the engine's reason."""
     code: int | None = None
+    """A refused place's reject code (with ``name``)."""
     name: str | None = None
 
 
@@ -166,7 +179,8 @@ decode_reply = msgspec.json.Decoder(Reply).decode
 
 
 def error_reply(code: int, name: str, reason: str, *, market: str | None = None,
-                sequence: int | None = None, client_order_id: str | None = None) -> bytes:
+                sequence: int | None = None, client_order_id: str | None = None,
+                order: OrderState | None = None) -> bytes:
     return encode_reply(Reply(ok=False, market=market, sequence=sequence,
-                              client_order_id=client_order_id,
+                              client_order_id=client_order_id, order=order,
                               error=ErrorBody(code, name, reason)))

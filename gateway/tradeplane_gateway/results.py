@@ -20,40 +20,59 @@ def place_summary(command: Place, events: list[dict[str, Any]],
         return None, []
     order_id = accepted["orderId"]
     fills = _fills(events, order_id)
+    terms: dict[str, Any] = {"side": command.side.value, "price": accepted.get("price"),
+                             "quantity": accepted.get("quantity"),
+                             "quote_amount": accepted.get("quoteAmount")}
     final = _last_update(events, order_id)
     if final is None:  # rested untouched
-        return OrderState(order_id, command.client_order_id, "new", "0",
-                          formatter.quantity(command.quantity), side=command.side.value,
-                          price=accepted.get("price"), quantity=accepted.get("quantity")), fills
+        return OrderState(order_id=order_id, client_order_id=command.client_order_id,
+                          status="new", filled_quantity="0",
+                          remaining_quantity=formatter.quantity(command.quantity),
+                          **terms), fills
     status, reason = _state(final)
-    return OrderState(order_id, command.client_order_id, status,
-                      final["filledQuantity"], final["remainingQuantity"],
-                      side=command.side.value, price=accepted.get("price"),
-                      quantity=accepted.get("quantity"), reason=reason), fills
+    return OrderState(order_id=order_id, client_order_id=command.client_order_id,
+                      status=status, filled_quantity=final["filledQuantity"],
+                      remaining_quantity=final["remainingQuantity"], reason=reason,
+                      **terms), fills
 
 
-def reference_summary(events: list[dict[str, Any]]) -> tuple[OrderState | None, list[Fill]]:
-    """The state of the order a cancel or replace named."""
-    named = next((event for event in events if event["type"] in ("replaced", "orderUpdate")),
+def reference_summary(events: list[dict[str, Any]], named: OrderState | None = None,
+                      ) -> tuple[OrderState | None, list[Fill]]:
+    """The state of the order a cancel or replace named.
+
+    A replace's events describe the order whole (``replaced`` has its side, price,
+    quantity and what was filled); a cancel's do not say its side, price or quantity,
+    so the engine sends its finished state beside them (``named``, from the result's
+    ``Tp-Order`` header) and that is the answer."""
+    first = next((event for event in events if event["type"] in ("replaced", "orderUpdate")),
                  None)
-    if named is None:
+    if first is None:
         return None, []
-    order_id = named["orderId"]
+    order_id = first["orderId"]
     fills = _fills(events, order_id)
+    if first["type"] == "orderUpdate" and named is not None and named.order_id == order_id:
+        return named, fills
     final = _last_update(events, order_id)
-    if named["type"] == "replaced" and (final is None or final is named):
-        return OrderState(order_id, named["clientOrderId"],
-                          "partiallyFilled" if named["remainingQuantity"] != named["quantity"]
-                          else "new",
-                          filled_quantity=format_decimal(Decimal(named["quantity"])
-                                                         - Decimal(named["remainingQuantity"])),
-                          remaining_quantity=named["remainingQuantity"],
-                          price=named["price"], quantity=named["quantity"]), fills
-    assert final is not None
+    if first["type"] == "replaced":
+        filled = first.get("filledQuantity")
+        if filled is None:  # an engine from before the event said it
+            filled = format_decimal(Decimal(first["quantity"])
+                                    - Decimal(first["remainingQuantity"]))
+        terms: dict[str, Any] = {"side": first.get("side"), "price": first["price"],
+                                 "quantity": first["quantity"]}
+        if final is None:
+            return OrderState(order_id=order_id, client_order_id=first["clientOrderId"],
+                              status=open_status(Decimal(filled) != 0),
+                              filled_quantity=filled,
+                              remaining_quantity=first["remainingQuantity"], **terms), fills
+    else:
+        terms = {}
+        final = final or first
     status, reason = _state(final)
-    return OrderState(order_id, final["clientOrderId"], status,
-                      final["filledQuantity"], final["remainingQuantity"],
-                      reason=reason), fills
+    return OrderState(order_id=order_id, client_order_id=final["clientOrderId"],
+                      status=status, filled_quantity=final["filledQuantity"],
+                      remaining_quantity=final["remainingQuantity"], reason=reason,
+                      **terms), fills
 
 
 def _state(update: dict[str, Any]) -> tuple[str, str | None]:

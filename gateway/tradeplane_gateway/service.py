@@ -41,6 +41,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from tradeplane_engine import telemetry
 from tradeplane_engine.access import GATEWAY_INBOX, is_inbox, trader_inbox
+from tradeplane_engine.core.codes import RejectCode
 from tradeplane_engine.core.commands import Cancel, Place, Replace
 from tradeplane_engine.core.events import OrderRejected
 from tradeplane_engine.core.market import OffGrid
@@ -51,6 +52,7 @@ from tradeplane_engine.wire import (
     BOOK_SNAPSHOTS,
     GATEWAY_QUEUE,
     HEADER_MESSAGE_ID,
+    HEADER_ORDER,
     HEADER_REPLY,
     command_subject,
     decode_events,
@@ -75,6 +77,7 @@ from tradeplane_gateway.protocol import (
     error_reply,
 )
 from tradeplane_gateway.results import place_summary, reference_summary
+from tradeplane_gateway.retries import differences
 from tradeplane_gateway.tracing import (
     end_request_span,
     start_request_span,
@@ -105,6 +108,9 @@ class _InFlight:
     deadline: float
     sequence: int = 0
     result: bytes | None = None
+    named: bytes | None = None
+    """The engine's ``Tp-Order`` beside the result: the state of the order a cancel
+    finished, or a cancel or replace found no longer open."""
     span: Any = None
     """The request's span when tracing is on; it ends with the reply."""
     received: float = field(default_factory=time.perf_counter)
@@ -252,9 +258,11 @@ class Gateway:
                 await self._on_ack(token, flight, msg.data)
             elif flight.result is None:
                 flight.result = msg.data
+                named = (msg.headers or {}).get(HEADER_ORDER)
+                flight.named = named.encode() if named else None
                 if flight.sequence:
                     del self._in_flight[token]
-                    await self._complete(flight, self._result(flight))
+                    await self._finish(flight)
         except Exception:
             log.exception("completing a request failed")
             self._in_flight.pop(token, None)
@@ -276,7 +284,7 @@ class Gateway:
         if ack.duplicate:
             del self._in_flight[token]
             # Sequenced before: report the original instead of applying it again.
-            if work.response is ResponseMode.ACK or not work.client_order_id:
+            if not work.client_order_id:
                 await self._complete(flight, encode_reply(Reply(
                     ok=True, market=name, sequence=ack.seq,
                     client_order_id=work.client_order_id, duplicate=True)))
@@ -292,7 +300,7 @@ class Gateway:
         flight.deadline = time.monotonic() + self.result_timeout
         if flight.result is not None:  # the engine was quicker than the acknowledgement
             del self._in_flight[token]
-            await self._complete(flight, self._result(flight))
+            await self._finish(flight)
 
     async def _sweep(self) -> None:
         """Answer every request whose acknowledgement or result did not come in time."""
@@ -337,14 +345,32 @@ class Gateway:
 
     # -- replies -----------------------------------------------------------------------
 
-    def _result(self, flight: _InFlight) -> bytes:
+    async def _finish(self, flight: _InFlight) -> None:
+        """Answer a request whose result came (and was acknowledged)."""
+        reply = self._result(flight)
+        if reply is None:
+            self._spawn(self._answer_from_history(flight))
+        else:
+            await self._complete(flight, reply)
+
+    def _result(self, flight: _InFlight) -> bytes | None:
+        """The reply to a command, from its result; None when it takes PostgreSQL's
+        word on the order a cancel or replace named (the engine found it not open and no
+        longer remembers it)."""
         assert flight.result is not None
         work = flight.submission
         batch = decode_events(flight.result)
         command = work.command
         client_order_id = getattr(command, "client_order_id", None) or None
+        named = (msgspec.json.decode(flight.named, type=OrderState)
+                 if flight.named is not None else None)
         for event in batch.events:
             if type(event) is OrderRejected and event.account == work.account:
+                if event.code is RejectCode.UNKNOWN_ORDER and isinstance(command,
+                                                                         (Cancel, Replace)):
+                    if named is None:
+                        return None
+                    return self._not_open(work, batch.sequence, batch.timestamp, named)
                 return encode_reply(Reply(
                     ok=False, market=batch.market, sequence=batch.sequence,
                     timestamp=batch.timestamp, client_order_id=client_order_id,
@@ -357,10 +383,60 @@ class Gateway:
         if isinstance(command, Place):
             order, fills = place_summary(command, events, formatter)
         elif isinstance(command, (Cancel, Replace)):
-            order, fills = reference_summary(events)
+            order, fills = reference_summary(events, named)
         return encode_reply(Reply(
             ok=True, market=batch.market, sequence=batch.sequence, timestamp=batch.timestamp,
             client_order_id=client_order_id, order=order, fills=fills, events=events))
+
+    def _not_open(self, work: Submission, sequence: int, timestamp: int | None,
+                  order: OrderState) -> bytes:
+        """A cancel or replace of an order that exists but is no longer open.
+
+        A cancel is answered ``ok`` with the order as it is, and no events: what a cancel
+        is for holds, so a retried cancel (whose first reply was lost) gets the answer the
+        first one got. A replace cannot do what it asks: ``ORDER_NOT_OPEN``, with the order.
+        """
+        name = work.market.definition.name
+        command = work.command
+        client_order_id = getattr(command, "client_order_id", None) or None
+        if isinstance(command, Cancel):
+            return encode_reply(Reply(ok=True, market=name, sequence=sequence,
+                                      timestamp=timestamp, client_order_id=client_order_id,
+                                      order=order))
+        return error_reply(
+            int(EdgeCode.ORDER_NOT_OPEN), EdgeCode.ORDER_NOT_OPEN.name,
+            f"order {order.order_id or order.client_order_id} is {order.status}, no longer "
+            "open: nothing was replaced", market=name, sequence=sequence,
+            client_order_id=client_order_id, order=order)
+
+    async def _answer_from_history(self, flight: _InFlight) -> None:
+        """A cancel or replace the engine found no open order for, and remembers none
+        finished: PostgreSQL has every order ever accepted. ``UNKNOWN_ORDER`` when it has
+        none either (or no recorder answers)."""
+        try:
+            assert flight.result is not None
+            work = flight.submission
+            command = work.command
+            assert isinstance(command, (Cancel, Replace))
+            batch = decode_events(flight.result)
+            history = await self._ask(
+                f"tp.history.{work.market.definition.name}.order",
+                {"account": work.account, "orderId": command.order_id,
+                 "clientOrderId": command.client_order_id})
+            if history.get("order") is not None:
+                reply = self._not_open(work, batch.sequence, batch.timestamp,
+                                       msgspec.convert(history["order"], OrderState))
+            else:
+                refused = next(event for event in batch.events
+                               if type(event) is OrderRejected)
+                reply = encode_reply(Reply(
+                    ok=False, market=batch.market, sequence=batch.sequence,
+                    timestamp=batch.timestamp, client_order_id=command.client_order_id or None,
+                    error=ErrorBody(int(refused.code), refused.code.name, refused.reason)))
+        except Exception:
+            log.exception("answering from the order history failed")
+            reply = error_reply(500, "INTERNAL", "the gateway failed on this request")
+        await self._complete(flight, reply)
 
     async def _answer_query(self, reply_to: str | None, account: str,
                             request: StatusRequest | OpenOrdersRequest | TradesRequest) -> None:
@@ -422,8 +498,13 @@ class Gateway:
         tell yet (recovering after a restart, no leader, not applied that far): the
         gateway asks again until the result timeout. Then it answers 910, which says the
         order is sequenced and how to learn its outcome, as for any result that did not
-        come in time; never 911, which would read as "not placed"."""
+        come in time; never 911, which would read as "not placed".
+
+        A retry with other terms than the original's is refused (913): it was not placed.
+        An ``ack`` request is answered the same way, without the order when the terms
+        agree, and ``duplicate`` alone when nothing could be learnt in time."""
         work = flight.submission
+        ack = work.response is ResponseMode.ACK
         market, client_order_id = work.market, work.client_order_id or ""
         name = market.definition.name
         deadline = time.monotonic() + self.result_timeout
@@ -432,13 +513,12 @@ class Gateway:
             body = await self._find_order(market, work.account, 0, client_order_id,
                                           timeout=max(deadline - time.monotonic(), 0.01))
             if body.get("order") is not None:
-                reply = encode_reply(Reply(
-                    ok=True, market=name, sequence=sequence,
-                    client_order_id=client_order_id, duplicate=True,
-                    order=msgspec.convert(body["order"], OrderState)))
+                reply = self._duplicate(work, sequence, body["order"])
                 break
-            if "error" not in body and body.get("sequence", 0) >= sequence:
-                # Applied, but neither the engine nor a history knows the order any more.
+            if ("error" not in body and body.get("sequence", 0) >= sequence) or (
+                    ack and time.monotonic() >= deadline):
+                # Applied, but neither the engine nor a history knows the order any more
+                # (or, for an ack, it is sequenced and nothing more could be learnt).
                 reply = encode_reply(Reply(ok=True, market=name, sequence=sequence,
                                            client_order_id=client_order_id, duplicate=True))
                 break
@@ -455,6 +535,25 @@ class Gateway:
             await asyncio.sleep(min(pause, left))
             pause = min(2 * pause, 0.5)
         await self._complete(flight, reply)
+
+    def _duplicate(self, work: Submission, sequence: int, original: dict[str, Any]) -> bytes:
+        """The reply to a retried place, given the original order the engine or
+        PostgreSQL described."""
+        name = work.market.definition.name
+        client_order_id = work.client_order_id
+        order = msgspec.convert(original, OrderState)
+        assert isinstance(work.command, Place)
+        differ = differences(work.command, original, work.market.formatter)
+        if differ:
+            return error_reply(
+                int(EdgeCode.DUPLICATE_MISMATCH), EdgeCode.DUPLICATE_MISMATCH.name,
+                f"clientOrderId {client_order_id} was first sent as sequence {sequence} "
+                f"with other terms: {'; '.join(differ)}. This order was not placed; use "
+                "another clientOrderId for a new order", market=name, sequence=sequence,
+                client_order_id=client_order_id, order=order)
+        return encode_reply(Reply(
+            ok=True, market=name, sequence=sequence, client_order_id=client_order_id,
+            duplicate=True, order=None if work.response is ResponseMode.ACK else order))
 
     async def _find_order(self, market: KnownMarket, account: str, order_id: int,
                           client_order_id: str, *,

@@ -236,6 +236,8 @@ class Books:
             assert event.quantity <= order.quantity
         # The new total counts the filled lots and those self-trade prevention took away.
         assert event.remaining_quantity == event.quantity - order.filled - order.canceled
+        assert event.filled_quantity == order.filled, "the event says what traded so far"
+        assert event.side is order.side
         order.price, order.quantity = event.price, event.quantity
         order.open = event.remaining_quantity
         self.taker = order

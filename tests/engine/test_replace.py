@@ -22,7 +22,7 @@ from tests.engine.helpers import (
     replace,
     sell,
 )
-from tradeplane_engine.core import BookLevel, MarketSpec, OrderReplaced, SelfTradePrevention
+from tradeplane_engine.core import BookLevel, MarketSpec, OrderReplaced, SelfTradePrevention, Side
 
 BOOK: list[Step] = [buy("a", 5, 99), buy("b", 5, 99), sell("c", 5, 101), sell("d", 5, 102),
                     buy("e", 5, 98)]
@@ -171,7 +171,7 @@ def test_replaced_event_carries_the_order_and_its_client_order_id() -> None:
     events = book.do(replace("a", client_order_id="mine", price=97, quantity=6))
     assert events[0] == OrderReplaced(order_id=1, account="a", client_order_id="mine",
                                       price=97, quantity=6, remaining_quantity=6,
-                                      priority_kept=False)
+                                      priority_kept=False, side=Side.BUY, filled_quantity=0)
 
 
 def test_a_moved_order_keeps_its_client_order_id() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from tests.support.exchange import SOL, Exchange, eventually, local_exchange, run
 from tradeplane_engine.access import GATEWAY_INBOX
@@ -40,12 +41,12 @@ STEPS: list[tuple[str, dict[str, Any], int | None]] = [
     ("replace", {"client_order_id": "live", "price": "200"}, 206),
     ("placeLater", {"side": "sell", "quantity": "1", "price": "106", "client_order_id": "live"},
      207),
-    # a finished order; a cancel and a replace of it are refused (it is not open)
+    # a finished order; a cancel of it again answers it as it is, a replace is refused
     ("place", {"side": "sell", "quantity": "1", "price": "107", "client_order_id": "done"},
      None),
     ("cancel", {"client_order_id": "done"}, None),
-    ("cancel", {"client_order_id": "done"}, 301),
-    ("replace", {"client_order_id": "done", "quantity": "2"}, 301),
+    ("cancel", {"client_order_id": "done"}, None),
+    ("replace", {"client_order_id": "done", "quantity": "2"}, 914),
     # used again once its first order finished: the newer order carries it
     ("place", {"side": "sell", "quantity": "1", "price": "108", "client_order_id": "reused"},
      None),
@@ -53,7 +54,7 @@ STEPS: list[tuple[str, dict[str, Any], int | None]] = [
     ("placeLater", {"side": "sell", "quantity": "1", "price": "109",
                     "client_order_id": "reused"}, None),
     ("cancel", {"client_order_id": "reused"}, None),
-    ("cancel", {"client_order_id": "reused"}, 301),
+    ("cancel", {"client_order_id": "reused"}, None),
     # a refused place after a finished order: the newest order is the rejected one
     ("place", {"side": "sell", "quantity": "1", "price": "104", "client_order_id": "refused"},
      None),
@@ -141,6 +142,31 @@ async def status(alice: Client, client_order_id: str) -> dict[str, Any] | None:
     return {"status": order.status, "code": order.code, "orderId": order.order_id}
 
 
+async def whole_orders(alice: Client) -> dict[str, dict[str, Any]]:
+    """Every clientOrderId's order as the ``status`` reply carries it, every field."""
+    orders = {}
+    for client_order_id in EXPECTED:
+        reply = await alice.status("sol-usdt", client_order_id=client_order_id)
+        assert reply.order is not None
+        orders[client_order_id] = msgspec.to_builtins(reply.order)
+    return orders
+
+
+WHOLE = {
+    "live": {"orderId": 1, "clientOrderId": "live", "status": "new", "side": "sell",
+             "price": "105", "quantity": "1", "filledQuantity": "0",
+             "remainingQuantity": "1"},
+    "done": {"orderId": 2, "clientOrderId": "done", "status": "canceled", "side": "sell",
+             "price": "107", "quantity": "1", "filledQuantity": "0", "remainingQuantity": "0",
+             "reason": "user"},
+    "refused": {"orderId": 0, "clientOrderId": "refused", "status": "rejected",
+                "filledQuantity": "0", "remainingQuantity": "0", "code": 206,
+                "name": "OUTSIDE_PRICE_BAND",
+                "reason": "price is more than 10% from the reference price 100"},
+}
+"""Whole orders, as both the engine and PostgreSQL describe them."""
+
+
 def test_status_by_client_order_id_from_the_engine(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with local_exchange(tmp_path, SOL) as exchange, \
@@ -150,6 +176,8 @@ def test_status_by_client_order_id_from_the_engine(tmp_path: Path) -> None:
             answers = {client_order_id: described(await status(alice, client_order_id))
                        for client_order_id in EXPECTED}
             assert answers == expected(accepted)
+            whole = await whole_orders(alice)
+            assert {key: whole[key] for key in WHOLE} == WHOLE
 
     run(scenario())
 
@@ -171,12 +199,26 @@ def test_status_by_client_order_id_from_postgres(tmp_path: Path, database: str) 
                     OrderQuery("alice", client_order_id=client_order_id)))
                     for client_order_id in EXPECTED}  # open orders too
                 assert recorded == expected(accepted)
+                from_engine = await whole_orders(alice)
                 service = exchange.services["sol-usdt"]
                 service.recent.clear()  # as after a restart from a snapshot
                 service.recent_by_client_id.clear()
                 answers = {client_order_id: described(await status(alice, client_order_id))
                            for client_order_id in EXPECTED}  # through the gateway
                 assert answers == expected(accepted)
+                # PostgreSQL describes every order whole, as the engine did
+                assert await whole_orders(alice) == from_engine
+                # and a cancel retried once the engine forgot the order answers it as it is
+                again = await alice.cancel("sol-usdt", client_order_id="done")
+                assert msgspec.to_builtins(again.order) == from_engine["done"]
+                assert again.events == []
+                with pytest.raises(RequestError) as refused:
+                    await alice.replace("sol-usdt", client_order_id="done", price="100")
+                assert refused.value.code == 914
+                assert msgspec.to_builtins(refused.value.order) == from_engine["done"]
+                with pytest.raises(RequestError) as unknown:
+                    await alice.cancel("sol-usdt", client_order_id="never")
+                assert unknown.value.code == 301
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

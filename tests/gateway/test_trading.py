@@ -41,11 +41,16 @@ def test_place_cross_partial_fill_cancel(tmp_path: Path) -> None:
             assert canceled.order is not None
             assert (canceled.order.status, canceled.order.reason) == ("canceled", "user")
             after = await alice.status("sol-usdt", ask.order.order_id)
-            assert after.order is not None
-            assert after.order.status == "canceled"
+            assert after.order == canceled.order
+            # A cancel retried (its reply lost) gets the order as it is, and no events.
+            again = await alice.cancel("sol-usdt", ask.order.order_id)
+            assert again.order == canceled.order
+            assert again.events == []
+            assert again.sequence is not None
+            assert again.sequence > (canceled.sequence or 0)  # sequenced anew
             with pytest.raises(RequestError) as refused:
-                await alice.cancel("sol-usdt", ask.order.order_id)
-            assert refused.value.code == 301  # no longer open
+                await alice.cancel("sol-usdt", 999)
+            assert refused.value.code == 301  # never existed
             assert refused.value.sequence is not None  # refused by the engine, in sequence
 
     run(scenario())

@@ -113,7 +113,13 @@ class OrderUpdate(Event, frozen=True, gc=False, tag="orderUpdate"):
 
 
 class OrderReplaced(Event, frozen=True, gc=False, tag="replaced"):
-    """A replace took effect; ``priority_kept`` says whether the order kept its queue place."""
+    """A replace took effect; ``priority_kept`` says whether the order kept its queue place.
+
+    ``side`` and ``filled_quantity`` describe the order whole, so that its replace needs
+    no earlier event to be told: what is gone without a trade (a self-trade decrement)
+    is ``quantity - filled_quantity - remaining_quantity``. Both are None in events
+    stored before they were recorded.
+    """
 
     order_id: int
     account: str
@@ -122,6 +128,8 @@ class OrderReplaced(Event, frozen=True, gc=False, tag="replaced"):
     quantity: int
     remaining_quantity: int
     priority_kept: bool
+    side: Side | None = None
+    filled_quantity: int | None = None
 
 
 class BookLevel(Event, frozen=True, gc=False, tag="level"):

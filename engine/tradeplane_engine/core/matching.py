@@ -505,14 +505,15 @@ class Engine:
             order.quantity = quantity
             order.remaining = remaining
             events.append(OrderReplaced(order.order_id, order.account, order.client_order_id,
-                                        price, quantity, order.remaining, True))
+                                        price, quantity, order.remaining, True, order.side,
+                                        order.filled))
             events.append(_level_event(level))
             return events
 
         # Losing priority: the old entry dies in its queue and the order enters anew.
         self._unlink(order)
         events.append(OrderReplaced(order.order_id, order.account, order.client_order_id, price,
-                                    quantity, remaining, False))
+                                    quantity, remaining, False, order.side, order.filled))
         # At the same price the order goes back into the level it left (it cannot cross:
         # the book is never crossed): that level is told once, when the order is back in
         # it, never in the state between without it.

@@ -44,9 +44,16 @@ from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core import (
     AnyEvent,
     Engine,
+    OrderAccepted,
     OrderRejected,
+    OrderReplaced,
     OrderStatus,
+    OrderType,
     OrderUpdate,
+    RejectCode,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
 )
 from tradeplane_engine.core.events import open_status
 from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
@@ -64,6 +71,7 @@ from tradeplane_engine.service.tracing import trace_batch
 from tradeplane_engine.store.errors import with_connection
 from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
+    HEADER_ORDER,
     HEADER_REPLY,
     HEADER_SEQUENCE,
     MAX_REQUEST,
@@ -131,6 +139,11 @@ class MarketService:
         """Commands up to this sequence already have their events in the events stream."""
         self.recent: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
         self.recent_by_client_id: dict[tuple[str, str], int] = {}
+        self._accepted: dict[int, OrderAccepted] = {}
+        """How each order not yet finished was accepted (as far as ``_remember`` has
+        come), so that its finished state describes it whole: side, price, quantity."""
+        self._replaced: dict[int, OrderReplaced] = {}
+        """The last replace of each order not yet finished that was replaced."""
         self.ready = asyncio.Event()
         """Set once the service has caught up with what was published before it started."""
         self._batch = batch
@@ -168,6 +181,7 @@ class MarketService:
         # A replay starts in the mode the stream's first command met, not the definition's
         # current one; a snapshot, if there is one, carries its own mode.
         self.engine = Engine(await replay_spec(self.js, self.definition))
+        self._accepted, self._replaced = {}, {}
         self.stream_last, self.published_through = await self._last_events_message()
         start = await self._restore(self.published_through)
         if self.published_through <= start:
@@ -227,6 +241,7 @@ class MarketService:
         if snapshot is None:
             return 0
         self.engine = snapshot.engine()
+        self._accepted = _resting_terms(self.engine)
         self.market_data.book_sequence = snapshot.book_sequence
         log.info("market %s: restored the snapshot at sequence %d", self.market,
                  snapshot.sequence)
@@ -297,9 +312,13 @@ class MarketService:
         publish = self.nc.publish
         market_data = self.market_data
         for command, payload, events in outgoing:
+            self._remember(events)  # first: the reply may carry what it remembers
             if command.reply:
-                await publish(command.reply, payload)
-            self._remember(events)
+                named = self._named_order(events)
+                if named is None:
+                    await publish(command.reply, payload)
+                else:
+                    await publish(command.reply, payload, headers={HEADER_ORDER: named})
             market_data.add(command.sequence, command.timestamp, events)
         for subject, message in market_data.messages():
             await publish(subject, message)
@@ -504,18 +523,34 @@ class MarketService:
     def _remember(self, events: list[AnyEvent]) -> None:
         """Keep the last state of finished and rejected orders for status queries.
 
-        A rejected order is a refused place; the refusal of a cancel or a replace is not
-        an order's state, even when it named the order by its client order id.
+        A finished order is described whole, with the terms it was accepted with (its
+        price and quantity as its last replace left them). A rejected order is a refused
+        place; the refusal of a cancel or a replace is not an order's state, even when it
+        named the order by its client order id. Called for every command in command
+        order, once, whatever the replica's role.
         """
         quantity = self.formatter.quantity
         for event in events:
-            if type(event) is OrderUpdate and event.status in _TERMINAL:
+            if type(event) is OrderAccepted:
+                self._accepted[event.order_id] = event
+            elif type(event) is OrderReplaced:
+                self._replaced[event.order_id] = event
+            elif type(event) is OrderUpdate and event.status in _TERMINAL:
                 record: dict[str, Any] = {
                     "orderId": event.order_id, "clientOrderId": event.client_order_id,
                     "status": event.status.value,
                     "filledQuantity": quantity(event.filled_quantity),
                     "remainingQuantity": "0",
                 }
+                accepted = self._accepted.pop(event.order_id, None)
+                replaced = self._replaced.pop(event.order_id, None)
+                if accepted is not None:
+                    record.update(self._terms(
+                        accepted.side, accepted.order_type,
+                        replaced.price if replaced else accepted.price,
+                        replaced.quantity if replaced else accepted.quantity,
+                        accepted.quote_amount, accepted.time_in_force, accepted.post_only,
+                        accepted.stp))
                 if event.reason is not None:
                     record["reason"] = event.reason.name.lower()
                 self._remember_order(event.account, event.order_id, event.client_order_id,
@@ -523,9 +558,52 @@ class MarketService:
             elif type(event) is OrderRejected and event.new_order and event.client_order_id:
                 self._remember_order(event.account, 0, event.client_order_id, {
                     "orderId": 0, "clientOrderId": event.client_order_id,
-                    "status": "rejected", "code": int(event.code), "name": event.code.name,
-                    "reason": event.reason,
+                    "status": "rejected", "filledQuantity": "0", "remainingQuantity": "0",
+                    "code": int(event.code), "name": event.code.name, "reason": event.reason,
                 })
+
+    def _terms(self, side: Side, order_type: OrderType, price: int, quantity: int,
+               quote_amount: int, time_in_force: TimeInForce, post_only: bool,
+               stp: SelfTradePrevention) -> dict[str, Any]:
+        """What an order is, as replies show it: ``side``, ``price`` (none for a market
+        order), ``quantity`` (none for a market buy by quote amount: ``quoteAmount``).
+        ``type``, ``timeInForce``, ``postOnly`` and ``stp`` are for the gateway, which
+        compares them with a retried place (they are not part of a reply's order)."""
+        terms: dict[str, Any] = {"side": side.value}
+        if price:
+            terms["price"] = self.formatter.price(price)
+        if quantity:
+            terms["quantity"] = self.formatter.quantity(quantity)
+        if quote_amount:
+            terms["quoteAmount"] = self.formatter.notional(quote_amount)
+        terms.update({"type": order_type.value, "timeInForce": time_in_force.value,
+                      "postOnly": post_only, "stp": stp.value})
+        return terms
+
+    def _named_order(self, events: list[AnyEvent]) -> str | None:
+        """For a command's reply: the order a cancel finished, or the finished order a
+        cancel or replace named and found not open (301), as remembered — what the
+        events do not say of it (side, price, quantity). None for anything else.
+
+        A cancel-all's first order looks like a cancel's; its reply carries that order
+        too, and the gateway does not use it."""
+        if not events:
+            return None
+        first = events[0]
+        record: dict[str, Any] | None = None
+        if type(first) is OrderUpdate and first.status is OrderStatus.CANCELED:
+            record = self.recent.get((first.account, first.order_id))
+        elif (type(first) is OrderRejected and first.code is RejectCode.UNKNOWN_ORDER
+              and first.command in ("cancel", "replace")):
+            record = self._finished(first.account, first.order_id, first.client_order_id)
+        return None if record is None else _encode(record).decode()
+
+    def _finished(self, account: str, order_id: int,
+                  client_order_id: str) -> dict[str, Any] | None:
+        """A finished (or refused) order from memory, by id or by client order id."""
+        if not order_id and client_order_id:
+            order_id = self.recent_by_client_id.get((account, client_order_id), 0)
+        return self.recent.get((account, order_id)) if order_id else None
 
     def _remember_order(self, account: str, order_id: int, client_order_id: str,
                         record: dict[str, Any]) -> None:
@@ -552,10 +630,7 @@ class MarketService:
         order = self.engine.open_order(query.account, query.order_id, query.client_order_id)
         if order is not None:
             return self._open_order(order)
-        order_id = query.order_id
-        if not order_id and query.client_order_id:
-            order_id = self.recent_by_client_id.get((query.account, query.client_order_id), 0)
-        return self.recent.get((query.account, order_id)) if order_id else None
+        return self._finished(query.account, query.order_id, query.client_order_id)
 
     def open_orders(self, account: str) -> list[dict[str, Any]]:
         owner = self.engine.accounts.get(account)
@@ -565,12 +640,14 @@ class MarketService:
                 for order in sorted(owner.by_id.values(), key=lambda order: order.order_id)]
 
     def _open_order(self, order: Order) -> dict[str, Any]:
-        """An order in the book, as status and open-orders replies show it."""
-        price, quantity = self.formatter.price, self.formatter.quantity
+        """An order in the book, as status and open-orders replies show it (a resting
+        order is a GTC limit order)."""
+        quantity = self.formatter.quantity
         return {
             "orderId": order.order_id, "clientOrderId": order.client_order_id,
-            "status": open_status(order.filled), "side": order.side.value,
-            "price": price(order.price), "quantity": quantity(order.quantity),
+            "status": open_status(order.filled),
+            **self._terms(order.side, OrderType.LIMIT, order.price, order.quantity, 0,
+                          TimeInForce.GTC, order.post_only, order.stp),
             "filledQuantity": quantity(order.filled),
             "remainingQuantity": quantity(order.remaining),
         }
@@ -637,6 +714,20 @@ class MarketService:
         if with_hash:
             status["stateHash"] = engine.state_hash()
         return status
+
+
+def _resting_terms(engine: Engine) -> dict[int, OrderAccepted]:
+    """How the orders resting in a restored book were accepted, as far as it says: a
+    resting order is a GTC limit order, its price and quantity as its last replace left
+    them (the replace itself is not in a snapshot)."""
+    terms: dict[int, OrderAccepted] = {}
+    for owner in engine.accounts.values():
+        for order in owner.by_id.values():
+            terms[order.order_id] = OrderAccepted(
+                order.order_id, order.account, order.client_order_id, order.side,
+                OrderType.LIMIT, order.price, order.quantity, 0, TimeInForce.GTC,
+                order.post_only, order.stp)
+    return terms
 
 
 async def _newest_snapshot(pool: asyncpg.Pool, market: str, at_most: int) -> Snapshot | None:

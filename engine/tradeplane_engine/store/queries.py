@@ -103,20 +103,29 @@ class History:
                     if rejected is not None:
                         code = RejectCode(rejected["code"])
                         return {"orderId": 0, "clientOrderId": query.client_order_id,
-                                "status": "rejected", "code": int(code), "name": code.name,
-                                "reason": rejected["reason"]}
+                                "status": "rejected", "filledQuantity": "0",
+                                "remainingQuantity": "0", "code": int(code),
+                                "name": code.name, "reason": rejected["reason"]}
         if row is None:
             return None
+        # The engine's answer, field for field: price absent for a market order, quantity
+        # for a market buy by quote amount (quoteAmount instead). type, timeInForce and
+        # postOnly are for the gateway's comparison with a retried place (the table has no
+        # stp); they are not part of a reply's order.
         order: dict[str, Any] = {
             "orderId": row["order_id"], "clientOrderId": row["client_order_id"],
             "status": row["status"], "side": row["side"],
             "filledQuantity": quantity(row["filled"]),
             "remainingQuantity": quantity(row["remaining"]),
+            "type": row["order_type"], "timeInForce": row["time_in_force"],
+            "postOnly": row["post_only"],
         }
         if row["price"]:
             order["price"] = price(row["price"])
         if row["quantity"]:
             order["quantity"] = quantity(row["quantity"])
+        if row["quote_amount"]:
+            order["quoteAmount"] = self.formatter.notional(row["quote_amount"])
         if row["reason"]:
             order["reason"] = row["reason"]
         return order

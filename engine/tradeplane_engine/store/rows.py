@@ -93,9 +93,11 @@ class Rows:
                 self._change(market, event.order_id, sequence, price=event.price,
                              quantity=event.quantity, remaining=event.remaining_quantity)
                 state = self._state(event.order_id)
+                # Events stored before the replace said what was filled: what is not open.
+                filled = (event.filled_quantity if event.filled_quantity is not None
+                          else event.quantity - event.remaining_quantity)
                 self.history.append((market, sequence, position, event.order_id, "replaced",
-                                     state.get("status") or "replaced",
-                                     event.quantity - event.remaining_quantity,
+                                     state.get("status") or "replaced", filled,
                                      event.remaining_quantity, event.price, event.quantity,
                                      None))
             elif isinstance(event, Trade):
