@@ -157,7 +157,12 @@ def test_every_reply_and_message_of_a_session_has_its_documented_shape(
         for subject, message in messages:
             check_shape(message, shape_of[subject.split(".")[-1] if "md" in subject
                                           else "acct"], subject)
+        orders = [reply["order"] for _, reply in replies if "order" in reply]
+        orders += [order for _, reply in replies for order in reply.get("orders", [])]
+        assert all("side" in order for order in orders if order["status"] != "rejected")
         # The session covered what it claims: each kind of reply and message was seen.
+        codes = {reply["error"]["code"] for _, reply in replies if "error" in reply}
+        assert codes >= {203, 205, 301, 913, 914}
         kinds = {kind for _, reply in replies for kind in reply}
         assert kinds >= set(SHAPES["Reply"]), set(SHAPES["Reply"]) - kinds
         events = {event["type"] for _, body in [*replies, *messages]
@@ -188,6 +193,10 @@ async def play(alice: Session, bob: Session) -> None:
     await alice.call("status", orderId=999)
     await alice.call("openOrders")
     await alice.call("cancel", clientOrderId="a-2")
+    await alice.call("cancel", clientOrderId="a-2")  # retried: the order as it is
+    await alice.call("replace", clientOrderId="a-2", price="104")  # 914: not open
+    await alice.call("place", side="sell", quantity="2", price="100.6",
+                     clientOrderId="a-1")  # 913: a retry with another body
     await alice.call("cancelAll")
     await alice.call("place", side="sell", quantity="1", price="99", clientOrderId="a-3")
     await bob.call("place", side="buy", quantity="1", price="99")
