@@ -121,7 +121,8 @@ class AuthService:
         self.system = system
         self.pool = pool
         self.issuer = issuer
-        self._swept: set[str] = set()
+        self._swept_all = False
+        """Whether every revoked account has been swept once (after a start)."""
 
     async def run(self, started: asyncio.Event | None = None) -> None:
         """Answer requests and sweep revoked accounts until cancelled."""
@@ -195,13 +196,13 @@ class AuthService:
     async def sweep(self) -> None:
         """Close the live connections of accounts revoked lately (all, the first time)."""
         async with self.pool.acquire() as connection:
-            if not self._swept:
-                revoked = await accounts.all_revoked(connection)
-                self._swept.update(revoked)
-            else:
+            if self._swept_all:
                 revoked = await accounts.recently_revoked(connection, SWEEP_WINDOW)
+            else:
+                revoked = await accounts.all_revoked(connection)
         for account in revoked:
             await self.close_connections(account)
+        self._swept_all = True
 
     async def close_connections(self, account: str) -> int:
         """Kick every live connection authenticated as ``account``, on every server."""
