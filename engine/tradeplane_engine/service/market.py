@@ -51,8 +51,6 @@ from tradeplane_engine.core import (
     OrderType,
     OrderUpdate,
     RejectCode,
-    SelfTradePrevention,
-    Side,
     TimeInForce,
 )
 from tradeplane_engine.core.events import open_status
@@ -77,6 +75,7 @@ from tradeplane_engine.wire import (
     MAX_REQUEST,
     EventBatch,
     MarketDefinition,
+    OrderRecord,
     PublicFormatter,
     book_snapshot_subject,
     command_stream,
@@ -87,6 +86,7 @@ from tradeplane_engine.wire import (
     event_subject,
     header_sequence,
     is_subject,
+    refused_place,
 )
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class MarketService:
         self.events = EventsPublisher(nc, self.market)
         self.published_through = 0
         """Commands up to this sequence already have their events in the events stream."""
-        self.recent: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self.recent: OrderedDict[tuple[str, int], OrderRecord] = OrderedDict()
         self.recent_by_client_id: dict[tuple[str, str], int] = {}
         self._accepted: dict[int, OrderAccepted] = {}
         """How each order not yet finished was accepted (as far as ``_remember`` has
@@ -529,56 +529,36 @@ class MarketService:
         named the order by its client order id. Called for every command in command
         order, once, whatever the replica's role.
         """
-        quantity = self.formatter.quantity
         for event in events:
             if type(event) is OrderAccepted:
                 self._accepted[event.order_id] = event
             elif type(event) is OrderReplaced:
                 self._replaced[event.order_id] = event
             elif type(event) is OrderUpdate and event.status in _TERMINAL:
-                record: dict[str, Any] = {
-                    "orderId": event.order_id, "clientOrderId": event.client_order_id,
-                    "status": event.status.value,
-                    "filledQuantity": quantity(event.filled_quantity),
-                    "remainingQuantity": "0",
-                }
                 accepted = self._accepted.pop(event.order_id, None)
                 replaced = self._replaced.pop(event.order_id, None)
-                if accepted is not None:
-                    record.update(self._terms(
-                        accepted.side, accepted.order_type,
-                        replaced.price if replaced else accepted.price,
-                        replaced.quantity if replaced else accepted.quantity,
-                        accepted.quote_amount, accepted.time_in_force, accepted.post_only,
-                        accepted.stp))
-                if event.reason is not None:
-                    record["reason"] = event.reason.name.lower()
+                reason = None if event.reason is None else event.reason.name.lower()
+                if accepted is None:
+                    record = OrderRecord(
+                        order_id=event.order_id, client_order_id=event.client_order_id,
+                        status=event.status.value,
+                        filled_quantity=self.formatter.quantity(event.filled_quantity),
+                        remaining_quantity="0", reason=reason)
+                else:
+                    record = self.formatter.order(
+                        event.order_id, event.client_order_id, event.status.value,
+                        side=accepted.side.value,
+                        price=replaced.price if replaced else accepted.price,
+                        quantity=replaced.quantity if replaced else accepted.quantity,
+                        quote_amount=accepted.quote_amount, filled=event.filled_quantity,
+                        remaining=0, order_type=accepted.order_type.value,
+                        time_in_force=accepted.time_in_force.value,
+                        post_only=accepted.post_only, stp=accepted.stp.value, reason=reason)
                 self._remember_order(event.account, event.order_id, event.client_order_id,
                                      record)
             elif type(event) is OrderRejected and event.new_order and event.client_order_id:
-                self._remember_order(event.account, 0, event.client_order_id, {
-                    "orderId": 0, "clientOrderId": event.client_order_id,
-                    "status": "rejected", "filledQuantity": "0", "remainingQuantity": "0",
-                    "code": int(event.code), "name": event.code.name, "reason": event.reason,
-                })
-
-    def _terms(self, side: Side, order_type: OrderType, price: int, quantity: int,
-               quote_amount: int, time_in_force: TimeInForce, post_only: bool,
-               stp: SelfTradePrevention) -> dict[str, Any]:
-        """What an order is, as replies show it: ``side``, ``price`` (none for a market
-        order), ``quantity`` (none for a market buy by quote amount: ``quoteAmount``).
-        ``type``, ``timeInForce``, ``postOnly`` and ``stp`` are for the gateway, which
-        compares them with a retried place (they are not part of a reply's order)."""
-        terms: dict[str, Any] = {"side": side.value}
-        if price:
-            terms["price"] = self.formatter.price(price)
-        if quantity:
-            terms["quantity"] = self.formatter.quantity(quantity)
-        if quote_amount:
-            terms["quoteAmount"] = self.formatter.notional(quote_amount)
-        terms.update({"type": order_type.value, "timeInForce": time_in_force.value,
-                      "postOnly": post_only, "stp": stp.value})
-        return terms
+                self._remember_order(event.account, 0, event.client_order_id, refused_place(
+                    event.client_order_id, event.code, event.reason))
 
     def _named_order(self, events: list[AnyEvent]) -> str | None:
         """For a command's reply: the order a cancel finished, or the finished order a
@@ -590,7 +570,7 @@ class MarketService:
         if not events:
             return None
         first = events[0]
-        record: dict[str, Any] | None = None
+        record: OrderRecord | None = None
         if type(first) is OrderUpdate and first.status is OrderStatus.CANCELED:
             record = self.recent.get((first.account, first.order_id))
         elif (type(first) is OrderRejected and first.code is RejectCode.UNKNOWN_ORDER
@@ -599,14 +579,14 @@ class MarketService:
         return None if record is None else _encode(record).decode()
 
     def _finished(self, account: str, order_id: int,
-                  client_order_id: str) -> dict[str, Any] | None:
+                  client_order_id: str) -> OrderRecord | None:
         """A finished (or refused) order from memory, by id or by client order id."""
         if not order_id and client_order_id:
             order_id = self.recent_by_client_id.get((account, client_order_id), 0)
         return self.recent.get((account, order_id)) if order_id else None
 
     def _remember_order(self, account: str, order_id: int, client_order_id: str,
-                        record: dict[str, Any]) -> None:
+                        record: OrderRecord) -> None:
         self._rejections += 0 if order_id else 1
         key = (account, order_id or -self._rejections)  # a rejected order has no id
         self.recent[key] = record
@@ -614,13 +594,13 @@ class MarketService:
             self.recent_by_client_id[(account, client_order_id)] = key[1]
         if len(self.recent) > RECENT_ORDERS:
             (old_account, old_key), old = self.recent.popitem(last=False)
-            old_client_key = (old_account, old.get("clientOrderId", ""))
+            old_client_key = (old_account, old.client_order_id)
             if self.recent_by_client_id.get(old_client_key) == old_key:
                 del self.recent_by_client_id[old_client_key]
 
     # -- requests ----------------------------------------------------------------------
 
-    def order_status(self, query: StatusQuery) -> dict[str, Any] | None:
+    def order_status(self, query: StatusQuery) -> OrderRecord | None:
         """An order's current state: open in the book, or recently finished.
 
         By client order id (which may be used again once its order finished): the open
@@ -632,25 +612,22 @@ class MarketService:
             return self._open_order(order)
         return self._finished(query.account, query.order_id, query.client_order_id)
 
-    def open_orders(self, account: str) -> list[dict[str, Any]]:
+    def open_orders(self, account: str) -> list[OrderRecord]:
         owner = self.engine.accounts.get(account)
         if owner is None:
             return []
         return [self._open_order(order)
                 for order in sorted(owner.by_id.values(), key=lambda order: order.order_id)]
 
-    def _open_order(self, order: Order) -> dict[str, Any]:
+    def _open_order(self, order: Order) -> OrderRecord:
         """An order in the book, as status and open-orders replies show it (a resting
         order is a GTC limit order)."""
-        quantity = self.formatter.quantity
-        return {
-            "orderId": order.order_id, "clientOrderId": order.client_order_id,
-            "status": open_status(order.filled),
-            **self._terms(order.side, OrderType.LIMIT, order.price, order.quantity, 0,
-                          TimeInForce.GTC, order.post_only, order.stp),
-            "filledQuantity": quantity(order.filled),
-            "remainingQuantity": quantity(order.remaining),
-        }
+        return self.formatter.order(
+            order.order_id, order.client_order_id, open_status(order.filled),
+            side=order.side.value, price=order.price, quantity=order.quantity,
+            quote_amount=0, filled=order.filled, remaining=order.remaining,
+            order_type=OrderType.LIMIT.value, time_in_force=TimeInForce.GTC.value,
+            post_only=order.post_only, stp=order.stp.value)
 
     async def _on_open_orders(self, msg: Msg) -> None:
         await self._answer(msg, lambda query: {"orders": self.open_orders(query.account)})
