@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from tradeplane_engine.core.codes import RejectCode
 from tradeplane_engine.core.commands import AnyCommand
 from tradeplane_engine.core.events import (
     AnyEvent,
@@ -262,6 +263,67 @@ decode_pub_ack = msgspec.json.Decoder(PubAck).decode
 
 # -- what traders see --------------------------------------------------------------------
 
+class OrderState(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True,
+                 kw_only=True):
+    """An order as every reply shows it, whole: the same fields in a place's, cancel's or
+    replace's reply, a duplicate's, a status answer (from the engine or PostgreSQL), and
+    open orders (docs/protocol.md, "The order")."""
+
+    order_id: int
+    """0 for a refused place (``rejected``): it never got an id."""
+    client_order_id: str
+    status: str
+    """new, partiallyFilled, filled, canceled, or rejected."""
+    side: str | None = None
+    """Absent only for a refused place."""
+    price: str | None = None
+    """The limit price (its last replace's); absent for a market order."""
+    quantity: str | None = None
+    """The total quantity, filled included (its last replace's); absent for a market buy
+    by quote amount (which has ``quote_amount``)."""
+    quote_amount: str | None = None
+    """A market buy by quote amount only."""
+    filled_quantity: str
+    remaining_quantity: str
+    """Open in the book; "0" once finished."""
+    reason: str | None = None
+    """Why it was canceled (``user``, ``stp``...), or, refused, the engine's reason."""
+    code: int | None = None
+    """A refused place's reject code (with ``name``)."""
+    name: str | None = None
+
+
+class OrderRecord(OrderState, frozen=True, rename="camel", omit_defaults=True,
+                  kw_only=True):
+    """An order as the engine and the recorder answer about it (their ``order`` and
+    ``openOrders`` queries, a result's ``Tp-Order``): the public order and how it was
+    placed. ``type``, ``timeInForce``, ``postOnly`` and ``stp`` are for the gateway,
+    which compares them with a retried place; they are not part of a reply's order (the
+    gateway reads an ``OrderState`` from these answers). PostgreSQL keeps no ``stp``; a
+    refused place has none of them."""
+
+    type: str | None = None
+    time_in_force: str | None = None
+    post_only: bool | None = None
+    stp: str | None = None
+
+
+def refused_place(client_order_id: str, code: RejectCode, reason: str) -> OrderRecord:
+    """A place the engine refused, as an order: it never got an id, and has no terms."""
+    return OrderRecord(order_id=0, client_order_id=client_order_id, status="rejected",
+                       filled_quantity="0", remaining_quantity="0", code=int(code),
+                       name=code.name, reason=reason)
+
+
+class Fill(msgspec.Struct, frozen=True, rename="camel"):
+    """A trade of the order a reply is about, as the reply's ``fills`` show it."""
+
+    trade_id: int
+    price: str
+    quantity: str
+    role: str
+
+
 class PublicFormatter:
     """Turns the core's integer events into the public JSON objects of docs/protocol.md."""
 
@@ -333,6 +395,22 @@ class PublicFormatter:
                 replaced["filledQuantity"] = quantity(event.filled_quantity)
             return replaced
         return None
+
+    def order(self, order_id: int, client_order_id: str, status: str, *, side: str,
+              price: int, quantity: int, quote_amount: int, filled: int, remaining: int,
+              order_type: str, time_in_force: str, post_only: bool,
+              stp: str | None = None, reason: str | None = None) -> OrderRecord:
+        """An accepted order from the core's integers: no ``price`` for a market order
+        (0), no ``quantity`` for a market buy by quote amount (0, ``quoteAmount``
+        instead)."""
+        return OrderRecord(
+            order_id=order_id, client_order_id=client_order_id, status=status, side=side,
+            price=self.price(price) if price else None,
+            quantity=self.quantity(quantity) if quantity else None,
+            quote_amount=self.notional(quote_amount) if quote_amount else None,
+            filled_quantity=self.quantity(filled), remaining_quantity=self.quantity(remaining),
+            reason=reason, type=order_type, time_in_force=time_in_force, post_only=post_only,
+            stp=stp)
 
     def accounts(self, events: list[AnyEvent]) -> list[str]:
         """Every account the events concern, in order of first appearance."""

@@ -3,7 +3,9 @@
 Every message is JSON. Requests are validated strictly (unknown fields, wrong types,
 integers out of their range and numbers where decimal strings belong are refused);
 prices and quantities are decimal strings, never JSON numbers. docs/protocol.md
-describes all of it with examples.
+describes all of it with examples. The order and fill a reply carries are the wire
+module's ``OrderState`` and ``Fill``: one shape for the engine's answers, the recorder's
+and the gateway's replies.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Annotated, Any
 import msgspec
 
 from tradeplane_engine.core.commands import OrderType, SelfTradePrevention, Side, TimeInForce
+from tradeplane_engine.wire import Fill as Fill
+from tradeplane_engine.wire import OrderState as OrderState
 
 MAX_PAYLOAD = 4096
 """Largest request the gateway reads, in bytes."""
@@ -114,43 +118,6 @@ class ErrorBody(msgspec.Struct, frozen=True):
     code: int
     name: str
     reason: str
-
-
-class Fill(msgspec.Struct, frozen=True, rename="camel"):
-    trade_id: int
-    price: str
-    quantity: str
-    role: str
-
-
-class OrderState(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True,
-                 kw_only=True):
-    """An order as every reply shows it, whole: the same fields in a place's, cancel's or
-    replace's reply, a duplicate's, a status answer (from the engine or PostgreSQL), and
-    open orders (docs/protocol.md, "The order")."""
-
-    order_id: int
-    """0 for a refused place (``rejected``): it never got an id."""
-    client_order_id: str
-    status: str
-    """new, partiallyFilled, filled, canceled, or rejected."""
-    side: str | None = None
-    """Absent only for a refused place."""
-    price: str | None = None
-    """The limit price (its last replace's); absent for a market order."""
-    quantity: str | None = None
-    """The total quantity, filled included (its last replace's); absent for a market buy
-    by quote amount (which has ``quote_amount``)."""
-    quote_amount: str | None = None
-    """A market buy by quote amount only."""
-    filled_quantity: str
-    remaining_quantity: str
-    """Open in the book; "0" once finished."""
-    reason: str | None = None
-    """Why it was canceled (``user``, ``stp``...), or, refused, the engine's reason."""
-    code: int | None = None
-    """A refused place's reject code (with ``name``)."""
-    name: str | None = None
 
 
 class Reply(msgspec.Struct, rename="camel", omit_defaults=True):

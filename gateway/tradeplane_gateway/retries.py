@@ -15,25 +15,7 @@ from typing import Any
 import msgspec
 
 from tradeplane_engine.core.commands import Place
-from tradeplane_engine.wire import PublicFormatter
-
-
-class OriginalTerms(msgspec.Struct, rename="camel"):
-    """What an ``order`` answer of the engine or of PostgreSQL says of an order's terms.
-
-    ``type``, ``timeInForce``, ``postOnly`` and ``stp`` ride along in those internal
-    answers (not in replies); PostgreSQL does not keep ``stp``. A field that is None was
-    not said, and is not compared."""
-
-    status: str
-    side: str | None = None
-    type: str | None = None
-    price: str | None = None
-    quantity: str | None = None
-    quote_amount: str | None = None
-    time_in_force: str | None = None
-    post_only: bool | None = None
-    stp: str | None = None
+from tradeplane_engine.wire import OrderRecord, PublicFormatter
 
 
 def differences(retry: Place, original: dict[str, Any],
@@ -41,8 +23,12 @@ def differences(retry: Place, original: dict[str, Any],
     """How ``retry`` differs from the original order, one ``"<field> <retry's> (the
     original's: <original's>)"`` per field; empty when they agree on everything known.
 
-    A refused place keeps no terms (its events have none): nothing to compare."""
-    terms = msgspec.convert(original, OriginalTerms)
+    ``original`` is an ``order`` answer of the engine or of PostgreSQL (an
+    ``OrderRecord``): ``type``, ``timeInForce``, ``postOnly`` and ``stp`` ride along in
+    those (not in replies), and PostgreSQL does not keep ``stp``. A term that is None was
+    not said, and is not compared. A refused place keeps no terms (its events have
+    none): nothing to compare."""
+    terms = msgspec.convert(original, OrderRecord)
     if terms.side is None:  # a refused place, or an answer without terms
         return []
     asked: dict[str, tuple[Any, Any]] = {

@@ -19,7 +19,12 @@ from nats.aio.subscription import Subscription
 
 from tradeplane_engine.core.codes import RejectCode
 from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
-from tradeplane_engine.wire import MarketDefinition, PublicFormatter
+from tradeplane_engine.wire import (
+    MarketDefinition,
+    OrderRecord,
+    PublicFormatter,
+    refused_place,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +83,8 @@ class History:
     async def order(self, query: OrderQuery) -> dict[str, Any] | None:
         """An order by id, or by client order id: the open order that carries it, else
         the one that carried it and ended last — a refused place, which ends as it is
-        sequenced, included (the engine answers the same from its memory)."""
-        quantity, price = self.formatter.quantity, self.formatter.price
+        sequenced, included (the engine answers the same from its memory). An
+        ``OrderRecord``, as JSON-ready builtins."""
         async with self.pool.acquire() as connection:
             if query.order_id:
                 row = await connection.fetchrow(
@@ -101,34 +106,18 @@ class History:
                         self.market, query.account, query.client_order_id,
                         0 if row is None else row["updated_sequence"])
                     if rejected is not None:
-                        code = RejectCode(rejected["code"])
-                        return {"orderId": 0, "clientOrderId": query.client_order_id,
-                                "status": "rejected", "filledQuantity": "0",
-                                "remainingQuantity": "0", "code": int(code),
-                                "name": code.name, "reason": rejected["reason"]}
+                        return _builtins(refused_place(
+                            query.client_order_id, RejectCode(rejected["code"]),
+                            rejected["reason"]))
         if row is None:
             return None
-        # The engine's answer, field for field: price absent for a market order, quantity
-        # for a market buy by quote amount (quoteAmount instead). type, timeInForce and
-        # postOnly are for the gateway's comparison with a retried place (the table has no
-        # stp); they are not part of a reply's order.
-        order: dict[str, Any] = {
-            "orderId": row["order_id"], "clientOrderId": row["client_order_id"],
-            "status": row["status"], "side": row["side"],
-            "filledQuantity": quantity(row["filled"]),
-            "remainingQuantity": quantity(row["remaining"]),
-            "type": row["order_type"], "timeInForce": row["time_in_force"],
-            "postOnly": row["post_only"],
-        }
-        if row["price"]:
-            order["price"] = price(row["price"])
-        if row["quantity"]:
-            order["quantity"] = quantity(row["quantity"])
-        if row["quote_amount"]:
-            order["quoteAmount"] = self.formatter.notional(row["quote_amount"])
-        if row["reason"]:
-            order["reason"] = row["reason"]
-        return order
+        # The engine's answer, field for field (the table has no stp).
+        return _builtins(self.formatter.order(
+            row["order_id"], row["client_order_id"], row["status"], side=row["side"],
+            price=row["price"], quantity=row["quantity"], quote_amount=row["quote_amount"],
+            filled=row["filled"], remaining=row["remaining"], order_type=row["order_type"],
+            time_in_force=row["time_in_force"], post_only=row["post_only"],
+            reason=row["reason"] or None))
 
     async def trades(self, query: TradesQuery) -> dict[str, Any]:
         limit = max(1, min(MAX_TRADES, query.limit))
@@ -171,3 +160,9 @@ class History:
         except (msgspec.MsgspecError, asyncpg.PostgresError, *DATABASE_UNAVAILABLE) as exc:
             answer = {"error": type(exc).__name__}
         await msg.respond(msgspec.json.encode(answer))
+
+
+def _builtins(order: OrderRecord) -> dict[str, Any]:
+    """An order answer as plain JSON-ready values (what ``order`` returns)."""
+    answer: dict[str, Any] = msgspec.to_builtins(order)
+    return answer
