@@ -40,7 +40,7 @@ from nats.js.api import StorageType, StreamConfig
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
 from tradeplane_engine.access import Access, trader_inbox
-from tradeplane_engine.service import StreamSettings
+from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import MarketDefinition, command_stream, engine_subject
 
 MARKET = MarketDefinition(name="bench-usdt", base="BENCH", quote="USDT", tick_size="0.01",

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
-from tradeplane_engine.service import StreamSettings
+from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import MarketDefinition
 
 MARKET = MarketDefinition(name="fail-usdt", base="FAIL", quote="USDT", tick_size="0.01",

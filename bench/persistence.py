@@ -32,11 +32,13 @@ from tradeplane.processes import NatsServer
 from tradeplane.up import publish_markets
 from tradeplane_engine.core import BookLevel, Engine
 from tradeplane_engine.core.state import digest
-from tradeplane_engine.service import MarketService, StreamSettings
+from tradeplane_engine.service import MarketService
+from tradeplane_engine.store.database import prepare_connection
 from tradeplane_engine.store.migrate import migrate
-from tradeplane_engine.store.recorder import Recorder, prepare_connection, record
+from tradeplane_engine.store.recorder import Recorder, record
 from tradeplane_engine.store.rows import TRADES, Rows
 from tradeplane_engine.store.snapshots import Snapshot, save_snapshot
+from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import (
     EventBatch,
     MarketDefinition,

@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine import telemetry
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.recorder import Recorder
-from tradeplane_engine.store.runner import open_database
 from tradeplane_gateway import RequestError, connect
 
 

@@ -335,7 +335,8 @@ async def _run_async(args: argparse.Namespace) -> int:
 
         telemetry.configure(f"tradeplane-{args.command}")
     if args.command == "engine":
-        from tradeplane_engine.service import StreamSettings, run_engines
+        from tradeplane_engine.service import run_engines
+        from tradeplane_engine.streams import StreamSettings
 
         settings = StreamSettings(replicas=args.stream_replicas,
                                   command_retention=args.command_retention,
@@ -422,7 +423,7 @@ async def _auth(args: argparse.Namespace, stop: asyncio.Event) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port)
-    from tradeplane_engine.store.runner import open_database
+    from tradeplane_engine.store.database import open_database
 
     pool = await open_database(dsn)
     try:

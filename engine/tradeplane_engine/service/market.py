@@ -62,14 +62,14 @@ from tradeplane_engine.service.events import EventsPublisher, Fenced
 from tradeplane_engine.service.lease import Lease, NotLeadingError
 from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.service.metrics import MarketMetrics
-from tradeplane_engine.service.streams import (
+from tradeplane_engine.service.tracing import trace_batch
+from tradeplane_engine.store.database import with_connection
+from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
+from tradeplane_engine.streams import (
     StreamSettings,
     ensure_market_streams,
     replay_spec,
 )
-from tradeplane_engine.service.tracing import trace_batch
-from tradeplane_engine.store.errors import with_connection
-from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
     HEADER_ORDER,
     HEADER_REPLY,

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tradeplane_engine.core.codes import RejectCode
-from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
+from tradeplane_engine.store.database import DATABASE_UNAVAILABLE
 from tradeplane_engine.wire import MarketDefinition, PublicFormatter
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from prometheus_client import Gauge
 from tradeplane_engine import telemetry
 from tradeplane_engine.feed import CommandFeed, SequencedCommand
 from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.store.errors import with_connection
+from tradeplane_engine.store.database import with_connection
 from tradeplane_engine.store.metrics import RecorderMetrics
 from tradeplane_engine.store.rows import (
     HISTORY,
@@ -69,15 +69,6 @@ RECORDED = Gauge("tradeplane_recorder_position",
 
 class Resync(Exception):  # noqa: N818 - a control-flow signal, not an error
     """The database already holds part of a batch: continue from where it really is."""
-
-
-async def prepare_connection(connection: asyncpg.Connection) -> None:
-    """Per connection: the temporary table through which order changes are applied."""
-    await connection.execute(
-        "CREATE TEMPORARY TABLE IF NOT EXISTS order_changes ("
-        " market text, order_id bigint, status text, filled bigint, remaining bigint,"
-        " price bigint, quantity bigint, reason text, updated_sequence bigint"
-        ") ON COMMIT DELETE ROWS")
 
 
 async def record(connection: asyncpg.Connection, rows: Rows) -> None:

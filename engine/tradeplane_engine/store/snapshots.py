@@ -40,7 +40,8 @@ from nats.aio.msg import Msg
 from tradeplane_engine.core import BookLevel, Engine, TradingModeChanged
 from tradeplane_engine.core.state import digest
 from tradeplane_engine.feed import CommandFeed
-from tradeplane_engine.store.errors import with_connection
+from tradeplane_engine.store.database import with_connection
+from tradeplane_engine.streams import replay_spec
 from tradeplane_engine.wire import (
     MAX_REQUEST,
     MarketDefinition,
@@ -188,9 +189,6 @@ class Snapshotter:
         self._engine = None
         latest = await self._newest()
         if latest is None:
-            # Imported here: the service package imports this module (for restarts).
-            from tradeplane_engine.service.streams import replay_spec
-
             spec = await replay_spec(self.nc.jetstream(), self.definition)
             engine, position, book_sequence = Engine(spec), 0, 0
             self._stored = None
