@@ -42,9 +42,11 @@ from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import (
     EventBatch,
     MarketDefinition,
+    command_subject,
     decode_events,
     encode_command,
     encode_events,
+    event_subject,
 )
 from tradeplane_engine.workload import SPEC, generate, to_commands
 
@@ -146,7 +148,7 @@ async def insert_many(connection: asyncpg.Connection, rows: Rows) -> None:
 
 async def recorder_rate(url: str, dsn: str, payloads: list[bytes]) -> float:
     nc = await nats.connect(url, pending_size=256 * 1024 * 1024)
-    await publish_all(nc.jetstream(), f"tp.evt.{MARKET.name}", payloads)
+    await publish_all(nc.jetstream(), event_subject(MARKET.name), payloads)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=prepare_connection)
     recorder = Recorder(nc, pool, MARKET)
     started = time.perf_counter()
@@ -166,7 +168,7 @@ async def recovery(url: str, dsn: str, commands: int) -> tuple[float, float, flo
     nc = await nats.connect(url, pending_size=256 * 1024 * 1024)
     js = nc.jetstream()
     workload = to_commands(generate(commands, seed=7))
-    await publish_all(js, f"tp.cmd.{MARKET.name}",
+    await publish_all(js, command_subject(MARKET.name),
                       [encode_command(command) for command in workload])
 
     async def start(pool: asyncpg.Pool | None) -> tuple[MarketService, float]:

@@ -23,6 +23,7 @@ from tradeplane_engine.core.commands import (
     Side,
     TimeInForce,
 )
+from tradeplane_engine.wire import api_subject
 from tradeplane_gateway.errors import EdgeCode
 from tradeplane_gateway.markets import KnownMarket, MarketDirectory
 from tradeplane_gateway.protocol import (
@@ -68,7 +69,7 @@ def unknown_request(subject: str) -> EdgeError:
     shown = subject if len(subject) <= 120 else f"{subject[:120]}..."
     return edge_error(EdgeCode.UNKNOWN_REQUEST,
                       f"no request is served on {shown!r}: requests are "
-                      f"tp.api.<account>.order.<verb>, <verb> one of {', '.join(REQUESTS)}")
+                      f"{api_subject('<account>', '<verb>')}, <verb> one of {', '.join(REQUESTS)}")
 
 
 def decode_request(verb: str, data: bytes) -> Request:

@@ -52,6 +52,14 @@ def command_stream(market: str) -> str:
     return f"tp-cmd-{market}"
 
 
+def bucket_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def bucket_key_prefix(bucket: str) -> str:
+    return f"$KV.{bucket}."
+
+
 def command_subject(market: str) -> str:
     return f"tp.cmd.{market}"
 
@@ -270,8 +278,8 @@ class Exchange:
         at all."""
         if await self._bucket(REPLICAS_BUCKET) is None:
             return []
-        prefix = f"$KV.{REPLICAS_BUCKET}."
-        info = await self.js.stream_info(f"KV_{REPLICAS_BUCKET}",
+        prefix = bucket_key_prefix(REPLICAS_BUCKET)
+        info = await self.js.stream_info(bucket_stream(REPLICAS_BUCKET),
                                          subjects_filter=f"{prefix}{market}.*")
         reports = []
         for subject in sorted(info.state.subjects or {}):

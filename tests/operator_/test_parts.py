@@ -176,6 +176,8 @@ def test_what_the_operator_writes_is_what_the_engines_read() -> None:
     assert exchange.recorder_subject("btc-usdt", "snapshot") == wire.recorder_subject(
         "btc-usdt", "snapshot")
     assert exchange.MARKETS_BUCKET == wire.MARKETS_BUCKET
+    assert exchange.bucket_stream("tp-replicas") == wire.bucket_stream("tp-replicas")
+    assert exchange.bucket_key_prefix("tp-replicas") == wire.bucket_key_prefix("tp-replicas")
     assert (exchange.LEASES_BUCKET, exchange.REPLICAS_BUCKET) == (wire.LEASES_BUCKET,
                                                                   wire.REPLICAS_BUCKET)
 

@@ -44,6 +44,7 @@ from tradeplane_engine.store.database import with_connection
 from tradeplane_engine.streams import replay_spec
 from tradeplane_engine.wire import (
     MAX_REQUEST,
+    SNAPSHOT_QUEUE,
     MarketDefinition,
     command_stream,
     decode_command,
@@ -58,10 +59,6 @@ KEEP = 3
 REQUEST_TIMEOUT = 10.0
 """Seconds within which a snapshot request is answered: the snapshotter reaching the
 requested command and the snapshot being stored both count against it."""
-
-SNAPSHOT_QUEUE = "tp-snapshotter"
-"""Queue group of snapshot requests: with more than one recorder process for a market,
-one request still makes one snapshot."""
 
 _encode = msgspec.json.Encoder().encode
 

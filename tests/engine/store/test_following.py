@@ -22,9 +22,13 @@ from tradeplane.cli import _parser
 from tradeplane_engine.core import TradingMode
 from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.following import RecordedMarkets, needs_restart, record_market
-from tradeplane_engine.store.queries import history_subject
 from tradeplane_engine.streams import markets_bucket
-from tradeplane_engine.wire import MarketDefinition, encode_definition, recorder_subject
+from tradeplane_engine.wire import (
+    MarketDefinition,
+    encode_definition,
+    history_subject,
+    recorder_subject,
+)
 from tradeplane_gateway import connect
 
 
