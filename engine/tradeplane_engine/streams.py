@@ -36,7 +36,6 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.core.market import MarketSpec, TradingMode
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.wire import (
     MARKETS_BUCKET,
     MarketDefinition,
@@ -46,6 +45,7 @@ from tradeplane_engine.wire import (
     event_stream,
     event_subject,
 )
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 

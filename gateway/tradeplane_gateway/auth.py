@@ -34,9 +34,9 @@ from prometheus_client import Counter
 
 from tradeplane_engine.access import TRADERS_ACCOUNT, Access, AccessError, trader_permissions
 from tradeplane_engine.connection import NATS_ERRORS, connect
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.store.database import DATABASE_UNAVAILABLE
 from tradeplane_gateway import accounts
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 

@@ -39,14 +39,11 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from tradeplane_engine import telemetry
 from tradeplane_engine.access import GATEWAY_INBOX, is_inbox, trader_inbox
 from tradeplane_engine.core.codes import RejectCode
 from tradeplane_engine.core.commands import Cancel, Place, Replace
 from tradeplane_engine.core.events import OrderRejected
 from tradeplane_engine.core.market import OffGrid
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.telemetry import TRACEPARENT
 from tradeplane_engine.wire import (
     API_SUBJECTS,
     BOOK_SNAPSHOTS,
@@ -96,6 +93,9 @@ from tradeplane_gateway.validation import (
     submission,
     unknown_request,
 )
+from tradeplane_shared import telemetry
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
+from tradeplane_shared.telemetry import TRACEPARENT
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tradeplane_engine import telemetry
 from tradeplane_engine.wire import GATEWAY_QUEUE, command_subject
 from tradeplane_gateway.validation import Submission
+from tradeplane_shared import telemetry
 
 _reply_status = msgspec.json.Decoder(dict[str, Any]).decode
 

@@ -331,7 +331,7 @@ async def _run_async(args: argparse.Namespace) -> int:
         _service_gc()
         _on_stop_signals(stop)
     if args.command in ("engine", "gateway", "recorder", "operator", "selftest"):
-        from tradeplane_engine import telemetry
+        from tradeplane_shared import telemetry
 
         telemetry.configure(f"tradeplane-{args.command}")
     if args.command == "engine":

@@ -22,8 +22,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tradeplane_engine.connection import NATS_ERRORS
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.telemetry import TRACEPARENT
 from tradeplane_engine.wire import (
     HEADER_EPOCH,
     HEADER_MESSAGE_ID,
@@ -33,6 +31,8 @@ from tradeplane_engine.wire import (
     event_stream,
     event_subject,
 )
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
+from tradeplane_shared.telemetry import TRACEPARENT
 
 log = logging.getLogger(__name__)
 

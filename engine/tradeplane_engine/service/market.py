@@ -38,7 +38,6 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from tradeplane_engine import telemetry
 from tradeplane_engine.access import is_inbox
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core import (
@@ -57,7 +56,6 @@ from tradeplane_engine.core import (
 )
 from tradeplane_engine.core.events import open_status
 from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.events import EventsPublisher, Fenced
 from tradeplane_engine.service.lease import Lease, NotLeadingError
 from tradeplane_engine.service.marketdata import MarketData
@@ -88,6 +86,8 @@ from tradeplane_engine.wire import (
     header_sequence,
     is_subject,
 )
+from tradeplane_shared import telemetry
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 if TYPE_CHECKING:
     from tradeplane_engine.core.book import Order

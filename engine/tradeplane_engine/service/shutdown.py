@@ -23,8 +23,8 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.connection import NATS_ERRORS
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.wire import REPLICAS_BUCKET, bucket_key_prefix, bucket_stream
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 if TYPE_CHECKING:
     from tradeplane_engine.service.market import MarketService

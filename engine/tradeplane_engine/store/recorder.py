@@ -34,9 +34,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import Gauge
 
-from tradeplane_engine import telemetry
 from tradeplane_engine.feed import CommandFeed, SequencedCommand
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.store.database import with_connection
 from tradeplane_engine.store.metrics import RecorderMetrics
 from tradeplane_engine.store.rows import (
@@ -56,6 +54,8 @@ from tradeplane_engine.wire import (
     event_subject,
     recorder_subject,
 )
+from tradeplane_shared import telemetry
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 
