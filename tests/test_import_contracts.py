@@ -17,6 +17,7 @@ GATEWAY_MAY_IMPORT = {
     "tradeplane_engine.core.commands",
     "tradeplane_engine.core.events",
     "tradeplane_engine.core.market",
+    "tradeplane_engine.errors",
     "tradeplane_engine.store",
     "tradeplane_engine.store.database",
     "tradeplane_engine.store.migrate",

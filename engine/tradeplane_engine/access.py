@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tradeplane_engine.errors import TradeplaneEngineError
 from tradeplane_engine.wire import (
     ANY,
     API_SUBJECTS,
@@ -71,7 +72,7 @@ KEY_ENV = "TRADEPLANE_NATS_KEY"
 """A client certificate and its key, when NATS asks for one (mutual TLS)."""
 
 
-class AccessError(Exception):
+class AccessError(TradeplaneEngineError):
     """A credentials file that cannot be used, with the reason."""
 
 

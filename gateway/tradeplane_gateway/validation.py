@@ -24,7 +24,7 @@ from tradeplane_engine.core.commands import (
     TimeInForce,
 )
 from tradeplane_engine.wire import api_subject
-from tradeplane_gateway.errors import EdgeCode
+from tradeplane_gateway.errors import EdgeCode, TradeplaneError
 from tradeplane_gateway.markets import KnownMarket, MarketDirectory
 from tradeplane_gateway.protocol import (
     MAX_PAYLOAD,
@@ -42,7 +42,7 @@ _decoders = {verb: msgspec.json.Decoder(kind) for verb, kind in REQUESTS.items()
 _decode_any = msgspec.json.Decoder().decode
 
 
-class EdgeError(Exception):
+class EdgeError(TradeplaneError):
     """A request refused at the edge; becomes an error reply."""
 
     def __init__(self, code: int, name: str, reason: str) -> None:

@@ -33,6 +33,8 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
+from tradeplane_operator.errors import ExchangeError, RefusedError, UnansweredError
+
 log = logging.getLogger(__name__)
 
 MARKETS_BUCKET = "tp-markets"
@@ -70,18 +72,6 @@ def engine_subject(market: str, what: str) -> str:
 
 def recorder_subject(market: str, what: str) -> str:
     return f"tp.recorder.{market}.{what}"
-
-
-class ExchangeError(Exception):
-    """The exchange could not do what the operator asked (NATS down, no engine...)."""
-
-
-class UnansweredError(ExchangeError):
-    """Nobody answered a request (no leader, no recorder) in time."""
-
-
-class RefusedError(ExchangeError):
-    """An engine or recorder answered with an error."""
 
 
 @dataclass(frozen=True)

@@ -346,7 +346,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                           health_port=args.health_port, stop=stop, access=args.access)
         return 0
     if args.command == "recorder":
-        from tradeplane_engine.store.runner import run_recorders
+        from tradeplane_engine.store.recorders import run_recorders
 
         dsn = os.environ.get("TRADEPLANE_POSTGRES_DSN")
         if not dsn:
@@ -375,7 +375,7 @@ async def _run_async(args: argparse.Namespace) -> int:
         await run_operator(config, liveness=liveness)
         return 0
     if args.command == "gateway":
-        from tradeplane_gateway.runner import run_gateway
+        from tradeplane_gateway.serve import run_gateway
 
         if args.metrics_port:
             from prometheus_client import start_http_server

@@ -34,6 +34,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane import security
+from tradeplane.errors import TradeplaneCliError
 from tradeplane.postgres import PostgresServer
 from tradeplane.processes import (
     NatsServer,
@@ -61,7 +62,7 @@ from tradeplane_engine.wire import (
 DEFAULT_MANIFESTS = Path("examples/markets")
 
 
-class UpError(RuntimeError):
+class UpError(TradeplaneCliError):
     """The local exchange could not start (bad manifest, a process that did not come up)."""
 
 

@@ -35,7 +35,7 @@ from tests.operator_.harness import (
 )
 from tests.support.exchange import SETTINGS, run
 from tradeplane_engine.streams import markets_bucket
-from tradeplane_gateway.runner import run_gateway
+from tradeplane_gateway.serve import run_gateway
 from tradeplane_operator.kube import Resource
 
 PODS = Resource("", "v1", "pods")

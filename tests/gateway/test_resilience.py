@@ -15,7 +15,7 @@ from tradeplane_engine.service import run_engines
 from tradeplane_engine.streams import StreamSettings
 from tradeplane_gateway import Client, ConnectionLostError, RequestError, connect
 from tradeplane_gateway.markets import MarketDirectory
-from tradeplane_gateway.runner import run_gateway
+from tradeplane_gateway.serve import run_gateway
 from tradeplane_gateway.service import Gateway
 
 

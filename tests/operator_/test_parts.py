@@ -29,9 +29,14 @@ from tradeplane_operator.config import (
     SWITCHOVER_ANNOTATION,
     Config,
 )
-from tradeplane_operator.errors import InvalidMarketError, RetryError, to_kopf
-from tradeplane_operator.exchange import Lease, RefusedError, ReplicaReport, admin_command
-from tradeplane_operator.kube import KubeError
+from tradeplane_operator.errors import (
+    InvalidMarketError,
+    KubeError,
+    RefusedError,
+    RetryError,
+    to_kopf,
+)
+from tradeplane_operator.exchange import Lease, ReplicaReport, admin_command
 from tradeplane_operator.reconcile import definition
 from tradeplane_operator.status import Observation, compute
 from tradeplane_operator.storage import LAST_HANDLED_ANNOTATION, LEGACY_ANNOTATIONS

@@ -1,8 +1,8 @@
 """The engine as a service: NATS in and out around the pure core."""
 
 from tradeplane_engine.service.admin import publish_admin
+from tradeplane_engine.service.engines import run_engines
 from tradeplane_engine.service.market import MarketService
-from tradeplane_engine.service.runner import run_engines
 
 __all__ = [
     "MarketService",

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tradeplane_engine.connection import NATS_ERRORS
+from tradeplane_engine.errors import TradeplaneEngineError
 from tradeplane_engine.wire import (
     HEADER_EPOCH,
     HEADER_MESSAGE_ID,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 
 
-class PublishError(Exception):
+class PublishError(TradeplaneEngineError):
     """The events stream refused a message (not a timeout: those are retried)."""
 
 

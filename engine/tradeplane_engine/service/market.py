@@ -55,7 +55,7 @@ from tradeplane_engine.core import (
     TimeInForce,
 )
 from tradeplane_engine.core.events import open_status
-from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
+from tradeplane_engine.feed import FeedError, SequencedCommand, StreamFeed
 from tradeplane_engine.service.events import EventsPublisher, Fenced
 from tradeplane_engine.service.lease import Lease, NotLeadingError
 from tradeplane_engine.service.marketdata import MarketData
@@ -153,7 +153,7 @@ class MarketService:
         """Commands applied again at start, whose events were already published."""
         self._rejections = 0
         self._event_subject = event_subject(self.market)
-        self._feed: CommandFeed | None = None
+        self._feed: StreamFeed | None = None
         self.replica = replica
         self.leading = leases is None
         """Only the leader publishes; without a lease bucket a replica leads alone."""
@@ -199,7 +199,7 @@ class MarketService:
                 f"{command_stream(self.market)} starts at sequence {commands.state.first_seq}, "
                 f"but the engine needs {start + 1}: its retention is shorter than the "
                 "engine's recovery needs (keep more than the snapshot interval)")
-        self._feed = CommandFeed(self.nc, command_stream(self.market), start + 1,
+        self._feed = StreamFeed(self.nc, command_stream(self.market), start + 1,
                                  batch=self._batch, reply_header=HEADER_REPLY)
         await self.events.start()
         await self._feed.start()

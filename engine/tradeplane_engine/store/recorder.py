@@ -34,7 +34,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import Gauge
 
-from tradeplane_engine.feed import CommandFeed, SequencedCommand
+from tradeplane_engine.feed import SequencedCommand, StreamFeed
 from tradeplane_engine.store.database import with_connection
 from tradeplane_engine.store.metrics import RecorderMetrics
 from tradeplane_engine.store.rows import (
@@ -155,7 +155,7 @@ class Recorder:
             await status.unsubscribe()
 
     async def _consume(self) -> None:
-        feed = CommandFeed(self.nc, event_stream(self.market), self.position + 1,
+        feed = StreamFeed(self.nc, event_stream(self.market), self.position + 1,
                            batch=self.batch, max_buffered=4 * self.batch)
         await feed.start()
         try:

@@ -39,7 +39,8 @@ from nats.aio.msg import Msg
 
 from tradeplane_engine.core import BookLevel, Engine, TradingModeChanged
 from tradeplane_engine.core.state import digest
-from tradeplane_engine.feed import CommandFeed
+from tradeplane_engine.errors import TradeplaneEngineError
+from tradeplane_engine.feed import StreamFeed
 from tradeplane_engine.store.database import with_connection
 from tradeplane_engine.streams import replay_spec
 from tradeplane_engine.wire import (
@@ -86,7 +87,7 @@ class SnapshotRequest(msgspec.Struct, forbid_unknown_fields=True):
 _decode_request = msgspec.json.Decoder(SnapshotRequest).decode
 
 
-class SnapshotUnavailable(Exception):  # noqa: N818 - an outcome a requester is told, by code
+class SnapshotUnavailable(TradeplaneEngineError):  # noqa: N818 - an outcome a requester is told, by code
     """No snapshot could be given for a request; ``code`` says why."""
 
     def __init__(self, code: SnapshotError, message: str) -> None:
@@ -195,7 +196,7 @@ class Snapshotter:
             self._stored = (latest.sequence, latest.state_hash)
         self._engine, self.position, self._book_sequence = engine, position, book_sequence
         self._advance()
-        feed = CommandFeed(self.nc, command_stream(self.market), position + 1,
+        feed = StreamFeed(self.nc, command_stream(self.market), position + 1,
                            max_buffered=4 * 512)
         await feed.start()
         try:
