@@ -40,8 +40,8 @@ from nats.js.api import StorageType, StreamConfig
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
 from tradeplane_engine.access import Access, trader_inbox
-from tradeplane_engine.service import StreamSettings
-from tradeplane_engine.wire import MarketDefinition, command_stream, engine_subject
+from tradeplane_engine.streams import StreamSettings
+from tradeplane_engine.wire import MarketDefinition, api_subject, command_stream, engine_subject
 
 MARKET = MarketDefinition(name="bench-usdt", base="BENCH", quote="USDT", tick_size="0.01",
                           lot_size="0.01", reference_price="100")
@@ -130,7 +130,7 @@ ACCOUNTS: dict[int, str] = {}
 async def _request(nc: Client, verb: str, payload: bytes, scheduled: float,
                    run: Run) -> None:
     try:
-        reply = await nc.request(f"tp.api.{ACCOUNTS[id(nc)]}.order.{verb}", payload,
+        reply = await nc.request(api_subject(ACCOUNTS[id(nc)], verb), payload,
                                  timeout=30)
     except Exception:  # a lost request is a figure, not a crash
         run.errors += 1

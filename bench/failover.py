@@ -30,8 +30,8 @@ from nats.aio.msg import Msg
 
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
-from tradeplane_engine.service import StreamSettings
-from tradeplane_engine.wire import MarketDefinition
+from tradeplane_engine.streams import StreamSettings
+from tradeplane_engine.wire import MarketDefinition, api_subject, engine_subject, event_subject
 
 MARKET = MarketDefinition(name="fail-usdt", base="FAIL", quote="USDT", tick_size="0.01",
                           lot_size="0.01")
@@ -68,7 +68,7 @@ async def flow(nc: Client, stop_flow: asyncio.Event) -> None:
         body = {"market": MARKET.name, "side": side, "quantity": "1",
                 "price": str(100 + number % 5 - 2), "response": "ack"}
         with contextlib.suppress(nats.errors.Error):
-            await nc.request(f"tp.api.trader{number % 2}.order.place",
+            await nc.request(api_subject(f"trader{number % 2}", "place"),
                              msgspec.json.encode(body), timeout=5)
         await asyncio.sleep(0.002)
 
@@ -77,19 +77,18 @@ async def benchmark(url: str, engines: dict[str, Any], kills: int,
                     switchovers: int) -> None:
     nc = await nats.connect(url)
     observer = Observer()
-    await nc.subscribe(f"tp.evt.{MARKET.name}", cb=observer.on_event)
+    await nc.subscribe(event_subject(MARKET.name), cb=observer.on_event)
     stop_flow = asyncio.Event()
     load = asyncio.create_task(flow(nc, stop_flow))
-    market = f"tp.engine.{MARKET.name}"
 
     async def leader() -> dict[str, Any]:
-        while (found := await status(nc, f"{market}.status")) is None:
+        while (found := await status(nc, engine_subject(MARKET.name, "status"))) is None:
             await asyncio.sleep(0.01)
         return found
 
     async def standby_ready(name: str) -> None:
         while True:
-            found = await status(nc, f"{market}.{name}.status")
+            found = await status(nc, engine_subject(MARKET.name, f"{name}.status"))
             if found is not None and found["ready"] and found["role"] == "standby":
                 return
             await asyncio.sleep(0.05)
@@ -114,7 +113,8 @@ async def benchmark(url: str, engines: dict[str, Any], kills: int,
         await asyncio.sleep(0.5)
         target = next(name for name in engines if name != current["replica"])
         answer = msgspec.json.decode((await nc.request(
-            f"{market}.switchover", msgspec.json.encode({"to": target}), timeout=10)).data)
+            engine_subject(MARKET.name, "switchover"), msgspec.json.encode({"to": target}),
+            timeout=10)).data)
         if "error" in answer:
             raise RuntimeError(f"switchover to {target} refused: {answer['error']}")
         while current["epoch"] + 1 not in observer.first:

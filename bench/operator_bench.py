@@ -31,6 +31,7 @@ from tests.operator_.harness import World, market_manifest, operator_world
 from tests.support.exchange import eventually
 
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
+from tradeplane_engine.wire import MARKETS_BUCKET
 from tradeplane_operator.kube import STATEFULSETS
 
 
@@ -40,7 +41,7 @@ def names(count: int) -> list[str]:
 
 async def defined(world: World, markets: list[str]) -> bool:
     try:
-        kv = await world.nc.jetstream().key_value("tp-markets")
+        kv = await world.nc.jetstream().key_value(MARKETS_BUCKET)
         return len(await kv.keys()) == len(markets)
     except (BucketNotFoundError, NoKeysError):
         return False

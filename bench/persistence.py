@@ -32,17 +32,21 @@ from tradeplane.processes import NatsServer
 from tradeplane.up import publish_markets
 from tradeplane_engine.core import BookLevel, Engine
 from tradeplane_engine.core.state import digest
-from tradeplane_engine.service import MarketService, StreamSettings
+from tradeplane_engine.service import MarketService
+from tradeplane_engine.store.database import prepare_connection
 from tradeplane_engine.store.migrate import migrate
-from tradeplane_engine.store.recorder import Recorder, prepare_connection, record
+from tradeplane_engine.store.recorder import Recorder, record
 from tradeplane_engine.store.rows import TRADES, Rows
 from tradeplane_engine.store.snapshots import Snapshot, save_snapshot
+from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import (
     EventBatch,
     MarketDefinition,
+    command_subject,
     decode_events,
     encode_command,
     encode_events,
+    event_subject,
 )
 from tradeplane_engine.workload import SPEC, generate, to_commands
 
@@ -144,7 +148,7 @@ async def insert_many(connection: asyncpg.Connection, rows: Rows) -> None:
 
 async def recorder_rate(url: str, dsn: str, payloads: list[bytes]) -> float:
     nc = await nats.connect(url, pending_size=256 * 1024 * 1024)
-    await publish_all(nc.jetstream(), f"tp.evt.{MARKET.name}", payloads)
+    await publish_all(nc.jetstream(), event_subject(MARKET.name), payloads)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=prepare_connection)
     recorder = Recorder(nc, pool, MARKET)
     started = time.perf_counter()
@@ -164,7 +168,7 @@ async def recovery(url: str, dsn: str, commands: int) -> tuple[float, float, flo
     nc = await nats.connect(url, pending_size=256 * 1024 * 1024)
     js = nc.jetstream()
     workload = to_commands(generate(commands, seed=7))
-    await publish_all(js, f"tp.cmd.{MARKET.name}",
+    await publish_all(js, command_subject(MARKET.name),
                       [encode_command(command) for command in workload])
 
     async def start(pool: asyncpg.Pool | None) -> tuple[MarketService, float]:

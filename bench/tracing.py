@@ -32,7 +32,7 @@ from tests.support.otlp import _rotel_binary, _rotel_environment
 from e2e import MARKET, drain, saturate
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
-from tradeplane_engine.service import StreamSettings
+from tradeplane_engine.streams import StreamSettings
 
 CONFIGURATIONS = {
     "tracing off": {},

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.exchange import SOL, local_exchange
 
-from tradeplane_engine import telemetry
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.recorder import Recorder
-from tradeplane_engine.store.runner import open_database
 from tradeplane_gateway import connect
+from tradeplane_shared import telemetry
 
 SHOWN = ("messaging.operation.type", "messaging.destination.name", "tradeplane.account",
          "tradeplane.market", "tradeplane.order_id", "tradeplane.sequence",

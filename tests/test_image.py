@@ -50,7 +50,7 @@ def test_the_wheel_built_from_the_context_has_everything(tmp_path: Path) -> None
         names = set(archive.namelist())
         entry_points = next(archive.read(name).decode() for name in names
                             if name.endswith("entry_points.txt"))
-    for module in ("tradeplane/cli.py", "tradeplane/selftest.py",
+    for module in ("tradeplane/cli.py", "tradeplane/selftest.py", "tradeplane_shared/telemetry.py",
                    "tradeplane_engine/service/market.py", "tradeplane_engine/core/book.py",
                    "tradeplane_engine/store/migrations/0001_journal_orders_trades.sql",
                    "tradeplane_gateway/service.py", "tradeplane_operator/handlers.py"):

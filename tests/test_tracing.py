@@ -16,10 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
-from tradeplane_engine import telemetry
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.recorder import Recorder
-from tradeplane_engine.store.runner import open_database
 from tradeplane_gateway import RequestError, connect
+from tradeplane_shared import telemetry
 
 
 @pytest.fixture

@@ -1,1 +1,2 @@
-"""tradeplane's matching engine: the pure core (``core``) and, later, the services around it."""
+"""tradeplane's matching engine: the pure core (``core``), the engine service around it
+(``service``) and the recorder (``store``)."""

@@ -33,12 +33,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tradeplane_engine.errors import TradeplaneEngineError
 from tradeplane_engine.wire import (
+    ANY,
     API_SUBJECTS,
     BOOK_SNAPSHOTS,
+    ENGINE_SUBJECTS,
     LEASES_BUCKET,
     MARKETS_BUCKET,
+    RECORDER_SUBJECTS,
     REPLICAS_BUCKET,
+    account_subject,
+    account_updates,
+    api_subjects,
+    book_subject,
+    bucket_stream,
+    bucket_subjects,
+    command_subject,
+    engine_subject,
+    event_subject,
+    history_subject,
+    recorder_subject,
+    trades_subject,
 )
 
 TRADERS_ACCOUNT = "TP"
@@ -56,7 +72,7 @@ KEY_ENV = "TRADEPLANE_NATS_KEY"
 """A client certificate and its key, when NATS asks for one (mutual TLS)."""
 
 
-class AccessError(Exception):
+class AccessError(TradeplaneEngineError):
     """A credentials file that cannot be used, with the reason."""
 
 
@@ -175,7 +191,7 @@ def is_inbox(subject: str) -> bool:
 GATEWAY_INBOX = service_inbox("gateway")
 """Where engines send a command's events (the ``Tp-Reply`` header): only to gateways."""
 
-_MARKETS_STREAM = f"KV_{MARKETS_BUCKET}"
+_MARKETS_STREAM = bucket_stream(MARKETS_BUCKET)
 _FOLLOW_MARKETS = (  # watch the markets bucket (an ordered push consumer)
     f"$JS.API.STREAM.INFO.{_MARKETS_STREAM}", f"$JS.API.CONSUMER.CREATE.{_MARKETS_STREAM}",
     f"$JS.API.CONSUMER.INFO.{_MARKETS_STREAM}.*", f"$JS.FC.{_MARKETS_STREAM}.>",
@@ -186,10 +202,6 @@ _READ_STREAMS = (  # read any stream: info, consumers (push, ordered, pull), mes
     "$JS.API.CONSUMER.MSG.NEXT.*.*", "$JS.FC.>",
 )
 _CREATE_MARKETS = (f"$JS.API.STREAM.CREATE.{_MARKETS_STREAM}",)
-
-
-def _kv(bucket: str) -> str:
-    return f"$KV.{bucket}.>"
 
 
 def _service(name: str, publish: tuple[str, ...], subscribe: tuple[str, ...] = (), *,
@@ -203,24 +215,27 @@ SERVICES: dict[str, Permissions] = {
     # and recorders on traders' behalf; answers book snapshot requests for markets that
     # do not exist (an engine's leader answers its own market's).
     "gateway": _service("gateway", (
-        "tp.cmd.*", "_INBOX.*.>", "tp.engine.*.order", "tp.engine.*.openOrders",
-        "tp.history.*.order", "tp.history.*.trades", *_FOLLOW_MARKETS,
+        command_subject(ANY), "_INBOX.*.>", engine_subject(ANY, "order"),
+        engine_subject(ANY, "openOrders"), history_subject(ANY, "order"),
+        history_subject(ANY, "trades"), *_FOLLOW_MARKETS,
     ), (API_SUBJECTS, BOOK_SNAPSHOTS)),
     # Matching: a market's streams, events, market data, private updates, results to
     # gateways, lease and replica reports; answers status and switchover requests.
     "engine": _service("engine", (
-        "tp.evt.*", "tp.md.*.book", "tp.md.*.trades", "tp.acct.*.orders",
-        _kv(LEASES_BUCKET), _kv(REPLICAS_BUCKET), f"{GATEWAY_INBOX}.>", "tp.engine.>",
+        event_subject(ANY), book_subject(ANY), trades_subject(ANY), account_subject(ANY),
+        bucket_subjects(LEASES_BUCKET), bucket_subjects(REPLICAS_BUCKET), f"{GATEWAY_INBOX}.>",
+        ENGINE_SUBJECTS,
         *_READ_STREAMS,
         "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*",
-    ), ("tp.evt.*", "tp.engine.>", BOOK_SNAPSHOTS), allow_responses=True),
+    ), (event_subject(ANY), ENGINE_SUBJECTS, BOOK_SNAPSHOTS), allow_responses=True),
     # Persistence: reads the streams; answers history, status and snapshot requests.
     "recorder": _service("recorder", (*_READ_STREAMS, *_CREATE_MARKETS),
-                         ("tp.history.*.*", "tp.recorder.>"), allow_responses=True),
+                         (history_subject(ANY, ANY), RECORDER_SUBJECTS), allow_responses=True),
     # The operator: market definitions, sequenced admin commands, internal requests.
     "operator": _service("operator", (
-        _kv(MARKETS_BUCKET), "tp.cmd.*", "tp.engine.*.status", "tp.engine.*.switchover",
-        "tp.recorder.*.snapshot", *_READ_STREAMS, *_CREATE_MARKETS,
+        bucket_subjects(MARKETS_BUCKET), command_subject(ANY), engine_subject(ANY, "status"),
+        engine_subject(ANY, "switchover"), recorder_subject(ANY, "snapshot"), *_READ_STREAMS,
+        *_CREATE_MARKETS,
     )),
     # An administrator's tools: tradeplane up, status, failover, selftest; may act as any
     # account, delete streams, anything.
@@ -236,7 +251,7 @@ SERVICE_USERS = frozenset({*SERVICES, "auth", "sys"})
 def trader_permissions(account: str) -> Permissions:
     """What a trader may do: its own requests and updates, public market data."""
     return Permissions(
-        publish=(f"tp.api.{account}.>", BOOK_SNAPSHOTS),
-        subscribe=(f"{trader_inbox(account)}.>", f"tp.acct.{account}.>", "tp.md.*.book",
-                   "tp.md.*.trades"),
+        publish=(api_subjects(account), BOOK_SNAPSHOTS),
+        subscribe=(f"{trader_inbox(account)}.>", account_updates(account), book_subject(ANY),
+                   trades_subject(ANY)),
     )

@@ -23,7 +23,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from tradeplane_engine.access import Access
-from tradeplane_engine.metrics import reconnected
+from tradeplane_shared.metrics import reconnected
 
 log = logging.getLogger(__name__)
 

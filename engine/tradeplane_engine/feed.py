@@ -1,8 +1,9 @@
-"""Reads a market's command stream in order, in batches, from any sequence on.
+"""Reads a market's stream in order, in batches, from any sequence on: the command
+stream (the engine service, the snapshotter) or the events stream (the recorder).
 
-A pull consumer with acknowledgements off (the engine's position is its own state, not
-the server's) and pull requests kept in flight ahead of the engine: a new batch is
-asked for when half of the last one has arrived, so commands flow without a round trip
+A pull consumer with acknowledgements off (the reader's position is its own state, not
+the server's) and pull requests kept in flight ahead of the reader: a new batch is
+asked for when half of the last one has arrived, so messages flow without a round trip
 each, and whatever has arrived is handed over at once as one batch. The feed checks
 that sequences are contiguous, and rebuilds its consumer from the next sequence after a
 heartbeat goes missing, after a reconnect (at once: the server may be a new one), or for
@@ -24,9 +25,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from tradeplane_engine.access import GATEWAY_INBOX
 from tradeplane_engine.connection import NATS_ERRORS
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.telemetry import TRACEPARENT
+from tradeplane_engine.errors import TradeplaneEngineError
 from tradeplane_engine.wire import is_subject, is_traceparent
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
+from tradeplane_shared.telemetry import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ _STATUS = "Status"
 _PENDING_MESSAGES = "Nats-Pending-Messages"
 
 
-class FeedError(Exception):
-    """The command stream cannot give the engine what it needs (a gap, a purge)."""
+class FeedError(TradeplaneEngineError):
+    """The stream cannot give its reader what it needs (a gap, a purge)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ def stream_position(reply_subject: str) -> tuple[int, int]:
     return int(tokens[7]), int(tokens[9])
 
 
-class CommandFeed:
+class StreamFeed:
     """Batches of a stream's messages in sequence order, starting at ``next_sequence``."""
 
     def __init__(self, nc: Client, stream: str, next_sequence: int, *, batch: int = 512,

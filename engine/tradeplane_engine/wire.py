@@ -39,10 +39,21 @@ REPLICAS_BUCKET = "tp-replicas"
 not renewed for 10 s expires (a replica that is gone)."""
 GATEWAY_QUEUE = "tp-gateway"
 """Queue group of every gateway process: a request goes to exactly one of them."""
+HISTORY_QUEUE = "tp-history"
+"""Queue group of a market's history queries: one recorder process answers each."""
+SNAPSHOT_QUEUE = "tp-snapshotter"
+"""Queue group of snapshot requests: with more than one recorder process for a market,
+one request still makes one snapshot."""
+ANY = "*"
+"""Any one market or account, in a subject pattern (``command_subject(ANY)``)."""
 API_SUBJECTS = "tp.api.*.>"
 """What gateways serve: every subject under ``tp.api.<account>.``. The requests are
 ``tp.api.<account>.order.<verb>``; anything else there is answered as an unknown request,
 so that whatever a trader may send gets a reply."""
+ENGINE_SUBJECTS = "tp.engine.>"
+"""Every market engine's internal requests (``engine_subject``)."""
+RECORDER_SUBJECTS = "tp.recorder.>"
+"""Every market recorder's internal requests (``recorder_subject``)."""
 BOOK_SNAPSHOTS = "tp.md.*.book.snapshot"
 """Book snapshot requests: the leader of a market's engine answers its own market's, the
 gateways (in their queue group) those of a market they do not know."""
@@ -149,8 +160,39 @@ def recorder_subject(market: str, what: str) -> str:
     return f"tp.recorder.{market}.{what}"
 
 
+def history_subject(market: str, what: str) -> str:
+    """Trader queries a market's recorder answers from PostgreSQL: ``order``, ``trades``
+    (the gateway asks them on a trader's behalf)."""
+    return f"tp.history.{market}.{what}"
+
+
 def api_subject(account: str, verb: str) -> str:
     return f"tp.api.{account}.order.{verb}"
+
+
+def api_subjects(account: str) -> str:
+    """Everything under an account's requests (``api_subjects(ANY)``: ``API_SUBJECTS``)."""
+    return f"tp.api.{account}.>"
+
+
+def account_updates(account: str) -> str:
+    """Everything published for one account (its orders: ``account_subject``)."""
+    return f"tp.acct.{account}.>"
+
+
+def bucket_stream(bucket: str) -> str:
+    """The JetStream stream behind a key-value bucket (NATS names it ``KV_<bucket>``)."""
+    return f"KV_{bucket}"
+
+
+def bucket_key_prefix(bucket: str) -> str:
+    """What the subject of each key of a key-value bucket starts with: the key follows."""
+    return f"$KV.{bucket}."
+
+
+def bucket_subjects(bucket: str) -> str:
+    """Every key of a key-value bucket, as NATS subjects (``$KV.<bucket>.>``)."""
+    return f"{bucket_key_prefix(bucket)}>"
 
 
 class MarketDefinition(MarketSpec, frozen=True, kw_only=True, rename="camel"):

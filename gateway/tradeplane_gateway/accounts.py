@@ -18,11 +18,12 @@ from datetime import datetime
 import asyncpg
 
 from tradeplane_engine.wire import is_account
+from tradeplane_gateway.errors import TradeplaneError
 
 SECRET_PREFIX = "tps_"
 
 
-class AccountError(Exception):
+class AccountError(TradeplaneError):
     """An account operation that cannot be done, with a stable code and the reason."""
 
     def __init__(self, code: str, reason: str) -> None:

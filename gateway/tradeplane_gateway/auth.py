@@ -34,9 +34,10 @@ from prometheus_client import Counter
 
 from tradeplane_engine.access import TRADERS_ACCOUNT, Access, AccessError, trader_permissions
 from tradeplane_engine.connection import NATS_ERRORS, connect
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
+from tradeplane_engine.store.database import DATABASE_UNAVAILABLE
 from tradeplane_gateway import accounts
+from tradeplane_gateway.errors import TradeplaneError
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ KICKED = Counter("tradeplane_auth_revoked_connections_total",
                  "Live connections of revoked accounts closed by the auth service")
 
 
-class TokenError(ValueError):
+class TokenError(TradeplaneError, ValueError):
     """A token that is not a NATS JWT."""
 
 

@@ -25,12 +25,12 @@ from nats.errors import TimeoutError as NatsTimeout
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tradeplane_engine import telemetry
 from tradeplane_engine.access import Credentials, trader_inbox
 from tradeplane_engine.wire import account_subject, api_subject, is_account, trades_subject
-from tradeplane_gateway.book import LocalBook
 from tradeplane_gateway.errors import ConnectionLostError, RequestError
+from tradeplane_gateway.local_book import LocalBook
 from tradeplane_gateway.protocol import Reply, decode_reply
+from tradeplane_shared import telemetry
 
 _encode = msgspec.json.Encoder().encode
 _tracer = trace.get_tracer("tradeplane.sdk")

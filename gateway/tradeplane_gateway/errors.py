@@ -1,11 +1,16 @@
-"""Errors: the codes the gateway answers with, and what the client SDK raises.
+"""Errors: the codes the gateway answers with, and what the gateway and its SDK raise.
 
 Codes share one number space with the engine's reject codes (docs/engine.md): the
 engine uses 1xx-4xx, the edge uses 9xx, so a code alone says who refused and why.
 
     TradeplaneError
     ├── RequestError        a request was refused; ``code`` is stable, ``reason`` is for people
-    └── ConnectionLostError      the NATS connection is gone
+    ├── ConnectionLostError the NATS connection is gone
+    ├── EdgeError           validation: a request refused at the edge (becomes a reply)
+    ├── AccountError        accounts: an account operation that cannot be done
+    └── TokenError          auth: a token that is not a NATS JWT (also a ValueError)
+
+The client SDK raises the first two.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ class EdgeCode(IntEnum):
 
 
 class TradeplaneError(Exception):
-    """Base of every error the client SDK raises."""
+    """Base of every error the gateway raises, the client SDK's included."""
 
 
 class RequestError(TradeplaneError):

@@ -16,8 +16,8 @@ import msgspec
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.core.market import MarketSpec
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.wire import MarketDefinition, PublicFormatter, definition_entry
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 

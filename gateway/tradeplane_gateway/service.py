@@ -39,14 +39,11 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from tradeplane_engine import telemetry
 from tradeplane_engine.access import GATEWAY_INBOX, is_inbox, trader_inbox
 from tradeplane_engine.core.codes import RejectCode
 from tradeplane_engine.core.commands import Cancel, Place, Replace
 from tradeplane_engine.core.events import OrderRejected
 from tradeplane_engine.core.market import OffGrid
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.telemetry import TRACEPARENT
 from tradeplane_engine.wire import (
     API_SUBJECTS,
     BOOK_SNAPSHOTS,
@@ -59,6 +56,7 @@ from tradeplane_engine.wire import (
     decode_pub_ack,
     encode_command,
     engine_subject,
+    history_subject,
     is_account,
 )
 from tradeplane_gateway.errors import EdgeCode
@@ -95,6 +93,9 @@ from tradeplane_gateway.validation import (
     submission,
     unknown_request,
 )
+from tradeplane_shared import telemetry
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
+from tradeplane_shared.telemetry import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +421,7 @@ class Gateway:
             assert isinstance(command, (Cancel, Replace))
             batch = decode_events(flight.result)
             history = await self._ask(
-                f"tp.history.{work.market.definition.name}.order",
+                history_subject(work.market.definition.name, "order"),
                 {"account": work.account, "orderId": command.order_id,
                  "clientOrderId": command.client_order_id})
             if history.get("order") is not None:
@@ -482,7 +483,7 @@ class Gateway:
     async def _trades(self, market: KnownMarket, account: str,
                       request: TradesRequest) -> bytes:
         name = market.definition.name  # limit and before were range-checked as decoded
-        body = await self._ask(f"tp.history.{name}.trades",
+        body = await self._ask(history_subject(name, "trades"),
                                {"account": account, "before": request.before,
                                 "limit": request.limit})
         if "error" in body:
@@ -565,7 +566,7 @@ class Gateway:
         body = await self._ask(engine_subject(name, "order"), query, timeout)
         if body.get("order") is None and "error" not in body:
             # Neither open nor recently finished: PostgreSQL has every order ever accepted.
-            history = await self._ask(f"tp.history.{name}.order", query, timeout)
+            history = await self._ask(history_subject(name, "order"), query, timeout)
             if history.get("order") is not None:
                 body["order"] = history["order"]
         return body
@@ -579,7 +580,7 @@ class Gateway:
                                EdgeCode.ENGINE_UNAVAILABLE.name,
                                f"the engine of {name}: {body['error']}", market=name)
         if body.get("order") is None:
-            return error_reply(301, "UNKNOWN_ORDER",
+            return error_reply(int(RejectCode.UNKNOWN_ORDER), RejectCode.UNKNOWN_ORDER.name,
                                "no open or recently finished order of this account has that id",
                                market=name)
         order = msgspec.convert(body["order"], OrderState)

@@ -18,9 +18,9 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tradeplane_engine import telemetry
-from tradeplane_engine.wire import command_subject
+from tradeplane_engine.wire import GATEWAY_QUEUE, command_subject
 from tradeplane_gateway.validation import Submission
+from tradeplane_shared import telemetry
 
 _reply_status = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -42,7 +42,7 @@ def start_request_span(msg: Msg, account: str, verb: str) -> tuple[Any, str | No
         return None, None
     attributes.update(telemetry.messaging(
         "process", msg.subject, **{"tradeplane.account": account,
-                                   "messaging.consumer.group.name": "tp-gateway"}))
+                                   "messaging.consumer.group.name": GATEWAY_QUEUE}))
     span = telemetry.tracer.start_span(f"process tp.api.order.{verb}", context=context,
                                        kind=SpanKind.CONSUMER, attributes=attributes)
     return span, None

@@ -23,7 +23,8 @@ from tradeplane_engine.core.commands import (
     Side,
     TimeInForce,
 )
-from tradeplane_gateway.errors import EdgeCode
+from tradeplane_engine.wire import api_subject
+from tradeplane_gateway.errors import EdgeCode, TradeplaneError
 from tradeplane_gateway.markets import KnownMarket, MarketDirectory
 from tradeplane_gateway.protocol import (
     MAX_PAYLOAD,
@@ -41,7 +42,7 @@ _decoders = {verb: msgspec.json.Decoder(kind) for verb, kind in REQUESTS.items()
 _decode_any = msgspec.json.Decoder().decode
 
 
-class EdgeError(Exception):
+class EdgeError(TradeplaneError):
     """A request refused at the edge; becomes an error reply."""
 
     def __init__(self, code: int, name: str, reason: str) -> None:
@@ -68,7 +69,7 @@ def unknown_request(subject: str) -> EdgeError:
     shown = subject if len(subject) <= 120 else f"{subject[:120]}..."
     return edge_error(EdgeCode.UNKNOWN_REQUEST,
                       f"no request is served on {shown!r}: requests are "
-                      f"tp.api.<account>.order.<verb>, <verb> one of {', '.join(REQUESTS)}")
+                      f"{api_subject('<account>', '<verb>')}, <verb> one of {', '.join(REQUESTS)}")
 
 
 def decode_request(verb: str, data: bytes) -> Request:

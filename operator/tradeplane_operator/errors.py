@@ -2,10 +2,14 @@
 
     OperatorError
     ├── RetryError           try again after ``delay`` seconds (waiting for something)
-    └── InvalidMarketError   the Market cannot be made as written; retrying will not help
+    ├── InvalidMarketError   the Market cannot be made as written; retrying will not help
+    ├── KubeError            the API server refused a call (kube.py); by HTTP status
+    └── ExchangeError        the exchange could not do what was asked (exchange.py; NATS)
+        ├── UnansweredError  nobody answered in time
+        └── RefusedError     an engine or recorder answered with an error
 
-plus what the libraries raise: ``KubeError`` (by HTTP status), ``ExchangeError`` (NATS),
-network errors, and pydantic's ``ValidationError`` (a spec the CRD should have refused).
+plus what the libraries raise: network errors, nats-py's, and pydantic's
+``ValidationError`` (a spec the CRD should have refused).
 ``to_kopf`` is the one mapping; handlers call nothing else for errors.
 """
 
@@ -17,9 +21,6 @@ import aiohttp
 import kopf
 import nats.errors
 import pydantic
-
-from tradeplane_operator.exchange import ExchangeError
-from tradeplane_operator.kube import KubeError
 
 
 class OperatorError(Exception):
@@ -34,6 +35,28 @@ class RetryError(OperatorError):
 
 class InvalidMarketError(OperatorError):
     pass
+
+
+class KubeError(OperatorError):
+    """An API call that failed, with what the API server said."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class ExchangeError(OperatorError):
+    """The exchange could not do what the operator asked (NATS down, no engine...)."""
+
+
+class UnansweredError(ExchangeError):
+    """Nobody answered a request (no leader, no recorder) in time."""
+
+
+class RefusedError(ExchangeError):
+    """An engine or recorder answered with an error."""
 
 
 def to_kopf(exc: BaseException) -> kopf.TemporaryError | kopf.PermanentError | None:

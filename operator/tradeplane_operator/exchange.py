@@ -33,6 +33,8 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
+from tradeplane_operator.errors import ExchangeError, RefusedError, UnansweredError
+
 log = logging.getLogger(__name__)
 
 MARKETS_BUCKET = "tp-markets"
@@ -52,6 +54,14 @@ def command_stream(market: str) -> str:
     return f"tp-cmd-{market}"
 
 
+def bucket_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def bucket_key_prefix(bucket: str) -> str:
+    return f"$KV.{bucket}."
+
+
 def command_subject(market: str) -> str:
     return f"tp.cmd.{market}"
 
@@ -62,18 +72,6 @@ def engine_subject(market: str, what: str) -> str:
 
 def recorder_subject(market: str, what: str) -> str:
     return f"tp.recorder.{market}.{what}"
-
-
-class ExchangeError(Exception):
-    """The exchange could not do what the operator asked (NATS down, no engine...)."""
-
-
-class UnansweredError(ExchangeError):
-    """Nobody answered a request (no leader, no recorder) in time."""
-
-
-class RefusedError(ExchangeError):
-    """An engine or recorder answered with an error."""
 
 
 @dataclass(frozen=True)
@@ -270,8 +268,8 @@ class Exchange:
         at all."""
         if await self._bucket(REPLICAS_BUCKET) is None:
             return []
-        prefix = f"$KV.{REPLICAS_BUCKET}."
-        info = await self.js.stream_info(f"KV_{REPLICAS_BUCKET}",
+        prefix = bucket_key_prefix(REPLICAS_BUCKET)
+        info = await self.js.stream_info(bucket_stream(REPLICAS_BUCKET),
                                          subjects_filter=f"{prefix}{market}.*")
         reports = []
         for subject in sorted(info.state.subjects or {}):

@@ -19,6 +19,7 @@ import aiohttp
 import kopf
 
 from tradeplane_operator.crd import GROUP, PLURAL, VERSION
+from tradeplane_operator.errors import KubeError
 
 
 @dataclass(frozen=True)
@@ -73,16 +74,6 @@ USED_WHEN_NAMESPACED: dict[Resource, frozenset[str]] = {
 }
 """What an operator limited to some namespaces needs as well: kopf watches the
 namespaces to learn when a watched one appears or goes."""
-
-
-class KubeError(Exception):
-    """An API call that failed, with what the API server said."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
 
 
 class KubeApi:

@@ -19,8 +19,14 @@ from typing import Any
 
 from tradeplane_operator.children import CHILDREN, Market, is_subset, selector
 from tradeplane_operator.config import PAUSE_ANNOTATION, Config
-from tradeplane_operator.errors import InvalidMarketError, RetryError
-from tradeplane_operator.exchange import Exchange, ExchangeError, RefusedError, UnansweredError
+from tradeplane_operator.errors import (
+    ExchangeError,
+    InvalidMarketError,
+    RefusedError,
+    RetryError,
+    UnansweredError,
+)
+from tradeplane_operator.exchange import Exchange
 from tradeplane_operator.kube import BY_KIND, MARKETS, KubeApi
 from tradeplane_operator.status import Change, Observation, compute, timestamp
 

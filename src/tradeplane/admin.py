@@ -10,7 +10,7 @@ import asyncpg
 
 from tradeplane import security
 from tradeplane_engine.access import Credentials
-from tradeplane_engine.store.runner import open_database, redact
+from tradeplane_engine.store.database import open_database, redact
 from tradeplane_gateway import accounts
 from tradeplane_gateway.accounts import AccountError
 

@@ -331,11 +331,12 @@ async def _run_async(args: argparse.Namespace) -> int:
         _service_gc()
         _on_stop_signals(stop)
     if args.command in ("engine", "gateway", "recorder", "operator", "selftest"):
-        from tradeplane_engine import telemetry
+        from tradeplane_shared import telemetry
 
         telemetry.configure(f"tradeplane-{args.command}")
     if args.command == "engine":
-        from tradeplane_engine.service import StreamSettings, run_engines
+        from tradeplane_engine.service import run_engines
+        from tradeplane_engine.streams import StreamSettings
 
         settings = StreamSettings(replicas=args.stream_replicas,
                                   command_retention=args.command_retention,
@@ -345,7 +346,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                           health_port=args.health_port, stop=stop, access=args.access)
         return 0
     if args.command == "recorder":
-        from tradeplane_engine.store.runner import run_recorders
+        from tradeplane_engine.store.recorders import run_recorders
 
         dsn = os.environ.get("TRADEPLANE_POSTGRES_DSN")
         if not dsn:
@@ -374,7 +375,7 @@ async def _run_async(args: argparse.Namespace) -> int:
         await run_operator(config, liveness=liveness)
         return 0
     if args.command == "gateway":
-        from tradeplane_gateway.runner import run_gateway
+        from tradeplane_gateway.serve import run_gateway
 
         if args.metrics_port:
             from prometheus_client import start_http_server
@@ -422,7 +423,7 @@ async def _auth(args: argparse.Namespace, stop: asyncio.Event) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port)
-    from tradeplane_engine.store.runner import open_database
+    from tradeplane_engine.store.database import open_database
 
     pool = await open_database(dsn)
     try:

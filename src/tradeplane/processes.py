@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from tradeplane import security
+from tradeplane.errors import TradeplaneCliError
 from tradeplane.security import SecurityFiles
 from tradeplane_engine.access import Access, Credentials
 
 
-class StartError(RuntimeError):
+class StartError(TradeplaneCliError):
     """A child process did not come up."""
 
 

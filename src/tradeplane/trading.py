@@ -16,11 +16,11 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from tradeplane_engine.access import SERVICE_USERS, Access, trader_inbox
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.shutdown import standbys
 from tradeplane_engine.wire import MARKETS_BUCKET, REPLICAS_BUCKET, definition_entry, engine_subject
 from tradeplane_gateway import Client, LocalBook, Reply, RequestError, connect
 from tradeplane_gateway.errors import ConnectionLostError
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 _pretty = msgspec.json.Encoder()
 

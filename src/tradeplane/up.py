@@ -34,6 +34,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane import security
+from tradeplane.errors import TradeplaneCliError
 from tradeplane.postgres import PostgresServer
 from tradeplane.processes import (
     NatsServer,
@@ -45,9 +46,9 @@ from tradeplane.processes import (
 )
 from tradeplane_engine.access import Access, Credentials, trader_inbox
 from tradeplane_engine.core.commands import SetTradingMode
-from tradeplane_engine.service import StreamSettings, ensure_market_streams, markets_bucket
 from tradeplane_engine.service.admin import publish_admin
-from tradeplane_engine.store.runner import redact
+from tradeplane_engine.store.database import redact
+from tradeplane_engine.streams import StreamSettings, ensure_market_streams, markets_bucket
 from tradeplane_engine.wire import (
     MarketDefinition,
     api_subject,
@@ -61,7 +62,7 @@ from tradeplane_engine.wire import (
 DEFAULT_MANIFESTS = Path("examples/markets")
 
 
-class UpError(RuntimeError):
+class UpError(TradeplaneCliError):
     """The local exchange could not start (bad manifest, a process that did not come up)."""
 
 
@@ -270,7 +271,7 @@ async def run_exchange(url: str, definitions: list[MarketDefinition], servers: l
 async def issue_demo_accounts(dsn: str, accounts: list[str],
                               files: security.SecurityFiles) -> None:
     """Accounts for the demo traders, with fresh secrets in the data directory."""
-    from tradeplane_engine.store.runner import open_database
+    from tradeplane_engine.store.database import open_database
     from tradeplane_gateway.accounts import issue
 
     pool = await open_database(dsn, size=1)

@@ -34,8 +34,8 @@ from tests.operator_.harness import (
     operator_world,
 )
 from tests.support.exchange import SETTINGS, run
-from tradeplane_engine.service.streams import markets_bucket
-from tradeplane_gateway.runner import run_gateway
+from tradeplane_engine.streams import markets_bucket
+from tradeplane_gateway.serve import run_gateway
 from tradeplane_operator.kube import Resource
 
 PODS = Resource("", "v1", "pods")

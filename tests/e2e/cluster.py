@@ -23,7 +23,7 @@ from tests.support.exchange import eventually
 from tradeplane.processes import NatsServer, spawn, stop
 from tradeplane.up import publish_markets, wait_ready
 from tradeplane_engine.core import Engine
-from tradeplane_engine.service import StreamSettings
+from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import MarketDefinition, decode_command
 
 

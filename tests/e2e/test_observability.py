@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from tests.e2e.test_up import ADMIN, tradeplane_up
 from tests.support.exchange import run
 from tests.support.otlp import ReceivedSpan, otlp_receiver
-from tradeplane_engine import telemetry
 from tradeplane_gateway import connect
+from tradeplane_shared import telemetry
 
 SERVICES = {"tradeplane-gateway", "tradeplane-engine", "tradeplane-recorder"}
 

@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY
 from tests.support.exchange import SETTINGS, SOL, run
 from tradeplane.processes import NatsServer
 from tradeplane_engine.core import OrderAccepted, OrderType, SelfTradePrevention, Side, TimeInForce
-from tradeplane_engine.service import ensure_market_streams
 from tradeplane_engine.service.events import EventsPublisher, Fenced, Forged
+from tradeplane_engine.streams import ensure_market_streams
 from tradeplane_engine.wire import HEADER_MESSAGE_ID, EventBatch, encode_events, event_subject
 
 

@@ -18,9 +18,8 @@ from prometheus_client import REGISTRY
 
 from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, run
 from tradeplane.trading import status_command
-from tradeplane_engine.service import markets_bucket
-from tradeplane_engine.service.runner import market_definition
 from tradeplane_engine.store.following import RecordedMarkets
+from tradeplane_engine.streams import market_definition, markets_bucket
 from tradeplane_engine.wire import MarketDefinition, encode_definition
 from tradeplane_gateway import connect
 

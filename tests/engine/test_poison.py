@@ -10,7 +10,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
-from tradeplane_engine.telemetry import TRACEPARENT
 from tradeplane_engine.wire import (
     HEADER_REPLY,
     HEADER_SEQUENCE,
@@ -19,6 +18,7 @@ from tradeplane_engine.wire import (
     event_subject,
 )
 from tradeplane_gateway import connect
+from tradeplane_shared.telemetry import TRACEPARENT
 
 PLACE = (b'{"type":"place","sequence":0,"timestamp":0,"account":%s,"side":"buy",'
          b'"quantity":100,"price":9900}')

@@ -16,9 +16,9 @@ from prometheus_client import REGISTRY
 from tests.support.exchange import SETTINGS, SOL, run
 from tradeplane.processes import NatsServer
 from tradeplane.trading import replica_statuses, status_command
-from tradeplane_engine.service import markets_bucket
 from tradeplane_engine.service.lease import replicas_bucket
 from tradeplane_engine.service.shutdown import standbys
+from tradeplane_engine.streams import markets_bucket
 from tradeplane_engine.wire import REPLICAS_BUCKET, encode_definition
 
 GOOD = {"market": "sol-usdt", "replica": "good", "role": "standby", "ready": True,

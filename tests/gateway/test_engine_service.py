@@ -11,7 +11,8 @@ import pytest
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine.core import Engine
 from tradeplane_engine.feed import FeedError, stream_position
-from tradeplane_engine.service import MarketService, StreamSettings, ensure_market_streams
+from tradeplane_engine.service import MarketService
+from tradeplane_engine.streams import StreamSettings, ensure_market_streams
 from tradeplane_engine.wire import decode_command, decode_events
 from tradeplane_gateway import connect
 

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from tests.support.exchange import SOL, local_exchange, run
 from tradeplane_engine.access import trader_inbox
-from tradeplane_engine.store.runner import open_database
+from tradeplane_engine.store.database import open_database
 from tradeplane_gateway import connect
 from tradeplane_gateway.protocol import REQUESTS, decode_reply
 

@@ -21,9 +21,9 @@ import pytest
 from tests.support.exchange import SOL, Exchange, eventually, local_exchange, run
 from tradeplane_engine.access import GATEWAY_INBOX
 from tradeplane_engine.core import OrderAccepted, OrderRejected
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.queries import History, OrderQuery
 from tradeplane_engine.store.recorder import Recorder
-from tradeplane_engine.store.runner import open_database
 from tradeplane_engine.wire import (
     HEADER_MESSAGE_ID,
     HEADER_REPLY,

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from tests.support.exchange import local_exchange, run
-from tradeplane_engine.store.runner import open_database
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.wire import definition_from_manifest
 
 ROOT = Path(__file__).resolve().parents[2]

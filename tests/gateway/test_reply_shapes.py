@@ -15,9 +15,9 @@ from typing import Any
 import msgspec
 
 from tests.support.exchange import SOL, Exchange, eventually, local_exchange, run
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.queries import History
 from tradeplane_engine.store.recorder import Recorder
-from tradeplane_engine.store.runner import open_database
 from tradeplane_gateway.protocol import ErrorBody, Fill, OrderState, Reply
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"

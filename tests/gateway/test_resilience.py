@@ -11,10 +11,11 @@ from nats.aio.msg import Msg
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane.processes import NatsServer
 from tradeplane.up import publish_markets
-from tradeplane_engine.service import StreamSettings, run_engines
+from tradeplane_engine.service import run_engines
+from tradeplane_engine.streams import StreamSettings
 from tradeplane_gateway import Client, ConnectionLostError, RequestError, connect
 from tradeplane_gateway.markets import MarketDirectory
-from tradeplane_gateway.runner import run_gateway
+from tradeplane_gateway.serve import run_gateway
 from tradeplane_gateway.service import Gateway
 
 

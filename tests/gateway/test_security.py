@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.exchange import SOL, Exchange, eventually, local_exchange, run
 from tradeplane_engine.access import trader_inbox
-from tradeplane_engine.store.runner import open_database
+from tradeplane_engine.store.database import open_database
 from tradeplane_gateway import accounts, connect
 from tradeplane_gateway.auth import SWEEP_EVERY
 

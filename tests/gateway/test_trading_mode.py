@@ -15,14 +15,15 @@ from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, ru
 from tradeplane.processes import NatsServer
 from tradeplane.up import publish_markets, sequence_mode_change
 from tradeplane_engine.core import CancelAll, Engine, SetTradingMode, TradingMode
-from tradeplane_engine.service import (
+from tradeplane_engine.service import publish_admin
+from tradeplane_engine.streams import (
+    INITIAL_MODE_KEY,
     StreamSettings,
     ensure_market_streams,
+    initial_trading_mode,
     markets_bucket,
-    publish_admin,
     replay_spec,
 )
-from tradeplane_engine.service.streams import INITIAL_MODE_KEY, initial_trading_mode
 from tradeplane_engine.wire import MarketDefinition, decode_command, decode_definition
 from tradeplane_gateway import RequestError, connect
 

@@ -37,10 +37,9 @@ from tradeplane.processes import NatsServer
 from tradeplane.security import SecurityFiles
 from tradeplane_engine.access import Access
 from tradeplane_engine.connection import connect
-from tradeplane_engine.service import MarketService, StreamSettings
+from tradeplane_engine.service import MarketService
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
-from tradeplane_engine.service.runner import market_definition
-from tradeplane_engine.service.streams import markets_bucket
+from tradeplane_engine.streams import StreamSettings, market_definition, markets_bucket
 from tradeplane_operator import handlers
 from tradeplane_operator.config import Config
 from tradeplane_operator.crd import crd

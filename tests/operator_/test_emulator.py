@@ -15,7 +15,8 @@ from tests.operator_.harness import CRDS, market_manifest
 from tests.support.exchange import run
 from tests.support.kube import Cluster, cluster
 from tradeplane_operator.crd import crd
-from tradeplane_operator.kube import MARKETS, STATEFULSETS, KubeApi, KubeError
+from tradeplane_operator.errors import KubeError
+from tradeplane_operator.kube import MARKETS, STATEFULSETS, KubeApi
 
 MARKET_PATH = "/apis/tradeplane.dev/v1alpha1/namespaces/default/markets"
 

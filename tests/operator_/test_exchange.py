@@ -18,12 +18,12 @@ from prometheus_client import REGISTRY
 from tests.support.exchange import run
 from tradeplane.processes import NatsServer
 from tradeplane_operator.config import Config
+from tradeplane_operator.errors import ExchangeError
 from tradeplane_operator.exchange import (
     LEASES_BUCKET,
     MARKETS_BUCKET,
     REPLICAS_BUCKET,
     Exchange,
-    ExchangeError,
     tls_context,
 )
 

@@ -29,9 +29,14 @@ from tradeplane_operator.config import (
     SWITCHOVER_ANNOTATION,
     Config,
 )
-from tradeplane_operator.errors import InvalidMarketError, RetryError, to_kopf
-from tradeplane_operator.exchange import Lease, RefusedError, ReplicaReport, admin_command
-from tradeplane_operator.kube import KubeError
+from tradeplane_operator.errors import (
+    InvalidMarketError,
+    KubeError,
+    RefusedError,
+    RetryError,
+    to_kopf,
+)
+from tradeplane_operator.exchange import Lease, ReplicaReport, admin_command
 from tradeplane_operator.reconcile import definition
 from tradeplane_operator.status import Observation, compute
 from tradeplane_operator.storage import LAST_HANDLED_ANNOTATION, LEGACY_ANNOTATIONS
@@ -176,6 +181,8 @@ def test_what_the_operator_writes_is_what_the_engines_read() -> None:
     assert exchange.recorder_subject("btc-usdt", "snapshot") == wire.recorder_subject(
         "btc-usdt", "snapshot")
     assert exchange.MARKETS_BUCKET == wire.MARKETS_BUCKET
+    assert exchange.bucket_stream("tp-replicas") == wire.bucket_stream("tp-replicas")
+    assert exchange.bucket_key_prefix("tp-replicas") == wire.bucket_key_prefix("tp-replicas")
     assert (exchange.LEASES_BUCKET, exchange.REPLICAS_BUCKET) == (wire.LEASES_BUCKET,
                                                                   wire.REPLICAS_BUCKET)
 

@@ -27,7 +27,8 @@ from nats.aio.client import Client as NatsClient
 
 from tradeplane.processes import NatsServer
 from tradeplane_engine.access import Credentials, trader_inbox
-from tradeplane_engine.service import MarketService, StreamSettings, markets_bucket
+from tradeplane_engine.service import MarketService
+from tradeplane_engine.streams import StreamSettings, markets_bucket
 from tradeplane_engine.wire import MARKETS_BUCKET, MarketDefinition, encode_definition
 from tradeplane_gateway import accounts
 from tradeplane_gateway.auth import AuthService

@@ -16,6 +16,7 @@ from fractions import Fraction
 import msgspec
 
 from tradeplane_engine.core.codes import RejectCode
+from tradeplane_engine.errors import TradeplaneEngineError
 
 MAX_UNITS = 2**53 - 1
 """Largest price in ticks, quantity in lots or quote amount in tick × lot units: exact in
@@ -35,7 +36,7 @@ class TradingMode(StrEnum):
     """No trader command at all; only admin commands. The book is frozen as it is."""
 
 
-class OffGrid(ValueError):  # noqa: N818 - reads as what it is: the value is off the grid
+class OffGrid(TradeplaneEngineError, ValueError):  # noqa: N818 - reads as what it is: the value is off the grid
     """A decimal string that is not a valid price, quantity or amount for this market."""
 
     def __init__(self, code: RejectCode, reason: str) -> None:

@@ -22,8 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tradeplane_engine.connection import NATS_ERRORS
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.telemetry import TRACEPARENT
+from tradeplane_engine.errors import TradeplaneEngineError
 from tradeplane_engine.wire import (
     HEADER_EPOCH,
     HEADER_MESSAGE_ID,
@@ -33,13 +32,15 @@ from tradeplane_engine.wire import (
     event_stream,
     event_subject,
 )
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
+from tradeplane_shared.telemetry import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 
 
-class PublishError(Exception):
+class PublishError(TradeplaneEngineError):
     """The events stream refused a message (not a timeout: those are retried)."""
 
 

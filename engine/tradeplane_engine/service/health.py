@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from tradeplane_engine.metrics import exposition
+from tradeplane_shared.metrics import exposition
 
 if TYPE_CHECKING:
     from tradeplane_engine.service.market import MarketService

@@ -27,10 +27,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from tradeplane_engine import telemetry
 from tradeplane_engine.core import AnyEvent, Engine
 from tradeplane_engine.feed import SequencedCommand
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.events import EventsPublisher, Fenced
 from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.service.memory import OrderMemory
@@ -46,6 +44,8 @@ from tradeplane_engine.wire import (
     event_subject,
     header_sequence,
 )
+from tradeplane_shared import telemetry
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 

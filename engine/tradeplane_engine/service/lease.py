@@ -32,6 +32,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from tradeplane_engine.connection import NATS_ERRORS
+from tradeplane_engine.errors import TradeplaneEngineError
 from tradeplane_engine.wire import LEASES_BUCKET, REPLICAS_BUCKET
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class LeaseValue(msgspec.Struct, frozen=True):
     holder lapsed) or ``handover`` (a planned switchover); the operator reports them."""
 
 
-class NotLeadingError(Exception):
+class NotLeadingError(TradeplaneEngineError):
     """A handover asked of a replica that does not (or no longer) hold the lease."""
 
 

@@ -31,7 +31,7 @@ from nats.js.kv import KeyValue
 
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core import AnyEvent, Engine
-from tradeplane_engine.feed import CommandFeed, FeedError, SequencedCommand
+from tradeplane_engine.feed import FeedError, SequencedCommand, StreamFeed
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.hotpath import HotPath
 from tradeplane_engine.service.leadership import Leadership
@@ -41,13 +41,13 @@ from tradeplane_engine.service.memory import OrderMemory
 from tradeplane_engine.service.metrics import MarketMetrics
 from tradeplane_engine.service.reports import ReplicaReports
 from tradeplane_engine.service.requests import LeaderRequests
-from tradeplane_engine.service.streams import (
+from tradeplane_engine.store.database import with_connection
+from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
+from tradeplane_engine.streams import (
     StreamSettings,
     ensure_market_streams,
     replay_spec,
 )
-from tradeplane_engine.store.errors import with_connection
-from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.wire import (
     HEADER_REPLY,
     MarketDefinition,
@@ -79,7 +79,7 @@ class MarketService:
         self.replicas = replicas
         """The replicas' status bucket, where this replica reports (None: it does not)."""
         self._batch = batch
-        self._feed: CommandFeed | None = None
+        self._feed: StreamFeed | None = None
         engine = Engine(definition.spec())
         self.formatter = PublicFormatter(engine.spec)
         self.market_data = MarketData(self.market, self.formatter)
@@ -191,7 +191,7 @@ class MarketService:
                 f"{command_stream(self.market)} starts at sequence {commands.state.first_seq}, "
                 f"but the engine needs {start + 1}: its retention is shorter than the "
                 "engine's recovery needs (keep more than the snapshot interval)")
-        self._feed = CommandFeed(self.nc, command_stream(self.market), start + 1,
+        self._feed = StreamFeed(self.nc, command_stream(self.market), start + 1,
                                  batch=self._batch, reply_header=HEADER_REPLY)
         await self.events.start()
         await self._feed.start()

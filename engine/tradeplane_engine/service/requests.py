@@ -21,13 +21,13 @@ from nats.aio.subscription import Subscription
 from tradeplane_engine.access import is_inbox
 from tradeplane_engine.core import OrderType, TimeInForce
 from tradeplane_engine.core.events import open_status
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.wire import (
     MAX_REQUEST,
     OrderRecord,
     book_snapshot_subject,
     engine_subject,
 )
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 if TYPE_CHECKING:
     from tradeplane_engine.core.book import Order

@@ -23,8 +23,8 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.connection import NATS_ERRORS
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.wire import REPLICAS_BUCKET
+from tradeplane_engine.wire import REPLICAS_BUCKET, bucket_key_prefix, bucket_stream
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 if TYPE_CHECKING:
     from tradeplane_engine.service.market import MarketService
@@ -53,8 +53,8 @@ async def standbys(js: JetStreamContext, replicas: KeyValue, market: str,
     The keys come from the bucket's stream subjects under ``<market>.`` (nats-py's
     ``keys(filters=...)`` matches substrings, and a KV watch's "no more values" marker
     can come before values on their way), each value from a direct read."""
-    prefix = f"$KV.{REPLICAS_BUCKET}."
-    info = await js.stream_info(f"KV_{REPLICAS_BUCKET}",
+    prefix = bucket_key_prefix(REPLICAS_BUCKET)
+    info = await js.stream_info(bucket_stream(REPLICAS_BUCKET),
                                 subjects_filter=f"{prefix}{market}.*")
     found: list[tuple[int, str]] = []
     for subject in info.state.subjects or {}:

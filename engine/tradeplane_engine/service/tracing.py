@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 from opentelemetry.trace import Link, SpanKind
 
-from tradeplane_engine import telemetry
 from tradeplane_engine.core import AnyEvent, OrderAccepted, OrderRejected, OrderUpdate
 from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.wire import command_subject
+from tradeplane_shared import telemetry
 
 
 def trace_batch(market: str, replica: str, started: int,

@@ -26,7 +26,6 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.store.queries import History
 from tradeplane_engine.store.recorder import RECORDED, RECORDER_LAG, Recorder
 from tradeplane_engine.store.snapshots import Snapshotter
@@ -36,6 +35,7 @@ from tradeplane_engine.wire import (
     definition_entry,
     event_stream,
 )
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 

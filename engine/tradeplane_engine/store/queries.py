@@ -18,11 +18,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tradeplane_engine.core.codes import RejectCode
-from tradeplane_engine.store.errors import DATABASE_UNAVAILABLE
+from tradeplane_engine.store.database import DATABASE_UNAVAILABLE
 from tradeplane_engine.wire import (
+    HISTORY_QUEUE,
     MarketDefinition,
     OrderRecord,
     PublicFormatter,
+    history_subject,
     refused_place,
 )
 
@@ -54,10 +56,6 @@ class TradesQuery(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     limit: int = 100
 
 
-def history_subject(market: str, what: str) -> str:
-    return f"tp.history.{market}.{what}"
-
-
 class History:
     """Serves one market's queries from PostgreSQL."""
 
@@ -71,9 +69,9 @@ class History:
     async def start(self) -> None:
         self._subscriptions = [
             await self.nc.subscribe(history_subject(self.market, "order"),
-                                    queue="tp-history", cb=self._on_order),
+                                    queue=HISTORY_QUEUE, cb=self._on_order),
             await self.nc.subscribe(history_subject(self.market, "trades"),
-                                    queue="tp-history", cb=self._on_trades),
+                                    queue=HISTORY_QUEUE, cb=self._on_trades),
         ]
 
     async def stop(self) -> None:

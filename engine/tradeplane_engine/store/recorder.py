@@ -34,10 +34,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import Gauge
 
-from tradeplane_engine import telemetry
-from tradeplane_engine.feed import CommandFeed, SequencedCommand
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
-from tradeplane_engine.store.errors import with_connection
+from tradeplane_engine.feed import SequencedCommand, StreamFeed
+from tradeplane_engine.store.database import with_connection
 from tradeplane_engine.store.metrics import RecorderMetrics
 from tradeplane_engine.store.rows import (
     HISTORY,
@@ -56,6 +54,8 @@ from tradeplane_engine.wire import (
     event_subject,
     recorder_subject,
 )
+from tradeplane_shared import telemetry
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,6 @@ RECORDED = Gauge("tradeplane_recorder_position",
 
 class Resync(Exception):  # noqa: N818 - a control-flow signal, not an error
     """The database already holds part of a batch: continue from where it really is."""
-
-
-async def prepare_connection(connection: asyncpg.Connection) -> None:
-    """Per connection: the temporary table through which order changes are applied."""
-    await connection.execute(
-        "CREATE TEMPORARY TABLE IF NOT EXISTS order_changes ("
-        " market text, order_id bigint, status text, filled bigint, remaining bigint,"
-        " price bigint, quantity bigint, reason text, updated_sequence bigint"
-        ") ON COMMIT DELETE ROWS")
 
 
 async def record(connection: asyncpg.Connection, rows: Rows) -> None:
@@ -164,7 +155,7 @@ class Recorder:
             await status.unsubscribe()
 
     async def _consume(self) -> None:
-        feed = CommandFeed(self.nc, event_stream(self.market), self.position + 1,
+        feed = StreamFeed(self.nc, event_stream(self.market), self.position + 1,
                            batch=self.batch, max_buffered=4 * self.batch)
         await feed.start()
         try:

@@ -39,10 +39,13 @@ from nats.aio.msg import Msg
 
 from tradeplane_engine.core import BookLevel, Engine, TradingModeChanged
 from tradeplane_engine.core.state import digest
-from tradeplane_engine.feed import CommandFeed
-from tradeplane_engine.store.errors import with_connection
+from tradeplane_engine.errors import TradeplaneEngineError
+from tradeplane_engine.feed import StreamFeed
+from tradeplane_engine.store.database import with_connection
+from tradeplane_engine.streams import replay_spec
 from tradeplane_engine.wire import (
     MAX_REQUEST,
+    SNAPSHOT_QUEUE,
     MarketDefinition,
     command_stream,
     decode_command,
@@ -57,10 +60,6 @@ KEEP = 3
 REQUEST_TIMEOUT = 10.0
 """Seconds within which a snapshot request is answered: the snapshotter reaching the
 requested command and the snapshot being stored both count against it."""
-
-SNAPSHOT_QUEUE = "tp-snapshotter"
-"""Queue group of snapshot requests: with more than one recorder process for a market,
-one request still makes one snapshot."""
 
 _encode = msgspec.json.Encoder().encode
 
@@ -88,7 +87,7 @@ class SnapshotRequest(msgspec.Struct, forbid_unknown_fields=True):
 _decode_request = msgspec.json.Decoder(SnapshotRequest).decode
 
 
-class SnapshotUnavailable(Exception):  # noqa: N818 - an outcome a requester is told, by code
+class SnapshotUnavailable(TradeplaneEngineError):  # noqa: N818 - an outcome a requester is told, by code
     """No snapshot could be given for a request; ``code`` says why."""
 
     def __init__(self, code: SnapshotError, message: str) -> None:
@@ -188,9 +187,6 @@ class Snapshotter:
         self._engine = None
         latest = await self._newest()
         if latest is None:
-            # Imported here: the service package imports this module (for restarts).
-            from tradeplane_engine.service.streams import replay_spec
-
             spec = await replay_spec(self.nc.jetstream(), self.definition)
             engine, position, book_sequence = Engine(spec), 0, 0
             self._stored = None
@@ -200,7 +196,7 @@ class Snapshotter:
             self._stored = (latest.sequence, latest.state_hash)
         self._engine, self.position, self._book_sequence = engine, position, book_sequence
         self._advance()
-        feed = CommandFeed(self.nc, command_stream(self.market), position + 1,
+        feed = StreamFeed(self.nc, command_stream(self.market), position + 1,
                            max_buffered=4 * 512)
         await feed.start()
         try:

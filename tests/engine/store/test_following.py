@@ -20,11 +20,15 @@ from nats.aio.client import Client
 from tests.support.exchange import BTC, SETTINGS, SOL, Exchange, eventually, local_exchange, run
 from tradeplane.cli import _parser
 from tradeplane_engine.core import TradingMode
-from tradeplane_engine.service import markets_bucket
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.following import RecordedMarkets, needs_restart, record_market
-from tradeplane_engine.store.queries import history_subject
-from tradeplane_engine.store.runner import open_database
-from tradeplane_engine.wire import MarketDefinition, encode_definition, recorder_subject
+from tradeplane_engine.streams import markets_bucket
+from tradeplane_engine.wire import (
+    MarketDefinition,
+    encode_definition,
+    history_subject,
+    recorder_subject,
+)
 from tradeplane_gateway import connect
 
 

@@ -24,11 +24,11 @@ from tradeplane_engine.core import (
     Side,
     TimeInForce,
 )
-from tradeplane_engine.service import ensure_market_streams
+from tradeplane_engine.store.database import open_database, redact
 from tradeplane_engine.store.queries import History, OrderQuery, TradesQuery
 from tradeplane_engine.store.recorder import Recorder
-from tradeplane_engine.store.runner import open_database, redact
 from tradeplane_engine.store.snapshots import Snapshotter, latest_snapshot
+from tradeplane_engine.streams import ensure_market_streams
 from tradeplane_engine.wire import EventBatch, decode_command, encode_events, event_subject
 from tradeplane_gateway import RequestError, connect
 

@@ -12,8 +12,8 @@ from prometheus_client import generate_latest
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tests.support.metrics import samples, value
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.recorder import Recorder
-from tradeplane_engine.store.runner import open_database
 from tradeplane_gateway import connect
 
 MARKET = msgspec.structs.replace(SOL, name="recorder-metrics")

@@ -13,7 +13,7 @@ import msgspec
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine.core import CancelAll, SetTradingMode, TradingMode
 from tradeplane_engine.service import publish_admin
-from tradeplane_engine.store.runner import open_database
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.snapshots import KEEP, Snapshotter, latest_snapshot
 from tradeplane_engine.wire import recorder_subject
 from tradeplane_gateway import connect

@@ -11,42 +11,16 @@ import logging
 import os
 import socket
 
-from nats.js.kv import KeyValue
-
 from tradeplane_engine.access import Access
 from tradeplane_engine.connection import connect
-from tradeplane_engine.metrics import UNTRUSTED_SKIPPED
 from tradeplane_engine.service.health import DEFAULT_HOST, bound_port, start_health_server
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.service.market import MarketService
 from tradeplane_engine.service.shutdown import leave
-from tradeplane_engine.service.streams import StreamSettings, markets_bucket
-from tradeplane_engine.wire import MarketDefinition, definition_entry
+from tradeplane_engine.store.database import open_database
+from tradeplane_engine.streams import StreamSettings, market_definition, markets_bucket
 
 log = logging.getLogger(__name__)
-
-
-async def market_definition(kv: KeyValue, market: str,
-                            component: str = "engine") -> MarketDefinition:
-    """The market's definition from the bucket, waiting for it to be written.
-
-    A value that is not a definition of ``market`` is skipped (logged, and counted for
-    ``component``), and the wait goes on for one that is."""
-    watcher = await kv.watch(market)
-    try:
-        async for entry in watcher:
-            if entry is not None and entry.value:
-                try:
-                    return definition_entry(market, entry.value)
-                except ValueError as exc:
-                    log.error("market %s: definition refused (%s); waiting for a valid one",
-                              market, str(exc)[:200])
-                    UNTRUSTED_SKIPPED.labels(component, "market definition").inc()
-                    continue
-            log.info("waiting for market %s to be defined in the markets bucket", market)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    raise RuntimeError(f"watch of market {market} ended")  # pragma: no cover
 
 
 async def run_engines(servers: str, markets: list[str],
@@ -92,8 +66,6 @@ async def _run_markets(servers: str, markets: list[str], settings: StreamSetting
                        dsn: str | None, replica: str | None,
                        services: list[MarketService], access: Access | None) -> None:
     """``run_engines`` itself; ``services`` receives the markets' services once made."""
-    from tradeplane_engine.store.runner import open_database
-
     nc = await connect(servers, f"tradeplane-engine:{','.join(markets)}", "engine", access)
     pool = await open_database(dsn, size=2) if dsn else None
     try:

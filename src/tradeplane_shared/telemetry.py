@@ -180,11 +180,6 @@ def is_sampled(traceparent: str | None) -> bool:
         return False
 
 
-def link_to(traceparent: str) -> Link | None:
-    context = trace.get_current_span(context_of(traceparent)).get_span_context()
-    return Link(context) if context.is_valid else None
-
-
 def messaging(operation: str, destination: str, **extra: Any) -> dict[str, Any]:
     """The messaging semantic-convention attributes of a NATS span."""
     attributes: dict[str, Any] = {

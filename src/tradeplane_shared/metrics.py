@@ -5,9 +5,9 @@ port (``GET /metrics`` beside the probes), the gateway, the recorder and the ope
 on their ``--metrics-port``. What one component counts lives beside it
 (``tradeplane_engine.service.metrics``, ``tradeplane_engine.store.metrics``,
 ``tradeplane_gateway.metrics``, ``tradeplane_operator.metrics``); this module holds
-what more than one of them needs. It sits outside ``tradeplane_engine.service``
-because the gateway may not import the engine's service (the import contracts in
-pyproject.toml), and it defines each metric once: two definitions of one name in a
+what more than one of them needs. It sits outside the engine and the gateway because
+both use it and the gateway imports nothing of the engine but what the import contracts
+in pyproject.toml allow, and it defines each metric once: two definitions of one name in a
 process (the tests run engines and a gateway together) would be refused by the
 registry. docs/observability.md lists every metric.
 """

@@ -1,4 +1,8 @@
-"""The JetStream streams and the key-value bucket a market lives on, created idempotently.
+"""The JetStream streams and the key-value bucket a market lives on, created idempotently,
+and a market's definition as read from that bucket.
+
+The engine service and the recorder both need them; they live here, beside
+``connection``, so that neither of those packages imports the other.
 
 Replication and retention are settings, not code: one replica on a single nats-server,
 three on a NATS cluster. Every process that needs a stream ensures it exists with the
@@ -37,9 +41,11 @@ from tradeplane_engine.wire import (
     MarketDefinition,
     command_stream,
     command_subject,
+    definition_entry,
     event_stream,
     event_subject,
 )
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +204,26 @@ async def markets_bucket(js: JetStreamContext, settings: StreamSettings) -> KeyV
             bucket=MARKETS_BUCKET, history=5, replicas=settings.replicas,
             storage=StorageType.MEMORY if settings.memory else StorageType.FILE,
         ))
+
+
+async def market_definition(kv: KeyValue, market: str,
+                            component: str = "engine") -> MarketDefinition:
+    """The market's definition from the bucket, waiting for it to be written.
+
+    A value that is not a definition of ``market`` is skipped (logged, and counted for
+    ``component``), and the wait goes on for one that is."""
+    watcher = await kv.watch(market)
+    try:
+        async for entry in watcher:
+            if entry is not None and entry.value:
+                try:
+                    return definition_entry(market, entry.value)
+                except ValueError as exc:
+                    log.error("market %s: definition refused (%s); waiting for a valid one",
+                              market, str(exc)[:200])
+                    UNTRUSTED_SKIPPED.labels(component, "market definition").inc()
+                    continue
+            log.info("waiting for market %s to be defined in the markets bucket", market)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    raise RuntimeError(f"watch of market {market} ended")  # pragma: no cover

@@ -7,7 +7,7 @@ markets are defined and deleted (``following``), each restarted alone after a fa
 
 The DSN comes from the environment (``TRADEPLANE_POSTGRES_DSN``), never from the
 command line, so that credentials do not show in process listings; logs show it
-without its password (``redact``).
+without its password (``store.database.redact``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from nats.aio.client import Client
@@ -23,44 +22,18 @@ from nats.js.kv import KeyValue
 
 from tradeplane_engine.access import Access
 from tradeplane_engine.connection import connect
-from tradeplane_engine.service.runner import market_definition
-from tradeplane_engine.service.streams import StreamSettings, markets_bucket
-from tradeplane_engine.store.errors import until_available
+from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.following import RecordedMarkets
-from tradeplane_engine.store.migrate import migrate
 from tradeplane_engine.store.queries import History
-from tradeplane_engine.store.recorder import Recorder, prepare_connection
+from tradeplane_engine.store.recorder import Recorder
 from tradeplane_engine.store.snapshots import Snapshotter
+from tradeplane_engine.streams import StreamSettings, market_definition, markets_bucket
 
 log = logging.getLogger(__name__)
 
 FOLLOWING = "*"
 """The NATS connection name's market part for a recorder that follows the bucket (``*``
 cannot be part of a market name, so the name says "every market")."""
-
-
-def redact(dsn: str) -> str:
-    """The DSN without its password, for logs and messages."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ""
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
-
-
-async def open_database(dsn: str, *, size: int = 4) -> asyncpg.Pool:
-    """A pool on a migrated database; waits for PostgreSQL to be reachable."""
-    pool: asyncpg.Pool = await until_available(
-        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=size, init=prepare_connection),
-        f"the database at {redact(dsn)}")
-    async with pool.acquire() as connection:
-        applied = await migrate(connection)
-    if applied:
-        log.info("database %s: applied migrations %s", redact(dsn), applied)
-    return pool
 
 
 async def run_recorders(servers: str, markets: Sequence[str] | None, dsn: str,
