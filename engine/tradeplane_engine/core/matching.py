@@ -88,6 +88,13 @@ _PlaceFields = tuple[int, int, str, Side, int, int, OrderType, TimeInForce, bool
 """``Place``'s fields in declaration order."""
 
 
+_Taker = tuple[int, str, Side, int, SelfTradePrevention, int]
+"""The incoming order of a match, a new one or a replaced one that lost its place:
+``(order_id, account, side, quantity, stp, quote_amount)``, ``quantity`` being what is
+left of it in lots (0 for a market buy by quote amount). A tuple, not a class: compiled,
+it is passed by value, with no object to allocate on the hot path."""
+
+
 class Engine:
     """One market's order book and the rules that change it.
 
@@ -257,9 +264,7 @@ class Engine:
                                            _FOK_UNFILLED))
                 return events
             filled, remaining, expired = self._match(
-                events, opposite, limit_key, order_id, account, side, quantity, stp,
-                quote_amount,
-            )
+                events, opposite, limit_key, (order_id, account, side, quantity, stp, quote_amount))
 
         if expired:
             events.append(_OrderUpdate(order_ref, account, client_order_id, _CANCELED, filled, 0,
@@ -296,24 +301,16 @@ class Engine:
                                        reason))
         return events
 
-    def _match(
-        self,
-        events: list[AnyEvent],
-        opposite: BookSide,
-        limit_key: int,
-        taker_id: int,
-        account: str,
-        aggressor: Side,
-        quantity: int,
-        stp: SelfTradePrevention,
-        quote_amount: int,
-    ) -> tuple[int, int, bool]:
-        """Match an incoming order against ``opposite``; return (filled, remaining, expired).
+    def _match(self, events: list[AnyEvent], opposite: BookSide, limit_key: int,
+               taker: _Taker) -> tuple[int, int, bool]:
+        """Match ``taker`` against ``opposite`` up to ``limit_key``, appending to ``events``;
+        return (filled, remaining, expired).
 
         ``remaining`` is in lots; a market buy by quote amount enters with quantity 0 and
         buys at each level as many lots as its quote left affords. ``expired`` says that
         self-trade prevention canceled the rest of the incoming order.
         """
+        taker_id, account, aggressor, quantity, stp, quote_amount = taker
         keys = opposite.keys
         levels = opposite.levels
         maker_side = opposite.side
@@ -534,9 +531,8 @@ class Engine:
                                            _CANCELED, filled, 0, reason))
                 return events
             traded, remaining, expired = self._match(
-                events, opposite, limit_key, order.order_id, order.account, side, remaining,
-                order.stp, 0,
-            )
+                events, opposite, limit_key, (order.order_id, order.account, side, remaining,
+                                              order.stp, 0))
             filled += traded
         if expired:
             events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
