@@ -474,26 +474,12 @@ class Engine:
             return _reject(c, RejectCode.UNKNOWN_ORDER, "no such open order")
         price = c.price or order.price
         quantity = c.quantity or order.quantity
-        if not 0 < price <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_PRICE, self._price_reason(price))
-        if not 0 < quantity <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(quantity))
+        invalid = self._check_replace(c, order, price, quantity)
+        if invalid is not None:
+            return invalid
         # The new total counts what is gone for good: filled lots, and lots a self-trade
         # decrement took. What is left of it is open.
         remaining = quantity - (order.quantity - order.remaining)
-        if remaining <= 0:
-            return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
-                           "new quantity must exceed the "
-                           f"{self.spec.from_lots(order.quantity - order.remaining)} already "
-                           "filled or taken by self-trade prevention")
-        if price * quantity < self._min_notional:
-            return _reject(c, RejectCode.BELOW_MIN_NOTIONAL,
-                           f"order value below the minimum notional {self.spec.min_notional}")
-        reference = self.reference_price
-        if (price != order.price and reference and self._band_numerator
-                and abs(price - reference) * self._band_denominator
-                > reference * self._band_numerator):
-            return _reject(c, RejectCode.OUTSIDE_PRICE_BAND, self._band_reason(reference))
 
         level = order.level
         events: list[AnyEvent] = []
@@ -554,6 +540,28 @@ class Engine:
                                            _PARTIAL, filled, remaining))
             events.append(_level_event(new_level))
         return events
+
+    def _check_replace(self, c: Replace, order: Order, price: int,
+                       quantity: int) -> list[AnyEvent] | None:
+        """The rejection of a replace to ``price`` and total ``quantity``, if it is one."""
+        if not 0 < price <= _MAX_UNITS:
+            return _reject(c, RejectCode.INVALID_PRICE, self._price_reason(price))
+        if not 0 < quantity <= _MAX_UNITS:
+            return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(quantity))
+        gone = order.quantity - order.remaining  # filled, or taken by a self-trade decrement
+        if quantity - gone <= 0:
+            return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
+                           f"new quantity must exceed the {self.spec.from_lots(gone)} already "
+                           "filled or taken by self-trade prevention")
+        if price * quantity < self._min_notional:
+            return _reject(c, RejectCode.BELOW_MIN_NOTIONAL,
+                           f"order value below the minimum notional {self.spec.min_notional}")
+        reference = self.reference_price
+        if (price != order.price and reference and self._band_numerator
+                and abs(price - reference) * self._band_denominator
+                > reference * self._band_numerator):
+            return _reject(c, RejectCode.OUTSIDE_PRICE_BAND, self._band_reason(reference))
+        return None
 
     def _cancel_all(self, c: CancelAll) -> list[AnyEvent]:
         if self.mode is _HALTED and c.account is not None:
