@@ -115,95 +115,100 @@ def registry(config: Config) -> kopf.OperatorRegistry:
     """A fresh registry with every handler (one per operator run, so tests can run
     several operators in one process, each with its own intervals)."""
     reg = kopf.OperatorRegistry()
+    kopf.on.login(registry=reg)(login)
+    kopf.on.startup(registry=reg)(startup)
+    kopf.on.cleanup(registry=reg)(cleanup)
+    for on_cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
+        on_cause(GROUP, VERSION, PLURAL, id="apply", registry=reg)(apply)
+    kopf.timer(GROUP, VERSION, PLURAL, id="repair", interval=config.drift_interval,
+               initial_delay=config.drift_interval, registry=reg)(repair)
+    kopf.timer(GROUP, VERSION, PLURAL, id="report", interval=config.status_interval,
+               registry=reg)(report)
+    for child in (("policy", "v1", "poddisruptionbudgets"), ("v1", "services"),
+                  ("apps", "v1", "statefulsets")):
+        kopf.on.event(*child, id="child", labels=OWNED, registry=reg)(child_gone)
+    kopf.on.delete(GROUP, VERSION, PLURAL, id="retire", registry=reg)(retire)
+    return reg
 
-    @kopf.on.login(registry=reg)
-    def login(memo: Any, logger: kopf.Logger, settings: kopf.OperatorSettings,
-              **_: Any) -> kopf.ConnectionInfo:
-        return _login(memo.runtime, logger, settings)
 
-    @kopf.on.startup(registry=reg)
-    async def startup(memo: Any, logger: kopf.Logger, settings: kopf.OperatorSettings,
-                      **_: Any) -> None:
-        runtime: Runtime = memo.runtime
-        runtime.kube = KubeApi(_login(runtime, logger, settings))
-        config = runtime.config
-        runtime.exchange = await _guarded(Exchange.connect(
-            config.nats_url, config.stream_replicas, config.nats_credentials,
-            ca_file=config.nats_ca, cert_file=config.nats_cert, key_file=config.nats_key))
+def login(memo: Any, logger: kopf.Logger, settings: kopf.OperatorSettings,
+          **_: Any) -> kopf.ConnectionInfo:
+    return _login(memo.runtime, logger, settings)
 
-    @kopf.on.cleanup(registry=reg)
-    async def cleanup(memo: Any, **_: Any) -> None:
-        runtime: Runtime = memo.runtime
-        if runtime.kube is not None:
-            await runtime.kube.close()
-        if runtime.exchange is not None:
-            await runtime.exchange.close()
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, id="apply", registry=reg)
-    @kopf.on.create(GROUP, VERSION, PLURAL, id="apply", registry=reg)
-    @kopf.on.update(GROUP, VERSION, PLURAL, id="apply", registry=reg)
-    async def apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
-                    logger: kopf.Logger, **_: Any) -> None:
+async def startup(memo: Any, logger: kopf.Logger, settings: kopf.OperatorSettings,
+                  **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    runtime.kube = KubeApi(_login(runtime, logger, settings))
+    config = runtime.config
+    runtime.exchange = await _guarded(Exchange.connect(
+        config.nats_url, config.stream_replicas, config.nats_credentials,
+        ca_file=config.nats_ca, cert_file=config.nats_cert, key_file=config.nats_key))
+
+
+async def cleanup(memo: Any, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    if runtime.kube is not None:
+        await runtime.kube.close()
+    if runtime.exchange is not None:
+        await runtime.exchange.close()
+
+
+async def apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
+                logger: kopf.Logger, **_: Any) -> None:
+    await _apply(body, meta, memo, patch, logger)
+
+
+async def repair(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
+                 logger: kopf.Logger, **_: Any) -> None:
+    """Children edited by hand come back to what the Market says (for a Market the
+    operator has applied: not one refused as invalid, nor one being deleted)."""
+    applied = body.get("status", {}).get("observedGeneration") == meta.get("generation")
+    if applied and not meta.get("deletionTimestamp"):
         await _apply(body, meta, memo, patch, logger)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, id="repair", interval=config.drift_interval,
-                initial_delay=config.drift_interval, registry=reg)
-    async def repair(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
+
+async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any,
+                 patch: kopf.Patch, **_: Any) -> None:
+    exchange = _parts(memo)[2]
+    if "observedGeneration" not in status:
+        return  # never applied (yet, or refused): nothing of it runs to report on
+    try:
+        market = Market.from_body(body)
+    except ValueError:
+        return  # reported once by the handler that applies it
+    change = await _guarded(metrics.reading(market, observe(
+        market, exchange, dict(status), paused=paused(dict(meta.annotations)),
+        deleting=bool(meta.get("deletionTimestamp")))))
+    if not is_subset(change.status, dict(status)):  # no write when nothing changed
+        patch.status.update(change.status)
+    if change.leader_change:
+        kind, reason, message = change.leader_change
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+
+async def child_gone(event: kopf.RawEvent, body: kopf.Body, memo: Any,
                      logger: kopf.Logger, **_: Any) -> None:
-        """Children edited by hand come back to what the Market says (for a Market the
-        operator has applied: not one refused as invalid, nor one being deleted)."""
-        applied = body.get("status", {}).get("observedGeneration") == meta.get("generation")
-        if applied and not meta.get("deletionTimestamp"):
-            await _apply(body, meta, memo, patch, logger)
+    """A deleted child comes back at once (unless its Market is going too)."""
+    if event["type"] != "DELETED":
+        return
+    kube = _parts(memo)[1]
+    owner = await _guarded(kube.get(MARKETS, body.metadata.namespace,
+                                    body.metadata.labels[MARKET_LABEL]))
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    if paused(owner["metadata"].get("annotations") or {}):
+        return
+    logger.info("%s %s was deleted; recreating it", body.get("kind"), body.metadata.name)
+    await _reconcile(kopf.Body(owner), memo, logger)  # type: ignore[arg-type]
 
-    @kopf.timer(GROUP, VERSION, PLURAL, id="report", interval=config.status_interval,
-                registry=reg)
-    async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any,
-                     patch: kopf.Patch, **_: Any) -> None:
-        exchange = _parts(memo)[2]
-        if "observedGeneration" not in status:
-            return  # never applied (yet, or refused): nothing of it runs to report on
-        try:
-            market = Market.from_body(body)
-        except ValueError:
-            return  # reported once by the handler that applies it
-        change = await _guarded(metrics.reading(market, observe(
-            market, exchange, dict(status), paused=paused(dict(meta.annotations)),
-            deleting=bool(meta.get("deletionTimestamp")))))
-        if not is_subset(change.status, dict(status)):  # no write when nothing changed
-            patch.status.update(change.status)
-        if change.leader_change:
-            kind, reason, message = change.leader_change
-            kopf.event(body, type=kind, reason=reason, message=message)
 
-    @kopf.on.event("apps", "v1", "statefulsets", id="child", labels=OWNED, registry=reg)
-    @kopf.on.event("v1", "services", id="child", labels=OWNED, registry=reg)
-    @kopf.on.event("policy", "v1", "poddisruptionbudgets", id="child", labels=OWNED,
-                   registry=reg)
-    async def child_gone(event: kopf.RawEvent, body: kopf.Body, memo: Any,
-                         logger: kopf.Logger, **_: Any) -> None:
-        """A deleted child comes back at once (unless its Market is going too)."""
-        if event["type"] != "DELETED":
-            return
-        kube = _parts(memo)[1]
-        owner = await _guarded(kube.get(MARKETS, body.metadata.namespace,
-                                        body.metadata.labels[MARKET_LABEL]))
-        if owner is None or owner["metadata"].get("deletionTimestamp"):
-            return
-        if paused(owner["metadata"].get("annotations") or {}):
-            return
-        logger.info("%s %s was deleted; recreating it", body.get("kind"), body.metadata.name)
-        await _reconcile(kopf.Body(owner), memo, logger)  # type: ignore[arg-type]
-
-    @kopf.on.delete(GROUP, VERSION, PLURAL, id="retire", registry=reg)
-    async def retire(body: kopf.Body, status: kopf.Status, memo: Any,
-                     runtime: datetime.timedelta, **_: Any) -> None:
-        config, kube, exchange = _parts(memo)
-        await _guarded(finalize(_parse(body), kube, exchange, config, _notify(body), runtime,
-                                dict(status.get("retirement") or {})))
-        metrics.retired(body)
-
-    return reg
+async def retire(body: kopf.Body, status: kopf.Status, memo: Any,
+                 runtime: datetime.timedelta, **_: Any) -> None:
+    config, kube, exchange = _parts(memo)
+    await _guarded(finalize(_parse(body), kube, exchange, config, _notify(body), runtime,
+                            dict(status.get("retirement") or {})))
+    metrics.retired(body)
 
 
 async def run(config: Config, *, connection: kopf.ConnectionInfo | None = None,

@@ -61,68 +61,118 @@ def timestamp(nanoseconds: int | None = None) -> str:
 
 def compute(observation: Observation, previous: dict[str, Any], now: str) -> Change:
     reports = list(observation.reports)
-    lease = observation.lease
+    lead = _lead(reports, observation.lease, previous)
+    ready = [report for report in reports if report.ready]
+    status = _figures(observation, previous, reports, len(ready), lead)
+    health = _Health(
+        available=lead.leader is not None and lead.leader.ready,
+        all_ready=len(ready) >= observation.replicas,
+        mode_applied=status["tradingMode"] == observation.mode,
+        reconciled=previous.get("observedGeneration") == observation.generation,
+        replicas_text=f"{len(ready)}/{observation.replicas} replicas ready",
+    )
+    status["phase"] = _phase(observation, bool(reports), status["lastLeader"], health)
+    wanted = _wanted(observation, lead, bool(reports), status, health)
+    status["conditions"] = _conditions(wanted, previous, now)
+    return Change(status=status, leader_change=_leader_change(lead, previous))
+
+
+@dataclass(frozen=True)
+class _Lead:
+    """Who leads, by the replicas' reports and the lease, and how far the epoch moved."""
+
+    leader: ReplicaReport | None
+    deposed: list[str]
+    """Replicas that still report as leaders although the lease is another's."""
+    old_epoch: int
+    epoch: int
+    planned: bool
+    """The lease was handed over (a switchover), not taken after a loss (a failover)."""
+
+
+@dataclass(frozen=True)
+class _Health:
+    """What the phase and the conditions are decided from."""
+
+    available: bool
+    all_ready: bool
+    mode_applied: bool
+    reconciled: bool
+    replicas_text: str
+
+
+def _lead(reports: list[ReplicaReport], lease: Lease | None,
+          previous: dict[str, Any]) -> _Lead:
     leaders = [report for report in reports if report.role == "leader"]
     leader = max(leaders, key=lambda report: report.epoch, default=None)
     deposed = [report.replica for report in leaders
                if lease is not None and report.replica != lease.holder]
     if leader is not None and leader.replica in deposed:
         leader = None  # a deposed leader's last report, not yet expired
-    ready = [report for report in reports if report.ready]
     # The epoch moves on when the new leader has said so; a lease taken by a replica
     # whose report has not arrived yet is counted on the next reading.
     old_epoch = int(previous.get("epoch") or 0)
     epoch = lease.epoch if lease is not None and leader is not None else old_epoch
     planned = lease is not None and lease.taken == "handover"
+    return _Lead(leader, deposed, old_epoch, epoch, planned)
+
+
+def _figures(observation: Observation, previous: dict[str, Any],
+             reports: list[ReplicaReport], ready: int, lead: _Lead) -> dict[str, Any]:
+    """The status's figures: replicas, leader, epoch, sequence, lag and changes of lead."""
+    leader, epoch, old_epoch = lead.leader, lead.epoch, lead.old_epoch
     failovers = int(previous.get("failovers") or 0)
     switchovers = int(previous.get("switchovers") or 0)
     if not old_epoch:
         failovers = max(0, epoch - 1)  # changes before the operator watched: counted here
-    elif epoch > old_epoch and planned:
+    elif epoch > old_epoch and lead.planned:
         switchovers += epoch - old_epoch
     elif epoch > old_epoch:
         failovers += epoch - old_epoch
-    effective_mode = leader.mode if leader is not None else None
     failover_times = [report.last_failover for report in reports if report.last_failover]
 
     lag: dict[str, int | None] = dict.fromkeys(previous.get("replicaLag") or {})
     lag.update({report.replica: report.lag for report in reports})  # None: a replica gone
     status: dict[str, Any] = {
         "replicas": len(reports),
-        "readyReplicas": len(ready),
+        "readyReplicas": ready,
         "selector": observation.selector,
         "leader": leader.replica if leader is not None else None,
         "lastLeader": (leader.replica if leader is not None else
                        previous.get("leader") or previous.get("lastLeader")),
         "epoch": epoch,
         "lastSequence": max((report.sequence for report in reports), default=0),
-        "tradingMode": effective_mode,
+        "tradingMode": leader.mode if leader is not None else None,
         "replicaLag": lag,
         "failovers": failovers,
         "switchovers": switchovers,
     }
-    if epoch > old_epoch and not planned and failovers and failover_times:
+    if epoch > old_epoch and not lead.planned and failovers and failover_times:
         status["lastFailoverTime"] = timestamp(max(failover_times))
+    return status
 
-    available = leader is not None and leader.ready
-    all_ready = len(ready) >= observation.replicas
-    mode_applied = effective_mode == observation.mode
-    reconciled = previous.get("observedGeneration") == observation.generation
+
+def _phase(observation: Observation, reporting: bool, last_leader: str | None,
+           health: _Health) -> str:
     if observation.deleting:
-        phase = "Terminating"
-    elif not reports and not status["lastLeader"]:
-        phase = "Pending"  # nothing has run yet
-    elif not available:
-        phase = "Unavailable"
-    elif not all_ready:
-        phase = "Degraded"
-    else:
-        phase = "Running"
-    status["phase"] = phase
+        return "Terminating"
+    if not reporting and not last_leader:
+        return "Pending"  # nothing has run yet
+    if not health.available:
+        return "Unavailable"
+    if not health.all_ready:
+        return "Degraded"
+    return "Running"
 
-    replicas_text = f"{len(ready)}/{observation.replicas} replicas ready"
-    if available and leader is not None:
-        availability = ("LeaderServing", f"{leader.replica} leads at epoch {epoch}")
+
+def _wanted(observation: Observation, lead: _Lead, reporting: bool, status: dict[str, Any],
+            health: _Health) -> dict[str, tuple[bool | None, str, str]]:
+    """Each condition's ``(status, reason, message)``; ``None`` is ``Unknown``."""
+    available, all_ready = health.available, health.all_ready
+    mode_applied, replicas_text = health.mode_applied, health.replicas_text
+    effective_mode = status["tradingMode"]
+    if available and lead.leader is not None:
+        availability = ("LeaderServing", f"{lead.leader.replica} leads at epoch {lead.epoch}")
     else:
         availability = ("NoLeader", "no replica leads the market")
     if not (available and all_ready):
@@ -134,28 +184,33 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
         readiness = ("AllReplicasReady", f"{replicas_text}, trading {effective_mode}")
     if observation.paused:
         progress = ("Paused", "reconciliation is paused by annotation")
-    elif not reconciled:
+    elif not health.reconciled:
         progress = ("Reconciling", f"generation {observation.generation} is being applied")
     elif not all_ready or not mode_applied:
         progress = ("Converging", readiness[1])
     else:
         progress = ("Stable", "the market is as its spec says")
-    if not reports and status["lastLeader"]:
+    if not reporting and status["lastLeader"]:
         degradation = ("NoReplicas", f"no replica reports; {status['lastLeader']} led last")
-    elif reports and not available:
+    elif reporting and not available:
         degradation = ("NoLeader", "replicas run but none leads")
-    elif reports and not all_ready:
+    elif reporting and not all_ready:
         degradation = ("ReplicasMissing", f"{replicas_text}: a failover has fewer "
                                           "standbys to go to")
     else:
         degradation = ("AsExpected", replicas_text)
-    wanted = {
+    return {
         "Available": (available, *availability),
         "Ready": (available and all_ready and mode_applied, *readiness),
         "Progressing": (None if observation.paused else
-                        not reconciled or not all_ready or not mode_applied, *progress),
+                        not health.reconciled or not all_ready or not mode_applied, *progress),
         "Degraded": (degradation[0] != "AsExpected", *degradation),
     }
+
+
+def _conditions(wanted: dict[str, tuple[bool | None, str, str]], previous: dict[str, Any],
+                now: str) -> list[dict[str, Any]]:
+    """The conditions in Kubernetes' shape; a transition time moves only with the status."""
     before = {condition.get("type"): condition for condition in previous.get("conditions", [])}
     conditions = []
     for kind in CONDITIONS:
@@ -165,14 +220,18 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
         since = old.get("lastTransitionTime") if old.get("status") == state else None
         conditions.append({"type": kind, "status": state, "reason": reason,
                            "message": message, "lastTransitionTime": since or now})
-    status["conditions"] = conditions
+    return conditions
 
-    leader_change = None
-    old_leader = (previous.get("leader") or next(iter(deposed), None)
+
+def _leader_change(lead: _Lead, previous: dict[str, Any]) -> tuple[str, str, str] | None:
+    """A ``Failover`` or ``Switchover`` Event's ``(type, reason, message)``, when the lead
+    moved since the last status."""
+    old_epoch, epoch = lead.old_epoch, lead.epoch
+    if not (old_epoch and epoch > old_epoch and lead.leader is not None):
+        return None
+    old_leader = (previous.get("leader") or next(iter(lead.deposed), None)
                   or previous.get("lastLeader") or "a lost replica")
-    if old_epoch and epoch > old_epoch and leader is not None:
-        moved = (f"the lead moved from {old_leader} to {leader.replica} "
-                 f"(epoch {old_epoch} → {epoch})")
-        leader_change = (("Normal", "Switchover", f"{moved}, as planned") if planned
-                         else ("Warning", "Failover", moved))
-    return Change(status=status, leader_change=leader_change)
+    moved = (f"the lead moved from {old_leader} to {lead.leader.replica} "
+             f"(epoch {old_epoch} → {epoch})")
+    return (("Normal", "Switchover", f"{moved}, as planned") if lead.planned
+            else ("Warning", "Failover", moved))

@@ -46,6 +46,17 @@ def _parser() -> argparse.ArgumentParser:
                              "(default: $TRADEPLANE_CREDENTIALS; docs/security.md)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _up_command(commands)
+    _service_commands(commands)
+    _trading_commands(commands)
+    _operations_commands(commands)
+    _demo_command(commands)
+    _security_commands(commands)
+    return parser
+
+
+def _up_command(commands: Any) -> None:
+    """``up``: the whole exchange on this machine, for newcomers and demos."""
     up = commands.add_parser("up", help="start the whole exchange on this machine")
     up.add_argument("-f", "--filename", action="append", type=Path, dest="manifests",
                     help="Market manifest file or directory (default: examples/markets)")
@@ -65,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true",
                     help="also run a market maker and takers so the books are alive")
 
+
+def _service_commands(commands: Any) -> None:
+    """``engine``, ``gateway``, ``operator`` and ``recorder``: what a pod runs."""
     engine = commands.add_parser("engine", help="run the engines of the given markets")
     engine.add_argument("--market", action="append", required=True, dest="markets")
     engine.add_argument("--replica", help="this replica's name (default: host-pid; on "
@@ -107,7 +121,26 @@ def _parser() -> argparse.ArgumentParser:
                           help="serve Prometheus metrics (the recorder's lag and writes) on "
                                "this port")
 
-    order = commands.add_parser("order", help="place, cancel, replace or look up orders")
+
+def _trading_commands(commands: Any) -> None:
+    """``order``, ``book``, ``trades`` and ``status``: a trader's view of the exchange."""
+    _order_actions(commands.add_parser(
+        "order", help="place, cancel, replace or look up orders"))
+
+    book = commands.add_parser("book", help="a live view of a market's L2 book")
+    book.add_argument("market")
+    book.add_argument("--depth", type=int, default=10)
+    book.add_argument("--once", action="store_true", help="print it once and exit")
+
+    trades = commands.add_parser("trades", help="a market's public trades as they happen")
+    trades.add_argument("market")
+    trades.add_argument("--count", type=int, default=0, help="exit after this many trades")
+
+    commands.add_parser("status", help="every market, its leader and its replicas")
+
+
+def _order_actions(order: argparse.ArgumentParser) -> None:
+    """``order place|cancel|replace|status|open|trades|cancel-all``."""
     actions = order.add_subparsers(dest="action", required=True, metavar="ACTION")
     place = actions.add_parser("place", help="a new order")
     place.add_argument("market")
@@ -143,17 +176,9 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("--ack", action="store_true",
                             help="reply once sequenced instead of once applied")
 
-    book = commands.add_parser("book", help="a live view of a market's L2 book")
-    book.add_argument("market")
-    book.add_argument("--depth", type=int, default=10)
-    book.add_argument("--once", action="store_true", help="print it once and exit")
 
-    trades = commands.add_parser("trades", help="a market's public trades as they happen")
-    trades.add_argument("market")
-    trades.add_argument("--count", type=int, default=0, help="exit after this many trades")
-
-    commands.add_parser("status", help="every market, its leader and its replicas")
-
+def _operations_commands(commands: Any) -> None:
+    """``selftest``, ``failover`` and ``chaos``: checking and exercising a running exchange."""
     check = commands.add_parser(
         "selftest", help="one trade end to end: a resting sell and a crossing buy "
                          "(what `helm test` runs)")
@@ -173,6 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     kill_leader = chaos_actions.add_parser("kill-leader", help="kill -9 a market's leader")
     kill_leader.add_argument("market")
 
+
+def _demo_command(commands: Any) -> None:
+    """``demo``: the engine core alone, no NATS."""
     demo = commands.add_parser(
         "demo", help="run the matching engine core on the standard workload, no NATS",
     )
@@ -180,8 +208,6 @@ def _parser() -> argparse.ArgumentParser:
                       help="how many commands to generate (default: 200,000)")
     demo.add_argument("--seed", type=int, default=42, help="workload seed (default: 42)")
     demo.add_argument("--depth", type=int, default=5, help="book levels to show (default: 5)")
-    _security_commands(commands)
-    return parser
 
 
 def _security_commands(commands: Any) -> None:

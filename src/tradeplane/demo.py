@@ -65,9 +65,16 @@ def describe(event: AnyEvent) -> str:
 
 
 def run_demo(count: int, seed: int, depth: int, out: TextIO) -> None:
+    out.write(f"tradeplane demo: one {SPEC.symbol} market, tick {SPEC.tick_size}, "
+              f"lot {SPEC.lot_size}\n\n")
+    _walk_through(out)
+    engine = _run_workload(count, seed, out)
+    _show_book(engine, depth, seed, out)
+
+
+def _walk_through(out: TextIO) -> None:
+    """A few orders, and every event each one produces."""
     say = out.write
-    say(f"tradeplane demo: one {SPEC.symbol} market, tick {SPEC.tick_size}, "
-        f"lot {SPEC.lot_size}\n\n")
     say("First, a few orders and every event each one produces:\n")
     engine = Engine(SPEC)
     for label, command in walkthrough():
@@ -80,6 +87,11 @@ def run_demo(count: int, seed: int, depth: int, out: TextIO) -> None:
     except OffGrid as error:
         say(f"    -> refused at the edge, code {error.code.value} {error.code.name}: "
             f"{error.reason}\n")
+
+
+def _run_workload(count: int, seed: int, out: TextIO) -> Engine:
+    """The standard benchmark workload on a fresh book, timed, and what it did."""
+    say = out.write
     say("\nNow the standard benchmark workload on a fresh book.\n")
     say(f"generating the standard workload: {count:,} commands (seed {seed}) ...\n")
     commands = to_commands(generate(count, seed))
@@ -112,7 +124,12 @@ def run_demo(count: int, seed: int, depth: int, out: TextIO) -> None:
         last = trades[-1]
         say(f"  last trade: #{last.trade_id} {SPEC.from_lots(last.quantity)} {SPEC.base} at "
             f"{SPEC.from_ticks(last.price)} {SPEC.quote} ({last.aggressor_side.value} aggressor)\n")
+    return engine
 
+
+def _show_book(engine: Engine, depth: int, seed: int, out: TextIO) -> None:
+    """The top of the book after the workload, and the state hash that proves replay."""
+    say = out.write
     book = engine.l2(depth)
     say(f"\norder book after sequence {book.sequence:,} (top {depth} levels):\n")
     say(f"  {'bids: qty':>22} {'price':>10} | {'price':<10} {'asks: qty':<22}\n")

@@ -15,14 +15,17 @@ from collections.abc import Iterator
 
 import pytest
 
+_TERMINAL = pytest.StashKey[int]()
+"""A copy of the terminal's stderr, taken while pytest is not capturing it."""
 
-def _terminal_fd(config: pytest.Config) -> int:
-    """pytest keeps the terminal's stderr here; during a test, fd 2 is its capture file."""
-    try:
-        from _pytest.faulthandler import fault_handler_stderr_fd_key
-    except ImportError:  # pragma: no cover - a pytest that moved it: fall back to fd 2
-        return 2
-    return config.stash.get(fault_handler_stderr_fd_key, 2)
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest calls this outside its capture; during a test, fd 2 is its capture file.
+    config.stash[_TERMINAL] = os.dup(2)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    os.close(config.stash[_TERMINAL])
 
 
 WATCHDOG_SECONDS = float(os.environ.get("ENGINE_TEST_WATCHDOG_SECONDS", "900"))
@@ -30,9 +33,9 @@ WATCHDOG_SECONDS = float(os.environ.get("ENGINE_TEST_WATCHDOG_SECONDS", "900"))
 
 @pytest.fixture(autouse=True)
 def watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
-    # pytest's faulthandler plugin keeps a copy of the terminal's stderr; the fd 2 a test
-    # sees is pytest's capture file, and what goes there is lost when the process exits.
-    terminal = _terminal_fd(request.config)
+    # The fd 2 a test sees is pytest's capture file, and what goes there is lost when the
+    # process exits: the traceback goes to the terminal.
+    terminal = request.config.stash[_TERMINAL]
     faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True, file=terminal)
     try:
         yield

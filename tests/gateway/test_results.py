@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.helpers import DECREMENT, Book, Step, buy, replace, sell
+from tests.engine.core.helpers import DECREMENT, Book, Step, buy, replace, sell
 from tradeplane_engine.core import Place
 from tradeplane_engine.wire import PublicFormatter
 from tradeplane_gateway.protocol import OrderState

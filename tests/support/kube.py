@@ -40,7 +40,6 @@ import aiohttp.web
 import attrs
 import kmock
 import yaml
-from kmock._internal import rendering
 
 from tests.support.kube_http import (
     REASONS,
@@ -187,7 +186,7 @@ class Emulator(kmock.KubernetesEmulator):
         if raw_request.method == "GET":
             action = (kmock.action.WATCH if params.get("watch") == "true" else
                       kmock.action.FETCH if name else kmock.action.LIST)
-        request = rendering.Request(
+        request = kmock.Request(
             id=len(self._requests), method=raw_request.method, url=raw_request.url,
             params=params, headers=dict(raw_request.headers), action=action,
             resource=kmock.resource("v1/namespaces"), name=name, raw_request=raw_request)
@@ -197,7 +196,7 @@ class Emulator(kmock.KubernetesEmulator):
         except Exception as exc:
             return await self._render_error(exc)
 
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
         if resource is None or resource.plural is None:
             return await super()._handle(request)
@@ -236,7 +235,7 @@ class Emulator(kmock.KubernetesEmulator):
         return {obj.get("metadata", {}).get("uid", "") for obj in self.objects.values()
                 if not obj.deleted}
 
-    def _require(self, request: rendering.Request) -> kmock.Object:
+    def _require(self, request: kmock.Request) -> kmock.Object:
         resource = request_resource(request)
         key = (resource, request.namespace, request.name or "")
         if key not in self.objects or self.objects[key].deleted:
@@ -244,7 +243,7 @@ class Emulator(kmock.KubernetesEmulator):
                                "not found")
         return self.objects[key]
 
-    def _prepare_create(self, request: rendering.Request) -> None:
+    def _prepare_create(self, request: kmock.Request) -> None:
         data = request.data
         if not isinstance(data, dict):
             raise StatusError(400, "BadRequest", "the body must be a JSON object")
@@ -269,7 +268,7 @@ class Emulator(kmock.KubernetesEmulator):
         if kind.status_subresource:
             data.pop("status", None)
 
-    def _prepare_patch(self, request: rendering.Request) -> None:
+    def _prepare_patch(self, request: kmock.Request) -> None:
         current = self._require(request)
         content_type = request.headers.get("Content-Type", "application/merge-patch+json")
         data = request.data
@@ -338,7 +337,7 @@ class Emulator(kmock.KubernetesEmulator):
             await self._record({"type": "DELETED", "object": raw})
             await self._collect_dependents(raw.get("metadata", {}).get("uid", ""))
 
-    async def _serve_server_version(self, request: rendering.Request) -> dict[str, Any]:
+    async def _serve_server_version(self, request: kmock.Request) -> dict[str, Any]:
         """A current Kubernetes (kmock says 1.26, older than the chart supports)."""
         return {"major": "1", "minor": "33", "gitVersion": "v1.33.0",
                 "gitCommit": "emulated", "gitTreeState": "clean",
@@ -369,7 +368,7 @@ class Emulator(kmock.KubernetesEmulator):
         return {"openapi": "3.0.0", "info": {"title": "emulated", "version": str(version)},
                 "paths": paths, "components": {"schemas": {}}}
 
-    async def _serve_version(self, request: rendering.Request) -> dict[str, Any]:
+    async def _serve_version(self, request: kmock.Request) -> dict[str, Any]:
         """Discovery of one group/version; subresources carry no short names (kubectl
         would warn that ``mkt`` is ambiguous)."""
         assert request.resource is not None
@@ -394,12 +393,12 @@ class Emulator(kmock.KubernetesEmulator):
 
     # -- reading -----------------------------------------------------------------------
 
-    def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
+    def _matching(self, request: kmock.Request) -> list[dict[str, Any]]:
         return [obj.raw for (resource, namespace, name), obj in self.objects.items()
                 if resource == request.resource and not obj.deleted
                 and selected(request, namespace, name, obj.raw)]
 
-    def _list(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    def _list(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource = request_resource(request)
         kind = self._kinds[resource]
         items = sorted(self._matching(request), key=lambda obj: (
@@ -411,7 +410,7 @@ class Emulator(kmock.KubernetesEmulator):
                       "metadata": {"resourceVersion": str(self._version)},
                       "items": items})
 
-    def _fetch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    def _fetch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         obj = self._require(request).raw
         if wants_table(request):
             return json_response(self._table(self._kinds[request_resource(request)], [obj]))
@@ -443,7 +442,7 @@ class Emulator(kmock.KubernetesEmulator):
                 "metadata": {"resourceVersion": str(self._version)},
                 "columnDefinitions": columns, "rows": rows}
 
-    async def _watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    async def _watch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         raw = request._raw_request
         assert raw is not None
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})

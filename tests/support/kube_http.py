@@ -16,7 +16,6 @@ import aiohttp.web
 import jsonpatch
 import jsonpointer
 import kmock
-from kmock._internal import rendering
 
 
 class StatusError(Exception):
@@ -31,7 +30,7 @@ REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "Al
             415: "UnsupportedMediaType", 422: "Invalid"}
 
 
-def request_resource(request: rendering.Request) -> kmock.resource:
+def request_resource(request: kmock.Request) -> kmock.resource:
     assert request.resource is not None  # only Kubernetes requests get here
     return request.resource
 
@@ -110,11 +109,11 @@ def json_path(obj: Any, path: str) -> Any:
     return obj
 
 
-def wants_table(request: rendering.Request) -> bool:
+def wants_table(request: kmock.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
 
-def selected(request: rendering.Request, namespace: str | None, name: str | None,
+def selected(request: kmock.Request, namespace: str | None, name: str | None,
               obj: dict[str, Any]) -> bool:
     if request.namespace is not None and namespace != request.namespace:
         return False

@@ -88,6 +88,13 @@ _PlaceFields = tuple[int, int, str, Side, int, int, OrderType, TimeInForce, bool
 """``Place``'s fields in declaration order."""
 
 
+_Taker = tuple[int, str, Side, int, SelfTradePrevention, int]
+"""The incoming order of a match, a new one or a replaced one that lost its place:
+``(order_id, account, side, quantity, stp, quote_amount)``, ``quantity`` being what is
+left of it in lots (0 for a market buy by quote amount). A tuple, not a class: compiled,
+it is passed by value, with no object to allocate on the hot path."""
+
+
 class Engine:
     """One market's order book and the rules that change it.
 
@@ -257,9 +264,7 @@ class Engine:
                                            _FOK_UNFILLED))
                 return events
             filled, remaining, expired = self._match(
-                events, opposite, limit_key, order_id, account, side, quantity, stp,
-                quote_amount,
-            )
+                events, opposite, limit_key, (order_id, account, side, quantity, stp, quote_amount))
 
         if expired:
             events.append(_OrderUpdate(order_ref, account, client_order_id, _CANCELED, filled, 0,
@@ -296,24 +301,16 @@ class Engine:
                                        reason))
         return events
 
-    def _match(
-        self,
-        events: list[AnyEvent],
-        opposite: BookSide,
-        limit_key: int,
-        taker_id: int,
-        account: str,
-        aggressor: Side,
-        quantity: int,
-        stp: SelfTradePrevention,
-        quote_amount: int,
-    ) -> tuple[int, int, bool]:
-        """Match an incoming order against ``opposite``; return (filled, remaining, expired).
+    def _match(self, events: list[AnyEvent], opposite: BookSide, limit_key: int,
+               taker: _Taker) -> tuple[int, int, bool]:
+        """Match ``taker`` against ``opposite`` up to ``limit_key``, appending to ``events``;
+        return (filled, remaining, expired).
 
         ``remaining`` is in lots; a market buy by quote amount enters with quantity 0 and
         buys at each level as many lots as its quote left affords. ``expired`` says that
         self-trade prevention canceled the rest of the incoming order.
         """
+        taker_id, account, aggressor, quantity, stp, quote_amount = taker
         keys = opposite.keys
         levels = opposite.levels
         maker_side = opposite.side
@@ -477,26 +474,12 @@ class Engine:
             return _reject(c, RejectCode.UNKNOWN_ORDER, "no such open order")
         price = c.price or order.price
         quantity = c.quantity or order.quantity
-        if not 0 < price <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_PRICE, self._price_reason(price))
-        if not 0 < quantity <= _MAX_UNITS:
-            return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(quantity))
+        invalid = self._check_replace(c, order, price, quantity)
+        if invalid is not None:
+            return invalid
         # The new total counts what is gone for good: filled lots, and lots a self-trade
         # decrement took. What is left of it is open.
         remaining = quantity - (order.quantity - order.remaining)
-        if remaining <= 0:
-            return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
-                           "new quantity must exceed the "
-                           f"{self.spec.from_lots(order.quantity - order.remaining)} already "
-                           "filled or taken by self-trade prevention")
-        if price * quantity < self._min_notional:
-            return _reject(c, RejectCode.BELOW_MIN_NOTIONAL,
-                           f"order value below the minimum notional {self.spec.min_notional}")
-        reference = self.reference_price
-        if (price != order.price and reference and self._band_numerator
-                and abs(price - reference) * self._band_denominator
-                > reference * self._band_numerator):
-            return _reject(c, RejectCode.OUTSIDE_PRICE_BAND, self._band_reason(reference))
 
         level = order.level
         events: list[AnyEvent] = []
@@ -534,9 +517,8 @@ class Engine:
                                            _CANCELED, filled, 0, reason))
                 return events
             traded, remaining, expired = self._match(
-                events, opposite, limit_key, order.order_id, order.account, side, remaining,
-                order.stp, 0,
-            )
+                events, opposite, limit_key, (order.order_id, order.account, side, remaining,
+                                              order.stp, 0))
             filled += traded
         if expired:
             events.append(_OrderUpdate(order.order_id, order.account, order.client_order_id,
@@ -558,6 +540,28 @@ class Engine:
                                            _PARTIAL, filled, remaining))
             events.append(_level_event(new_level))
         return events
+
+    def _check_replace(self, c: Replace, order: Order, price: int,
+                       quantity: int) -> list[AnyEvent] | None:
+        """The rejection of a replace to ``price`` and total ``quantity``, if it is one."""
+        if not 0 < price <= _MAX_UNITS:
+            return _reject(c, RejectCode.INVALID_PRICE, self._price_reason(price))
+        if not 0 < quantity <= _MAX_UNITS:
+            return _reject(c, RejectCode.INVALID_QUANTITY, self._quantity_reason(quantity))
+        gone = order.quantity - order.remaining  # filled, or taken by a self-trade decrement
+        if quantity - gone <= 0:
+            return _reject(c, RejectCode.REPLACE_QUANTITY_TOO_LOW,
+                           f"new quantity must exceed the {self.spec.from_lots(gone)} already "
+                           "filled or taken by self-trade prevention")
+        if price * quantity < self._min_notional:
+            return _reject(c, RejectCode.BELOW_MIN_NOTIONAL,
+                           f"order value below the minimum notional {self.spec.min_notional}")
+        reference = self.reference_price
+        if (price != order.price and reference and self._band_numerator
+                and abs(price - reference) * self._band_denominator
+                > reference * self._band_numerator):
+            return _reject(c, RejectCode.OUTSIDE_PRICE_BAND, self._band_reason(reference))
+        return None
 
     def _cancel_all(self, c: CancelAll) -> list[AnyEvent]:
         if self.mode is _HALTED and c.account is not None:

@@ -12,8 +12,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.engine.helpers import DECREMENT, Book, Step, buy, replace, sell
-from tests.engine.streams import streams
+from tests.engine.core.helpers import DECREMENT, Book, Step, buy, replace, sell
+from tests.engine.core.streams import streams
 from tradeplane_engine.core import AnyCommand, Engine, MarketSpec
 from tradeplane_engine.store.rows import ORDER_CHANGES, ORDERS, Rows
 from tradeplane_engine.wire import EventBatch, encode_events

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.helpers import (
+from tests.engine.core.helpers import (
     BUY,
     FOK,
     IOC,

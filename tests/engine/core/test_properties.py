@@ -33,7 +33,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.engine.streams import streams
+from tests.engine.core.streams import streams
 from tradeplane_engine.core import (
     AnyCommand,
     AnyEvent,

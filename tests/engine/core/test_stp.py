@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.helpers import (
+from tests.engine.core.helpers import (
     DECREMENT,
     EXPIRE_BOTH,
     EXPIRE_MAKER,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.engine.helpers import CONVERSION_ONLY_CODES
+from tests.engine.core.helpers import CONVERSION_ONLY_CODES
 from tradeplane_engine.core import MAX_UNITS, MarketSpec, OffGrid, RejectCode
 from tradeplane_engine.core.market import TradingMode
 

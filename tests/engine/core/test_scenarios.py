@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.helpers import (
+from tests.engine.core.helpers import (
     ASKS,
     BIDS,
     BOOK,

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.engine.helpers import (
+from tests.engine.core.helpers import (
     BUY,
     CONVERSION_ONLY_CODES,
     FOK,

@@ -12,7 +12,7 @@ from typing import cast
 import msgspec
 import pytest
 
-from tests.engine.helpers import (
+from tests.engine.core.helpers import (
     BOOK,
     BUY,
     EXPIRE_MAKER,

@@ -17,7 +17,7 @@ from tradeplane_engine.workload import SPEC, generate, to_commands
 
 pytest.importorskip("liquibook")
 
-DRIVER = Path(__file__).resolve().parents[2] / "bench" / "liquibook_driver.py"
+DRIVER = Path(__file__).resolve().parents[3] / "bench" / "liquibook_driver.py"
 
 
 def load_driver() -> object:
