@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -360,57 +360,9 @@ async def _run_async(args: argparse.Namespace) -> int:
         from tradeplane_shared import telemetry
 
         telemetry.configure(f"tradeplane-{args.command}")
-    if args.command == "engine":
-        from tradeplane_engine.service import run_engines
-        from tradeplane_engine.streams import StreamSettings
-
-        settings = StreamSettings(replicas=args.stream_replicas,
-                                  command_retention=args.command_retention,
-                                  events_max_age_seconds=args.events_max_age)
-        await run_engines(args.nats, args.markets, settings,
-                          os.environ.get("TRADEPLANE_POSTGRES_DSN"), args.replica,
-                          health_port=args.health_port, stop=stop, access=args.access)
-        return 0
-    if args.command == "recorder":
-        from tradeplane_engine.store.recorders import run_recorders
-
-        dsn = os.environ.get("TRADEPLANE_POSTGRES_DSN")
-        if not dsn:
-            print("tradeplane recorder: set TRADEPLANE_POSTGRES_DSN", file=sys.stderr)
-            return 2
-        if args.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(args.metrics_port)
-        await _until(stop, run_recorders(args.nats, args.markets, dsn, access=args.access))
-        return 0
-    if args.command == "operator":
-        from tradeplane_operator.config import Config
-        from tradeplane_operator.handlers import run as run_operator
-
-        config = Config.from_environment({**os.environ, "TRADEPLANE_NATS": args.nats,
-                                          **({"TRADEPLANE_CREDENTIALS": args.credentials}
-                                             if args.credentials else {})})
-        logging.getLogger("kopf.objects").addFilter(_quiet_timers)
-        liveness = (f"http://0.0.0.0:{args.liveness_port}/healthz"
-                    if args.liveness_port else None)
-        if args.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(args.metrics_port)
-        await run_operator(config, liveness=liveness)
-        return 0
-    if args.command == "gateway":
-        from tradeplane_gateway.serve import run_gateway
-
-        if args.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(args.metrics_port)
-        await _until(stop, run_gateway(args.nats, access=args.access))
-        return 0
-    if args.command == "auth":
-        return await _auth(args, stop)
+    service = _SERVICES.get(args.command)
+    if service is not None:
+        return await service(args, stop)
     if args.command == "selftest":
         from tradeplane.selftest import selftest
 
@@ -418,17 +370,66 @@ async def _run_async(args: argparse.Namespace) -> int:
                               args.access)
     from tradeplane import trading
 
-    if args.command == "order":
-        return await trading.order_command(args, sys.stdout)
-    if args.command == "book":
-        return await trading.book_command(args, sys.stdout)
-    if args.command == "trades":
-        return await trading.trades_command(args, sys.stdout)
-    if args.command == "failover":
-        return await trading.failover_command(args, sys.stdout)
-    if args.command == "chaos":
-        return await trading.kill_leader_command(args, sys.stdout)
-    return await trading.status_command(args, sys.stdout)
+    command = {"order": trading.order_command, "book": trading.book_command,
+               "trades": trading.trades_command, "failover": trading.failover_command,
+               "chaos": trading.kill_leader_command}.get(args.command,
+                                                         trading.status_command)
+    return await command(args, sys.stdout)
+
+
+def _serve_metrics(port: int) -> None:
+    """Prometheus metrics on ``port``; none when it is 0."""
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port)
+
+
+async def _engine(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from tradeplane_engine.service import run_engines
+    from tradeplane_engine.streams import StreamSettings
+
+    settings = StreamSettings(replicas=args.stream_replicas,
+                              command_retention=args.command_retention,
+                              events_max_age_seconds=args.events_max_age)
+    await run_engines(args.nats, args.markets, settings,
+                      os.environ.get("TRADEPLANE_POSTGRES_DSN"), args.replica,
+                      health_port=args.health_port, stop=stop, access=args.access)
+    return 0
+
+
+async def _recorder(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from tradeplane_engine.store.recorders import run_recorders
+
+    dsn = os.environ.get("TRADEPLANE_POSTGRES_DSN")
+    if not dsn:
+        print("tradeplane recorder: set TRADEPLANE_POSTGRES_DSN", file=sys.stderr)
+        return 2
+    _serve_metrics(args.metrics_port)
+    await _until(stop, run_recorders(args.nats, args.markets, dsn, access=args.access))
+    return 0
+
+
+async def _operator(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from tradeplane_operator.config import Config
+    from tradeplane_operator.handlers import run as run_operator
+
+    config = Config.from_environment({**os.environ, "TRADEPLANE_NATS": args.nats,
+                                      **({"TRADEPLANE_CREDENTIALS": args.credentials}
+                                         if args.credentials else {})})
+    logging.getLogger("kopf.objects").addFilter(_quiet_timers)
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    _serve_metrics(args.metrics_port)
+    await run_operator(config, liveness=liveness)  # kopf handles its own signals
+    return 0
+
+
+async def _gateway(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from tradeplane_gateway.serve import run_gateway
+
+    _serve_metrics(args.metrics_port)
+    await _until(stop, run_gateway(args.nats, access=args.access))
+    return 0
 
 
 async def _auth(args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -445,10 +446,7 @@ async def _auth(args: argparse.Namespace, stop: asyncio.Event) -> int:
     except AccessError as exc:
         print(f"tradeplane auth: {exc}", file=sys.stderr)
         return 2
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port)
+    _serve_metrics(args.metrics_port)
     from tradeplane_engine.store.database import open_database
 
     pool = await open_database(dsn)
@@ -457,6 +455,13 @@ async def _auth(args: argparse.Namespace, stop: asyncio.Event) -> int:
     finally:
         await pool.close()
     return 0
+
+
+_SERVICES: dict[str, Callable[[argparse.Namespace, asyncio.Event], Awaitable[int]]] = {
+    "engine": _engine, "recorder": _recorder, "operator": _operator, "gateway": _gateway,
+    "auth": _auth,
+}
+"""The long-running commands, each its own function; SIGTERM sets ``stop``."""
 
 
 if __name__ == "__main__":
