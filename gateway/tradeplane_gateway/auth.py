@@ -37,6 +37,7 @@ from tradeplane_engine.connection import NATS_ERRORS, connect
 from tradeplane_engine.store.database import DATABASE_UNAVAILABLE
 from tradeplane_gateway import accounts
 from tradeplane_gateway.errors import TradeplaneError
+from tradeplane_shared.health import ServiceHealth
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
@@ -247,10 +248,14 @@ class AuthService:
 
 
 async def run_auth(servers: str, pool: asyncpg.Pool, issuer_seed_file: str, access: Access,
-                   system: Access, started: asyncio.Event | None = None) -> None:
+                   system: Access, started: asyncio.Event | None = None,
+                   health: ServiceHealth | None = None) -> None:
     """The auth service until cancelled: ``pool`` on the accounts' (migrated) database,
     ``access`` its callout user's credentials, ``system`` its system-account user's,
-    ``issuer_seed_file`` the signing key NATS trusts."""
+    ``issuer_seed_file`` the signing key NATS trusts. ``health`` watches both
+    connections and is told when callouts are answered."""
+    if health is not None:
+        started = health.started
     try:
         issuer = nkeys.from_seed(Path(issuer_seed_file).read_text().strip().encode())
     except (OSError, ValueError, nkeys.NkeysError) as exc:
@@ -258,6 +263,9 @@ async def run_auth(servers: str, pool: asyncpg.Pool, issuer_seed_file: str, acce
     callout = await connect(servers, "tradeplane-auth", "auth", access)
     try:
         system_connection = await connect(servers, "tradeplane-auth-system", "auth", system)
+        if health is not None:
+            health.watch("nats (callout)", callout)
+            health.watch("nats (system)", system_connection)
         try:
             await AuthService(callout, system_connection, pool, issuer).run(started)
         finally:

@@ -14,6 +14,7 @@ from tradeplane_engine.connection import connect
 from tradeplane_engine.wire import MARKETS_BUCKET
 from tradeplane_gateway.markets import MarketDirectory
 from tradeplane_gateway.service import Gateway
+from tradeplane_shared.health import ServiceHealth
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,13 @@ async def open_markets_bucket(js: JetStreamContext) -> KeyValue:
 
 
 async def run_gateway(servers: str, started: asyncio.Event | None = None,
-                      access: Access | None = None) -> None:
-    """Serve order entry until cancelled; ``started`` is set once requests are served."""
+                      access: Access | None = None,
+                      health: ServiceHealth | None = None) -> None:
+    """Serve order entry until cancelled; ``started`` is set once requests are served.
+    ``health`` watches the connection and is told when requests are served."""
     nc = await connect(servers, "tradeplane-gateway", "gateway", access)
+    if health is not None:
+        health.watch("nats", nc)
     try:
         kv = await open_markets_bucket(nc.jetstream())
         markets = MarketDirectory()
@@ -41,6 +46,8 @@ async def run_gateway(servers: str, started: asyncio.Event | None = None,
             await gateway.start()
             if started is not None:
                 started.set()
+            if health is not None:
+                health.started.set()
             try:
                 await asyncio.Event().wait()
             finally:

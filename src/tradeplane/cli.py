@@ -21,14 +21,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
 
 from tradeplane import __version__
 from tradeplane_engine.access import Access, AccessError
+
+if TYPE_CHECKING:
+    from tradeplane_shared.health import ServiceHealth
 
 DEFAULT_NATS = os.environ.get("TRADEPLANE_NATS", "nats://127.0.0.1:4222")
 
@@ -99,7 +102,8 @@ def _service_commands(commands: Any) -> None:
     gateway = commands.add_parser(
         "gateway", help="serve order entry (any number, one queue group)")
     gateway.add_argument("--metrics-port", type=int, default=0,
-                         help="serve Prometheus metrics on this port (0: none)")
+                         help="serve /livez, /readyz (ready once connected to NATS and "
+                              "serving) and Prometheus metrics on this port (0: none)")
 
     operator = commands.add_parser(
         "operator", help="run the Kubernetes operator: Market resources become engine pods "
@@ -118,8 +122,9 @@ def _service_commands(commands: Any) -> None:
                                "the markets bucket, started and stopped as markets are "
                                "defined and deleted)")
     recorder.add_argument("--metrics-port", type=int, default=0,
-                          help="serve Prometheus metrics (the recorder's lag and writes) on "
-                               "this port")
+                          help="serve /livez, /readyz (ready once connected to NATS and "
+                               "the database) and Prometheus metrics (the recorder's lag "
+                               "and writes) on this port")
 
 
 def _trading_commands(commands: Any) -> None:
@@ -223,7 +228,9 @@ def _security_commands(commands: Any) -> None:
                       help="the system account user's credentials, to close revoked "
                            "connections (default: $TRADEPLANE_AUTH_SYSTEM_CREDENTIALS)")
     auth.add_argument("--metrics-port", type=int, default=0,
-                      help="serve Prometheus metrics on this port (0: none)")
+                      help="serve /livez, /readyz (ready once both NATS connections are "
+                           "up and callouts answered) and Prometheus metrics on this port "
+                           "(0: none)")
 
     accounts = commands.add_parser(
         "accounts", help="create, list and revoke trader accounts ($TRADEPLANE_POSTGRES_DSN)")
@@ -385,6 +392,24 @@ def _serve_metrics(port: int) -> None:
         start_http_server(port)
 
 
+@contextlib.asynccontextmanager
+async def _serving_health(port: int) -> AsyncIterator[ServiceHealth | None]:
+    """``/livez``, ``/readyz`` and ``/metrics`` on ``port`` for as long as the service
+    runs (none when it is 0); the service tells the ``ServiceHealth`` when it is ready."""
+    if not port:
+        yield None
+        return
+    from tradeplane_shared.health import DEFAULT_HOST, ServiceHealth, start_service_health
+
+    health = ServiceHealth()
+    server = await start_service_health(DEFAULT_HOST, port, health)
+    try:
+        yield health
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def _engine(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from tradeplane_engine.service import run_engines
     from tradeplane_engine.streams import StreamSettings
@@ -405,8 +430,9 @@ async def _recorder(args: argparse.Namespace, stop: asyncio.Event) -> int:
     if not dsn:
         print("tradeplane recorder: set TRADEPLANE_POSTGRES_DSN", file=sys.stderr)
         return 2
-    _serve_metrics(args.metrics_port)
-    await _until(stop, run_recorders(args.nats, args.markets, dsn, access=args.access))
+    async with _serving_health(args.metrics_port) as health:
+        await _until(stop, run_recorders(args.nats, args.markets, dsn, access=args.access,
+                                         health=health))
     return 0
 
 
@@ -427,8 +453,8 @@ async def _operator(args: argparse.Namespace, stop: asyncio.Event) -> int:
 async def _gateway(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from tradeplane_gateway.serve import run_gateway
 
-    _serve_metrics(args.metrics_port)
-    await _until(stop, run_gateway(args.nats, access=args.access))
+    async with _serving_health(args.metrics_port) as health:
+        await _until(stop, run_gateway(args.nats, access=args.access, health=health))
     return 0
 
 
@@ -446,14 +472,15 @@ async def _auth(args: argparse.Namespace, stop: asyncio.Event) -> int:
     except AccessError as exc:
         print(f"tradeplane auth: {exc}", file=sys.stderr)
         return 2
-    _serve_metrics(args.metrics_port)
     from tradeplane_engine.store.database import open_database
 
-    pool = await open_database(dsn)
-    try:
-        await _until(stop, run_auth(args.nats, pool, args.issuer_seed, args.access, system))
-    finally:
-        await pool.close()
+    async with _serving_health(args.metrics_port) as health:
+        pool = await open_database(dsn)
+        try:
+            await _until(stop, run_auth(args.nats, pool, args.issuer_seed, args.access,
+                                        system, health=health))
+        finally:
+            await pool.close()
     return 0
 
 

@@ -1,5 +1,5 @@
 """The gateway's Prometheus metrics, scraped over HTTP from prometheus_client's own server
-(what ``tradeplane gateway --metrics-port`` starts) during a session of real requests:
+(the registry ``tradeplane gateway --metrics-port`` serves) during a session of real requests:
 accepted, crossing, refused at the edge and by the engine, in both response modes,
 queries, and one whose result never comes.
 

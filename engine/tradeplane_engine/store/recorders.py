@@ -28,6 +28,7 @@ from tradeplane_engine.store.queries import History
 from tradeplane_engine.store.recorder import Recorder
 from tradeplane_engine.store.snapshots import Snapshotter
 from tradeplane_engine.streams import StreamSettings, market_definition, markets_bucket
+from tradeplane_shared.health import ServiceHealth
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,21 @@ cannot be part of a market name, so the name says "every market")."""
 
 async def run_recorders(servers: str, markets: Sequence[str] | None, dsn: str,
                         settings: StreamSettings | None = None,
-                        access: Access | None = None) -> None:
+                        access: Access | None = None,
+                        health: ServiceHealth | None = None) -> None:
     """Record, snapshot and answer history queries until cancelled: for the named
     markets, or, with none named, for every market in the markets bucket as it comes
-    and goes."""
+    and goes. ``health`` watches the connection and is told once the database is open
+    and the markets bucket read."""
     name = ",".join(markets) if markets else FOLLOWING
     nc = await connect(servers, f"tradeplane-recorder:{name}", "recorder", access)
+    if health is not None:
+        health.watch("nats", nc)
     pool = await open_database(dsn)
     try:
         kv = await markets_bucket(nc.jetstream(), settings or StreamSettings())
+        if health is not None:
+            health.started.set()
         if markets:
             await _record_named(nc, pool, kv, markets)
         else:
