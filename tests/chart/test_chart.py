@@ -183,7 +183,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "nats": {"streamReplicas": 3, "tls": {"caSecret": "nats-ca",
                                               "clientCertSecret": "tradeplane-nats-tls"}},
         "image": {"tag": "1.2.3", "pullPolicy": "Always"},
-        "imagePullSecrets": ["registry"],
+        "imagePullSecrets": [{"name": "registry"}],
     },
     "operator only, its own service account, named namespaces": {
         "gateway": {"enabled": False}, "recorder": {"enabled": False},

@@ -161,7 +161,7 @@ def test_the_auth_service_deployment(tmp_path: Path) -> None:
     assert container["args"] == ["auth", "--metrics-port", "9200"]
     assert container["ports"] == [{"name": "metrics", "containerPort": 9200,
                                    "protocol": "TCP"}]
-    assert container["readinessProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -39,9 +39,13 @@ app.kubernetes.io/name: {{ include "tradeplane.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* The image, tag defaulting to the chart's appVersion. */}}
+{{/* The image: pinned by digest when one is given, else by tag (default: appVersion). */}}
 {{- define "tradeplane.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The operator's ServiceAccount. */}}
@@ -208,4 +212,70 @@ runAsGroup: 10001
 fsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
+{{- end }}
+
+{{/*
+  Readiness and liveness of a process serving /readyz and /livez beside its metrics
+  (gateway, recorder, auth service): ready once its NATS connections are up and it has
+  started, live while its event loop turns.
+*/}}
+{{- define "tradeplane.probes" -}}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: 5
+  failureThreshold: 2
+livenessProbe:
+  httpGet:
+    path: /livez
+    port: metrics
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end }}
+
+{{/*
+  Spread a stateless Deployment's pods over nodes and zones. Call with (dict "root" $
+  "component" "gateway"): the values under that key say how.
+*/}}
+{{- define "tradeplane.topologySpread" -}}
+{{- $spread := (index .root.Values .component).topologySpread }}
+{{- if $spread.topologyKeys }}
+topologySpreadConstraints:
+  {{- range $spread.topologyKeys }}
+  - maxSkew: 1
+    topologyKey: {{ . }}
+    whenUnsatisfiable: {{ $spread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "tradeplane.selectorLabels" $.root | nindent 8 }}
+        app.kubernetes.io/component: {{ $.component }}
+    matchLabelKeys: [pod-template-hash]
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+  A PodDisruptionBudget for a Deployment (same arguments as "tradeplane.topologySpread"),
+  as its own document.
+*/}}
+{{- define "tradeplane.podDisruptionBudget" -}}
+{{- $budget := (index .root.Values .component).podDisruptionBudget }}
+{{- if $budget.enabled }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "tradeplane.fullname" .root }}-{{ .component }}
+  labels:
+    {{- include "tradeplane.labels" .root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  maxUnavailable: {{ $budget.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "tradeplane.selectorLabels" .root | nindent 6 }}
+      app.kubernetes.io/component: {{ .component }}
+{{- end }}
 {{- end }}

@@ -1,0 +1,117 @@
+"""What the chart does for production: probes that ask whether a process is connected to
+NATS, PodDisruptionBudgets and topology spread for the stateless Deployments, image pull
+secrets as Kubernetes takes them and images pinned by digest. Installed into the
+emulator with the real Helm library, and the schema asked about wrong values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.chart.test_chart import CHART, OWN_KINDS, VERSIONS, _merged, by_kind, documents, install
+from tests.support.exchange import run
+from tests.support.kube import cluster
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+async def _installed(tmp_path: Path, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    async with cluster(tmp_path) as emulated:
+        result = await install(emulated, tmp_path, values)
+        assert result.get("status") == "deployed", result.get("error")
+        objects = documents(result)
+    for obj in objects:
+        if obj["apiVersion"].split("/")[0] not in OWN_KINDS:
+            for version in VERSIONS:
+                kubernetes_validate.validate(obj, version, strict=True)
+    return by_kind(objects)
+
+
+def _pod(made: dict[str, dict[str, Any]], component: str) -> dict[str, Any]:
+    pod: dict[str, Any] = made["Deployment"][f"tp-tradeplane-{component}"]["spec"]["template"]
+    return pod
+
+
+def test_probes_ask_the_processes_whether_they_are_connected(tmp_path: Path) -> None:
+    made = run(_installed(tmp_path, {}))
+    for component in ("gateway", "recorder", "auth"):
+        container = _pod(made, component)["spec"]["containers"][0]
+        assert container["args"][1:3] == ["--metrics-port", str(
+            {"gateway": 9101, "recorder": 9102, "auth": 9103}[component])]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+        assert "metrics" in {port["name"] for port in container["ports"]}
+
+
+def test_stateless_deployments_have_budgets_and_spread(tmp_path: Path) -> None:
+    made = run(_installed(tmp_path, {}))
+    assert set(made["PodDisruptionBudget"]) == {"tp-tradeplane-gateway", "tp-tradeplane-auth"}
+    for component in ("gateway", "auth"):
+        deployment = made["Deployment"][f"tp-tradeplane-{component}"]
+        assert deployment["spec"]["replicas"] >= 2
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        budget = made["PodDisruptionBudget"][f"tp-tradeplane-{component}"]["spec"]
+        assert budget == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+        spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert [constraint["topologyKey"] for constraint in spread] == [
+            "kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        for constraint in spread:
+            assert constraint["labelSelector"] == {"matchLabels": selector}
+            assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+            assert constraint["maxSkew"] == 1
+
+
+def test_budgets_and_spread_can_be_turned_off(tmp_path: Path) -> None:
+    off = {"podDisruptionBudget": {"enabled": False}, "topologySpread": {"topologyKeys": []}}
+    made = run(_installed(tmp_path, {"gateway": off, "auth": {
+        **off, "podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"}}}))
+    assert set(made["PodDisruptionBudget"]) == {"tp-tradeplane-auth"}
+    assert made["PodDisruptionBudget"]["tp-tradeplane-auth"]["spec"]["maxUnavailable"] == "50%"
+    assert "topologySpreadConstraints" not in _pod(made, "gateway")["spec"]
+
+
+def test_pull_secrets_and_a_digest_reach_every_pod(tmp_path: Path) -> None:
+    made = run(_installed(tmp_path, {
+        "image": {"digest": DIGEST}, "imagePullSecrets": [{"name": "regcred"}]}))
+    image = f"ghcr.io/tradeplane/tradeplane@{DIGEST}"
+    for component in ("operator", "gateway", "recorder", "auth"):
+        pod = _pod(made, component)["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}], component
+        assert pod["containers"][0]["image"] == image, component
+    operator = _pod(made, "operator")["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in operator["env"]}
+    assert env["TRADEPLANE_ENGINE_IMAGE"] == image  # the engines run the pinned image too
+
+
+def test_the_helm_test_pod_pulls_with_the_secrets(tmp_path: Path) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        async with cluster(tmp_path) as emulated:
+            result = await install(emulated, tmp_path, {"imagePullSecrets": [{"name": "r"}]})
+            assert result.get("status") == "deployed", result.get("error")
+            return documents(result)
+
+    [pod] = [obj for obj in run(scenario()) if obj["kind"] == "Pod"]
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "r"}]
+
+
+@pytest.mark.parametrize(("change", "where"), [
+    ({"imagePullSecrets": ["regcred"]}, "imagePullSecrets"),
+    ({"imagePullSecrets": [{"secret": "regcred"}]}, "imagePullSecrets"),
+    ({"image": {"digest": "sha256:abc"}}, "digest"),
+    ({"image": {"digest": "latest"}}, "digest"),
+    ({"gateway": {"podDisruptionBudget": {"maxUnavailable": "half"}}}, "maxUnavailable"),
+    ({"auth": {"topologySpread": {"whenUnsatisfiable": "Sometimes"}}}, "whenUnsatisfiable"),
+], ids=["names alone", "no name", "short digest", "a tag as digest", "budget in words",
+        "spread mode"])
+def test_the_schema_refuses_wrong_production_values(change: dict[str, Any], where: str) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = _merged(yaml.safe_load((CHART / "values.yaml").read_text()), change)
+    errors = [f"{error.json_path} {error.message}"
+              for error in jsonschema.Draft202012Validator(schema).iter_errors(values)]
+    assert any(where in error for error in errors), errors
