@@ -115,3 +115,20 @@ def test_the_schema_refuses_wrong_production_values(change: dict[str, Any], wher
     errors = [f"{error.json_path} {error.message}"
               for error in jsonschema.Draft202012Validator(schema).iter_errors(values)]
     assert any(where in error for error in errors), errors
+
+
+def test_the_operator_serves_its_metrics_and_a_pod_monitor_scrapes_them(
+        tmp_path: Path) -> None:
+    from tests.chart.test_monitoring import _installed as installed_with_monitors
+
+    made = by_kind(run(installed_with_monitors(tmp_path, {
+        "monitoring": {"podMonitor": {"enabled": True}}})))
+    deployment = made["Deployment"]["tp-tradeplane-operator"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-2:] == ["--metrics-port", "9104"]
+    assert {"name": "metrics", "containerPort": 9104, "protocol": "TCP"} in container["ports"]
+    monitor = made["PodMonitor"]["tp-tradeplane-operator"]["spec"]
+    assert monitor["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert monitor["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics",
+                                               "interval": "30s"}]
+    assert "namespaceSelector" not in monitor  # the release's namespace
