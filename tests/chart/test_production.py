@@ -17,6 +17,8 @@ import yaml
 from tests.chart.test_chart import CHART, OWN_KINDS, VERSIONS, _merged, by_kind, documents, install
 from tests.support.exchange import run
 from tests.support.kube import cluster
+from tradeplane_operator.children import Market, statefulset
+from tradeplane_operator.config import Config
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -107,8 +109,11 @@ def test_the_helm_test_pod_pulls_with_the_secrets(tmp_path: Path) -> None:
     ({"image": {"digest": "latest"}}, "digest"),
     ({"gateway": {"podDisruptionBudget": {"maxUnavailable": "half"}}}, "maxUnavailable"),
     ({"auth": {"topologySpread": {"whenUnsatisfiable": "Sometimes"}}}, "whenUnsatisfiable"),
+    ({"networkPolicy": {"nats": {"to": ["nats"]}}}, "networkPolicy.nats.to"),
+    ({"networkPolicy": {"nats": {"ports": []}}}, "networkPolicy.nats.ports"),
+    ({"networkPolicy": {"monitoringNamespace": "Monitoring"}}, "monitoringNamespace"),
 ], ids=["names alone", "no name", "short digest", "a tag as digest", "budget in words",
-        "spread mode"])
+        "spread mode", "peers as text", "no NATS port", "monitoring namespace"])
 def test_the_schema_refuses_wrong_production_values(change: dict[str, Any], where: str) -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     values = _merged(yaml.safe_load((CHART / "values.yaml").read_text()), change)
@@ -132,3 +137,73 @@ def test_the_operator_serves_its_metrics_and_a_pod_monitor_scrapes_them(
     assert monitor["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics",
                                                "interval": "30s"}]
     assert "namespaceSelector" not in monitor  # the release's namespace
+
+
+def _rules(policy: dict[str, Any]) -> tuple[set[tuple[str, int | str]], set[str | int]]:
+    """The egress (protocol, port) pairs a policy allows, and its ingress ports."""
+    egress = {(port["protocol"], port["port"]) for rule in policy["spec"]["egress"]
+              for port in rule["ports"]}
+    ingress = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    return egress, ingress
+
+
+DNS = {("UDP", 53), ("TCP", 53)}
+
+
+def test_network_policies_are_off_by_default(tmp_path: Path) -> None:
+    assert "NetworkPolicy" not in run(_installed(tmp_path, {}))
+
+
+@pytest.mark.parametrize("namespaces", [[], ["desk-a", "desk-b"]], ids=["all", "named"])
+def test_network_policies_let_each_process_reach_nats_postgres_and_dns_alone(
+        tmp_path: Path, namespaces: list[str]) -> None:
+    nats_peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nats"}}}
+    made = run(_installed(tmp_path, {
+        "operator": {"watchNamespaces": namespaces},
+        "networkPolicy": {"enabled": True, "monitoringNamespace": "observability",
+                          "nats": {"to": [nats_peer]}, "postgres": {"ports": [6432]}}}))
+    policies = made["NetworkPolicy"]
+    assert set(policies) == {"tp-tradeplane-gateway", "tp-tradeplane-recorder",
+                             "tp-tradeplane-auth", "tp-tradeplane-engines"}
+    expected = {"gateway": DNS | {("TCP", 4222)},
+                "recorder": DNS | {("TCP", 4222), ("TCP", 6432)},
+                "auth": DNS | {("TCP", 4222), ("TCP", 6432)}}
+    for component, egress in expected.items():
+        policy = policies[f"tp-tradeplane-{component}"]
+        pods = made["Deployment"][f"tp-tradeplane-{component}"]["spec"]["template"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods[
+            "metadata"]["labels"].items()
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert _rules(policy) == (egress, {"metrics"})
+        [nats_rule] = [rule for rule in policy["spec"]["egress"]
+                       if rule["ports"] == [{"port": 4222, "protocol": "TCP"}]]
+        assert nats_rule["to"] == [nats_peer]
+        assert policy["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": "observability"}}}]
+
+    # The engines' policy (one per namespace the operator watches, here the last one
+    # rendered under its name) selects the pods the operator makes, on their health port.
+    engines = policies["tp-tradeplane-engines"]
+    assert engines["metadata"]["namespace"] == (namespaces[-1] if namespaces else "exchange")
+    assert _rules(engines) == (DNS | {("TCP", 4222), ("TCP", 6432)}, {"health"})
+    market = Market.from_body({
+        "metadata": {"name": "btc-usdt", "namespace": "desk-a", "uid": "1"},
+        "spec": {"base": "BTC", "quote": "USDT", "tickSize": "0.1", "lotSize": "0.001"}})
+    pod = statefulset(market, Config())["spec"]["template"]
+    assert engines["spec"]["podSelector"]["matchLabels"].items() <= pod[
+        "metadata"]["labels"].items()
+    assert "health" in {port["name"] for port in pod["spec"]["containers"][0]["ports"]}
+
+
+def test_an_engine_network_policy_in_every_watched_namespace(tmp_path: Path) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        async with cluster(tmp_path) as emulated:
+            result = await install(emulated, tmp_path, {
+                "operator": {"watchNamespaces": ["desk-a", "desk-b"]},
+                "networkPolicy": {"enabled": True}})
+            assert result.get("status") == "deployed", result.get("error")
+            return documents(result)
+
+    engines = [obj["metadata"]["namespace"] for obj in run(scenario())
+               if obj["kind"] == "NetworkPolicy" and obj["metadata"]["name"].endswith("engines")]
+    assert engines == ["desk-a", "desk-b"]

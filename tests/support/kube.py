@@ -72,6 +72,7 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "apps/v1/statefulsets": ("StatefulSet", True),
     "apps/v1/deployments": ("Deployment", True),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
     "events.k8s.io/v1/events": ("Event", True),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False),
     "rbac.authorization.k8s.io/v1/clusterroles": ("ClusterRole", False),

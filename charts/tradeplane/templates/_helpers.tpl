@@ -279,3 +279,50 @@ spec:
       app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
+
+{{/*
+  A NetworkPolicy's rules for one tradeplane process. Call with (dict "root" $ "port"
+  "metrics" "postgres" true): the named port scraped from the monitoring namespace, and
+  whether it may reach PostgreSQL.
+*/}}
+{{- define "tradeplane.networkRules" -}}
+{{- $policy := .root.Values.networkPolicy }}
+policyTypes: [Ingress, Egress]
+ingress:
+  - from:
+      - namespaceSelector:
+          matchLabels:
+            kubernetes.io/metadata.name: {{ $policy.monitoringNamespace }}
+    ports:
+      - port: {{ .port }}
+        protocol: TCP
+egress:
+  - ports:
+      - port: 53
+        protocol: UDP
+      - port: 53
+        protocol: TCP
+  - ports:
+      {{- range $policy.nats.ports }}
+      - port: {{ . }}
+        protocol: TCP
+      {{- end }}
+    {{- with $policy.nats.to }}
+    to:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+  {{- if .postgres }}
+  - ports:
+      {{- range $policy.postgres.ports }}
+      - port: {{ . }}
+        protocol: TCP
+      {{- end }}
+    {{- with $policy.postgres.to }}
+    to:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+  {{- end }}
+  {{- with $policy.extraEgress }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
