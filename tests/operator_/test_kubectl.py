@@ -86,6 +86,10 @@ def test_kubectl_applies_lists_and_deletes_markets(tmp_path: Path) -> None:
             assert code == 0, output
             assert "market.tradeplane.dev/btc-usdt unchanged" in output
 
+            # Protected by default: the annotation says it may go (and cancel its orders).
+            code, output = await kubectl(world, "annotate", "market", "sol-usdt",
+                                         "tradeplane.dev/deletion-protection=false")
+            assert code == 0, output
             code, output = await kubectl(world, "delete", "market", "sol-usdt",
                                          "--wait=false")
             assert code == 0, output
