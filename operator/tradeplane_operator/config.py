@@ -23,6 +23,10 @@ PAUSE_ANNOTATION = f"{PREFIX}/paused"
 follows the replicas)."""
 SWITCHOVER_ANNOTATION = f"{PREFIX}/switchover-to"
 """A replica's name: hand the lead to it (a planned switchover), then the annotation goes."""
+DELETION_PROTECTION_ANNOTATION = f"{PREFIX}/deletion-protection"
+"""Anything but ``"false"``, or absent: deleting the Market is refused (it would cancel
+every open order). The operator holds the deletion; the chart's admission policy refuses
+it up front."""
 FINALIZER = f"{PREFIX}/finalizer"
 MARKET_LABEL = f"{PREFIX}/market"
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import kopf
 
-from tradeplane_operator import metrics, storage
+from tradeplane_operator import metrics, protection, storage
 from tradeplane_operator.children import Market, is_subset
 from tradeplane_operator.config import (
     FINALIZER,
@@ -203,10 +203,18 @@ async def child_gone(event: kopf.RawEvent, body: kopf.Body, memo: Any,
     await _reconcile(kopf.Body(owner), memo, logger)  # type: ignore[arg-type]
 
 
-async def retire(body: kopf.Body, status: kopf.Status, memo: Any,
+async def retire(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any,
                  runtime: datetime.timedelta, **_: Any) -> None:
+    """Held while the Market is protected (kopf keeps the finalizer and tries again);
+    then the market is retired, its patience counted from when retiring began."""
     config, kube, exchange = _parts(memo)
-    await _guarded(finalize(_parse(body), kube, exchange, config, _notify(body), runtime,
+    market = _parse(body)
+    conditions = await _guarded(protection.admit_deletion(
+        market, dict(meta.annotations), list(status.get("conditions") or []), kube,
+        _notify(body)))
+    elapsed = protection.retiring_for(conditions, runtime,
+                                      datetime.datetime.now(tz=datetime.UTC))
+    await _guarded(finalize(market, kube, exchange, config, _notify(body), elapsed,
                             dict(status.get("retirement") or {})))
     metrics.retired(body)
 

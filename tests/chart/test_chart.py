@@ -38,6 +38,7 @@ SERVICE_MONITORS = {
                            "schema": {"openAPIV3Schema": {"type": "object"}}}]},
 }
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
+ADMISSION_POLICY_KINDS = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 async def helm(job: dict[str, Any], home: Path) -> dict[str, Any]:
@@ -56,6 +57,18 @@ async def install(emulated: Cluster, home: Path, values: dict[str, Any],
     return await helm({"install": True, "release": release, "chart": str(CHART),
                        "kubeconfig": str(emulated.kubeconfig), "namespace": "exchange",
                        "values": values}, home)
+
+
+def validate(obj: dict[str, Any]) -> int:
+    """Validate a manifest strictly for each Kubernetes in ``VERSIONS`` that serves its
+    kind (admission policies from 1.30: the chart leaves them out before); how many."""
+    checked = 0
+    for version in VERSIONS:
+        if obj["kind"] in ADMISSION_POLICY_KINDS and version < "1.30":
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+        checked += 1
+    return checked
 
 
 def documents(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -221,9 +234,7 @@ def test_every_manifest_is_valid_for_oldest_and_newest_kubernetes(
     for obj in objects:
         if obj["apiVersion"].split("/")[0] in OWN_KINDS:
             continue
-        for version in VERSIONS:
-            kubernetes_validate.validate(obj, version, strict=True)
-            checked += 1
+        checked += validate(obj)
     assert checked >= 2 * 4
     made = by_kind(objects)
     if values.get("monitoring"):

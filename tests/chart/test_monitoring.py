@@ -12,7 +12,6 @@ from typing import Any
 
 import jsonschema
 import kopf
-import kubernetes_validate
 import pytest
 import yaml
 from prometheus_client import REGISTRY
@@ -23,11 +22,11 @@ from tests.chart.test_chart import (
     OWN_KINDS,
     ROOT,
     SERVICE_MONITORS,
-    VERSIONS,
     _merged,
     by_kind,
     documents,
     install,
+    validate,
 )
 from tests.support.exchange import run
 from tests.support.kube import cluster
@@ -65,8 +64,7 @@ def test_the_pod_monitor_and_the_dashboard(tmp_path: Path, namespaces: list[str]
                                         "operator": {"watchNamespaces": namespaces}}))
     for obj in objects:
         if obj["apiVersion"].split("/")[0] not in OWN_KINDS:
-            for version in VERSIONS:
-                kubernetes_validate.validate(obj, version, strict=True)
+            validate(obj)
     made = by_kind(objects)
 
     monitor = made["PodMonitor"]["tp-tradeplane-engines"]

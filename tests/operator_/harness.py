@@ -41,7 +41,7 @@ from tradeplane_engine.service import MarketService
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.streams import StreamSettings, market_definition, markets_bucket
 from tradeplane_operator import handlers
-from tradeplane_operator.config import Config
+from tradeplane_operator.config import DELETION_PROTECTION_ANNOTATION, Config
 from tradeplane_operator.crd import crd
 from tradeplane_operator.kube import MARKETS, STATEFULSETS, KubeApi, Resource
 
@@ -78,6 +78,11 @@ class World:
 
     async def patch(self, name: str, body: dict[str, Any]) -> None:
         await self.kube.patch(MARKETS, "default", name, body)
+
+    async def unprotect(self, name: str, namespace: str = "default") -> None:
+        """Allow the Market's deletion (it is protected unless annotated \"false\")."""
+        await self.kube.patch(MARKETS, namespace, name, {"metadata": {"annotations": {
+            DELETION_PROTECTION_ANNOTATION: "false"}}})
 
     async def market(self, name: str) -> dict[str, Any] | None:
         return await self.kube.get(MARKETS, "default", name)

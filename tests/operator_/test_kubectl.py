@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import kopf
 import nats
 import yaml
 from nats.js.errors import KeyNotFoundError, NotFoundError
@@ -22,10 +23,12 @@ from tests.support.kube import cluster
 from tradeplane.processes import NatsServer
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.wire import MARKETS_BUCKET
-from tradeplane_operator.kube import MARKETS, USED, KubeApi
+from tradeplane_operator.crd import crd
+from tradeplane_operator.kube import MARKETS, USED, KubeApi, Resource
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = Path(sys.executable).parent / "kubectl"
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
 
 
 async def kubectl(world_or_config: World | Path, *args: str) -> tuple[int, str]:
@@ -86,6 +89,10 @@ def test_kubectl_applies_lists_and_deletes_markets(tmp_path: Path) -> None:
             assert code == 0, output
             assert "market.tradeplane.dev/btc-usdt unchanged" in output
 
+            # Protected by default: the annotation says it may go (and cancel its orders).
+            code, output = await kubectl(world, "annotate", "market", "sol-usdt",
+                                         "tradeplane.dev/deletion-protection=false")
+            assert code == 0, output
             code, output = await kubectl(world, "delete", "market", "sol-usdt",
                                          "--wait=false")
             assert code == 0, output
@@ -172,3 +179,41 @@ def test_tradeplane_operator_runs_as_a_process(tmp_path: Path) -> None:
         finally:
             server.stop()
     run(scenario(), timeout=90)
+
+
+UPGRADE_CRDS = ("apply", "--server-side", "--force-conflicts",
+                "--field-manager=tradeplane-crds", "-f",
+                str(ROOT / "charts" / "tradeplane" / "crds"))
+"""The documented step before ``helm upgrade`` (docs/operator.md, Upgrading the CRD)."""
+
+
+def test_the_crd_upgrade_step_applies_the_new_crd(tmp_path: Path) -> None:
+    """Helm's install made an older CRD and ``helm upgrade`` never touches it: the
+    documented kubectl step makes it the chart's, and running it again is harmless."""
+    async def scenario() -> None:
+        async with cluster(tmp_path) as emulated:
+            kube = KubeApi(kopf.ConnectionInfo(server=emulated.url))
+            try:
+                older = crd()
+                version = older["spec"]["versions"][0]
+                version["additionalPrinterColumns"] = version["additionalPrinterColumns"][:1]
+                del version["schema"]["openAPIV3Schema"]["properties"]["spec"][
+                    "properties"]["fees"]
+                await kube.create(CRDS, None, older)
+                # The emulator serves no OpenAPI document: no client-side validation.
+                code, output = await kubectl(emulated.kubeconfig, *UPGRADE_CRDS,
+                                             "--validate=false")
+                assert code == 0, output
+                assert "markets.tradeplane.dev serverside-applied" in output
+                stored = await kube.get(CRDS, None, "markets.tradeplane.dev")
+                assert stored is not None
+                assert stored["spec"] == crd()["spec"]
+                code, output = await kubectl(emulated.kubeconfig, *UPGRADE_CRDS,
+                                             "--validate=false")
+                assert code == 0, output
+                again = await kube.get(CRDS, None, "markets.tradeplane.dev")
+                assert again is not None
+                assert again["spec"] == crd()["spec"]
+            finally:
+                await kube.close()
+    run(scenario())

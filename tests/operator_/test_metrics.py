@@ -45,6 +45,7 @@ def test_a_market_is_counted_while_managed_and_its_series_go_with_it(tmp_path: P
                 assert value(during, metric, result=result) > value(
                     before, metric, result=result), metric
 
+            await world.unprotect(NAME)
             await world.kube.delete(MARKETS, "default", NAME)
 
             def retired() -> bool:

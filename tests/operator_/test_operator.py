@@ -565,6 +565,7 @@ def test_deletion_retires_the_market_in_order(tmp_path: Path) -> None:
             recorder_nc = await world.connect("recorder")
             subscription = await recorder_nc.subscribe("tp.recorder.sol-usdt.snapshot",
                                                        cb=recorder)
+            await world.unprotect("sol-usdt")
             await world.kube.delete(MARKETS, "default", "sol-usdt")
 
             async def gone() -> bool:
@@ -597,12 +598,78 @@ def test_deletion_retires_the_market_in_order(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_protected_market_is_held_until_its_annotation_allows_the_deletion(
+        tmp_path: Path) -> None:
+    """Without admission (this emulator has none; nor a cluster without the chart's
+    policy) the delete is stored: the finalizer holds the Market, it keeps trading, and
+    the hold outlasts ``final_snapshot_timeout`` without using up the retirement's
+    patience."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path, final_snapshot_timeout=2.0) as world, \
+                Kubelet(world):
+            await world.apply(market_manifest())
+            await serving(world)
+            await world.kube.delete(MARKETS, "default", "sol-usdt")
+
+            def held() -> bool:
+                return "DeletionProtected" in world.reasons("sol-usdt")
+            await eventually(held, 15, "the deletion is held with a Warning")
+            market = await world.market("sol-usdt")
+            assert market is not None
+            assert market["metadata"].get("deletionTimestamp")
+            assert "tradeplane.dev/finalizer" in market["metadata"]["finalizers"]
+            retiring = next(c for c in market["status"]["conditions"]
+                            if c["type"] == "Retiring")
+            assert (retiring["status"], retiring["reason"]) == ("False", "DeletionProtected")
+            assert "deletion-protection" in retiring["message"]
+            assert market["status"]["phase"] == "Terminating"
+
+            async def retried_past_the_timeout() -> bool:
+                current = await world.market("sol-usdt")
+                progress = (current or {}).get("metadata", {}).get("annotations", {}).get(
+                    "operator.tradeplane.dev/retire", "{}")
+                return int(json.loads(progress).get("retries") or 0) >= 2
+            # Held through two more looks: longer than final_snapshot_timeout.
+            await eventually(retried_past_the_timeout, 20, "the hold is looked at again")
+            # Nothing of the retirement happened: no command, the engines and the
+            # definition are there, and the warning was posted once.
+            assert [type(c).__name__ for c in await commands(world)] == []
+            assert world.cluster.get("statefulsets", ENGINE) is not None
+            assert await definition(world) is not None
+            assert world.reasons("sol-usdt").count("DeletionProtected") == 1
+
+            snapshots: list[dict[str, Any]] = []
+
+            async def recorder(msg: Any) -> None:
+                snapshots.append(json.loads(msg.data))
+                await msg.respond(json.dumps({"market": "sol-usdt", "sequence": 2,
+                                              "stateHash": "f00d"}).encode())
+            recorder_nc = await world.connect("recorder")
+            await recorder_nc.subscribe("tp.recorder.sol-usdt.snapshot", cb=recorder)
+            await world.unprotect("sol-usdt")
+
+            async def gone() -> bool:
+                return await world.market("sol-usdt") is None
+            await eventually(gone, 30, "the Market is retired once unprotected")
+            reasons = world.reasons("sol-usdt")
+            assert [r for r in reasons if r in (
+                "CancelOnly", "OrdersCanceled", "FinalSnapshot", "ChildrenDeleted")] == [
+                "CancelOnly", "OrdersCanceled", "FinalSnapshot", "ChildrenDeleted"]
+            # Patience counted from the unprotecting, not from the deletion.
+            assert "FinalSnapshotSkipped" not in reasons
+            assert "NoLeader" not in reasons
+            assert snapshots == [{"through": 2}]
+            assert world.requests_beyond(USED) == set()
+    run(scenario())
+
+
 def test_deletion_goes_on_without_a_recorder(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with operator_world(tmp_path, final_snapshot_timeout=1.0) as world, \
                 Kubelet(world):
             await world.apply(market_manifest())
             await serving(world)
+            await world.unprotect("sol-usdt")
             await world.kube.delete(MARKETS, "default", "sol-usdt")
 
             async def gone() -> bool:
@@ -634,6 +701,7 @@ def test_a_market_name_is_cluster_wide(tmp_path: Path) -> None:
 
             # Deleting the refused one retires nothing of the market the first one runs.
             before = len(await commands(world))
+            await world.unprotect("sol-usdt", "team-b")
             await world.kube.delete(MARKETS, "team-b", "sol-usdt")
 
             async def gone() -> bool:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tradeplane_engine.wire import decode_command, decode_definition, definition_from_manifest
-from tradeplane_operator import handlers
+from tradeplane_operator import handlers, protection
 from tradeplane_operator.children import (
     Market,
     disruption_budget,
@@ -23,6 +23,7 @@ from tradeplane_operator.children import (
     statefulset,
 )
 from tradeplane_operator.config import (
+    DELETION_PROTECTION_ANNOTATION,
     KOPF_PREFIX,
     PAUSE_ANNOTATION,
     PREFIX,
@@ -485,3 +486,24 @@ def test_the_children_are_valid_kubernetes_objects(version: str) -> None:
     kubernetes_validate.validate(statefulset(built, Config()), version, strict=True)
     for secured in (SECURED, Config(engine_credentials_secret="c", engine_ca_secret="ca")):
         kubernetes_validate.validate(statefulset(built, secured), version, strict=True)
+
+
+@pytest.mark.parametrize(("annotations", "held"), [
+    ({}, True), ({DELETION_PROTECTION_ANNOTATION: "true"}, True),
+    ({DELETION_PROTECTION_ANNOTATION: "False"}, True),  # only the exact "false" lifts it
+    ({DELETION_PROTECTION_ANNOTATION: ""}, True),
+    ({DELETION_PROTECTION_ANNOTATION: "false"}, False),
+])
+def test_a_market_is_protected_unless_annotated_false(annotations: dict[str, str],
+                                                      held: bool) -> None:
+    assert protection.protected(annotations) is held
+
+
+def test_the_retirements_patience_counts_from_when_retiring_began() -> None:
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    runtime = datetime.timedelta(hours=5)  # held for hours before the annotation allowed it
+    began = [{"type": "Retiring", "status": "True", "lastTransitionTime": "2026-01-02T03:04:00Z"}]
+    assert protection.retiring_for(began, runtime, now) == datetime.timedelta(seconds=5)
+    held = [{"type": "Retiring", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    assert protection.retiring_for(held, runtime, now) == runtime
+    assert protection.retiring_for([], runtime, now) == runtime  # an older operator began it

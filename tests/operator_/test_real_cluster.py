@@ -131,6 +131,8 @@ def test_the_operator_makes_children_the_api_server_accepts(
             await eventually(made, 60, "the children on the real API server")
             for resource in (STATEFULSETS, SERVICES):
                 assert await kube.get(resource, name, f"{market}-engine") is not None
+            await kube.patch(MARKETS, name, market, {"metadata": {"annotations": {
+                "tradeplane.dev/deletion-protection": "false"}}})
             await kube.delete(MARKETS, name, market)
 
             async def gone() -> bool:

@@ -74,6 +74,10 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
     "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
     "events.k8s.io/v1/events": ("Event", True),
+    "admissionregistration.k8s.io/v1/validatingadmissionpolicies": (
+        "ValidatingAdmissionPolicy", False),
+    "admissionregistration.k8s.io/v1/validatingadmissionpolicybindings": (
+        "ValidatingAdmissionPolicyBinding", False),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False),
     "rbac.authorization.k8s.io/v1/clusterroles": ("ClusterRole", False),
     "rbac.authorization.k8s.io/v1/clusterrolebindings": ("ClusterRoleBinding", False),
@@ -108,6 +112,8 @@ class _RecordingBus:
 
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
+    kubernetes_minor: int = 33
+    """The version ``/version`` reports (1.<minor>): what Helm's capabilities see."""
     _kinds: dict[kmock.resource, Kind] = attrs.field(factory=dict, init=False)
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _version: int = attrs.field(default=0, init=False)
@@ -340,7 +346,8 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _serve_server_version(self, request: kmock.Request) -> dict[str, Any]:
         """A current Kubernetes (kmock says 1.26, older than the chart supports)."""
-        return {"major": "1", "minor": "33", "gitVersion": "v1.33.0",
+        minor = self.kubernetes_minor
+        return {"major": "1", "minor": str(minor), "gitVersion": f"v1.{minor}.0",
                 "gitCommit": "emulated", "gitTreeState": "clean",
                 "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24",
                 "compiler": "gc", "platform": "linux/amd64"}
@@ -516,8 +523,10 @@ class Cluster:
     url: str
     kubeconfig: Path
 
-    def objects(self, plural: str, namespace: str = "default") -> dict[str, dict[str, Any]]:
-        """The live objects of a resource (by plural, e.g. ``statefulsets``), by name."""
+    def objects(self, plural: str, namespace: str | None = "default"
+                ) -> dict[str, dict[str, Any]]:
+        """The live objects of a resource (by plural, e.g. ``statefulsets``), by name
+        (``namespace`` None: a cluster-scoped resource)."""
         return {name: obj.raw for (resource, ns, name), obj in self.emulator.objects.items()
                 if resource.plural == plural and ns == namespace and not obj.deleted}
 
@@ -526,9 +535,10 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def cluster(directory: Path) -> AsyncIterator[Cluster]:
+async def cluster(directory: Path, *, kubernetes_minor: int = 33) -> AsyncIterator[Cluster]:
     """An emulated API server on a free loopback port, and its kubeconfig."""
-    async with Emulator() as emulator, kmock.Server(emulator) as server:
+    async with Emulator(kubernetes_minor=kubernetes_minor) as emulator, \
+            kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         kubeconfig = directory / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump({
