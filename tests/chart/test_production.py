@@ -10,11 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.test_chart import CHART, OWN_KINDS, VERSIONS, _merged, by_kind, documents, install
+from tests.chart.test_chart import (
+    CHART,
+    OWN_KINDS,
+    _merged,
+    by_kind,
+    documents,
+    install,
+    validate,
+)
 from tests.support.exchange import run
 from tests.support.kube import cluster
 from tradeplane_operator.children import Market, statefulset
@@ -30,8 +37,7 @@ async def _installed(tmp_path: Path, values: dict[str, Any]) -> dict[str, dict[s
         objects = documents(result)
     for obj in objects:
         if obj["apiVersion"].split("/")[0] not in OWN_KINDS:
-            for version in VERSIONS:
-                kubernetes_validate.validate(obj, version, strict=True)
+            validate(obj)
     return by_kind(objects)
 
 
