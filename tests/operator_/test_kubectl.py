@@ -22,7 +22,7 @@ from tests.support.kube import cluster
 from tradeplane.processes import NatsServer
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.wire import MARKETS_BUCKET
-from tradeplane_operator.kube import MARKETS, USED, KubeApi
+from tradeplane_operator.kube import MARKETS, USED, USED_FOR_LEADER_ELECTION, KubeApi
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -102,7 +102,7 @@ def test_kubectl_applies_lists_and_deletes_markets(tmp_path: Path) -> None:
             assert code != 0
             assert 'markets.tradeplane.dev "no-such-market" not found' in output
             # What the operator asked of the API meanwhile is all in its RBAC.
-            assert world.requests_beyond(USED) == set()
+            assert world.requests_beyond({**USED, **USED_FOR_LEADER_ELECTION}) == set()
     run(scenario())
 
 
