@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 
 from tests.operator_.harness import (
@@ -33,7 +35,12 @@ from tradeplane_operator.kube import (
     USED_FOR_LEADER_ELECTION,
     KubeApi,
 )
-from tradeplane_operator.leadership import Election, Lease
+from tradeplane_operator.leadership import (
+    Election,
+    LeadershipLostError,
+    Lease,
+    standby_liveness,
+)
 
 DEFAULTS = Config()
 
@@ -140,4 +147,54 @@ def test_of_two_replicas_taking_a_free_lease_at_once_one_gets_it(tmp_path: Path)
                 assert lease["spec"]["leaseTransitions"] == 0
             finally:
                 await kube.close()
+    run(scenario())
+
+
+def test_a_leader_cut_off_from_the_api_stops_before_a_standby_takes_over(
+        tmp_path: Path) -> None:
+    """The renew deadline (10 s) ends before the lease (15 s): a leader that cannot reach
+    the API server gives up before the standby may take the Lease."""
+    async def scenario() -> None:
+        async with cluster(tmp_path) as emulated:
+            kube = KubeApi(kopf.ConnectionInfo(server=emulated.url))
+            # An API server nobody listens on: the leader's side of a network partition.
+            unreachable = KubeApi(kopf.ConnectionInfo(server="http://127.0.0.1:9"))
+            leader = Lease(kube, Election("default", "partitioned", "leader"))
+            standby = Lease(kube, Election("default", "partitioned", "standby"))
+            try:
+                assert await leader.try_acquire_or_renew() == "leader"
+                assert await standby.try_acquire_or_renew() == "leader"
+                leader.kube = unreachable
+                loop = asyncio.get_running_loop()
+                lost_at: list[float] = []
+
+                async def hold() -> None:
+                    try:
+                        await leader.hold()
+                    except LeadershipLostError:
+                        lost_at.append(loop.time())
+                holding = asyncio.create_task(hold())
+                await standby.acquire()
+                acquired_at = loop.time()
+                await holding
+                assert lost_at
+                assert lost_at[0] < acquired_at
+                lease = emulated.get(LEASES.plural, "partitioned")
+                assert lease is not None
+                assert lease["spec"]["holderIdentity"] == "standby"
+            finally:
+                await kube.close()
+                await unreachable.close()
+    run(scenario())
+
+
+def test_a_standby_answers_the_liveness_probe(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        async with (standby_liveness(f"http://127.0.0.1:{port}/healthz"),
+                    aiohttp.ClientSession() as session,
+                    session.get(f"http://127.0.0.1:{port}/healthz") as response):
+            assert response.status == 200
     run(scenario())
