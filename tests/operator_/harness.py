@@ -255,6 +255,8 @@ class OperatorReplica:
     identity: str
     leading: threading.Event = field(default_factory=threading.Event)
     """Set when kopf runs in it (it holds the Lease and is ready)."""
+    error: Exception | None = None
+    """What ``handlers.run`` raised, if it ended so (``LeadershipLostError``)."""
     _loop: asyncio.AbstractEventLoop | None = None
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event | None = None
@@ -284,8 +286,12 @@ class OperatorReplica:
         if ready.is_set():
             self.leading.set()
         waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await self._task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # kept for the test to look at
+            self.error = exc
 
     async def crash(self) -> None:
         assert self._loop is not None
@@ -300,6 +306,12 @@ class OperatorReplica:
         assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         await self._join()
+
+    async def ended(self, timeout: float) -> bool:
+        """Whether it ended (by itself) within ``timeout`` seconds."""
+        assert self._thread is not None
+        await asyncio.to_thread(self._thread.join, timeout)
+        return not self._thread.is_alive()
 
     async def _join(self) -> None:
         assert self._thread is not None

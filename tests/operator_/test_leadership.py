@@ -198,3 +198,23 @@ def test_a_standby_answers_the_liveness_probe(tmp_path: Path) -> None:
                     session.get(f"http://127.0.0.1:{port}/healthz") as response):
             assert response.status == 200
     run(scenario())
+
+
+def test_a_leader_that_finds_another_holder_stops_acting_at_once(tmp_path: Path) -> None:
+    """Another replica's name in the Lease (it took it while this one was frozen, say):
+    at its next renewal the leader cancels kopf and ``handlers.run`` raises, which makes
+    ``tradeplane operator`` exit so that its pod starts again as a standby."""
+    async def scenario() -> None:
+        async with (operator_world(tmp_path, start=False) as world,
+                    OperatorReplica(world, "operator-a") as replica):
+            assert await asyncio.to_thread(replica.leading.wait, 30)
+            lease = world.cluster.get(LEASES.plural, DEFAULTS.lease_name)
+            assert lease is not None
+            await world.kube.patch(LEASES, "default", DEFAULTS.lease_name, {
+                "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                "spec": {"holderIdentity": "operator-b"}})
+            assert await replica.ended(2 * DEFAULTS.retry_period + 5)
+            assert isinstance(replica.error, LeadershipLostError)
+            assert "operator-b holds the Lease" in str(replica.error)
+            assert _lease(world)["holderIdentity"] == "operator-b"  # not released
+    run(scenario())
