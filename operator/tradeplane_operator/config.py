@@ -8,8 +8,10 @@ NATS and PostgreSQL are) comes from here, so a Market says only what is traded.
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PREFIX = "tradeplane.dev"
 """The prefix of what users and other components read and write on Markets and children
@@ -80,6 +82,20 @@ class Config:
     it goes on without them."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty: the whole cluster."""
+    leader_election: bool = True
+    """Act only while holding the Lease (leadership.py), so that several replicas can
+    run; false: act at once, alone (never run two so)."""
+    lease_name: str = "tradeplane-operator"
+    lease_namespace: str = "default"
+    """Where the Lease is: the chart sets the operator's own namespace."""
+    identity: str = field(default_factory=lambda: _own_identity(os.environ))
+    """This replica's name in the Lease: the pod's name, else host and a random part."""
+    lease_duration: float = 15.0
+    """Seconds a standby waits, after it last saw the Lease change, before it takes it."""
+    renew_deadline: float = 10.0
+    """Seconds the leader keeps trying to renew before it stops acting."""
+    retry_period: float = 2.0
+    """Seconds between two readings (standby) or renewals (leader) of the Lease."""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -117,6 +133,16 @@ class Config:
             final_snapshot_timeout=float(env.get("TRADEPLANE_FINAL_SNAPSHOT_TIMEOUT",
                                                  default.final_snapshot_timeout)),
             namespaces=namespaces,
+            leader_election=env.get("TRADEPLANE_LEADER_ELECTION", "true").lower()
+            not in ("false", "0", "no"),
+            lease_name=env.get("TRADEPLANE_LEASE_NAME") or default.lease_name,
+            lease_namespace=env.get("TRADEPLANE_LEASE_NAMESPACE") or default.lease_namespace,
+            identity=_own_identity(env),
+            lease_duration=float(env.get("TRADEPLANE_LEASE_DURATION",
+                                         default.lease_duration)),
+            renew_deadline=float(env.get("TRADEPLANE_RENEW_DEADLINE",
+                                         default.renew_deadline)),
+            retry_period=float(env.get("TRADEPLANE_RETRY_PERIOD", default.retry_period)),
         )
 
     def __post_init__(self) -> None:
@@ -130,3 +156,12 @@ class Config:
                              "not both")
         if self.nats_key and not self.nats_cert:
             raise ValueError("a NATS client key without its certificate")
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("leader election needs 0 < retry period < renew deadline < "
+                             "lease duration: a leader must give up before another may "
+                             "take over")
+
+
+def _own_identity(env: Mapping[str, str]) -> str:
+    pod = env.get("TRADEPLANE_POD_NAME")
+    return pod or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"

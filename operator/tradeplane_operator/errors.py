@@ -4,6 +4,7 @@
     ├── RetryError           try again after ``delay`` seconds (waiting for something)
     ├── InvalidMarketError   the Market cannot be made as written; retrying will not help
     ├── KubeError            the API server refused a call (kube.py); by HTTP status
+    ├── LeadershipLostError  this replica no longer holds the Lease (leadership.py)
     └── ExchangeError        the exchange could not do what was asked (exchange.py; NATS)
         ├── UnansweredError  nobody answered in time
         └── RefusedError     an engine or recorder answered with an error

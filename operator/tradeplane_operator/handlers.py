@@ -8,6 +8,7 @@ their leader through NATS; the operator only sets up, reports and retires market
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 from collections.abc import Awaitable
@@ -28,6 +29,13 @@ from tradeplane_operator.crd import GROUP, PLURAL, VERSION
 from tradeplane_operator.errors import to_kopf
 from tradeplane_operator.exchange import Exchange
 from tradeplane_operator.kube import MARKETS, KubeApi
+from tradeplane_operator.leadership import (
+    Election,
+    LeadershipLostError,
+    Lease,
+    standby_liveness,
+    until_stopped,
+)
 from tradeplane_operator.reconcile import (
     Notify,
     finalize,
@@ -222,7 +230,59 @@ async def retire(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: An
 async def run(config: Config, *, connection: kopf.ConnectionInfo | None = None,
               stop: asyncio.Event | None = None, ready: asyncio.Event | None = None,
               liveness: str | None = None) -> None:
-    """Run the operator until ``stop`` is set (or the process is signalled)."""
+    """Run the operator until ``stop`` is set (or the process is signalled): with leader
+    election, wait for the Lease first, and act only while holding it."""
+    if not config.leader_election:
+        await _operate(config, connection, stop, ready, liveness)
+        return
+    kube = KubeApi(connection or _login(Runtime(config), logging.getLogger(__name__),
+                                        settings()), "tradeplane-operator")
+    lease = Lease(kube, Election(config.lease_namespace, config.lease_name, config.identity,
+                                 config.lease_duration, config.renew_deadline,
+                                 config.retry_period))
+    try:
+        async with standby_liveness(liveness):
+            if not await until_stopped(stop, lease.acquire()):
+                return
+        await _lead(lease, config, connection, stop, ready, liveness)
+    finally:
+        await kube.close()
+
+
+async def _lead(lease: Lease, config: Config, connection: kopf.ConnectionInfo | None,
+                stop: asyncio.Event | None, ready: asyncio.Event | None,
+                liveness: str | None) -> None:
+    """kopf while the Lease is held. Lost: kopf is cancelled at once (it must not act
+    past the renew deadline) and ``LeadershipLostError`` raised. Stopped in order: kopf
+    stops as it does, then the Lease is released. Cancelled (a test's crash): neither."""
+    acting = asyncio.Event()
+    operating = asyncio.ensure_future(_operate(config, connection, acting, ready, liveness))
+    holding = asyncio.ensure_future(lease.hold())
+    stopping = asyncio.ensure_future(stop.wait() if stop else asyncio.Future())
+    try:
+        await asyncio.wait({operating, holding, stopping},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if holding.done():
+            operating.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await operating
+            holding.result()  # raises LeadershipLostError
+        acting.set()
+        await operating
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError, LeadershipLostError):
+            await holding
+        await lease.release()
+    finally:
+        for task in (operating, holding, stopping):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.gather(operating, holding, stopping, return_exceptions=True)
+
+
+async def _operate(config: Config, connection: kopf.ConnectionInfo | None,
+                   stop: asyncio.Event | None, ready: asyncio.Event | None,
+                   liveness: str | None) -> None:
     await kopf.operator(
         registry=registry(config), settings=settings(),
         memo=kopf.Memo(runtime=Runtime(config, connection)),

@@ -75,6 +75,13 @@ USED_WHEN_NAMESPACED: dict[Resource, frozenset[str]] = {
 """What an operator limited to some namespaces needs as well: kopf watches the
 namespaces to learn when a watched one appears or goes."""
 
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+USED_FOR_LEADER_ELECTION: dict[Resource, frozenset[str]] = {
+    LEASES: frozenset({"get", "create", "patch"}),
+}
+"""What leader election (leadership.py) does, in the operator's own namespace only: the
+chart grants it by a Role there, whichever namespaces the operator watches."""
+
 
 class KubeApi:
     """An aiohttp session to the API server, made from kopf's connection info."""

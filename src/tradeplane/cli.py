@@ -439,6 +439,7 @@ async def _recorder(args: argparse.Namespace, stop: asyncio.Event) -> int:
 async def _operator(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from tradeplane_operator.config import Config
     from tradeplane_operator.handlers import run as run_operator
+    from tradeplane_operator.leadership import LeadershipLostError
 
     config = Config.from_environment({**os.environ, "TRADEPLANE_NATS": args.nats,
                                       **({"TRADEPLANE_CREDENTIALS": args.credentials}
@@ -446,7 +447,11 @@ async def _operator(args: argparse.Namespace, stop: asyncio.Event) -> int:
     logging.getLogger("kopf.objects").addFilter(_quiet_timers)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     _serve_metrics(args.metrics_port)
-    await run_operator(config, liveness=liveness)  # kopf handles its own signals
+    try:
+        await run_operator(config, liveness=liveness)  # kopf handles its own signals
+    except LeadershipLostError as exc:  # exit: the pod starts again, as a standby
+        print(f"tradeplane operator: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,7 +20,13 @@ import yaml
 
 from tests.support.exchange import run
 from tests.support.kube import Cluster, cluster
-from tradeplane_operator.kube import USED, USED_WHEN_NAMESPACED, KubeApi, Resource
+from tradeplane_operator.kube import (
+    USED,
+    USED_FOR_LEADER_ELECTION,
+    USED_WHEN_NAMESPACED,
+    KubeApi,
+    Resource,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tradeplane"
@@ -109,9 +115,16 @@ def test_the_default_install(tmp_path: Path) -> None:
             assert not emulated.objects("secrets", "exchange")  # the memory driver
 
             operator = made["Deployment"]["tp-tradeplane-operator"]
-            assert operator["spec"]["replicas"] == 1
-            assert operator["spec"]["strategy"] == {"type": "Recreate"}
+            # Two replicas, one acting by the Lease; a rolling update keeps a standby.
+            assert operator["spec"]["replicas"] == 2
+            assert operator["spec"]["strategy"] == {
+                "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
             pod = operator["spec"]["template"]["spec"]
+            spread = pod["affinity"]["podAntiAffinity"][
+                "preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+            assert spread["topologyKey"] == "kubernetes.io/hostname"
+            assert spread["labelSelector"]["matchLabels"] == operator["spec"]["selector"][
+                "matchLabels"]
             assert pod["serviceAccountName"] == "tp-tradeplane-operator"
             container = pod["containers"][0]
             assert container["image"] == "ghcr.io/tradeplane/tradeplane:0.1.0"
@@ -120,6 +133,12 @@ def test_the_default_install(tmp_path: Path) -> None:
             assert env["TRADEPLANE_NATS"]["value"] == "nats://nats:4222"
             assert env["TRADEPLANE_NAMESPACES"]["value"] == ""
             assert env["TRADEPLANE_POSTGRES_SECRET"]["value"] == "tradeplane-postgres"
+            assert env["TRADEPLANE_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+                "metadata.name")  # its identity in the Lease
+            assert env["TRADEPLANE_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"][
+                "fieldPath"] == "metadata.namespace"
+            assert [env[f"TRADEPLANE_{name}"]["value"] for name in (
+                "LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")] == ["15", "10", "2"]
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
@@ -154,13 +173,36 @@ def rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 USED_RULES = {(resource.group, resource.plural, verb)
               for resource, verbs in USED.items() for verb in verbs}
+LEADER_ELECTION_RULES = {(resource.group, resource.plural, verb)
+                         for resource, verbs in USED_FOR_LEADER_ELECTION.items()
+                         for verb in verbs}
+
+
+def leader_election(objects: list[dict[str, Any]], release: str) -> None:
+    """The Lease's Role: in the release's namespace, for that one Lease (but create,
+    which cannot name it), bound to the operator's service account."""
+    role = by_kind(objects)["Role"][f"{release}-tradeplane-operator-leader-election"]
+    assert role["metadata"]["namespace"] == "exchange"
+    assert rules(role) == LEADER_ELECTION_RULES
+    for rule in role["rules"]:
+        assert rule.get("resourceNames", [f"{release}-tradeplane-operator"]) == [
+            f"{release}-tradeplane-operator"] or rule["verbs"] == ["create"]
+    binding = by_kind(objects)["RoleBinding"][f"{release}-tradeplane-operator-leader-election"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == f"{release}-tradeplane-operator"
+    operator = by_kind(objects)["Deployment"][f"{release}-tradeplane-operator"]
+    env = {item["name"]: item.get("value") for item in
+           operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TRADEPLANE_LEASE_NAME"] == f"{release}-tradeplane-operator"
 
 
 def test_rbac_is_exactly_what_the_operator_uses(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with cluster(tmp_path) as emulated:
-            clusterwide = by_kind(documents(await install(emulated, tmp_path, {})))
+            installed = documents(await install(emulated, tmp_path, {}))
+            clusterwide = by_kind(installed)
             assert rules(clusterwide["ClusterRole"]["tp-tradeplane-operator"]) == USED_RULES
+            leader_election(installed, "tp")
             binding = clusterwide["ClusterRoleBinding"]["tp-tradeplane-operator"]
             assert binding["subjects"] == [{"kind": "ServiceAccount",
                                             "name": "tp-tradeplane-operator",
@@ -171,7 +213,9 @@ def test_rbac_is_exactly_what_the_operator_uses(tmp_path: Path) -> None:
             assert "error" not in namespaced, namespaced.get("error")
             objects = documents(namespaced)
             cluster_role = by_kind(objects)["ClusterRole"]["ns-tradeplane-operator"]
-            roles = [obj for obj in objects if obj["kind"] == "Role"]
+            leader_election(objects, "ns")
+            roles = [obj for obj in objects if obj["kind"] == "Role"
+                     and obj["metadata"]["name"] == "ns-tradeplane-operator"]
             assert sorted(role["metadata"]["namespace"] for role in roles) == [
                 "desk-a", "desk-b"]
             cluster_rules = rules(cluster_role)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import shutil
+import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +247,84 @@ async def running_operator(world: World) -> AsyncIterator[None]:
 
 
 @dataclass
+class OperatorReplica:
+    """One replica of the operator (``handlers.run``, leader election as configured) in
+    a thread with an event loop of its own, as a process of its own would be: kopf, when
+    it stops, cancels every task started in its loop while it ran, which must not reach
+    another replica or the test.
+
+    ``crash`` cancels it where it stands: it neither renews nor releases the Lease, as
+    when its pod is killed or its node is lost; ``stop`` stops it in order."""
+
+    world: World
+    identity: str
+    leading: threading.Event = field(default_factory=threading.Event)
+    """Set when kopf runs in it (it holds the Lease and is ready)."""
+    error: Exception | None = None
+    """What ``handlers.run`` raised, if it ended so (``LeadershipLostError``)."""
+    _loop: asyncio.AbstractEventLoop | None = None
+    _task: asyncio.Task[None] | None = None
+    _stop: asyncio.Event | None = None
+    _thread: threading.Thread | None = None
+    _started: threading.Event = field(default_factory=threading.Event)
+
+    async def __aenter__(self) -> OperatorReplica:
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),),
+                                        daemon=True, name=f"operator {self.identity}")
+        self._thread.start()
+        assert await asyncio.to_thread(self._started.wait, 20)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop, ready = asyncio.Event(), asyncio.Event()
+        config = dataclasses.replace(self.world.config, identity=self.identity)
+        self._task = asyncio.create_task(handlers.run(
+            config, connection=kopf.ConnectionInfo(server=self.world.cluster.url),
+            stop=self._stop, ready=ready))
+        self._started.set()
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait([self._task, waiting], return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            self.leading.set()
+        waiting.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # kept for the test to look at
+            self.error = exc
+
+    async def crash(self) -> None:
+        assert self._loop is not None
+        assert self._task is not None
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        await self._join()
+
+    async def stop(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            return
+        assert self._loop is not None
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        await self._join()
+
+    async def ended(self, timeout: float) -> bool:
+        """Whether it ended (by itself) within ``timeout`` seconds."""
+        assert self._thread is not None
+        await asyncio.to_thread(self._thread.join, timeout)
+        return not self._thread.is_alive()
+
+    async def _join(self) -> None:
+        assert self._thread is not None
+        await asyncio.to_thread(self._thread.join, 30)
+        assert not self._thread.is_alive(), f"operator {self.identity} did not stop"
+
+
+@dataclass
 class Kubelet:
     """Runs the engine replicas each StatefulSet asks for, as in-process services.
 
@@ -325,5 +405,6 @@ class Kubelet:
         self.running[pod] = (service, asyncio.create_task(service.run()))
 
 
-__all__ = ["CREDENTIALS_SECRET", "Kubelet", "Mounted", "World", "eventually",
-           "market_manifest", "mount_secrets", "operator_world", "running_operator"]
+__all__ = ["CREDENTIALS_SECRET", "Kubelet", "Mounted", "OperatorReplica", "World",
+           "eventually", "market_manifest", "mount_secrets", "operator_world",
+           "running_operator"]

@@ -24,7 +24,7 @@ from tradeplane.processes import NatsServer
 from tradeplane_engine.service.lease import leases_bucket, replicas_bucket
 from tradeplane_engine.wire import MARKETS_BUCKET
 from tradeplane_operator.crd import crd
-from tradeplane_operator.kube import MARKETS, USED, KubeApi, Resource
+from tradeplane_operator.kube import MARKETS, USED, USED_FOR_LEADER_ELECTION, KubeApi, Resource
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -109,7 +109,7 @@ def test_kubectl_applies_lists_and_deletes_markets(tmp_path: Path) -> None:
             assert code != 0
             assert 'markets.tradeplane.dev "no-such-market" not found' in output
             # What the operator asked of the API meanwhile is all in its RBAC.
-            assert world.requests_beyond(USED) == set()
+            assert world.requests_beyond({**USED, **USED_FOR_LEADER_ELECTION}) == set()
     run(scenario())
 
 

@@ -44,10 +44,20 @@ from tradeplane_operator.config import (
     PREFIX,
     SWITCHOVER_ANNOTATION,
 )
-from tradeplane_operator.kube import MARKETS, STATEFULSETS, USED, USED_WHEN_NAMESPACED
+from tradeplane_operator.kube import (
+    MARKETS,
+    STATEFULSETS,
+    USED,
+    USED_FOR_LEADER_ELECTION,
+    USED_WHEN_NAMESPACED,
+)
 from tradeplane_operator.storage import LAST_HANDLED_ANNOTATION, LEGACY_ANNOTATIONS
 
 ENGINE = "sol-usdt-engine"
+
+GRANTED = {**USED, **USED_FOR_LEADER_ELECTION}
+"""What the chart grants an operator that watches every namespace (its ClusterRole, and
+the Lease's Role in its own namespace)."""
 
 
 async def status_of(world: World, name: str = "sol-usdt") -> dict[str, Any]:
@@ -413,7 +423,7 @@ def test_switchover_and_pause_annotations(tmp_path: Path) -> None:
                 PAUSE_ANNOTATION: None}}})
             await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None,
                              5, "unpaused: the StatefulSet is back")
-            assert world.requests_beyond(USED) == set()
+            assert world.requests_beyond(GRANTED) == set()
     run(scenario())
 
 
@@ -536,7 +546,7 @@ def test_an_upgrade_takes_over_markets_the_previous_operator_handled(
                     PAUSE_ANNOTATION: None}}})
                 await eventually(lambda: world.cluster.get("statefulsets", ENGINE)["spec"][  # type: ignore[index]
                     "replicas"] == 3, 5, "resumed at once")
-                assert world.requests_beyond(USED) == set()  # removing the old state too
+                assert world.requests_beyond(GRANTED) == set()  # removing the old state too
     run(scenario())
 
 
@@ -594,7 +604,7 @@ def test_deletion_retires_the_market_in_order(tmp_path: Path) -> None:
             events = await world.nc.jetstream().stream_info("tp-evt-sol-usdt")
             assert events.state.last_seq == 4
             # Everything the operator asked of the API is in what its RBAC grants.
-            assert world.requests_beyond(USED) == set()
+            assert world.requests_beyond(GRANTED) == set()
     run(scenario())
 
 
@@ -746,5 +756,5 @@ def test_an_operator_limited_to_namespaces(tmp_path: Path) -> None:
                             and request.namespace is None
                             and request.headers.get("User-Agent") != "tradeplane-tests"]
             assert cluster_wide == []
-            assert world.requests_beyond({**USED, **USED_WHEN_NAMESPACED}) == set()
+            assert world.requests_beyond({**GRANTED, **USED_WHEN_NAMESPACED}) == set()
     run(scenario())

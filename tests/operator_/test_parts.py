@@ -405,6 +405,26 @@ def test_settings_from_the_environment() -> None:
         Config(stream_replicas=2)
 
 
+def test_leader_election_settings_from_the_environment() -> None:
+    config = Config.from_environment({
+        "TRADEPLANE_POD_NAME": "tp-tradeplane-operator-7d9f-x2x4q",
+        "TRADEPLANE_LEASE_NAMESPACE": "exchange", "TRADEPLANE_LEASE_NAME": "tp-operator",
+        "TRADEPLANE_LEASE_DURATION": "20", "TRADEPLANE_RENEW_DEADLINE": "12",
+        "TRADEPLANE_RETRY_PERIOD": "3"})
+    assert (config.identity, config.lease_namespace, config.lease_name) == (
+        "tp-tradeplane-operator-7d9f-x2x4q", "exchange", "tp-operator")
+    assert (config.lease_duration, config.renew_deadline, config.retry_period) == (
+        20.0, 12.0, 3.0)
+    assert config.leader_election
+    assert not Config.from_environment({"TRADEPLANE_LEADER_ELECTION": "false"}).leader_election
+    defaults = Config.from_environment({})
+    assert (defaults.lease_namespace, defaults.lease_duration, defaults.renew_deadline,
+            defaults.retry_period) == ("default", 15.0, 10.0, 2.0)
+    assert defaults.identity != Config.from_environment({}).identity  # random without a pod
+    with pytest.raises(ValueError, match="renew deadline"):
+        Config(lease_duration=10, renew_deadline=10)  # the leader must stop first
+
+
 def test_nats_security_settings_from_the_environment() -> None:
     config = Config.from_environment({
         "TRADEPLANE_CREDENTIALS": "/etc/tradeplane/credentials/operator.json",

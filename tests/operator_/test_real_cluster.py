@@ -114,7 +114,8 @@ def test_the_operator_makes_children_the_api_server_accepts(
         task = asyncio.create_task(handlers.run(
             Config(nats_url=server.url, namespaces=(name,), final_snapshot_timeout=1,
                    nats_credentials=str(server.secrets.credentials("operator")),
-                   engine_credentials_secret=CREDENTIALS_SECRET),
+                   engine_credentials_secret=CREDENTIALS_SECRET,
+                   lease_namespace=name),  # the Lease goes with the namespace
             stop=stop, ready=ready))
         info = kopf.login_with_kubeconfig(logger=__import__("logging").getLogger("test"),
                                           settings=kopf.OperatorSettings())

@@ -15,7 +15,10 @@ server than that, so this subclass adds it:
   (a patch of the object leaves ``status`` alone, a patch of ``/status`` only changes it);
 - server-side printing (``as=Table``) with the CRD's printer columns, for ``kubectl get``;
 - standard error reasons (``NotFound``, ``AlreadyExists``, ``Conflict``, ...);
-- namespaces to list, and background garbage collection of owned objects.
+- namespaces to list, and background garbage collection of owned objects;
+- Leases (``coordination.k8s.io``), for the operator's leader election: a patch that
+  carries a stale ``resourceVersion`` gets 409 ``Conflict``, a second create 409
+  ``AlreadyExists``, which is what the election's compare-and-swap relies on.
 
 What it still does not do is said in docs/operator.md: no admission (OpenAPI or CEL
 validation, defaulting), no strategic merge, no controllers (nothing runs pods or fills
@@ -78,6 +81,7 @@ BUILTIN: dict[str, tuple[str, bool]] = {
         "ValidatingAdmissionPolicy", False),
     "admissionregistration.k8s.io/v1/validatingadmissionpolicybindings": (
         "ValidatingAdmissionPolicyBinding", False),
+    "coordination.k8s.io/v1/leases": ("Lease", True),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False),
     "rbac.authorization.k8s.io/v1/clusterroles": ("ClusterRole", False),
     "rbac.authorization.k8s.io/v1/clusterrolebindings": ("ClusterRoleBinding", False),
