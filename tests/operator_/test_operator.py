@@ -669,7 +669,7 @@ def test_a_protected_market_is_held_until_its_annotation_allows_the_deletion(
             assert "FinalSnapshotSkipped" not in reasons
             assert "NoLeader" not in reasons
             assert snapshots == [{"through": 2}]
-            assert world.requests_beyond(USED) == set()
+            assert world.requests_beyond(GRANTED) == set()
     run(scenario())
 
 
