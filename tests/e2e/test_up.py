@@ -161,7 +161,13 @@ def test_up_demo_trades_by_itself(tmp_path: Path) -> None:
         trades = cli(url, "trades", "sol-usdt", "--count", "1")
         assert trades.returncode == 0, trades.stderr
         assert re.search(r"\d+\s+(buy|sell)\s+", trades.stdout), trades.stdout
+        # The market maker requotes every half second (cancel all, then level by level):
+        # a view can fall between its cancel and its asks.
+        deadline = time.monotonic() + 20
         book = cli(url, "book", "btc-usdt", "--once")
+        while not ("bid" in book.stdout and "ask" in book.stdout) and (
+                time.monotonic() < deadline):
+            book = cli(url, "book", "btc-usdt", "--once")
         assert "bid" in book.stdout, book.stdout
         assert "ask" in book.stdout, book.stdout
     assert processes_mentioning(str(data_dir)) == []
