@@ -1,4 +1,5 @@
-"""The engine and ledger cores stay pure: no floats anywhere in them (imports are held by import-linter).
+"""The engine and ledger cores stay pure: no floats anywhere in them (imports are held
+by import-linter).
 
 Money is integers inside: a float literal, a ``float`` name or a true division in
 the core would be a way for binary rounding to reach a price or a quantity.
