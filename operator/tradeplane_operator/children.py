@@ -334,24 +334,31 @@ CHILDREN = (statefulset, service, disruption_budget)
 """Every child, in the order they are made (and the reverse of how they go)."""
 
 
-OWNED_MAPS = ("nodeSelector",)
+OWNED_MAPS = (("nodeSelector",), ("affinity", "podAntiAffinity"))
 OWNED_VALUES = ("priorityClassName",)
-"""Pod fields the operator alone sets, which a merge patch removes only by ``null``."""
+"""Pod fields the operator alone sets, which a merge patch removes only by ``null``: a
+node label no longer asked for, the other kind of anti-affinity, a priority class."""
 
 
 def removals(desired: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
     """A merge patch that removes from ``actual`` (a StatefulSet) what the operator set
-    once and no longer does: a node selector's keys, a priority class. Empty: nothing.
+    once and no longer does. Empty: nothing to remove.
 
     ``is_subset`` cannot see these (more is as good as enough to it), and lists need
     none of this: they are written whole, empty ones too."""
     want = desired["spec"]["template"]["spec"]
     have = ((actual.get("spec") or {}).get("template") or {}).get("spec") or {}
     stale: dict[str, Any] = {}
-    for key in OWNED_MAPS:
-        extra = set(have.get(key) or {}) - set(want.get(key) or {})
+    for path in OWNED_MAPS:
+        wanted, had = want, have
+        for key in path:
+            wanted, had = (wanted or {}).get(key), (had or {}).get(key)
+        extra = set(had or {}) - set(wanted or {})
         if extra:
-            stale[key] = dict.fromkeys(sorted(extra))
+            place = stale
+            for key in path[:-1]:
+                place = place.setdefault(key, {})
+            place[path[-1]] = dict.fromkeys(sorted(extra))
     for key in OWNED_VALUES:
         if have.get(key) is not None and key not in want:
             stale[key] = None
