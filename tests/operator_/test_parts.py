@@ -4,6 +4,9 @@ and what it writes on NATS checked against what the engines read."""
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -779,3 +782,14 @@ def test_the_retirements_patience_counts_from_when_retiring_began() -> None:
     held = [{"type": "Retiring", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
     assert protection.retiring_for(held, runtime, now) == runtime
     assert protection.retiring_for([], runtime, now) == runtime  # an older operator began it
+
+
+def test_the_operator_stops_at_start_naming_a_setting_it_cannot_take() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "tradeplane", "--nats", "nats://127.0.0.1:9", "operator"],
+        env={**os.environ, "TRADEPLANE_ENGINE_TOLERATIONS": '[{"effect": "NoSchedule"}]'},
+        capture_output=True, text=True, timeout=60, check=False)
+    assert finished.returncode == 2, finished.stderr
+    assert finished.stderr.strip() == (
+        "tradeplane operator: TRADEPLANE_ENGINE_TOLERATIONS: 0: Value error, a toleration "
+        "without a key must have operator Exists")
