@@ -172,6 +172,12 @@ def test_what_the_operator_writes_is_what_the_engines_read() -> None:
         expected = msgspec.structs.replace(definition_from_manifest(manifest),
                                            fees={"makerBps": 0, "takerBps": 0})
         assert decode_definition(written) == expected, path.name
+    # A placed Market's definition still decodes: the pod template rides along.
+    placed = market(engine={"template": {"pod": {"nodeSelector": {"pool": "exchange"},
+                                                 "tolerations": [{"operator": "Exists"}]}}})
+    decoded = decode_definition(msgspec.json.encode(definition(placed)))
+    assert decoded.engine == {"template": {"pod": {"nodeSelector": {"pool": "exchange"},
+                                                   "tolerations": [{"operator": "Exists"}]}}}
     for command in ({"type": "setTradingMode", "mode": "cancelOnly"},
                     {"type": "cancelAll", "account": None}):
         decoded = decode_command(admin_command(command), 7, 99)
