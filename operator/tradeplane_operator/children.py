@@ -151,7 +151,8 @@ def placement(market: Market, config: Config) -> Placement:
         spread=list(config.engine_topology_spread
                     if own.topology_spread_constraints is None
                     else own.topology_spread_constraints),
-        priority_class=own.priority_class_name or config.engine_priority_class,
+        priority_class=(config.engine_priority_class if own.priority_class_name is None
+                        else own.priority_class_name or None),
         pull_secrets=(list(config.engine_image_pull_secrets) if own.image_pull_secrets is None
                       else [secret.name for secret in own.image_pull_secrets]),
         labels=dict(metadata.labels or {}) if metadata else {},

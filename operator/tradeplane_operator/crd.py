@@ -203,8 +203,10 @@ class PodTemplate(Model):
     topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(
         None, max_length=8, description="Spread of the engine pods (default: the "
         "operator's, over zones).")
-    priority_class_name: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN,
-                                            description="The pods' PriorityClass.")
+    priority_class_name: str | None = Field(None, max_length=253,
+                                            pattern=f"^$|{DNS_SUBDOMAIN}",
+                                            description="The pods' PriorityClass; empty: "
+                                            "none.")
     image_pull_secrets: list[SecretReference] | None = Field(
         None, max_length=16, description="Secrets, in the Market's namespace, to pull the "
         "engine image with.")

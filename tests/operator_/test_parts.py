@@ -175,9 +175,9 @@ def test_what_the_operator_writes_is_what_the_engines_read() -> None:
     # A placed Market's definition still decodes: the pod template rides along.
     placed = market(engine={"template": {"pod": {"nodeSelector": {"pool": "exchange"},
                                                  "tolerations": [{"operator": "Exists"}]}}})
-    decoded = decode_definition(msgspec.json.encode(definition(placed)))
-    assert decoded.engine == {"template": {"pod": {"nodeSelector": {"pool": "exchange"},
-                                                   "tolerations": [{"operator": "Exists"}]}}}
+    placed_definition = decode_definition(msgspec.json.encode(definition(placed)))
+    assert placed_definition.engine == {"template": {"pod": {
+        "nodeSelector": {"pool": "exchange"}, "tolerations": [{"operator": "Exists"}]}}}
     for command in ({"type": "setTradingMode", "mode": "cancelOnly"},
                     {"type": "cancelAll", "account": None}):
         decoded = decode_command(admin_command(command), 7, 99)
@@ -404,6 +404,11 @@ def _anti_affinity(pod: dict[str, Any]) -> str:
     # An empty list replaces the default with none.
     (FLEET, {"tolerations": [], "topologySpreadConstraints": []},
      {"tolerations": [], "topologySpreadConstraints": [], "nodeSelector": {"pool": "exchange"}}),
+    # An empty map or name likewise.
+    (FLEET, {"nodeSelector": {}, "priorityClassName": "", "imagePullSecrets": []},
+     {"nodeSelector": None, "priorityClassName": None, "imagePullSecrets": [],
+      "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "exchange",
+                       "effect": "NoSchedule"}]}),
     # An omitted operator is written as Kubernetes reads it; Exists without key or value.
     (Config(), {"tolerations": [{"key": "spot"}, {"operator": "Exists"},
                                 {"key": "lost", "operator": "Exists", "effect": "NoExecute",
@@ -427,8 +432,8 @@ def _anti_affinity(pod: dict[str, Any]) -> str:
      {"topologySpreadConstraints": [], "priorityClassName": "market-critical"}),
 ], ids=["defaults", "preferred by the operator", "preferred by the market",
         "required by the market", "the operator's placement", "field by field",
-        "empty lists replace", "tolerations as stored", "spread selectors",
-        "no default spread"])
+        "empty lists replace", "empty map and name replace", "tolerations as stored",
+        "spread selectors", "no default spread"])
 def test_placement_from_the_settings_and_the_market(
         config: Config, template: dict[str, Any] | None, expected: dict[str, Any]) -> None:
     engine = {"template": {"pod": template}} if template is not None else {}
