@@ -46,6 +46,7 @@ from tradeplane_engine.wire import (
     account_subject,
     account_updates,
     api_subjects,
+    balances_subject,
     book_subject,
     bucket_stream,
     bucket_subjects,
@@ -53,6 +54,9 @@ from tradeplane_engine.wire import (
     engine_subject,
     event_subject,
     history_subject,
+    ledger_command_subject,
+    ledger_event_subject,
+    ledger_subject,
     recorder_subject,
     trades_subject,
 )
@@ -215,7 +219,9 @@ SERVICES: dict[str, Permissions] = {
     # and recorders on traders' behalf; answers book snapshot requests for markets that
     # do not exist (an engine's leader answers its own market's).
     "gateway": _service("gateway", (
-        command_subject(ANY), "_INBOX.*.>", engine_subject(ANY, "order"),
+        command_subject(ANY), ledger_command_subject(ANY), ledger_subject(ANY, "balances"),
+        "_INBOX.*.>",
+        engine_subject(ANY, "order"),
         engine_subject(ANY, "openOrders"), history_subject(ANY, "order"),
         history_subject(ANY, "trades"), *_FOLLOW_MARKETS,
     ), (API_SUBJECTS, BOOK_SNAPSHOTS)),
@@ -228,6 +234,17 @@ SERVICES: dict[str, Permissions] = {
         *_READ_STREAMS,
         "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*",
     ), (event_subject(ANY), ENGINE_SUBJECTS, BOOK_SNAPSHOTS), allow_responses=True),
+    # Balances (docs/ledger.md): a shard's streams, lease and events; the orders it
+    # funded into the markets' command streams; settlements and market terms into its
+    # own stream; acknowledgements and refusals to gateways; balances to accounts;
+    # answers balances and status requests.
+    "ledger": _service("ledger", (
+        command_subject(ANY), ledger_command_subject(ANY), ledger_event_subject(ANY),
+        balances_subject(ANY),
+        bucket_subjects(LEASES_BUCKET), f"{GATEWAY_INBOX}.>", *_READ_STREAMS,
+        "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*", *_CREATE_MARKETS,
+    ), (ledger_event_subject(ANY), ledger_subject(ANY, "balances"),
+        ledger_subject(ANY, "status")), allow_responses=True),
     # Persistence: reads the streams; answers history, status and snapshot requests.
     "recorder": _service("recorder", (*_READ_STREAMS, *_CREATE_MARKETS),
                          (history_subject(ANY, ANY), RECORDER_SUBJECTS), allow_responses=True),

@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from tradeplane_engine.access import GATEWAY_INBOX
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.errors import TradeplaneEngineError
-from tradeplane_engine.wire import is_subject, is_traceparent
+from tradeplane_engine.wire import HEADER_ACK, is_subject, is_traceparent
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 from tradeplane_shared.telemetry import TRACEPARENT
 
@@ -51,6 +51,9 @@ class SequencedCommand:
     """Where the sender wants the command's events (the ``Tp-Reply`` header)."""
     trace: str | None = None
     """The order's W3C ``traceparent``, passed on to the command's events message."""
+    ack: str | None = None
+    """Where the sender wants the acknowledgement of what this command leads to (the
+    ``Tp-Ack`` header a gateway puts on an order for a ledger shard)."""
 
 
 def stream_position(reply_subject: str) -> tuple[int, int]:
@@ -154,15 +157,8 @@ class StreamFeed:
             return
         self.next_sequence = sequence + 1
         if headers:
-            reply = headers.get(self._reply_header)
-            if reply is not None and not (is_subject(reply)
-                                          and reply.startswith(f"{GATEWAY_INBOX}.")):
-                # Only a client that bypassed the gateway writes this: the command is
-                # applied, its events are stored, no reply is sent.
-                log.warning("%s: command %d has reply subject %r, not a gateway's; no reply",
-                            self._stream, sequence, reply[:80])
-                UNTRUSTED_SKIPPED.labels("engine", "reply subject").inc()
-                reply = None
+            reply = self._gateway_inbox(headers.get(self._reply_header), sequence, "reply")
+            ack = self._gateway_inbox(headers.get(HEADER_ACK), sequence, "ack")
             trace = headers.get(TRACEPARENT)
             if trace is not None and not is_traceparent(trace):
                 log.warning("%s: command %d has a traceparent that is not one; dropped",
@@ -170,12 +166,24 @@ class StreamFeed:
                 UNTRUSTED_SKIPPED.labels("engine", "trace header").inc()
                 trace = None
             self._arrived.append(SequencedCommand(
-                sequence, timestamp, msg.data, reply, trace))
+                sequence, timestamp, msg.data, reply, trace, ack))
         else:
             self._arrived.append(SequencedCommand(sequence, timestamp, msg.data, None))
         self._wakeup.set()
         if self._outstanding <= self._batch // 2 and len(self._arrived) < self._max_buffered:
             await self._pull()
+
+    def _gateway_inbox(self, subject: str | None, sequence: int, what: str) -> str | None:
+        """A header naming where to answer: a gateway's inbox, or nothing. Only a client
+        that bypassed the gateway writes another: the command is applied, its events are
+        stored, no answer is sent."""
+        if subject is None or (is_subject(subject)
+                               and subject.startswith(f"{GATEWAY_INBOX}.")):
+            return subject
+        log.warning("%s: command %d has %s subject %r, not a gateway's; no answer",
+                    self._stream, sequence, what, subject[:80])
+        UNTRUSTED_SKIPPED.labels("engine", f"{what} subject").inc()
+        return None
 
     async def _on_status(self, msg: Msg) -> None:
         headers = msg.headers or {}

@@ -44,6 +44,10 @@ from tradeplane_engine.wire import (
     definition_entry,
     event_stream,
     event_subject,
+    ledger_command_stream,
+    ledger_command_subject,
+    ledger_event_stream,
+    ledger_event_subject,
 )
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
@@ -101,6 +105,12 @@ class StreamSettings:
                             max_age=self.events_max_age_seconds or None,
                             max_bytes=self.max_bytes)
 
+    def ledger_stream_configs(self, shard: int) -> list[StreamConfig]:
+        """A ledger shard's command and events streams (docs/ledger.md): kept whole, as
+        the shard replays its commands from the first (or its newest snapshot)."""
+        return [self._config(ledger_command_stream(shard), ledger_command_subject(shard)),
+                self._config(ledger_event_stream(shard), ledger_event_subject(shard))]
+
     def _config(self, name: str, subject: str, *, max_msgs: int = -1,
                 max_age: float | None = None, max_bytes: int = -1) -> StreamConfig:
         return StreamConfig(
@@ -133,20 +143,26 @@ async def ensure_market_streams(js: JetStreamContext, definition: MarketDefiniti
     market = definition.name
     for config in (settings.command_stream_config(market, definition.trading_mode),
                    settings.event_stream_config(market)):
-        assert config.name is not None
+        await ensure_stream(js, config)
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create a stream, or bring an existing one up to ``config`` (keeping the metadata
+    it recorded, see ``_kept_metadata``)."""
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
         try:
+            await js.add_stream(config)
+            return
+        except BadRequestError:  # another process created it first
             info = await js.stream_info(config.name)
-        except NotFoundError:
-            try:
-                await js.add_stream(config)
-                continue
-            except BadRequestError:  # another process created it first
-                info = await js.stream_info(config.name)
-        config.metadata = _kept_metadata(config.metadata, info)
-        try:
-            await js.update_stream(config)
-        except APIError as exc:  # storage type and a few more can never change
-            log.warning("stream %s keeps its configuration; %s", config.name, exc.description)
+    config.metadata = _kept_metadata(config.metadata, info)
+    try:
+        await js.update_stream(config)
+    except APIError as exc:  # storage type and a few more can never change
+        log.warning("stream %s keeps its configuration; %s", config.name, exc.description)
 
 
 def _kept_metadata(wanted: dict[str, str] | None, info: StreamInfo) -> dict[str, str] | None:

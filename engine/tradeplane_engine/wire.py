@@ -29,6 +29,8 @@ from tradeplane_engine.core.events import (
     Trade,
 )
 from tradeplane_engine.core.market import MarketSpec, UnitFormatter, format_decimal
+from tradeplane_engine.ledger.commands import AnyLedgerCommand, FundOrder, FundReplace
+from tradeplane_engine.ledger.events import AnyLedgerEvent
 
 MARKETS_BUCKET = "tp-markets"
 """NATS key-value bucket of market definitions: key = market name, value = JSON spec."""
@@ -69,6 +71,14 @@ HEADER_ORDER = "Tp-Order"
 """On a command's result (the reply to ``Tp-Reply``, never the events stream): the
 order a cancel finished, or a cancel or replace named and found no longer open, as the
 engine's ``order`` query answers it (JSON) — what the events do not say of it."""
+
+HEADER_ACK = "Tp-Ack"
+"""On a command the gateway sends to a ledger shard: where the gateway wants the market
+stream's acknowledgement of the order once the ledger forwards it, or the ledger's
+refusal (``HEADER_REFUSED``) if it does not (docs/ledger.md)."""
+HEADER_REFUSED = "Tp-Refused"
+"""On the ledger's answer to ``Tp-Ack``: the order was not funded; the body is the
+``LedgerRefusal``."""
 
 MAX_REQUEST = 4096
 """Bytes: the largest body an internal request (a switchover, a snapshot) is read from;
@@ -180,6 +190,38 @@ def account_updates(account: str) -> str:
     return f"tp.acct.{account}.>"
 
 
+def balances_subject(account: str) -> str:
+    """An account's balances, published by its ledger shard after each change."""
+    return f"tp.acct.{account}.balances"
+
+
+def ledger_name(shard: int | str) -> str:
+    """A ledger shard's name: its lease key and its events' message id prefix (no
+    market's name has a dot)."""
+    return f"ledger.{shard}"
+
+
+def ledger_command_stream(shard: int | str) -> str:
+    return f"tp-ledger-cmd-{shard}"
+
+
+def ledger_command_subject(shard: int | str) -> str:
+    return f"tp.ledger.{shard}.cmd"
+
+
+def ledger_event_stream(shard: int | str) -> str:
+    return f"tp-ledger-evt-{shard}"
+
+
+def ledger_event_subject(shard: int | str) -> str:
+    return f"tp.ledger.{shard}.evt"
+
+
+def ledger_subject(shard: int | str, what: str) -> str:
+    """A shard leader's requests: ``balances``, ``status``."""
+    return f"tp.ledger.{shard}.{what}"
+
+
 def bucket_stream(bucket: str) -> str:
     """The JetStream stream behind a key-value bucket (NATS names it ``KV_<bucket>``)."""
     return f"KV_{bucket}"
@@ -274,6 +316,56 @@ def decode_command(data: bytes, sequence: int, timestamp: int) -> AnyCommand:
     stamped: AnyCommand = msgspec.structs.replace(command, sequence=sequence,
                                                   timestamp=timestamp)
     return stamped
+
+
+# -- the ledger's streams ----------------------------------------------------------------
+
+_ledger_decoder = msgspec.json.Decoder(AnyLedgerCommand)
+
+
+def encode_ledger_command(command: AnyLedgerCommand) -> bytes:
+    """A command for a ledger shard's stream; its sequence and timestamp are the stream's."""
+    return _command_encoder.encode(command)
+
+
+def decode_ledger_command(data: bytes, sequence: int, timestamp: int) -> AnyLedgerCommand:
+    """A ledger command from its stream, stamped as the stream gave it; an order's
+    account must be one subject token, as a market's commands'."""
+    command: AnyLedgerCommand = _ledger_decoder.decode(data)
+    if isinstance(command, FundOrder | FundReplace):
+        inner = command.place if isinstance(command, FundOrder) else command.replace
+        if not is_account(inner.account):
+            raise msgspec.ValidationError(f"account {inner.account[:80]!r} is not one "
+                                          "subject token")
+    stamped: AnyLedgerCommand = msgspec.structs.replace(command, sequence=sequence,
+                                                        timestamp=timestamp)
+    return stamped
+
+
+class LedgerBatch(msgspec.Struct, frozen=True, gc=False):
+    """What one ledger command did: the message published per command on the shard's
+    events stream."""
+
+    shard: int
+    sequence: int
+    timestamp: int
+    events: list[AnyLedgerEvent]
+
+
+encode_ledger_events = msgspec.json.Encoder().encode
+decode_ledger_events = msgspec.json.Decoder(LedgerBatch).decode
+
+
+class LedgerRefusal(msgspec.Struct, frozen=True, rename="camel"):
+    """The ledger's answer to ``Tp-Ack`` when it did not fund an order or replace."""
+
+    code: int
+    name: str
+    reason: str
+    shard: int
+    sequence: int
+    """The ledger command's sequence in its shard's stream."""
+    client_order_id: str = ""
 
 
 # -- the events stream -------------------------------------------------------------------

@@ -44,20 +44,27 @@ from tradeplane_engine.core.codes import RejectCode
 from tradeplane_engine.core.commands import Cancel, Place, Replace
 from tradeplane_engine.core.events import OrderRejected
 from tradeplane_engine.core.market import OffGrid
+from tradeplane_engine.ledger.amounts import shard_of
+from tradeplane_engine.ledger.commands import FundOrder, FundReplace
 from tradeplane_engine.wire import (
     API_SUBJECTS,
     BOOK_SNAPSHOTS,
     GATEWAY_QUEUE,
+    HEADER_ACK,
     HEADER_MESSAGE_ID,
     HEADER_ORDER,
+    HEADER_REFUSED,
     HEADER_REPLY,
+    LedgerRefusal,
     command_subject,
     decode_events,
     decode_pub_ack,
     encode_command,
+    encode_ledger_command,
     engine_subject,
     history_subject,
     is_account,
+    ledger_command_subject,
 )
 from tradeplane_gateway.errors import EdgeCode
 from tradeplane_gateway.markets import KnownMarket, MarketDirectory
@@ -122,9 +129,13 @@ class Gateway:
     """One gateway process's worth of request handling."""
 
     def __init__(self, nc: Client, markets: MarketDirectory, *,
-                 result_timeout: float = 5.0, publish_timeout: float = 5.0) -> None:
+                 result_timeout: float = 5.0, publish_timeout: float = 5.0,
+                 ledger_shards: int = 0) -> None:
         self.nc = nc
         self.markets = markets
+        self.ledger_shards = ledger_shards
+        """With balances (docs/ledger.md): the ledger's shards, which fund every order
+        and replace before it reaches its market; 0: no balances."""
         self.result_timeout = result_timeout
         self.publish_timeout = publish_timeout
         self.requests_served = 0
@@ -245,9 +256,22 @@ class Gateway:
             headers[HEADER_REPLY] = f"{self._inbox}.r.{token}"
         self._in_flight[token] = _InFlight(work, reply_to,
                                            time.monotonic() + self.publish_timeout, span=span)
-        await self.nc.publish(command_subject(work.market.definition.name),
-                              encode_command(work.command), reply=f"{self._inbox}.a.{token}",
-                              headers=headers)
+        market = work.market.definition.name
+        command = work.command
+        if self.ledger_shards and isinstance(command, Place | Replace):
+            # Funded first: the ledger forwards it with these headers, and relays the
+            # market stream's acknowledgement (or its refusal) to Tp-Ack.
+            headers[HEADER_ACK] = f"{self._inbox}.a.{token}"
+            funding = (FundOrder(0, 0, market=market, place=command)
+                       if isinstance(command, Place) else
+                       FundReplace(0, 0, market=market, replace=command))
+            shard = shard_of(work.account, self.ledger_shards)
+            await self.nc.publish(ledger_command_subject(shard),
+                                  encode_ledger_command(funding),
+                                  reply=f"{self._inbox}.l.{token}", headers=headers)
+            return
+        await self.nc.publish(command_subject(market), encode_command(command),
+                              reply=f"{self._inbox}.a.{token}", headers=headers)
 
     async def _on_inbox(self, msg: Msg) -> None:
         kind, _, token = msg.subject[len(self._inbox) + 1:].partition(".")
@@ -255,7 +279,12 @@ class Gateway:
         if flight is None:
             return  # answered already (or timed out)
         try:
-            if kind == "a":
+            if kind == "l":
+                await self._on_ledger_ack(token, flight, msg.data)
+            elif kind == "a" and msg.headers and HEADER_REFUSED in msg.headers:
+                del self._in_flight[token]
+                await self._complete(flight, self._refusal(flight, msg.data))
+            elif kind == "a":
                 await self._on_ack(token, flight, msg.data)
             elif flight.result is None:
                 flight.result = msg.data
@@ -302,6 +331,39 @@ class Gateway:
         if flight.result is not None:  # the engine was quicker than the acknowledgement
             del self._in_flight[token]
             await self._finish(flight)
+
+    async def _on_ledger_ack(self, token: str, flight: _InFlight, data: bytes) -> None:
+        """The ledger shard's stream took (or refused) an order or replace to fund. The
+        market's acknowledgement, or the ledger's refusal, follows on ``.a.``."""
+        name = flight.submission.market.definition.name
+        ack = decode_pub_ack(data) if data else None
+        if ack is None or ack.error is not None or not ack.seq:
+            del self._in_flight[token]
+            reason = (ack.error or {}).get("description", "no stream") if ack else "no stream"
+            await self._complete(flight, error_reply(
+                int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
+                f"the ledger did not take the command ({reason}); retry with the same "
+                "clientOrderId", market=name))
+        elif ack.duplicate:
+            del self._in_flight[token]
+            if not flight.submission.client_order_id:
+                await self._complete(flight, encode_reply(Reply(
+                    ok=True, market=name, client_order_id=None, duplicate=True)))
+            else:
+                self._spawn(self._answer_duplicate(flight, None))
+
+    def _refusal(self, flight: _InFlight, data: bytes) -> bytes:
+        """The ledger did not fund the order or replace: its reject code and reason."""
+        name = flight.submission.market.definition.name
+        client_order_id = getattr(flight.submission.command, "client_order_id", None) or None
+        try:
+            refusal = msgspec.json.decode(data, type=LedgerRefusal)
+        except msgspec.DecodeError:
+            log.warning("a ledger refusal that is not one: %r", data[:120])
+            UNTRUSTED_SKIPPED.labels("gateway", "ledger refusal").inc()
+            return error_reply(500, "INTERNAL", "the ledger refused the order", market=name)
+        return encode_reply(Reply(ok=False, market=name, client_order_id=client_order_id,
+                                  error=ErrorBody(refusal.code, refusal.name, refusal.reason)))
 
     async def _sweep(self) -> None:
         """Answer every request whose acknowledgement or result did not come in time."""
@@ -493,7 +555,7 @@ class Gateway:
         return encode_reply(Reply(ok=True, market=name, trades=body["trades"],
                                   next=body.get("next")))
 
-    async def _answer_duplicate(self, flight: _InFlight, sequence: int) -> None:
+    async def _answer_duplicate(self, flight: _InFlight, sequence: int | None) -> None:
         """A place the command stream took for a retry: the original was sequenced as
         ``sequence``, so the answer is the original's state — also when the engine cannot
         tell yet (recovering after a restart, no leader, not applied that far): the
@@ -516,7 +578,8 @@ class Gateway:
             if body.get("order") is not None:
                 reply = self._duplicate(work, sequence, body["order"])
                 break
-            if ("error" not in body and body.get("sequence", 0) >= sequence) or (
+            if ("error" not in body and sequence is not None
+                    and body.get("sequence", 0) >= sequence) or (
                     ack and time.monotonic() >= deadline):
                 # Applied, but neither the engine nor a history knows the order any more
                 # (or, for an ack, it is sequenced and nothing more could be learnt).
@@ -528,7 +591,7 @@ class Gateway:
                 why = body.get("error") or f"applied up to {body.get('sequence')} only"
                 reply = error_reply(
                     int(EdgeCode.RESULT_TIMEOUT), EdgeCode.RESULT_TIMEOUT.name,
-                    f"sequenced as {sequence} when clientOrderId {client_order_id} was first "
+                    f"sequenced{_as(sequence, '')} when clientOrderId {client_order_id} was first "
                     f"sent, but the engine of {name} could not tell its outcome within "
                     f"{self.result_timeout} s ({why}); ask for its status by clientOrderId",
                     market=name, sequence=sequence, client_order_id=client_order_id)
@@ -537,7 +600,8 @@ class Gateway:
             pause = min(2 * pause, 0.5)
         await self._complete(flight, reply)
 
-    def _duplicate(self, work: Submission, sequence: int, original: dict[str, Any]) -> bytes:
+    def _duplicate(self, work: Submission, sequence: int | None,
+                   original: dict[str, Any]) -> bytes:
         """The reply to a retried place, given the original order the engine or
         PostgreSQL described."""
         name = work.market.definition.name
@@ -548,7 +612,7 @@ class Gateway:
         if differ:
             return error_reply(
                 int(EdgeCode.DUPLICATE_MISMATCH), EdgeCode.DUPLICATE_MISMATCH.name,
-                f"clientOrderId {client_order_id} was first sent as sequence {sequence} "
+                f"clientOrderId {client_order_id} was first sent{_as(sequence)} "
                 f"with other terms: {'; '.join(differ)}. This order was not placed; use "
                 "another clientOrderId for a new order", market=name, sequence=sequence,
                 client_order_id=client_order_id, order=order)
@@ -586,3 +650,9 @@ class Gateway:
         order = msgspec.convert(body["order"], OrderState)
         return encode_reply(Reply(ok=True, market=name,
                                   client_order_id=order.client_order_id or None, order=order))
+
+
+def _as(sequence: int | None, noun: str = "sequence ") -> str:
+    """`` as sequence <n>`` in a reason; nothing when only the ledger sequenced it (its
+    market's sequence is not known then)."""
+    return f" as {noun}{sequence}" if sequence is not None else ""

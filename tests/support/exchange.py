@@ -25,11 +25,19 @@ import nats
 import nkeys
 from nats.aio.client import Client as NatsClient
 
+from tradeplane.ledger_tools import submit
 from tradeplane.processes import NatsServer
 from tradeplane_engine.access import Credentials, trader_inbox
+from tradeplane_engine.ledger import AnyLedgerCommand, DefineAsset, Deposit, shard_of
 from tradeplane_engine.service import MarketService
+from tradeplane_engine.service.ledger import LedgerService
 from tradeplane_engine.streams import StreamSettings, markets_bucket
-from tradeplane_engine.wire import MARKETS_BUCKET, MarketDefinition, encode_definition
+from tradeplane_engine.wire import (
+    MARKETS_BUCKET,
+    LedgerBatch,
+    MarketDefinition,
+    encode_definition,
+)
 from tradeplane_gateway import accounts
 from tradeplane_gateway.auth import AuthService
 from tradeplane_gateway.client import Client
@@ -80,6 +88,20 @@ class Exchange:
     engine_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     connections: list[NatsClient] = field(default_factory=list)
     """Traders' connections made by ``client``, closed with the exchange."""
+    ledgers: list[LedgerService] = field(default_factory=list)
+    """With balances: a replica of each ledger shard, leading alone."""
+
+    async def ledger(self, command: AnyLedgerCommand, shard: int = 0) -> LedgerBatch:
+        """An administrator's ledger command (an asset, a deposit), and what it did."""
+        return await submit(self.nc, shard, command)
+
+    async def fund(self, account: str, **amounts: int) -> None:
+        """Deposit ``asset=units`` for ``account`` (each asset defined beforehand)."""
+        shards = len(self.ledgers)
+        for asset, amount in amounts.items():
+            await self.ledger(Deposit(0, 0, transfer_id=f"{account}-{asset}-{amount}",
+                                      account=account, asset=asset, amount=amount),
+                              shard_of(account, shards))
 
     async def define(self, definition: MarketDefinition) -> None:
         kv = await markets_bucket(self.nc.jetstream(), SETTINGS)
@@ -156,11 +178,13 @@ async def auth_service(server: NatsServer, pool: asyncpg.Pool) -> AsyncIterator[
 
 @contextlib.asynccontextmanager
 async def local_exchange(data_dir: Path, *definitions: MarketDefinition,
-                         engines: bool = True,
-                         accounts_pool: asyncpg.Pool | None = None) -> AsyncIterator[Exchange]:
+                         engines: bool = True, accounts_pool: asyncpg.Pool | None = None,
+                         ledger_shards: int = 0,
+                         assets: dict[str, int] | None = None) -> AsyncIterator[Exchange]:
     """nats-server + gateway (+ an engine per market) for the length of a test; with
     ``accounts_pool`` (a migrated database), the auth service too, so real traders can
-    connect (``Exchange.issue``)."""
+    connect (``Exchange.issue``); with ``ledger_shards``, balances (docs/ledger.md): a
+    ledger service per shard, each asset of ``assets`` (name: decimals) defined in each."""
     server = NatsServer.secured(data_dir / "nats").start()
     try:
         nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024,
@@ -173,10 +197,23 @@ async def local_exchange(data_dir: Path, *definitions: MarketDefinition,
         kv = await gateway_nc.jetstream().key_value(MARKETS_BUCKET)
         markets = MarketDirectory()
         follow = asyncio.create_task(markets.follow(kv))
-        gateway = Gateway(gateway_nc, markets)
+        gateway = Gateway(gateway_nc, markets, ledger_shards=ledger_shards)
         await gateway.start()
         exchange = Exchange(server.url_as("admin"), nc, markets, gateway, engine_nc, server,
                             tasks=[follow])
+        if ledger_shards:
+            ledger_nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024,
+                                           **server.access("ledger").options())
+            exchange.connections.append(ledger_nc)
+            ledger_kv = await ledger_nc.jetstream().key_value(MARKETS_BUCKET)
+            for shard in range(ledger_shards):
+                service = LedgerService(ledger_nc, shard, ledger_shards, SETTINGS)
+                exchange.ledgers.append(service)
+                exchange.tasks.append(asyncio.create_task(service.run(ledger_kv)))
+                await asyncio.wait_for(service.ready.wait(), 10)
+                for asset, decimals in (assets or {}).items():
+                    await exchange.ledger(DefineAsset(0, 0, asset=asset, decimals=decimals),
+                                          shard)
         async with contextlib.AsyncExitStack() as stack:
             if accounts_pool is not None:
                 await stack.enter_async_context(auth_service(server, accounts_pool))

@@ -7,6 +7,7 @@ point; the design, and why holds always cover fills, is in docs/ledger.md.
 from tradeplane_engine.ledger.amounts import (
     CLEARING,
     FEES,
+    SYSTEM_ACCOUNTS,
     WORLD,
     Terms,
     TermsError,
@@ -33,11 +34,12 @@ from tradeplane_engine.ledger.events import (
     MovementKind,
     Refused,
 )
-from tradeplane_engine.ledger.state import Funding, Ledger
+from tradeplane_engine.ledger.state import Funding, Ledger, named
 
 __all__ = [
-    "CLEARING", "FEES", "WORLD", "AnyLedgerCommand", "AnyLedgerEvent", "DefineAsset",
+    "CLEARING", "FEES", "SYSTEM_ACCOUNTS", "WORLD", "AnyLedgerCommand", "AnyLedgerEvent",
+    "DefineAsset",
     "DefineMarket", "Deposit", "Duplicate", "Forward", "FundOrder", "FundReplace", "Funding",
     "Ledger", "LedgerCommand", "LedgerEvent", "Movement", "MovementKind", "Refused", "Settle",
-    "Terms", "TermsError", "Withdraw", "fee", "shard_of",
+    "Terms", "TermsError", "Withdraw", "fee", "named", "shard_of",
 ]

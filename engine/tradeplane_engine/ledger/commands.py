@@ -80,6 +80,8 @@ class Settle(LedgerCommand, frozen=True, gc=False, tag="settle"):
     market: str
     events_sequence: int
     events: list[AnyEvent]
+    position: int = 0
+    """The message's sequence in the market's events stream."""
 
 
 AnyLedgerCommand = (DefineAsset | DefineMarket | Deposit | Withdraw | FundOrder | FundReplace

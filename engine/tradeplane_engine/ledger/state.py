@@ -99,21 +99,24 @@ class Funding(msgspec.Struct, array_like=True):
     remaining: int
     held: int
     """What the order holds (without replaces in flight)."""
+    funded_at: int = 0
+    """The ledger sequence of its ``fundOrder``: a new leader sends it again from there
+    while it is in flight."""
     order_id: int = 0
     """0 while in flight (its market has not accepted it yet)."""
-    provisions: list[tuple[int, int, int]] = msgspec.field(default_factory=list)
-    """Its replaces in flight, oldest first: (what each holds, its price, its quantity;
-    0 where it keeps the order's)."""
+    provisions: list[tuple[int, int, int, int]] = msgspec.field(default_factory=list)
+    """Its replaces in flight, oldest first: (what each holds, its price, its quantity,
+    the ledger sequence of its ``fundReplace``; 0 for a price or quantity it keeps)."""
 
     @property
     def provisioned(self) -> int:
-        return sum(provision for provision, _, _ in self.provisions)
+        return sum(provision[0] for provision in self.provisions)
 
     def bounds(self) -> tuple[int, int, int, int]:
         """The lowest and highest price and quantity the order may have when a new
         replace reaches its market: its own now, or those of a replace in flight."""
-        prices = [self.price, *(price for _, price, _ in self.provisions if price)]
-        quantities = [self.quantity, *(quantity for _, _, quantity in self.provisions
+        prices = [self.price, *(price for _, price, _, _ in self.provisions if price)]
+        quantities = [self.quantity, *(quantity for _, _, quantity, _ in self.provisions
                                        if quantity)]
         return min(prices), max(prices), min(quantities), max(quantities)
 
@@ -143,6 +146,9 @@ class Ledger:
         """Open orders by (market, order id)."""
         self.settled: dict[str, int] = {}
         """The last events message settled, by market (its command sequence)."""
+        self.positions: dict[str, int] = {}
+        """Where in each market's events stream the last settled message is (its stream
+        sequence): a new leader reads on from there."""
         self.deposited: dict[str, int] = {}
         self.withdrawn: dict[str, int] = {}
         self.unfunded = 0
@@ -171,6 +177,14 @@ class Ledger:
         return {asset: (balance.available, balance.held)
                 for (owner, asset), balance in sorted(self.balances.items())
                 if owner == account}
+
+    def in_flight(self) -> list[int]:
+        """The ledger sequences of the ``fundOrder`` and ``fundReplace`` commands whose
+        market has not answered yet, oldest first: what a new leader sends again."""
+        return sorted([*(funding.funded_at for funding in self.orders.values()
+                         if not funding.order_id),
+                       *(provision[3] for funding in self.orders.values()
+                         for provision in funding.provisions)])
 
     def need(self, funding: Funding) -> int:
         """What an open order needs to hold for what it may still trade."""
@@ -323,12 +337,7 @@ class Ledger:
     # -- funding ------------------------------------------------------------------------
 
     def _fund_order(self, command: FundOrder, out: list[AnyLedgerEvent]) -> None:
-        place = command.place
-        if not place.client_order_id:
-            # The order needs a name before its market gives it an id; the gateway names
-            # it when the trader did not (as Binance's newClientOrderId), this is a guard.
-            place = msgspec.structs.replace(place,
-                                            client_order_id=f"L{self.shard}-{command.sequence}")
+        place = named(command.place, self.shard, command.sequence)
         refusal = self._order_refusal(command.market, place)
         if refusal is not None:
             out.append(refusal)
@@ -352,7 +361,7 @@ class Ledger:
         quantity = 0 if price == 0 and place.side is Side.BUY else place.quantity
         self.orders[(command.market, place.account, place.client_order_id)] = Funding(
             command.market, place.account, place.client_order_id, place.side, price,
-            quantity, quantity, need)
+            quantity, quantity, need, command.sequence)
         out.append(Forward(command.market, place))
 
     def _order_refusal(self, market: str, place: Place) -> Refused | None:
@@ -412,7 +421,8 @@ class Ledger:
             return
         self._move(out, MovementKind.HOLD, replace.account, asset, -provision, provision,
                    command.market, funding.order_id, funding.client_order_id)
-        funding.provisions.append((provision, replace.price, replace.quantity))
+        funding.provisions.append((provision, replace.price, replace.quantity,
+                                   command.sequence))
         out.append(Forward(command.market, replace))
 
     def _find(self, market: str, account: str, order_id: int,
@@ -434,6 +444,7 @@ class Ledger:
             out.append(Duplicate("settle", f"{market}:{command.events_sequence}"))
             return
         self.settled[market] = command.events_sequence
+        self.positions[market] = max(self.positions.get(market, 0), command.position)
         terms = self.terms[market]
         for event in command.events:
             self._settle_event(terms, event, out)
@@ -590,7 +601,8 @@ class Ledger:
              if balance.available or balance.held],
             sorted((key, *value) for key, value in self.transfers.items()),
             [self.orders[key] for key in sorted(self.orders)],
-            sorted(self.settled.items()), sorted(self.deposited.items()),
+            sorted(self.settled.items()), sorted(self.positions.items()),
+            sorted(self.deposited.items()),
             sorted(self.withdrawn.items()), self.unfunded, self.shortfalls))
 
     def state_hash(self) -> str:
@@ -614,6 +626,7 @@ class Ledger:
             if funding.order_id:
                 ledger.by_id[(funding.market, funding.order_id)] = funding
         ledger.settled = dict(state.settled)
+        ledger.positions = dict(state.positions)
         ledger.deposited = dict(state.deposited)
         ledger.withdrawn = dict(state.withdrawn)
         ledger.unfunded, ledger.shortfalls = state.unfunded, state.shortfalls
@@ -672,10 +685,20 @@ class LedgerState(msgspec.Struct, array_like=True):
     transfers: list[tuple[str, str, str, str, int]]
     orders: list[Funding]
     settled: list[tuple[str, int]]
+    positions: list[tuple[str, int]]
     deposited: list[tuple[str, int]]
     withdrawn: list[tuple[str, int]]
     unfunded: int
     shortfalls: int
+
+
+def named(place: Place, shard: int, sequence: int) -> Place:
+    """The order as the ledger funds it: named. It needs a name before its market gives
+    it an id; the gateway names an order the trader did not (as Binance's
+    newClientOrderId), so this is a guard: ``L<shard>-<ledger sequence>``."""
+    if place.client_order_id:
+        return place
+    return msgspec.structs.replace(place, client_order_id=f"L{shard}-{sequence}")
 
 
 def _buy_provision(terms: Terms, old_price: int, new_price: int, change: int,

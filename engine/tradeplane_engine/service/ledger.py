@@ -1,0 +1,402 @@
+"""One ledger shard's service: its command stream in, balances and forwarded orders out.
+
+``LedgerService`` runs one replica of a shard (docs/ledger.md) with the engines' own
+machinery: the shard's command stream through a ``StreamFeed``, the pure ``Ledger``
+applied by ``ledger_path.LedgerPath`` (a ``replica.Replica``), a lease in ``tp-leases``
+under ``ledger.<shard>`` and ``leadership.Leadership`` for the takeover. Only the
+leader acts on the world:
+
+- it forwards the orders and replaces it funded, and answers the gateway (the path);
+- it follows every funded market's events stream and sequences each events message
+  that concerns its accounts as a ``settle`` in its own stream
+  (``settle:<market>:<sequence>``, stored once);
+- it defines to the ledger the markets of the markets bucket whose assets are defined,
+  and their fee changes;
+- on taking the lead, it forwards again what is still in flight, under the same message
+  ids (a copy its market's stream already holds is dropped);
+- it answers ``tp.ledger.<shard>.balances`` and ``.status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from tradeplane_engine.access import is_inbox
+from tradeplane_engine.connection import NATS_ERRORS
+from tradeplane_engine.core.commands import Place, Replace
+from tradeplane_engine.core.events import (
+    AnyEvent,
+    OrderAccepted,
+    OrderRejected,
+    OrderReplaced,
+    OrderUpdate,
+    Trade,
+)
+from tradeplane_engine.feed import StreamFeed
+from tradeplane_engine.ledger import (
+    CLEARING,
+    FEES,
+    DefineMarket,
+    FundOrder,
+    FundReplace,
+    Ledger,
+    Settle,
+    named,
+)
+from tradeplane_engine.service.events import EventsPublisher
+from tradeplane_engine.service.leadership import Leadership
+from tradeplane_engine.service.ledger_path import (
+    LedgerPath,
+    account_balances,
+    forward_message_id,
+)
+from tradeplane_engine.service.writer import Outbound, StreamWriter
+from tradeplane_engine.streams import StreamSettings, ensure_stream
+from tradeplane_engine.wire import (
+    HEADER_MESSAGE_ID,
+    HEADER_REPLY,
+    MAX_REQUEST,
+    MarketDefinition,
+    command_subject,
+    decode_events,
+    decode_ledger_command,
+    definition_entry,
+    encode_command,
+    encode_ledger_command,
+    event_stream,
+    is_account,
+    ledger_command_stream,
+    ledger_command_subject,
+    ledger_event_stream,
+    ledger_event_subject,
+    ledger_name,
+    ledger_subject,
+)
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
+
+log = logging.getLogger(__name__)
+
+ORDER_EVENTS = (Trade, OrderAccepted, OrderRejected, OrderUpdate, OrderReplaced)
+"""The events settlement reads; book levels and mode changes are left out."""
+STREAM_WAIT = 1.0
+"""Seconds between two looks for a funded market's events stream not made yet."""
+
+
+class BalancesQuery(msgspec.Struct, forbid_unknown_fields=True):
+    account: str
+
+
+class LedgerService:
+    """Runs one replica of one ledger shard. ``run()`` until cancelled."""
+
+    def __init__(self, nc: Client, shard: int, shards: int,
+                 settings: StreamSettings | None = None, *, replica: str = "solo",
+                 leases: KeyValue | None = None, batch: int = 512) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.shard = shard
+        self.name = ledger_name(shard)
+        self.settings = settings or StreamSettings()
+        self.replica = replica
+        self.ledger = Ledger(shard, shards)
+        self._batch = batch
+        self.events = EventsPublisher(nc, self.name, stream=ledger_event_stream(shard),
+                                      subject=ledger_event_subject(shard))
+        self.forwarder = StreamWriter(nc, f"{self.name} forwards")
+        self.settler = StreamWriter(nc, f"{self.name} settlements")
+        self.path = LedgerPath(nc, shard, replica, self.ledger, self.events, self.forwarder,
+                               leading=leases is None)  # without a lease: leads alone
+        self.leadership = Leadership(nc, self.name, replica, self.path, leases,
+                                     on_lead=self._lead, on_stand_by=self._stand_by)
+        if self.leadership.lease is not None:
+            self.path.step_down = self.leadership.lease.step_down
+        self.definitions: dict[str, MarketDefinition] = {}
+        """The markets bucket as last seen."""
+        self._changed = asyncio.Event()
+        """Set when a definition or an asset changed: the leader defines markets again."""
+        self._proposed: set[str] = set()
+        self._duties: asyncio.Task[None] | None = None
+        self._requests: list[Subscription] = []
+
+    @property
+    def ready(self) -> asyncio.Event:
+        return self.path.ready
+
+    @property
+    def leading(self) -> bool:
+        return self.path.leading
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self, markets: KeyValue) -> None:
+        for config in self.settings.ledger_stream_configs(self.shard):
+            await ensure_stream(self.js, config)
+        path = self.path
+        path.stream_last, path.published_through = await path.last_events_message()
+        if path.published_through == 0:
+            path.ready.set()
+        subscription = await self.nc.subscribe(ledger_event_subject(self.shard),
+                                               cb=path.on_published)
+        feed = StreamFeed(self.nc, ledger_command_stream(self.shard), 1, batch=self._batch,
+                          reply_header=HEADER_REPLY)
+        for part in (self.events, self.forwarder, self.settler, feed):
+            await part.start()
+        log.info("%s: replaying its command stream; events published through %d", self.name,
+                 path.published_through)
+        try:
+            # As a market's service: a task that fails (a defect; NATS errors are survived
+            # inside each) ends the others and the service, and so the process.
+            async with asyncio.TaskGroup() as group:
+                self.leadership.tasks = group
+                if self.leadership.lease is not None:
+                    group.create_task(self.leadership.lease.run(), name=f"lease {self.name}")
+                group.create_task(self._follow_markets(markets), name=f"markets {self.name}")
+                group.create_task(self._consume(feed), name=f"commands {self.name}")
+                if self.leading:
+                    await self._lead()
+        finally:
+            await self._stand_by()
+            with contextlib.suppress(*NATS_ERRORS):
+                await subscription.unsubscribe()
+            for part in (feed, self.settler, self.forwarder, self.events):
+                await part.stop()
+
+    async def _consume(self, feed: StreamFeed) -> None:
+        ledger = self.ledger
+        while True:
+            batch = await feed.next_batch()
+            known = (len(ledger.decimals), len(ledger.terms))
+            await self.path.process(batch)
+            if (len(ledger.decimals), len(ledger.terms)) != known:
+                self._changed.set()
+
+    async def _follow_markets(self, kv: KeyValue) -> None:
+        """Keep ``definitions`` as the markets bucket says, watching again after a failure."""
+        while True:
+            try:
+                watcher = await kv.watchall()
+                try:
+                    async for entry in watcher:
+                        if entry is not None:
+                            self._saw_definition(entry.key, entry.value, entry.operation)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
+            except NATS_ERRORS as exc:
+                log.warning("%s: the markets bucket's watch failed (%s); watching again",
+                            self.name, type(exc).__name__)
+            await asyncio.sleep(STREAM_WAIT)
+
+    def _saw_definition(self, key: str, value: bytes | None, operation: str | None) -> None:
+        if operation in ("DEL", "PURGE") or not value:
+            self.definitions.pop(key, None)
+            return
+        try:
+            self.definitions[key] = definition_entry(key, value)
+        except (ValueError, ArithmeticError) as exc:
+            log.error("%s: market %s: definition refused (%s)", self.name, key[:80],
+                      str(exc)[:200])
+            UNTRUSTED_SKIPPED.labels("ledger", "market definition").inc()
+            return
+        self._changed.set()
+
+    # -- leading ------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        handlers = {ledger_subject(self.shard, "balances"): self._on_balances,
+                    ledger_subject(self.shard, "status"): self._on_status}
+        self._requests = [await self.nc.subscribe(subject, cb=handler)
+                          for subject, handler in handlers.items()]
+        assert self.leadership.tasks is not None
+        self._duties = self.leadership.tasks.create_task(self._lead_duties(),
+                                                         name=f"duties {self.name}")
+
+    async def _stand_by(self) -> None:
+        requests, self._requests = self._requests, []
+        for subscription in requests:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        if self._duties is not None:
+            self._duties.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._duties
+            self._duties = None
+
+    async def _lead_duties(self) -> None:
+        """What only the leader does, until it stops leading (then it is cancelled)."""
+        await self.ready.wait()
+        await self._forward_in_flight()
+        followed: set[str] = set()
+        async with asyncio.TaskGroup() as group:
+            while True:
+                self._changed.clear()
+                await self._define_markets()
+                for market in sorted(set(self.ledger.terms) - followed):
+                    followed.add(market)
+                    group.create_task(self._settle(market), name=f"settle {market}")
+                await self._changed.wait()
+
+    async def _forward_in_flight(self) -> None:
+        """Forward again what the last leader may not have: the same message ids, so a
+        copy already in a market's stream is dropped (docs/ledger.md)."""
+        outbound: list[Outbound] = []
+        for sequence in self.ledger.in_flight():
+            message = await self.js.get_msg(ledger_command_stream(self.shard), sequence)
+            command = decode_ledger_command(message.data or b"", sequence, 0)
+            inner: Place | Replace
+            if isinstance(command, FundOrder):
+                market, inner = command.market, named(command.place, self.shard, sequence)
+            elif isinstance(command, FundReplace):
+                market, inner = command.market, command.replace
+            else:  # the ledger only says funded commands are in flight
+                raise AssertionError(f"ledger command {sequence} is not an order")
+            headers = {HEADER_MESSAGE_ID: forward_message_id(self.shard, sequence)}
+            if message.headers and message.headers.get(HEADER_REPLY):
+                headers[HEADER_REPLY] = message.headers[HEADER_REPLY]
+            outbound.append(Outbound(command_subject(market), encode_command(inner), headers))
+        if outbound:
+            log.info("%s: forwarding %d funded commands in flight again", self.name,
+                     len(outbound))
+            await self.forwarder.write(outbound)
+
+    async def _define_markets(self) -> None:
+        """Define to the ledger each market whose assets it knows, as its definition says."""
+        ledger = self.ledger
+        outbound: list[Outbound] = []
+        for name, definition in sorted(self.definitions.items()):
+            if definition.base not in ledger.decimals or definition.quote not in ledger.decimals:
+                continue
+            fees = _fees(definition)
+            if fees is None:
+                continue
+            command = DefineMarket(0, 0, market=name, base=definition.base,
+                                   quote=definition.quote, tick_size=definition.tick_size,
+                                   lot_size=definition.lot_size, maker_bps=fees[0],
+                                   taker_bps=fees[1])
+            terms = ledger.terms.get(name)
+            if terms is not None and (terms.maker_bps, terms.taker_bps) == (
+                    command.maker_bps, command.taker_bps):
+                continue
+            payload = encode_ledger_command(command)
+            key = f"define:{name}:{hashlib.sha256(payload).hexdigest()[:16]}"
+            if key in self._proposed:
+                continue  # sequenced already: applied, or refused (and logged) as it is
+            self._proposed.add(key)
+            outbound.append(Outbound(ledger_command_subject(self.shard), payload,
+                                     {HEADER_MESSAGE_ID: key}))
+        if outbound:
+            await self.settler.write(outbound)
+
+    async def _settle(self, market: str) -> None:
+        """Sequence each events message of ``market`` that concerns this shard's accounts
+        as a ``settle``, from where the ledger last settled, for as long as it leads."""
+        stream = event_stream(market)
+        while True:
+            try:
+                await self.js.stream_info(stream)
+                break
+            except NotFoundError:
+                await asyncio.sleep(STREAM_WAIT)  # its engine has not made it yet
+            except NATS_ERRORS as exc:
+                log.warning("%s: %s not readable yet (%s)", self.name, stream,
+                            type(exc).__name__)
+                await asyncio.sleep(STREAM_WAIT)
+        feed = StreamFeed(self.nc, stream, self.ledger.positions.get(market, 0) + 1,
+                          batch=256)
+        await feed.start()
+        try:
+            while True:
+                outbound = [settle for item in await feed.next_batch()
+                            if (settle := self._settlement(market, item.sequence, item.data))]
+                if outbound:
+                    await self.settler.write(outbound)
+        finally:
+            await feed.stop()
+
+    def _settlement(self, market: str, position: int, data: bytes) -> Outbound | None:
+        try:
+            batch = decode_events(data)
+        except msgspec.DecodeError as exc:
+            log.warning("%s: %s message %d is not an events message (%s); skipped",
+                        self.name, event_stream(market), position, str(exc)[:120])
+            UNTRUSTED_SKIPPED.labels("ledger", "events message").inc()
+            return None
+        if batch.market != market:
+            UNTRUSTED_SKIPPED.labels("ledger", "events message").inc()
+            return None
+        events = [event for event in batch.events if self._concerns(event)]
+        if not events:
+            return None
+        settle = Settle(0, 0, market=market, events_sequence=batch.sequence, events=events,
+                        position=position)
+        return Outbound(ledger_command_subject(self.shard), encode_ledger_command(settle),
+                        {HEADER_MESSAGE_ID: f"settle:{market}:{batch.sequence}"})
+
+    def _concerns(self, event: AnyEvent) -> bool:
+        owns = self.ledger.owns
+        if isinstance(event, Trade):
+            return owns(event.maker_account) or owns(event.taker_account)
+        return isinstance(event, ORDER_EVENTS) and owns(event.account)
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def _on_balances(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            if len(msg.data) > MAX_REQUEST:
+                raise ValueError("request too large")
+            query = msgspec.json.decode(msg.data, type=BalancesQuery)
+            if not is_account(query.account) or not self.ledger.owns(query.account):
+                raise ValueError(f"account {query.account[:64]!r} is not this shard's")
+            answer = msgspec.json.encode(account_balances(self.ledger, query.account))
+        except (msgspec.DecodeError, ValueError) as exc:
+            UNTRUSTED_SKIPPED.labels("ledger", "balances request").inc()
+            answer = msgspec.json.encode({"error": str(exc)[:200]})
+        with contextlib.suppress(*NATS_ERRORS):
+            await self.nc.publish(msg.reply, answer)
+
+    async def _on_status(self, msg: Msg) -> None:
+        if msg.reply and is_inbox(msg.reply):
+            with contextlib.suppress(*NATS_ERRORS):
+                await self.nc.publish(msg.reply, msgspec.json.encode(self.status()))
+
+    def status(self) -> dict[str, Any]:
+        """The shard as this replica holds it, with its audit: what ``tradeplane audit``
+        reads."""
+        ledger = self.ledger
+        assets = sorted(set(ledger.decimals))
+        return {
+            "shard": self.shard, "shards": ledger.shards, "replica": self.replica,
+            "leading": self.leading, "sequence": ledger.sequence,
+            "stateHash": ledger.state_hash(), "audit": ledger.audit(),
+            "settled": dict(sorted(ledger.settled.items())),
+            "clearing": {asset: ledger.balance(CLEARING, asset)[0] for asset in assets},
+            "fees": {asset: ledger.balance(FEES, asset)[0] for asset in assets},
+            "deposited": dict(sorted(ledger.deposited.items())),
+            "withdrawn": dict(sorted(ledger.withdrawn.items())),
+        }
+
+
+def _fees(definition: MarketDefinition) -> tuple[int, int] | None:
+    """(maker, taker) basis points of a definition; None, logged, when they are not
+    integers (the CRD says they are: such a definition was not written by the operator)."""
+    fees = definition.fees or {}
+    maker, taker = fees.get("makerBps", 0), fees.get("takerBps", 0)
+    if all(isinstance(value, int) and not isinstance(value, bool) for value in (maker, taker)):
+        return maker, taker
+    log.error("market %s: fees %r are not basis points; not funded", definition.name,
+              str(fees)[:120])
+    UNTRUSTED_SKIPPED.labels("ledger", "market definition").inc()
+    return None

@@ -1,0 +1,177 @@
+"""A ledger shard's hot path: apply each batch of ledger commands, then publish what
+it did (docs/ledger.md).
+
+For each batch the feed hands over, every command is applied to the pure ledger
+(``tradeplane_engine.ledger``); then, once the shard's events stream has stored what
+they did (``replica.Replica``), the leader:
+
+1. forwards every funded order and replace to its market's command stream, under the
+   message id ``ledger.<shard>:<sequence>``, with the gateway's ``Tp-Reply`` (the
+   engine's result goes straight to the gateway) — and relays the market stream's
+   acknowledgement to the gateway's ``Tp-Ack``;
+2. answers a refused order or replace on its ``Tp-Ack`` (``Tp-Refused``, a
+   ``LedgerRefusal``), and an administrator's command on its ``Tp-Reply`` (the events);
+3. publishes the balances of every account that moved, on ``tp.acct.<account>.balances``.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+
+from tradeplane_engine.core.market import format_decimal
+from tradeplane_engine.feed import SequencedCommand
+from tradeplane_engine.ledger import (
+    SYSTEM_ACCOUNTS,
+    AnyLedgerCommand,
+    AnyLedgerEvent,
+    Forward,
+    FundOrder,
+    FundReplace,
+    Ledger,
+    Movement,
+    Refused,
+)
+from tradeplane_engine.service.events import EventsPublisher
+from tradeplane_engine.service.replica import Outgoing, Replica
+from tradeplane_engine.service.writer import Outbound, StreamWriter
+from tradeplane_engine.wire import (
+    HEADER_MESSAGE_ID,
+    HEADER_REFUSED,
+    HEADER_REPLY,
+    LedgerBatch,
+    LedgerRefusal,
+    balances_subject,
+    command_subject,
+    decode_ledger_command,
+    encode_command,
+    encode_ledger_events,
+    ledger_event_stream,
+    ledger_event_subject,
+    ledger_name,
+)
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
+from tradeplane_shared.telemetry import TRACEPARENT
+
+log = logging.getLogger(__name__)
+
+type Applied = tuple[AnyLedgerCommand | None, list[AnyLedgerEvent]]
+
+
+class Balances(msgspec.Struct, frozen=True):
+    available: str
+    held: str
+
+
+class AccountBalances(msgspec.Struct, frozen=True):
+    """An account's balances in decimal strings, per asset: what ``balances`` answers
+    and ``tp.acct.<account>.balances`` carries (docs/protocol.md)."""
+
+    account: str
+    sequence: int
+    """The ledger sequence they are as of."""
+    balances: dict[str, Balances]
+
+
+def account_balances(ledger: Ledger, account: str) -> AccountBalances:
+    def decimal(units: int, asset: str) -> str:
+        return format_decimal(Decimal(units).scaleb(-ledger.decimals.get(asset, 0)))
+
+    return AccountBalances(account, ledger.sequence, {
+        asset: Balances(decimal(available, asset), decimal(held, asset))
+        for asset, (available, held) in ledger.account_balances(account).items()})
+
+
+def forward_message_id(shard: int, sequence: int) -> str:
+    """A funded command's message id in its market's command stream: a new leader's
+    second forward of it is stored once."""
+    return f"{ledger_name(shard)}:{sequence}"
+
+
+class LedgerPath(Replica):
+    """Applies ledger commands; while leading, publishes and acts on what they did."""
+
+    component = "ledger"
+
+    def __init__(self, nc: Client, shard: int, replica: str, ledger: Ledger,
+                 events: EventsPublisher, forwarder: StreamWriter, *, leading: bool) -> None:
+        super().__init__(nc, ledger_name(shard), replica, events,
+                         event_stream=ledger_event_stream(shard),
+                         event_subject=ledger_event_subject(shard), leading=leading)
+        self.shard = shard
+        self.ledger = ledger
+        self.forwarder = forwarder
+        self.assets_changed = False
+        """An asset was defined since the leader last looked: market terms may now fit."""
+
+    async def _process(self, batch: list[SequencedCommand]) -> None:
+        outgoing: Outgoing = []
+        decimals = len(self.ledger.decimals)
+        for command in batch:
+            applied = self.apply(command)
+            if command.sequence <= self.published_through:
+                self.replayed_command(command, applied)
+                continue
+            outgoing.append((command, encode_ledger_events(LedgerBatch(
+                self.shard, command.sequence, command.timestamp, applied[1])), applied))
+        if len(self.ledger.decimals) != decimals:
+            self.assets_changed = True
+        if not outgoing:
+            return
+        if not self.leading:
+            self.pending.extend(outgoing)
+            return
+        await self.publish(outgoing)
+
+    def apply(self, command: SequencedCommand) -> Applied:
+        try:
+            decoded = decode_ledger_command(command.data, command.sequence, command.timestamp)
+        except msgspec.DecodeError as exc:  # ValidationError included
+            # Only a client that bypassed the gateway can put this here; every replica
+            # skips it the same way.
+            log.warning("%s: command %d is not a ledger command: %s", self.name,
+                        command.sequence, str(exc)[:200])
+            UNTRUSTED_SKIPPED.labels("ledger", "command").inc()
+            return None, []
+        return decoded, self.ledger.apply(decoded)
+
+    async def after_publish(self, outgoing: Outgoing) -> None:
+        forwards: list[tuple[SequencedCommand, Outbound]] = []
+        moved: set[str] = set()
+        for command, payload, (decoded, events) in outgoing:
+            funding = isinstance(decoded, FundOrder | FundReplace)
+            for event in events:
+                if isinstance(event, Movement):
+                    if event.account not in SYSTEM_ACCOUNTS:
+                        moved.add(event.account)
+                elif isinstance(event, Forward):
+                    forwards.append((command, self._forward(command, event)))
+                elif isinstance(event, Refused) and funding and command.ack:
+                    await self.nc.publish(command.ack, msgspec.json.encode(LedgerRefusal(
+                        int(event.code), event.code.name, event.reason, self.shard,
+                        command.sequence, event.reference)), headers={HEADER_REFUSED: "1"})
+            if command.reply and not funding:
+                await self.nc.publish(command.reply, payload)
+        if forwards:
+            acks = await self.forwarder.write([outbound for _, outbound in forwards])
+            for (command, _), ack in zip(forwards, acks, strict=True):
+                if command.ack:
+                    await self.nc.publish(command.ack, ack)
+        for account in sorted(moved):
+            await self.nc.publish(balances_subject(account), msgspec.json.encode(
+                account_balances(self.ledger, account)))
+
+    def _forward(self, command: SequencedCommand, event: Forward) -> Outbound:
+        headers = {HEADER_MESSAGE_ID: forward_message_id(self.shard, command.sequence)}
+        if command.reply:
+            headers[HEADER_REPLY] = command.reply
+        if command.trace:
+            headers[TRACEPARENT] = command.trace
+        return Outbound(command_subject(event.market), encode_command(event.command), headers)
+
+    def confirmed(self, command: SequencedCommand, events: Any) -> None:
+        """Nothing to remember: the ledger's state is all there is."""

@@ -1,0 +1,98 @@
+"""An administrator's ledger commands: assets, deposits, withdrawals (docs/ledger.md).
+
+A command goes into its shard's stream under a message id (a transfer's is its
+``transferId``), so a retry is sequenced once; the answer is what the shard's leader
+stored for it in the shard's events stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from tradeplane_engine.ledger import AnyLedgerCommand, DefineAsset, Deposit, Withdraw, shard_of
+from tradeplane_engine.wire import (
+    HEADER_MESSAGE_ID,
+    LedgerBatch,
+    decode_ledger_events,
+    decode_pub_ack,
+    encode_ledger_command,
+    header_sequence,
+    ledger_command_subject,
+    ledger_event_stream,
+    ledger_event_subject,
+)
+
+
+class LedgerToolError(Exception):
+    """The command was not sequenced, or its outcome did not come in time."""
+
+
+def message_id(command: AnyLedgerCommand) -> str:
+    """What makes a retry of the command the same command."""
+    if isinstance(command, Deposit | Withdraw):
+        return f"transfer:{command.transfer_id}"
+    if isinstance(command, DefineAsset):
+        return f"asset:{command.asset}:{command.decimals}"
+    raise ValueError(f"not an administrator's command: {type(command).__name__}")
+
+
+async def submit(nc: Client, shard: int, command: AnyLedgerCommand, *,
+                 timeout: float = 10.0) -> LedgerBatch:
+    """Sequence ``command`` in ``shard``'s stream; what the shard did with it."""
+    outcome: asyncio.Future[LedgerBatch] = asyncio.get_running_loop().create_future()
+    wanted: list[int] = []
+    seen: dict[int, bytes] = {}
+
+    async def on_event(msg: Msg) -> None:
+        sequence = header_sequence(msg.headers)
+        if sequence is None:
+            return
+        seen[sequence] = msg.data
+        if wanted and sequence == wanted[0] and not outcome.done():
+            outcome.set_result(decode_ledger_events(msg.data))
+
+    subscription = await nc.subscribe(ledger_event_subject(shard), cb=on_event)
+    try:
+        reply = await nc.request(ledger_command_subject(shard), encode_ledger_command(command),
+                                 timeout=timeout,
+                                 headers={HEADER_MESSAGE_ID: message_id(command)})
+        ack = decode_pub_ack(reply.data)
+        if ack.error is not None or not ack.seq:
+            raise LedgerToolError(f"ledger shard {shard} did not take the command: "
+                                  f"{ack.error}")
+        wanted.append(ack.seq)
+        if ack.seq in seen:
+            return decode_ledger_events(seen[ack.seq])
+        if ack.duplicate:
+            # Sequenced before: its outcome is in the events stream, one message per
+            # command, so at the same position.
+            stored = await _stored_outcome(nc, shard, ack.seq)
+            if stored is not None:
+                return stored
+        try:
+            return await asyncio.wait_for(outcome, timeout)
+        except TimeoutError:
+            raise LedgerToolError(f"ledger shard {shard}: sequenced as {ack.seq}, no outcome "
+                                  f"within {timeout} s (is a ledger replica leading?)") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()
+
+
+async def _stored_outcome(nc: Client, shard: int, sequence: int) -> LedgerBatch | None:
+    try:
+        message = await nc.jetstream().get_msg(ledger_event_stream(shard), sequence)
+    except NotFoundError:
+        return None
+    if header_sequence(message.headers) != sequence or not message.data:
+        return None
+    return decode_ledger_events(message.data)
+
+
+def shard_for(command: Deposit | Withdraw, shards: int) -> int:
+    return shard_of(command.account, shards)
