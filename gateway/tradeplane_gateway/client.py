@@ -12,7 +12,7 @@ here can be done from any language with a plain NATS client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,7 @@ class Client:
         reply = await self._request(balances_request_subject(self.account), {})
         return reply.balances or {}
 
-    async def balance_updates(self) -> AsyncIterator[dict[str, Any]]:
+    async def balance_updates(self) -> AsyncGenerator[dict[str, Any]]:
         """The account's balances after each change, as its ledger shard publishes them."""
         subscription = await self.nc.subscribe(balances_subject(self.account))
         try:

@@ -388,6 +388,7 @@ class LedgerService(Watchdog):
         assets = sorted(set(ledger.decimals))
         return {
             "shard": self.shard, "shards": ledger.shards, "replica": self.replica,
+            "assets": dict(sorted(ledger.decimals.items())),
             "leading": self.leading, "sequence": ledger.sequence,
             "stateHash": ledger.state_hash(), "audit": ledger.audit(),
             "settled": dict(sorted(ledger.settled.items())),
