@@ -88,6 +88,9 @@ def _up_command(commands: Any) -> None:
                          "$TRADEPLANE_POSTGRES_DSN, else an embedded server in the data dir)")
     up.add_argument("--demo", action="store_true",
                     help="also run a market maker and takers so the books are alive")
+    up.add_argument("--ledger-shards", type=int, default=1,
+                    help="ledger shards keeping balances (default: %(default)s; 0: no "
+                         "balances, orders are not funded)")
 
 
 def _service_commands(commands: Any) -> None:
@@ -299,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tradeplane.up import DEFAULT_MANIFESTS, run_up
 
         return run_up(args.manifests or [DEFAULT_MANIFESTS], args.data_dir, args.port,
-                      args.engines, args.demo, sys.stdout, args.postgres_dsn, args.replicas)
+                      args.engines, args.demo, sys.stdout, args.postgres_dsn, args.replicas,
+                      args.ledger_shards)
     try:
         return _event_loop_runner()(_run_async(args))
     except (KeyboardInterrupt, asyncio.CancelledError):

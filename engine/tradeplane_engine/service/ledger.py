@@ -32,7 +32,6 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from tradeplane_engine.access import is_inbox
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core.commands import Place, Replace
 from tradeplane_engine.core.events import (
@@ -377,7 +376,8 @@ class LedgerService(Watchdog):
             await self.nc.publish(msg.reply, answer)
 
     async def _on_status(self, msg: Msg) -> None:
-        if msg.reply and is_inbox(msg.reply):
+        # Only the administrator may ask (docs/security.md): any reply subject it names.
+        if msg.reply:
             with contextlib.suppress(*NATS_ERRORS):
                 await self.nc.publish(msg.reply, msgspec.json.encode(self.status()))
 
