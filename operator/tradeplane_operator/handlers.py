@@ -26,7 +26,7 @@ from tradeplane_operator.config import (
     Config,
 )
 from tradeplane_operator.crd import GROUP, PLURAL, VERSION
-from tradeplane_operator.errors import to_kopf
+from tradeplane_operator.errors import InvalidMarketError, KubeError, to_kopf
 from tradeplane_operator.exchange import Exchange
 from tradeplane_operator.kube import MARKETS, KubeApi
 from tradeplane_operator.leadership import (
@@ -44,6 +44,7 @@ from tradeplane_operator.reconcile import (
     reconcile,
     switch_over,
 )
+from tradeplane_operator.status import ACCEPTED, condition, timestamp, with_condition
 
 T = TypeVar("T")
 OWNED: dict[str, Any] = {MARKET_LABEL: kopf.PRESENT}
@@ -292,15 +293,45 @@ async def _operate(config: Config, connection: kopf.ConnectionInfo | None,
 
 async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger | logging.Logger) -> None:
     config, kube, exchange = _parts(memo)
-    market = _parse(body)
+    try:
+        market = Market.from_body(body)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        await _refuse(body, kube, "InvalidSpec", f"invalid Market: {exc}")
+        raise kopf.PermanentError(f"invalid Market: {exc}") from exc
     try:
         done = await metrics.reconciling(market, _guarded(
             reconcile(market, kube, exchange, config, _notify(body))))
     except kopf.PermanentError as exc:
-        kopf.event(body, type="Warning", reason="InvalidMarket", message=str(exc))
+        cause = exc.__cause__
+        reason = (cause.reason if isinstance(cause, InvalidMarketError) else
+                  "ChildRefused" if isinstance(cause, KubeError) else "InvalidMarket")
+        await _refuse(body, kube, reason, str(exc))
         raise
     for line in done:
         logger.info(line)
+
+
+async def _refuse(body: kopf.Body, kube: KubeApi, reason: str, message: str) -> None:
+    """A Warning Event, and ``Accepted`` turned ``False`` for this generation: nothing of
+    the generation is applied (retrying will not help; a new spec is needed)."""
+    kopf.event(body, type="Warning", reason=reason, message=message[:1000])
+    conditions = list((body.get("status") or {}).get("conditions") or [])
+    generation = int(body["metadata"].get("generation") or 1)
+    refused = condition(ACCEPTED, False, reason, message, generation, conditions,
+                        timestamp())
+    if not _has(conditions, refused):
+        await _guarded(kube.patch(MARKETS, body["metadata"]["namespace"],
+                                  body["metadata"]["name"],
+                                  {"status": {"conditions": with_condition(conditions,
+                                                                           refused)}},
+                                  subresource="status"))
+
+
+def _has(conditions: list[dict[str, Any]], wanted: dict[str, Any]) -> bool:
+    """Is ``wanted`` written already (but for its transition time)?"""
+    return any(all(c.get(key) == wanted[key] for key in
+                   ("type", "status", "observedGeneration", "reason", "message"))
+               for c in conditions)
 
 
 async def _apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
@@ -310,7 +341,13 @@ async def _apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
         logger.info("reconciliation is paused")
         return
     await _reconcile(body, memo, logger)
-    patch.status["observedGeneration"] = meta.get("generation")
+    generation = int(meta.get("generation") or 1)
+    patch.status["observedGeneration"] = generation
+    conditions = list((body.get("status") or {}).get("conditions") or [])
+    accepted = condition(ACCEPTED, True, "Accepted", "children and definition are as the "
+                         "spec says", generation, conditions, timestamp())
+    if not _has(conditions, accepted):
+        patch.status["conditions"] = with_condition(conditions, accepted)
     target = annotations.get(SWITCHOVER_ANNOTATION)
     if target:
         exchange = _parts(memo)[2]
