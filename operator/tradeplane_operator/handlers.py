@@ -296,7 +296,7 @@ async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger | logging.L
     try:
         market = Market.from_body(body)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        await _refuse(body, kube, "InvalidSpec", f"invalid Market: {exc}")
+        await _refuse(body, kube, "InvalidMarket", f"invalid Market: {exc}")
         raise kopf.PermanentError(f"invalid Market: {exc}") from exc
     try:
         done = await metrics.reconciling(market, _guarded(

@@ -4,6 +4,7 @@ and what it writes on NATS checked against what the engines read."""
 from __future__ import annotations
 
 import datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tradeplane_operator.config import (
     SWITCHOVER_ANNOTATION,
     Config,
 )
+from tradeplane_operator.crd import CONDITION_REASON, MarketStatus
 from tradeplane_operator.errors import (
     ImageNotAllowedError,
     InvalidMarketError,
@@ -38,7 +40,6 @@ from tradeplane_operator.errors import (
     RetryError,
     to_kopf,
 )
-from tradeplane_operator.crd import CONDITION_REASON, MarketStatus
 from tradeplane_operator.exchange import Lease, ReplicaReport, admin_command
 from tradeplane_operator.reconcile import check_image, definition
 from tradeplane_operator.status import Observation, compute, condition, with_condition
@@ -139,8 +140,9 @@ def test_every_reason_is_a_metav1_reason() -> None:
     reasons |= set(re.findall(r'reason="(\w+)"', source))
     reasons |= set(re.findall(r'condition\([^,]+, [^,]+, "(\w+)"', source))
     reasons |= set(re.findall(r'_refuse\(body, kube, "(\w+)"', source))
+    reasons |= set(re.findall(r'"(\w+)" if isinstance', source))
     assert {"ImageNotAllowed", "NameTaken", "DeletionProtected", "Stable", "Retiring",
-            "InvalidSpec", "Accepted", "Failover"} <= reasons
+            "InvalidMarket", "ChildRefused", "Accepted", "Failover"} <= reasons
     assert [reason for reason in reasons if not re.fullmatch(CONDITION_REASON, reason)] == []
 
 
@@ -191,9 +193,9 @@ def test_quantities_compare_by_amount(first: Any, second: Any, equal: bool) -> N
 
 
 @pytest.mark.parametrize(("written", "amount"), [
-    ("500m", quantity.Fraction(1, 2)), ("0.1", quantity.Fraction(1, 10)),
-    ("1Ki", 1024), ("1.5Gi", 3 * 2 ** 29), ("1e2", 100), ("2E-1", quantity.Fraction(1, 5)),
-    (3, 3), ("7u", quantity.Fraction(7, 10 ** 6)), ("1P", 10 ** 15), ("1Ei", 2 ** 60),
+    ("500m", Fraction(1, 2)), ("0.1", Fraction(1, 10)),
+    ("1Ki", 1024), ("1.5Gi", 3 * 2 ** 29), ("1e2", 100), ("2E-1", Fraction(1, 5)),
+    (3, 3), ("7u", Fraction(7, 10 ** 6)), ("1P", 10 ** 15), ("1Ei", 2 ** 60),
 ])
 def test_a_quantity_is_parsed_exactly(written: Any, amount: Any) -> None:
     assert quantity.parse(written) == amount
