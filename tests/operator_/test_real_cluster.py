@@ -6,8 +6,10 @@ Skipped unless ``TRADEPLANE_KUBECONFIG`` names a kubeconfig; see docs/operator.m
     TRADEPLANE_KUBECONFIG=~/.kube/config make pytest PYTEST_ARGS="-m k8s"
 
 What the emulator cannot show, this does: the API server itself validates the CRD's
-schema and CEL rules, and accepts the children the operator builds. Everything is made
-in a namespace of its own and deleted at the end; the CRD is left installed.
+schema and CEL rules, and accepts the children the operator builds; it stores quantities
+canonically (the drift check must see no change in that) and prunes status fields the
+schema does not list (the operator's conditions must come back whole). Everything is
+made in a namespace of its own and deleted at the end; the CRD is left installed.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import pytest
 import yaml
 
 from tests.operator_.harness import CREDENTIALS_SECRET
-from tests.operator_.test_crd import EXAMPLES, INVALID
+from tests.operator_.test_crd import EXAMPLES, INVALID, RESOURCES
 from tests.operator_.test_kubectl import kubectl
 from tests.support.exchange import eventually, run
 from tradeplane.processes import NatsServer
 from tradeplane_operator import handlers
+from tradeplane_operator.children import Market, is_subset, statefulset
 from tradeplane_operator.config import Config
 from tradeplane_operator.kube import (
     DISRUPTION_BUDGETS,
@@ -94,6 +97,15 @@ def test_the_api_server_enforces_the_crd(namespace: tuple[Path, str], tmp_path: 
             assert "is invalid" in output or "Invalid value" in output, output
             if message in CEL_MESSAGES:
                 assert message in output, output
+        # Resources as ResourceRequirements: quantities by Kubernetes' pattern. (An
+        # unknown section is pruned, not refused, by the API server.)
+        for _, resources, reason in RESOURCES:
+            manifest = copy.deepcopy(base)
+            manifest["spec"]["engine"] = {"resources": resources}
+            code, output = await kubectl(config, "apply", "--dry-run=server", "-n", name,
+                                         "-f", _manifest_file(tmp_path, manifest))
+            refused = reason is not None and "Additional properties" not in reason
+            assert (code != 0) is refused, (resources, output)
     run(scenario(), timeout=120)
 
 
@@ -111,12 +123,11 @@ def test_the_operator_makes_children_the_api_server_accepts(
         assert code == 0, output
         os.environ["KUBECONFIG"] = str(config_path)
         stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(handlers.run(
-            Config(nats_url=server.url, namespaces=(name,), final_snapshot_timeout=1,
-                   nats_credentials=str(server.secrets.credentials("operator")),
-                   engine_credentials_secret=CREDENTIALS_SECRET,
-                   lease_namespace=name),  # the Lease goes with the namespace
-            stop=stop, ready=ready))
+        settings = Config(nats_url=server.url, namespaces=(name,), final_snapshot_timeout=1,
+                          nats_credentials=str(server.secrets.credentials("operator")),
+                          engine_credentials_secret=CREDENTIALS_SECRET,
+                          lease_namespace=name)  # the Lease goes with the namespace
+        task = asyncio.create_task(handlers.run(settings, stop=stop, ready=ready))
         info = kopf.login_with_kubeconfig(logger=__import__("logging").getLogger("test"),
                                           settings=kopf.OperatorSettings())
         assert info is not None
@@ -124,6 +135,8 @@ def test_the_operator_makes_children_the_api_server_accepts(
         try:
             await asyncio.wait_for(ready.wait(), 30)
             manifest = yaml.safe_load(EXAMPLES[0].read_text())
+            manifest["spec"]["engine"] = {"resources": {
+                "requests": {"cpu": "1.5", "memory": "0.5Gi"}, "limits": {"cpu": 2}}}
             await kube.create(MARKETS, name, manifest)
             market = manifest["metadata"]["name"]
 
@@ -132,6 +145,28 @@ def test_the_operator_makes_children_the_api_server_accepts(
             await eventually(made, 60, "the children on the real API server")
             for resource in (STATEFULSETS, SERVICES):
                 assert await kube.get(resource, name, f"{market}-engine") is not None
+
+            # The API server stores quantities canonically; the drift check sees no
+            # change in that (else it would patch on every pass).
+            stored = await kube.get(STATEFULSETS, name, f"{market}-engine") or {}
+            assert stored["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+                "requests": {"cpu": "1500m", "memory": "512Mi"}, "limits": {"cpu": "2"}}
+            body = await kube.get(MARKETS, name, market) or {}
+            desired = statefulset(Market.from_body(body), settings)
+            assert is_subset({"spec": desired["spec"]}, stored)
+
+            # The status schema keeps what the operator writes (a real API server prunes
+            # what it does not list): Accepted, with its observed generation.
+            async def accepted() -> bool:
+                status = (await kube.get(MARKETS, name, market) or {}).get("status") or {}
+                return any(c.get("type") == "Accepted" and c.get("status") == "True"
+                           and c.get("observedGeneration") == 1 and c.get("reason")
+                           for c in status.get("conditions") or [])
+            await eventually(accepted, 30, "Accepted stored as written")
+            code, output = await kubectl(config_path, "get", "markets", "-n", name)
+            assert code == 0, output
+            assert output.split()[:6] == ["NAME", "MODE", "READY", "LEADER", "SEQUENCE",
+                                          "AGE"], output
             await kube.patch(MARKETS, name, market, {"metadata": {"annotations": {
                 "tradeplane.dev/deletion-protection": "false"}}})
             await kube.delete(MARKETS, name, market)
