@@ -178,8 +178,8 @@ async def repair(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
 
 
 async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any,
-                 patch: kopf.Patch, **_: Any) -> None:
-    exchange = _parts(memo)[2]
+                 **_: Any) -> None:
+    kube, exchange = _parts(memo)[1:]
     if "observedGeneration" not in status:
         return  # never applied (yet, or refused): nothing of it runs to report on
     try:
@@ -189,11 +189,32 @@ async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: An
     change = await _guarded(metrics.reading(market, observe(
         market, exchange, dict(status), paused=paused(dict(meta.annotations)),
         deleting=bool(meta.get("deletionTimestamp")))))
-    if not is_subset(change.status, dict(status)):  # no write when nothing changed
-        patch.status.update(change.status)
+    if is_subset(change.status, dict(status)):
+        return  # no write when nothing changed
+    if not await _guarded(_write_status(kube, body, change.status)):
+        return  # the Market changed meanwhile: the next reading starts from it
     if change.leader_change:
         kind, reason, message = change.leader_change
         kopf.event(body, type=kind, reason=reason, message=message)
+
+
+async def _write_status(kube: KubeApi, body: kopf.Body, status: dict[str, Any]) -> bool:
+    """Write a status reading unless the Market changed since it was read (False then).
+
+    A merge patch replaces the whole conditions list, and the reading keeps the
+    conditions others write (``Accepted``, ``Retiring``) as it read them: written over a
+    newer Market, it would put an older one of those back. The ``resourceVersion`` it
+    read is the patch's precondition, so the API server refuses such a write (409)."""
+    meta = body["metadata"]
+    try:
+        await kube.patch(MARKETS, meta["namespace"], meta["name"],
+                         {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                          "status": status}, subresource="status")
+    except KubeError as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
 
 
 async def child_gone(event: kopf.RawEvent, body: kopf.Body, memo: Any,

@@ -255,7 +255,8 @@ def test_status_follows_real_replicas_through_a_failover(tmp_path: Path) -> None
             assert set(status["replicaLag"]) == {f"{ENGINE}-0", f"{ENGINE}-1"}
             assert {c["type"]: c["status"] for c in status["conditions"]} == {
                 "Ready": "True", "Available": "True", "Progressing": "False",
-                "Degraded": "False"}
+                "Degraded": "False", "Accepted": "True"}
+            assert {c["observedGeneration"] for c in status["conditions"]} == {1}
             leader = status["leader"]
 
             await kubelet.kill(leader, restart=False)  # its node is gone
