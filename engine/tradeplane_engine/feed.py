@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
@@ -66,7 +67,8 @@ class StreamFeed:
 
     def __init__(self, nc: Client, stream: str, next_sequence: int, *, batch: int = 512,
                  heartbeat: float = 1.0, expires: float = 10.0,
-                 reply_header: str = "Tp-Reply", max_buffered: int | None = None) -> None:
+                 reply_header: str = "Tp-Reply", max_buffered: int | None = None,
+                 on_wait: Callable[[], None] | None = None) -> None:
         self._nc = nc
         self._stream = stream
         self.next_sequence = next_sequence
@@ -76,6 +78,9 @@ class StreamFeed:
         self._heartbeat = heartbeat
         self._expires = expires
         self._reply_header = reply_header
+        self._on_wait = on_wait
+        """Called each time ``next_batch`` has waited a heartbeat (or less) for commands:
+        the reader is idle, not stuck."""
         self._arrived: list[SequencedCommand] = []
         self._wakeup = asyncio.Event()
         self._outstanding = 0
@@ -108,6 +113,8 @@ class StreamFeed:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._heartbeat)
+            if self._on_wait is not None:
+                self._on_wait()
             reconnects = self._nc.stats["reconnects"]
             why = ("reconnected" if reconnects != self._reconnects
                    else "broken" if self._broken

@@ -3,8 +3,11 @@
 - a StatefulSet of engine replicas: stable names (``<market>-engine-0``, ``-1``) are the
   replicas' names in the market's lease, so status and switchover speak of pods;
   probes on the engine's health port (``/readyz`` is true once a replica has caught up
-  with the command stream, ``/livez`` while its event loop runs); anti-affinity so a
-  node failure takes one replica, not the market;
+  with the command stream, ``/livez`` while its markets make progress; a startup probe
+  on ``/readyz`` keeps liveness off while a replica replays its stream); required
+  anti-affinity so a node failure takes one replica, not the market, and a spread over
+  zones; placement (node selector, tolerations, spread, priority, pull secrets) from the
+  operator's settings, replaced field by field by the Market's ``engine.template.pod``;
   its NATS credentials (and TLS files) are mounted from Secrets in the Market's namespace,
   read-only and readable by the pod's group only, never put in its environment;
 - a headless Service for the replicas' stable DNS names and their health port;
@@ -23,7 +26,15 @@ from typing import Any
 
 from tradeplane_operator import quantity
 from tradeplane_operator.config import MARKET_LABEL, Config
-from tradeplane_operator.crd import GROUP, KIND, VERSION, MarketSpec
+from tradeplane_operator.crd import (
+    GROUP,
+    KIND,
+    VERSION,
+    MarketSpec,
+    PodTemplate,
+    Toleration,
+    TopologySpreadConstraint,
+)
 
 MAX_NAME = 40
 GRACE_PERIOD = 30
@@ -44,6 +55,13 @@ and nobody else."""
 PUBLIC_MODE = 0o444
 """A CA bundle from a ConfigMap is no secret."""
 POD_USER = 10001
+
+STARTUP_PERIOD = 5
+STARTUP_FAILURES = 120
+"""The startup probe asks ``/readyz`` every 5 s, 120 times: a replica has 10 minutes to
+restore its snapshot and replay the command stream after it, during which liveness is
+not asked (a replaying engine is not wedged; its first batches may hold the event loop
+longer than a liveness timeout). Once ready, liveness takes over."""
 
 DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "500m", "memory": "512Mi"},
@@ -105,10 +123,74 @@ def _metadata(market: Market) -> dict[str, Any]:
     }
 
 
-def _affinity(market: Market, config: Config) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Placement:
+    """Where the engine pods go: the operator's settings, each replaced by the Market's
+    ``engine.template.pod`` field when it gives one (an empty list: none)."""
+
+    anti_affinity: str
+    node_selector: dict[str, str]
+    tolerations: list[Toleration]
+    spread: list[TopologySpreadConstraint]
+    priority_class: str | None
+    pull_secrets: list[str]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+def placement(market: Market, config: Config) -> Placement:
+    template = market.spec.engine.template
+    own = template.pod if template is not None and template.pod is not None else (
+        PodTemplate())
+    metadata = own.metadata
+    return Placement(
+        anti_affinity=str(own.anti_affinity or config.anti_affinity),
+        node_selector=dict(config.engine_node_selector if own.node_selector is None
+                           else own.node_selector),
+        tolerations=list(config.engine_tolerations if own.tolerations is None
+                         else own.tolerations),
+        spread=list(config.engine_topology_spread
+                    if own.topology_spread_constraints is None
+                    else own.topology_spread_constraints),
+        priority_class=(config.engine_priority_class if own.priority_class_name is None
+                        else own.priority_class_name or None),
+        pull_secrets=(list(config.engine_image_pull_secrets) if own.image_pull_secrets is None
+                      else [secret.name for secret in own.image_pull_secrets]),
+        labels=dict(metadata.labels or {}) if metadata else {},
+        annotations=dict(metadata.annotations or {}) if metadata else {},
+    )
+
+
+def _written(value: Any) -> Any:
+    """``value`` as the API server stores it back: empty strings, maps and lists left
+    out (they are ``omitempty``), so what the operator writes is what it reads again."""
+    if isinstance(value, dict):
+        kept = {key: _written(item) for key, item in value.items()}
+        return {key: item for key, item in kept.items() if item not in ("", {}, [], None)}
+    if isinstance(value, list):
+        return [_written(item) for item in value]
+    return value
+
+
+def _toleration(toleration: Toleration) -> dict[str, Any]:
+    # Kubernetes reads an omitted operator as Equal but stores it as omitted: written
+    # out, the operator's own reading of it can never differ from what it compares.
+    written: dict[str, Any] = _written({"operator": "Equal", **toleration.model_dump(
+        by_alias=True, exclude_none=True, mode="json")})
+    return written
+
+
+def _spread(constraint: TopologySpreadConstraint, market: Market) -> dict[str, Any]:
+    written: dict[str, Any] = _written(constraint.model_dump(by_alias=True, exclude_none=True,
+                                                            mode="json"))
+    written.setdefault("labelSelector", {"matchLabels": selector(market)})
+    return written
+
+
+def _affinity(market: Market, anti_affinity: str) -> dict[str, Any]:
     term = {"labelSelector": {"matchLabels": selector(market)},
             "topologyKey": "kubernetes.io/hostname"}
-    if config.anti_affinity == "required":
+    if anti_affinity == "required":
         return {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
     return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
         {"weight": 100, "podAffinityTerm": term}]}}
@@ -169,6 +251,7 @@ def statefulset(market: Market, config: Config) -> dict[str, Any]:
     spec = market.spec
     volumes = _volumes(config)
     probe = {"httpGet": {"path": "/readyz", "port": "health"}}
+    where = placement(market, config)
     container: dict[str, Any] = {
         "name": "engine",
         "image": spec.engine.image or config.engine_image,
@@ -179,6 +262,8 @@ def statefulset(market: Market, config: Config) -> dict[str, Any]:
         "ports": [{"name": "health", "containerPort": config.health_port,
                    "protocol": "TCP"}],
         "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 2},
+        "startupProbe": {**probe, "periodSeconds": STARTUP_PERIOD, "timeoutSeconds": 5,
+                         "failureThreshold": STARTUP_FAILURES},
         "livenessProbe": {"httpGet": {"path": "/livez", "port": "health"},
                           "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
         "resources": (spec.engine.resources.model_dump(exclude_none=True, mode="json")
@@ -194,11 +279,23 @@ def statefulset(market: Market, config: Config) -> dict[str, Any]:
         "securityContext": {"runAsNonRoot": True, "runAsUser": POD_USER,
                             "runAsGroup": POD_USER, "fsGroup": POD_USER,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "affinity": _affinity(market, config),
+        "affinity": _affinity(market, where.anti_affinity),
         "containers": [container],
-        # Empty without credentials or TLS: then a pod that had volumes is drift too.
+        # Lists are written even when empty: a merge patch of an empty list removes
+        # what a Market no longer asks for, and a pod that has more is drift too.
         "volumes": [volume for volume, _ in volumes],
+        "tolerations": [_toleration(toleration) for toleration in where.tolerations],
+        "topologySpreadConstraints": [_spread(constraint, market)
+                                      for constraint in where.spread],
+        "imagePullSecrets": [{"name": name} for name in where.pull_secrets],
     }
+    if where.node_selector:
+        pod["nodeSelector"] = where.node_selector
+    if where.priority_class:
+        pod["priorityClassName"] = where.priority_class
+    template_metadata: dict[str, Any] = {"labels": {**where.labels, **labels(market)}}
+    if where.annotations:
+        template_metadata["annotations"] = where.annotations
     container["volumeMounts"] = [mount for _, mount in volumes]
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -209,10 +306,7 @@ def statefulset(market: Market, config: Config) -> dict[str, Any]:
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector(market)},
             "updateStrategy": {"type": "RollingUpdate"},
-            "template": {
-                "metadata": {"labels": labels(market)},
-                "spec": pod,
-            },
+            "template": {"metadata": template_metadata, "spec": pod},
         },
     }
 
@@ -241,6 +335,37 @@ def disruption_budget(market: Market, config: Config) -> dict[str, Any]:
 
 CHILDREN = (statefulset, service, disruption_budget)
 """Every child, in the order they are made (and the reverse of how they go)."""
+
+
+OWNED_MAPS = (("nodeSelector",), ("affinity", "podAntiAffinity"))
+OWNED_VALUES = ("priorityClassName",)
+"""Pod fields the operator alone sets, which a merge patch removes only by ``null``: a
+node label no longer asked for, the other kind of anti-affinity, a priority class."""
+
+
+def removals(desired: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch that removes from ``actual`` (a StatefulSet) what the operator set
+    once and no longer does. Empty: nothing to remove.
+
+    ``is_subset`` cannot see these (more is as good as enough to it), and lists need
+    none of this: they are written whole, empty ones too."""
+    want = desired["spec"]["template"]["spec"]
+    have = ((actual.get("spec") or {}).get("template") or {}).get("spec") or {}
+    stale: dict[str, Any] = {}
+    for path in OWNED_MAPS:
+        wanted, had = want, have
+        for key in path:
+            wanted, had = (wanted or {}).get(key), (had or {}).get(key)
+        extra = set(had or {}) - set(wanted or {})
+        if extra:
+            place = stale
+            for key in path[:-1]:
+                place = place.setdefault(key, {})
+            place[path[-1]] = dict.fromkeys(sorted(extra))
+    for key in OWNED_VALUES:
+        if have.get(key) is not None and key not in want:
+            stale[key] = None
+    return {"spec": {"template": {"spec": stale}}} if stale else {}
 
 
 def is_subset(desired: Any, actual: Any) -> bool:

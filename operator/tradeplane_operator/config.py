@@ -7,11 +7,24 @@ NATS and PostgreSQL are) comes from here, so a Market says only what is traded.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from tradeplane_operator.crd import (
+    DNS_SUBDOMAIN,
+    SecretReference,
+    Toleration,
+    TopologySpreadConstraint,
+    WhenUnsatisfiable,
+)
 
 PREFIX = "tradeplane.dev"
 """The prefix of what users and other components read and write on Markets and children
@@ -31,6 +44,12 @@ every open order). The operator holds the deletion; the chart's admission policy
 it up front."""
 FINALIZER = f"{PREFIX}/finalizer"
 MARKET_LABEL = f"{PREFIX}/market"
+
+ZONE_SPREAD = TopologySpreadConstraint(topology_key="topology.kubernetes.io/zone",
+                                       max_skew=1,
+                                       when_unsatisfiable=WhenUnsatisfiable.SCHEDULE_ANYWAY)
+"""The default spread of a market's engines: over zones, so that a zone's outage takes
+at most part of them, as a preference (a cluster in one zone still schedules them)."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +91,23 @@ class Config:
     postgres_secret_key: str = "dsn"
     stream_replicas: int = 1
     """JetStream replicas of each market's streams (3 on a NATS cluster)."""
-    anti_affinity: str = "preferred"
-    """``required``: never two engines of a market on one node; ``preferred``: spread
-    them when the cluster can (a one-node cluster still runs a standby)."""
+    anti_affinity: str = "required"
+    """``required``: never two engines of a market on one node, so one node's loss never
+    takes a leader and its standby; ``preferred``: spread them when the cluster can, for
+    one-node clusters (a standby beside its leader protects from a crash, not a lost
+    node). A Market may say otherwise (``engine.template.pod.antiAffinity``)."""
+    engine_node_selector: Mapping[str, str] = field(default_factory=dict)
+    """The engine pods' ``nodeSelector`` unless a Market gives its own."""
+    engine_tolerations: tuple[Toleration, ...] = ()
+    """The engine pods' tolerations unless a Market gives its own."""
+    engine_topology_spread: tuple[TopologySpreadConstraint, ...] = (ZONE_SPREAD,)
+    """The engine pods' topology spread constraints unless a Market gives its own; a
+    constraint without a ``labelSelector`` counts the market's engine pods."""
+    engine_priority_class: str | None = None
+    """The engine pods' PriorityClass unless a Market names its own."""
+    engine_image_pull_secrets: tuple[str, ...] = ()
+    """Secrets (in each Market's namespace) the engine image is pulled with, unless a
+    Market names its own. The chart passes its ``imagePullSecrets``."""
     health_port: int = 8080
     status_interval: float = 2.0
     """Seconds between two readings of the replicas' status."""
@@ -131,7 +164,18 @@ class Config:
                                         default.postgres_secret_key),
             stream_replicas=int(env.get("TRADEPLANE_STREAM_REPLICAS",
                                         default.stream_replicas)),
-            anti_affinity=env.get("TRADEPLANE_ANTI_AFFINITY", default.anti_affinity),
+            anti_affinity=env.get("TRADEPLANE_ANTI_AFFINITY") or default.anti_affinity,
+            engine_node_selector=_json(env, "TRADEPLANE_ENGINE_NODE_SELECTOR",
+                                       dict[str, str], default.engine_node_selector),
+            engine_tolerations=tuple(_json(env, "TRADEPLANE_ENGINE_TOLERATIONS",
+                                           list[Toleration], default.engine_tolerations)),
+            engine_topology_spread=tuple(_json(env, "TRADEPLANE_ENGINE_TOPOLOGY_SPREAD",
+                                               list[TopologySpreadConstraint],
+                                               default.engine_topology_spread)),
+            engine_priority_class=env.get("TRADEPLANE_ENGINE_PRIORITY_CLASS") or None,
+            engine_image_pull_secrets=tuple(
+                secret.name for secret in _json(env, "TRADEPLANE_ENGINE_IMAGE_PULL_SECRETS",
+                                                list[SecretReference], ())),
             status_interval=float(env.get("TRADEPLANE_STATUS_INTERVAL",
                                           default.status_interval)),
             drift_interval=float(env.get("TRADEPLANE_DRIFT_INTERVAL",
@@ -156,6 +200,10 @@ class Config:
         if self.anti_affinity not in ("required", "preferred"):
             raise ValueError(f"anti-affinity must be required or preferred, "
                              f"not {self.anti_affinity!r}")
+        for name in (self.engine_priority_class or "a", *self.engine_image_pull_secrets):
+            if not re.fullmatch(DNS_SUBDOMAIN, name) or len(name) > 253:
+                raise ValueError(f"{name!r} is no Kubernetes object name (a PriorityClass "
+                                 "or a pull Secret of the engines)")
         if self.stream_replicas not in (1, 3, 5):
             raise ValueError("stream replicas must be 1, 3 or 5")
         if self.engine_ca_secret and self.engine_ca_config_map:
@@ -167,6 +215,23 @@ class Config:
             raise ValueError("leader election needs 0 < retry period < renew deadline < "
                              "lease duration: a leader must give up before another may "
                              "take over")
+
+
+def _json[T](env: Mapping[str, str], name: str, kind: type[T], default: Any) -> T | Any:
+    """``name``'s value, JSON of ``kind`` (as the chart writes it with ``toJson``); the
+    default when unset or empty. A wrong value says which variable and what is wrong."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return pydantic.TypeAdapter(kind).validate_python(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not JSON: {exc}") from exc
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'the value'}: {error['msg']}"
+            for error in exc.errors())
+        raise ValueError(f"{name}: {problems}") from exc
 
 
 def _own_identity(env: Mapping[str, str]) -> str:

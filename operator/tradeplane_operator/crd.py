@@ -18,7 +18,14 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from tradeplane_operator import quantity
@@ -89,6 +96,161 @@ class ResourceRequirements(Model):
         None, description="The most each engine may use, by resource name.")
 
 
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A Kubernetes object name (a Secret's, a PriorityClass's)."""
+
+
+class AntiAffinity(StrEnum):
+    REQUIRED = "required"
+    PREFERRED = "preferred"
+
+
+class TolerationOperator(StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(Model):
+    """A taint the engine pods tolerate (as in a pod's spec)."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(
+        ("(has(self.key) && self.key != '') || (has(self.operator) && "
+         "self.operator == 'Exists')",
+         "a toleration without a key must have operator Exists (it tolerates every taint)"),
+        ("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || "
+         "self.value == ''", "a toleration with operator Exists takes no value"),
+        ("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+         "tolerationSeconds is for effect NoExecute only")))
+
+    key: str | None = Field(None, max_length=316, description="The taint's key; empty: "
+                            "every key (with operator Exists).")
+    operator: TolerationOperator | None = Field(None, description="Exists or Equal "
+                                                "(written as Equal when omitted).")
+    value: str | None = Field(None, max_length=63, description="The taint's value (Equal).")
+    effect: TaintEffect | None = Field(None, description="The taint effect tolerated; "
+                                       "empty: every effect.")
+    toleration_seconds: int | None = Field(None, ge=0, description="NoExecute: how long "
+                                           "the pod stays bound once tainted.")
+
+    @model_validator(mode="after")
+    def _as_kubernetes_takes_it(self) -> Toleration:
+        """The CEL rules above, for tolerations the operator's settings give."""
+        if not self.key and self.operator != TolerationOperator.EXISTS:
+            raise ValueError("a toleration without a key must have operator Exists")
+        if self.operator == TolerationOperator.EXISTS and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != TaintEffect.NO_EXECUTE:
+            raise ValueError("tolerationSeconds is for effect NoExecute only")
+        return self
+
+
+class SelectorOperator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class SelectorRequirement(Model):
+    """A requirement on one label."""
+
+    key: str = Field(max_length=316)
+    operator: SelectorOperator
+    values: list[str] | None = Field(None, max_length=64)
+
+
+class LabelSelector(Model):
+    """The pods a constraint counts (a Kubernetes label selector)."""
+
+    match_labels: dict[str, str] | None = None
+    match_expressions: list[SelectorRequirement] | None = Field(None, max_length=16)
+
+
+class WhenUnsatisfiable(StrEnum):
+    SCHEDULE_ANYWAY = "ScheduleAnyway"
+    DO_NOT_SCHEDULE = "DoNotSchedule"
+
+
+class TopologySpreadConstraint(Model):
+    """How the market's engine pods spread over a topology (as in a pod's spec)."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(
+        ("!has(self.minDomains) || (has(self.whenUnsatisfiable) && "
+         "self.whenUnsatisfiable == 'DoNotSchedule')",
+         "minDomains is for whenUnsatisfiable DoNotSchedule only")))
+
+    max_skew: int = Field(1, ge=1, description="The largest difference in engine pods "
+                          "between two domains.")
+    topology_key: str = Field(min_length=1, max_length=316, description="The node label "
+                              "whose values are the domains, e.g. topology.kubernetes.io/zone.")
+    when_unsatisfiable: WhenUnsatisfiable = Field(
+        WhenUnsatisfiable.SCHEDULE_ANYWAY, description="ScheduleAnyway (a preference) or "
+        "DoNotSchedule (a rule).")
+    label_selector: LabelSelector | None = Field(None, description="The pods counted; "
+                                                 "omitted: the market's engine pods.")
+    min_domains: int | None = Field(None, ge=1, description="DoNotSchedule: the fewest "
+                                    "domains to spread over.")
+
+    @model_validator(mode="after")
+    def _as_kubernetes_takes_it(self) -> TopologySpreadConstraint:
+        if self.min_domains is not None and (
+                self.when_unsatisfiable != WhenUnsatisfiable.DO_NOT_SCHEDULE):
+            raise ValueError("minDomains is for whenUnsatisfiable DoNotSchedule only")
+        return self
+
+
+class SecretReference(Model):
+    """A Secret in the Market's namespace, by name."""
+
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class PodMetadata(Model):
+    """Labels and annotations added to each engine pod; the operator's own labels win."""
+
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class PodTemplate(Model):
+    """Where and how the engine pods run; a field given replaces the operator's default."""
+
+    # Field by field: an empty list replaces the default with none, an omitted field
+    # keeps the operator's (children.placement).
+
+    metadata: PodMetadata | None = None
+    node_selector: dict[str, str] | None = Field(None, description="Nodes the engine pods "
+                                                 "may run on, by label.")
+    tolerations: list[Toleration] | None = Field(None, max_length=32,
+                                                 description="Taints the pods tolerate.")
+    topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(
+        None, max_length=8, description="Spread of the engine pods (default: the "
+        "operator's, over zones).")
+    priority_class_name: str | None = Field(None, max_length=253,
+                                            pattern=f"^$|{DNS_SUBDOMAIN}",
+                                            description="The pods' PriorityClass; empty: "
+                                            "none.")
+    image_pull_secrets: list[SecretReference] | None = Field(
+        None, max_length=16, description="Secrets, in the Market's namespace, to pull the "
+        "engine image with.")
+    anti_affinity: AntiAffinity | None = Field(
+        None, description="required: never two engines of the market on one node; "
+        "preferred: spread when the cluster can (a one-node cluster). Default: the "
+        "operator's.")
+
+
+class EngineTemplate(Model):
+    """Overrides of what the operator makes for the engine pods."""
+
+    pod: PodTemplate | None = None
+
+
 class EngineSettings(Model):
     """How the engine pods run."""
 
@@ -97,6 +259,8 @@ class EngineSettings(Model):
                               "(docs/operator.md, image policy).")
     resources: ResourceRequirements | None = Field(
         None, description="Kubernetes resource requests and limits of each engine.")
+    template: EngineTemplate | None = Field(None, description="Pod-template overrides: "
+                                            "placement, priority, pull secrets, metadata.")
 
 
 class MarketSpec(Model):

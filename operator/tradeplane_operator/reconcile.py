@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tradeplane_operator import images
-from tradeplane_operator.children import CHILDREN, Market, is_subset, selector
+from tradeplane_operator.children import CHILDREN, Market, is_subset, removals, selector
 from tradeplane_operator.config import PAUSE_ANNOTATION, Config
 from tradeplane_operator.errors import (
     ExchangeError,
@@ -114,10 +114,20 @@ async def _apply_children(market: Market, kube: KubeApi, config: Config) -> list
         wanted = {"metadata": {key: desired["metadata"][key]
                                for key in ("labels", "ownerReferences")},
                   "spec": desired["spec"]}
-        if not is_subset(wanted, actual):
-            await kube.patch(resource, market.namespace, name, wanted)
+        stale = removals(desired, actual) if desired["kind"] == "StatefulSet" else {}
+        if stale or not is_subset(wanted, actual):
+            await kube.patch(resource, market.namespace, name, _merged(wanted, stale))
             done.append(f"updated {desired['kind']} {name}")
     return done
+
+
+def _merged(patch: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """Two merge patches as one."""
+    merged = dict(patch)
+    for key, value in more.items():
+        merged[key] = (_merged(merged[key], value) if isinstance(value, dict)
+                       and isinstance(merged.get(key), dict) else value)
+    return merged
 
 
 async def _apply_definition(market: Market, exchange: Exchange, notify: Notify) -> list[str]:

@@ -441,9 +441,13 @@ async def _operator(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from tradeplane_operator.handlers import run as run_operator
     from tradeplane_operator.leadership import LeadershipLostError
 
-    config = Config.from_environment({**os.environ, "TRADEPLANE_NATS": args.nats,
-                                      **({"TRADEPLANE_CREDENTIALS": args.credentials}
-                                         if args.credentials else {})})
+    try:
+        config = Config.from_environment({**os.environ, "TRADEPLANE_NATS": args.nats,
+                                          **({"TRADEPLANE_CREDENTIALS": args.credentials}
+                                             if args.credentials else {})})
+    except ValueError as exc:  # a setting it cannot take: say which, and stop
+        print(f"tradeplane operator: {exc}", file=sys.stderr)
+        return 2
     logging.getLogger("kopf.objects").addFilter(_quiet_timers)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     _serve_metrics(args.metrics_port)

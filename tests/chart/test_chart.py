@@ -139,6 +139,13 @@ def test_the_default_install(tmp_path: Path) -> None:
                 "fieldPath"] == "metadata.namespace"
             assert [env[f"TRADEPLANE_{name}"]["value"] for name in (
                 "LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")] == ["15", "10", "2"]
+            assert env["TRADEPLANE_ANTI_AFFINITY"]["value"] == "required"
+            assert json.loads(env["TRADEPLANE_ENGINE_TOPOLOGY_SPREAD"]["value"]) == [{
+                "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway"}]
+            assert [json.loads(env[f"TRADEPLANE_ENGINE_{name}"]["value"]) for name in (
+                "NODE_SELECTOR", "TOLERATIONS", "IMAGE_PULL_SECRETS")] == [{}, [], []]
+            assert env["TRADEPLANE_ENGINE_PRIORITY_CLASS"]["value"] == ""
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
 

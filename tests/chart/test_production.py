@@ -112,6 +112,53 @@ def test_the_engine_image_policy_reaches_the_operator(tmp_path: Path) -> None:
         "registry.example.com/tradeplane/*", "ghcr.io/tradeplane/tradeplane:*")
 
 
+def _engine_pod(made: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The engine pod the installed operator would make: its Deployment's environment
+    read by ``Config.from_environment``, as the operator reads it."""
+    container = _pod(made, "operator")["spec"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    market = Market.from_body({
+        "metadata": {"name": "btc-usdt", "namespace": "desk-a", "uid": "1"},
+        "spec": {"base": "BTC", "quote": "USDT", "tickSize": "0.1", "lotSize": "0.001"}})
+    pod: dict[str, Any] = statefulset(market, Config.from_environment(env))["spec"][
+        "template"]["spec"]
+    return pod
+
+
+def test_engines_by_default_never_share_a_node_spread_over_zones_and_pull_with_the_charts_secrets(
+        tmp_path: Path) -> None:
+    pod = _engine_pod(run(_installed(tmp_path, {"imagePullSecrets": [{"name": "regcred"}]})))
+    assert list(pod["affinity"]["podAntiAffinity"]) == [
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    [zone] = pod["topologySpreadConstraints"]
+    assert (zone["topologyKey"], zone["whenUnsatisfiable"], zone["maxSkew"]) == (
+        "topology.kubernetes.io/zone", "ScheduleAnyway", 1)
+    assert zone["labelSelector"]["matchLabels"]["tradeplane.dev/market"] == "btc-usdt"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "nodeSelector" not in pod
+    assert "priorityClassName" not in pod
+    assert pod["tolerations"] == []
+
+
+def test_engine_defaults_reach_the_engine_pods(tmp_path: Path) -> None:
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "exchange",
+                  "effect": "NoSchedule"}
+    pod = _engine_pod(run(_installed(tmp_path, {
+        "imagePullSecrets": [{"name": "chart-secret"}],
+        "operator": {"antiAffinity": "preferred", "engineDefaults": {
+            "nodeSelector": {"pool": "exchange"}, "tolerations": [toleration],
+            "topologySpreadConstraints": [],
+            "priorityClassName": "exchange-critical",
+            "imagePullSecrets": [{"name": "engine-secret"}]}}})))
+    assert list(pod["affinity"]["podAntiAffinity"]) == [
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert pod["nodeSelector"] == {"pool": "exchange"}
+    assert pod["tolerations"] == [toleration]
+    assert pod["topologySpreadConstraints"] == []
+    assert pod["priorityClassName"] == "exchange-critical"
+    assert pod["imagePullSecrets"] == [{"name": "engine-secret"}]
+
+
 def test_the_helm_test_pod_pulls_with_the_secrets(tmp_path: Path) -> None:
     async def scenario() -> list[dict[str, Any]]:
         async with cluster(tmp_path) as emulated:
@@ -133,8 +180,26 @@ def test_the_helm_test_pod_pulls_with_the_secrets(tmp_path: Path) -> None:
     ({"networkPolicy": {"nats": {"to": ["nats"]}}}, "networkPolicy.nats.to"),
     ({"networkPolicy": {"nats": {"ports": []}}}, "networkPolicy.nats.ports"),
     ({"networkPolicy": {"monitoringNamespace": "Monitoring"}}, "monitoringNamespace"),
+    ({"operator": {"engineDefaults": {"tolerations": [{"key": "a", "operator": "Is"}]}}},
+     "engineDefaults.tolerations"),
+    ({"operator": {"engineDefaults": {"tolerations": [{"effect": "NoSchedule"}]}}},
+     "engineDefaults.tolerations"),
+    ({"operator": {"engineDefaults": {"tolerations": "dedicated"}}},
+     "engineDefaults.tolerations"),
+    ({"operator": {"engineDefaults": {"topologySpreadConstraints": [{"maxSkew": 1}]}}},
+     "topologySpreadConstraints"),
+    ({"operator": {"engineDefaults": {"topologySpreadConstraints": [
+        {"topologyKey": "zone", "whenUnsatisfiable": "Sometimes"}]}}}, "whenUnsatisfiable"),
+    ({"operator": {"engineDefaults": {"nodeSelector": {"pool": 1}}}}, "nodeSelector"),
+    ({"operator": {"engineDefaults": {"priorityClassName": "High"}}}, "priorityClassName"),
+    ({"operator": {"engineDefaults": {"imagePullSecrets": ["regcred"]}}},
+     "engineDefaults.imagePullSecrets"),
+    ({"operator": {"engineDefaults": {"affinity": {}}}}, "'affinity' was unexpected"),
 ], ids=["names alone", "no name", "short digest", "a tag as digest", "budget in words",
-        "spread mode", "peers as text", "no NATS port", "monitoring namespace"])
+        "spread mode", "peers as text", "no NATS port", "monitoring namespace",
+        "toleration operator", "toleration without key", "tolerations as text",
+        "spread without key", "engine spread mode", "node selector number",
+        "priority class name", "engine pull secrets as names", "unknown engine default"])
 def test_the_schema_refuses_wrong_production_values(change: dict[str, Any], where: str) -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     values = _merged(yaml.safe_load((CHART / "values.yaml").read_text()), change)

@@ -44,6 +44,9 @@ def rule_failures(schema: dict[str, Any], value: Any, old: Any = None) -> list[s
         if isinstance(value, dict) and name in value:
             failures += rule_failures(child, value[name],
                                       old.get(name) if isinstance(old, dict) else None)
+    if "items" in schema and isinstance(value, list):
+        for item in value:  # rules on list items (tolerations) have no oldSelf here
+            failures += rule_failures(schema["items"], item)
     return failures
 
 
@@ -214,6 +217,35 @@ INVALID = [
     ("too many replicas", {"replicas": 9}, "is greater than the maximum"),
     ("snapshots too often", {"snapshotEvery": 10}, "is less than the minimum"),
     ("zero reference price", {"referencePrice": "0"}, "referencePrice must be positive"),
+    ("anti-affinity sometimes", {"engine": {"template": {"pod": {"antiAffinity": "sometimes"}}}},
+     "is not one of"),
+    ("toleration operator", {"engine": {"template": {"pod": {"tolerations": [
+        {"key": "a", "operator": "Is"}]}}}}, "is not one of"),
+    ("toleration effect", {"engine": {"template": {"pod": {"tolerations": [
+        {"key": "a", "effect": "NoRun"}]}}}}, "is not one of"),
+    ("toleration without a key", {"engine": {"template": {"pod": {"tolerations": [
+        {"value": "x"}]}}}}, "a toleration without a key must have operator Exists"),
+    ("toleration Exists with a value", {"engine": {"template": {"pod": {"tolerations": [
+        {"key": "a", "operator": "Exists", "value": "x"}]}}}},
+     "a toleration with operator Exists takes no value"),
+    ("toleration seconds without NoExecute", {"engine": {"template": {"pod": {"tolerations": [
+        {"key": "a", "effect": "NoSchedule", "tolerationSeconds": 5}]}}}},
+     "tolerationSeconds is for effect NoExecute only"),
+    ("spread without a key", {"engine": {"template": {"pod": {"topologySpreadConstraints": [
+        {"maxSkew": 1}]}}}}, "'topologyKey' is a required property"),
+    ("spread mode", {"engine": {"template": {"pod": {"topologySpreadConstraints": [
+        {"topologyKey": "zone", "whenUnsatisfiable": "Sometimes"}]}}}}, "is not one of"),
+    ("spread skew zero", {"engine": {"template": {"pod": {"topologySpreadConstraints": [
+        {"topologyKey": "zone", "maxSkew": 0}]}}}}, "is less than the minimum"),
+    ("minDomains preferred", {"engine": {"template": {"pod": {"topologySpreadConstraints": [
+        {"topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway", "minDomains": 2}]}}}},
+     "minDomains is for whenUnsatisfiable DoNotSchedule only"),
+    ("pull secrets as names", {"engine": {"template": {"pod": {"imagePullSecrets": ["r"]}}}},
+     "is not of type 'object'"),
+    ("priority class name", {"engine": {"template": {"pod": {
+        "priorityClassName": "High Priority"}}}}, "does not match"),
+    ("node selector value", {"engine": {"template": {"pod": {"nodeSelector": {"pool": 1}}}}},
+     "is not of type 'string'"),
 ]
 
 
@@ -223,6 +255,44 @@ def test_invalid_markets_are_refused_for_their_reason(change: dict[str, Any],
                                                       reason: str) -> None:
     found = problems({**VALID, **change})
     assert any(reason in message for message in found), found
+
+
+PLACED = {"engine": {"template": {"pod": {
+    "metadata": {"labels": {"team": "exchange"}, "annotations": {"note": "x"}},
+    "nodeSelector": {"pool": "exchange"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "exchange",
+                     "effect": "NoSchedule"},
+                    {"operator": "Exists"},
+                    {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                     "effect": "NoExecute", "tolerationSeconds": 30}],
+    "topologySpreadConstraints": [
+        {"topologyKey": "topology.kubernetes.io/zone"},
+        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+         "whenUnsatisfiable": "DoNotSchedule", "minDomains": 2,
+         "labelSelector": {"matchExpressions": [{"key": "tier", "operator": "In",
+                                                 "values": ["exchange"]}]}}],
+    "priorityClassName": "exchange-critical",
+    "imagePullSecrets": [{"name": "regcred"}],
+    "antiAffinity": "preferred"}}}}
+
+
+def test_an_engine_pod_template_is_accepted() -> None:
+    assert problems({**VALID, **PLACED}) == []
+    assert problems({**VALID, "engine": {"template": {}}}) == []
+
+
+def test_the_template_schema_is_structural_without_unknown_fields() -> None:
+    """Every level of the template says its type, and none keeps unknown fields: the API
+    server prunes what the model does not know."""
+    def walk(schema: dict[str, Any], path: str) -> None:
+        assert "type" in schema, path
+        assert "x-kubernetes-preserve-unknown-fields" not in schema, path
+        for name, child in schema.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(schema.get(key), dict):
+                walk(schema[key], f"{path}.{key}")
+    walk(spec_schema()["properties"]["engine"]["properties"]["template"], "template")
 
 
 def test_a_halted_market_may_run_one_replica() -> None:

@@ -125,9 +125,12 @@ def test_a_market_becomes_its_children_and_its_definition(tmp_path: Path) -> Non
             assert container["args"][:3] == ["engine", "--market", "sol-usdt"]
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
             assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+            assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+            assert pod["topologySpreadConstraints"][0]["topologyKey"] == (
+                "topology.kubernetes.io/zone")
             assert {"name": "TRADEPLANE_NATS", "value": world.nats_url} in container["env"]
             anti = pod["affinity"]["podAntiAffinity"]
-            term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+            [term] = anti["requiredDuringSchedulingIgnoredDuringExecution"]
             assert term["topologyKey"] == "kubernetes.io/hostname"
             assert term["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
             assert service["spec"]["clusterIP"] == "None"
@@ -204,6 +207,44 @@ def test_an_edited_child_is_put_back_by_the_drift_check(tmp_path: Path) -> None:
             await world.kube.patch(STATEFULSETS, "default", ENGINE, {"spec": {"replicas": 1}})
             await eventually(lambda: world.cluster.get("statefulsets", ENGINE)["spec"][  # type: ignore[index]
                 "replicas"] == 2, 10, "the edit is repaired")
+    run(scenario())
+
+
+def test_placement_follows_the_market_and_what_it_drops_goes(tmp_path: Path) -> None:
+    """A Market's pod template reaches the StatefulSet; taken out of the Market, its
+    node selector, priority class and tolerations leave the StatefulSet too (a merge
+    patch removes them only when told: ``null`` for a map's keys, an empty list)."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world:
+            await world.apply(market_manifest())
+            await eventually(lambda: len(world.cluster.objects("poddisruptionbudgets")) == 1,
+                             15, "children")
+            assert "requiredDuringSchedulingIgnoredDuringExecution" in _engine_pod(world)[
+                "affinity"]["podAntiAffinity"]
+            await world.patch("sol-usdt", {"spec": {"engine": {"template": {"pod": {
+                "nodeSelector": {"pool": "exchange"}, "priorityClassName": "critical",
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                "antiAffinity": "preferred"}}}}})
+
+            def placed() -> bool:
+                pod = _engine_pod(world)
+                return (pod.get("nodeSelector") == {"pool": "exchange"}
+                        and pod.get("priorityClassName") == "critical"
+                        and pod.get("tolerations") == [{"key": "dedicated",
+                                                        "operator": "Exists"}]
+                        and "preferredDuringSchedulingIgnoredDuringExecution" in pod[
+                            "affinity"]["podAntiAffinity"])
+            await eventually(placed, 15, "the StatefulSet placed as the Market says")
+            await world.patch("sol-usdt", {"spec": {"engine": {"template": None}}})
+
+            def unplaced() -> bool:
+                pod = _engine_pod(world)
+                # (the emulator keeps the emptied map; an API server drops it)
+                return (not pod.get("nodeSelector") and "priorityClassName" not in pod
+                        and not pod.get("tolerations")
+                        and list(pod["affinity"]["podAntiAffinity"]) == [
+                            "requiredDuringSchedulingIgnoredDuringExecution"])
+            await eventually(unplaced, 15, "the Market's placement removed")
     run(scenario())
 
 

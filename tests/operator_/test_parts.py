@@ -4,6 +4,9 @@ and what it writes on NATS checked against what the engines read."""
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,12 @@ import yaml
 from tradeplane_engine.wire import decode_command, decode_definition, definition_from_manifest
 from tradeplane_operator import handlers, images, protection, quantity
 from tradeplane_operator.children import (
+    STARTUP_FAILURES,
+    STARTUP_PERIOD,
     Market,
     disruption_budget,
     is_subset,
+    removals,
     service,
     statefulset,
 )
@@ -29,9 +35,15 @@ from tradeplane_operator.config import (
     PAUSE_ANNOTATION,
     PREFIX,
     SWITCHOVER_ANNOTATION,
+    ZONE_SPREAD,
     Config,
 )
-from tradeplane_operator.crd import CONDITION_REASON, MarketStatus
+from tradeplane_operator.crd import (
+    CONDITION_REASON,
+    MarketStatus,
+    Toleration,
+    TopologySpreadConstraint,
+)
 from tradeplane_operator.errors import (
     ImageNotAllowedError,
     InvalidMarketError,
@@ -330,6 +342,12 @@ def test_what_the_operator_writes_is_what_the_engines_read() -> None:
         expected = msgspec.structs.replace(definition_from_manifest(manifest),
                                            fees={"makerBps": 0, "takerBps": 0})
         assert decode_definition(written) == expected, path.name
+    # A placed Market's definition still decodes: the pod template rides along.
+    placed = market(engine={"template": {"pod": {"nodeSelector": {"pool": "exchange"},
+                                                 "tolerations": [{"operator": "Exists"}]}}})
+    placed_definition = decode_definition(msgspec.json.encode(definition(placed)))
+    assert placed_definition.engine == {"template": {"pod": {
+        "nodeSelector": {"pool": "exchange"}, "tolerations": [{"operator": "Exists"}]}}}
     for command in ({"type": "setTradingMode", "mode": "cancelOnly"},
                     {"type": "cancelAll", "account": None}):
         decoded = decode_command(admin_command(command), 7, 99)
@@ -519,6 +537,254 @@ def test_drift_of_the_engines_credentials(config: Config, edit: Any, drift: bool
     assert is_subset(desired, stored) is not drift
 
 
+SELECTOR = {"app.kubernetes.io/component": "engine", "tradeplane.dev/market": "btc-usdt"}
+ZONE = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": SELECTOR}}
+GPU = Toleration(key="dedicated", operator="Equal", value="exchange", effect="NoSchedule")
+FLEET = Config(engine_node_selector={"pool": "exchange"}, engine_tolerations=(GPU,),
+               engine_priority_class="exchange-critical",
+               engine_image_pull_secrets=("regcred",))
+
+
+def _anti_affinity(pod: dict[str, Any]) -> str:
+    [kind] = pod["affinity"]["podAntiAffinity"]
+    return "required" if kind.startswith("required") else "preferred"
+
+
+@pytest.mark.parametrize(("config", "template", "expected"), [
+    (Config(), None,
+     {"antiAffinity": "required", "nodeSelector": None, "tolerations": [],
+      "topologySpreadConstraints": [ZONE], "priorityClassName": None,
+      "imagePullSecrets": []}),
+    (Config(anti_affinity="preferred"), None, {"antiAffinity": "preferred"}),
+    (Config(), {"antiAffinity": "preferred"}, {"antiAffinity": "preferred"}),
+    (Config(anti_affinity="preferred"), {"antiAffinity": "required"},
+     {"antiAffinity": "required"}),
+    (FLEET, None,
+     {"nodeSelector": {"pool": "exchange"}, "priorityClassName": "exchange-critical",
+      "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "exchange",
+                       "effect": "NoSchedule"}],
+      "imagePullSecrets": [{"name": "regcred"}], "topologySpreadConstraints": [ZONE]}),
+    # Field by field: what the Market gives replaces the default; the rest stays.
+    (FLEET, {"nodeSelector": {"pool": "btc"}, "imagePullSecrets": [{"name": "mine"}]},
+     {"nodeSelector": {"pool": "btc"}, "imagePullSecrets": [{"name": "mine"}],
+      "priorityClassName": "exchange-critical", "tolerations": [{
+          "key": "dedicated", "operator": "Equal", "value": "exchange",
+          "effect": "NoSchedule"}]}),
+    # An empty list replaces the default with none.
+    (FLEET, {"tolerations": [], "topologySpreadConstraints": []},
+     {"tolerations": [], "topologySpreadConstraints": [], "nodeSelector": {"pool": "exchange"}}),
+    # An empty map or name likewise.
+    (FLEET, {"nodeSelector": {}, "priorityClassName": "", "imagePullSecrets": []},
+     {"nodeSelector": None, "priorityClassName": None, "imagePullSecrets": [],
+      "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "exchange",
+                       "effect": "NoSchedule"}]}),
+    # An omitted operator is written as Kubernetes reads it; Exists without key or value.
+    (Config(), {"tolerations": [{"key": "spot"}, {"operator": "Exists"},
+                                {"key": "lost", "operator": "Exists", "effect": "NoExecute",
+                                 "tolerationSeconds": 30}]},
+     {"tolerations": [{"key": "spot", "operator": "Equal"}, {"operator": "Exists"},
+                      {"key": "lost", "operator": "Exists", "effect": "NoExecute",
+                       "tolerationSeconds": 30}]}),
+    # A constraint without a selector counts the market's engines; one with keeps its own.
+    (Config(), {"topologySpreadConstraints": [
+        {"topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+         "minDomains": 2},
+        {"topologyKey": "topology.kubernetes.io/zone", "maxSkew": 2,
+         "labelSelector": {"matchLabels": {"tier": "exchange"}}}]},
+     {"topologySpreadConstraints": [
+         {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "minDomains": 2,
+          "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": SELECTOR}},
+         {"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone",
+          "whenUnsatisfiable": "ScheduleAnyway",
+          "labelSelector": {"matchLabels": {"tier": "exchange"}}}]}),
+    (Config(engine_topology_spread=()), {"priorityClassName": "market-critical"},
+     {"topologySpreadConstraints": [], "priorityClassName": "market-critical"}),
+], ids=["defaults", "preferred by the operator", "preferred by the market",
+        "required by the market", "the operator's placement", "field by field",
+        "empty lists replace", "empty map and name replace", "tolerations as stored",
+        "spread selectors", "no default spread"])
+def test_placement_from_the_settings_and_the_market(
+        config: Config, template: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    engine = {"template": {"pod": template}} if template is not None else {}
+    pod = statefulset(market(engine=engine), config)["spec"]["template"]["spec"]
+    found = {"antiAffinity": _anti_affinity(pod), **{
+        key: pod.get(key) for key in ("nodeSelector", "tolerations",
+                                      "topologySpreadConstraints", "priorityClassName",
+                                      "imagePullSecrets")}}
+    assert {key: found[key] for key in expected} == expected
+
+
+def test_the_anti_affinity_term_selects_the_markets_engines() -> None:
+    sts = statefulset(market(), Config())
+    [term] = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term == {"labelSelector": {"matchLabels": SELECTOR},
+                    "topologyKey": "kubernetes.io/hostname"}
+    assert sts["spec"]["selector"]["matchLabels"] == SELECTOR
+
+
+def test_pod_metadata_adds_to_the_operators_labels_and_never_replaces_them() -> None:
+    sts = statefulset(market(engine={"template": {"pod": {"metadata": {
+        "labels": {"team": "exchange", "tradeplane.dev/market": "other",
+                   "app.kubernetes.io/component": "db"},
+        "annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}}}}}),
+        Config())
+    metadata = sts["spec"]["template"]["metadata"]
+    assert metadata["labels"]["team"] == "exchange"
+    assert metadata["labels"].items() >= SELECTOR.items()  # the selector still selects
+    assert metadata["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict":
+                                       "false"}
+    assert "annotations" not in statefulset(market(), Config())["spec"]["template"]["metadata"]
+
+
+def test_the_startup_probe_gives_a_replay_time_before_liveness_counts() -> None:
+    container = statefulset(market(), Config())["spec"]["template"]["spec"]["containers"][0]
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] == STARTUP_PERIOD * (
+        STARTUP_FAILURES) == 600
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+
+
+@pytest.mark.parametrize(("resources", "qos"), [
+    (None, "Burstable"),
+    ({"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+     "Guaranteed"),
+    ({"limits": {"cpu": "2", "memory": "4Gi"}}, "Guaranteed"),  # requests default to limits
+    ({"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}, "Burstable"),
+], ids=["default", "requests equal limits", "limits alone", "no cpu limit"])
+def test_resources_are_passed_through_so_guaranteed_qos_is_possible(
+        resources: dict[str, Any] | None, qos: str) -> None:
+    engine = {"resources": resources} if resources else {}
+    container = statefulset(market(engine=engine), Config())["spec"]["template"]["spec"][
+        "containers"][0]
+    if resources:
+        assert container["resources"] == resources  # untouched
+    assert _qos_class(container["resources"]) == qos
+
+
+def _qos_class(resources: dict[str, Any]) -> str:
+    """The QoS class Kubernetes gives a one-container pod (requests default to limits)."""
+    limits = resources.get("limits", {})
+    requests = {**limits, **resources.get("requests", {})}
+    if all(limits.get(kind) is not None and requests.get(kind) == limits[kind]
+           for kind in ("cpu", "memory")):
+        return "Guaranteed"
+    return "Burstable" if requests or limits else "BestEffort"
+
+
+def _as_stored(desired: dict[str, Any]) -> dict[str, Any]:
+    """What a real API server stores of a StatefulSet: empty lists left out (omitempty),
+    defaults added to the pod template and its probes."""
+    stored = _stored(desired)
+    pod = stored["spec"]["template"]["spec"]
+    for key in ("tolerations", "topologySpreadConstraints", "imagePullSecrets"):
+        if not pod[key]:
+            del pod[key]
+    pod.update({"dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
+                "schedulerName": "default-scheduler"})
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        pod["containers"][0][probe]["httpGet"]["scheme"] = "HTTP"
+        pod["containers"][0][probe].setdefault("successThreshold", 1)
+    return stored
+
+
+PLACED = {"nodeSelector": {"pool": "btc"}, "priorityClassName": "market-critical",
+          "tolerations": [{"key": "spot"}, {"operator": "Exists", "effect": "NoExecute",
+                                            "tolerationSeconds": 60}],
+          "topologySpreadConstraints": [{"topologyKey": "kubernetes.io/hostname"}],
+          "imagePullSecrets": [{"name": "regcred"}],
+          "metadata": {"labels": {"team": "exchange"}, "annotations": {"a": "b"}}}
+
+
+@pytest.mark.parametrize(("before", "after", "drift", "removed"), [
+    (PLACED, PLACED, False, {}),
+    (None, None, False, {}),
+    (PLACED, None, True, {"nodeSelector": {"pool": None}, "priorityClassName": None}),
+    (None, PLACED, True, {}),
+    (PLACED, {**PLACED, "tolerations": []}, True, {}),
+    (PLACED, {**PLACED, "nodeSelector": {"pool": "btc", "disk": "ssd"}}, True, {}),
+    (PLACED, {**PLACED, "nodeSelector": {"disk": "ssd"}}, True,
+     {"nodeSelector": {"pool": None}}),
+    (PLACED, {**PLACED, "antiAffinity": "preferred"}, True,
+     {"affinity": {"podAntiAffinity": {
+         "requiredDuringSchedulingIgnoredDuringExecution": None}}}),
+], ids=["placed as stored", "defaults as stored", "placement dropped", "placement added",
+        "tolerations emptied", "a node label added", "a node label replaced",
+        "anti-affinity relaxed"])
+def test_placement_drift_as_a_real_api_server_stores_it(
+        before: dict[str, Any] | None, after: dict[str, Any] | None, drift: bool,
+        removed: dict[str, Any]) -> None:
+    """The operator's check compares what it writes with what the API server gives back:
+    as stored, nothing is drift (no patch forever); a changed Market is, and what it no
+    longer asks for goes (lists written empty, map keys and values as ``null``)."""
+    def built(template: dict[str, Any] | None) -> dict[str, Any]:
+        return statefulset(market(engine={"template": {"pod": template}} if template else {}),
+                           Config())
+
+    stored = _as_stored(built(before))
+    desired = built(after)
+    assert is_subset(desired, stored) is not drift
+    patch = removals(desired, stored)
+    assert patch == ({"spec": {"template": {"spec": removed}}} if removed else {})
+
+
+def test_placement_settings_from_the_environment() -> None:
+    config = Config.from_environment({
+        "TRADEPLANE_ENGINE_NODE_SELECTOR": '{"pool": "exchange"}',
+        "TRADEPLANE_ENGINE_TOLERATIONS": '[{"key": "dedicated", "operator": "Equal", '
+                                         '"value": "exchange", "effect": "NoSchedule"}]',
+        "TRADEPLANE_ENGINE_TOPOLOGY_SPREAD": '[{"maxSkew": 1, "topologyKey": '
+                                             '"kubernetes.io/hostname", '
+                                             '"whenUnsatisfiable": "DoNotSchedule"}]',
+        "TRADEPLANE_ENGINE_PRIORITY_CLASS": "exchange-critical",
+        "TRADEPLANE_ENGINE_IMAGE_PULL_SECRETS": '[{"name": "regcred"}]'})
+    assert config.engine_node_selector == {"pool": "exchange"}
+    assert config.engine_tolerations == (GPU,)
+    assert config.engine_topology_spread == (TopologySpreadConstraint(
+        topology_key="kubernetes.io/hostname", when_unsatisfiable="DoNotSchedule"),)
+    assert config.engine_priority_class == "exchange-critical"
+    assert config.engine_image_pull_secrets == ("regcred",)
+    defaults = Config.from_environment({"TRADEPLANE_ENGINE_TOPOLOGY_SPREAD": "",
+                                        "TRADEPLANE_ANTI_AFFINITY": ""})
+    assert defaults.engine_topology_spread == (ZONE_SPREAD,)
+    assert defaults.anti_affinity == "required"
+    assert Config.from_environment({"TRADEPLANE_ENGINE_TOPOLOGY_SPREAD": "[]"}
+                                   ).engine_topology_spread == ()
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("TRADEPLANE_ENGINE_NODE_SELECTOR", "pool=exchange", "TRADEPLANE_ENGINE_NODE_SELECTOR is "
+     "not JSON"),
+    ("TRADEPLANE_ENGINE_NODE_SELECTOR", '{"pool": 1}', "TRADEPLANE_ENGINE_NODE_SELECTOR: pool"),
+    ("TRADEPLANE_ENGINE_TOLERATIONS", '[{"key": "a", "operator": "Is"}]',
+     "TRADEPLANE_ENGINE_TOLERATIONS: 0.operator"),
+    ("TRADEPLANE_ENGINE_TOLERATIONS", '[{"effect": "NoSchedule"}]',
+     "without a key must have operator Exists"),
+    ("TRADEPLANE_ENGINE_TOLERATIONS", '[{"key": "a", "tolerationSeconds": 5}]',
+     "NoExecute only"),
+    ("TRADEPLANE_ENGINE_TOLERATIONS", '{"key": "a"}', "TRADEPLANE_ENGINE_TOLERATIONS: the "
+     "value"),
+    ("TRADEPLANE_ENGINE_TOPOLOGY_SPREAD", '[{"maxSkew": 1}]',
+     "TRADEPLANE_ENGINE_TOPOLOGY_SPREAD: 0.topologyKey"),
+    ("TRADEPLANE_ENGINE_TOPOLOGY_SPREAD", '[{"topologyKey": "zone", "minDomains": 2}]',
+     "DoNotSchedule only"),
+    ("TRADEPLANE_ENGINE_IMAGE_PULL_SECRETS", '["regcred"]',
+     "TRADEPLANE_ENGINE_IMAGE_PULL_SECRETS: 0"),
+    ("TRADEPLANE_ENGINE_IMAGE_PULL_SECRETS", '[{"name": "Reg_Cred"}]', "0.name"),
+    ("TRADEPLANE_ENGINE_PRIORITY_CLASS", "High Priority", "no Kubernetes object name"),
+    ("TRADEPLANE_ANTI_AFFINITY", "sometimes", "anti-affinity"),
+], ids=["selector not JSON", "selector value a number", "toleration operator",
+        "toleration without key", "seconds without NoExecute", "tolerations not a list",
+        "spread without key", "minDomains preferred", "pull secrets as names",
+        "pull secret name", "priority class name", "anti-affinity"])
+def test_wrong_placement_settings_say_which_and_why(variable: str, value: str,
+                                                     message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Config.from_environment({variable: value})
+
+
 def _essence(annotations: dict[str, str]) -> dict[str, Any]:
     """What kopf compares to decide whether a Market changed (the operator's storages)."""
     persistence = handlers.settings().persistence
@@ -676,6 +942,10 @@ def test_the_children_are_valid_kubernetes_objects(version: str) -> None:
     kubernetes_validate.validate(statefulset(built, Config()), version, strict=True)
     for secured in (SECURED, Config(engine_credentials_secret="c", engine_ca_secret="ca")):
         kubernetes_validate.validate(statefulset(built, secured), version, strict=True)
+    placed = market(engine={"template": {"pod": PLACED}})
+    for config in (Config(), FLEET, Config(anti_affinity="preferred")):
+        kubernetes_validate.validate(statefulset(placed, config), version, strict=True)
+        kubernetes_validate.validate(statefulset(built, config), version, strict=True)
 
 
 @pytest.mark.parametrize(("annotations", "held"), [
@@ -697,3 +967,14 @@ def test_the_retirements_patience_counts_from_when_retiring_began() -> None:
     held = [{"type": "Retiring", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
     assert protection.retiring_for(held, runtime, now) == runtime
     assert protection.retiring_for([], runtime, now) == runtime  # an older operator began it
+
+
+def test_the_operator_stops_at_start_naming_a_setting_it_cannot_take() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "tradeplane", "--nats", "nats://127.0.0.1:9", "operator"],
+        env={**os.environ, "TRADEPLANE_ENGINE_TOLERATIONS": '[{"effect": "NoSchedule"}]'},
+        capture_output=True, text=True, timeout=60, check=False)
+    assert finished.returncode == 2, finished.stderr
+    assert finished.stderr.strip() == (
+        "tradeplane operator: TRADEPLANE_ENGINE_TOLERATIONS: 0: Value error, a toleration "
+        "without a key must have operator Exists")

@@ -27,12 +27,12 @@ import pytest
 import yaml
 
 from tests.operator_.harness import CREDENTIALS_SECRET
-from tests.operator_.test_crd import EXAMPLES, INVALID, RESOURCES
+from tests.operator_.test_crd import EXAMPLES, INVALID, PLACED, RESOURCES
 from tests.operator_.test_kubectl import kubectl
 from tests.support.exchange import eventually, run
 from tradeplane.processes import NatsServer
 from tradeplane_operator import handlers
-from tradeplane_operator.children import Market, is_subset, statefulset
+from tradeplane_operator.children import Market, is_subset, removals, statefulset
 from tradeplane_operator.config import Config
 from tradeplane_operator.kube import (
     DISRUPTION_BUDGETS,
@@ -45,7 +45,11 @@ from tradeplane_operator.kube import (
 ROOT = Path(__file__).resolve().parents[2]
 KUBECONFIG = os.environ.get("TRADEPLANE_KUBECONFIG", "")
 CEL_MESSAGES = {"tickSize must be positive", "lotSize must be positive", "needs a standby",
-                "referencePrice must be positive"}
+                "referencePrice must be positive",
+                "a toleration without a key must have operator Exists",
+                "a toleration with operator Exists takes no value",
+                "tolerationSeconds is for effect NoExecute only",
+                "minDomains is for whenUnsatisfiable DoNotSchedule only"}
 
 pytestmark = [
     pytest.mark.k8s,
@@ -123,11 +127,11 @@ def test_the_operator_makes_children_the_api_server_accepts(
         assert code == 0, output
         os.environ["KUBECONFIG"] = str(config_path)
         stop, ready = asyncio.Event(), asyncio.Event()
-        settings = Config(nats_url=server.url, namespaces=(name,), final_snapshot_timeout=1,
-                          nats_credentials=str(server.secrets.credentials("operator")),
-                          engine_credentials_secret=CREDENTIALS_SECRET,
-                          lease_namespace=name)  # the Lease goes with the namespace
-        task = asyncio.create_task(handlers.run(settings, stop=stop, ready=ready))
+        config = Config(nats_url=server.url, namespaces=(name,), final_snapshot_timeout=1,
+                        nats_credentials=str(server.secrets.credentials("operator")),
+                        engine_credentials_secret=CREDENTIALS_SECRET,
+                        lease_namespace=name)  # the Lease goes with the namespace
+        task = asyncio.create_task(handlers.run(config, stop=stop, ready=ready))
         info = kopf.login_with_kubeconfig(logger=__import__("logging").getLogger("test"),
                                           settings=kopf.OperatorSettings())
         assert info is not None
@@ -135,8 +139,9 @@ def test_the_operator_makes_children_the_api_server_accepts(
         try:
             await asyncio.wait_for(ready.wait(), 30)
             manifest = yaml.safe_load(EXAMPLES[0].read_text())
-            manifest["spec"]["engine"] = {"resources": {
-                "requests": {"cpu": "1.5", "memory": "0.5Gi"}, "limits": {"cpu": 2}}}
+            manifest["spec"].update(copy.deepcopy(PLACED))  # every placement field
+            manifest["spec"]["engine"]["resources"] = {
+                "requests": {"cpu": "1.5", "memory": "0.5Gi"}, "limits": {"cpu": 2}}
             await kube.create(MARKETS, name, manifest)
             market = manifest["metadata"]["name"]
 
@@ -145,15 +150,19 @@ def test_the_operator_makes_children_the_api_server_accepts(
             await eventually(made, 60, "the children on the real API server")
             for resource in (STATEFULSETS, SERVICES):
                 assert await kube.get(resource, name, f"{market}-engine") is not None
-
-            # The API server stores quantities canonically; the drift check sees no
-            # change in that (else it would patch on every pass).
-            stored = await kube.get(STATEFULSETS, name, f"{market}-engine") or {}
+            # What the API server stored (its defaults added, empty fields dropped) is
+            # what the operator would write again: no drift, nothing to remove, so the
+            # drift check does not patch forever.
+            stored_market = await kube.get(MARKETS, name, market)
+            stored = await kube.get(STATEFULSETS, name, f"{market}-engine")
+            assert stored_market is not None
+            assert stored is not None
+            desired = statefulset(Market.from_body(stored_market), config)
+            assert is_subset(desired["spec"], stored["spec"]), stored["spec"]
+            assert removals(desired, stored) == {}
+            # Quantities are stored canonically; the drift check compares amounts.
             assert stored["spec"]["template"]["spec"]["containers"][0]["resources"] == {
                 "requests": {"cpu": "1500m", "memory": "512Mi"}, "limits": {"cpu": "2"}}
-            body = await kube.get(MARKETS, name, market) or {}
-            desired = statefulset(Market.from_body(body), settings)
-            assert is_subset({"spec": desired["spec"]}, stored)
 
             # The status schema keeps what the operator writes (a real API server prunes
             # what it does not list): Accepted, with its observed generation.

@@ -8,6 +8,7 @@ as exchange-core does, so the hundreds tell where a command stopped:
 - 2xx  order validation: the order itself is malformed or breaks a market rule
 - 3xx  order reference: the command names an order that cannot be acted on
 - 4xx  sequencing: the command arrived out of the sequencer's order
+- 5xx  funds: the ledger (docs/ledger.md) refused to fund an order or move a balance
 - 9xx  reserved for the edge (gateway): malformed payloads, unknown markets, limits
 """
 
@@ -50,6 +51,19 @@ class RejectCode(IntEnum):
 
     SEQUENCE_OUT_OF_ORDER = 401
     """The command's sequence is not above the last applied one (a replayed duplicate)."""
+    INSUFFICIENT_FUNDS = 501
+    """The account's available balance does not cover what the order (or replace, or
+    withdrawal) needs."""
+    QUOTE_AMOUNT_REQUIRED = 502
+    """A market buy must say how much quote it spends (``quoteAmount``): with balances,
+    a market buy by quantity has no price to hold for."""
+    NOT_FUNDED = 503
+    """The ledger does not know the market or the asset (not defined to it yet)."""
+    TRANSFER_ID_REUSED = 504
+    """A deposit or withdrawal id already names a different transfer."""
+    INVALID_AMOUNT = 505
+    """An amount, asset or decimals value out of range, or a definition that would change
+    what may not change."""
 
 
 class CancelReason(IntEnum):

@@ -58,11 +58,14 @@ WRONG_LAST_SEQUENCE = 10071
 
 
 class EventsPublisher:
-    def __init__(self, nc: Client, market: str, *, ack_timeout: float = 2.0) -> None:
+    def __init__(self, nc: Client, market: str, *, ack_timeout: float = 2.0,
+                 stream: str | None = None, subject: str | None = None) -> None:
         self.nc = nc
         self.market = market
+        """A market's name, or another replicated state's (a ledger shard's)."""
         self.ack_timeout = ack_timeout
-        self._subject = event_subject(market)
+        self._stream = stream or event_stream(market)
+        self._subject = subject or event_subject(market)
         self._inbox = nc.new_inbox()
         self._waiting: set[int] = set()
         self._duplicates: dict[int, int] = {}
@@ -123,7 +126,7 @@ class EventsPublisher:
         cannot be made (NATS away), the duplicate is taken as ours, as it was before."""
         for sequence, stream_sequence in self._duplicates.items():
             try:
-                stored = await self.nc.jetstream().get_msg(event_stream(self.market),
+                stored = await self.nc.jetstream().get_msg(self._stream,
                                                             stream_sequence)
             except NATS_ERRORS as exc:
                 log.warning("market %s: events message %d acknowledged as a duplicate; "

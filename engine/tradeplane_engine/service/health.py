@@ -1,12 +1,17 @@
 """The engine's health endpoint: HTTP probes for the StatefulSet the operator creates,
 and the process's Prometheus metrics.
 
-The kubelet asks two questions over plain HTTP. ``GET /livez``: is the process alive?
-If it answers at all, its event loop runs, so the answer is always ``200 ok``.
+The kubelet asks three questions over plain HTTP. ``GET /livez``: is the process alive?
+If it answers at all, its event loop runs; ``200 ok`` unless a market it runs is wedged
+(``MarketService.wedged``: its command loop has not turned for ``WEDGED_AFTER`` seconds
+while connected to NATS, or its service failed while the process lives on), then ``503``
+names the market and why: a restart is what a wedged replica needs, and its standby
+takes the lead meanwhile.
 ``GET /readyz``: may traffic count on this pod? Only once every market the process runs
 has caught up with its command stream (``MarketService.ready``); until then ``503``
 names the markets still catching up. A process whose markets are not running yet (their
-definitions still awaited) is not ready either.
+definitions still awaited) is not ready either. The operator's startup probe asks
+``/readyz`` too, so liveness is not asked while a replica restores and replays.
 
 ``GET /metrics`` is Prometheus' scrape (docs/observability.md): on the same port, so an
 engine pod exposes one port (``health``) for probes and metrics alike, and the scrape
@@ -49,7 +54,12 @@ async def start_health_server(host: str, port: int,
 
 
 def _answer(request: Request | None, services: Sequence[MarketService]) -> Answer:
-    """Ready once every market the process runs has caught up; the rest as every process."""
+    """Ready once every market the process runs has caught up; alive unless one of them
+    is wedged; the rest as every process."""
+    if request == ("GET", "/livez"):
+        wedged = [reason for service in services if (reason := service.wedged()) is not None]
+        if wedged:
+            return text(HTTPStatus.SERVICE_UNAVAILABLE, "wedged: " + "; ".join(wedged))
     if request == ("GET", "/readyz"):
         waiting = [service.market for service in services if not service.ready.is_set()]
         if services and not waiting:

@@ -21,8 +21,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.connection import NATS_ERRORS
-from tradeplane_engine.service.hotpath import HotPath
 from tradeplane_engine.service.lease import Lease, NotLeadingError
+from tradeplane_engine.service.replica import Replica
 from tradeplane_engine.wire import engine_subject, is_subject
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Leadership:
     ``on_lead`` starts what only the leader does (its subjects), ``on_stand_by`` stops
     it. Without a lease bucket the replica leads alone, from the start."""
 
-    def __init__(self, nc: Client, market: str, replica: str, hot_path: HotPath,
+    def __init__(self, nc: Client, market: str, replica: str, hot_path: Replica,
                  leases: KeyValue | None, *, on_lead: Callable[[], Awaitable[None]],
                  on_stand_by: Callable[[], Awaitable[None]]) -> None:
         self.nc = nc

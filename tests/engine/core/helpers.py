@@ -64,6 +64,8 @@ SPEC = MarketSpec(base="BTC", quote="USD", tick_size="1", lot_size="1")
 
 CONVERSION_ONLY_CODES = frozenset({RejectCode.PRICE_NOT_ON_TICK, RejectCode.QUANTITY_NOT_ON_LOT})
 """Codes the engine itself never returns: only the decimal conversion at the edge raises them."""
+LEDGER_CODES = frozenset(code for code in RejectCode if 500 <= code < 600)
+"""Codes only the ledger returns (tests/engine/ledger)."""
 
 
 class MarketOptions(TypedDict, total=False):

@@ -1,4 +1,5 @@
-"""The engine core stays pure: no floats anywhere in it (imports are held by import-linter).
+"""The engine and ledger cores stay pure: no floats anywhere in them (imports are held
+by import-linter).
 
 Money is integers inside: a float literal, a ``float`` name or a true division in
 the core would be a way for binary rounding to reach a price or a quantity.
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 
 import tradeplane_engine.core
+import tradeplane_engine.ledger
 
 CORE = Path(tradeplane_engine.core.__file__).parent
-MODULES = sorted(CORE.glob("*.py"))
+LEDGER = Path(tradeplane_engine.ledger.__file__).parent
+MODULES = sorted([*CORE.glob("*.py"), *LEDGER.glob("*.py")])
 
 
 def float_uses(source: str) -> list[str]:
@@ -30,10 +33,11 @@ def float_uses(source: str) -> list[str]:
 
 
 def test_the_core_has_modules_to_check() -> None:
-    assert {path.name for path in MODULES} >= {"matching.py", "book.py", "market.py"}
+    assert {path.name for path in MODULES} >= {"matching.py", "book.py", "market.py",
+                                               "state.py", "amounts.py"}
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: f"{path.parent.name}/{path.name}")
 def test_no_floats_in_the_core(path: Path) -> None:
     assert float_uses(path.read_text()) == []
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, run
+from tradeplane_engine.feed import FeedError
 from tradeplane_engine.service import MarketService, run_engines
 from tradeplane_engine.service.health import bound_port, start_health_server
+from tradeplane_engine.service.market import WEDGED_AFTER
+from tradeplane_engine.streams import ensure_market_streams
+from tradeplane_engine.wire import command_stream, command_subject
 
 
 async def get(port: int, request: bytes) -> tuple[int, str]:
@@ -36,7 +42,7 @@ def probe(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: pod\r\nUser-Agent: kube-probe/1.31\r\n\r\n".encode()
 
 
-def test_readyz_waits_for_the_market_to_catch_up_and_livez_always_answers(
+def test_readyz_waits_for_the_market_to_catch_up_and_livez_answers(
         tmp_path: Path) -> None:
     async def scenario() -> None:
         async with local_exchange(tmp_path, SOL, engines=False) as exchange:
@@ -55,6 +61,85 @@ def test_readyz_waits_for_the_market_to_catch_up_and_livez_always_answers(
                 await eventually(ready, what="/readyz answering 200")
                 assert service.ready.is_set()
                 assert await get(port, probe("/livez")) == (200, "ok\n")
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    run(scenario())
+
+
+PLACE = (b'{"type":"place","sequence":0,"timestamp":0,"account":"alice","side":"buy",'
+         b'"quantity":100,"price":9900}')
+
+
+def test_livez_fails_while_a_market_is_wedged_and_an_idle_market_is_not(
+        tmp_path: Path) -> None:
+    """With the real threshold (``WEDGED_AFTER``, 30 s): the test moves the service's
+    clock on instead of waiting it out. The apply path is blocked by holding the hot
+    path's lock, as a takeover does while it publishes."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, engines=False) as exchange:
+            service = MarketService(exchange.engine_nc, SOL, SETTINGS)
+            moved_on = 0.0
+            service.clock = lambda: time.monotonic() + moved_on
+            server = await start_health_server("127.0.0.1", 0, [service])
+            port = bound_port(server)
+            try:
+                exchange.engine_tasks[SOL.name] = asyncio.create_task(service.run())
+                await asyncio.wait_for(service.ready.wait(), 10)
+                await eventually(lambda: service.progressed is not None, 5, "consuming")
+
+                # Idle for twice the threshold: the feed waited for commands meanwhile,
+                # and each wait is a turn of the loop, so the market is alive.
+                moved_on += 2 * WEDGED_AFTER
+                now = service.clock()
+                await eventually(lambda: (service.progressed or 0) >= now, 5,
+                                 "the idle loop turned after the clock moved on")
+                assert await get(port, probe("/livez")) == (200, "ok\n")
+
+                async with service.hot_path.lock:
+                    await exchange.nc.jetstream().publish(command_subject(SOL.name), PLACE)
+                    await eventually(lambda: service.in_hand == 1, 10, "the command taken")
+                    assert await get(port, probe("/livez")) == (200, "ok\n")  # not yet
+                    moved_on += WEDGED_AFTER + 1
+                    status, body = await get(port, probe("/livez"))
+                    assert status == 503
+                    assert re.fullmatch(r"wedged: sol-usdt: no progress for 3\d s with 1 "
+                                        r"command in hand\n", body), body
+                    assert await get(port, probe("/readyz")) == (200, "ready\n")
+
+                # Free again, the command is applied and published: alive.
+                await eventually(lambda: service.published_through == 1, 10, "the command")
+                assert service.in_hand == 0
+                assert await get(port, probe("/livez")) == (200, "ok\n")
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    run(scenario())
+
+
+def test_livez_fails_when_a_markets_service_stopped_and_the_process_did_not(
+        tmp_path: Path) -> None:
+    """A command stream that no longer holds what the engine needs stops the service
+    (``FeedError``); /livez says so for as long as the process answers."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, engines=False) as exchange:
+            js = exchange.nc.jetstream()
+            await ensure_market_streams(js, SOL, SETTINGS)
+            for _ in range(3):
+                await js.publish(command_subject(SOL.name), PLACE)
+            await js.purge_stream(command_stream(SOL.name), keep=1)  # starts at 3 now
+            service = MarketService(exchange.engine_nc, SOL, SETTINGS)
+            server = await start_health_server("127.0.0.1", 0, [service])
+            port = bound_port(server)
+            try:
+                assert await get(port, probe("/livez")) == (200, "ok\n")  # not started
+                with pytest.raises(FeedError):
+                    await service.run()
+                status, body = await get(port, probe("/livez"))
+                assert status == 503
+                assert body.startswith("wedged: sol-usdt: stopped: FeedError: "), body
             finally:
                 server.close()
                 await server.wait_closed()

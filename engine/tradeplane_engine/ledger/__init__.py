@@ -1,0 +1,43 @@
+"""The ledger's pure core: balances, holds and settlement as a deterministic state machine.
+
+Like the matching core, nothing here reads a clock, does I/O or uses binary floating
+point; the design, and why holds always cover fills, is in docs/ledger.md.
+"""
+
+from tradeplane_engine.ledger.amounts import (
+    CLEARING,
+    FEES,
+    WORLD,
+    Terms,
+    TermsError,
+    fee,
+    shard_of,
+)
+from tradeplane_engine.ledger.commands import (
+    AnyLedgerCommand,
+    DefineAsset,
+    DefineMarket,
+    Deposit,
+    FundOrder,
+    FundReplace,
+    LedgerCommand,
+    Settle,
+    Withdraw,
+)
+from tradeplane_engine.ledger.events import (
+    AnyLedgerEvent,
+    Duplicate,
+    Forward,
+    LedgerEvent,
+    Movement,
+    MovementKind,
+    Refused,
+)
+from tradeplane_engine.ledger.state import Funding, Ledger
+
+__all__ = [
+    "CLEARING", "FEES", "WORLD", "AnyLedgerCommand", "AnyLedgerEvent", "DefineAsset",
+    "DefineMarket", "Deposit", "Duplicate", "Forward", "FundOrder", "FundReplace", "Funding",
+    "Ledger", "LedgerCommand", "LedgerEvent", "Movement", "MovementKind", "Refused", "Settle",
+    "Terms", "TermsError", "Withdraw", "fee", "shard_of",
+]

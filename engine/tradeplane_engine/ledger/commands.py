@@ -1,0 +1,86 @@
+"""The ledger's commands, in the order its stream sequenced them.
+
+A ledger shard's command stream carries everything that changes balances: an
+administrator's asset and market terms, deposits and withdrawals (idempotent by
+transfer id), a trader's order or replace to fund before it goes to its market, and
+the settlement of a market's events message (keyed by the market and the message's
+command sequence, so a second delivery changes nothing). As the engine's commands,
+each carries the sequence and time its stream gave it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from tradeplane_engine.core.commands import Place, Replace
+from tradeplane_engine.core.events import AnyEvent
+
+
+class LedgerCommand(msgspec.Struct, frozen=True, gc=False, tag_field="type"):
+    sequence: int
+    timestamp: int
+
+
+class DefineAsset(LedgerCommand, frozen=True, gc=False, tag="defineAsset"):
+    """An asset and its decimals; the decimals never change once defined."""
+
+    asset: str
+    decimals: int
+
+
+class DefineMarket(LedgerCommand, frozen=True, gc=False, tag="defineMarket"):
+    """A market's grid and fees, as its definition says (fees may change later)."""
+
+    market: str
+    base: str
+    quote: str
+    tick_size: str
+    lot_size: str
+    maker_bps: int = 0
+    taker_bps: int = 0
+
+
+class Deposit(LedgerCommand, frozen=True, gc=False, tag="deposit"):
+    """Credit an account; ``transfer_id`` makes a retry harmless."""
+
+    transfer_id: str
+    account: str
+    asset: str
+    amount: int
+
+
+class Withdraw(LedgerCommand, frozen=True, gc=False, tag="withdraw"):
+    """Debit an account's available balance; ``transfer_id`` makes a retry harmless."""
+
+    transfer_id: str
+    account: str
+    asset: str
+    amount: int
+
+
+class FundOrder(LedgerCommand, frozen=True, gc=False, tag="fundOrder"):
+    """Hold what ``place`` may spend, then send it to ``market`` (its sequence and
+    timestamp are the market stream's, not these)."""
+
+    market: str
+    place: Place
+
+
+class FundReplace(LedgerCommand, frozen=True, gc=False, tag="fundReplace"):
+    """Hold what a replace may add to its order's needs, then send it to ``market``."""
+
+    market: str
+    replace: Replace
+
+
+class Settle(LedgerCommand, frozen=True, gc=False, tag="settle"):
+    """A market's events message: settle its trades, release what its orders no
+    longer need. ``events_sequence`` is the market command it reports on."""
+
+    market: str
+    events_sequence: int
+    events: list[AnyEvent]
+
+
+AnyLedgerCommand = (DefineAsset | DefineMarket | Deposit | Withdraw | FundOrder | FundReplace
+                    | Settle)
