@@ -24,6 +24,7 @@ from tests.chart.test_chart import (
 )
 from tests.support.exchange import run
 from tests.support.kube import cluster
+from tradeplane_operator import images
 from tradeplane_operator.children import Market, statefulset
 from tradeplane_operator.config import Config
 
@@ -95,6 +96,20 @@ def test_pull_secrets_and_a_digest_reach_every_pod(tmp_path: Path) -> None:
     operator = _pod(made, "operator")["spec"]["containers"][0]
     env = {item["name"]: item.get("value") for item in operator["env"]}
     assert env["TRADEPLANE_ENGINE_IMAGE"] == image  # the engines run the pinned image too
+    # By default a Market may name that repository alone (another tag or digest of it).
+    config = Config.from_environment(env)
+    assert config.allowed_engine_images == ()
+    assert images.allowed("ghcr.io/tradeplane/tradeplane:0.2.0", config)
+    assert not images.allowed("docker.io/library/busybox", config)
+
+
+def test_the_engine_image_policy_reaches_the_operator(tmp_path: Path) -> None:
+    made = run(_installed(tmp_path, {"operator": {"allowedEngineImages": [
+        "registry.example.com/tradeplane/*", "ghcr.io/tradeplane/tradeplane:*"]}}))
+    operator = _pod(made, "operator")["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in operator["env"]}
+    assert Config.from_environment(env).allowed_engine_images == (
+        "registry.example.com/tradeplane/*", "ghcr.io/tradeplane/tradeplane:*")
 
 
 def _engine_pod(made: dict[str, dict[str, Any]]) -> dict[str, Any]:
