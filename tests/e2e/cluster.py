@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,9 @@ import nats
 from nats.aio.client import Client
 
 from tests.support.exchange import eventually
-from tradeplane.processes import NatsServer, spawn, stop
+from tradeplane.processes import NatsCluster, NatsServer, spawn, stop
 from tradeplane.up import publish_markets, wait_ready
+from tradeplane_engine.connection import server_urls
 from tradeplane_engine.core import Engine
 from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import MarketDefinition, decode_command
@@ -34,29 +36,36 @@ class Cluster:
     definition: MarketDefinition
     logs: Path
     nc: Client
-    server: NatsServer
+    server: NatsServer | NatsCluster
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     wrap: dict[str, list[str]] = field(default_factory=dict)
     """A command line to run a role's process under (``unshare ...``), by role."""
+    settings: StreamSettings = field(default_factory=StreamSettings)
+    """How the streams are stored (engines get ``--stream-replicas`` from it)."""
 
     @property
     def market(self) -> str:
         return self.definition.name
 
     def start(self, role: str) -> None:
-        """Start a component; every role named ``engine...`` is an engine replica."""
+        """Start a component; every role named ``engine...`` is an engine replica, ``auth``
+        the auth service (traders' logins, with accounts in the database)."""
+        secrets = self.server.secrets
+        assert secrets is not None
         if role.startswith("engine"):
-            args = ["engine", "--market", self.market, "--replica", role]
+            args = ["engine", "--market", self.market, "--replica", role,
+                    "--stream-replicas", str(self.settings.replicas)]
         else:
             args = {"recorder": ["recorder", "--market", self.market],
-                    "gateway": ["gateway"]}[role]
+                    "gateway": ["gateway"],
+                    "auth": ["auth", "--issuer-seed", str(secrets.issuer_seed),
+                             "--system-credentials", str(secrets.credentials("sys"))]}[role]
         log = (self.logs / f"{role}.log").open("ab")
         identity = "engine" if role.startswith("engine") else role
-        assert self.server.secrets is not None
         self.processes[role] = spawn(
             [*self.wrap.get(role, []), sys.executable, "-m", "tradeplane",
              "--nats", self.server.url,
-             "--credentials", str(self.server.secrets.credentials(identity)), *args], log=log,
+             "--credentials", str(secrets.credentials(identity)), *args], log=log,
             env={**os.environ, "TRADEPLANE_POSTGRES_DSN": self.dsn, "PYTHONUNBUFFERED": "1"})
 
     def kill(self, role: str) -> None:
@@ -156,32 +165,44 @@ class Cluster:
 @contextlib.asynccontextmanager
 async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
                   *, roles: tuple[str, ...] = ("engine", "recorder", "gateway"),
-                  wrap: dict[str, list[str]] | None = None) -> AsyncIterator[Cluster]:
+                  wrap: dict[str, list[str]] | None = None,
+                  nats_nodes: int = 1) -> AsyncIterator[Cluster]:
+    """The exchange on one nats-server, or on a cluster of ``nats_nodes`` with every
+    stream and bucket replicated on each node."""
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    server = NatsServer.secured(directory / "nats").start()
-    admin = server.access("admin")
-    nc = await nats.connect(server.url, **admin.options())
-    # Test traders connect(cluster.url, account=...) as the admin, who may act as anyone.
-    running = Cluster(server.url_as("admin"), dsn, definition, logs, nc, server, wrap=wrap or {})
+    settings = StreamSettings(replicas=nats_nodes)
+    server: NatsServer | NatsCluster = (
+        NatsServer.secured(directory / "nats") if nats_nodes == 1
+        else NatsCluster.secured(directory / "nats", size=nats_nodes))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    nc: Client | None = None
     try:
-        await publish_markets(server.url, [definition], StreamSettings(), admin)
+        server.start()
+        admin = server.access("admin")
+        nc = await nats.connect(server_urls(server.url), **admin.options())
+        # Test traders connect(cluster.url, account=...) as the admin, who may act as anyone.
+        running = Cluster(server.url_as("admin"), dsn, definition, logs, nc, server,
+                          processes, wrap=wrap or {}, settings=settings)
+        await publish_markets(server.url, [definition], settings, admin)
         for role in roles:
             running.start(role)
-        await wait_ready(server.url, [definition.name], list(running.processes.values()),
+        await wait_ready(server.url, [definition.name], list(processes.values()),
                          access=admin)
         yield running
     finally:
-        for process in running.processes.values():
+        for process in processes.values():
             stop(process)
-        await nc.close()
-        running.server.stop()
+        if nc is not None:
+            await nc.close()
+        server.stop()
 
 
 class OrderFlow:
     """Orders placed one after another (``ack`` mode) until stopped, buys by one client
     and sells by another, around one price so that many cross. Remembers every client
-    order id the exchange acknowledged."""
+    order id the exchange acknowledged and when (``time.monotonic``), and every refusal
+    or failed request with when it ended."""
 
     def __init__(self, buyer: Any, seller: Any, market: str, prefix: str) -> None:
         self.buyer = buyer
@@ -189,6 +210,8 @@ class OrderFlow:
         self.market = market
         self.prefix = prefix
         self.acknowledged: list[str] = []
+        self.acknowledged_at: list[float] = []
+        self.failed: list[tuple[float, str]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
@@ -202,8 +225,10 @@ class OrderFlow:
                 client = self.buyer if side == "buy" else self.seller
                 await client.place(self.market, side, "0.5", price,
                                         client_order_id=client_order_id, response="ack")
-            except Exception:  # an unacknowledged order may or may not be sequenced
+            except Exception as exc:  # an unacknowledged order may or may not be sequenced
+                self.failed.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
                 continue
+            self.acknowledged_at.append(time.monotonic())
             self.acknowledged.append(client_order_id)
 
     def start(self) -> None:
