@@ -255,22 +255,53 @@ class NatsCluster:
             raise
         return self
 
-    def meta_leader(self) -> str:
-        """The server name of JetStream's meta leader, as a running node sees it ("" when
-        none is elected)."""
-        for node in self.nodes:
-            if node.process is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    status, jsz = node.monitor("jsz")
-                    if status == 200:
-                        return str((jsz.get("meta_cluster") or {}).get("leader") or "")
-        return ""
-
     def node(self, server_name: str) -> NatsServer:
         for node in self.nodes:
             if node.membership is not None and node.membership.server_name == server_name:
                 return node
         raise KeyError(server_name)
+
+    def leaders(self) -> dict[str, str]:
+        """Which node leads what, by server name: ``"meta"`` (JetStream's meta group) and
+        every stream (a key-value bucket is the stream ``KV_<bucket>``), as each running
+        node says of what it leads itself (``/jsz``). Nothing elected is absent."""
+        found: dict[str, str] = {}
+        for node in self.nodes:
+            jsz = self._jsz(node)
+            if jsz is None or node.membership is None:
+                continue
+            name = node.membership.server_name
+            if (jsz.get("meta_cluster") or {}).get("leader") == name:
+                found["meta"] = name
+            for account in jsz.get("account_details") or []:
+                for stream in account.get("stream_detail") or []:
+                    if (stream.get("cluster") or {}).get("leader") == name:
+                        found[stream["name"]] = name
+        return found
+
+    def current(self, stream: str) -> bool:
+        """The stream has a leader and every other replica is current with it."""
+        for node in self.nodes:
+            jsz = self._jsz(node)
+            for account in (jsz or {}).get("account_details") or []:
+                for detail in account.get("stream_detail") or []:
+                    cluster = detail.get("cluster") or {}
+                    if (detail["name"] == stream and node.membership is not None
+                            and cluster.get("leader") == node.membership.server_name):
+                        peers = cluster.get("replicas") or []
+                        return len(peers) == len(self.nodes) - 1 and all(
+                            peer.get("current") and not peer.get("offline") for peer in peers)
+        return False
+
+    @staticmethod
+    def _jsz(node: NatsServer) -> dict[str, Any] | None:
+        if node.process is None:
+            return None
+        try:
+            status, jsz = node.monitor("jsz?accounts=true&streams=true")
+        except (OSError, ValueError):
+            return None
+        return jsz if status == 200 and isinstance(jsz, dict) else None
 
     @property
     def url(self) -> str:

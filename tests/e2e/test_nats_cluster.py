@@ -35,10 +35,7 @@ from tests.support.exchange import eventually, run
 from tradeplane.processes import NatsCluster, NatsServer
 from tradeplane_engine.store.database import open_database
 from tradeplane_engine.wire import (
-    LEASES_BUCKET,
-    bucket_stream,
     command_stream,
-    event_stream,
     trades_subject,
 )
 from tradeplane_gateway import accounts, connect
@@ -155,30 +152,22 @@ def longest_gap(times: list[float], since: float, until: float) -> float:
     return max(later - earlier for earlier, later in itertools.pairwise(inside))
 
 
-async def command_stream_leader(exchange: Cluster) -> str:
-    """The server name of the node that leads the market's command stream."""
-    found: list[str] = []
+async def stream_leader(nodes: NatsCluster, stream: str) -> str:
+    """The server name of the node that leads ``stream`` (waiting for one)."""
+    found: dict[str, str] = {}
 
     async def known() -> bool:
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            info = await exchange.nc.jetstream().stream_info(command_stream(exchange.market))
-            if info.cluster is not None and info.cluster.leader:
-                found.append(info.cluster.leader)
-                return True
-        return False
+        found.update(await asyncio.to_thread(nodes.leaders))
+        return stream in found
 
-    await eventually(known, 20, "a leader of the command stream")
-    return found[-1]
+    await eventually(known, 30, f"a leader of {stream}")
+    return found[stream]
 
 
-async def all_replicas_current(exchange: Cluster) -> bool:
-    """Every stream replica of the command stream current with its leader."""
-    with contextlib.suppress(nats.errors.Error, TimeoutError):
-        info = await exchange.nc.jetstream().stream_info(command_stream(exchange.market))
-        peers = info.cluster.replicas if info.cluster is not None else None
-        return bool(peers) and len(peers or []) == 2 and all(
-            peer.current and not peer.offline for peer in peers or [])
-    return False
+async def current(nodes: NatsCluster, stream: str) -> None:
+    """Until every replica of ``stream`` is current with its leader."""
+    await eventually(lambda: asyncio.to_thread(nodes.current, stream), 30,
+                     f"every replica of {stream} current")
 
 
 async def unacknowledged_but_sequenced(exchange: Cluster, flow: PacedFlow) -> str:
@@ -266,27 +255,15 @@ def answered(flow: PacedFlow, sent_before: float) -> bool:
                if attempt.sent_at < sent_before)
 
 
-async def leaders(exchange: Cluster, nodes: NatsCluster) -> dict[str, str]:
-    """Which node leads what: JetStream's meta group, the market's command and events
-    streams, the engines' lease bucket."""
-    js = exchange.nc.jetstream()
-    found = {"meta": nodes.meta_leader()}
-    for what, stream in (("commands", command_stream(exchange.market)),
-                         ("events", event_stream(exchange.market)),
-                         ("leases", bucket_stream(LEASES_BUCKET))):
-        info = await js.stream_info(stream)
-        found[what] = info.cluster.leader or "" if info.cluster is not None else ""
-    return found
-
-
 async def one_node(exchange: Cluster, nodes: NatsCluster, flow: PacedFlow,
                    trades: Trades, *, leader: bool) -> list[str]:
     """``kill -9`` of the command stream's leader (or of a follower): trading goes on;
     the node comes back and catches up."""
-    stream_leader = await command_stream_leader(exchange)
-    led = await leaders(exchange, nodes)
-    victim = stream_leader if leader else next(
-        name for name in ("n1", "n2", "n3") if name != stream_leader)
+    commands = command_stream(exchange.market)
+    commands_leader = await stream_leader(nodes, commands)
+    led = await asyncio.to_thread(nodes.leaders)
+    victim = commands_leader if leader else next(
+        name for name in ("n1", "n2", "n3") if name != commands_leader)
     killed_at = time.monotonic()
     nodes.node(victim).kill()
     await flow.until(len(flow.acknowledged_at) + ORDERS)
@@ -294,8 +271,8 @@ async def one_node(exchange: Cluster, nodes: NatsCluster, flow: PacedFlow,
                      "a trade after the kill")
     resumed_at = time.monotonic()
     await eventually(lambda: answered(flow, resumed_at), 30, "an answer to every order")
-    successor = await command_stream_leader(exchange)
-    assert (successor != victim) if leader else (successor == stream_leader)
+    successor = await stream_leader(nodes, commands)
+    assert (successor != victim) if leader else (successor == commands_leader)
     acceptance = longest_gap(flow.acknowledged_at, killed_at, resumed_at)
     matching = longest_gap(trades.seen_at, killed_at, resumed_at)
     waited = flow.longest_wait(killed_at, time.monotonic())
@@ -303,12 +280,12 @@ async def one_node(exchange: Cluster, nodes: NatsCluster, flow: PacedFlow,
 
     restarted_at = time.monotonic()
     nodes.node(victim).start()
-    await eventually(nodes.node(victim).healthy, 30, f"node {victim} healthy again")
-    await eventually(lambda: all_replicas_current(exchange), 30,
-                     "the command stream's replicas current")
+    await eventually(lambda: asyncio.to_thread(nodes.node(victim).healthy), 30,
+                     f"node {victim} healthy again")
+    await current(nodes, commands)
     caught_up = time.monotonic() - restarted_at
     await flow.until(len(flow.acknowledged_at) + ORDERS)
-    role = ", ".join(what for what, node in led.items() if node == victim) or "nothing"
+    role = ", ".join(what for what, node in sorted(led.items()) if node == victim) or "nothing"
     return [
         f"  kill -9 of {victim} (leading: {role}); command stream leader after: {successor}",
         f"    longest time without an acknowledgement {acceptance:.2f} s, without a trade "
@@ -322,7 +299,8 @@ async def two_nodes(exchange: Cluster, nodes: NatsCluster, flow: PacedFlow,
                     trades: Trades) -> list[str]:
     """Two nodes lost: no quorum, orders are refused (909) rather than lost or left
     hanging; one node back: trading resumes."""
-    leader = await command_stream_leader(exchange)
+    commands = command_stream(exchange.market)
+    leader = await stream_leader(nodes, commands)
     other = next(node.membership.server_name for node in nodes.nodes
                  if node.membership is not None and node.membership.server_name != leader)
     killed_at = time.monotonic()
@@ -355,10 +333,9 @@ async def two_nodes(exchange: Cluster, nodes: NatsCluster, flow: PacedFlow,
     failed = [attempt for attempt in flow.failed_since(killed_at)
               if attempt.sent_at < resumed_at]
     nodes.node(leader).start()
-    await eventually(lambda: all(node.healthy() for node in nodes.nodes), 30,
-                     "every node healthy")
-    await eventually(lambda: all_replicas_current(exchange), 30,
-                     "the command stream's replicas current")
+    await eventually(lambda: asyncio.to_thread(
+        lambda: all(node.healthy() for node in nodes.nodes)), 30, "every node healthy")
+    await current(nodes, commands)
     await flow.until(len(flow.acknowledged_at) + ORDERS)
     return [
         f"  kill -9 of {leader} and {other} (no quorum): {acknowledged_during} orders "
