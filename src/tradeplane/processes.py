@@ -262,9 +262,10 @@ class NatsCluster:
         raise KeyError(server_name)
 
     def leaders(self) -> dict[str, str]:
-        """Which node leads what, by server name: ``"meta"`` (JetStream's meta group) and
-        every stream (a key-value bucket is the stream ``KV_<bucket>``), as each running
-        node says of what it leads itself (``/jsz``). Nothing elected is absent."""
+        """Which node leads what, by server name: ``"meta"`` (JetStream's meta group),
+        every stream (a key-value bucket is the stream ``KV_<bucket>``) and every consumer
+        (``<stream>/<consumer>``), as each running node says of what it leads itself
+        (``/jsz``). Nothing elected is absent."""
         found: dict[str, str] = {}
         for node in self.nodes:
             jsz = self._jsz(node)
@@ -277,6 +278,9 @@ class NatsCluster:
                 for stream in account.get("stream_detail") or []:
                     if (stream.get("cluster") or {}).get("leader") == name:
                         found[stream["name"]] = name
+                    for consumer in stream.get("consumer_detail") or []:
+                        if (consumer.get("cluster") or {}).get("leader") == name:
+                            found[f"{stream['name']}/{consumer['name']}"] = name
         return found
 
     def current(self, stream: str) -> bool:
@@ -298,7 +302,7 @@ class NatsCluster:
         if node.process is None:
             return None
         try:
-            status, jsz = node.monitor("jsz?accounts=true&streams=true")
+            status, jsz = node.monitor("jsz?accounts=true&streams=true&consumers=true")
         except (OSError, ValueError):
             return None
         return jsz if status == 200 and isinstance(jsz, dict) else None

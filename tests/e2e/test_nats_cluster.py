@@ -164,6 +164,13 @@ async def stream_leader(nodes: NatsCluster, stream: str) -> str:
     return found[stream]
 
 
+def described(led: list[str]) -> str:
+    """What a node leads: the meta group, streams by name, consumers counted."""
+    consumers = sum("/" in what for what in led)
+    named = sorted(what for what in led if "/" not in what)
+    return ", ".join([*named, *([f"{consumers} consumer(s)"] if consumers else [])]) or "nothing"
+
+
 async def current(nodes: NatsCluster, stream: str) -> None:
     """Until every replica of ``stream`` is current with its leader."""
     await eventually(lambda: asyncio.to_thread(nodes.current, stream), 30,
@@ -285,7 +292,7 @@ async def one_node(exchange: Cluster, nodes: NatsCluster, flow: PacedFlow,
     await current(nodes, commands)
     caught_up = time.monotonic() - restarted_at
     await flow.until(len(flow.acknowledged_at) + ORDERS)
-    role = ", ".join(what for what, node in sorted(led.items()) if node == victim) or "nothing"
+    role = described([what for what, node in led.items() if node == victim])
     return [
         f"  kill -9 of {victim} (leading: {role}); command stream leader after: {successor}",
         f"    longest time without an acknowledgement {acceptance:.2f} s, without a trade "
