@@ -3,12 +3,15 @@
 Three real nats-servers in one JetStream cluster, a market whose streams and buckets
 have three replicas, two engine replicas and a gateway, each its own process, with
 orders sent at a steady pace (each without waiting for the one before; ``ack`` mode).
-Each round ``kill -9``s one node chosen by what it leads — the market's command stream,
-its events stream, JetStream's meta group — or each node in turn, and measures the
-longest time without an acknowledged order and without an events message (the
-leader's output: fills, trades, replies), and the orders not acknowledged; the node is
-then started again and timed until it is healthy with every stream current. Last, two
-nodes at once (no quorum): how long after one returns orders are acknowledged again.
+Each round first moves the leaders of the market's streams and buckets (a leader
+stepdown naming the node preferred) so that one node leads what the round is about —
+the command stream, the events stream, the lease bucket, or none of them — then
+``kill -9``s it, and measures the longest time without an acknowledged order and
+without an events message (the leader's output: fills, trades, replies), and the
+orders not acknowledged; the node is then started again and timed until it is healthy
+with every stream current. JetStream's meta leader and the consumers stay where
+JetStream put them (each round says what the node led). Last, two nodes at once (no
+quorum): how long after one returns orders are acknowledged again.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ NAMES = {COMMANDS: "commands", EVENTS: "events", "meta": "meta",
          bucket_stream(LEASES_BUCKET): "leases", bucket_stream(MARKETS_BUCKET): "markets",
          bucket_stream(REPLICAS_BUCKET): "replicas"}
 """What a node may lead, as the figures name it (``/`` in a name: a consumer)."""
+STREAMS = [stream for stream in NAMES if stream != "meta"]
 PACE = 0.01
 """Seconds between two orders sent (about 100 a second)."""
 REQUEST_TIMEOUT = 10.0
@@ -124,22 +128,38 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> flo
 
 async def healthy(nodes: NatsCluster) -> None:
     await until(lambda: all(node.healthy() for node in nodes.nodes), 60, "every node healthy")
-    await until(lambda: nodes.current(COMMANDS), 60, "the command stream current")
+    await until(lambda: all(nodes.current(stream) for stream in STREAMS), 60,
+                "every stream current")
+
+
+async def place(nc: Client, nodes: NatsCluster, stream: str, target: str) -> None:
+    """Make ``target`` the leader of ``stream`` (a leader stepdown naming it preferred)."""
+    deadline = time.monotonic() + 60
+    while (await asyncio.to_thread(nodes.leaders)).get(stream) != target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{target} leading {stream}")
+        with contextlib.suppress(nats.errors.Error):
+            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", msgspec.json.encode(
+                {"placement": {"preferred": target}}), timeout=5)
+        await asyncio.sleep(0.2)
 
 
 Round = tuple[float, float, int, float, str]
 
 
-async def one_node(nodes: NatsCluster, load: Load, kind: str, turn: int) -> Round:
-    """Kill the node that leads ``kind`` (``any``: the ``turn``-th node); (acknowledgement
-    gap, events gap, orders not acknowledged, seconds until healthy again, what it led)."""
+async def one_node(nc: Client, nodes: NatsCluster, load: Load, kind: str,
+                   victim: str) -> Round:
+    """Make ``victim`` lead what ``kind`` names (``follower``: nothing of the market's
+    streams and buckets) and the others the rest, then kill it; (acknowledgement gap,
+    events gap, orders not acknowledged, seconds until healthy again, what it led)."""
     await healthy(nodes)
+    others = [node.membership.server_name for node in nodes.nodes
+              if node.membership is not None and node.membership.server_name != victim]
+    for index, stream in enumerate(STREAMS):
+        await place(nc, nodes, stream, victim if NAMES[stream] == kind
+                    else others[index % len(others)])
     await load.acknowledged_after(time.monotonic(), 50)
     leaders = await asyncio.to_thread(nodes.leaders)
-    names = [node.membership.server_name for node in nodes.nodes
-             if node.membership is not None]
-    victim = (names[turn % len(names)] if kind == "any"
-              else leaders[{"commands": COMMANDS, "events": EVENTS}.get(kind, kind)])
     failed_before = len(load.failed)
     killed_at = time.monotonic()
     nodes.node(victim).kill()
@@ -151,8 +171,8 @@ async def one_node(nodes: NatsCluster, load: Load, kind: str, turn: int) -> Roun
     pending = set(load.in_flight)
     restarted_at = time.monotonic()
     nodes.node(victim).start()
-    caught_up = await until(lambda: nodes.node(victim).healthy() and nodes.current(COMMANDS),
-                            60, f"{victim} caught up") - restarted_at
+    caught_up = await until(lambda: nodes.node(victim).healthy() and all(
+        nodes.current(stream) for stream in STREAMS), 60, f"{victim} caught up") - restarted_at
     await asyncio.gather(*pending)  # every order sent before trading resumed is answered
     led = [key for key, node in leaders.items() if node == victim]
     consumers = sum("/" in key for key in led)
@@ -205,21 +225,30 @@ async def benchmark(nodes: NatsCluster, rounds: int) -> None:
     await traders[0].subscribe(event_subject(MARKET.name), cb=load.on_event)
     sending = asyncio.create_task(load.run())
     try:
-        for kind in ("any", "events", "meta", "commands"):
-            results = [await one_node(nodes, load, kind, turn) for turn in range(rounds)]
-            what = {"any": "each node in turn", "events": "the events stream's leader",
-                    "meta": "the meta leader", "commands": "the command stream's leader"}[kind]
-            print(f"kill -9 of {what}, {len(results)} rounds:", flush=True)
+        names = [node.membership.server_name for node in nodes.nodes
+                 if node.membership is not None]
+        for kind in ("follower", "commands", "events", "leases"):
+            what = {"follower": "a node leading none of the market's streams and buckets",
+                    "commands": "the command stream's leader",
+                    "events": "the events stream's leader",
+                    "leases": "the lease bucket's leader"}[kind]
+            print(f"kill -9 of {what}:", flush=True)
+            results = []
+            for turn in range(rounds):
+                victim = names[turn % len(names)]
+                result = await one_node(traders[0], nodes, load, kind, victim)
+                results.append(result)
+                print(f"  {victim} (leading {result[4]}): without an acknowledgement "
+                      f"{result[0]:.2f} s, without an events message {result[1]:.2f} s, "
+                      f"{result[2]} orders not acknowledged; back, healthy and current "
+                      f"after {result[3]:.2f} s", flush=True)
             print(f"  without an acknowledgement: {summary([r[0] for r in results])}; "
-                  f"without an events message: {summary([r[1] for r in results])}; "
-                  f"orders not acknowledged: {[r[2] for r in results]}; "
-                  f"back, healthy and current: {summary([r[3] for r in results])}; "
-                  f"the node led: {[r[4] for r in results]}", flush=True)
+                  f"without an events message: {summary([r[1] for r in results])}",
+                  flush=True)
         quorum = [await two_nodes(nodes, load) for _ in range(rounds)]
         print(f"two nodes killed (no quorum: orders refused), one started again, "
-              f"{rounds} rounds: acknowledged again after "
-              f"{summary([q[0] for q in quorum])}; events again after "
-              f"{summary([q[1] for q in quorum])}", flush=True)
+              f"{rounds} rounds: acknowledged again after {summary([q[0] for q in quorum])}"
+              f"; events again after {summary([q[1] for q in quorum])}", flush=True)
     finally:
         sending.cancel()
         with contextlib.suppress(asyncio.CancelledError):
