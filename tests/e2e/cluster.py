@@ -1,10 +1,13 @@
-"""The exchange as separate processes on real nats-server and PostgreSQL, for tests that
-kill parts of it: engine, recorder and gateway run as ``tradeplane`` commands."""
+"""The exchange as separate processes on real nats-server (one, or a JetStream cluster)
+and PostgreSQL, for tests that kill parts of it: engine, recorder, gateway and auth
+service run as ``tradeplane`` commands. ``OrderFlow`` and ``PacedFlow`` are the orders
+those tests send."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -201,8 +204,7 @@ async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
 class OrderFlow:
     """Orders placed one after another (``ack`` mode) until stopped, buys by one client
     and sells by another, around one price so that many cross. Remembers every client
-    order id the exchange acknowledged and when (``time.monotonic``), and every refusal
-    or failed request with when it ended."""
+    order id the exchange acknowledged."""
 
     def __init__(self, buyer: Any, seller: Any, market: str, prefix: str) -> None:
         self.buyer = buyer
@@ -210,8 +212,6 @@ class OrderFlow:
         self.market = market
         self.prefix = prefix
         self.acknowledged: list[str] = []
-        self.acknowledged_at: list[float] = []
-        self.failed: list[tuple[float, str]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
@@ -225,10 +225,8 @@ class OrderFlow:
                 client = self.buyer if side == "buy" else self.seller
                 await client.place(self.market, side, "0.5", price,
                                         client_order_id=client_order_id, response="ack")
-            except Exception as exc:  # an unacknowledged order may or may not be sequenced
-                self.failed.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
+            except Exception:  # an unacknowledged order may or may not be sequenced
                 continue
-            self.acknowledged_at.append(time.monotonic())
             self.acknowledged.append(client_order_id)
 
     def start(self) -> None:
@@ -243,3 +241,87 @@ class OrderFlow:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+PACE = 0.02
+"""Seconds between two orders of a ``PacedFlow`` (about 50 a second)."""
+
+
+@dataclass
+class Attempt:
+    """One order of a ``PacedFlow``: when it was sent and answered (``time.monotonic``),
+    and what the answer was."""
+
+    client_order_id: str
+    sent_at: float
+    answered_at: float = 0.0
+    acknowledged: bool = False
+    error: str = ""
+
+
+class PacedFlow:
+    """An order every ``PACE`` seconds, alternately buys by one client and sells by
+    another around one price (so that many cross), each in its own task: an order that
+    waits for its answer holds up no other. Every attempt and its outcome is kept."""
+
+    def __init__(self, buyer: Any, seller: Any, market: str, prefix: str) -> None:
+        self.buyer = buyer
+        self.seller = seller
+        self.market = market
+        self.prefix = prefix
+        self.attempts: list[Attempt] = []
+        self.acknowledged_at: list[float] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def acknowledged(self) -> list[str]:
+        return [attempt.client_order_id for attempt in self.attempts if attempt.acknowledged]
+
+    async def _place(self, attempt: Attempt, number: int) -> None:
+        client = self.buyer if number % 2 else self.seller
+        try:
+            await client.place(self.market, "buy" if number % 2 else "sell", "0.5",
+                               str(100 + (number % 7) - 3),
+                               client_order_id=attempt.client_order_id, response="ack")
+        except Exception as exc:  # an unacknowledged order may or may not be sequenced
+            attempt.error = f"{type(exc).__name__}: {exc}"
+        else:
+            attempt.acknowledged = True
+            self.acknowledged_at.append(time.monotonic())
+        attempt.answered_at = time.monotonic()
+
+    async def _send(self) -> None:
+        for number in itertools.count(1):
+            attempt = Attempt(f"{self.prefix}-{number}", time.monotonic())
+            self.attempts.append(attempt)
+            task = asyncio.create_task(self._place(attempt, number))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            await asyncio.sleep(PACE)  # the pace of the load, not a synchronisation
+
+    def start(self) -> None:
+        self._sending = asyncio.create_task(self._send())
+
+    async def until(self, count: int, timeout: float = 60) -> None:
+        await eventually(lambda: len(self.acknowledged_at) >= count, timeout,
+                         f"{count} acknowledged orders")
+
+    async def stop(self) -> None:
+        """Stop sending and wait for every answer (each ends within the SDK's timeout)."""
+        if self._sending is not None:
+            self._sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sending
+        await asyncio.gather(*self._in_flight)
+
+    def failed_since(self, moment: float) -> list[Attempt]:
+        """Attempts answered after ``moment`` without an acknowledgement."""
+        return [attempt for attempt in self.attempts
+                if attempt.answered_at > moment and not attempt.acknowledged]
+
+    def longest_wait(self, since: float, until: float) -> float:
+        """The longest an order acknowledged between ``since`` and ``until`` waited."""
+        return max((attempt.answered_at - attempt.sent_at for attempt in self.attempts
+                    if attempt.acknowledged and since < attempt.answered_at < until),
+                   default=0.0)

@@ -1,6 +1,7 @@
 """The exchange on a three-node NATS cluster with every stream and bucket on three
-replicas, as docs/production.md recommends, each part a real process: ``kill -9`` of the
-node that leads the command stream, its return, then two nodes at once (no quorum).
+replicas, as docs/production.md recommends, each part a real process: ``kill -9`` of a
+node that does not lead the command stream, then of the one that does, each followed
+by its return, then of two nodes at once (no quorum) and the return of one.
 
 Orders are sent at a steady pace, each without waiting for the one before (as many
 traders would), so that one order stuck on a dead connection does not stop the others.
@@ -19,109 +20,24 @@ import contextlib
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nats
 import nats.errors
 from nats.aio.msg import Msg
 
-from tests.e2e.cluster import Cluster, cluster
+from tests.e2e.cluster import Attempt, Cluster, PacedFlow, cluster
 from tests.e2e.test_crash_recovery import MARKET
 from tests.e2e.test_failover import check_settled
 from tests.support.exchange import eventually, run
 from tradeplane.processes import NatsCluster, NatsServer
 from tradeplane_engine.store.database import open_database
-from tradeplane_engine.wire import (
-    command_stream,
-    trades_subject,
-)
+from tradeplane_engine.wire import command_stream, trades_subject
 from tradeplane_gateway import accounts, connect
 
 ROLES = ("engine-1", "engine-2", "recorder", "gateway", "auth")
 ORDERS = 100
 """Acknowledged orders that show trading goes on, after each step."""
-PACE = 0.02
-"""Seconds between two orders sent (about 50 a second)."""
-
-
-@dataclass
-class Attempt:
-    client_order_id: str
-    sent_at: float
-    answered_at: float = 0.0
-    acknowledged: bool = False
-    error: str = ""
-
-
-class PacedFlow:
-    """An order every ``PACE`` seconds, alternately buys by one client and sells by
-    another around one price (so that many cross), each in its own task: an order that
-    waits for its answer holds up no other. Every attempt and its outcome is kept."""
-
-    def __init__(self, buyer: Any, seller: Any, market: str, prefix: str) -> None:
-        self.buyer = buyer
-        self.seller = seller
-        self.market = market
-        self.prefix = prefix
-        self.attempts: list[Attempt] = []
-        self.acknowledged_at: list[float] = []
-        self._sending: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
-
-    @property
-    def acknowledged(self) -> list[str]:
-        return [attempt.client_order_id for attempt in self.attempts if attempt.acknowledged]
-
-    async def _place(self, attempt: Attempt, number: int) -> None:
-        client = self.buyer if number % 2 else self.seller
-        try:
-            await client.place(self.market, "buy" if number % 2 else "sell", "0.5",
-                               str(100 + (number % 7) - 3),
-                               client_order_id=attempt.client_order_id, response="ack")
-        except Exception as exc:  # an unacknowledged order may or may not be sequenced
-            attempt.error = f"{type(exc).__name__}: {exc}"
-        else:
-            attempt.acknowledged = True
-            self.acknowledged_at.append(time.monotonic())
-        attempt.answered_at = time.monotonic()
-
-    async def _send(self) -> None:
-        for number in itertools.count(1):
-            attempt = Attempt(f"{self.prefix}-{number}", time.monotonic())
-            self.attempts.append(attempt)
-            task = asyncio.create_task(self._place(attempt, number))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-            await asyncio.sleep(PACE)  # the pace of the load, not a synchronisation
-
-    def start(self) -> None:
-        self._sending = asyncio.create_task(self._send())
-
-    async def until(self, count: int, timeout: float = 60) -> None:
-        await eventually(lambda: len(self.acknowledged_at) >= count, timeout,
-                         f"{count} acknowledged orders")
-
-    async def stop(self) -> None:
-        """Stop sending and wait for every answer (each ends within the SDK's timeout)."""
-        if self._sending is not None:
-            self._sending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sending
-        await asyncio.gather(*self._in_flight)
-
-    def failed_since(self, moment: float) -> list[Attempt]:
-        """Attempts answered after ``moment`` without an acknowledgement."""
-        return [attempt for attempt in self.attempts
-                if attempt.answered_at > moment and not attempt.acknowledged]
-
-    def longest_wait(self, since: float, until: float) -> float:
-        """The longest an order acknowledged between ``since`` and ``until`` waited."""
-        return max((attempt.answered_at - attempt.sent_at for attempt in self.attempts
-                    if attempt.acknowledged and since < attempt.answered_at < until),
-                   default=0.0)
 
 
 def outcomes(failed: list[Attempt]) -> str:
@@ -193,8 +109,7 @@ async def unacknowledged_but_sequenced(exchange: Cluster, flow: PacedFlow) -> st
             f"sequenced anyway; of {len(flow.acknowledged)} acknowledged, none lost")
 
 
-@contextlib.asynccontextmanager
-async def traders(exchange: Cluster, nodes: NatsCluster) -> AsyncIterator[tuple[str, str]]:
+async def traders(exchange: Cluster, nodes: NatsCluster) -> tuple[str, str]:
     """Two real trader accounts, each admitted by the auth callout on every node."""
     pool = await open_database(exchange.dsn, size=1)
     try:
@@ -214,7 +129,7 @@ async def traders(exchange: Cluster, nodes: NatsCluster) -> AsyncIterator[tuple[
             return False
 
         await eventually(admitted, 30, f"a trader admitted on {node.url}")
-    yield secrets[0], secrets[1]
+    return secrets[0], secrets[1]
 
 
 def test_nats_node_loss_then_quorum_loss_under_order_flow(tmp_path: Path,
@@ -224,9 +139,9 @@ def test_nats_node_loss_then_quorum_loss_under_order_flow(tmp_path: Path,
             nodes = exchange.server
             assert isinstance(nodes, NatsCluster)
             urls = nodes.url
-            async with traders(exchange, nodes) as (buyer_secret, seller_secret), \
-                    connect(urls, account="buyer", secret=buyer_secret,
-                            max_reconnect_attempts=-1) as buyer, \
+            buyer_secret, seller_secret = await traders(exchange, nodes)
+            async with connect(urls, account="buyer", secret=buyer_secret,
+                               max_reconnect_attempts=-1) as buyer, \
                     connect(urls, account="seller", secret=seller_secret,
                             max_reconnect_attempts=-1) as seller:
                 trades = Trades()
