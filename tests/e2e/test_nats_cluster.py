@@ -94,19 +94,25 @@ async def current(nodes: NatsCluster, stream: str) -> None:
 
 
 async def unacknowledged_but_sequenced(exchange: Cluster, flow: PacedFlow) -> str:
-    """How many orders whose sender was not told "acknowledged" were sequenced anyway
-    (which a retry under the same client order id finds, and does not repeat)."""
-    unacknowledged = [attempt.client_order_id for attempt in flow.attempts
-                      if not attempt.acknowledged]
+    """How many orders whose sender was not told "acknowledged" were sequenced anyway:
+    none that the command stream refused (``909 ... (no stream)``: no stream leader took
+    it), and maybe some whose answer was lost with a connection (a retry under the same
+    client order id finds those, and does not repeat them)."""
+    unacknowledged = [attempt for attempt in flow.attempts if not attempt.acknowledged]
     connection = await exchange.database()
     try:
-        sequenced = await connection.fetchval(
-            "SELECT count(*) FROM orders WHERE market = $1 AND client_order_id = ANY($2)",
-            exchange.market, unacknowledged)
+        sequenced = {row["client_order_id"] for row in await connection.fetch(
+            "SELECT client_order_id FROM orders WHERE market = $1 "
+            "AND client_order_id = ANY($2)", exchange.market,
+            [attempt.client_order_id for attempt in unacknowledged])}
     finally:
         await connection.close()
-    return (f"  of {len(unacknowledged)} orders not acknowledged, {sequenced} were "
-            f"sequenced anyway; of {len(flow.acknowledged)} acknowledged, none lost")
+    refused = [attempt for attempt in unacknowledged
+               if "NOT_SEQUENCED" in attempt.error and "(no stream)" in attempt.error]
+    assert not sequenced & {attempt.client_order_id for attempt in refused}
+    return (f"  of {len(unacknowledged)} orders not acknowledged, {len(sequenced)} were "
+            f"sequenced anyway, none of the {len(refused)} refused; of "
+            f"{len(flow.acknowledged)} acknowledged, none lost")
 
 
 async def traders(exchange: Cluster, nodes: NatsCluster) -> tuple[str, str]:
