@@ -220,10 +220,15 @@ PRODUCTION_VALUES = CHART / "examples" / "production-values.yaml"
 
 def test_the_production_example_is_accepted_and_replicates_every_stream(
         tmp_path: Path) -> None:
-    """examples/production-values.yaml (docs/production.md): the schema accepts it, and
-    the release it installs runs two of every process, and engines whose streams and
-    buckets have three replicas on NATS over mutual TLS."""
+    """examples/production-values.yaml (docs/production.md): the NATS of nats-values.yaml
+    has a node for each stream replica, the schema accepts the values, and the release
+    they install runs two of every process, and engines whose streams and buckets have
+    three replicas, on different nodes."""
     values = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    nats = yaml.safe_load((CHART / "examples" / "nats-values.yaml").read_text())["config"]
+    assert nats["jetstream"]["enabled"]
+    assert nats["cluster"]["enabled"]
+    assert nats["cluster"]["replicas"] >= values["nats"]["streamReplicas"] == 3
     schema = json.loads((CHART / "values.schema.json").read_text())
     merged = _merged(yaml.safe_load((CHART / "values.yaml").read_text()), values)
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(merged)) == []
