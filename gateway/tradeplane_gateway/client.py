@@ -26,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tradeplane_engine.access import Credentials, trader_inbox
+from tradeplane_engine.connection import server_urls
 from tradeplane_engine.wire import (
     account_subject,
     api_subject,
@@ -204,7 +205,7 @@ async def connect(servers: str | list[str] = "nats://127.0.0.1:4222", *,
     if account is None:
         raise ValueError("connect needs an account (or a credentials file)")
     options.setdefault("inbox_prefix", trader_inbox(account))
-    nc = await nats.connect(servers, **options)
+    nc = await nats.connect(server_urls(servers), **options)
     try:
         yield Client(nc, account, timeout=timeout, response=response)
     finally:

@@ -47,6 +47,7 @@ from tradeplane.processes import (
     tradeplane_command,
 )
 from tradeplane_engine.access import Access, Credentials, trader_inbox
+from tradeplane_engine.connection import server_urls
 from tradeplane_engine.core.commands import SetTradingMode
 from tradeplane_engine.service.admin import publish_admin
 from tradeplane_engine.store.database import redact
@@ -102,7 +103,7 @@ async def publish_markets(url: str, definitions: list[MarketDefinition],
     apply only what the stream says, and a failure in between leaves the old definition
     in the bucket, so the next start sequences the change again.
     """
-    nc = await nats.connect(url, **(access or Access()).options())
+    nc = await nats.connect(server_urls(url), **(access or Access()).options())
     try:
         js = nc.jetstream()
         kv = await markets_bucket(js, settings)
@@ -148,7 +149,8 @@ async def wait_ready(url: str, markets: list[str], children: list[subprocess.Pop
                      timeout: float = 60.0, access: Access | None = None) -> None:
     """Until every engine has caught up and a gateway answers (or a child gave up)."""
     # Gateways answer a request on its account's inboxes only: the probe's.
-    nc = await nats.connect(url, **(access or Access()).options(trader_inbox("probe")))
+    nc = await nats.connect(server_urls(url),
+                            **(access or Access()).options(trader_inbox("probe")))
     try:
         deadline = asyncio.get_running_loop().time() + timeout
         pending = set(markets)
