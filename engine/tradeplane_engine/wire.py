@@ -80,6 +80,17 @@ HEADER_REFUSED = "Tp-Refused"
 """On the ledger's answer to ``Tp-Ack``: the order was not funded; the body is the
 ``LedgerRefusal``."""
 
+HEADER_FUNDED = "Tp-Funded"
+"""On an order a ledger shard forwarded: ``<shard>:<ledger sequence>`` of its funding, so
+the shard can tell its own message from an earlier one under the same message id."""
+
+
+def order_message_id(account: str, client_order_id: str) -> str:
+    """A new order's ``Nats-Msg-Id`` in its market's command stream: a retry within the
+    stream's duplicate window is stored once."""
+    return f"{account}:{client_order_id}"
+
+
 MAX_REQUEST = 4096
 """Bytes: the largest body an internal request (a switchover, a snapshot) is read from;
 theirs are a few dozen, and a larger one is answered as malformed without decoding it."""

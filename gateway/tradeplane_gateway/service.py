@@ -275,8 +275,11 @@ class Gateway:
         market = work.market.definition.name
         command = work.command
         if self.ledger_shards and isinstance(command, Place | Replace):
-            # Funded first: the ledger forwards it with these headers, and relays the
-            # market stream's acknowledgement (or its refusal) to Tp-Ack.
+            # Funded first: the ledger forwards it with these headers (an order under
+            # its message id, so the market's stream stores a retry once; the ledger's
+            # holds a retry once too, without one), and relays the market stream's
+            # acknowledgement (or its refusal) to Tp-Ack.
+            headers.pop(HEADER_MESSAGE_ID, None)
             headers[HEADER_ACK] = f"{self._inbox}.a.{token}"
             funding = (FundOrder(0, 0, market=market, place=command)
                        if isinstance(command, Place) else
@@ -350,7 +353,9 @@ class Gateway:
 
     async def _on_ledger_ack(self, token: str, flight: _InFlight, data: bytes) -> None:
         """The ledger shard's stream took (or refused) an order or replace to fund. The
-        market's acknowledgement, or the ledger's refusal, follows on ``.a.``."""
+        market's acknowledgement, or the ledger's refusal, follows on ``.a.`` (a retried
+        order's too: the ledger sends it again, and the market's stream says it is a
+        duplicate)."""
         name = flight.submission.market.definition.name
         ack = decode_pub_ack(data) if data else None
         if ack is None or ack.error is not None or not ack.seq:
@@ -360,13 +365,6 @@ class Gateway:
                 int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
                 f"the ledger did not take the command ({reason}); retry with the same "
                 "clientOrderId", market=name))
-        elif ack.duplicate:
-            del self._in_flight[token]
-            if not flight.submission.client_order_id:
-                await self._complete(flight, encode_reply(Reply(
-                    ok=True, market=name, client_order_id=None, duplicate=True)))
-            else:
-                self._spawn(self._answer_duplicate(flight, None))
 
     def _refusal(self, flight: _InFlight, data: bytes) -> bytes:
         """The ledger did not fund the order or replace: its reject code and reason."""
@@ -589,7 +587,7 @@ class Gateway:
         return encode_reply(Reply(ok=True, market=name, trades=body["trades"],
                                   next=body.get("next")))
 
-    async def _answer_duplicate(self, flight: _InFlight, sequence: int | None) -> None:
+    async def _answer_duplicate(self, flight: _InFlight, sequence: int) -> None:
         """A place the command stream took for a retry: the original was sequenced as
         ``sequence``, so the answer is the original's state — also when the engine cannot
         tell yet (recovering after a restart, no leader, not applied that far): the
@@ -612,8 +610,7 @@ class Gateway:
             if body.get("order") is not None:
                 reply = self._duplicate(work, sequence, body["order"])
                 break
-            if ("error" not in body and sequence is not None
-                    and body.get("sequence", 0) >= sequence) or (
+            if ("error" not in body and body.get("sequence", 0) >= sequence) or (
                     ack and time.monotonic() >= deadline):
                 # Applied, but neither the engine nor a history knows the order any more
                 # (or, for an ack, it is sequenced and nothing more could be learnt).
@@ -625,7 +622,7 @@ class Gateway:
                 why = body.get("error") or f"applied up to {body.get('sequence')} only"
                 reply = error_reply(
                     int(EdgeCode.RESULT_TIMEOUT), EdgeCode.RESULT_TIMEOUT.name,
-                    f"sequenced{_as(sequence, '')} when clientOrderId {client_order_id} was first "
+                    f"sequenced as {sequence} when clientOrderId {client_order_id} was first "
                     f"sent, but the engine of {name} could not tell its outcome within "
                     f"{self.result_timeout} s ({why}); ask for its status by clientOrderId",
                     market=name, sequence=sequence, client_order_id=client_order_id)
@@ -634,8 +631,7 @@ class Gateway:
             pause = min(2 * pause, 0.5)
         await self._complete(flight, reply)
 
-    def _duplicate(self, work: Submission, sequence: int | None,
-                   original: dict[str, Any]) -> bytes:
+    def _duplicate(self, work: Submission, sequence: int, original: dict[str, Any]) -> bytes:
         """The reply to a retried place, given the original order the engine or
         PostgreSQL described."""
         name = work.market.definition.name
@@ -646,7 +642,7 @@ class Gateway:
         if differ:
             return error_reply(
                 int(EdgeCode.DUPLICATE_MISMATCH), EdgeCode.DUPLICATE_MISMATCH.name,
-                f"clientOrderId {client_order_id} was first sent{_as(sequence)} "
+                f"clientOrderId {client_order_id} was first sent as sequence {sequence} "
                 f"with other terms: {'; '.join(differ)}. This order was not placed; use "
                 "another clientOrderId for a new order", market=name, sequence=sequence,
                 client_order_id=client_order_id, order=order)
@@ -685,8 +681,3 @@ class Gateway:
         return encode_reply(Reply(ok=True, market=name,
                                   client_order_id=order.client_order_id or None, order=order))
 
-
-def _as(sequence: int | None, noun: str = "sequence ") -> str:
-    """`` as sequence <n>`` in a reason; nothing when only the ledger sequenced it (its
-    market's sequence is not known then)."""
-    return f" as {noun}{sequence}" if sequence is not None else ""

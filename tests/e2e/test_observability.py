@@ -11,7 +11,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from tests.e2e.test_up import ADMIN, tradeplane_up
+from tests.e2e.test_up import ADMIN, cli, tradeplane_up
 from tests.support.exchange import run
 from tests.support.otlp import ReceivedSpan, otlp_receiver
 from tradeplane_gateway import connect
@@ -32,6 +32,8 @@ def test_tradeplane_up_exports_one_trace_per_order(tmp_path: Path, database: str
                 provider.add_span_processor(SimpleSpanProcessor(
                     OTLPSpanExporter(endpoint=receiver.traces_endpoint)))
                 telemetry.install(provider)
+                funded = cli(url, "deposit", "alice", "SOL", "1", "--transfer-id", "alice")
+                assert funded.returncode == 0, funded.stdout + funded.stderr
                 try:
                     admin = ADMIN[url]["TRADEPLANE_CREDENTIALS"]  # may act as alice
                     async with connect(url, account="alice", credentials=admin) as alice:

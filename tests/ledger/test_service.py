@@ -98,3 +98,33 @@ def test_balances_on_an_exchange_without_a_ledger_are_refused(tmp_path: Path) ->
             assert refused.value.code == EdgeCode.BALANCES_UNAVAILABLE
 
     run(scenario())
+
+
+def test_a_retried_order_is_held_once_and_a_dropped_one_gives_its_hold_back(
+        tmp_path: Path) -> None:
+    """A retry gets the original's answer and is held once. A new order under the id of
+    one that ended, within the duplicate window, is not placed (913, as without
+    balances): the market's stream dropped it, and the ledger gives its hold back."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, ledger_shards=1, assets=ASSETS) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            await exchange.fund("alice", USDT=1_000 * USDT)
+            ledger = exchange.ledgers[0].ledger
+            first = await alice.place("sol-usdt", "buy", "1", "100", client_order_id="b1")
+            again = await alice.place("sol-usdt", "buy", "1", "100", client_order_id="b1")
+            assert again.duplicate
+            assert again.sequence == first.sequence
+            assert ledger.balance("alice", "USDT") == (900 * USDT, 100 * USDT)
+            assert first.order is not None
+            await alice.cancel("sol-usdt", first.order.order_id)
+            await eventually(lambda: ledger.balance("alice", "USDT") == (1_000 * USDT, 0),
+                             what="the cancel's release")
+            with pytest.raises(RequestError) as reused:
+                await alice.place("sol-usdt", "buy", "2", "100", client_order_id="b1")
+            assert reused.value.code == EdgeCode.DUPLICATE_MISMATCH  # not placed
+            await eventually(lambda: ledger.balance("alice", "USDT") == (1_000 * USDT, 0),
+                             what="the dropped order's hold given back")
+            assert not ledger.orders
+            assert ledger.audit() == []
+
+    run(scenario())

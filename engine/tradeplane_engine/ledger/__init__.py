@@ -23,6 +23,7 @@ from tradeplane_engine.ledger.commands import (
     FundReplace,
     LedgerCommand,
     Settle,
+    Unsent,
     Withdraw,
 )
 from tradeplane_engine.ledger.events import (
@@ -41,5 +42,5 @@ __all__ = [
     "DefineAsset",
     "DefineMarket", "Deposit", "Duplicate", "Forward", "FundOrder", "FundReplace", "Funding",
     "Ledger", "LedgerCommand", "LedgerEvent", "Movement", "MovementKind", "Refused", "Settle",
-    "Terms", "TermsError", "Withdraw", "fee", "named", "shard_of",
+    "Terms", "TermsError", "Unsent", "Withdraw", "fee", "named", "shard_of",
 ]

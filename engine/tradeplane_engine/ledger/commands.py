@@ -73,6 +73,17 @@ class FundReplace(LedgerCommand, frozen=True, gc=False, tag="fundReplace"):
     replace: Replace
 
 
+class Unsent(LedgerCommand, frozen=True, gc=False, tag="unsent"):
+    """A funded order its market's stream dropped as a duplicate of an earlier message
+    (its client order id reused within the stream's duplicate window): it will never
+    be matched, so its hold goes back. ``funded_at`` names the funding."""
+
+    market: str
+    account: str
+    client_order_id: str
+    funded_at: int
+
+
 class Settle(LedgerCommand, frozen=True, gc=False, tag="settle"):
     """A market's events message: settle its trades, release what its orders no
     longer need. ``events_sequence`` is the market command it reports on."""
@@ -85,4 +96,4 @@ class Settle(LedgerCommand, frozen=True, gc=False, tag="settle"):
 
 
 AnyLedgerCommand = (DefineAsset | DefineMarket | Deposit | Withdraw | FundOrder | FundReplace
-                    | Settle)
+                    | Unsent | Settle)

@@ -55,6 +55,7 @@ from tradeplane_engine.ledger.commands import (
     FundOrder,
     FundReplace,
     Settle,
+    Unsent,
     Withdraw,
 )
 from tradeplane_engine.ledger.events import (
@@ -160,7 +161,7 @@ class Ledger:
         self._handlers: dict[type, Callable[[Any, list[AnyLedgerEvent]], None]] = {
             DefineAsset: self._define_asset, DefineMarket: self._define_market,
             Deposit: self._deposit, Withdraw: self._withdraw, FundOrder: self._fund_order,
-            FundReplace: self._fund_replace, Settle: self._settle,
+            FundReplace: self._fund_replace, Unsent: self._unsent, Settle: self._settle,
         }
 
     # -- reading ------------------------------------------------------------------------
@@ -338,6 +339,14 @@ class Ledger:
 
     def _fund_order(self, command: FundOrder, out: list[AnyLedgerEvent]) -> None:
         place = named(command.place, self.shard, command.sequence)
+        if (command.market, place.account, place.client_order_id) in self.orders:
+            # A retry, or a client order id in use: held once, sent again. Its market's
+            # stream drops a retry within its duplicate window (the message id is the
+            # account's and client order id's), and its engine refuses a second order
+            # under the id of an open one (207), which the ledger then ignores.
+            out.append(Duplicate("place", place.client_order_id))
+            out.append(Forward(command.market, place))
+            return
         refusal = self._order_refusal(command.market, place)
         if refusal is not None:
             out.append(refusal)
@@ -374,9 +383,6 @@ class Ledger:
                            "to the ledger")
         if not ACCOUNT.fullmatch(place.account) or not self.owns(place.account):
             return refused(RejectCode.NOT_FUNDED, "the account is not this shard's")
-        if (market, place.account, place.client_order_id) in self.orders:
-            return refused(RejectCode.DUPLICATE_CLIENT_ORDER_ID, "the account already has "
-                           "an order with this client order id open or on its way")
         buy_by_amount = (place.side is Side.BUY and place.order_type is OrderType.MARKET)
         if buy_by_amount and place.quote_amount <= 0:
             return refused(RejectCode.QUOTE_AMOUNT_REQUIRED, "a market buy must give "
@@ -424,6 +430,16 @@ class Ledger:
         funding.provisions.append((provision, replace.price, replace.quantity,
                                    command.sequence))
         out.append(Forward(command.market, replace))
+
+    def _unsent(self, command: Unsent, out: list[AnyLedgerEvent]) -> None:
+        key = (command.market, command.account, command.client_order_id)
+        funding = self.orders.get(key)
+        if funding is None or funding.order_id or funding.funded_at != command.funded_at:
+            out.append(Duplicate("unsent", command.client_order_id))  # settled since
+            return
+        self._release(self.terms[command.market], funding, funding.held + funding.provisioned,
+                      out)
+        del self.orders[key]
 
     def _find(self, market: str, account: str, order_id: int,
               client_order_id: str) -> Funding | None:

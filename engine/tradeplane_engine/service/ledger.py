@@ -33,7 +33,6 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.connection import NATS_ERRORS
-from tradeplane_engine.core.commands import Place, Replace
 from tradeplane_engine.core.events import (
     AnyEvent,
     OrderAccepted,
@@ -47,6 +46,7 @@ from tradeplane_engine.ledger import (
     CLEARING,
     FEES,
     DefineMarket,
+    Forward,
     FundOrder,
     FundReplace,
     Ledger,
@@ -55,11 +55,7 @@ from tradeplane_engine.ledger import (
 )
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.leadership import Leadership
-from tradeplane_engine.service.ledger_path import (
-    LedgerPath,
-    account_balances,
-    forward_message_id,
-)
+from tradeplane_engine.service.ledger_path import LedgerPath, account_balances
 from tradeplane_engine.service.watchdog import Watchdog
 from tradeplane_engine.service.writer import Outbound, StreamWriter
 from tradeplane_engine.streams import StreamSettings, ensure_stream
@@ -68,11 +64,9 @@ from tradeplane_engine.wire import (
     HEADER_REPLY,
     MAX_REQUEST,
     MarketDefinition,
-    command_subject,
     decode_events,
     decode_ledger_command,
     definition_entry,
-    encode_command,
     encode_ledger_command,
     event_stream,
     is_account,
@@ -262,17 +256,14 @@ class LedgerService(Watchdog):
         for sequence in self.ledger.in_flight():
             message = await self.js.get_msg(ledger_command_stream(self.shard), sequence)
             command = decode_ledger_command(message.data or b"", sequence, 0)
-            inner: Place | Replace
             if isinstance(command, FundOrder):
-                market, inner = command.market, named(command.place, self.shard, sequence)
+                event = Forward(command.market, named(command.place, self.shard, sequence))
             elif isinstance(command, FundReplace):
-                market, inner = command.market, command.replace
+                event = Forward(command.market, command.replace)
             else:  # the ledger only says funded commands are in flight
                 raise AssertionError(f"ledger command {sequence} is not an order")
-            headers = {HEADER_MESSAGE_ID: forward_message_id(self.shard, sequence)}
-            if message.headers and message.headers.get(HEADER_REPLY):
-                headers[HEADER_REPLY] = message.headers[HEADER_REPLY]
-            outbound.append(Outbound(command_subject(market), encode_command(inner), headers))
+            reply = (message.headers or {}).get(HEADER_REPLY)
+            outbound.append(self.path.forward(sequence, event, reply))
         if outbound:
             log.info("%s: forwarding %d funded commands in flight again", self.name,
                      len(outbound))

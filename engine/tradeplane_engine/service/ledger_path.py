@@ -23,23 +23,29 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
+from tradeplane_engine.connection import NATS_ERRORS
+from tradeplane_engine.core.commands import Place
 from tradeplane_engine.core.market import format_decimal
 from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.ledger import (
     SYSTEM_ACCOUNTS,
     AnyLedgerCommand,
     AnyLedgerEvent,
+    Duplicate,
     Forward,
     FundOrder,
     FundReplace,
     Ledger,
     Movement,
     Refused,
+    Unsent,
+    named,
 )
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.replica import Outgoing, Replica
 from tradeplane_engine.service.writer import Outbound, StreamWriter
 from tradeplane_engine.wire import (
+    HEADER_FUNDED,
     HEADER_MESSAGE_ID,
     HEADER_REFUSED,
     HEADER_REPLY,
@@ -48,11 +54,15 @@ from tradeplane_engine.wire import (
     balances_subject,
     command_subject,
     decode_ledger_command,
+    decode_pub_ack,
     encode_command,
+    encode_ledger_command,
     encode_ledger_events,
+    ledger_command_subject,
     ledger_event_stream,
     ledger_event_subject,
     ledger_name,
+    order_message_id,
 )
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 from tradeplane_shared.telemetry import TRACEPARENT
@@ -140,7 +150,7 @@ class LedgerPath(Replica):
         return decoded, self.ledger.apply(decoded)
 
     async def after_publish(self, outgoing: Outgoing) -> None:
-        forwards: list[tuple[SequencedCommand, Outbound]] = []
+        forwards: list[tuple[SequencedCommand, bool, Outbound]] = []
         moved: set[str] = set()
         for command, payload, (decoded, events) in outgoing:
             funding = isinstance(decoded, FundOrder | FundReplace)
@@ -149,7 +159,9 @@ class LedgerPath(Replica):
                     if event.account not in SYSTEM_ACCOUNTS:
                         moved.add(event.account)
                 elif isinstance(event, Forward):
-                    forwards.append((command, self._forward(command, event)))
+                    held = not any(isinstance(other, Duplicate) for other in events)
+                    forwards.append((command, held, self.forward(command.sequence, event,
+                                                                 command.reply, command.trace)))
                 elif isinstance(event, Refused) and funding and command.ack:
                     await self.nc.publish(command.ack, msgspec.json.encode(LedgerRefusal(
                         int(event.code), event.code.name, event.reason, self.shard,
@@ -157,21 +169,64 @@ class LedgerPath(Replica):
             if command.reply and not funding:
                 await self.nc.publish(command.reply, payload)
         if forwards:
-            acks = await self.forwarder.write([outbound for _, outbound in forwards])
-            for (command, _), ack in zip(forwards, acks, strict=True):
+            acks = await self.forwarder.write([outbound for _, _, outbound in forwards])
+            unsent: list[Outbound] = []
+            for (command, held, outbound), ack in zip(forwards, acks, strict=True):
+                if held and await self._dropped(outbound, ack):
+                    unsent.append(self._unsent(command, outbound))
                 if command.ack:
                     await self.nc.publish(command.ack, ack)
+            if unsent:
+                await self.forwarder.write(unsent)
         for account in sorted(moved):
             await self.nc.publish(balances_subject(account), msgspec.json.encode(
                 account_balances(self.ledger, account)))
 
-    def _forward(self, command: SequencedCommand, event: Forward) -> Outbound:
-        headers = {HEADER_MESSAGE_ID: forward_message_id(self.shard, command.sequence)}
-        if command.reply:
-            headers[HEADER_REPLY] = command.reply
-        if command.trace:
-            headers[TRACEPARENT] = command.trace
-        return Outbound(command_subject(event.market), encode_command(event.command), headers)
+    def forward(self, sequence: int, event: Forward, reply: str | None = None,
+                trace: str | None = None) -> Outbound:
+        """The funded command ``sequence`` for its market's command stream. An order goes
+        under the message id the gateway would give it, so a retry is stored once; a
+        replace under its ledger sequence, so a new leader's second forward is."""
+        command = event.command
+        message_id = (order_message_id(command.account, command.client_order_id)
+                      if isinstance(command, Place) else forward_message_id(self.shard,
+                                                                            sequence))
+        headers = {HEADER_MESSAGE_ID: message_id, HEADER_FUNDED: f"{self.shard}:{sequence}"}
+        if reply:
+            headers[HEADER_REPLY] = reply
+        if trace:
+            headers[TRACEPARENT] = trace
+        return Outbound(command_subject(event.market), encode_command(command), headers)
+
+    async def _dropped(self, outbound: Outbound, ack: bytes) -> bool:
+        """Whether the market's stream dropped a funded order as the duplicate of another
+        message under its id (not a copy of itself, which a new leader sends again)."""
+        try:
+            answer = decode_pub_ack(ack)
+        except msgspec.DecodeError:
+            return False
+        if not answer.duplicate or not answer.stream:
+            return False
+        try:
+            stored = await self.js.get_msg(answer.stream, answer.seq)
+        except NATS_ERRORS as exc:
+            log.warning("%s: cannot read %s message %d (%s); the hold stays", self.name,
+                        answer.stream, answer.seq, type(exc).__name__)
+            return False
+        return (stored.headers or {}).get(HEADER_FUNDED) != outbound.headers[HEADER_FUNDED]
+
+    def _unsent(self, command: SequencedCommand, outbound: Outbound) -> Outbound:
+        place = decode_ledger_command(command.data, command.sequence, command.timestamp)
+        assert isinstance(place, FundOrder)
+        named_place = named(place.place, self.shard, command.sequence)
+        log.info("%s: order %s of %s was dropped by %s as a duplicate; its hold goes back",
+                 self.name, named_place.client_order_id, named_place.account,
+                 outbound.subject)
+        unsent = Unsent(0, 0, market=place.market, account=named_place.account,
+                        client_order_id=named_place.client_order_id,
+                        funded_at=command.sequence)
+        return Outbound(ledger_command_subject(self.shard), encode_ledger_command(unsent),
+                        {HEADER_MESSAGE_ID: f"unsent:{command.sequence}"})
 
     def confirmed(self, command: SequencedCommand, events: Any) -> None:
         """Nothing to remember: the ledger's state is all there is."""

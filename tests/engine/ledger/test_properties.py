@@ -45,6 +45,7 @@ from tradeplane_engine.ledger import (
     DefineAsset,
     DefineMarket,
     Deposit,
+    Duplicate,
     Forward,
     FundOrder,
     FundReplace,
@@ -53,6 +54,7 @@ from tradeplane_engine.ledger import (
     MovementKind,
     Refused,
     Settle,
+    Unsent,
     shard_of,
 )
 from tradeplane_engine.ledger.events import AnyLedgerEvent
@@ -74,6 +76,8 @@ class Exchange:
         self.to_engine: deque[AnyCommand] = deque()
         self.to_settle: deque[tuple[int, list]] = deque()  # type: ignore[type-arg]
         self.market_sequence = 0
+        self.sent: set[tuple[str, str]] = set()
+        """Orders forwarded, by account and client order id: their message id."""
         self.seen: Counter[str] = Counter()
         """What happened, by kind: the test shows it exercised what it checks."""
         for ledger in range(shards):
@@ -89,10 +93,24 @@ class Exchange:
                                           timestamp=ledger.sequence + 1)
         self.logs[shard].append(command)
         events = ledger.apply(command)
+        unsent: list[Unsent] = []
         for event in events:
             if isinstance(event, Forward):
-                self.to_engine.append(event.command)
                 self.seen[type(event.command).__name__] += 1
+                if isinstance(event.command, Place):
+                    # The market's stream stores a message id once (Nats-Msg-Id); a
+                    # funded order it drops is unsent, as the leader says.
+                    place = event.command
+                    key = (place.account, place.client_order_id)
+                    if key in self.sent:
+                        if not any(isinstance(other, Duplicate) for other in events):
+                            unsent.append(Unsent(
+                                0, 0, market=MARKET, account=place.account,
+                                client_order_id=place.client_order_id,
+                                funded_at=command.sequence))
+                        continue
+                    self.sent.add(key)
+                self.to_engine.append(event.command)
             elif isinstance(event, Movement):
                 self.seen[event.kind] += 1
                 # A hold only ever moves available to held, a release the other way.
@@ -102,6 +120,11 @@ class Exchange:
                     assert event.available == -event.held >= 0, event
             elif isinstance(event, Refused):
                 self.seen[event.code.name] += 1
+            else:
+                self.seen[type(event).__name__] += 1
+        for dropped in unsent:
+            self.seen["unsent"] += 1
+            self.ledger_apply(shard, dropped)
         return events
 
     def submit(self, command: AnyCommand) -> None:
@@ -234,5 +257,6 @@ def _replays_alike(ledger: Ledger, log: list[AnyLedgerCommand]) -> None:
 def test_the_examples_exercised_the_ledger() -> None:
     """Runs after the property: its examples funded, refused, filled and released."""
     for seen in ("Place", "Replace", "hold", "release", "trade", "fee", "deposit",
-                 "INSUFFICIENT_FUNDS", "QUOTE_AMOUNT_REQUIRED", "UNKNOWN_ORDER"):
+                 "INSUFFICIENT_FUNDS", "QUOTE_AMOUNT_REQUIRED", "UNKNOWN_ORDER", "Duplicate",
+                 "unsent"):
         assert SEEN[seen] > 0, (seen, SEEN)

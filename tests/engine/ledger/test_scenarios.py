@@ -292,15 +292,20 @@ def test_a_refused_order_gives_its_hold_back() -> None:
     desk.audit()
 
 
-def test_the_same_client_order_id_twice_is_refused_while_the_first_is_open() -> None:
+def test_the_same_client_order_id_again_is_held_once_and_sent_again() -> None:
+    """A retry (or a client order id in use) is not held twice: it goes to the market
+    again, where the stream drops a retry and the engine refuses a second open order
+    under the id (207) — a refusal the ledger ignores, the first order being open."""
     desk = Desk()
     desk.fund("alice", usdt=1_000_000)
     desk.buy("alice", 1_000, 5, "x")
-    assert refusals(desk.buy("alice", 1_000, 5, "x")) == [
-        RejectCode.DUPLICATE_CLIENT_ORDER_ID]
+    events = desk.buy("alice", 1_000, 5, "x")
+    assert [type(event).__name__ for event in events] == ["Duplicate", "Forward"]
+    assert desk.balance("alice", "USDT") == (1_000_000 - 50_100, 50_100)
+    assert len(desk.engine.l3().bids) == 1  # the engine refused the copy (207)
     desk.market(Cancel(0, 0, account="alice", client_order_id="x"))
     assert desk.balance("alice", "USDT") == (1_000_000, 0)
-    assert not refusals(desk.buy("alice", 1_000, 5, "x"))
+    assert not refusals(desk.buy("alice", 1_000, 5, "x"))  # a new order under the id
     desk.audit()
 
 
