@@ -24,8 +24,8 @@ async def account_balances(connection: asyncpg.Connection, account: str) -> dict
         "SELECT shard, asset, available, held, sequence FROM ledger_balances"
         " WHERE account = $1 ORDER BY shard, asset", account)
     return {"account": account, "balances": [
-        {"shard": row["shard"], "asset": row["asset"], "available": str(row["available"]),
-         "held": str(row["held"]), "sequence": row["sequence"]} for row in rows]}
+        {"shard": row["shard"], "asset": row["asset"], "available": str(int(row["available"])),
+         "held": str(int(row["held"])), "sequence": row["sequence"]} for row in rows]}
 
 
 async def account_journal(connection: asyncpg.Connection, account: str, *,
@@ -45,7 +45,8 @@ async def account_journal(connection: asyncpg.Connection, account: str, *,
     page: dict[str, Any] = {"account": account, "entries": [
         {"shard": row["shard"], "sequence": row["sequence"], "index": row["index"],
          "kind": row["kind"], "asset": row["asset"],
-         "available": str(row["available_delta"]), "held": str(row["held_delta"]),
+         "available": str(int(row["available_delta"])),
+         "held": str(int(row["held_delta"])),
          "market": row["market"], "orderId": row["order_id"],
          "reference": row["reference"], "timestamp": row["sequenced_at"]}
         for row in rows]}
