@@ -9,10 +9,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import msgspec
 from prometheus_client import REGISTRY
 
 from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, run
+from tradeplane.postgres import PostgresServer
 from tradeplane_engine.ledger import AnyLedgerCommand, DefineAsset, Deposit, Ledger, Withdraw
 from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.ledger_queries import (
@@ -20,8 +22,10 @@ from tradeplane_engine.store.ledger_queries import (
     account_journal,
     journal_sums,
     recorded_balances,
+    recorded_through,
 )
 from tradeplane_engine.store.ledger_recorder import LedgerRecorder
+from tradeplane_engine.store.recorders import run_recorders
 from tradeplane_engine.streams import ensure_stream
 from tradeplane_engine.wire import LedgerBatch, encode_ledger_events, ledger_event_subject
 from tradeplane_gateway import connect
@@ -176,5 +180,47 @@ def test_what_is_not_the_next_command_is_quarantined_and_recording_goes_on(
             # Both recorders refused each bad message, but it is recorded once.
             assert skipped() - before >= 4
         await pool.close()
+
+    run(scenario())
+
+
+def test_the_recorder_process_records_the_ledger_through_a_database_outage(
+        tmp_path: Path, database: str, postgres_server: PostgresServer) -> None:
+    async def recorded(ledger: Ledger) -> bool:
+        connection = await asyncpg.connect(database)
+        try:
+            return await recorded_through(connection, 0) == ledger.sequence
+        finally:
+            await connection.close()
+
+    async def scenario() -> None:
+        await (await open_database(database)).close()  # migrated before it is read
+        async with local_exchange(tmp_path, ledger_shards=1, assets=ASSETS) as exchange:
+            server, ledger = exchange.server, exchange.ledgers[0].ledger
+            process = asyncio.create_task(run_recorders(
+                server.url, None, database, SETTINGS, access=server.access("recorder"),
+                ledger_shards=1))
+            try:
+                await exchange.fund("alice", USDT=10 * USDT)
+                await eventually(lambda: recorded(ledger), what="the first deposit recorded")
+                postgres_server.stop()
+                try:  # the ledger goes on without the database
+                    await exchange.fund("bob", USDT=20 * USDT)
+                    await exchange.fund("carol", SOL=3 * SOL_UNIT)
+                finally:
+                    postgres_server.start()
+                await exchange.fund("dave", SOL=SOL_UNIT)
+                await eventually(lambda: recorded(ledger), timeout=15,
+                                 what="the recorder catching up after the outage")
+            finally:
+                process.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await process
+            connection = await asyncpg.connect(database)
+            try:
+                assert nonzero(await journal_sums(connection, 0)) == live(ledger)
+                assert nonzero(await recorded_balances(connection, 0)) == live(ledger)
+            finally:
+                await connection.close()
 
     run(scenario())
