@@ -26,7 +26,7 @@ SOL_UNIT = 10_000
 
 
 def test_audit_passes_on_a_healthy_exchange_and_fails_on_a_tampered_journal(
-        tmp_path: Path, database: str) -> None:
+        tmp_path: Path, database: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert shard_of("alice", 2) != shard_of("bob", 2)  # a trade across the shards
 
     async def scenario() -> None:
@@ -52,6 +52,11 @@ def test_audit_passes_on_a_healthy_exchange_and_fails_on_a_tampered_journal(
                 assert await audit(exchange.url, Access(), 2, database, out,
                                    timeout=10) == 0, out.getvalue()
                 assert "audit passed: 2 ledger shards" in out.getvalue()
+                # The command line, as an operator runs it (its own event loop).
+                assert await asyncio.to_thread(main, [
+                    "--nats", exchange.url, "audit", "--ledger-shards", "2",
+                    "--postgres-dsn", database, "--timeout", "10"]) == 0
+                assert "journal checked against the live balances" in capsys.readouterr().out
 
                 async with pool.acquire() as connection:
                     await connection.execute(
@@ -82,3 +87,11 @@ def test_audit_passes_on_a_healthy_exchange_and_fails_on_a_tampered_journal(
 def test_audit_without_shards_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "--ledger-shards", "0"]) == 2
     assert "--ledger-shards must be 1 or more" in capsys.readouterr().out
+
+
+def test_audit_of_an_exchange_it_cannot_reach_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--nats", "nats://u:secret@127.0.0.1:1", "audit",
+                 "--ledger-shards", "1"]) == 2
+    out = capsys.readouterr().out
+    assert "cannot reach NATS at nats://u:***@127.0.0.1:1" in out

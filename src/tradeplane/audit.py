@@ -30,6 +30,7 @@ from nats.aio.client import Client as NatsClient
 from tradeplane.trading import CONNECT_OPTIONS
 from tradeplane_engine.access import Access
 from tradeplane_engine.ledger import CLEARING, FEES, SYSTEM_ACCOUNTS, WORLD
+from tradeplane_engine.store.database import redact
 from tradeplane_engine.store.ledger_queries import (
     journal_sums,
     recorded_balances,
@@ -190,7 +191,8 @@ async def audit(servers: str, access: Access, shards: int, dsn: str | None, out:
     try:
         nc = await nats.connect(servers, **{**CONNECT_OPTIONS, **access.options(INBOX)})
     except (OSError, nats.errors.Error) as exc:
-        out.write(f"tradeplane audit: cannot reach NATS at {servers}: {exc!r}\n")
+        out.write(f"tradeplane audit: cannot reach NATS at {redact(servers)}: "
+                  f"{type(exc).__name__}\n")
         return 2
     try:
         run = Audit(nc, shards, timeout)
