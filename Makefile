@@ -43,6 +43,7 @@ bench: native
 	$(PY) bench/run.py
 	$(PY) bench/persistence.py
 	$(PY) bench/failover.py
+	$(PY) bench/nats_cluster.py
 	$(PY) bench/e2e.py
 	$(PY) bench/tracing.py
 	$(PY) bench/operator_bench.py

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_up import processes_mentioning
 from tradeplane.postgres import PostgresServer
-from tradeplane.processes import NatsServer
+from tradeplane.processes import NatsCluster, NatsServer, StartError
+from tradeplane_engine.connection import server_urls
 
 
 def test_a_started_nats_server_used_as_a_context_runs_once(tmp_path: Path) -> None:
@@ -36,3 +38,36 @@ def test_servers_take_relative_data_directories(tmp_path: Path,
             PostgresServer(Path("relative") / "pg") as postgres:
         assert nats_server.url
         assert postgres.dsn
+
+
+def test_a_nats_cluster_runs_three_routed_nodes_and_stops_them_all(tmp_path: Path) -> None:
+    with NatsCluster.secured(tmp_path / "nats") as nodes:
+        urls = server_urls(nodes.url)
+        assert len(urls) == 3
+        assert len(set(urls)) == 3
+        assert len(processes_mentioning(str(tmp_path / "nats"))) == 3
+        assert nodes.leaders()["meta"] in {"n1", "n2", "n3"}  # JetStream clustered
+        assert all(node.healthy() for node in nodes.nodes)
+    assert processes_mentioning(str(tmp_path / "nats")) == []
+
+
+def test_a_nats_cluster_that_cannot_start_stops_the_nodes_it_started(tmp_path: Path) -> None:
+    nodes = NatsCluster.secured(tmp_path / "nats")
+    last = nodes.nodes[-1].membership
+    assert last is not None
+    with socket.socket() as taken:  # the last node's route port is someone else's
+        taken.bind(("127.0.0.1", last.cluster_port))
+        taken.listen()
+        with pytest.raises(StartError):
+            nodes.start(timeout=10)
+    assert processes_mentioning(str(tmp_path / "nats")) == []
+
+
+@pytest.mark.parametrize(("servers", "urls"), [
+    ("nats://a:4222", ["nats://a:4222"]),
+    ("nats://a:4222,nats://b:4222, nats://c:4222", ["nats://a:4222", "nats://b:4222",
+                                                    "nats://c:4222"]),
+    (["nats://a:4222", "nats://b:4222"], ["nats://a:4222", "nats://b:4222"]),
+], ids=["one", "a comma-separated list", "a list"])
+def test_nats_urls_may_name_every_node(servers: str | list[str], urls: list[str]) -> None:
+    assert server_urls(servers) == urls

@@ -35,6 +35,15 @@ ERROR_LOG_EVERY = 10.0
 """Seconds between two log lines of the same connection error."""
 
 
+def server_urls(servers: str | list[str]) -> list[str]:
+    """``nats://a:4222,nats://b:4222`` as a list (nats-py takes one server per string), so
+    that ``--nats`` may name every node of a NATS cluster: a service that (re)starts while
+    one node is down connects to another."""
+    if isinstance(servers, list):
+        return servers
+    return [url.strip() for url in servers.split(",") if url.strip()]
+
+
 def error_logger(component: str) -> Callable[[Exception], Awaitable[None]]:
     """An ``error_cb`` for ``nats.connect``: one line per distinct error, at most every
     ``ERROR_LOG_EVERY`` seconds."""
@@ -64,7 +73,7 @@ async def connect(servers: str, name: str, component: str,
         await count_reconnect()
 
     return await nats.connect(
-        servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+        server_urls(servers), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
         connect_timeout=2, allow_reconnect=True, pending_size=64 * 1024 * 1024,
         error_cb=error_logger(component), disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect, **(access or Access()).options(),

@@ -180,6 +180,11 @@ def api_subject(account: str, verb: str) -> str:
     return f"tp.api.{account}.order.{verb}"
 
 
+def balances_request_subject(account: str) -> str:
+    """Where a trader asks for its balances (the one request not about a market)."""
+    return f"tp.api.{account}.account.balances"
+
+
 def api_subjects(account: str) -> str:
     """Everything under an account's requests (``api_subjects(ANY)``: ``API_SUBJECTS``)."""
     return f"tp.api.{account}.>"

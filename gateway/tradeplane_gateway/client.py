@@ -12,7 +12,7 @@ here can be done from any language with a plain NATS client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,18 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tradeplane_engine.access import Credentials, trader_inbox
-from tradeplane_engine.wire import account_subject, api_subject, is_account, trades_subject
+from tradeplane_engine.connection import server_urls
+from tradeplane_engine.wire import (
+    account_subject,
+    api_subject,
+    balances_request_subject,
+    balances_subject,
+    is_account,
+    trades_subject,
+)
 from tradeplane_gateway.errors import ConnectionLostError, RequestError
 from tradeplane_gateway.local_book import LocalBook
-from tradeplane_gateway.protocol import Reply, decode_reply
+from tradeplane_gateway.protocol import Balance, Reply, decode_reply
 from tradeplane_shared import telemetry
 
 _encode = msgspec.json.Encoder().encode
@@ -139,6 +147,21 @@ class Client:
         return await self.request("trades", {"market": market, "before": before,
                                              "limit": limit})
 
+    async def balances(self) -> dict[str, Balance]:
+        """The account's balances by asset (``available`` and ``held``, decimal strings),
+        on an exchange that keeps them (docs/ledger.md)."""
+        reply = await self._request(balances_request_subject(self.account), {})
+        return reply.balances or {}
+
+    async def balance_updates(self) -> AsyncGenerator[dict[str, Any]]:
+        """The account's balances after each change, as its ledger shard publishes them."""
+        subscription = await self.nc.subscribe(balances_subject(self.account))
+        try:
+            async for msg in subscription.messages:
+                yield msgspec.json.decode(msg.data)
+        finally:
+            await subscription.unsubscribe()
+
     async def order_updates(self) -> AsyncIterator[dict[str, Any]]:
         """This account's private updates, in every market, as they happen."""
         subscription = await self.nc.subscribe(account_subject(self.account))
@@ -182,7 +205,7 @@ async def connect(servers: str | list[str] = "nats://127.0.0.1:4222", *,
     if account is None:
         raise ValueError("connect needs an account (or a credentials file)")
     options.setdefault("inbox_prefix", trader_inbox(account))
-    nc = await nats.connect(servers, **options)
+    nc = await nats.connect(server_urls(servers), **options)
     try:
         yield Client(nc, account, timeout=timeout, response=response)
     finally:

@@ -42,7 +42,8 @@ class EdgeCode(IntEnum):
     """The account in the subject is not a valid account name."""
     UNKNOWN_REQUEST = 907
     """The subject names no request the gateway serves: it is not
-    ``tp.api.<account>.order.<verb>`` with a verb the protocol defines."""
+    ``tp.api.<account>.order.<verb>`` with a verb the protocol defines, nor
+    ``tp.api.<account>.account.balances``."""
     INVALID_CLIENT_ORDER_ID = 908
     """Client order ids are 1-36 characters of A-Z, a-z, 0-9, ``_`` and ``-``."""
     NOT_SEQUENCED = 909
@@ -62,6 +63,9 @@ class EdgeCode(IntEnum):
     ORDER_NOT_OPEN = 914
     """A replace named an order that exists but is no longer open (filled, canceled, or
     a refused place): nothing changed; the reply carries the order as it is."""
+    BALANCES_UNAVAILABLE = 915
+    """The exchange keeps no balances (it runs without a ledger), or no ledger shard
+    answered in time."""
 
 
 class TradeplaneError(Exception):

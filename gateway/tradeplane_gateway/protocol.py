@@ -114,6 +114,22 @@ REQUESTS: dict[str, type[Request]] = {
 """The request verbs: ``tp.api.<account>.order.<verb>``."""
 
 
+BALANCES = "balances"
+"""The one request about the account rather than a market: ``tp.api.<account>.account.balances``."""
+
+
+class BalancesRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``balances``: an empty object (the account is the subject's)."""
+
+
+class Balance(msgspec.Struct, frozen=True):
+    """One asset of an account, in decimal strings."""
+
+    available: str
+    held: str
+    """Set aside for open orders (and orders on their way to their market)."""
+
+
 class ErrorBody(msgspec.Struct, frozen=True):
     code: int
     name: str
@@ -138,6 +154,8 @@ class Reply(msgspec.Struct, rename="camel", omit_defaults=True):
     """``trades``: the account's trades, newest first."""
     next: int | None = None
     """``trades``: pass as ``before`` for the next page (absent on the last page)."""
+    balances: dict[str, Balance] | None = None
+    """``balances``: the account's balances, by asset."""
     error: ErrorBody | None = None
 
 

@@ -31,16 +31,17 @@ async def open_markets_bucket(js: JetStreamContext) -> KeyValue:
 
 async def run_gateway(servers: str, started: asyncio.Event | None = None,
                       access: Access | None = None,
-                      health: ServiceHealth | None = None) -> None:
+                      health: ServiceHealth | None = None, ledger_shards: int = 0) -> None:
     """Serve order entry until cancelled; ``started`` is set once requests are served.
-    ``health`` watches the connection and is told when requests are served."""
+    ``health`` watches the connection and is told when requests are served. With
+    ``ledger_shards``, every order and replace is funded by the ledger first."""
     nc = await connect(servers, "tradeplane-gateway", "gateway", access)
     if health is not None:
         health.watch("nats", nc)
     try:
         kv = await open_markets_bucket(nc.jetstream())
         markets = MarketDirectory()
-        gateway = Gateway(nc, markets)
+        gateway = Gateway(nc, markets, ledger_shards=ledger_shards)
         async with asyncio.TaskGroup() as group:
             group.create_task(markets.follow(kv), name="markets")
             await gateway.start()

@@ -65,11 +65,14 @@ from tradeplane_engine.wire import (
     history_subject,
     is_account,
     ledger_command_subject,
+    ledger_subject,
 )
 from tradeplane_gateway.errors import EdgeCode
 from tradeplane_gateway.markets import KnownMarket, MarketDirectory
 from tradeplane_gateway.metrics import UNKNOWN, GatewayMetrics
 from tradeplane_gateway.protocol import (
+    BALANCES,
+    Balance,
     ErrorBody,
     Fill,
     OpenOrdersRequest,
@@ -92,6 +95,7 @@ from tradeplane_gateway.tracing import (
 from tradeplane_gateway.validation import (
     EdgeError,
     Submission,
+    decode_balances_request,
     decode_request,
     edge_error,
     known_market,
@@ -105,6 +109,14 @@ from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 from tradeplane_shared.telemetry import TRACEPARENT
 
 log = logging.getLogger(__name__)
+
+
+class LedgerBalances(msgspec.Struct):
+    """A ledger shard leader's answer to ``balances`` (``AccountBalances``)."""
+
+    account: str
+    sequence: int
+    balances: dict[str, Balance]
 
 
 @dataclass(slots=True)
@@ -195,6 +207,10 @@ class Gateway:
                                  "accounts are 1-64 characters of A-Z, a-z, 0-9, _ and -")
             if verb is None:
                 raise unknown_request(msg.subject)
+            if verb == BALANCES:
+                decode_balances_request(msg.data)
+                self._spawn(self._answer_balances(msg.reply, account))
+                return
             request = decode_request(verb, msg.data)
             if isinstance(request, (StatusRequest, OpenOrdersRequest, TradesRequest)):
                 self._spawn(self._answer_query(msg.reply, account, request))
@@ -530,6 +546,24 @@ class Gateway:
             return {"error": "no answer in time"}
         result: dict[str, Any] = msgspec.json.decode(answer.data)
         return result
+
+    async def _answer_balances(self, reply_to: str, account: str) -> None:
+        """The account's balances, from the leader of its ledger shard."""
+        if not self.ledger_shards:
+            reply = error_reply(int(EdgeCode.BALANCES_UNAVAILABLE),
+                                EdgeCode.BALANCES_UNAVAILABLE.name,
+                                "this exchange keeps no balances (it runs without a ledger)")
+        else:
+            body = await self._ask(ledger_subject(shard_of(account, self.ledger_shards),
+                                                  BALANCES), {"account": account})
+            try:
+                answer = msgspec.convert(body, LedgerBalances)
+                reply = encode_reply(Reply(ok=True, balances=answer.balances))
+            except msgspec.ValidationError:
+                reply = error_reply(int(EdgeCode.BALANCES_UNAVAILABLE),
+                                    EdgeCode.BALANCES_UNAVAILABLE.name,
+                                    f"the ledger: {str(body.get('error'))[:120]}")
+        await self._reply(reply_to, reply)
 
     async def _open_orders(self, market: KnownMarket, account: str) -> bytes:
         name = market.definition.name

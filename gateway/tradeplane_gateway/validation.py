@@ -27,8 +27,10 @@ from tradeplane_engine.wire import api_subject
 from tradeplane_gateway.errors import EdgeCode, TradeplaneError
 from tradeplane_gateway.markets import KnownMarket, MarketDirectory
 from tradeplane_gateway.protocol import (
+    BALANCES,
     MAX_PAYLOAD,
     REQUESTS,
+    BalancesRequest,
     CancelAllRequest,
     CancelRequest,
     PlaceRequest,
@@ -39,6 +41,7 @@ from tradeplane_gateway.protocol import (
 )
 
 _decoders = {verb: msgspec.json.Decoder(kind) for verb, kind in REQUESTS.items()}
+_balances_decoder = msgspec.json.Decoder(BalancesRequest)
 _decode_any = msgspec.json.Decoder().decode
 
 
@@ -55,13 +58,16 @@ def edge_error(code: EdgeCode, reason: str) -> EdgeError:
 
 
 def request_verb(subject: str) -> str | None:
-    """The verb of a request subject, ``tp.api.<account>.order.<verb>``; None for any
+    """The verb of a request subject, ``tp.api.<account>.order.<verb>`` (or ``balances``
+    for ``tp.api.<account>.account.balances``); None for any
     other subject under ``tp.api.<account>.`` (too few or too many tokens, another
     namespace than ``order``, a verb the protocol does not define), which is refused
     with ``UNKNOWN_REQUEST`` (``unknown_request``)."""
     tokens = subject.split(".")
     if len(tokens) == 5 and tokens[3] == "order" and tokens[4] in REQUESTS:
         return tokens[4]
+    if len(tokens) == 5 and tokens[3] == "account" and tokens[4] == BALANCES:
+        return BALANCES
     return None
 
 
@@ -74,16 +80,27 @@ def unknown_request(subject: str) -> EdgeError:
 
 def decode_request(verb: str, data: bytes) -> Request:
     """Parse a request strictly, turning msgspec's complaints into stable codes."""
-    if len(data) > MAX_PAYLOAD:
-        raise edge_error(EdgeCode.PAYLOAD_TOO_LARGE,
-                         f"payload is {len(data)} bytes; at most {MAX_PAYLOAD} are accepted")
     decoder = _decoders.get(verb)
     if decoder is None:
         raise edge_error(EdgeCode.UNKNOWN_REQUEST,
                          f"unknown request {verb!r}; one of {', '.join(REQUESTS)}")
+    request: Request = _strictly(decoder, data)
+    return request
+
+
+def decode_balances_request(data: bytes) -> BalancesRequest:
+    """A ``balances`` request: an empty JSON object, held to the same rules."""
+    request: BalancesRequest = _strictly(_balances_decoder, data)
+    return request
+
+
+def _strictly[T](decoder: msgspec.json.Decoder[T], data: bytes) -> T:
+    if len(data) > MAX_PAYLOAD:
+        raise edge_error(EdgeCode.PAYLOAD_TOO_LARGE,
+                         f"payload is {len(data)} bytes; at most {MAX_PAYLOAD} are accepted")
     try:
         refuse_duplicate_keys(data)
-        request: Request = decoder.decode(data)
+        return decoder.decode(data)
     except msgspec.ValidationError as exc:
         message = str(exc)
         if message.startswith("Object contains unknown field"):
@@ -91,7 +108,6 @@ def decode_request(verb: str, data: bytes) -> Request:
         raise edge_error(EdgeCode.INVALID_FIELD, message) from exc
     except msgspec.DecodeError as exc:
         raise edge_error(EdgeCode.MALFORMED_JSON, f"not JSON: {exc}") from exc
-    return request
 
 
 class _DuplicateKey(Exception):  # noqa: N818 - control flow inside refuse_duplicate_keys

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tradeplane_operator import quantity
 from tradeplane_operator.config import MARKET_LABEL, Config
 from tradeplane_operator.crd import (
     GROUP,
@@ -265,7 +266,8 @@ def statefulset(market: Market, config: Config) -> dict[str, Any]:
                          "failureThreshold": STARTUP_FAILURES},
         "livenessProbe": {"httpGet": {"path": "/livez", "port": "health"},
                           "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
-        "resources": spec.engine.resources or DEFAULT_RESOURCES,
+        "resources": (spec.engine.resources.model_dump(exclude_none=True, mode="json")
+                      if spec.engine.resources else DEFAULT_RESOURCES),
         "securityContext": {
             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
@@ -372,10 +374,12 @@ def is_subset(desired: Any, actual: Any) -> bool:
     The API server adds defaults to what it stores (``dnsPolicy``, ``revisionHistoryLimit``
     ...), so a child is as it should be when every field the operator sets has its value;
     lists must match item by item. An empty list is as good as none: the API server
-    stores none for it.
+    stores none for it. Resource quantities compare by amount: the API server stores
+    ``"1.5"`` as ``"1500m"``.
     """
     if isinstance(desired, dict):
         return isinstance(actual, dict) and all(
+            _same_resources(value, actual.get(key)) if key == "resources" else
             is_subset(value, actual.get(key)) for key, value in desired.items())
     if isinstance(desired, list):
         if not desired and actual is None:
@@ -383,3 +387,19 @@ def is_subset(desired: Any, actual: Any) -> bool:
         return (isinstance(actual, list) and len(actual) == len(desired)
                 and all(is_subset(d, a) for d, a in zip(desired, actual, strict=True)))
     return bool(desired == actual)
+
+
+def _same_resources(desired: Any, actual: Any) -> bool:
+    """``is_subset`` for a container's ``resources``: quantities by amount."""
+    if not isinstance(desired, dict) or not isinstance(actual, dict):
+        return is_subset(desired, actual)
+    for section, wanted in desired.items():
+        stored = actual.get(section)
+        if section not in ("requests", "limits") or not isinstance(wanted, dict):
+            if not is_subset(wanted, stored):
+                return False
+        elif wanted and not (isinstance(stored, dict) and all(
+                name in stored and quantity.same(amount, stored[name])
+                for name, amount in wanted.items())):
+            return False
+    return True

@@ -80,6 +80,10 @@ class Config:
     client certificate, when NATS asks for one."""
     engine_image: str = "ghcr.io/tradeplane/tradeplane:0.1.0"
     """The engine image unless a Market names its own (``spec.engine.image``)."""
+    allowed_engine_images: tuple[str, ...] = ()
+    """Images a Market may name, as shell-style patterns of the whole reference
+    (images.py); empty: the repository of ``engine_image`` only, at any tag or digest;
+    ``*``: any image."""
     image_pull_policy: str = "IfNotPresent"
     postgres_secret: str | None = None
     """A Secret in the Market's namespace holding the PostgreSQL DSN: engines start from
@@ -150,6 +154,9 @@ class Config:
             engine_client_cert_secret=env.get("TRADEPLANE_ENGINE_NATS_CLIENT_CERT_SECRET")
             or None,
             engine_image=env.get("TRADEPLANE_ENGINE_IMAGE", default.engine_image),
+            allowed_engine_images=tuple(filter(None, (
+                pattern.strip() for pattern in
+                env.get("TRADEPLANE_ALLOWED_ENGINE_IMAGES", "").split(",")))),
             image_pull_policy=env.get("TRADEPLANE_IMAGE_PULL_POLICY",
                                       default.image_pull_policy),
             postgres_secret=env.get("TRADEPLANE_POSTGRES_SECRET") or None,

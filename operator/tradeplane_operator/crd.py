@@ -15,11 +15,20 @@ from __future__ import annotations
 import sys
 from copy import deepcopy
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from tradeplane_operator import quantity
 
 GROUP = "tradeplane.dev"
 VERSION = "v1alpha1"
@@ -65,6 +74,26 @@ class Fees(Model):
     maker_bps: int = Field(0, ge=-100, le=1000, description="Maker fee in basis points "
                            "(negative: a rebate).")
     taker_bps: int = Field(0, ge=0, le=1000, description="Taker fee in basis points.")
+
+
+def _quantity(value: int | str) -> int | str:
+    quantity.parse(value)  # a QuantityError is a ValueError: pydantic reports it
+    return value
+
+
+Quantity = Annotated[int | str, AfterValidator(_quantity), WithJsonSchema(
+    {"x-kubernetes-int-or-string": True, "pattern": quantity.PATTERN})]
+"""A Kubernetes quantity (``resource.Quantity``): ``"500m"``, ``"1.5"``, ``"1Gi"``, ``2``."""
+
+
+class ResourceRequirements(Model):
+    """Compute resources of a container, as Kubernetes' ``ResourceRequirements`` (without
+    ``claims``: engines use no dynamic resources)."""
+
+    requests: dict[str, Quantity] | None = Field(
+        None, description="The least each engine gets (scheduling), by resource name.")
+    limits: dict[str, Quantity] | None = Field(
+        None, description="The most each engine may use, by resource name.")
 
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -225,10 +254,11 @@ class EngineTemplate(Model):
 class EngineSettings(Model):
     """How the engine pods run."""
 
-    image: str | None = Field(None, description="Engine image (default: the operator's).")
-    resources: dict[str, Any] | None = Field(
-        None, description="Kubernetes resource requests and limits of each engine.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    image: str | None = Field(None, description="Engine image (default: the operator's). "
+                              "It must be allowed by the operator's image policy "
+                              "(docs/operator.md, image policy).")
+    resources: ResourceRequirements | None = Field(
+        None, description="Kubernetes resource requests and limits of each engine.")
     template: EngineTemplate | None = Field(None, description="Pod-template overrides: "
                                             "placement, priority, pull secrets, metadata.")
 
@@ -315,47 +345,116 @@ def _structural(schema: dict[str, Any], definitions: dict[str, Any]) -> dict[str
 
 
 def spec_schema() -> dict[str, Any]:
-    raw = MarketSpec.model_json_schema(by_alias=True)
-    schema = _structural(raw, raw.get("$defs", {}))
-    schema.pop("$defs", None)
+    schema = _schema(MarketSpec)
     schema["x-kubernetes-validations"] = [{"rule": rule, "message": message}
                                           for rule, message in SPEC_RULES]
     return schema
 
 
-STATUS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "What the operator and the engine replicas report.",
-    "x-kubernetes-preserve-unknown-fields": True,
-    "properties": {
-        "phase": {"type": "string"},
-        "leader": {"type": "string", "description": "The replica that leads."},
-        "lastLeader": {"type": "string", "description": "The replica that led last "
-                       "(kept while no replica leads)."},
-        "tradingMode": {"type": "string", "description": "The mode the leader trades in "
-                        "(the spec's once its command has been applied)."},
-        "epoch": {"type": "integer", "description": "The leader's lease epoch."},
-        "lastSequence": {"type": "integer", "description": "The last command applied."},
-        "readyReplicas": {"type": "integer"},
-        "replicas": {"type": "integer", "description": "Replicas running (reporting)."},
-        "selector": {"type": "string", "description": "The engine pods' label selector "
-                     "(for the scale subresource)."},
-        "failovers": {"type": "integer", "description": "Unplanned leader changes."},
-        "switchovers": {"type": "integer", "description": "Planned leader changes."},
-        "lastFailoverTime": {"type": "string", "format": "date-time"},
-        "observedGeneration": {"type": "integer"},
-        "retirement": {"type": "object", "additionalProperties": {"type": "integer"},
-                       "description": "Deletion: the command sequences of the final "
-                       "cancelOnly and cancelAll."},
-        "replicaLag": {"type": "object", "additionalProperties": {"type": "integer"},
-                       "description": "Commands each replica is behind, by replica."},
-        "conditions": {"type": "array", "items": {
-            "type": "object", "required": ["type", "status"],
-            "properties": {"type": {"type": "string"}, "status": {"type": "string"},
-                           "reason": {"type": "string"}, "message": {"type": "string"},
-                           "lastTransitionTime": {"type": "string", "format": "date-time"}}}},
-    },
-}
+CONDITION_TYPE = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+"""``metav1.Condition``'s pattern of a condition's type (an optional DNS prefix)."""
+CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+"""``metav1.Condition``'s pattern of a reason: CamelCase, a machine-readable word."""
+MAX_MESSAGE = 32768
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(Model):
+    """One aspect of the Market's state, as Kubernetes' metav1.Condition."""
+
+    type: str = Field(description="What the condition is about, in CamelCase.",
+                      pattern=CONDITION_TYPE, max_length=316)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="The Market's generation the condition was computed for.",
+        json_schema_extra={"format": "int64"})
+    last_transition_time: str = Field(description="When the status last changed.",
+                                      json_schema_extra={"format": "date-time"})
+    reason: str = Field(description="Why, as one CamelCase word.", min_length=1,
+                        max_length=1024, pattern=CONDITION_REASON)
+    message: str = Field(description="Why, for people.", max_length=MAX_MESSAGE)
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    DEGRADED = "Degraded"
+    UNAVAILABLE = "Unavailable"
+    TERMINATING = "Terminating"
+
+
+# The CRD keeps no unknown fields in the status (a real API server prunes them without a
+# word), so a field written but not listed here would silently never be stored; a test
+# checks that every status the operator writes validates against this model. kopf keeps
+# its own state in annotations, never in the status (storage.py).
+class MarketStatus(Model):
+    """What the operator and the engine replicas report."""
+
+    phase: Phase | None = Field(None, description="Pending, Running, Degraded, "
+                                "Unavailable or Terminating (the conditions say why).")
+    leader: str | None = Field(None, description="The replica that leads.")
+    last_leader: str | None = Field(None, description="The replica that led last (kept "
+                                    "while no replica leads).")
+    trading_mode: str | None = Field(None, description="The mode the leader trades in (the "
+                                     "spec's once its command has been applied).")
+    epoch: int | None = Field(None, description="The leader's lease epoch.")
+    last_sequence: int | None = Field(None, description="The last command applied.")
+    ready_replicas: int | None = Field(None, description="Replicas caught up with the "
+                                       "command stream.")
+    replicas: int | None = Field(None, description="Replicas running (reporting).")
+    selector: str | None = Field(None, description="The engine pods' label selector (for "
+                                 "the scale subresource).")
+    failovers: int | None = Field(None, description="Unplanned leader changes.")
+    switchovers: int | None = Field(None, description="Planned leader changes.")
+    last_failover_time: str | None = Field(None, description="When the last failover "
+                                           "happened.",
+                                           json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(None, description="The generation the "
+                                            "operator last applied.")
+    retirement: dict[str, int] | None = Field(None, description="Deletion: the command "
+                                              "sequences of the final cancelOnly and "
+                                              "cancelAll.")
+    replica_lag: dict[str, int] | None = Field(None, description="Commands each replica "
+                                               "is behind, by replica.")
+    conditions: list[Condition] | None = Field(
+        None, description="Ready, Available, Progressing, Degraded; Accepted and Retiring "
+        "when they apply.",
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["type"]})
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True)
+    schema = _structural(raw, raw.get("$defs", {}))
+    schema.pop("$defs", None)
+    return schema
+
+
+def status_schema() -> dict[str, Any]:
+    return _schema(MarketStatus)
+
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Mode", "type": "string", "jsonPath": ".status.tradingMode",
+     "description": "The mode the leader trades in."},
+    {"name": "Ready", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+     "description": "Serving, every replica caught up, trading in the spec's mode."},
+    {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
+    {"name": "Sequence", "type": "integer", "jsonPath": ".status.lastSequence"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Spec Mode", "type": "string", "jsonPath": ".spec.tradingMode", "priority": 1,
+     "description": "The mode the spec asks for."},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
+     "priority": 1, "description": "Replicas caught up with the command stream."},
+]
+"""``kubectl get markets``; ``-o wide`` adds the priority-1 columns."""
 
 
 def crd() -> dict[str, Any]:
@@ -367,7 +466,10 @@ def crd() -> dict[str, Any]:
         "spec": {
             "group": GROUP,
             "names": {"kind": KIND, "plural": PLURAL, "singular": "market",
-                      "shortNames": ["mkt"], "listKind": "MarketList"},
+                      "shortNames": ["mkt"], "listKind": "MarketList",
+                      # Not "all": `kubectl get all` lists what may be deleted with
+                      # `kubectl delete all`, and deleting a Market retires it.
+                      "categories": ["tradeplane"]},
             "scope": "Namespaced",
             "versions": [{
                 "name": VERSION, "served": True, "storage": True,
@@ -378,20 +480,14 @@ def crd() -> dict[str, Any]:
                     "properties": {
                         "apiVersion": {"type": "string"}, "kind": {"type": "string"},
                         "metadata": {"type": "object"},
-                        "spec": spec_schema(), "status": STATUS_SCHEMA,
+                        "spec": spec_schema(), "status": status_schema(),
                     },
                 }},
                 "subresources": {"status": {}, "scale": {
                     "specReplicasPath": ".spec.replicas",
                     "statusReplicasPath": ".status.replicas",
                     "labelSelectorPath": ".status.selector"}},
-                "additionalPrinterColumns": [
-                    {"name": "Mode", "type": "string", "jsonPath": ".spec.tradingMode"},
-                    {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
-                    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-                    {"name": "Sequence", "type": "integer", "jsonPath": ".status.lastSequence"},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                ],
+                "additionalPrinterColumns": PRINTER_COLUMNS,
             }],
         },
     }

@@ -3,6 +3,8 @@
     OperatorError
     ├── RetryError           try again after ``delay`` seconds (waiting for something)
     ├── InvalidMarketError   the Market cannot be made as written; retrying will not help
+    │   ├── ImageNotAllowedError   its engine image is outside the image policy
+    │   └── NameTakenError         a Market of that name runs in another namespace
     ├── KubeError            the API server refused a call (kube.py); by HTTP status
     ├── LeadershipLostError  this replica no longer holds the Lease (leadership.py)
     └── ExchangeError        the exchange could not do what was asked (exchange.py; NATS)
@@ -35,7 +37,17 @@ class RetryError(OperatorError):
 
 
 class InvalidMarketError(OperatorError):
-    pass
+    """``reason`` is the ``Accepted`` condition's and the Warning Event's."""
+
+    reason = "InvalidMarket"
+
+
+class ImageNotAllowedError(InvalidMarketError):
+    reason = "ImageNotAllowed"
+
+
+class NameTakenError(InvalidMarketError):
+    reason = "NameTaken"
 
 
 class KubeError(OperatorError):

@@ -26,7 +26,7 @@ from tradeplane_operator.config import (
     Config,
 )
 from tradeplane_operator.crd import GROUP, PLURAL, VERSION
-from tradeplane_operator.errors import to_kopf
+from tradeplane_operator.errors import InvalidMarketError, KubeError, to_kopf
 from tradeplane_operator.exchange import Exchange
 from tradeplane_operator.kube import MARKETS, KubeApi
 from tradeplane_operator.leadership import (
@@ -44,6 +44,7 @@ from tradeplane_operator.reconcile import (
     reconcile,
     switch_over,
 )
+from tradeplane_operator.status import ACCEPTED, condition, timestamp, with_condition
 
 T = TypeVar("T")
 OWNED: dict[str, Any] = {MARKET_LABEL: kopf.PRESENT}
@@ -177,8 +178,8 @@ async def repair(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
 
 
 async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any,
-                 patch: kopf.Patch, **_: Any) -> None:
-    exchange = _parts(memo)[2]
+                 **_: Any) -> None:
+    kube, exchange = _parts(memo)[1:]
     if "observedGeneration" not in status:
         return  # never applied (yet, or refused): nothing of it runs to report on
     try:
@@ -188,11 +189,32 @@ async def report(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: An
     change = await _guarded(metrics.reading(market, observe(
         market, exchange, dict(status), paused=paused(dict(meta.annotations)),
         deleting=bool(meta.get("deletionTimestamp")))))
-    if not is_subset(change.status, dict(status)):  # no write when nothing changed
-        patch.status.update(change.status)
+    if is_subset(change.status, dict(status)):
+        return  # no write when nothing changed
+    if not await _guarded(_write_status(kube, body, change.status)):
+        return  # the Market changed meanwhile: the next reading starts from it
     if change.leader_change:
         kind, reason, message = change.leader_change
         kopf.event(body, type=kind, reason=reason, message=message)
+
+
+async def _write_status(kube: KubeApi, body: kopf.Body, status: dict[str, Any]) -> bool:
+    """Write a status reading unless the Market changed since it was read (False then).
+
+    A merge patch replaces the whole conditions list, and the reading keeps the
+    conditions others write (``Accepted``, ``Retiring``) as it read them: written over a
+    newer Market, it would put an older one of those back. The ``resourceVersion`` it
+    read is the patch's precondition, so the API server refuses such a write (409)."""
+    meta = body["metadata"]
+    try:
+        await kube.patch(MARKETS, meta["namespace"], meta["name"],
+                         {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                          "status": status}, subresource="status")
+    except KubeError as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
 
 
 async def child_gone(event: kopf.RawEvent, body: kopf.Body, memo: Any,
@@ -292,15 +314,45 @@ async def _operate(config: Config, connection: kopf.ConnectionInfo | None,
 
 async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger | logging.Logger) -> None:
     config, kube, exchange = _parts(memo)
-    market = _parse(body)
+    try:
+        market = Market.from_body(body)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        await _refuse(body, kube, "InvalidMarket", f"invalid Market: {exc}")
+        raise kopf.PermanentError(f"invalid Market: {exc}") from exc
     try:
         done = await metrics.reconciling(market, _guarded(
             reconcile(market, kube, exchange, config, _notify(body))))
     except kopf.PermanentError as exc:
-        kopf.event(body, type="Warning", reason="InvalidMarket", message=str(exc))
+        cause = exc.__cause__
+        reason = (cause.reason if isinstance(cause, InvalidMarketError) else
+                  "ChildRefused" if isinstance(cause, KubeError) else "InvalidMarket")
+        await _refuse(body, kube, reason, str(exc))
         raise
     for line in done:
         logger.info(line)
+
+
+async def _refuse(body: kopf.Body, kube: KubeApi, reason: str, message: str) -> None:
+    """A Warning Event, and ``Accepted`` turned ``False`` for this generation: nothing of
+    the generation is applied (retrying will not help; a new spec is needed)."""
+    kopf.event(body, type="Warning", reason=reason, message=message[:1000])
+    conditions = list((body.get("status") or {}).get("conditions") or [])
+    generation = int(body["metadata"].get("generation") or 1)
+    refused = condition(ACCEPTED, False, reason, message, generation, conditions,
+                        timestamp())
+    if not _has(conditions, refused):
+        await _guarded(kube.patch(MARKETS, body["metadata"]["namespace"],
+                                  body["metadata"]["name"],
+                                  {"status": {"conditions": with_condition(conditions,
+                                                                           refused)}},
+                                  subresource="status"))
+
+
+def _has(conditions: list[dict[str, Any]], wanted: dict[str, Any]) -> bool:
+    """Is ``wanted`` written already (but for its transition time)?"""
+    return any(all(c.get(key) == wanted[key] for key in
+                   ("type", "status", "observedGeneration", "reason", "message"))
+               for c in conditions)
 
 
 async def _apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
@@ -310,7 +362,13 @@ async def _apply(body: kopf.Body, meta: kopf.Meta, memo: Any, patch: kopf.Patch,
         logger.info("reconciliation is paused")
         return
     await _reconcile(body, memo, logger)
-    patch.status["observedGeneration"] = meta.get("generation")
+    generation = int(meta.get("generation") or 1)
+    patch.status["observedGeneration"] = generation
+    conditions = list((body.get("status") or {}).get("conditions") or [])
+    accepted = condition(ACCEPTED, True, "Accepted", "children and definition are as the "
+                         "spec says", generation, conditions, timestamp())
+    if not _has(conditions, accepted):
+        patch.status["conditions"] = with_condition(conditions, accepted)
     target = annotations.get(SWITCHOVER_ANNOTATION)
     if target:
         exchange = _parts(memo)[2]

@@ -24,7 +24,7 @@ from tradeplane_operator.config import DELETION_PROTECTION_ANNOTATION
 from tradeplane_operator.errors import RetryError
 from tradeplane_operator.kube import MARKETS, KubeApi
 from tradeplane_operator.reconcile import Notify
-from tradeplane_operator.status import timestamp
+from tradeplane_operator.status import condition, timestamp, with_condition
 
 CONDITION = "Retiring"
 PROTECTED_REASON = "DeletionProtected"
@@ -65,24 +65,23 @@ async def admit_deletion(market: Market, annotations: Mapping[str, str],
     The Warning event and the condition are written when the hold starts, not on every
     look, so a Market held for a day does not collect an event every few seconds."""
     current = _condition(conditions)
-    others = [dict(c) for c in conditions if c.get("type") != CONDITION]
     if protected(annotations):
         message = PROTECTED_MESSAGE.format(name=market.name)
         if current is None or current.get("reason") != PROTECTED_REASON:
-            wanted = {"type": CONDITION, "status": "False", "reason": PROTECTED_REASON,
-                      "message": message, "lastTransitionTime": timestamp()}
+            wanted = condition(CONDITION, False, PROTECTED_REASON, message, market.generation,
+                               conditions, timestamp())
             await kube.patch(MARKETS, market.namespace, market.name,
                              {"status": {"phase": "Terminating",
-                                         "conditions": [*others, wanted]}},
+                                         "conditions": with_condition(conditions, wanted)}},
                              subresource="status")
             notify("Warning", PROTECTED_REASON, message)
         raise RetryError(message, delay=RETRY_DELAY)
     if current is not None and current.get("status") == "True":
         return [dict(c) for c in conditions]
-    wanted = {"type": CONDITION, "status": "True", "reason": "Retiring",
-              "message": "cancel-only, cancel every order, final snapshot, then the "
-              "children go", "lastTransitionTime": timestamp()}
-    written = [*others, wanted]
+    wanted = condition(CONDITION, True, "Retiring", "cancel-only, cancel every order, final "
+                       "snapshot, then the children go", market.generation, conditions,
+                       timestamp())
+    written = with_condition(conditions, wanted)
     await kube.patch(MARKETS, market.namespace, market.name,
                      {"status": {"phase": "Terminating", "conditions": written}},
                      subresource="status")

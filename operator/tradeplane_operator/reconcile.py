@@ -17,11 +17,13 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
+from tradeplane_operator import images
 from tradeplane_operator.children import CHILDREN, Market, is_subset, removals, selector
 from tradeplane_operator.config import PAUSE_ANNOTATION, Config
 from tradeplane_operator.errors import (
     ExchangeError,
-    InvalidMarketError,
+    ImageNotAllowedError,
+    NameTakenError,
     RefusedError,
     RetryError,
     UnansweredError,
@@ -44,11 +46,24 @@ def definition(market: Market) -> dict[str, Any]:
 
 async def reconcile(market: Market, kube: KubeApi, exchange: Exchange, config: Config,
                     notify: Notify) -> list[str]:
-    """Bring everything in line with the Market; what was done, for the log."""
+    """Bring everything in line with the Market; what was done, for the log.
+
+    A Market refused (``InvalidMarketError``) changes nothing: not its children, not its
+    definition, not its trading mode."""
+    check_image(market, config)
     await _check_unique(market, kube, config)
     done = await _apply_children(market, kube, config)
     done += await _apply_definition(market, exchange, notify)
     return done
+
+
+def check_image(market: Market, config: Config) -> None:
+    image = market.spec.engine.image
+    if not images.allowed(image, config):
+        raise ImageNotAllowedError(
+            f"engine image {image!r} is not allowed by the operator's image policy "
+            f"({', '.join(images.patterns(config))}); an engine runs with the market's "
+            "NATS credentials and database secret")
 
 
 async def _owner(market: Market, kube: KubeApi,
@@ -81,7 +96,7 @@ async def _check_unique(market: Market, kube: KubeApi, config: Config) -> None:
     if owner["metadata"].get("deletionTimestamp"):
         raise RetryError(f"market {market.name} in namespace {namespace} is being retired; "
                          "waiting for its name", delay=5)
-    raise InvalidMarketError(f"market {market.name} already exists in namespace "
+    raise NameTakenError(f"market {market.name} already exists in namespace "
                              f"{namespace}; market names are cluster-wide")
 
 

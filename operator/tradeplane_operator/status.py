@@ -11,19 +11,29 @@ the operator only reads. Conditions, in Kubernetes' sense:
 - ``Degraded``: something the spec asks for is missing: no leader, or fewer ready
   replicas than asked (a failover would have nowhere to go).
 
-``lastTransitionTime`` changes only when a condition's status does.
+plus two that other steps write and the status reading keeps as they are: ``Accepted``
+(the Market can be made as written: a valid spec, an allowed image, a name of its own)
+and ``Retiring`` (protection.py).
+
+Every condition has metav1.Condition's shape (``crd.Condition``): ``observedGeneration``
+is the Market's generation it was computed for, and ``lastTransitionTime`` changes only
+when its status does.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tradeplane_operator.crd import MAX_MESSAGE
 from tradeplane_operator.exchange import Lease, ReplicaReport
 
 CONDITIONS = ("Ready", "Available", "Progressing", "Degraded")
+"""What a status reading computes."""
+ACCEPTED = "Accepted"
+"""Written when a generation is applied (``True``) or refused (``False``, with why)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ def compute(observation: Observation, previous: dict[str, Any], now: str) -> Cha
     )
     status["phase"] = _phase(observation, bool(reports), status["lastLeader"], health)
     wanted = _wanted(observation, lead, bool(reports), status, health)
-    status["conditions"] = _conditions(wanted, previous, now)
+    status["conditions"] = _conditions(wanted, observation.generation, previous, now)
     return Change(status=status, leader_change=_leader_change(lead, previous))
 
 
@@ -208,19 +218,36 @@ def _wanted(observation: Observation, lead: _Lead, reporting: bool, status: dict
     }
 
 
-def _conditions(wanted: dict[str, tuple[bool | None, str, str]], previous: dict[str, Any],
-                now: str) -> list[dict[str, Any]]:
-    """The conditions in Kubernetes' shape; a transition time moves only with the status."""
-    before = {condition.get("type"): condition for condition in previous.get("conditions", [])}
-    conditions = []
-    for kind in CONDITIONS:
-        value, reason, message = wanted[kind]
-        state = "Unknown" if value is None else "True" if value else "False"
-        old = before.get(kind, {})
-        since = old.get("lastTransitionTime") if old.get("status") == state else None
-        conditions.append({"type": kind, "status": state, "reason": reason,
-                           "message": message, "lastTransitionTime": since or now})
-    return conditions
+def condition(kind: str, value: bool | None, reason: str, message: str, generation: int,
+              previous: Iterable[Mapping[str, Any]], now: str) -> dict[str, Any]:
+    """A condition in metav1.Condition's shape; its transition time moves only with its
+    status (``None`` is ``Unknown``)."""
+    state = "Unknown" if value is None else "True" if value else "False"
+    old = next((c for c in previous if c.get("type") == kind), {})
+    since = old.get("lastTransitionTime") if old.get("status") == state else None
+    return {"type": kind, "status": state, "observedGeneration": generation,
+            "lastTransitionTime": since or now, "reason": reason,
+            "message": message[:MAX_MESSAGE]}
+
+
+def with_condition(conditions: Iterable[Mapping[str, Any]],
+                   new: dict[str, Any]) -> list[dict[str, Any]]:
+    """``conditions`` with ``new`` in place of its type's (a list map keyed by type)."""
+    kept = [dict(c) for c in conditions]
+    for index, old in enumerate(kept):
+        if old.get("type") == new["type"]:
+            kept[index] = new
+            return kept
+    return [*kept, new]
+
+
+def _conditions(wanted: dict[str, tuple[bool | None, str, str]], generation: int,
+                previous: dict[str, Any], now: str) -> list[dict[str, Any]]:
+    """The status reading's conditions, then the others' (``Accepted``, ``Retiring``)
+    as they were."""
+    before = list(previous.get("conditions") or [])
+    ours = [condition(kind, *wanted[kind], generation, before, now) for kind in CONDITIONS]
+    return [*ours, *(dict(c) for c in before if c.get("type") not in CONDITIONS)]
 
 
 def _leader_change(lead: _Lead, previous: dict[str, Any]) -> tuple[str, str, str] | None:

@@ -4,6 +4,9 @@
     tradeplane engine --market M ...    an engine process (what a pod runs)
     tradeplane gateway                  a gateway process
     tradeplane recorder [--market M]    a recorder process (every market if none named)
+    tradeplane ledger [--shard K]       a ledger process: balances (docs/ledger.md)
+    tradeplane deposit|withdraw|asset   an administrator's ledger commands
+    tradeplane balance                  an account's balances
     tradeplane order place|cancel|replace|cancel-all|status ...
     tradeplane book MARKET              a live L2 view
     tradeplane trades MARKET            public trades as they happen
@@ -38,6 +41,10 @@ DEFAULT_NATS = os.environ.get("TRADEPLANE_NATS", "nats://127.0.0.1:4222")
 DEFAULT_LEDGER_SHARDS = int(os.environ.get("TRADEPLANE_LEDGER_SHARDS") or 0)
 
 
+def _ledger_shards() -> int:
+    return int(os.environ.get("TRADEPLANE_LEDGER_SHARDS") or 0)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tradeplane",
@@ -57,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     _operations_commands(commands)
     _demo_command(commands)
     _security_commands(commands)
+    from tradeplane.funds import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -80,6 +90,9 @@ def _up_command(commands: Any) -> None:
                          "$TRADEPLANE_POSTGRES_DSN, else an embedded server in the data dir)")
     up.add_argument("--demo", action="store_true",
                     help="also run a market maker and takers so the books are alive")
+    up.add_argument("--ledger-shards", type=int, default=1,
+                    help="ledger shards keeping balances (default: %(default)s; 0: no "
+                         "balances, orders are not funded)")
 
 
 def _service_commands(commands: Any) -> None:
@@ -106,6 +119,9 @@ def _service_commands(commands: Any) -> None:
     gateway.add_argument("--metrics-port", type=int, default=0,
                          help="serve /livez, /readyz (ready once connected to NATS and "
                               "serving) and Prometheus metrics on this port (0: none)")
+    gateway.add_argument("--ledger-shards", type=int, default=_ledger_shards(),
+                         help="fund every order at the ledger's shards first (balances, "
+                              "docs/ledger.md; default: $TRADEPLANE_LEDGER_SHARDS or 0, none)")
 
     operator = commands.add_parser(
         "operator", help="run the Kubernetes operator: Market resources become engine pods "
@@ -115,6 +131,21 @@ def _service_commands(commands: Any) -> None:
                                "(default: %(default)s; 0: none)")
     operator.add_argument("--metrics-port", type=int, default=0,
                           help="serve Prometheus metrics on this port (0: none)")
+
+    ledger = commands.add_parser(
+        "ledger", help="run replicas of ledger shards: balances, holds, settlement "
+                       "(docs/ledger.md)")
+    ledger.add_argument("--shard", type=int, action="append", dest="shards_run",
+                        help="a shard to run (repeatable; default: every shard)")
+    ledger.add_argument("--shards", type=int, default=_ledger_shards() or 1,
+                        help="how many shards the ledger has (default: "
+                             "$TRADEPLANE_LEDGER_SHARDS or 1)")
+    ledger.add_argument("--replica", help="this replica's name (default: host-pid)")
+    ledger.add_argument("--stream-replicas", type=int, default=1,
+                        help="JetStream replicas of each stream (3 on a NATS cluster)")
+    ledger.add_argument("--health-port", type=int,
+                        default=os.environ.get("TRADEPLANE_HEALTH_PORT"),
+                        help="serve /livez, /readyz and /metrics on this port")
 
     recorder = commands.add_parser(
         "recorder", help="record markets into PostgreSQL, take snapshots, answer history "
@@ -290,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tradeplane.up import DEFAULT_MANIFESTS, run_up
 
         return run_up(args.manifests or [DEFAULT_MANIFESTS], args.data_dir, args.port,
-                      args.engines, args.demo, sys.stdout, args.postgres_dsn, args.replicas)
+                      args.engines, args.demo, sys.stdout, args.postgres_dsn, args.replicas,
+                      args.ledger_shards)
     try:
         return _event_loop_runner()(_run_async(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -379,7 +411,7 @@ async def _run_async(args: argparse.Namespace) -> int:
         print(f"tradeplane: {exc}", file=sys.stderr)
         return 2
     stop = asyncio.Event()
-    if args.command in ("engine", "gateway", "recorder", "auth"):
+    if args.command in ("engine", "gateway", "recorder", "auth", "ledger"):
         _service_gc()
         _on_stop_signals(stop)
     if args.command in ("engine", "gateway", "recorder", "operator", "selftest"):
@@ -389,6 +421,10 @@ async def _run_async(args: argparse.Namespace) -> int:
     service = _SERVICES.get(args.command)
     if service is not None:
         return await service(args, stop)
+    if args.command in ("asset", "deposit", "withdraw", "balance"):
+        from tradeplane.funds import funds_command
+
+        return await funds_command(args, sys.stdout)
     if args.command == "selftest":
         from tradeplane.selftest import selftest
 
@@ -447,6 +483,22 @@ async def _engine(args: argparse.Namespace, stop: asyncio.Event) -> int:
     return 0
 
 
+async def _ledger(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from tradeplane_engine.service.ledgers import run_ledgers
+    from tradeplane_engine.streams import StreamSettings
+
+    shards = args.shards_run or list(range(args.shards))
+    try:
+        await _until(stop, run_ledgers(args.nats, shards, args.shards,
+                                       StreamSettings(replicas=args.stream_replicas),
+                                       args.replica, health_port=args.health_port,
+                                       access=args.access))
+    except ValueError as exc:
+        print(f"tradeplane ledger: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 async def _recorder(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from tradeplane_engine.store.recorders import run_recorders
 
@@ -487,7 +539,8 @@ async def _gateway(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from tradeplane_gateway.serve import run_gateway
 
     async with _serving_health(args.metrics_port) as health:
-        await _until(stop, run_gateway(args.nats, access=args.access, health=health))
+        await _until(stop, run_gateway(args.nats, access=args.access, health=health,
+                                       ledger_shards=args.ledger_shards))
     return 0
 
 
@@ -519,7 +572,7 @@ async def _auth(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
 _SERVICES: dict[str, Callable[[argparse.Namespace, asyncio.Event], Awaitable[int]]] = {
     "engine": _engine, "recorder": _recorder, "operator": _operator, "gateway": _gateway,
-    "auth": _auth,
+    "auth": _auth, "ledger": _ledger,
 }
 """The long-running commands, each its own function; SIGTERM sets ``stop``."""
 

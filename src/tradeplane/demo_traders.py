@@ -81,9 +81,15 @@ async def taker(url: str, market: MarketDefinition, name: str, seed: int,
         while True:
             await asyncio.sleep(rng.uniform(0.2, 1.0))
             side = rng.choice(("buy", "sell"))
+            quantity = _on_grid(size * rng.randint(1, 3), lot)
             with contextlib.suppress(*_PASSING):
-                await client.place(market.name, side, _on_grid(size * rng.randint(1, 3), lot),
-                                   type="market")
+                if side == "buy":  # with balances, a market buy says what it spends
+                    await client.place(market.name, side, type="market",
+                                       quote_amount=_on_grid(Decimal(quantity) * mid,
+                                                             Decimal(market.tick_size)
+                                                             * lot))
+                else:
+                    await client.place(market.name, side, quantity, type="market")
 
 
 def trader_accounts(markets: list[MarketDefinition]) -> list[str]:

@@ -7,16 +7,21 @@ everywhere, ``stop()`` terminates, waits, and kills what does not go.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,21 +84,49 @@ def nats_server_binary() -> str:
     return found
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (for a cluster port that others must know first)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ClusterMembership:
+    """How one nats-server joins a cluster: its JetStream name, the cluster's name, the
+    port it listens on for routes and the other members' route URLs."""
+
+    server_name: str
+    cluster_name: str
+    cluster_port: int
+    routes: tuple[str, ...]
+
+    def arguments(self, host: str) -> list[str]:
+        """nats-server's options for it, with a monitoring port (``/healthz``, ``/jsz``)."""
+        return ["--server_name", self.server_name, "--cluster_name", self.cluster_name,
+                "--cluster", f"nats://{host}:{self.cluster_port}",
+                "--routes", ",".join(self.routes), "--http_port", "-1"]
+
+
 class NatsServer:
     """A real nats-server with JetStream on loopback; port 0 picks a free one. ``config``
     is a configuration file to load too (the accounts and auth callout of
-    ``tradeplane.security``)."""
+    ``tradeplane.security``); ``membership`` makes it one node of a cluster."""
 
     def __init__(self, data_dir: Path, *, port: int = 0, host: str = "127.0.0.1",
-                 log: IO[bytes] | None = None, secrets: SecurityFiles | None = None) -> None:
+                 log: IO[bytes] | None = None, secrets: SecurityFiles | None = None,
+                 membership: ClusterMembership | None = None) -> None:
         self.data_dir = data_dir.resolve()
         self.secrets = secrets
         self.config = secrets.nats_config if secrets is not None else None
         self.port = port
         self.host = host
         self.log = log
+        self.membership = membership
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.monitoring_url = ""
+        """``http://host:port`` of the monitoring endpoints (a cluster node has them)."""
 
     def start(self, timeout: float = 20.0) -> NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,12 +139,15 @@ class NatsServer:
             "--addr", self.host, "--port", str(self.port or -1),
             "--ports_file_dir", str(ports_dir),
             *(["--config", str(self.config.resolve())] if self.config is not None else []),
+            *(self.membership.arguments(self.host) if self.membership is not None else []),
         ], log=self.log)
         pid = self.process.pid
         ports_file = ports_dir / f"nats-server_{pid}.ports"
         wait_until(ports_file.exists, timeout, "nats-server", self.process)
         wait_until(lambda: bool(ports_file.read_text().strip()), timeout, "nats-server")
-        self.url = json.loads(ports_file.read_text())["nats"][0]
+        ports = json.loads(ports_file.read_text())
+        self.url = ports["nats"][0]
+        self.monitoring_url = (ports.get("monitoring") or [""])[0]
         # A restart comes back on the same port, so clients reconnect to it.
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
@@ -139,6 +175,26 @@ class NatsServer:
         return self.url.replace("nats://", f"nats://{credentials.user}:"
                                            f"{credentials.password}@", 1)
 
+    def monitor(self, endpoint: str) -> tuple[int, Any]:
+        """A monitoring endpoint's HTTP status and JSON (``healthz``, ``jsz``...)."""
+        assert self.monitoring_url, "a node without a monitoring port"
+        try:
+            with urllib.request.urlopen(f"{self.monitoring_url}/{endpoint}",
+                                        timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def healthy(self) -> bool:
+        """Up, and its JetStream current: the meta leader known, every stream and consumer
+        it holds caught up with its group (``/healthz``)."""
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            return self.monitor("healthz")[0] == 200
+        except (OSError, ValueError):
+            return False
+
     def stop(self) -> None:
         if self.process is not None:
             stop(self.process)
@@ -153,6 +209,127 @@ class NatsServer:
 
     def __enter__(self) -> NatsServer:
         return self if self.process is not None else self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class NatsCluster:
+    """``size`` real nats-servers routed into one JetStream cluster on loopback, all with
+    the same accounts and auth callout (``secured``), as the NATS chart runs them
+    (charts/tradeplane/examples/nats-values.yaml). ``url`` lists every node, comma
+    separated, as services take it (``--nats``); each node keeps its client port across
+    a restart, so clients reconnect to it. ``stop`` stops every node it started."""
+
+    def __init__(self, data_dir: Path, *, size: int = 3, host: str = "127.0.0.1",
+                 secrets: SecurityFiles | None = None, name: str = "tradeplane") -> None:
+        self.data_dir = data_dir.resolve()
+        self.secrets = secrets
+        cluster_ports = [free_port(host) for _ in range(size)]
+        self.nodes = [
+            NatsServer(self.data_dir / f"n{index + 1}", host=host, secrets=secrets,
+                       membership=ClusterMembership(
+                           f"n{index + 1}", name, cluster_ports[index],
+                           tuple(f"nats://{host}:{port}" for other, port
+                                 in enumerate(cluster_ports) if other != index)))
+            for index in range(size)]
+
+    @classmethod
+    def secured(cls, data_dir: Path, **options: Any) -> NatsCluster:
+        """Every connection authenticated, with secrets kept in ``<data_dir>-security``."""
+        secrets = security.init(data_dir.with_name(f"{data_dir.name}-security"))
+        return cls(data_dir, secrets=secrets, **options)
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        """Start every node not running, and wait until each is healthy (JetStream's meta
+        leader elected, everything it holds caught up)."""
+        try:
+            for node in self.nodes:
+                if node.process is None:
+                    node.start(timeout)
+            for node in self.nodes:
+                wait_until(node.healthy, timeout, f"nats-server {node.url} healthy",
+                           node.process)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def node(self, server_name: str) -> NatsServer:
+        for node in self.nodes:
+            if node.membership is not None and node.membership.server_name == server_name:
+                return node
+        raise KeyError(server_name)
+
+    def leaders(self) -> dict[str, str]:
+        """Which node leads what, by server name: ``"meta"`` (JetStream's meta group),
+        every stream (a key-value bucket is the stream ``KV_<bucket>``) and every consumer
+        (``<stream>/<consumer>``), as each running node says of what it leads itself
+        (``/jsz``). Nothing elected is absent."""
+        found: dict[str, str] = {}
+        for node in self.nodes:
+            jsz = self._jsz(node)
+            if jsz is None or node.membership is None:
+                continue
+            name = node.membership.server_name
+            if (jsz.get("meta_cluster") or {}).get("leader") == name:
+                found["meta"] = name
+            for account in jsz.get("account_details") or []:
+                for stream in account.get("stream_detail") or []:
+                    if (stream.get("cluster") or {}).get("leader") == name:
+                        found[stream["name"]] = name
+                    for consumer in stream.get("consumer_detail") or []:
+                        if (consumer.get("cluster") or {}).get("leader") == name:
+                            found[f"{stream['name']}/{consumer['name']}"] = name
+        return found
+
+    def current(self, stream: str) -> bool:
+        """The stream has a leader and every other replica is current with it."""
+        for node in self.nodes:
+            jsz = self._jsz(node)
+            for account in (jsz or {}).get("account_details") or []:
+                for detail in account.get("stream_detail") or []:
+                    cluster = detail.get("cluster") or {}
+                    if (detail["name"] == stream and node.membership is not None
+                            and cluster.get("leader") == node.membership.server_name):
+                        peers = cluster.get("replicas") or []
+                        return len(peers) == len(self.nodes) - 1 and all(
+                            peer.get("current") and not peer.get("offline") for peer in peers)
+        return False
+
+    @staticmethod
+    def _jsz(node: NatsServer) -> dict[str, Any] | None:
+        if node.process is None:
+            return None
+        try:
+            status, jsz = node.monitor("jsz?accounts=true&streams=true&consumers=true")
+        except (OSError, ValueError):
+            return None
+        return jsz if status == 200 and isinstance(jsz, dict) else None
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def access(self, identity: str) -> Access:
+        return self.nodes[0].access(identity)
+
+    def url_as(self, identity: str) -> str:
+        """Every node's URL with ``identity``'s user and password in it, comma separated."""
+        return ",".join(node.url_as(identity) for node in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                node.stop()
+
+    def kill(self) -> None:
+        """``kill -9`` of every node."""
+        for node in self.nodes:
+            node.kill()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
 
     def __exit__(self, *_: object) -> None:
         self.stop()

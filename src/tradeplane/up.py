@@ -5,8 +5,10 @@ the database of ``--postgres-dsn``), both keeping their data under ``--data-dir`
 restart continues where the last run stopped; writes every Market manifest to the
 markets bucket (a changed ``tradingMode`` of a market that exists is also sequenced as
 ``SetTradingMode`` in its command stream); starts engine processes (markets spread over
-them), a recorder process (PostgreSQL, snapshots, history queries) and a gateway
-process; waits until every market answers, prints where to connect, and on Ctrl-C (or
+them), a recorder process (PostgreSQL, snapshots, history queries), the ledger's
+processes (balances, docs/ledger.md: a leader and a standby of each shard) and a
+gateway process; defines the markets' assets to the ledger (``up_ledger``); waits until
+every market answers, prints where to connect, and on Ctrl-C (or
 SIGTERM) stops the gateway, the recorder, the engines, PostgreSQL and nats-server, in
 that order. While it runs it supervises everything it started: nats-server and
 PostgreSQL come back on the same port with the same data, and a component that exits is
@@ -45,6 +47,7 @@ from tradeplane.processes import (
     tradeplane_command,
 )
 from tradeplane_engine.access import Access, Credentials, trader_inbox
+from tradeplane_engine.connection import server_urls
 from tradeplane_engine.core.commands import SetTradingMode
 from tradeplane_engine.service.admin import publish_admin
 from tradeplane_engine.store.database import redact
@@ -100,7 +103,7 @@ async def publish_markets(url: str, definitions: list[MarketDefinition],
     apply only what the stream says, and a failure in between leaves the old definition
     in the bucket, so the next start sequences the change again.
     """
-    nc = await nats.connect(url, **(access or Access()).options())
+    nc = await nats.connect(server_urls(url), **(access or Access()).options())
     try:
         js = nc.jetstream()
         kv = await markets_bucket(js, settings)
@@ -146,7 +149,8 @@ async def wait_ready(url: str, markets: list[str], children: list[subprocess.Pop
                      timeout: float = 60.0, access: Access | None = None) -> None:
     """Until every engine has caught up and a gateway answers (or a child gave up)."""
     # Gateways answer a request on its account's inboxes only: the probe's.
-    nc = await nats.connect(url, **(access or Access()).options(trader_inbox("probe")))
+    nc = await nats.connect(server_urls(url),
+                            **(access or Access()).options(trader_inbox("probe")))
     try:
         deadline = asyncio.get_running_loop().time() + timeout
         pending = set(markets)
@@ -285,7 +289,8 @@ async def issue_demo_accounts(dsn: str, accounts: list[str],
 
 
 def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo: bool,
-           out: IO[str], postgres_dsn: str | None = None, replicas: int = 2) -> int:
+           out: IO[str], postgres_dsn: str | None = None, replicas: int = 2,
+           ledger_shards: int = 1) -> int:
     definitions = load_manifests(manifests)
     names = [definition.name for definition in definitions]
     settings = StreamSettings()
@@ -331,24 +336,37 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
                                                     "--replica", replica,
                                                     *markets], logs / f"{replica}.log",
                                           environment))
+            for letter in "ab"[:max(1, min(replicas, 2))] if ledger_shards else "":
+                replica = f"ledger-{letter}"
+                children.append(Child(replica, [*nats_url("ledger"), "ledger", "--shards",
+                                                str(ledger_shards), "--replica", replica],
+                                      logs / f"{replica}.log", environment))
             everything = [argument for market in names for argument in ("--market", market)]
             children.append(Child("recorder", [*nats_url("recorder"), "recorder", *everything],
                                   logs / "recorder.log", environment))
-            children.append(Child("gateway", [*nats_url("gateway"), "gateway"],
-                                  logs / "gateway.log",
-                                  environment))
+            children.append(Child("gateway", [*nats_url("gateway"), "gateway",
+                                              "--ledger-shards", str(ledger_shards)],
+                                  logs / "gateway.log", environment))
             for child in children:
                 child.start()
             asyncio.run(wait_ready(server.url, names,
                                    [child.process for child in children if child.process],
                                    access=admin))
-            if demo:
-                from tradeplane.demo_traders import trader_accounts
+            from tradeplane.demo_traders import trader_accounts
 
+            if ledger_shards:
+                from tradeplane.up_ledger import set_up_balances
+
+                for refusal in asyncio.run(set_up_balances(
+                        server.url, admin, definitions, ledger_shards,
+                        trader_accounts(definitions) if demo else [])):
+                    print(f"ledger: refused: {refusal}", file=out, flush=True)
+            if demo:
                 asyncio.run(issue_demo_accounts(postgres_dsn, trader_accounts(definitions),
                                                 files))
             admin_env = write_admin_environment(server.url, files, postgres_dsn)
-            print(_banner(server.url, definitions, admin_env, demo, postgres_dsn),
+            print(_banner(server.url, definitions, admin_env, demo, postgres_dsn,
+                          ledger_shards),
                   file=out, flush=True)
             asyncio.run(run_exchange(server.url, definitions, servers, children,
                                      files if demo else None, out))
@@ -377,7 +395,7 @@ def write_admin_environment(url: str, files: security.SecurityFiles, dsn: str) -
 
 
 def _banner(url: str, definitions: list[MarketDefinition], admin_env: Path,
-            demo: bool, dsn: str) -> str:
+            demo: bool, dsn: str, ledger_shards: int) -> str:
     market = definitions[0]
     lines = [
         f"tradeplane is up: NATS at {url} (every connection authenticates: docs/security.md)",
@@ -386,6 +404,9 @@ def _banner(url: str, definitions: list[MarketDefinition], admin_env: Path,
         f"  data, logs and secrets: {admin_env.parent.parent}",
         f"  as the administrator (set -a; . {admin_env}; set +a):",
         "    tradeplane accounts create alice --output alice.json   # a trader's login",
+        *([f"    tradeplane deposit alice {market.quote} 10000 --transfer-id t1   # funds",
+           f"    tradeplane deposit alice {market.base} 100 --transfer-id t2"]
+          if ledger_shards else []),
         "    tradeplane status      # leaders, replicas, lag",
         f"    tradeplane book {market.name}",
         f"    tradeplane chaos kill-leader {market.name}",
@@ -393,6 +414,8 @@ def _banner(url: str, definitions: list[MarketDefinition], admin_env: Path,
         "  as the trader:",
         f"    tradeplane --nats {url} --credentials alice.json order place {market.name} "
         f"buy 1 {market.reference_price or '100'}",
+        *([f"    tradeplane --nats {url} --credentials alice.json balance"]
+          if ledger_shards else []),
         "  protocol for any NATS client: docs/protocol.md",
     ]
     if demo:

@@ -310,6 +310,8 @@ WRONG: dict[str, tuple[dict[str, Any], str]] = {
     "negative replicas": ({"recorder": {"replicas": -1}}, "recorder.replicas"),
     "stream replicas 2": ({"nats": {"streamReplicas": 2}}, "streamReplicas"),
     "not a NATS URL": ({"nats": {"url": "http://nats:4222"}}, "url"),
+    "an image pattern with a comma": ({"operator": {"allowedEngineImages": ["a:*,b:*"]}},
+                                      "allowedEngineImages"),
     "anti-affinity sometimes": ({"operator": {"antiAffinity": "sometimes"}}, "antiAffinity"),
     "port out of range": ({"gateway": {"metricsPort": 70000}}, "gateway.metricsPort"),
     "pull policy": ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),

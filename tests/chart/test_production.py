@@ -24,6 +24,7 @@ from tests.chart.test_chart import (
 )
 from tests.support.exchange import run
 from tests.support.kube import cluster
+from tradeplane_operator import images
 from tradeplane_operator.children import Market, statefulset
 from tradeplane_operator.config import Config
 
@@ -95,6 +96,20 @@ def test_pull_secrets_and_a_digest_reach_every_pod(tmp_path: Path) -> None:
     operator = _pod(made, "operator")["spec"]["containers"][0]
     env = {item["name"]: item.get("value") for item in operator["env"]}
     assert env["TRADEPLANE_ENGINE_IMAGE"] == image  # the engines run the pinned image too
+    # By default a Market may name that repository alone (another tag or digest of it).
+    config = Config.from_environment(env)
+    assert config.allowed_engine_images == ()
+    assert images.allowed("ghcr.io/tradeplane/tradeplane:0.2.0", config)
+    assert not images.allowed("docker.io/library/busybox", config)
+
+
+def test_the_engine_image_policy_reaches_the_operator(tmp_path: Path) -> None:
+    made = run(_installed(tmp_path, {"operator": {"allowedEngineImages": [
+        "registry.example.com/tradeplane/*", "ghcr.io/tradeplane/tradeplane:*"]}}))
+    operator = _pod(made, "operator")["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in operator["env"]}
+    assert Config.from_environment(env).allowed_engine_images == (
+        "registry.example.com/tradeplane/*", "ghcr.io/tradeplane/tradeplane:*")
 
 
 def _engine_pod(made: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -278,3 +293,45 @@ def test_an_engine_network_policy_in_every_watched_namespace(tmp_path: Path) -> 
     engines = [obj["metadata"]["namespace"] for obj in run(scenario())
                if obj["kind"] == "NetworkPolicy" and obj["metadata"]["name"].endswith("engines")]
     assert engines == ["desk-a", "desk-b"]
+
+
+PRODUCTION_VALUES = CHART / "examples" / "production-values.yaml"
+
+
+def test_the_production_example_is_accepted_and_replicates_every_stream(
+        tmp_path: Path) -> None:
+    """examples/production-values.yaml (docs/production.md): the NATS of nats-values.yaml
+    has a node for each stream replica, the schema accepts the values, and the release
+    they install runs two of every process, and engines whose streams and buckets have
+    three replicas, on different nodes."""
+    values = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    nats = yaml.safe_load((CHART / "examples" / "nats-values.yaml").read_text())["config"]
+    assert nats["jetstream"]["enabled"]
+    assert nats["cluster"]["enabled"]
+    assert nats["cluster"]["replicas"] >= values["nats"]["streamReplicas"] == 3
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    merged = _merged(yaml.safe_load((CHART / "values.yaml").read_text()), values)
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(merged)) == []
+
+    made = run(_installed(tmp_path, values))
+    for component in ("operator", "gateway", "recorder", "auth"):
+        assert made["Deployment"][f"tp-tradeplane-{component}"]["spec"]["replicas"] == 2
+    operator = _pod(made, "operator")["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in operator["env"]}
+    assert env["TRADEPLANE_STREAM_REPLICAS"] == "3"
+    assert env["TRADEPLANE_NATS"] == "tls://nats:4222"
+    assert env["TRADEPLANE_ANTI_AFFINITY"] == "required"
+
+    # The engines the operator makes with that environment.
+    config = Config.from_environment({**{name: value for name, value in env.items()
+                                         if value is not None},
+                                      "TRADEPLANE_POD_NAME": "tp-tradeplane-operator-0"})
+    assert config.stream_replicas == 3
+    market = Market.from_body({
+        "metadata": {"name": "btc-usdt", "namespace": "exchange", "uid": "1"},
+        "spec": {"base": "BTC", "quote": "USDT", "tickSize": "0.1", "lotSize": "0.001"}})
+    engine = statefulset(market, config)["spec"]["template"]["spec"]
+    args = engine["containers"][0]["args"]
+    assert args[args.index("--stream-replicas") + 1] == "3"
+    assert engine["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]

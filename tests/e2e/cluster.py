@@ -1,14 +1,18 @@
-"""The exchange as separate processes on real nats-server and PostgreSQL, for tests that
-kill parts of it: engine, recorder and gateway run as ``tradeplane`` commands."""
+"""The exchange as separate processes on real nats-server (one, or a JetStream cluster)
+and PostgreSQL, for tests that kill parts of it: engine, recorder, gateway and auth
+service run as ``tradeplane`` commands. ``OrderFlow`` and ``PacedFlow`` are the orders
+those tests send."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +24,9 @@ import nats
 from nats.aio.client import Client
 
 from tests.support.exchange import eventually
-from tradeplane.processes import NatsServer, spawn, stop
+from tradeplane.processes import NatsCluster, NatsServer, spawn, stop
 from tradeplane.up import publish_markets, wait_ready
+from tradeplane_engine.connection import server_urls
 from tradeplane_engine.core import Engine
 from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import MarketDefinition, decode_command
@@ -34,29 +39,36 @@ class Cluster:
     definition: MarketDefinition
     logs: Path
     nc: Client
-    server: NatsServer
+    server: NatsServer | NatsCluster
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     wrap: dict[str, list[str]] = field(default_factory=dict)
     """A command line to run a role's process under (``unshare ...``), by role."""
+    settings: StreamSettings = field(default_factory=StreamSettings)
+    """How the streams are stored (engines get ``--stream-replicas`` from it)."""
 
     @property
     def market(self) -> str:
         return self.definition.name
 
     def start(self, role: str) -> None:
-        """Start a component; every role named ``engine...`` is an engine replica."""
+        """Start a component; every role named ``engine...`` is an engine replica, ``auth``
+        the auth service (traders' logins, with accounts in the database)."""
+        secrets = self.server.secrets
+        assert secrets is not None
         if role.startswith("engine"):
-            args = ["engine", "--market", self.market, "--replica", role]
+            args = ["engine", "--market", self.market, "--replica", role,
+                    "--stream-replicas", str(self.settings.replicas)]
         else:
             args = {"recorder": ["recorder", "--market", self.market],
-                    "gateway": ["gateway"]}[role]
+                    "gateway": ["gateway"],
+                    "auth": ["auth", "--issuer-seed", str(secrets.issuer_seed),
+                             "--system-credentials", str(secrets.credentials("sys"))]}[role]
         log = (self.logs / f"{role}.log").open("ab")
         identity = "engine" if role.startswith("engine") else role
-        assert self.server.secrets is not None
         self.processes[role] = spawn(
             [*self.wrap.get(role, []), sys.executable, "-m", "tradeplane",
              "--nats", self.server.url,
-             "--credentials", str(self.server.secrets.credentials(identity)), *args], log=log,
+             "--credentials", str(secrets.credentials(identity)), *args], log=log,
             env={**os.environ, "TRADEPLANE_POSTGRES_DSN": self.dsn, "PYTHONUNBUFFERED": "1"})
 
     def kill(self, role: str) -> None:
@@ -156,26 +168,37 @@ class Cluster:
 @contextlib.asynccontextmanager
 async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
                   *, roles: tuple[str, ...] = ("engine", "recorder", "gateway"),
-                  wrap: dict[str, list[str]] | None = None) -> AsyncIterator[Cluster]:
+                  wrap: dict[str, list[str]] | None = None,
+                  nats_nodes: int = 1) -> AsyncIterator[Cluster]:
+    """The exchange on one nats-server, or on a cluster of ``nats_nodes`` with every
+    stream and bucket replicated on each node."""
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    server = NatsServer.secured(directory / "nats").start()
-    admin = server.access("admin")
-    nc = await nats.connect(server.url, **admin.options())
-    # Test traders connect(cluster.url, account=...) as the admin, who may act as anyone.
-    running = Cluster(server.url_as("admin"), dsn, definition, logs, nc, server, wrap=wrap or {})
+    settings = StreamSettings(replicas=nats_nodes)
+    server: NatsServer | NatsCluster = (
+        NatsServer.secured(directory / "nats") if nats_nodes == 1
+        else NatsCluster.secured(directory / "nats", size=nats_nodes))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    nc: Client | None = None
     try:
-        await publish_markets(server.url, [definition], StreamSettings(), admin)
+        server.start()
+        admin = server.access("admin")
+        nc = await nats.connect(server_urls(server.url), **admin.options())
+        # Test traders connect(cluster.url, account=...) as the admin, who may act as anyone.
+        running = Cluster(server.url_as("admin"), dsn, definition, logs, nc, server,
+                          processes, wrap=wrap or {}, settings=settings)
+        await publish_markets(server.url, [definition], settings, admin)
         for role in roles:
             running.start(role)
-        await wait_ready(server.url, [definition.name], list(running.processes.values()),
+        await wait_ready(server.url, [definition.name], list(processes.values()),
                          access=admin)
         yield running
     finally:
-        for process in running.processes.values():
+        for process in processes.values():
             stop(process)
-        await nc.close()
-        running.server.stop()
+        if nc is not None:
+            await nc.close()
+        server.stop()
 
 
 class OrderFlow:
@@ -218,3 +241,87 @@ class OrderFlow:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+PACE = 0.02
+"""Seconds between two orders of a ``PacedFlow`` (about 50 a second)."""
+
+
+@dataclass
+class Attempt:
+    """One order of a ``PacedFlow``: when it was sent and answered (``time.monotonic``),
+    and what the answer was."""
+
+    client_order_id: str
+    sent_at: float
+    answered_at: float = 0.0
+    acknowledged: bool = False
+    error: str = ""
+
+
+class PacedFlow:
+    """An order every ``PACE`` seconds, alternately buys by one client and sells by
+    another around one price (so that many cross), each in its own task: an order that
+    waits for its answer holds up no other. Every attempt and its outcome is kept."""
+
+    def __init__(self, buyer: Any, seller: Any, market: str, prefix: str) -> None:
+        self.buyer = buyer
+        self.seller = seller
+        self.market = market
+        self.prefix = prefix
+        self.attempts: list[Attempt] = []
+        self.acknowledged_at: list[float] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def acknowledged(self) -> list[str]:
+        return [attempt.client_order_id for attempt in self.attempts if attempt.acknowledged]
+
+    async def _place(self, attempt: Attempt, number: int) -> None:
+        client = self.buyer if number % 2 else self.seller
+        try:
+            await client.place(self.market, "buy" if number % 2 else "sell", "0.5",
+                               str(100 + (number % 7) - 3),
+                               client_order_id=attempt.client_order_id, response="ack")
+        except Exception as exc:  # an unacknowledged order may or may not be sequenced
+            attempt.error = f"{type(exc).__name__}: {exc}"
+        else:
+            attempt.acknowledged = True
+            self.acknowledged_at.append(time.monotonic())
+        attempt.answered_at = time.monotonic()
+
+    async def _send(self) -> None:
+        for number in itertools.count(1):
+            attempt = Attempt(f"{self.prefix}-{number}", time.monotonic())
+            self.attempts.append(attempt)
+            task = asyncio.create_task(self._place(attempt, number))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            await asyncio.sleep(PACE)  # the pace of the load, not a synchronisation
+
+    def start(self) -> None:
+        self._sending = asyncio.create_task(self._send())
+
+    async def until(self, count: int, timeout: float = 60) -> None:
+        await eventually(lambda: len(self.acknowledged_at) >= count, timeout,
+                         f"{count} acknowledged orders")
+
+    async def stop(self) -> None:
+        """Stop sending and wait for every answer (each ends within the SDK's timeout)."""
+        if self._sending is not None:
+            self._sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sending
+        await asyncio.gather(*self._in_flight)
+
+    def failed_since(self, moment: float) -> list[Attempt]:
+        """Attempts answered after ``moment`` without an acknowledgement."""
+        return [attempt for attempt in self.attempts
+                if attempt.answered_at > moment and not attempt.acknowledged]
+
+    def longest_wait(self, since: float, until: float) -> float:
+        """The longest an order acknowledged between ``since`` and ``until`` waited."""
+        return max((attempt.answered_at - attempt.sent_at for attempt in self.attempts
+                    if attempt.acknowledged and since < attempt.answered_at < until),
+                   default=0.0)

@@ -113,12 +113,25 @@ def test_up_serves_orders_restarts_where_it_stopped_and_leaves_nothing_behind(
         created = cli(url, "accounts", "create", "alice", "--output", str(login))
         assert created.returncode == 0, created.stdout + created.stderr
         assert login.stat().st_mode & 0o777 == 0o600
+        unfunded = cli(url, "--credentials", str(login), "order", "place", "sol-usdt", "sell",
+                       "2", "150", as_admin=False)
+        assert "501 INSUFFICIENT_FUNDS" in unfunded.stdout, unfunded.stdout + unfunded.stderr
+        # As the banner says: the administrator funds the accounts (balances are on).
+        for account, asset, amount in (("alice", "SOL", "10"), ("bob", "USDT", "1000")):
+            funded = cli(url, "deposit", account, asset, amount, "--transfer-id",
+                         f"{account}-{asset}")
+            assert funded.returncode == 0, funded.stdout + funded.stderr
+        again = cli(url, "deposit", "alice", "SOL", "10", "--transfer-id", "alice-SOL")
+        assert "Duplicate" in again.stdout, again.stdout  # a retried transfer: applied once
         placed = cli(url, "--credentials", str(login), "order", "place", "sol-usdt", "sell",
                      "2", "150", as_admin=False)
         assert placed.returncode == 0, placed.stdout + placed.stderr
         assert json.loads(placed.stdout)["order"]["status"] == "new"
         crossed = cli(url, "order", "place", "sol-usdt", "buy", "0.5", "151", "--account", "bob")
         assert json.loads(crossed.stdout)["fills"][0]["price"] == "150"
+        balance = cli(url, "--credentials", str(login), "balance", as_admin=False)
+        assert re.search(r"SOL\s+8\s+1.5\n", balance.stdout), balance.stdout
+        assert re.search(r"USDT\s+75\s+0\n", balance.stdout), balance.stdout
         refused = cli(url, "order", "place", "sol-usdt", "buy", "1", "150.001",
                       "--account", "bob")
         assert refused.returncode == 2
@@ -200,6 +213,9 @@ def test_up_brings_back_nats_server_and_postgres_when_they_die(tmp_path: Path) -
     with no manual step."""
     data_dir = tmp_path / "exchange"
     with tradeplane_up(data_dir, "--demo") as (process, url):
+        for account, asset in (("carol", "USDT"), ("dave", "SOL")):
+            funded = cli(url, "deposit", account, asset, "1000", "--transfer-id", account)
+            assert funded.returncode == 0, funded.stdout + funded.stderr
         _recovered(url, "carol")  # serving before anything dies
 
         [nats_server] = [pid for pid in processes_mentioning(str(data_dir / "nats"))

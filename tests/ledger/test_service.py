@@ -4,6 +4,7 @@ the market's events (docs/ledger.md)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine.core import RejectCode
 from tradeplane_gateway import RequestError, connect
+from tradeplane_gateway.errors import EdgeCode
+from tradeplane_gateway.protocol import Balance
 
 ASSETS = {"SOL": 4, "USDT": 6}
 """SOL's lot of 0.01 is 100 units; a tick × lot (0.01 × 0.01 USDT) is 100 USDT units."""
@@ -44,12 +47,15 @@ def test_a_trade_settles_both_accounts_and_a_cancel_releases(tmp_path: Path) -> 
             await exchange.fund("bob", SOL=5 * SOL_UNIT)
             ledger = exchange.ledgers[0].ledger
             ask = await bob.place("sol-usdt", "sell", "2", "100", client_order_id="ask")
-            assert ask.ok and ask.order is not None and ask.sequence is not None
+            assert ask.ok
+            assert ask.order is not None
+            assert ask.sequence is not None
             await eventually(lambda: ledger.balance("bob", "SOL") == (3 * SOL_UNIT,
                                                                       2 * SOL_UNIT),
                              what="the ask's hold")
             take = await alice.place("sol-usdt", "buy", "1.5", "101")
-            assert take.order is not None and take.order.status == "filled"
+            assert take.order is not None
+            assert take.order.status == "filled"
             await eventually(lambda: ledger.balance("alice", "SOL") == (15_000, 0),
                              what="settlement")
             # 1.5 SOL at 100 (no fees on this market): 150 USDT; the 1.5 held at 101 is back.
@@ -60,5 +66,35 @@ def test_a_trade_settles_both_accounts_and_a_cancel_releases(tmp_path: Path) -> 
             await eventually(lambda: ledger.balance("bob", "SOL") == (35_000, 0),
                              what="the cancel's release")
             assert ledger.audit() == []
+
+    run(scenario())
+
+
+def test_a_trader_reads_its_balances_and_their_updates(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, ledger_shards=2, assets=ASSETS) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            updates = alice.balance_updates()
+            first = asyncio.ensure_future(anext(updates))
+            await exchange.nc.flush()
+            await exchange.fund("alice", USDT=250 * USDT)
+            assert (await first)["balances"]["USDT"] == {"available": "250", "held": "0"}
+            await alice.place("sol-usdt", "buy", "1", "100", client_order_id="b")
+            assert await alice.balances() == {"USDT": Balance("150", "100")}
+            update = await anext(updates)
+            assert update["account"] == "alice"
+            assert update["balances"]["USDT"] == {"available": "150", "held": "100"}
+            await updates.aclose()
+
+    run(scenario())
+
+
+def test_balances_on_an_exchange_without_a_ledger_are_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            with pytest.raises(RequestError) as refused:
+                await alice.balances()
+            assert refused.value.code == EdgeCode.BALANCES_UNAVAILABLE
 
     run(scenario())

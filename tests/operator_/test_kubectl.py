@@ -72,10 +72,26 @@ def test_kubectl_applies_lists_and_deletes_markets(tmp_path: Path) -> None:
             code, output = await kubectl(world, "get", "markets")
             assert code == 0, output
             lines = [line.split() for line in output.strip().splitlines()]
-            assert lines[0] == ["NAME", "MODE", "LEADER", "READY", "SEQUENCE", "AGE"]
+            # The traded mode and the Ready condition, as the API server prints them.
+            assert lines[0] == ["NAME", "MODE", "READY", "LEADER", "SEQUENCE", "AGE"]
             rows = {line[0]: line[1:] for line in lines[1:]}
-            assert rows["btc-usdt"][:4] == ["open", "btc-usdt-engine-0", "2", "42"]
-            assert rows["sol-usdt"][0] == "open"
+            assert rows["btc-usdt"][:4] == ["open", "True", "btc-usdt-engine-0", "42"]
+            # Nothing of sol-usdt trades yet: no mode, no leader (blank), not Ready.
+            assert rows["sol-usdt"][:2] == ["False", "0"]
+
+            code, output = await kubectl(world, "get", "markets", "-o", "wide")
+            assert code == 0, output
+            lines = [line.split() for line in output.strip().splitlines()]
+            assert lines[0] == ["NAME", "MODE", "READY", "LEADER", "SEQUENCE", "AGE", "SPEC",
+                                "MODE", "REPLICAS"]
+            rows = {line[0]: line[1:] for line in lines[1:]}
+            assert rows["btc-usdt"][-2:] == ["open", "2"]
+
+            # The category: `kubectl get tradeplane` lists Markets.
+            code, output = await kubectl(world, "get", "tradeplane", "-o", "name")
+            assert code == 0, output
+            assert sorted(output.split()) == ["market.tradeplane.dev/btc-usdt",
+                                              "market.tradeplane.dev/sol-usdt"]
 
             code, output = await kubectl(world, "get", "mkt", "sol-usdt", "-o", "yaml")
             assert code == 0, output

@@ -157,7 +157,8 @@ def test_a_market_becomes_its_children_and_its_definition(tmp_path: Path) -> Non
 def test_a_spec_change_updates_the_children_and_a_deleted_child_comes_back(
         tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with operator_world(tmp_path) as world:
+        async with operator_world(tmp_path,
+                                  allowed_engine_images=("registry.example/*",)) as world:
             await world.apply(market_manifest())
             await eventually(lambda: len(world.cluster.objects("poddisruptionbudgets")) == 1,
                              15, "children")
@@ -295,7 +296,8 @@ def test_status_follows_real_replicas_through_a_failover(tmp_path: Path) -> None
             assert set(status["replicaLag"]) == {f"{ENGINE}-0", f"{ENGINE}-1"}
             assert {c["type"]: c["status"] for c in status["conditions"]} == {
                 "Ready": "True", "Available": "True", "Progressing": "False",
-                "Degraded": "False"}
+                "Degraded": "False", "Accepted": "True"}
+            assert {c["observedGeneration"] for c in status["conditions"]} == {1}
             leader = status["leader"]
 
             await kubelet.kill(leader, restart=False)  # its node is gone
@@ -745,9 +747,11 @@ def test_a_market_name_is_cluster_wide(tmp_path: Path) -> None:
             await world.kube.create(MARKETS, "team-b", other)
 
             def refused() -> bool:
-                return any(e["reason"] == "InvalidMarket" and "cluster-wide" in e["message"]
+                return any(e["reason"] == "NameTaken" and "cluster-wide" in e["message"]
                            for e in world.cluster.objects("events", "team-b").values())
             await eventually(refused, 15, "the second Market is refused with a reason")
+            refusal = await world.kube.get(MARKETS, "team-b", "sol-usdt") or {}
+            assert accepted(refusal.get("status") or {}) == ("False", "NameTaken", 1)
             assert world.cluster.get("statefulsets", ENGINE, "team-b") is None
 
             # Deleting the refused one retires nothing of the market the first one runs.
@@ -763,6 +767,87 @@ def test_a_market_name_is_cluster_wide(tmp_path: Path) -> None:
             assert len(await commands(world)) == before
             assert await definition(world) is not None
             assert world.cluster.get("statefulsets", ENGINE) is not None
+    run(scenario())
+
+
+def accepted(status: dict[str, Any]) -> tuple[str, str, int] | None:
+    """The ``Accepted`` condition's status, reason and observed generation."""
+    return next(((c["status"], c["reason"], c["observedGeneration"])
+                 for c in status.get("conditions", []) if c["type"] == "Accepted"), None)
+
+
+def test_an_image_outside_the_policy_never_runs(tmp_path: Path) -> None:
+    """An engine runs with the market's secrets, so a Market naming an image the policy
+    does not allow gets nothing made: not new, and not as a change of a running market,
+    whose children stay as they were. ``Accepted`` and a Warning Event say why."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path) as world:
+            await world.apply(market_manifest("eth-usdt", base="ETH", engine={
+                "image": "docker.io/library/busybox:latest"}))
+
+            async def refused_new() -> bool:
+                return accepted(await status_of(world, "eth-usdt")) == (
+                    "False", "ImageNotAllowed", 1)
+            await eventually(refused_new, 15, "the new Market refused")
+            assert "ImageNotAllowed" in world.reasons("eth-usdt")
+            assert world.cluster.get("statefulsets", "eth-usdt-engine") is None
+            assert await definition(world, "eth-usdt") is None
+
+            await world.apply(market_manifest())
+            async def applied() -> bool:
+                return accepted(await status_of(world)) == ("True", "Accepted", 1)
+            await eventually(applied, 15, "sol-usdt accepted")
+            before = world.cluster.get("statefulsets", ENGINE)
+            assert before is not None
+            await world.patch("sol-usdt", {"spec": {"tradingMode": "halted", "engine": {
+                "image": "ghcr.io/tradeplane/tradeplane-evil:0.1.0"}}})
+
+            async def refused_change() -> bool:
+                return accepted(await status_of(world)) == ("False", "ImageNotAllowed", 2)
+            await eventually(refused_change, 15, "the change refused")
+            message = next(c["message"] for c in (await status_of(world))["conditions"]
+                           if c["type"] == "Accepted")
+            assert "tradeplane-evil" in message
+            assert "image policy" in message
+            assert world.cluster.get("statefulsets", ENGINE) == before
+            stored = await definition(world)
+            assert stored is not None
+            assert stored.trading_mode == "open"
+
+            # Another tag of the operator's own image is allowed: the change goes on.
+            await world.patch("sol-usdt", {"spec": {"engine": {
+                "image": "ghcr.io/tradeplane/tradeplane:0.1.1"}}})
+            async def accepted_again() -> bool:
+                return accepted(await status_of(world)) == ("True", "Accepted", 3)
+            await eventually(accepted_again, 15, "the next generation accepted")
+            sts = world.cluster.get("statefulsets", ENGINE) or {}
+            assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == (
+                "ghcr.io/tradeplane/tradeplane:0.1.1")
+    run(scenario())
+
+
+def test_resources_as_the_api_server_stores_them_are_no_drift(tmp_path: Path) -> None:
+    """The emulator stores ``"1.5"`` CPUs as ``"1500m"`` and ``1`` as ``"1"``, as an API
+    server does; the drift check (shortened to 0.2 s) must not patch that back."""
+    async def scenario() -> None:
+        async with operator_world(tmp_path, drift_interval=0.2) as world:
+            await world.apply(market_manifest(engine={"resources": {
+                "requests": {"cpu": "1.5", "memory": "0.5Gi"}, "limits": {"cpu": 2}}}))
+            await eventually(lambda: world.cluster.get("statefulsets", ENGINE) is not None,
+                             15, "the StatefulSet")
+            sts = world.cluster.get("statefulsets", ENGINE) or {}
+            assert sts["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+                "requests": {"cpu": "1500m", "memory": "512Mi"}, "limits": {"cpu": "2"}}
+
+            def statefulset_requests(method: str) -> int:
+                return sum(1 for request in world.cluster.emulator._requests
+                           if request.resource is not None
+                           and request.resource.plural == "statefulsets"
+                           and request.method == method and request.name == ENGINE)
+            reads = statefulset_requests("GET")
+            await eventually(lambda: statefulset_requests("GET") >= reads + 5, 15,
+                             "five more drift checks")
+            assert statefulset_requests("PATCH") == 0
     run(scenario())
 
 

@@ -7,6 +7,7 @@ import datetime
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from tradeplane_engine.wire import decode_command, decode_definition, definition_from_manifest
-from tradeplane_operator import handlers, protection
+from tradeplane_operator import handlers, images, protection, quantity
 from tradeplane_operator.children import (
     STARTUP_FAILURES,
     STARTUP_PERIOD,
@@ -37,8 +38,14 @@ from tradeplane_operator.config import (
     ZONE_SPREAD,
     Config,
 )
-from tradeplane_operator.crd import Toleration, TopologySpreadConstraint
+from tradeplane_operator.crd import (
+    CONDITION_REASON,
+    MarketStatus,
+    Toleration,
+    TopologySpreadConstraint,
+)
 from tradeplane_operator.errors import (
+    ImageNotAllowedError,
     InvalidMarketError,
     KubeError,
     RefusedError,
@@ -46,8 +53,8 @@ from tradeplane_operator.errors import (
     to_kopf,
 )
 from tradeplane_operator.exchange import Lease, ReplicaReport, admin_command
-from tradeplane_operator.reconcile import definition
-from tradeplane_operator.status import Observation, compute
+from tradeplane_operator.reconcile import check_image, definition
+from tradeplane_operator.status import Observation, compute, condition, with_condition
 from tradeplane_operator.storage import LAST_HANDLED_ANNOTATION, LEGACY_ANNOTATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +123,169 @@ def test_conditions(reports: list[ReplicaReport], lease: Lease | None, extra: di
     status = observe(reports, lease, previous, **extra)
     assert status["phase"] == phase
     assert conditions(status) == expected
+    # metav1.Condition's shape, for the generation computed for; and every field of the
+    # status is one the CRD lists (a real API server would drop any other).
+    generation = extra.get("generation", 1)
+    assert {c["observedGeneration"] for c in status["conditions"]} == {generation}
+    MarketStatus.model_validate(stored(status))
+
+
+def stored(status: Any) -> Any:
+    """What a merge patch of ``status`` leaves stored: a ``None`` deletes its key."""
+    if isinstance(status, dict):
+        return {key: stored(value) for key, value in status.items() if value is not None}
+    if isinstance(status, list):
+        return [stored(item) for item in status]
+    return status
+
+
+def test_every_reason_is_a_metav1_reason() -> None:
+    """Every reason the operator writes, in a condition or an Event, fits the pattern
+    metav1.Condition gives reasons (the API server refuses a status that does not)."""
+    import re
+    source = "\n".join(path.read_text() for path in
+                       (ROOT / "operator" / "tradeplane_operator").glob("*.py"))
+    reasons = set(re.findall(r'\("(?:Normal|Warning)", "(\w+)"', source))
+    reasons |= set(re.findall(r'reason = "(\w+)"', source))
+    reasons |= set(re.findall(r'\("(\w+)", f?"', source))
+    reasons |= set(re.findall(r'_REASON = "(\w+)"', source))
+    reasons |= set(re.findall(r'reason="(\w+)"', source))
+    reasons |= set(re.findall(r'condition\([^,]+, [^,]+, "(\w+)"', source))
+    reasons |= set(re.findall(r'_refuse\(body, kube, "(\w+)"', source))
+    reasons |= set(re.findall(r'"(\w+)" if isinstance', source))
+    assert {"ImageNotAllowed", "NameTaken", "DeletionProtected", "Stable", "Retiring",
+            "InvalidMarket", "ChildRefused", "Accepted", "Failover"} <= reasons
+    assert [reason for reason in reasons if not re.fullmatch(CONDITION_REASON, reason)] == []
+
+
+def test_the_status_reading_keeps_the_conditions_others_wrote() -> None:
+    retiring = condition("Retiring", False, "DeletionProtected", "held", 1, [], NOW)
+    accepted = condition("Accepted", True, "Accepted", "applied", 1, [], NOW)
+    status = observe([report("a", role="leader"), report("b")], LEADING,
+                     {"observedGeneration": 1, "conditions": [accepted, retiring]})
+    assert [c["type"] for c in status["conditions"]] == [
+        "Ready", "Available", "Progressing", "Degraded", "Accepted", "Retiring"]
+    assert status["conditions"][-2:] == [accepted, retiring]
+    MarketStatus.model_validate(stored(status))
+
+
+@pytest.mark.parametrize(("before", "value", "reason", "moved"), [
+    (None, True, "Accepted", True),
+    (("True", "Accepted"), True, "Accepted", False),
+    (("True", "Accepted"), False, "ImageNotAllowed", True),
+    (("False", "ImageNotAllowed"), False, "NameTaken", False),  # only the status moves it
+    (("False", "NameTaken"), None, "Unknown", True),
+], ids=["new", "same", "turned-false", "other-reason", "unknown"])
+def test_a_conditions_transition_time(before: tuple[str, str] | None, value: bool | None,
+                                      reason: str, moved: bool) -> None:
+    previous = [] if before is None else [{
+        "type": "Accepted", "status": before[0], "reason": before[1], "message": "",
+        "observedGeneration": 1, "lastTransitionTime": "2025-01-01T00:00:00Z"}]
+    written = condition("Accepted", value, reason, "m" * 40000, 2, previous, NOW)
+    assert written["lastTransitionTime"] == (NOW if moved else "2025-01-01T00:00:00Z")
+    assert written["observedGeneration"] == 2
+    assert len(written["message"]) == 32768  # metav1.Condition's longest
+    assert with_condition(previous, written) == [written]
+    assert with_condition([{"type": "Ready"}], written) == [{"type": "Ready"}, written]
+
+
+QUANTITIES = [
+    ("1.5", "1500m", True), ("1", 1, True), ("1Gi", "1073741824", True),
+    ("1Gi", "1024Mi", True), ("0.5Gi", "512Mi", True), ("1e3", "1k", True),
+    ("1E3", "1000", True), ("100m", "0.1", True), (".5", "500m", True), ("2", "2.0", True),
+    ("1M", "1Mi", False), ("1k", "1Ki", False), ("1", "1m", False), ("+1", "1", True),
+    ("-1", "1", False), ("1e-3", "1m", True), ("1n", "0.000000001", True),
+]
+
+
+@pytest.mark.parametrize(("first", "second", "equal"), QUANTITIES)
+def test_quantities_compare_by_amount(first: Any, second: Any, equal: bool) -> None:
+    assert quantity.same(first, second) is equal
+    assert quantity.same(second, first) is equal
+
+
+@pytest.mark.parametrize(("written", "amount"), [
+    ("500m", Fraction(1, 2)), ("0.1", Fraction(1, 10)),
+    ("1Ki", 1024), ("1.5Gi", 3 * 2 ** 29), ("1e2", 100), ("2E-1", Fraction(1, 5)),
+    (3, 3), ("7u", Fraction(7, 10 ** 6)), ("1P", 10 ** 15), ("1Ei", 2 ** 60),
+])
+def test_a_quantity_is_parsed_exactly(written: Any, amount: Any) -> None:
+    assert quantity.parse(written) == amount
+
+
+@pytest.mark.parametrize("written", ["", "1 Gi", "1gi", "1KB", "lots", "1e", "1.2.3", True,
+                                     1.5, None, "1e1.5"])
+def test_what_is_not_a_quantity(written: Any) -> None:
+    with pytest.raises(quantity.QuantityError):
+        quantity.parse(written)
+
+
+@pytest.mark.parametrize(("written", "canonical"), [
+    ("1.5", "1500m"), ("1500m", "1500m"), ("1000m", "1"), (1, "1"), ("0.1", "100m"),
+    ("1024Mi", "1Gi"), ("1536Mi", "1536Mi"), ("0.5Gi", "512Mi"), ("1073741824", "1073741824"),
+    ("1e3", "1e3"), ("1000", "1k"), ("1500000", "1500k"), ("0", "0"), ("-1.5", "-1500m"),
+])
+def test_a_quantity_as_the_api_server_stores_it(written: Any, canonical: str) -> None:
+    assert quantity.canonical(written) == canonical
+    assert quantity.same(written, canonical)
+
+
+def test_less_than_a_nano_is_stored_as_one() -> None:
+    assert quantity.canonical("0.0000000001") == "1n"
+
+
+@pytest.mark.parametrize(("written", "stored", "drift"), [
+    ({"requests": {"cpu": "1.5", "memory": "1Gi"}},
+     {"requests": {"cpu": "1500m", "memory": "1073741824"}}, False),
+    ({"requests": {"cpu": 2}, "limits": {"cpu": "2000m"}},
+     {"requests": {"cpu": "2"}, "limits": {"cpu": "2"}}, False),
+    ({"requests": {"cpu": "1.5"}}, {"requests": {"cpu": "1"}}, True),
+    ({"requests": {"cpu": "1", "memory": "1Gi"}}, {"requests": {"cpu": "1"}}, True),
+    ({"limits": {"memory": "1Gi"}}, {"requests": {"memory": "1Gi"}}, True),
+], ids=["canonical-forms", "numbers", "other-amount", "missing", "other-section"])
+def test_resources_drift_by_amount_not_spelling(written: dict[str, Any],
+                                                stored: dict[str, Any], drift: bool) -> None:
+    desired = statefulset(market(engine={"resources": written}), Config())
+    actual = msgspec.json.decode(msgspec.json.encode(desired))
+    actual["spec"]["template"]["spec"]["containers"][0]["resources"] = stored
+    assert is_subset(desired, actual) is not drift
+
+
+@pytest.mark.parametrize(("allowed", "image", "ok"), [
+    ((), None, True),  # the operator's own image
+    ((), "ghcr.io/tradeplane/tradeplane:0.1.0", True),
+    ((), "ghcr.io/tradeplane/tradeplane:0.2.0-rc.1", True),
+    ((), "ghcr.io/tradeplane/tradeplane@sha256:" + "a" * 64, True),
+    ((), "ghcr.io/tradeplane/tradeplane", True),
+    ((), "ghcr.io/tradeplane/tradeplane-evil:0.1.0", False),
+    ((), "ghcr.io/tradeplane/tradeplane/x:1", False),
+    ((), "docker.io/library/busybox", False),
+    ((), "busybox", False),
+    (("registry.example.com/tradeplane/*",), "registry.example.com/tradeplane/engine:1", True),
+    (("registry.example.com/tradeplane/*",), "registry.example.com/other/engine:1", False),
+    (("registry.example.com/tradeplane/*",), "ghcr.io/tradeplane/tradeplane:0.2.0", False),
+    (("*",), "docker.io/library/busybox", True),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_the_engine_image_policy(allowed: tuple[str, ...], image: str | None,
+                                 ok: bool) -> None:
+    config = Config(allowed_engine_images=allowed)
+    assert images.allowed(image, config) is ok
+    refused = market(engine={"image": image} if image else {})
+    if ok:
+        check_image(refused, config)
+    else:
+        with pytest.raises(ImageNotAllowedError, match="not allowed by the operator's image"):
+            check_image(refused, config)
+        assert ImageNotAllowedError.reason == "ImageNotAllowed"
+
+
+@pytest.mark.parametrize(("image", "repository"), [
+    ("ghcr.io/tradeplane/tradeplane:0.1.0", "ghcr.io/tradeplane/tradeplane"),
+    ("localhost:5000/tp:1", "localhost:5000/tp"), ("localhost:5000/tp", "localhost:5000/tp"),
+    ("tp@sha256:00", "tp"), ("tp:1@sha256:00", "tp"), ("tp", "tp"),
+])
+def test_an_images_repository(image: str, repository: str) -> None:
+    assert images.repository(image) == repository
 
 
 def test_a_condition_keeps_its_transition_time_until_it_changes() -> None:
@@ -661,6 +831,10 @@ def test_settings_from_the_environment() -> None:
         "nats://n:4222", "tp:9", "db")
     assert config.stream_replicas == 3
     assert config.namespaces == ("a", "b")
+    assert config.allowed_engine_images == ()
+    assert Config.from_environment({
+        "TRADEPLANE_ALLOWED_ENGINE_IMAGES": "r.example/tp:*, r.example/tp@*,"
+    }).allowed_engine_images == ("r.example/tp:*", "r.example/tp@*")
     with pytest.raises(ValueError, match="anti-affinity"):
         Config(anti_affinity="sometimes")
     with pytest.raises(ValueError, match="stream replicas"):

@@ -6,8 +6,10 @@ Skipped unless ``TRADEPLANE_KUBECONFIG`` names a kubeconfig; see docs/operator.m
     TRADEPLANE_KUBECONFIG=~/.kube/config make pytest PYTEST_ARGS="-m k8s"
 
 What the emulator cannot show, this does: the API server itself validates the CRD's
-schema and CEL rules, and accepts the children the operator builds. Everything is made
-in a namespace of its own and deleted at the end; the CRD is left installed.
+schema and CEL rules, and accepts the children the operator builds; it stores quantities
+canonically (the drift check must see no change in that) and prunes status fields the
+schema does not list (the operator's conditions must come back whole). Everything is
+made in a namespace of its own and deleted at the end; the CRD is left installed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 import yaml
 
 from tests.operator_.harness import CREDENTIALS_SECRET
-from tests.operator_.test_crd import EXAMPLES, INVALID, PLACED
+from tests.operator_.test_crd import EXAMPLES, INVALID, PLACED, RESOURCES
 from tests.operator_.test_kubectl import kubectl
 from tests.support.exchange import eventually, run
 from tradeplane.processes import NatsServer
@@ -99,6 +101,15 @@ def test_the_api_server_enforces_the_crd(namespace: tuple[Path, str], tmp_path: 
             assert "is invalid" in output or "Invalid value" in output, output
             if message in CEL_MESSAGES:
                 assert message in output, output
+        # Resources as ResourceRequirements: quantities by Kubernetes' pattern. (An
+        # unknown section is pruned, not refused, by the API server.)
+        for _, resources, reason in RESOURCES:
+            manifest = copy.deepcopy(base)
+            manifest["spec"]["engine"] = {"resources": resources}
+            code, output = await kubectl(config, "apply", "--dry-run=server", "-n", name,
+                                         "-f", _manifest_file(tmp_path, manifest))
+            refused = reason is not None and "Additional properties" not in reason
+            assert (code != 0) is refused, (resources, output)
     run(scenario(), timeout=120)
 
 
@@ -129,6 +140,8 @@ def test_the_operator_makes_children_the_api_server_accepts(
             await asyncio.wait_for(ready.wait(), 30)
             manifest = yaml.safe_load(EXAMPLES[0].read_text())
             manifest["spec"].update(copy.deepcopy(PLACED))  # every placement field
+            manifest["spec"]["engine"]["resources"] = {
+                "requests": {"cpu": "1.5", "memory": "0.5Gi"}, "limits": {"cpu": 2}}
             await kube.create(MARKETS, name, manifest)
             market = manifest["metadata"]["name"]
 
@@ -147,6 +160,22 @@ def test_the_operator_makes_children_the_api_server_accepts(
             desired = statefulset(Market.from_body(stored_market), config)
             assert is_subset(desired["spec"], stored["spec"]), stored["spec"]
             assert removals(desired, stored) == {}
+            # Quantities are stored canonically; the drift check compares amounts.
+            assert stored["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+                "requests": {"cpu": "1500m", "memory": "512Mi"}, "limits": {"cpu": "2"}}
+
+            # The status schema keeps what the operator writes (a real API server prunes
+            # what it does not list): Accepted, with its observed generation.
+            async def accepted() -> bool:
+                status = (await kube.get(MARKETS, name, market) or {}).get("status") or {}
+                return any(c.get("type") == "Accepted" and c.get("status") == "True"
+                           and c.get("observedGeneration") == 1 and c.get("reason")
+                           for c in status.get("conditions") or [])
+            await eventually(accepted, 30, "Accepted stored as written")
+            code, output = await kubectl(config_path, "get", "markets", "-n", name)
+            assert code == 0, output
+            assert output.split()[:6] == ["NAME", "MODE", "READY", "LEADER", "SEQUENCE",
+                                          "AGE"], output
             await kube.patch(MARKETS, name, market, {"metadata": {"annotations": {
                 "tradeplane.dev/deletion-protection": "false"}}})
             await kube.delete(MARKETS, name, market)

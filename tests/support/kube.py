@@ -13,7 +13,10 @@ server than that, so this subclass adds it:
 - a CustomResourceDefinition that is created becomes discoverable at once, with its
   kind, short names, scope and subresources, and its status subresource is honoured
   (a patch of the object leaves ``status`` alone, a patch of ``/status`` only changes it);
-- server-side printing (``as=Table``) with the CRD's printer columns, for ``kubectl get``;
+- server-side printing (``as=Table``) with the CRD's printer columns, for ``kubectl get``
+  (JSONPath fields and the ``[?(@.type=="Ready")]`` filter conditions are picked with);
+- resource quantities of containers stored in their canonical spelling (``"1.5"`` as
+  ``"1500m"``), so a drift check that compares spellings patches forever here too;
 - standard error reasons (``NotFound``, ``AlreadyExists``, ``Conflict``, ...);
 - namespaces to list, and background garbage collection of owned objects;
 - Leases (``coordination.k8s.io``), for the operator's leader election: a patch that
@@ -49,6 +52,7 @@ from tests.support.kube_http import (
     StatusError,
     age,
     api_version,
+    canonical_quantities,
     json_patch_as_merge,
     json_path,
     json_response,
@@ -278,6 +282,7 @@ class Emulator(kmock.KubernetesEmulator):
         self._stamp_new(meta)
         if kind.status_subresource:
             data.pop("status", None)
+        canonical_quantities(data)
 
     def _prepare_patch(self, request: kmock.Request) -> None:
         current = self._require(request)
@@ -304,6 +309,7 @@ class Emulator(kmock.KubernetesEmulator):
                     del data[key]
         elif kind.status_subresource:
             data.pop("status", None)
+        canonical_quantities(data)
         if "spec" in data and request.subresource is None:
             merged = merge(copy.deepcopy(current.get("spec") or {}), data["spec"])
             if merged != current.get("spec"):

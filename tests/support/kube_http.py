@@ -7,15 +7,19 @@ about one thing: the emulator's behaviour there, the wire details here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
+import re
 from typing import Any
 
 import aiohttp.web
 import jsonpatch
 import jsonpointer
 import kmock
+
+from tradeplane_operator import quantity
 
 
 class StatusError(Exception):
@@ -101,12 +105,47 @@ def difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return merge
 
 
+JSON_PATH_STEP = re.compile(r"""\.(?P<field>[A-Za-z0-9_-]+)"""
+                            r"""|\[\?\(@\.(?P<key>[A-Za-z0-9_-]+)==(?P<q>["'])(?P<value>.*?)(?P=q)\)\]""")
+
+
 def json_path(obj: Any, path: str) -> Any:
-    for part in path.lstrip(".").split("."):
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(part)
+    """A printer column's JSONPath: fields (``.status.leader``) and the filter a condition
+    is picked with (``.status.conditions[?(@.type=="Ready")].status``); a filter takes
+    the first item that matches, as the API server's printer shows it."""
+    path = path if path.startswith(".") else f".{path}"
+    position = 0
+    while position < len(path):
+        step = JSON_PATH_STEP.match(path, position)
+        if step is None:
+            raise ValueError(f"JSONPath {path!r}: not understood at {path[position:]!r}")
+        position = step.end()
+        if step["field"] is not None:
+            obj = obj.get(step["field"]) if isinstance(obj, dict) else None
+        else:
+            obj = next((item for item in obj if isinstance(item, dict)
+                        and str(item.get(step["key"])) == step["value"]), None
+                       ) if isinstance(obj, list) else None
     return obj
+
+
+def canonical_quantities(obj: Any) -> None:
+    """Resource quantities of a workload's or pod's containers in the API server's
+    spelling (``"1.5"`` is stored as ``"1500m"``, ``2`` as ``"2"``), as it stores them."""
+    spec = obj.get("spec") if isinstance(obj, dict) else None
+    pod = (spec.get("template") or {}).get("spec") if isinstance(spec, dict) else None
+    for holder in (spec, pod):
+        if not isinstance(holder, dict):
+            continue
+        for container in [*(holder.get("containers") or []),
+                          *(holder.get("initContainers") or [])]:
+            resources = container.get("resources") if isinstance(container, dict) else None
+            for section in ("requests", "limits"):
+                amounts = (resources or {}).get(section)
+                if isinstance(amounts, dict):
+                    for name, amount in amounts.items():
+                        with contextlib.suppress(quantity.QuantityError):
+                            amounts[name] = quantity.canonical(amount)
 
 
 def wants_table(request: kmock.Request) -> bool:

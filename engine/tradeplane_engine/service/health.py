@@ -3,7 +3,7 @@ and the process's Prometheus metrics.
 
 The kubelet asks three questions over plain HTTP. ``GET /livez``: is the process alive?
 If it answers at all, its event loop runs; ``200 ok`` unless a market it runs is wedged
-(``MarketService.wedged``: its command loop has not turned for ``WEDGED_AFTER`` seconds
+(``Watchdog.wedged``: its command loop has not turned for ``WEDGED_AFTER`` seconds
 while connected to NATS, or its service failed while the process lives on), then ``503``
 names the market and why: a restart is what a wedged replica needs, and its standby
 takes the lead meanwhile.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tradeplane_shared.health import (
     DEFAULT_HOST,
@@ -40,20 +40,30 @@ from tradeplane_shared.health import (
 if TYPE_CHECKING:
     import asyncio
 
-    from tradeplane_engine.service.market import MarketService
+
+class Probed(Protocol):
+    """What the probes ask of a replica the process runs: a market's engine service or
+    a ledger shard's."""
+
+    label: str
+
+    @property
+    def ready(self) -> asyncio.Event: ...
+
+    def wedged(self) -> str | None: ...
 
 __all__ = ["DEFAULT_HOST", "bound_port", "start_health_server"]
 
 
 async def start_health_server(host: str, port: int,
-                              services: Sequence[MarketService]) -> asyncio.Server:
+                              services: Sequence[Probed]) -> asyncio.Server:
     """Serve ``/livez``, ``/readyz`` and ``/metrics`` on ``host:port`` (port 0: any free
     port, see ``bound_port``) until the server is closed. ``services`` is read at each
     request, so a list filled in later (markets still being defined) is seen as it grows."""
     return await serve_http(host, port, lambda request: _answer(request, services))
 
 
-def _answer(request: Request | None, services: Sequence[MarketService]) -> Answer:
+def _answer(request: Request | None, services: Sequence[Probed]) -> Answer:
     """Ready once every market the process runs has caught up; alive unless one of them
     is wedged; the rest as every process."""
     if request == ("GET", "/livez"):
@@ -61,7 +71,7 @@ def _answer(request: Request | None, services: Sequence[MarketService]) -> Answe
         if wedged:
             return text(HTTPStatus.SERVICE_UNAVAILABLE, "wedged: " + "; ".join(wedged))
     if request == ("GET", "/readyz"):
-        waiting = [service.market for service in services if not service.ready.is_set()]
+        waiting = [service.label for service in services if not service.ready.is_set()]
         if services and not waiting:
             return text(HTTPStatus.OK, "ready")
         return text(HTTPStatus.SERVICE_UNAVAILABLE, "not ready: " + (

@@ -32,7 +32,6 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from tradeplane_engine.access import is_inbox
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core.commands import Place, Replace
 from tradeplane_engine.core.events import (
@@ -61,6 +60,7 @@ from tradeplane_engine.service.ledger_path import (
     account_balances,
     forward_message_id,
 )
+from tradeplane_engine.service.watchdog import Watchdog
 from tradeplane_engine.service.writer import Outbound, StreamWriter
 from tradeplane_engine.streams import StreamSettings, ensure_stream
 from tradeplane_engine.wire import (
@@ -97,7 +97,7 @@ class BalancesQuery(msgspec.Struct, forbid_unknown_fields=True):
     account: str
 
 
-class LedgerService:
+class LedgerService(Watchdog):
     """Runs one replica of one ledger shard. ``run()`` until cancelled."""
 
     def __init__(self, nc: Client, shard: int, shards: int,
@@ -106,7 +106,8 @@ class LedgerService:
         self.nc = nc
         self.js = nc.jetstream()
         self.shard = shard
-        self.name = ledger_name(shard)
+        self.name = self.label = ledger_name(shard)
+        self.start_watch()
         self.settings = settings or StreamSettings()
         self.replica = replica
         self.ledger = Ledger(shard, shards)
@@ -140,6 +141,9 @@ class LedgerService:
     # -- running ------------------------------------------------------------------------
 
     async def run(self, markets: KeyValue) -> None:
+        await self.watched(self._run(markets))
+
+    async def _run(self, markets: KeyValue) -> None:
         for config in self.settings.ledger_stream_configs(self.shard):
             await ensure_stream(self.js, config)
         path = self.path
@@ -149,7 +153,7 @@ class LedgerService:
         subscription = await self.nc.subscribe(ledger_event_subject(self.shard),
                                                cb=path.on_published)
         feed = StreamFeed(self.nc, ledger_command_stream(self.shard), 1, batch=self._batch,
-                          reply_header=HEADER_REPLY)
+                          reply_header=HEADER_REPLY, on_wait=self.turned)
         for part in (self.events, self.forwarder, self.settler, feed):
             await part.start()
         log.info("%s: replaying its command stream; events published through %d", self.name,
@@ -174,10 +178,14 @@ class LedgerService:
 
     async def _consume(self, feed: StreamFeed) -> None:
         ledger = self.ledger
+        self.turned()
         while True:
             batch = await feed.next_batch()
             known = (len(ledger.decimals), len(ledger.terms))
+            self.in_hand = len(batch)
             await self.path.process(batch)
+            self.in_hand = 0
+            self.turned()
             if (len(ledger.decimals), len(ledger.terms)) != known:
                 self._changed.set()
 
@@ -368,7 +376,8 @@ class LedgerService:
             await self.nc.publish(msg.reply, answer)
 
     async def _on_status(self, msg: Msg) -> None:
-        if msg.reply and is_inbox(msg.reply):
+        # Only the administrator may ask (docs/security.md): any reply subject it names.
+        if msg.reply:
             with contextlib.suppress(*NATS_ERRORS):
                 await self.nc.publish(msg.reply, msgspec.json.encode(self.status()))
 
@@ -379,6 +388,7 @@ class LedgerService:
         assets = sorted(set(ledger.decimals))
         return {
             "shard": self.shard, "shards": ledger.shards, "replica": self.replica,
+            "assets": dict(sorted(ledger.decimals.items())),
             "leading": self.leading, "sequence": ledger.sequence,
             "stateHash": ledger.state_hash(), "audit": ledger.audit(),
             "settled": dict(sorted(ledger.settled.items())),

@@ -11,11 +11,8 @@
   openOrders, switchover, the book's snapshot);
 - ``reports.ReplicaReports`` answers and reports this replica's status.
 
-The service also says whether it is wedged (``wedged``, asked by the ``/livez`` probe):
-its command loop has not turned for ``WEDGED_AFTER`` seconds while connected to NATS (a
-batch taken and not applied and published, or the feed not even waiting), or ``run``
-failed while the process goes on. An idle market is not wedged: its feed waits for
-commands a heartbeat at a time, and each wait is a turn.
+The service also says whether it is wedged (``watchdog.Watchdog``, asked by the
+``/livez`` probe).
 
 After a restart the service starts from the newest snapshot (if there is a database)
 and replays the command stream from there, publishing nothing for commands whose events
@@ -28,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -49,6 +44,7 @@ from tradeplane_engine.service.memory import OrderMemory
 from tradeplane_engine.service.metrics import MarketMetrics
 from tradeplane_engine.service.reports import ReplicaReports
 from tradeplane_engine.service.requests import LeaderRequests
+from tradeplane_engine.service.watchdog import Watchdog
 from tradeplane_engine.store.database import with_connection
 from tradeplane_engine.store.snapshots import Snapshot, latest_snapshot
 from tradeplane_engine.streams import (
@@ -68,16 +64,7 @@ from tradeplane_engine.wire import (
 
 log = logging.getLogger(__name__)
 
-WEDGED_AFTER = 30.0
-"""Seconds the command loop may go without turning (connected to NATS) before the
-service is wedged and ``/livez`` fails. A batch of 512 commands is applied in
-milliseconds and its events are acknowledged in a few (or sent again after 2 s), and an
-idle loop turns every heartbeat (1 s): 30 s is no slow moment but a stuck one. The
-kubelet restarts the pod after three failed probes (10 s apart), so a wedged replica is
-replaced in about a minute, and its standby leads once its lease has expired."""
-
-
-class MarketService:
+class MarketService(Watchdog):
     """Runs one market: consume, apply, publish. ``run()`` until cancelled."""
 
     def __init__(self, nc: Client, definition: MarketDefinition,
@@ -112,14 +99,8 @@ class MarketService:
                                      on_stand_by=self.requests.stop)
         if self.leadership.lease is not None:
             self.hot_path.step_down = self.leadership.lease.step_down
-        self.clock: Callable[[], float] = time.monotonic
-        """What progress is timed with (a test may move it on instead of waiting)."""
-        self.progressed: float | None = None
-        """When the command loop last turned (``clock``); None until it runs."""
-        self.in_hand = 0
-        """Commands of the batch being applied and published; 0 between batches."""
-        self.failure: str | None = None
-        """Why ``run`` failed, if it did (a cancellation is no failure)."""
+        self.label = self.market
+        self.start_watch()
 
     # -- what the rest of the engine (and its tests) read of a replica -----------------
 
@@ -188,36 +169,10 @@ class MarketService:
     def status(self, *, with_hash: bool = False) -> dict[str, Any]:
         return self.reports.status(with_hash=with_hash)
 
-    def wedged(self) -> str | None:
-        """Why this service is wedged, for ``/livez``; None when it is not.
-
-        Not while it starts (the startup probe gives it time), nor while NATS is away (a
-        restart would not bring NATS back; readiness says so instead)."""
-        if self.failure is not None:
-            return f"{self.market}: stopped: {self.failure}"
-        if self.progressed is None or not self.nc.is_connected:
-            return None
-        still = self.clock() - self.progressed
-        if still <= WEDGED_AFTER:
-            return None
-        plural = "" if self.in_hand == 1 else "s"
-        holding = f" with {self.in_hand} command{plural} in hand" if self.in_hand else ""
-        return f"{self.market}: no progress for {still:.0f} s{holding}"
-
-    def _turned(self) -> None:
-        self.progressed = self.clock()
-
     # -- running ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        try:
-            await self._run()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            cause = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
-            self.failure = f"{type(cause).__name__}: {cause}"
-            raise
+        await self.watched(self._run())
 
     async def _run(self) -> None:
         await ensure_market_streams(self.js, self.definition, self.settings)
@@ -246,7 +201,7 @@ class MarketService:
                 "engine's recovery needs (keep more than the snapshot interval)")
         self._feed = StreamFeed(self.nc, command_stream(self.market), start + 1,
                                  batch=self._batch, reply_header=HEADER_REPLY,
-                                 on_wait=self._turned)
+                                 on_wait=self.turned)
         await self.events.start()
         await self._feed.start()
         log.info("market %s: replaying the command stream; events published through %d",
@@ -273,13 +228,13 @@ class MarketService:
 
     async def _consume(self) -> None:
         assert self._feed is not None
-        self._turned()
+        self.turned()
         while True:
             batch = await self._feed.next_batch()
             self.in_hand = len(batch)
             await self.process(batch)
             self.in_hand = 0
-            self._turned()
+            self.turned()
 
     async def _restore(self, published_through: int) -> int:
         """Start from the newest snapshot, if there is a database; the sequence it includes.

@@ -14,7 +14,7 @@ from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, ru
 from tradeplane_engine.feed import FeedError
 from tradeplane_engine.service import MarketService, run_engines
 from tradeplane_engine.service.health import bound_port, start_health_server
-from tradeplane_engine.service.market import WEDGED_AFTER
+from tradeplane_engine.service.watchdog import WEDGED_AFTER
 from tradeplane_engine.streams import ensure_market_streams
 from tradeplane_engine.wire import command_stream, command_subject
 
