@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from tradeplane_shared.health import ServiceHealth
 
 DEFAULT_NATS = os.environ.get("TRADEPLANE_NATS", "nats://127.0.0.1:4222")
-DEFAULT_LEDGER_SHARDS = int(os.environ.get("TRADEPLANE_LEDGER_SHARDS") or 0)
 
 
 def _ledger_shards() -> int:
@@ -158,7 +157,7 @@ def _service_commands(commands: Any) -> None:
                           help="serve /livez, /readyz (ready once connected to NATS and "
                                "the database) and Prometheus metrics (the recorder's lag "
                                "and writes) on this port")
-    recorder.add_argument("--ledger-shards", type=int, default=DEFAULT_LEDGER_SHARDS,
+    recorder.add_argument("--ledger-shards", type=int, default=_ledger_shards(),
                           help="also record the journal and balances of this many ledger "
                                "shards (default: $TRADEPLANE_LEDGER_SHARDS, else 0: none)")
 
@@ -243,7 +242,7 @@ def _operations_commands(commands: Any) -> None:
         "audit", help="check the ledger: each shard's invariants, clearing across shards, "
                       "and with a database the journal against the live balances "
                       "(exit 1 on a breach)")
-    audit.add_argument("--ledger-shards", type=int, default=DEFAULT_LEDGER_SHARDS,
+    audit.add_argument("--ledger-shards", type=int, default=_ledger_shards(),
                        help="the exchange's ledger shards (default: "
                             "$TRADEPLANE_LEDGER_SHARDS)")
     audit.add_argument("--postgres-dsn", default=os.environ.get("TRADEPLANE_POSTGRES_DSN"),
