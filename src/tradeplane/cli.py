@@ -11,6 +11,7 @@
     tradeplane book MARKET              a live L2 view
     tradeplane trades MARKET            public trades as they happen
     tradeplane status                   every market and its engine
+    tradeplane audit --ledger-shards N  prove the ledger's balances, live and recorded
     tradeplane demo                     the engine core alone on the standard workload
 """
 
@@ -156,6 +157,9 @@ def _service_commands(commands: Any) -> None:
                           help="serve /livez, /readyz (ready once connected to NATS and "
                                "the database) and Prometheus metrics (the recorder's lag "
                                "and writes) on this port")
+    recorder.add_argument("--ledger-shards", type=int, default=_ledger_shards(),
+                          help="also record the journal and balances of this many ledger "
+                               "shards (default: $TRADEPLANE_LEDGER_SHARDS, else 0: none)")
 
 
 def _trading_commands(commands: Any) -> None:
@@ -233,6 +237,20 @@ def _operations_commands(commands: Any) -> None:
     chaos_actions = chaos.add_subparsers(dest="action", required=True, metavar="ACTION")
     kill_leader = chaos_actions.add_parser("kill-leader", help="kill -9 a market's leader")
     kill_leader.add_argument("market")
+
+    audit = commands.add_parser(
+        "audit", help="check the ledger: each shard's invariants, clearing across shards, "
+                      "and with a database the journal against the live balances "
+                      "(exit 1 on a breach)")
+    audit.add_argument("--ledger-shards", type=int, default=_ledger_shards(),
+                       help="the exchange's ledger shards (default: "
+                            "$TRADEPLANE_LEDGER_SHARDS)")
+    audit.add_argument("--postgres-dsn", default=os.environ.get("TRADEPLANE_POSTGRES_DSN"),
+                       help="also check the recorded journal and balances (default: "
+                            "$TRADEPLANE_POSTGRES_DSN, else none)")
+    audit.add_argument("--timeout", type=float, default=30,
+                       help="seconds to wait for the shards to settle alike and the "
+                            "recorder to catch up (default: %(default)s)")
 
 
 def _demo_command(commands: Any) -> None:
@@ -411,6 +429,11 @@ async def _run_async(args: argparse.Namespace) -> int:
 
         return await selftest(args.nats, args.market, args.price, args.timeout, sys.stdout,
                               args.access)
+    if args.command == "audit":
+        from tradeplane.audit import audit
+
+        return await audit(args.nats, args.access, args.ledger_shards, args.postgres_dsn,
+                           sys.stdout, timeout=args.timeout)
     from tradeplane import trading
 
     command = {"order": trading.order_command, "book": trading.book_command,
@@ -484,7 +507,7 @@ async def _recorder(args: argparse.Namespace, stop: asyncio.Event) -> int:
         return 2
     async with _serving_health(args.metrics_port) as health:
         await _until(stop, run_recorders(args.nats, args.markets, dsn, access=args.access,
-                                         health=health))
+                                         health=health, ledger_shards=args.ledger_shards))
     return 0
 
 

@@ -342,7 +342,8 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
                                                 str(ledger_shards), "--replica", replica],
                                       logs / f"{replica}.log", environment))
             everything = [argument for market in names for argument in ("--market", market)]
-            children.append(Child("recorder", [*nats_url("recorder"), "recorder", *everything],
+            children.append(Child("recorder", [*nats_url("recorder"), "recorder", *everything,
+                                               "--ledger-shards", str(ledger_shards)],
                                   logs / "recorder.log", environment))
             children.append(Child("gateway", [*nats_url("gateway"), "gateway",
                                               "--ledger-shards", str(ledger_shards)],

@@ -387,6 +387,7 @@ class LedgerService(Watchdog):
             "fees": {asset: ledger.balance(FEES, asset)[0] for asset in assets},
             "deposited": dict(sorted(ledger.deposited.items())),
             "withdrawn": dict(sorted(ledger.withdrawn.items())),
+            "decimals": dict(sorted(ledger.decimals.items())),
         }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 
 import asyncpg
@@ -65,15 +65,22 @@ async def streams_exist(js: JetStreamContext, market: str,
     after the definition appears (the engine's pods are scheduled, images pulled);
     started before that, the recorder and the snapshotter would fail and retry, each
     logging a traceback a second."""
+    await await_streams(js, [command_stream(market), event_stream(market)],
+                        f"market {market}", "its engine", poll)
+
+
+async def await_streams(js: JetStreamContext, streams: Sequence[str], what: str,
+                        maker: str = "its service", poll: float = STREAMS_POLL) -> None:
+    """Wait until every stream of ``streams`` exists, saying once that ``what`` waits."""
     waiting = False
     while True:
         try:
-            for stream in (command_stream(market), event_stream(market)):
+            for stream in streams:
                 await js.stream_info(stream)
             return
         except NotFoundError:
             if not waiting:
-                log.info("market %s: waiting for its engine to create its streams", market)
+                log.info("%s: waiting for %s to create its streams", what, maker)
                 waiting = True
         await asyncio.sleep(poll)
 
