@@ -24,12 +24,12 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from tradeplane.ledger_tools import LedgerToolError, submit
+from tradeplane.ledger_tools import LedgerToolError, Outcome, submit
 from tradeplane.trading import _options
 from tradeplane_engine.access import trader_inbox
 from tradeplane_engine.core.market import parse_decimal
 from tradeplane_engine.ledger import DefineAsset, Deposit, Refused, Withdraw, shard_of
-from tradeplane_engine.wire import LedgerBatch, ledger_subject
+from tradeplane_engine.wire import ledger_subject
 from tradeplane_gateway import RequestError, connect
 from tradeplane_gateway.errors import ConnectionLostError
 
@@ -108,9 +108,13 @@ async def _status(nc: NatsClient, shard: int) -> dict[str, Any]:
     return status
 
 
-def _report(outcomes: list[LedgerBatch], out: IO[str]) -> int:
+def _report(outcomes: list[Outcome], out: IO[str]) -> int:
     code = 0
-    for outcome in outcomes:
+    for outcome, again in outcomes:
+        if again:
+            out.write(f"shard {outcome.shard}: sequenced before as {outcome.sequence} (a "
+                      "retry: Duplicate, nothing changed now)\n")
+            continue
         for event in outcome.events:
             if isinstance(event, Refused):
                 out.write(f"refused by shard {outcome.shard}: {int(event.code)} "

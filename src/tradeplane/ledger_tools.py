@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -28,6 +29,13 @@ from tradeplane_engine.wire import (
 )
 
 
+class Outcome(NamedTuple):
+    batch: LedgerBatch
+    """What the shard did with the command (the first time)."""
+    again: bool = False
+    """The command was sequenced before (the same message id): nothing changed now."""
+
+
 class LedgerToolError(Exception):
     """The command was not sequenced, or its outcome did not come in time."""
 
@@ -42,7 +50,7 @@ def message_id(command: AnyLedgerCommand) -> str:
 
 
 async def submit(nc: Client, shard: int, command: AnyLedgerCommand, *,
-                 timeout: float = 10.0) -> LedgerBatch:
+                 timeout: float = 10.0) -> Outcome:
     """Sequence ``command`` in ``shard``'s stream; what the shard did with it."""
     outcome: asyncio.Future[LedgerBatch] = asyncio.get_running_loop().create_future()
     wanted: list[int] = []
@@ -67,15 +75,15 @@ async def submit(nc: Client, shard: int, command: AnyLedgerCommand, *,
                                   f"{ack.error}")
         wanted.append(ack.seq)
         if ack.seq in seen:
-            return decode_ledger_events(seen[ack.seq])
+            return Outcome(decode_ledger_events(seen[ack.seq]), ack.duplicate)
         if ack.duplicate:
             # Sequenced before: its outcome is in the events stream, one message per
             # command, so at the same position.
             stored = await _stored_outcome(nc, shard, ack.seq)
             if stored is not None:
-                return stored
+                return Outcome(stored, again=True)
         try:
-            return await asyncio.wait_for(outcome, timeout)
+            return Outcome(await asyncio.wait_for(outcome, timeout), ack.duplicate)
         except TimeoutError:
             raise LedgerToolError(f"ledger shard {shard}: sequenced as {ack.seq}, no outcome "
                                   f"within {timeout} s (is a ledger replica leading?)") from None

@@ -77,7 +77,7 @@ async def set_up_balances(url: str, access: Access, definitions: list[MarketDefi
                 outcome = await submit(nc, shard, DefineAsset(0, 0, asset=asset,
                                                               decimals=places))
                 refused += [f"asset {asset} in shard {shard}: {event.reason}"
-                            for event in outcome.events if isinstance(event, Refused)]
+                            for event in outcome.batch.events if isinstance(event, Refused)]
         prices = {market.base: Decimal(market.reference_price or "100")
                   for market in definitions}
         for account in demo_accounts:
@@ -87,7 +87,7 @@ async def set_up_balances(url: str, access: Access, definitions: list[MarketDefi
                     0, 0, transfer_id=f"demo-{account}-{asset}", account=account,
                     asset=asset, amount=amount))
                 refused += [f"deposit for {account}: {event.reason}"
-                            for event in outcome.events if isinstance(event, Refused)]
+                            for event in outcome.batch.events if isinstance(event, Refused)]
     finally:
         await nc.close()
     return refused

@@ -93,7 +93,7 @@ class Exchange:
 
     async def ledger(self, command: AnyLedgerCommand, shard: int = 0) -> LedgerBatch:
         """An administrator's ledger command (an asset, a deposit), and what it did."""
-        return await submit(self.nc, shard, command)
+        return (await submit(self.nc, shard, command)).batch
 
     async def fund(self, account: str, **amounts: int) -> None:
         """Deposit ``asset=units`` for ``account`` (each asset defined beforehand)."""
