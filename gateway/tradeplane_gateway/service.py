@@ -133,6 +133,9 @@ class _InFlight:
     finished, or a cancel or replace found no longer open."""
     span: Any = None
     """The request's span when tracing is on; it ends with the reply."""
+    funded_at: int = 0
+    """With balances: the ledger shard's sequence of the command that funds it, once
+    its stream took it (the market's acknowledgement comes later)."""
     received: float = field(default_factory=time.perf_counter)
     """When it went in flight (``time.perf_counter()``): the reply's latency counts from here."""
 
@@ -365,6 +368,8 @@ class Gateway:
                 int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
                 f"the ledger did not take the command ({reason}); retry with the same "
                 "clientOrderId", market=name))
+        else:
+            flight.funded_at = ack.seq
 
     def _refusal(self, flight: _InFlight, data: bytes) -> bytes:
         """The ledger did not fund the order or replace: its reject code and reason."""
@@ -389,7 +394,15 @@ class Gateway:
             for token in expired:
                 flight = self._in_flight.pop(token)
                 name = flight.submission.market.definition.name
-                if flight.sequence:
+                if flight.funded_at and not flight.sequence:
+                    reply = error_reply(
+                        int(EdgeCode.RESULT_TIMEOUT), EdgeCode.RESULT_TIMEOUT.name,
+                        f"taken by the ledger (shard sequence {flight.funded_at}) but not "
+                        f"funded and sent within {self.publish_timeout} s; ask for the "
+                        "order's status, or retry with the same clientOrderId",
+                        market=name, client_order_id=getattr(
+                            flight.submission.command, "client_order_id", None) or None)
+                elif flight.sequence:
                     reply = error_reply(
                         int(EdgeCode.RESULT_TIMEOUT), EdgeCode.RESULT_TIMEOUT.name,
                         f"sequenced as {flight.sequence} but no result within "

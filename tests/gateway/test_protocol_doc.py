@@ -29,6 +29,7 @@ def test_the_page_has_examples_for_every_request() -> None:
         assert f'"{verb}"' in text
     assert "tp.md.sol-usdt.book.snapshot" in text
     assert "tp.acct." in text
+    assert "account.balances" in text
 
 
 def test_protocol_examples_run_against_a_live_exchange(tmp_path: Path, database: str) -> None:
@@ -40,9 +41,13 @@ def test_protocol_examples_run_against_a_live_exchange(tmp_path: Path, database:
     async def scenario() -> None:
         pool = await open_database(database, size=2)
         try:
-            async with local_exchange(tmp_path, sol, accounts_pool=pool) as exchange:
+            async with local_exchange(tmp_path, sol, accounts_pool=pool, ledger_shards=1,
+                                      assets=ASSETS) as exchange:
                 for account in ACCOUNTS:
                     await exchange.issue(pool, account, logins)
+                    # Balances are on, as with `tradeplane up`: the administrator funds
+                    # each trader (tradeplane deposit).
+                    await exchange.fund(account, SOL=1_000 * 10**8, USDT=100_000 * 10**8)
                 await run_examples(exchange.server.url, logins)
         finally:
             await pool.close()
@@ -52,6 +57,7 @@ def test_protocol_examples_run_against_a_live_exchange(tmp_path: Path, database:
 
 ACCOUNTS = ("alice", "bob", "carol", "dave")
 """Every account the examples trade as."""
+ASSETS = {"SOL": 8, "USDT": 8}
 
 
 async def run_examples(url: str, logins: Path) -> None:

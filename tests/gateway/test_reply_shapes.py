@@ -15,12 +15,15 @@ from typing import Any
 import msgspec
 
 from tests.support.exchange import SOL, Exchange, eventually, local_exchange, run
+from tradeplane_engine.service.ledger_path import AccountBalances
 from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.queries import History
 from tradeplane_engine.store.recorder import Recorder
-from tradeplane_gateway.protocol import ErrorBody, Fill, OrderState, Reply
+from tradeplane_gateway.protocol import Balance, ErrorBody, Fill, OrderState, Reply
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+ASSETS = {"SOL": 8, "USDT": 8}
+"""Balances are on in the session, as with ``tradeplane up``."""
 DECIMAL = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$")
 
 Shapes = dict[str, dict[str, tuple[str, bool]]]
@@ -43,7 +46,11 @@ SHAPES = documented_shapes()
 
 def check(value: Any, kind: str, where: str) -> None:
     """``value`` is of the documented ``kind`` (a type or a shape), recursively."""
-    if kind.startswith("["):
+    if kind.startswith("{"):
+        assert isinstance(value, dict), f"{where}: {value!r} is not an object"
+        for key, item in value.items():
+            check(item, kind[1:-1], f"{where}.{key}")
+    elif kind.startswith("["):
         assert isinstance(value, list), f"{where}: {value!r} is not a list"
         for index, item in enumerate(value):
             check(item, kind[1:-1], f"{where}[{index}]")
@@ -87,6 +94,8 @@ def test_the_doc_lists_exactly_the_fields_the_code_can_send() -> None:
     assert set(SHAPES["Order"]) == fields(OrderState)
     assert set(SHAPES["Fill"]) == fields(Fill)
     assert set(SHAPES["Error"]) == fields(ErrorBody)
+    assert set(SHAPES["Balance"]) == fields(Balance)
+    assert set(SHAPES["AccountBalances"]) == fields(AccountBalances)
 
 
 class Session:
@@ -106,13 +115,22 @@ class Session:
         self.replies.append((f"{self.account} {verb} {body}", reply))
         return reply
 
+    async def balances(self) -> dict[str, Any]:
+        message = await self.nc.request(f"tp.api.{self.account}.account.balances", b"{}",
+                                        timeout=10)
+        reply: dict[str, Any] = json.loads(message.data)
+        self.replies.append((f"{self.account} balances", reply))
+        return reply
+
 
 def test_every_reply_and_message_of_a_session_has_its_documented_shape(
         tmp_path: Path, database: str) -> None:
     async def scenario() -> None:
         pool = await open_database(database)
-        async with local_exchange(tmp_path, SOL) as exchange, \
+        async with local_exchange(tmp_path, SOL, ledger_shards=1, assets=ASSETS) as exchange, \
                 exchange.raw_trader("alice") as alice_nc, exchange.raw_trader("bob") as bob_nc:
+            for account in ("alice", "bob"):
+                await exchange.fund(account, SOL=100 * 10**8, USDT=10_000 * 10**8)
             recorder = Recorder(exchange.nc, pool, SOL)
             history = History(exchange.nc, pool, SOL)
             await history.start()
@@ -122,7 +140,8 @@ def test_every_reply_and_message_of_a_session_has_its_documented_shape(
             async def keep(msg: Any) -> None:
                 messages.append((msg.subject, json.loads(msg.data)))
             for subject in ("tp.acct.alice.orders", "tp.acct.bob.orders",
-                            "tp.md.sol-usdt.trades", "tp.md.sol-usdt.book"):
+                            "tp.acct.alice.balances", "tp.md.sol-usdt.trades",
+                            "tp.md.sol-usdt.book"):
                 await exchange.nc.subscribe(subject, cb=keep)
             await exchange.nc.flush()
             alice, bob = Session(exchange, alice_nc, "alice"), Session(exchange, bob_nc, "bob")
@@ -153,23 +172,23 @@ def test_every_reply_and_message_of_a_session_has_its_documented_shape(
         for request, reply in replies:
             check_shape(reply, "Reply", request)
         check_shape(snapshot, "Snapshot", "snapshot")
-        shape_of = {"acct": "AccountUpdate", "trades": "PublicTrades", "book": "BookDelta"}
+        shape_of = {"orders": "AccountUpdate", "balances": "AccountBalances",
+                    "trades": "PublicTrades", "book": "BookDelta"}
         for subject, message in messages:
-            check_shape(message, shape_of[subject.split(".")[-1] if "md" in subject
-                                          else "acct"], subject)
+            check_shape(message, shape_of[subject.split(".")[-1]], subject)
         orders = [reply["order"] for _, reply in replies if "order" in reply]
         orders += [order for _, reply in replies for order in reply.get("orders", [])]
         assert all("side" in order for order in orders if order["status"] != "rejected")
         # The session covered what it claims: each kind of reply and message was seen.
         codes = {reply["error"]["code"] for _, reply in replies if "error" in reply}
-        assert codes >= {203, 205, 301, 913, 914}
+        assert codes >= {203, 205, 301, 501, 913, 914}
         kinds = {kind for _, reply in replies for kind in reply}
         assert kinds >= set(SHAPES["Reply"]), set(SHAPES["Reply"]) - kinds
         events = {event["type"] for _, body in [*replies, *messages]
                   for event in body.get("events", [])}
         assert events >= {name.split()[1] for name in SHAPES if name.startswith("Event ")}
-        assert {subject.split(".")[-1] for subject, _ in messages} >= {"orders", "trades",
-                                                                        "book"}
+        assert {subject.split(".")[-1] for subject, _ in messages} >= {
+            "orders", "balances", "trades", "book"}
 
     run(scenario(), timeout=120)
 
@@ -198,5 +217,7 @@ async def play(alice: Session, bob: Session) -> None:
     await alice.call("place", side="sell", quantity="2", price="100.6",
                      clientOrderId="a-1")  # 913: a retry with another body
     await alice.call("cancelAll")
+    await alice.balances()
+    await bob.call("place", side="buy", quantity="100000", price="101")  # 501: unfunded
     await alice.call("place", side="sell", quantity="1", price="99", clientOrderId="a-3")
     await bob.call("place", side="buy", quantity="1", price="99")
