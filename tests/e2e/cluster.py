@@ -26,6 +26,7 @@ from nats.aio.client import Client
 from tests.support.exchange import eventually
 from tradeplane.processes import NatsCluster, NatsServer, spawn, stop
 from tradeplane.up import publish_markets, wait_ready
+from tradeplane.up_ledger import set_up_balances
 from tradeplane_engine.connection import server_urls
 from tradeplane_engine.core import Engine
 from tradeplane_engine.streams import StreamSettings
@@ -45,6 +46,9 @@ class Cluster:
     """A command line to run a role's process under (``unshare ...``), by role."""
     settings: StreamSettings = field(default_factory=StreamSettings)
     """How the streams are stored (engines get ``--stream-replicas`` from it)."""
+    ledger_shards: int = 0
+    """With balances: the ledger's shards (its replicas are the roles ``ledger-...``; the
+    gateway funds every order there and the recorder records them)."""
 
     @property
     def market(self) -> str:
@@ -55,16 +59,20 @@ class Cluster:
         the auth service (traders' logins, with accounts in the database)."""
         secrets = self.server.secrets
         assert secrets is not None
+        shards = ["--ledger-shards", str(self.ledger_shards)]
         if role.startswith("engine"):
             args = ["engine", "--market", self.market, "--replica", role,
                     "--stream-replicas", str(self.settings.replicas)]
+        elif role.startswith("ledger"):
+            args = ["ledger", "--shards", str(self.ledger_shards), "--replica", role,
+                    "--stream-replicas", str(self.settings.replicas)]
         else:
-            args = {"recorder": ["recorder", "--market", self.market],
-                    "gateway": ["gateway"],
+            args = {"recorder": ["recorder", "--market", self.market, *shards],
+                    "gateway": ["gateway", *shards],
                     "auth": ["auth", "--issuer-seed", str(secrets.issuer_seed),
                              "--system-credentials", str(secrets.credentials("sys"))]}[role]
         log = (self.logs / f"{role}.log").open("ab")
-        identity = "engine" if role.startswith("engine") else role
+        identity = role.split("-")[0] if role.startswith(("engine", "ledger")) else role
         self.processes[role] = spawn(
             [*self.wrap.get(role, []), sys.executable, "-m", "tradeplane",
              "--nats", self.server.url,
@@ -106,6 +114,28 @@ class Cluster:
 
     def signal(self, role: str, number: int) -> None:
         self.processes[role].send_signal(number)
+
+    async def ledger_status(self, shard: int = 0, timeout: float = 10) -> dict[str, Any]:
+        """What the leader of a ledger shard says of it (``LedgerService.status``)."""
+        answer = await self.nc.request(f"tp.ledger.{shard}.status", b"", timeout=timeout)
+        result: dict[str, Any] = msgspec.json.decode(answer.data)
+        return result
+
+    async def ledger_leader(self, shard: int = 0, timeout: float = 20,
+                            not_: str | None = None) -> str:
+        """The ledger replica that leads ``shard`` now (waiting for one, not ``not_``)."""
+        found: list[str] = []
+
+        async def led() -> bool:
+            with contextlib.suppress(nats.errors.Error):
+                status = await self.ledger_status(shard, timeout=1)
+                if status["leading"] and status["replica"] != not_:
+                    found.append(status["replica"])
+                    return True
+            return False
+
+        await eventually(led, timeout, f"a leader of ledger shard {shard}")
+        return found[-1]
 
     async def recorder_status(self) -> dict[str, Any]:
         answer = await self.nc.request(f"tp.recorder.{self.market}.status", b"", timeout=5)
@@ -169,9 +199,10 @@ class Cluster:
 async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
                   *, roles: tuple[str, ...] = ("engine", "recorder", "gateway"),
                   wrap: dict[str, list[str]] | None = None,
-                  nats_nodes: int = 1) -> AsyncIterator[Cluster]:
+                  nats_nodes: int = 1, ledger_shards: int = 0) -> AsyncIterator[Cluster]:
     """The exchange on one nats-server, or on a cluster of ``nats_nodes`` with every
-    stream and bucket replicated on each node."""
+    stream and bucket replicated on each node; with ``ledger_shards``, balances (the
+    roles ``ledger-...`` run the ledger's replicas; the market's assets are defined)."""
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     settings = StreamSettings(replicas=nats_nodes)
@@ -186,12 +217,16 @@ async def cluster(directory: Path, dsn: str, definition: MarketDefinition,
         nc = await nats.connect(server_urls(server.url), **admin.options())
         # Test traders connect(cluster.url, account=...) as the admin, who may act as anyone.
         running = Cluster(server.url_as("admin"), dsn, definition, logs, nc, server,
-                          processes, wrap=wrap or {}, settings=settings)
+                          processes, wrap=wrap or {}, settings=settings,
+                          ledger_shards=ledger_shards)
         await publish_markets(server.url, [definition], settings, admin)
         for role in roles:
             running.start(role)
         await wait_ready(server.url, [definition.name], list(processes.values()),
                          access=admin)
+        if ledger_shards:
+            refused = await set_up_balances(server.url, admin, [definition], ledger_shards, [])
+            assert not refused, refused
         yield running
     finally:
         for process in processes.values():
