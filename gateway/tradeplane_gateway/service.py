@@ -305,7 +305,12 @@ class Gateway:
                 await self._on_ledger_ack(token, flight, msg.data)
             elif kind == "a" and msg.headers and HEADER_REFUSED in msg.headers:
                 del self._in_flight[token]
-                await self._complete(flight, self._refusal(flight, msg.data))
+                refusal = self._ledger_refusal(msg.data)
+                if (refusal is not None and refusal.code == RejectCode.UNKNOWN_ORDER
+                        and isinstance(flight.submission.command, Replace)):
+                    self._spawn(self._answer_unfunded_replace(flight, refusal))
+                else:
+                    await self._complete(flight, self._refusal(flight, refusal))
             elif kind == "a":
                 await self._on_ack(token, flight, msg.data)
             elif flight.result is None:
@@ -371,18 +376,44 @@ class Gateway:
         else:
             flight.funded_at = ack.seq
 
-    def _refusal(self, flight: _InFlight, data: bytes) -> bytes:
-        """The ledger did not fund the order or replace: its reject code and reason."""
-        name = flight.submission.market.definition.name
-        client_order_id = getattr(flight.submission.command, "client_order_id", None) or None
+    @staticmethod
+    def _ledger_refusal(data: bytes) -> LedgerRefusal | None:
         try:
-            refusal = msgspec.json.decode(data, type=LedgerRefusal)
+            return msgspec.json.decode(data, type=LedgerRefusal)
         except msgspec.DecodeError:
             log.warning("a ledger refusal that is not one: %r", data[:120])
             UNTRUSTED_SKIPPED.labels("gateway", "ledger refusal").inc()
+            return None
+
+    def _refusal(self, flight: _InFlight, refusal: LedgerRefusal | None) -> bytes:
+        """The ledger did not fund the order or replace: its reject code and reason."""
+        name = flight.submission.market.definition.name
+        client_order_id = getattr(flight.submission.command, "client_order_id", None) or None
+        if refusal is None:
             return error_reply(500, "INTERNAL", "the ledger refused the order", market=name)
         return encode_reply(Reply(ok=False, market=name, client_order_id=client_order_id,
                                   error=ErrorBody(refusal.code, refusal.name, refusal.reason)))
+
+    async def _answer_unfunded_replace(self, flight: _InFlight, refusal: LedgerRefusal) -> None:
+        """A replace of an order the ledger does not hold for: one that is no longer open
+        gets ``ORDER_NOT_OPEN`` with the order, as without balances; one still open (its
+        market took it a moment ago, and the ledger has not settled that yet) gets the
+        ledger's refusal, to retry."""
+        work = flight.submission
+        command = work.command
+        assert isinstance(command, Replace)
+        try:
+            body = await self._find_order(work.market, work.account, command.order_id,
+                                          command.client_order_id)
+            order = body.get("order")
+            if order is not None and order.get("status") not in ("new", "partiallyFilled"):
+                reply = self._not_open(work, None, None, msgspec.convert(order, OrderState))
+            else:
+                reply = self._refusal(flight, refusal)
+        except Exception:
+            log.exception("answering a refused replace failed")
+            reply = error_reply(500, "INTERNAL", "the gateway failed on this request")
+        await self._complete(flight, reply)
 
     async def _sweep(self) -> None:
         """Answer every request whose acknowledgement or result did not come in time."""
@@ -478,7 +509,7 @@ class Gateway:
             ok=True, market=batch.market, sequence=batch.sequence, timestamp=batch.timestamp,
             client_order_id=client_order_id, order=order, fills=fills, events=events))
 
-    def _not_open(self, work: Submission, sequence: int, timestamp: int | None,
+    def _not_open(self, work: Submission, sequence: int | None, timestamp: int | None,
                   order: OrderState) -> bytes:
         """A cancel or replace of an order that exists but is no longer open.
 
