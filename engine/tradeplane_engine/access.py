@@ -43,6 +43,7 @@ from tradeplane_engine.wire import (
     MARKETS_BUCKET,
     RECORDER_SUBJECTS,
     REPLICAS_BUCKET,
+    LedgerSource,
     account_subject,
     account_updates,
     api_subjects,
@@ -219,7 +220,8 @@ SERVICES: dict[str, Permissions] = {
     # and recorders on traders' behalf; answers book snapshot requests for markets that
     # do not exist (an engine's leader answers its own market's).
     "gateway": _service("gateway", (
-        command_subject(ANY), ledger_command_subject(ANY), ledger_subject(ANY, "balances"),
+        command_subject(ANY), ledger_command_subject(ANY, LedgerSource.ORDER),
+        ledger_subject(ANY, "balances"),
         "_INBOX.*.>",
         engine_subject(ANY, "order"),
         engine_subject(ANY, "openOrders"), history_subject(ANY, "order"),
@@ -239,7 +241,8 @@ SERVICES: dict[str, Permissions] = {
     # own stream; acknowledgements and refusals to gateways; balances to accounts;
     # answers balances and status requests.
     "ledger": _service("ledger", (
-        command_subject(ANY), ledger_command_subject(ANY), ledger_event_subject(ANY),
+        command_subject(ANY), ledger_command_subject(ANY, LedgerSource.LEDGER),
+        ledger_event_subject(ANY),
         balances_subject(ANY),
         bucket_subjects(LEASES_BUCKET), f"{GATEWAY_INBOX}.>", *_READ_STREAMS,
         "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*", *_CREATE_MARKETS,

@@ -54,6 +54,8 @@ class SequencedCommand:
     ack: str | None = None
     """Where the sender wants the acknowledgement of what this command leads to (the
     ``Tp-Ack`` header a gateway puts on an order for a ledger shard)."""
+    subject: str = ""
+    """The subject it was published on (a ledger command's names its source)."""
 
 
 def stream_position(reply_subject: str) -> tuple[int, int]:
@@ -166,9 +168,10 @@ class StreamFeed:
                 UNTRUSTED_SKIPPED.labels("engine", "trace header").inc()
                 trace = None
             self._arrived.append(SequencedCommand(
-                sequence, timestamp, msg.data, reply, trace, ack))
+                sequence, timestamp, msg.data, reply, trace, ack, msg.subject))
         else:
-            self._arrived.append(SequencedCommand(sequence, timestamp, msg.data, None))
+            self._arrived.append(SequencedCommand(sequence, timestamp, msg.data, None,
+                                                  subject=msg.subject))
         self._wakeup.set()
         if self._outstanding <= self._batch // 2 and len(self._arrived) < self._max_buffered:
             await self._pull()

@@ -108,7 +108,8 @@ class StreamSettings:
     def ledger_stream_configs(self, shard: int) -> list[StreamConfig]:
         """A ledger shard's command and events streams (docs/ledger.md): kept whole, as
         the shard replays its commands from the first (or its newest snapshot)."""
-        return [self._config(ledger_command_stream(shard), ledger_command_subject(shard)),
+        return [self._config(ledger_command_stream(shard),
+                             ledger_command_subject(shard, "*")),
                 self._config(ledger_event_stream(shard), ledger_event_subject(shard))]
 
     def _config(self, name: str, subject: str, *, max_msgs: int = -1,

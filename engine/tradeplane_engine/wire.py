@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -29,7 +30,17 @@ from tradeplane_engine.core.events import (
     Trade,
 )
 from tradeplane_engine.core.market import MarketSpec, UnitFormatter, format_decimal
-from tradeplane_engine.ledger.commands import AnyLedgerCommand, FundOrder, FundReplace
+from tradeplane_engine.ledger.commands import (
+    AnyLedgerCommand,
+    DefineAsset,
+    DefineMarket,
+    Deposit,
+    FundOrder,
+    FundReplace,
+    Settle,
+    Unsent,
+    Withdraw,
+)
 from tradeplane_engine.ledger.events import AnyLedgerEvent
 
 MARKETS_BUCKET = "tp-markets"
@@ -221,8 +232,37 @@ def ledger_command_stream(shard: int | str) -> str:
     return f"tp-ledger-cmd-{shard}"
 
 
-def ledger_command_subject(shard: int | str) -> str:
-    return f"tp.ledger.{shard}.cmd"
+class LedgerSource(StrEnum):
+    """Who may write a ledger command: the last token of its subject in the shard's
+    stream. NATS lets each identity publish under its own only, and the ledger applies
+    a command only from the source that may send it (``LEDGER_SOURCES``)."""
+
+    ORDER = "order"
+    """A gateway: orders and replaces to fund."""
+    ADMIN = "admin"
+    """An administrator: assets, deposits, withdrawals."""
+    LEDGER = "ledger"
+    """The shard's leader: settlements, market terms, unsent orders."""
+
+
+LEDGER_SOURCES: dict[LedgerSource, tuple[type, ...]] = {
+    LedgerSource.ORDER: (FundOrder, FundReplace),
+    LedgerSource.ADMIN: (DefineAsset, Deposit, Withdraw),
+    LedgerSource.LEDGER: (Settle, DefineMarket, Unsent),
+}
+
+
+def ledger_command_subject(shard: int | str, source: LedgerSource | str = "*") -> str:
+    """Where ``source`` writes to a shard's command stream (``*``: every source)."""
+    return f"tp.ledger.{shard}.cmd.{source}"
+
+
+def ledger_source(subject: str) -> LedgerSource | None:
+    """The source a ledger command's subject names; None for another subject."""
+    try:
+        return LedgerSource(subject.rpartition(".")[2])
+    except ValueError:
+        return None
 
 
 def ledger_event_stream(shard: int | str) -> str:

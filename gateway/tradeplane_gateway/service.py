@@ -56,6 +56,7 @@ from tradeplane_engine.wire import (
     HEADER_REFUSED,
     HEADER_REPLY,
     LedgerRefusal,
+    LedgerSource,
     command_subject,
     decode_events,
     decode_pub_ack,
@@ -288,7 +289,7 @@ class Gateway:
                        if isinstance(command, Place) else
                        FundReplace(0, 0, market=market, replace=command))
             shard = shard_of(work.account, self.ledger_shards)
-            await self.nc.publish(ledger_command_subject(shard),
+            await self.nc.publish(ledger_command_subject(shard, LedgerSource.ORDER),
                                   encode_ledger_command(funding),
                                   reply=f"{self._inbox}.l.{token}", headers=headers)
             return

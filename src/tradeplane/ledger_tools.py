@@ -19,6 +19,7 @@ from tradeplane_engine.ledger import AnyLedgerCommand, DefineAsset, Deposit, Wit
 from tradeplane_engine.wire import (
     HEADER_MESSAGE_ID,
     LedgerBatch,
+    LedgerSource,
     decode_ledger_events,
     decode_pub_ack,
     encode_ledger_command,
@@ -66,7 +67,8 @@ async def submit(nc: Client, shard: int, command: AnyLedgerCommand, *,
 
     subscription = await nc.subscribe(ledger_event_subject(shard), cb=on_event)
     try:
-        reply = await nc.request(ledger_command_subject(shard), encode_ledger_command(command),
+        reply = await nc.request(ledger_command_subject(shard, LedgerSource.ADMIN),
+                                 encode_ledger_command(command),
                                  timeout=timeout,
                                  headers={HEADER_MESSAGE_ID: message_id(command)})
         ack = decode_pub_ack(reply.data)

@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import nats
 import pytest
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine.core import RejectCode
+from tradeplane_engine.ledger import Deposit
+from tradeplane_engine.wire import LedgerSource, encode_ledger_command, ledger_command_subject
 from tradeplane_gateway import RequestError, connect
 from tradeplane_gateway.errors import EdgeCode
 from tradeplane_gateway.protocol import Balance
+from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 ASSETS = {"SOL": 4, "USDT": 6}
 """SOL's lot of 0.01 is 100 units; a tick × lot (0.01 × 0.01 USDT) is 100 USDT units."""
@@ -125,6 +129,42 @@ def test_a_retried_order_is_held_once_and_a_dropped_one_gives_its_hold_back(
             await eventually(lambda: ledger.balance("alice", "USDT") == (1_000 * USDT, 0),
                              what="the dropped order's hold given back")
             assert not ledger.orders
+            assert ledger.audit() == []
+
+    run(scenario())
+
+
+def test_only_an_administrator_moves_funds(tmp_path: Path) -> None:
+    """A gateway may send orders to fund, nothing else: a deposit on its subject is
+    skipped by every replica (logged and counted), and NATS refuses it the
+    administrator's. (A trader may publish under ``tp.api.<account>.`` only:
+    tests/gateway/test_security.py.)"""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, ledger_shards=1, assets=ASSETS) as exchange:
+            ledger = exchange.ledgers[0].ledger
+            forged = encode_ledger_command(Deposit(0, 0, transfer_id="forged", account="mallory",
+                                                   asset="USDT", amount=10**12))
+            skipped = UNTRUSTED_SKIPPED.labels("ledger", "command source")
+            before = skipped._value.get()
+            violations: list[str] = []
+
+            async def refused(error: Exception) -> None:
+                violations.append(str(error))
+
+            gateway = await nats.connect(exchange.server.url, error_cb=refused,
+                                         **exchange.server.access("gateway").options())
+            try:
+                await gateway.publish(ledger_command_subject(0, LedgerSource.ORDER), forged)
+                await gateway.flush()
+                await eventually(lambda: skipped._value.get() == before + 1, 10,
+                                 "the forged deposit skipped")
+                await gateway.publish(ledger_command_subject(0, LedgerSource.ADMIN), forged)
+                await gateway.flush()
+                await eventually(lambda: bool(violations), 10, "a permission violation")
+            finally:
+                await gateway.close()
+            assert "permissions violation" in violations[0].lower(), violations
+            assert ledger.balance("mallory", "USDT") == (0, 0)
             assert ledger.audit() == []
 
     run(scenario())

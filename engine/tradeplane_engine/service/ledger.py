@@ -60,7 +60,6 @@ from tradeplane_engine.service.watchdog import Watchdog
 from tradeplane_engine.service.writer import Outbound, StreamWriter
 from tradeplane_engine.streams import StreamSettings, ensure_stream
 from tradeplane_engine.wire import (
-    HEADER_MESSAGE_ID,
     HEADER_REPLY,
     MAX_REQUEST,
     MarketDefinition,
@@ -71,7 +70,6 @@ from tradeplane_engine.wire import (
     event_stream,
     is_account,
     ledger_command_stream,
-    ledger_command_subject,
     ledger_event_stream,
     ledger_event_subject,
     ledger_name,
@@ -287,13 +285,12 @@ class LedgerService(Watchdog):
             if terms is not None and (terms.maker_bps, terms.taker_bps) == (
                     command.maker_bps, command.taker_bps):
                 continue
-            payload = encode_ledger_command(command)
-            key = f"define:{name}:{hashlib.sha256(payload).hexdigest()[:16]}"
+            digest = hashlib.sha256(encode_ledger_command(command)).hexdigest()[:16]
+            key = f"define:{name}:{digest}"
             if key in self._proposed:
                 continue  # sequenced already: applied, or refused (and logged) as it is
             self._proposed.add(key)
-            outbound.append(Outbound(ledger_command_subject(self.shard), payload,
-                                     {HEADER_MESSAGE_ID: key}))
+            outbound.append(self.path.own(command, key))
         if outbound:
             await self.settler.write(outbound)
 
@@ -339,8 +336,7 @@ class LedgerService(Watchdog):
             return None
         settle = Settle(0, 0, market=market, events_sequence=batch.sequence, events=events,
                         position=position)
-        return Outbound(ledger_command_subject(self.shard), encode_ledger_command(settle),
-                        {HEADER_MESSAGE_ID: f"settle:{market}:{batch.sequence}"})
+        return self.path.own(settle, f"settle:{market}:{batch.sequence}")
 
     def _concerns(self, event: AnyEvent) -> bool:
         owns = self.ledger.owns

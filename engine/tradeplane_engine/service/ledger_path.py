@@ -49,8 +49,10 @@ from tradeplane_engine.wire import (
     HEADER_MESSAGE_ID,
     HEADER_REFUSED,
     HEADER_REPLY,
+    LEDGER_SOURCES,
     LedgerBatch,
     LedgerRefusal,
+    LedgerSource,
     balances_subject,
     command_subject,
     decode_ledger_command,
@@ -62,6 +64,7 @@ from tradeplane_engine.wire import (
     ledger_event_stream,
     ledger_event_subject,
     ledger_name,
+    ledger_source,
     order_message_id,
 )
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
@@ -94,6 +97,26 @@ def account_balances(ledger: Ledger, account: str) -> AccountBalances:
     return AccountBalances(account, ledger.sequence, {
         asset: Balances(decimal(available, asset), decimal(held, asset))
         for asset, (available, held) in ledger.account_balances(account).items()})
+
+
+def ledger_command(name: str, command: SequencedCommand) -> AnyLedgerCommand | None:
+    """A ledger command from its stream, if it is one and came from a source that may
+    send it (``wire.LEDGER_SOURCES``); None, logged and counted, otherwise. Every replica
+    (and the snapshotter) skips the same messages: the subject is in the stream."""
+    try:
+        decoded = decode_ledger_command(command.data, command.sequence, command.timestamp)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        log.warning("%s: command %d is not a ledger command: %s", name, command.sequence,
+                    str(exc)[:200])
+        UNTRUSTED_SKIPPED.labels("ledger", "command").inc()
+        return None
+    source = ledger_source(command.subject)
+    if source is None or not isinstance(decoded, LEDGER_SOURCES[source]):
+        log.warning("%s: command %d, a %s, came from %r, which may not send it; skipped",
+                    name, command.sequence, type(decoded).__name__, command.subject[-40:])
+        UNTRUSTED_SKIPPED.labels("ledger", "command source").inc()
+        return None
+    return decoded
 
 
 def forward_message_id(shard: int, sequence: int) -> str:
@@ -138,16 +161,8 @@ class LedgerPath(Replica):
         await self.publish(outgoing)
 
     def apply(self, command: SequencedCommand) -> Applied:
-        try:
-            decoded = decode_ledger_command(command.data, command.sequence, command.timestamp)
-        except msgspec.DecodeError as exc:  # ValidationError included
-            # Only a client that bypassed the gateway can put this here; every replica
-            # skips it the same way.
-            log.warning("%s: command %d is not a ledger command: %s", self.name,
-                        command.sequence, str(exc)[:200])
-            UNTRUSTED_SKIPPED.labels("ledger", "command").inc()
-            return None, []
-        return decoded, self.ledger.apply(decoded)
+        decoded = ledger_command(self.name, command)
+        return (decoded, self.ledger.apply(decoded)) if decoded is not None else (None, [])
 
     async def after_publish(self, outgoing: Outgoing) -> None:
         forwards: list[tuple[SequencedCommand, bool, Outbound]] = []
@@ -225,8 +240,12 @@ class LedgerPath(Replica):
         unsent = Unsent(0, 0, market=place.market, account=named_place.account,
                         client_order_id=named_place.client_order_id,
                         funded_at=command.sequence)
-        return Outbound(ledger_command_subject(self.shard), encode_ledger_command(unsent),
-                        {HEADER_MESSAGE_ID: f"unsent:{command.sequence}"})
+        return self.own(unsent, f"unsent:{command.sequence}")
+
+    def own(self, command: AnyLedgerCommand, message_id: str) -> Outbound:
+        """A command the leader sequences in its own shard's stream, as the ledger."""
+        return Outbound(ledger_command_subject(self.shard, LedgerSource.LEDGER),
+                        encode_ledger_command(command), {HEADER_MESSAGE_ID: message_id})
 
     def confirmed(self, command: SequencedCommand, events: Any) -> None:
         """Nothing to remember: the ledger's state is all there is."""
