@@ -252,7 +252,7 @@ LEDGER_SOURCES: dict[LedgerSource, tuple[type, ...]] = {
 }
 
 
-def ledger_command_subject(shard: int | str, source: LedgerSource | str = "*") -> str:
+def ledger_command_subject(shard: int | str, source: LedgerSource | str) -> str:
     """Where ``source`` writes to a shard's command stream (``*``: every source)."""
     return f"tp.ledger.{shard}.cmd.{source}"
 
