@@ -104,8 +104,12 @@ class StreamFeed:
         await self._create_consumer()
 
     async def stop(self) -> None:
+        """Unsubscribe and delete the consumer; never raises for NATS being gone (a stop
+        in a ``finally`` must not replace what ended the reader, a cancellation above
+        all)."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._sub.unsubscribe()
             self._sub = None
         await self._delete_consumer()
 

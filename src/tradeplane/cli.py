@@ -491,7 +491,8 @@ async def _ledger(args: argparse.Namespace, stop: asyncio.Event) -> int:
         await _until(stop, run_ledgers(args.nats, shards, args.shards,
                                        StreamSettings(replicas=args.stream_replicas),
                                        args.replica, health_port=args.health_port,
-                                       access=args.access))
+                                       access=args.access,
+                                       dsn=os.environ.get("TRADEPLANE_POSTGRES_DSN")))
     except ValueError as exc:
         print(f"tradeplane ledger: {exc}", file=sys.stderr)
         return 2

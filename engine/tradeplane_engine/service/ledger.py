@@ -25,6 +25,7 @@ import hashlib
 import logging
 from typing import Any
 
+import asyncpg
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -58,6 +59,8 @@ from tradeplane_engine.service.leadership import Leadership
 from tradeplane_engine.service.ledger_path import LedgerPath, account_balances
 from tradeplane_engine.service.watchdog import Watchdog
 from tradeplane_engine.service.writer import Outbound, StreamWriter
+from tradeplane_engine.store.database import with_connection
+from tradeplane_engine.store.ledger_snapshots import latest_ledger_snapshot
 from tradeplane_engine.streams import StreamSettings, ensure_stream
 from tradeplane_engine.wire import (
     HEADER_REPLY,
@@ -94,7 +97,8 @@ class LedgerService(Watchdog):
 
     def __init__(self, nc: Client, shard: int, shards: int,
                  settings: StreamSettings | None = None, *, replica: str = "solo",
-                 leases: KeyValue | None = None, batch: int = 512) -> None:
+                 leases: KeyValue | None = None, batch: int = 512,
+                 pool: asyncpg.Pool | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.shard = shard
@@ -103,6 +107,8 @@ class LedgerService(Watchdog):
         self.settings = settings or StreamSettings()
         self.replica = replica
         self.ledger = Ledger(shard, shards)
+        self.pool = pool
+        """PostgreSQL, for snapshots to start from (None: replay the whole stream)."""
         self._batch = batch
         self.events = EventsPublisher(nc, self.name, stream=ledger_event_stream(shard),
                                       subject=ledger_event_subject(shard))
@@ -140,12 +146,13 @@ class LedgerService(Watchdog):
             await ensure_stream(self.js, config)
         path = self.path
         path.stream_last, path.published_through = await path.last_events_message()
-        if path.published_through == 0:
+        start = await self._restore(path.published_through)
+        if path.published_through <= start:
             path.ready.set()
         subscription = await self.nc.subscribe(ledger_event_subject(self.shard),
                                                cb=path.on_published)
-        feed = StreamFeed(self.nc, ledger_command_stream(self.shard), 1, batch=self._batch,
-                          reply_header=HEADER_REPLY, on_wait=self.turned)
+        feed = StreamFeed(self.nc, ledger_command_stream(self.shard), start + 1,
+                          batch=self._batch, reply_header=HEADER_REPLY, on_wait=self.turned)
         for part in (self.events, self.forwarder, self.settler, feed):
             await part.start()
         log.info("%s: replaying its command stream; events published through %d", self.name,
@@ -167,6 +174,26 @@ class LedgerService(Watchdog):
                 await subscription.unsubscribe()
             for part in (feed, self.settler, self.forwarder, self.events):
                 await part.stop()
+
+    async def _restore(self, published_through: int) -> int:
+        """Start from the newest snapshot (with a database) that goes no further than the
+        events stream: the commands after it still need their events published."""
+        if self.pool is None:
+            return 0
+        snapshot = await with_connection(
+            self.pool, lambda connection: latest_ledger_snapshot(connection, self.shard,
+                                                                 published_through),
+            f"{self.name} (its snapshot)")
+        if snapshot is None:
+            return 0
+        ledger = snapshot.ledger()
+        if (ledger.shard, ledger.shards) != (self.ledger.shard, self.ledger.shards):
+            raise ValueError(f"{self.name}: the snapshot at {snapshot.sequence} is shard "
+                             f"{ledger.shard} of {ledger.shards}, not of "
+                             f"{self.ledger.shards}: the shard count never changes")
+        self.ledger = self.path.ledger = ledger
+        log.info("%s: restored the snapshot at sequence %d", self.name, snapshot.sequence)
+        return snapshot.sequence
 
     async def _consume(self, feed: StreamFeed) -> None:
         ledger = self.ledger

@@ -41,6 +41,7 @@ from tradeplane_engine.ledger import (
     Unsent,
     named,
 )
+from tradeplane_engine.ledger_commands import ledger_command
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.replica import Outgoing, Replica
 from tradeplane_engine.service.writer import Outbound, StreamWriter
@@ -49,7 +50,6 @@ from tradeplane_engine.wire import (
     HEADER_MESSAGE_ID,
     HEADER_REFUSED,
     HEADER_REPLY,
-    LEDGER_SOURCES,
     LedgerBatch,
     LedgerRefusal,
     LedgerSource,
@@ -64,10 +64,8 @@ from tradeplane_engine.wire import (
     ledger_event_stream,
     ledger_event_subject,
     ledger_name,
-    ledger_source,
     order_message_id,
 )
-from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 from tradeplane_shared.telemetry import TRACEPARENT
 
 log = logging.getLogger(__name__)
@@ -97,26 +95,6 @@ def account_balances(ledger: Ledger, account: str) -> AccountBalances:
     return AccountBalances(account, ledger.sequence, {
         asset: Balances(decimal(available, asset), decimal(held, asset))
         for asset, (available, held) in ledger.account_balances(account).items()})
-
-
-def ledger_command(name: str, command: SequencedCommand) -> AnyLedgerCommand | None:
-    """A ledger command from its stream, if it is one and came from a source that may
-    send it (``wire.LEDGER_SOURCES``); None, logged and counted, otherwise. Every replica
-    (and the snapshotter) skips the same messages: the subject is in the stream."""
-    try:
-        decoded = decode_ledger_command(command.data, command.sequence, command.timestamp)
-    except msgspec.DecodeError as exc:  # ValidationError included
-        log.warning("%s: command %d is not a ledger command: %s", name, command.sequence,
-                    str(exc)[:200])
-        UNTRUSTED_SKIPPED.labels("ledger", "command").inc()
-        return None
-    source = ledger_source(command.subject)
-    if source is None or not isinstance(decoded, LEDGER_SOURCES[source]):
-        log.warning("%s: command %d, a %s, came from %r, which may not send it; skipped",
-                    name, command.sequence, type(decoded).__name__, command.subject[-40:])
-        UNTRUSTED_SKIPPED.labels("ledger", "command source").inc()
-        return None
-    return decoded
 
 
 def forward_message_id(shard: int, sequence: int) -> str:

@@ -26,6 +26,7 @@ from tradeplane_engine.connection import connect
 from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.following import RecordedMarkets
 from tradeplane_engine.store.ledger_recorder import LedgerRecorder
+from tradeplane_engine.store.ledger_snapshots import LedgerSnapshotter
 from tradeplane_engine.store.queries import History
 from tradeplane_engine.store.recorder import Recorder
 from tradeplane_engine.store.snapshots import Snapshotter
@@ -62,6 +63,8 @@ async def run_recorders(servers: str, markets: Sequence[str] | None, dsn: str,
             for shard in range(ledger_shards):
                 group.create_task(LedgerRecorder(nc, pool, shard).run(),
                                   name=f"ledger recorder {shard}")
+                group.create_task(LedgerSnapshotter(nc, pool, shard, ledger_shards).run(),
+                                  name=f"ledger snapshotter {shard}")
             if markets:
                 group.create_task(_record_named(nc, pool, kv, markets), name="markets")
             else:
