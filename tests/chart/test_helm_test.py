@@ -41,6 +41,7 @@ from tests.operator_.harness import (
     operator_world,
 )
 from tests.support.exchange import SETTINGS, run
+from tradeplane_engine.service.lease import leases_bucket
 from tradeplane_engine.streams import markets_bucket
 from tradeplane_gateway.serve import run_gateway
 from tradeplane_operator.kube import Resource
@@ -187,6 +188,9 @@ def test_helm_test_places_and_crosses_an_order(tmp_path: Path, assets: dict[str,
             world.cluster.emulator.openapi()
             assert world.cluster.get("secrets", CREDENTIALS_SECRET) is not None
             await markets_bucket(world.nc.jetstream(), SETTINGS)
+            # The leases bucket before the engines (in memory, in-process) and the ledger
+            # (on file, a process) race to make it with different storage.
+            await leases_bucket(world.nc.jetstream(), 1, memory=True)
             started = asyncio.Event()
             gateway = asyncio.create_task(run_gateway(
                 world.nats_url, started, access=world.server.access("gateway"),
