@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import IO, Any
 
@@ -30,7 +31,7 @@ from tradeplane.ledger_tools import LedgerToolError, submit
 from tradeplane.up_ledger import asset_decimals, wait_for_ledger
 from tradeplane_engine.access import Access, trader_inbox
 from tradeplane_engine.core.codes import RejectCode
-from tradeplane_engine.ledger import DefineAsset, Deposit, Refused, shard_of
+from tradeplane_engine.ledger import AnyLedgerEvent, DefineAsset, Deposit, Refused, shard_of
 from tradeplane_engine.streams import market_definition
 from tradeplane_engine.wire import MARKETS_BUCKET, MarketDefinition, ledger_subject
 from tradeplane_gateway import connect
@@ -129,7 +130,7 @@ async def fund(servers: str, access: Access, market: str, price: str, shards: in
             await nc.close()
 
 
-def _check(events: Any, what: str) -> None:
+def _check(events: Sequence[AnyLedgerEvent], what: str) -> None:
     for event in events:
         if isinstance(event, Refused):
             raise LedgerToolError(f"{what} refused: {int(event.code)} {event.code.name}: "
