@@ -228,6 +228,10 @@ def _operations_commands(commands: Any) -> None:
     check.add_argument("--timeout", type=float, default=300,
                        help="seconds to wait for the market to be served (default: "
                             "%(default)s)")
+    check.add_argument("--ledger-shards", type=int, default=_ledger_shards(),
+                       help="with balances: the ledger's shards, to fund the two test "
+                            "accounts through first (default: $TRADEPLANE_LEDGER_SHARDS; "
+                            "0: no balances)")
 
     failover = commands.add_parser("failover", help="planned switchover of a market's leader")
     failover.add_argument("market")
@@ -428,7 +432,7 @@ async def _run_async(args: argparse.Namespace) -> int:
         from tradeplane.selftest import selftest
 
         return await selftest(args.nats, args.market, args.price, args.timeout, sys.stdout,
-                              args.access)
+                              args.access, args.ledger_shards)
     if args.command == "audit":
         from tradeplane.audit import audit
 

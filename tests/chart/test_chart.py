@@ -107,7 +107,10 @@ def test_the_default_install(tmp_path: Path) -> None:
                 "tp-tradeplane-operator", "tp-tradeplane-gateway", "tp-tradeplane-recorder",
                 "tp-tradeplane-auth"}
             assert set(emulated.objects("services", "exchange")) == {
-                "tp-tradeplane-gateway", "tp-tradeplane-recorder", "tp-tradeplane-auth"}
+                "tp-tradeplane-gateway", "tp-tradeplane-recorder", "tp-tradeplane-auth",
+                "tp-tradeplane-ledger"}
+            assert set(emulated.objects("statefulsets", "exchange")) == {
+                "tp-tradeplane-ledger"}
             assert "tp-tradeplane-operator" in emulated.objects("serviceaccounts", "exchange")
             crds = {name for (resource, _, name), obj in emulated.emulator.objects.items()
                     if resource.plural == "customresourcedefinitions" and not obj.deleted}
@@ -251,7 +254,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     },
     "operator only, its own service account, named namespaces": {
         "gateway": {"enabled": False}, "recorder": {"enabled": False},
-        "auth": {"enabled": False},
+        "auth": {"enabled": False}, "ledger": {"enabled": False},
         "operator": {"serviceAccount": {"create": False, "name": "existing"},
                      "watchNamespaces": ["markets"], "antiAffinity": "required"},
     },
@@ -291,7 +294,8 @@ def test_every_manifest_is_valid_for_oldest_and_newest_kubernetes(
     if values.get("monitoring"):
         assert set(made["ServiceMonitor"]) == {"tp-tradeplane-gateway",
                                                "tp-tradeplane-recorder",
-                                               "tp-tradeplane-auth"}
+                                               "tp-tradeplane-auth",
+                                               "tp-tradeplane-ledger"}
         assert made["ServiceMonitor"]["tp-tradeplane-gateway"]["metadata"]["labels"][
             "release"] == "prom"
     if values.get("recorder", {}).get("markets"):

@@ -26,6 +26,7 @@ PODS = {
     "tp-tradeplane-recorder": ("recorder", {"recorder.json"}),
     "tp-tradeplane-operator": ("operator", {"operator.json"}),
     "tp-tradeplane-auth": ("auth", {"auth.json", "sys.json", "issuer.nk"}),
+    "tp-tradeplane-ledger": ("ledger", {"ledger.json"}),
     "tp-tradeplane-test-trade": ("admin", {"admin.json"}),
 }
 """Each pod that talks to NATS: its identity, and the only keys of the credentials
@@ -34,8 +35,9 @@ Secret it may mount."""
 
 def _pods(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     made = by_kind(objects)
-    pods = {name: deployment["spec"]["template"]["spec"]
-            for name, deployment in made["Deployment"].items()}
+    pods = {name: workload["spec"]["template"]["spec"]
+            for kind in ("Deployment", "StatefulSet", "Job")
+            for name, workload in made.get(kind, {}).items()}
     pods.update({name: pod["spec"] for name, pod in made.get("Pod", {}).items()})
     return pods
 

@@ -60,7 +60,8 @@ def test_probes_ask_the_processes_whether_they_are_connected(tmp_path: Path) -> 
 
 def test_stateless_deployments_have_budgets_and_spread(tmp_path: Path) -> None:
     made = run(_installed(tmp_path, {}))
-    assert set(made["PodDisruptionBudget"]) == {"tp-tradeplane-gateway", "tp-tradeplane-auth"}
+    assert set(made["PodDisruptionBudget"]) == {"tp-tradeplane-gateway", "tp-tradeplane-auth",
+                                                "tp-tradeplane-ledger"}
     for component in ("gateway", "auth"):
         deployment = made["Deployment"][f"tp-tradeplane-{component}"]
         assert deployment["spec"]["replicas"] >= 2
@@ -78,7 +79,7 @@ def test_stateless_deployments_have_budgets_and_spread(tmp_path: Path) -> None:
 
 def test_budgets_and_spread_can_be_turned_off(tmp_path: Path) -> None:
     off = {"podDisruptionBudget": {"enabled": False}, "topologySpread": {"topologyKeys": []}}
-    made = run(_installed(tmp_path, {"gateway": off, "auth": {
+    made = run(_installed(tmp_path, {"gateway": off, "ledger": off, "auth": {
         **off, "podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"}}}))
     assert set(made["PodDisruptionBudget"]) == {"tp-tradeplane-auth"}
     assert made["PodDisruptionBudget"]["tp-tradeplane-auth"]["spec"]["maxUnavailable"] == "50%"
@@ -250,17 +251,22 @@ def test_network_policies_let_each_process_reach_nats_postgres_and_dns_alone(
                           "nats": {"to": [nats_peer]}, "postgres": {"ports": [6432]}}}))
     policies = made["NetworkPolicy"]
     assert set(policies) == {"tp-tradeplane-gateway", "tp-tradeplane-recorder",
-                             "tp-tradeplane-auth", "tp-tradeplane-engines"}
-    expected = {"gateway": DNS | {("TCP", 4222)},
-                "recorder": DNS | {("TCP", 4222), ("TCP", 6432)},
-                "auth": DNS | {("TCP", 4222), ("TCP", 6432)}}
-    for component, egress in expected.items():
+                             "tp-tradeplane-auth", "tp-tradeplane-ledger",
+                             "tp-tradeplane-engines"}
+    expected = {"gateway": (DNS | {("TCP", 4222)}, "metrics"),
+                "recorder": (DNS | {("TCP", 4222), ("TCP", 6432)}, "metrics"),
+                "auth": (DNS | {("TCP", 4222), ("TCP", 6432)}, "metrics"),
+                "ledger": (DNS | {("TCP", 4222)}, "health")}
+    for component, (egress, port) in expected.items():
         policy = policies[f"tp-tradeplane-{component}"]
-        pods = made["Deployment"][f"tp-tradeplane-{component}"]["spec"]["template"]
+        workload = made.get("Deployment", {}).get(f"tp-tradeplane-{component}") or made[
+            "StatefulSet"][f"tp-tradeplane-{component}"]
+        pods = workload["spec"]["template"]
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods[
             "metadata"]["labels"].items()
+        assert port in {item["name"] for item in pods["spec"]["containers"][0]["ports"]}
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-        assert _rules(policy) == (egress, {"metrics"})
+        assert _rules(policy) == (egress, {port})
         [nats_rule] = [rule for rule in policy["spec"]["egress"]
                        if rule["ports"] == [{"port": 4222, "protocol": "TCP"}]]
         assert nats_rule["to"] == [nats_peer]
@@ -316,6 +322,14 @@ def test_the_production_example_is_accepted_and_replicates_every_stream(
     made = run(_installed(tmp_path, values))
     for component in ("operator", "gateway", "recorder", "auth"):
         assert made["Deployment"][f"tp-tradeplane-{component}"]["spec"]["replicas"] == 2
+    # The ledger: a leader and a standby of each shard, on different nodes, its streams
+    # on three NATS replicas too.
+    ledger = made["StatefulSet"]["tp-tradeplane-ledger"]
+    assert ledger["spec"]["replicas"] == 2
+    ledger_args = ledger["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert ledger_args[ledger_args.index("--stream-replicas") + 1] == "3"
+    assert ledger["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
     operator = _pod(made, "operator")["spec"]["containers"][0]
     env = {item["name"]: item.get("value") for item in operator["env"]}
     assert env["TRADEPLANE_STREAM_REPLICAS"] == "3"

@@ -372,6 +372,8 @@ class Kubelet:
         while True:
             wanted: dict[str, dict[str, Any]] = {}
             for name, sts in self.world.cluster.objects(STATEFULSETS.plural).items():
+                if "tradeplane.dev/market" not in sts["metadata"].get("labels", {}):
+                    continue  # not a market's engines (the chart's ledger)
                 for ordinal in range(sts["spec"]["replicas"]):
                     wanted[f"{name}-{ordinal}"] = sts
             for pod in set(self.running) - set(wanted):

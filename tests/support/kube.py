@@ -78,6 +78,7 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "v1/serviceaccounts": ("ServiceAccount", True),
     "apps/v1/statefulsets": ("StatefulSet", True),
     "apps/v1/deployments": ("Deployment", True),
+    "batch/v1/jobs": ("Job", True),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
     "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
     "events.k8s.io/v1/events": ("Event", True),

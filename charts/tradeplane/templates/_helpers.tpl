@@ -195,6 +195,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       key: {{ .Values.postgres.secretKey }}
 {{- end }}
 
+{{/*
+  `--ledger-shards N` for the processes that fund orders or record the journal (gateway,
+  recorder, selftest) when the chart runs the ledger; nothing when it does not. A list's
+  items, one per line.
+*/}}
+{{- define "tradeplane.ledgerShardsArgs" -}}
+{{- if .Values.ledger.enabled }}
+- --ledger-shards
+- {{ .Values.ledger.shards | quote }}
+{{- end }}
+{{- end }}
+
 {{/* The hardened security context of every tradeplane container. */}}
 {{- define "tradeplane.containerSecurity" -}}
 allowPrivilegeEscalation: false
