@@ -57,6 +57,7 @@ from tradeplane_engine.wire import (
     HEADER_REPLY,
     LedgerRefusal,
     LedgerSource,
+    PubAck,
     command_subject,
     decode_events,
     decode_pub_ack,
@@ -330,14 +331,8 @@ class Gateway:
     async def _on_ack(self, token: str, flight: _InFlight, data: bytes) -> None:
         work = flight.submission
         name = work.market.definition.name
-        ack = decode_pub_ack(data) if data else None
-        if ack is None or ack.error is not None or not ack.seq:
-            del self._in_flight[token]
-            reason = (ack.error or {}).get("description", "no stream") if ack else "no stream"
-            await self._complete(flight, error_reply(
-                int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
-                f"the command stream did not take the command ({reason}); retry with the "
-                "same clientOrderId", market=name))
+        ack = await self._sequenced(token, flight, data, "the command stream")
+        if ack is None:
             return
         if ack.duplicate:
             del self._in_flight[token]
@@ -365,17 +360,24 @@ class Gateway:
         market's acknowledgement, or the ledger's refusal, follows on ``.a.`` (a retried
         order's too: the ledger sends it again, and the market's stream says it is a
         duplicate)."""
-        name = flight.submission.market.definition.name
-        ack = decode_pub_ack(data) if data else None
-        if ack is None or ack.error is not None or not ack.seq:
-            del self._in_flight[token]
-            reason = (ack.error or {}).get("description", "no stream") if ack else "no stream"
-            await self._complete(flight, error_reply(
-                int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
-                f"the ledger did not take the command ({reason}); retry with the same "
-                "clientOrderId", market=name))
-        else:
+        ack = await self._sequenced(token, flight, data, "the ledger")
+        if ack is not None:
             flight.funded_at = ack.seq
+
+    async def _sequenced(self, token: str, flight: _InFlight, data: bytes,
+                         stream: str) -> PubAck | None:
+        """A stream's acknowledgement, or None once the request is answered
+        ``NOT_SEQUENCED`` (the stream refused it, or there is no such stream)."""
+        ack = decode_pub_ack(data) if data else None
+        if ack is not None and ack.error is None and ack.seq:
+            return ack
+        del self._in_flight[token]
+        reason = (ack.error or {}).get("description", "no stream") if ack else "no stream"
+        await self._complete(flight, error_reply(
+            int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
+            f"{stream} did not take the command ({reason}); retry with the same "
+            "clientOrderId", market=flight.submission.market.definition.name))
+        return None
 
     @staticmethod
     def _ledger_refusal(data: bytes) -> LedgerRefusal | None:

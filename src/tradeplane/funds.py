@@ -25,13 +25,11 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from tradeplane.ledger_tools import LedgerToolError, Outcome, submit
-from tradeplane.trading import _options
-from tradeplane_engine.access import trader_inbox
+from tradeplane.trading import _options, as_trader
 from tradeplane_engine.core.market import parse_decimal
 from tradeplane_engine.ledger import DefineAsset, Deposit, Refused, Withdraw, shard_of
 from tradeplane_engine.wire import ledger_subject
-from tradeplane_gateway import RequestError, connect
-from tradeplane_gateway.errors import ConnectionLostError
+from tradeplane_gateway import Client
 
 DEFAULT_SHARDS = int(os.environ.get("TRADEPLANE_LEDGER_SHARDS") or 1)
 
@@ -128,21 +126,10 @@ def _report(outcomes: list[Outcome], out: IO[str]) -> int:
 
 
 async def _balance(args: argparse.Namespace, out: IO[str]) -> int:
-    account = args.account or (args.access.credentials and args.access.credentials.user)
-    if not account:
-        out.write("refused: give --account or a trader's --credentials\n")
-        return 2
-    async with connect(args.nats, account=account,
-                       **_options(args.access, trader_inbox(account))) as client:
-        try:
-            balances = await client.balances()
-        except RequestError as exc:
-            out.write(f"refused: {exc.code} {exc.name}: {exc.reason}\n")
-            return 2
-        except ConnectionLostError as exc:
-            out.write(f"no answer: {exc}\n")
-            return 3
-    out.write(f"{'asset':<10} {'available':>24} {'held':>24}\n")
-    for asset, balance in sorted(balances.items()):
-        out.write(f"{asset:<10} {balance.available:>24} {balance.held:>24}\n")
-    return 0
+    async def show(client: Client) -> None:
+        balances = await client.balances()
+        out.write(f"{'asset':<10} {'available':>24} {'held':>24}\n")
+        for asset, balance in sorted(balances.items()):
+            out.write(f"{asset:<10} {balance.available:>24} {balance.held:>24}\n")
+
+    return await as_trader(args, out, show)

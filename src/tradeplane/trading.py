@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 import msgspec
@@ -43,6 +44,16 @@ def _print_reply(reply: Reply, out: IO[str]) -> None:
 
 
 async def order_command(args: argparse.Namespace, out: IO[str]) -> int:
+    async def order(client: Client) -> None:
+        _print_reply(await _order(client, args), out)
+
+    return await as_trader(args, out, order)
+
+
+async def as_trader(args: argparse.Namespace, out: IO[str],
+                    work: Callable[[Client], Awaitable[None]]) -> int:
+    """``work`` as the account of ``--account`` or of the credentials; the exit code:
+    0, 2 when refused, 3 when nothing answered."""
     account = args.account or (args.access.credentials and args.access.credentials.user)
     if not account:
         out.write("refused: give --account or a trader's --credentials\n")
@@ -50,14 +61,13 @@ async def order_command(args: argparse.Namespace, out: IO[str]) -> int:
     async with connect(args.nats, account=account,
                        **_options(args.access, trader_inbox(account))) as client:
         try:
-            reply = await _order(client, args)
+            await work(client)
         except RequestError as exc:
             out.write(f"refused: {exc.code} {exc.name}: {exc.reason}\n")
             return 2
         except ConnectionLostError as exc:
             out.write(f"no answer: {exc}\n")
             return 3
-        _print_reply(reply, out)
         return 0
 
 

@@ -298,12 +298,16 @@ class Ledger:
                                command.transfer_id))
         return True
 
-    def _deposit(self, command: Deposit, out: list[AnyLedgerEvent]) -> None:
+    def _new_transfer(self, command: Deposit | Withdraw, out: list[AnyLedgerEvent]) -> bool:
+        """Whether the transfer is valid and new (a refusal or a duplicate is in ``out``)."""
         refusal = self._transfer_refusal(command)
         if refusal is not None:
             out.append(refusal)
-            return
-        if self._seen_transfer(command, out):
+            return False
+        return not self._seen_transfer(command, out)
+
+    def _deposit(self, command: Deposit, out: list[AnyLedgerEvent]) -> None:
+        if not self._new_transfer(command, out):
             return
         self.transfers[command.transfer_id] = ("deposit", command.account, command.asset,
                                                command.amount)
@@ -314,11 +318,7 @@ class Ledger:
                    command.amount, 0, reference=command.transfer_id)
 
     def _withdraw(self, command: Withdraw, out: list[AnyLedgerEvent]) -> None:
-        refusal = self._transfer_refusal(command)
-        if refusal is not None:
-            out.append(refusal)
-            return
-        if self._seen_transfer(command, out):
+        if not self._new_transfer(command, out):
             return
         available, _ = self.balance(command.account, command.asset)
         if available < command.amount:
