@@ -68,6 +68,7 @@ from tradeplane_engine.ledger.events import (
 )
 
 SNAPSHOT_VERSION = 1
+"""Of ``LedgerState``, encoded in JSON."""
 ASSET = re.compile(r"[A-Z0-9]{1,16}")
 ACCOUNT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRANSFER_ID = re.compile(r"[\x21-\x7e]{1,64}")
@@ -608,8 +609,10 @@ class Ledger:
     # -- state --------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole state, canonically encoded: equal states give equal bytes."""
-        return msgspec.msgpack.encode(LedgerState(
+        """The whole state, canonically encoded: equal states give equal bytes. JSON, as
+        its integers have no size limit (MessagePack's stop at 64 bits, and an asset of
+        18 decimals passes that at 19 whole units)."""
+        return msgspec.json.encode(LedgerState(
             SNAPSHOT_VERSION, self.shard, self.shards, self.sequence,
             sorted(self.decimals.items()), [self.terms[name] for name in sorted(self.terms)],
             [(account, asset, balance.available, balance.held)
@@ -626,7 +629,7 @@ class Ledger:
 
     @classmethod
     def restore(cls, data: bytes) -> Ledger:
-        state = msgspec.msgpack.decode(data, type=LedgerState)
+        state = msgspec.json.decode(data, type=LedgerState)
         if state.version != SNAPSHOT_VERSION:
             raise ValueError(f"ledger snapshot version {state.version}")
         ledger = cls(state.shard, state.shards)

@@ -375,3 +375,20 @@ def test_an_events_message_settled_twice_changes_nothing() -> None:
     before.sequence = ledger.sequence  # only the ledger's own sequence moved
     assert before.state_hash() == ledger.state_hash()
     desk.audit()
+
+
+def test_amounts_beyond_64_bits_are_kept_exactly() -> None:
+    """An asset of 18 decimals holds 2**64 units at about 18.4 whole units: balances,
+    snapshots and the state hash take integers of any size."""
+    ledger = Ledger()
+    ledger.apply(DefineAsset(1, 0, asset="ETH", decimals=18))
+    amount = 10**30
+    for sequence, transfer in ((2, "a"), (3, "b")):
+        assert not refusals(ledger.apply(Deposit(sequence, 0, transfer_id=transfer,
+                                                 account="whale", asset="ETH",
+                                                 amount=amount)))
+    assert ledger.balance("whale", "ETH") == (2 * amount, 0)
+    again = Ledger.restore(ledger.snapshot())
+    assert again.balance("whale", "ETH") == (2 * amount, 0)
+    assert again.state_hash() == ledger.state_hash()
+    assert ledger.audit() == []

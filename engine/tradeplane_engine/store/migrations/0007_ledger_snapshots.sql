@@ -4,7 +4,7 @@
 CREATE TABLE ledger_snapshots (
     shard       integer NOT NULL,
     sequence    bigint NOT NULL,     -- the last ledger command the state includes
-    state       bytea NOT NULL,      -- Ledger.snapshot(): canonical MessagePack
+    state       bytea NOT NULL,      -- Ledger.snapshot(): canonical JSON
     state_hash  text NOT NULL,       -- its SHA-256: Ledger.state_hash()
     taken_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (shard, sequence)
