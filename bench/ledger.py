@@ -1,0 +1,252 @@
+"""``make bench``: the ledger alone — can one shard keep up with one market's engine?
+
+1. The pure core. The standard workload (``tradeplane_engine.workload``) runs through
+   the real matching ``Engine`` as the exchange runs it with balances: every place is
+   funded first (``FundOrder``: the hold, then the ``Forward`` the engine applies, named
+   as the ledger names it), and every events message the engine produces is settled
+   (``Settle``, with the order events the ledger service reads; book levels are left
+   out, as the service leaves them out). The ledger commands are built once, untimed;
+   the timed pass applies them to a fresh ``Ledger`` with its accounts funded, beside
+   the engine core applying the workload alone, in the same process and run, so the
+   ratio of the two rates is the shard's headroom over a market. A second, instrumented
+   pass splits the ledger's time between holds and settlements.
+2. The service. A ledger shard process (``tradeplane ledger --shards 1``, leading
+   alone) on a real nats-server, fed ``fundOrder`` commands straight on its command
+   stream as fast as it takes them: funded orders per second, counted from the first
+   command sequenced to the last one's events published by the shard and its order
+   forwarded into its market's command stream (no engine consumes it).
+
+Figures are printed; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tradeplane_engine.core import AnyCommand, Engine, Place
+from tradeplane_engine.core.events import (
+    AnyEvent,
+    OrderAccepted,
+    OrderRejected,
+    OrderReplaced,
+    OrderUpdate,
+    Trade,
+)
+from tradeplane_engine.ledger import (
+    AnyLedgerCommand,
+    DefineAsset,
+    DefineMarket,
+    Deposit,
+    Forward,
+    FundOrder,
+    Ledger,
+    Refused,
+    Settle,
+)
+from tradeplane_engine.workload import ACCOUNTS, SPEC, generate, to_commands
+
+MARKET = "sol-usdt"
+DECIMALS = {"SOL": 4, "USDT": 6}
+"""A lot of 0.01 SOL is 100 units; a tick × lot (0.01 × 0.01 USDT) is 100 USDT units."""
+MAKER_BPS, TAKER_BPS = 2, 5
+"""Fees on, so every fill pays its fee legs as it would on a real market."""
+FUNDS = {"SOL": 10**13, "USDT": 10**15}
+"""Each account's deposit, in units: far more than the workload can spend (the
+``$world`` total stays within a snapshot's 64 bits)."""
+ORDER_EVENTS = (Trade, OrderAccepted, OrderRejected, OrderUpdate, OrderReplaced)
+
+
+# -- the pure core ----------------------------------------------------------------------
+
+
+def funded_ledger() -> Ledger:
+    """A shard with the market defined and every workload account funded."""
+    ledger = Ledger()
+    sequence = 0
+
+    def apply(command: AnyLedgerCommand) -> None:
+        for event in ledger.apply(command):
+            if isinstance(event, Refused):
+                raise SystemExit(f"setting up the ledger: {event.reason}")
+
+    for asset, decimals in DECIMALS.items():
+        sequence += 1
+        apply(DefineAsset(sequence, sequence, asset=asset, decimals=decimals))
+    sequence += 1
+    apply(DefineMarket(sequence, sequence, market=MARKET, base=SPEC.base, quote=SPEC.quote,
+                       tick_size=SPEC.tick_size, lot_size=SPEC.lot_size,
+                       maker_bps=MAKER_BPS, taker_bps=TAKER_BPS))
+    for number in range(ACCOUNTS):
+        for asset, amount in FUNDS.items():
+            sequence += 1
+            apply(Deposit(sequence, sequence, transfer_id=f"t-{number}-{asset}",
+                          account=f"acct-{number}", asset=asset, amount=amount))
+    return ledger
+
+
+def ledger_commands(commands: list[AnyCommand]) -> list[AnyLedgerCommand]:
+    """What the shard's stream holds for the workload: each place's ``fundOrder`` and
+    each events message's ``settle``, in an order the exchange may sequence them (an
+    order funded, then its events settled)."""
+    ledger = funded_ledger()
+    engine = Engine(SPEC)
+    sequence = ledger.sequence
+    out: list[AnyLedgerCommand] = []
+    for command in commands:
+        if isinstance(command, Place):
+            sequence += 1
+            fund = FundOrder(sequence, sequence, market=MARKET, place=command)
+            forwards = [event for event in ledger.apply(fund) if isinstance(event, Forward)]
+            if len(forwards) != 1 or not isinstance(forwards[0].command, Place):
+                raise SystemExit(f"order {command.sequence} was not funded")
+            out.append(fund)
+            command = forwards[0].command
+        events: list[AnyEvent] = [event for event in engine.apply(command)
+                                  if isinstance(event, ORDER_EVENTS)]
+        if events:
+            sequence += 1
+            settle = Settle(sequence, sequence, market=MARKET,
+                            events_sequence=command.sequence, events=events,
+                            position=command.sequence)
+            ledger.apply(settle)
+            out.append(settle)
+    breaches = ledger.audit()
+    if breaches:
+        raise SystemExit("the ledger's audit failed: " + "; ".join(breaches[:3]))
+    return out
+
+
+@dataclass
+class CoreFigures:
+    engine_seconds: float
+    ledger_seconds: float
+    hold_seconds: float
+    """Holds' share of an instrumented pass (it pays a clock read per command)."""
+    settle_seconds: float
+
+
+def time_engine(commands: list[AnyCommand]) -> float:
+    engine = Engine(SPEC)
+    apply = engine.apply
+    gc.collect()
+    start = time.perf_counter()
+    for command in commands:
+        apply(command)
+    return time.perf_counter() - start
+
+
+def time_ledger(commands: list[AnyLedgerCommand]) -> tuple[float, str]:
+    ledger = funded_ledger()
+    apply = ledger.apply
+    gc.collect()
+    start = time.perf_counter()
+    for command in commands:
+        apply(command)
+    seconds = time.perf_counter() - start
+    return seconds, ledger.state_hash()
+
+
+def time_ledger_split(commands: list[AnyLedgerCommand]) -> tuple[float, float]:
+    ledger = funded_ledger()
+    apply = ledger.apply
+    clock = time.perf_counter
+    hold = settle = 0.0
+    gc.collect()
+    for command in commands:
+        start = clock()
+        apply(command)
+        if type(command) is FundOrder:
+            hold += clock() - start
+        else:
+            settle += clock() - start
+    return hold, settle
+
+
+def compiled() -> str:
+    import tradeplane_engine.core.matching as matching
+    import tradeplane_engine.ledger.state as state
+
+    def kind(path: str) -> str:
+        return "compiled" if path.endswith((".so", ".pyd")) else "pure"
+
+    return f"engine core {kind(matching.__file__)}, ledger core {kind(state.__file__)}"
+
+
+def bench_core(count: int, seed: int, repeat: int) -> None:
+    print(f"ledger core: the standard workload, {count:,} commands, seed {seed} "
+          f"({compiled()})", flush=True)
+    commands = to_commands(generate(count, seed))
+    ledger_stream = ledger_commands(commands)
+    holds = sum(1 for command in ledger_stream if type(command) is FundOrder)
+    settlements = len(ledger_stream) - holds
+    settled_events = sum(len(command.events) for command in ledger_stream
+                         if isinstance(command, Settle))
+    print(f"  {holds:,} fundOrder and {settlements:,} settle commands "
+          f"({settled_events:,} order events settled), {ACCOUNTS:,} accounts, fees "
+          f"{MAKER_BPS}/{TAKER_BPS} bps", flush=True)
+    runs: list[CoreFigures] = []
+    hashes: set[str] = set()
+    for number in range(repeat):
+        engine_seconds = time_engine(commands)
+        ledger_seconds, state_hash = time_ledger(ledger_stream)
+        hashes.add(state_hash)
+        hold_seconds, settle_seconds = time_ledger_split(ledger_stream)
+        runs.append(CoreFigures(engine_seconds, ledger_seconds, hold_seconds, settle_seconds))
+        print(f"  pass {number + 1}/{repeat}: engine {count / engine_seconds / 1e3:,.0f}k "
+              f"commands/s, ledger {len(ledger_stream) / ledger_seconds / 1e3:,.0f}k "
+              "commands/s", flush=True)
+    if len(hashes) != 1:
+        raise SystemExit("the ledger's passes ended in different states")
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    engine_rate = median([count / run.engine_seconds for run in runs])
+    ledger_seconds = median([run.ledger_seconds for run in runs])
+    ledger_rate = len(ledger_stream) / ledger_seconds
+    hold_us = median([run.hold_seconds / holds * 1e6 for run in runs])
+    settle_us = median([run.settle_seconds / settlements * 1e6 for run in runs])
+    print()
+    print(f"  engine core (matching alone)   {engine_rate:>12,.0f} commands/s")
+    print(f"  ledger core (holds + settles)  {ledger_rate:>12,.0f} commands/s")
+    print(f"    holds                        {holds / ledger_seconds:>12,.0f} /s "
+          f"({hold_us:.2f} µs each)")
+    print(f"    settlements                  {settlements / ledger_seconds:>12,.0f} /s "
+          f"({settle_us:.2f} µs each)")
+    print(f"    workload commands covered    {count / ledger_seconds:>12,.0f} /s "
+          "(each place funded, each events message settled)")
+    print(f"  ratio ledger commands/s ÷ engine commands/s: {ledger_rate / engine_rate:.2f}")
+    print(f"  ratio workload commands/s, ledger ÷ engine:  "
+          f"{count / ledger_seconds / engine_rate:.2f}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--commands", type=int, default=300_000,
+                        help="standard workload commands for the core")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes of the core")
+    parser.add_argument("--orders", type=int, default=50_000,
+                        help="fundOrder commands fed to the service")
+    parser.add_argument("--skip-core", action="store_true")
+    parser.add_argument("--skip-service", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_core:
+        bench_core(args.commands, args.seed, args.repeat)
+    if not args.skip_service:
+        print(flush=True)
+        pass  # bench_service(args.orders)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
