@@ -32,7 +32,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tradeplane_engine.core import AnyCommand, Engine, Place
+import nats
+import uvloop
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from tradeplane.ledger_tools import submit
+from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
+from tradeplane.up import publish_markets
+from tradeplane.up_ledger import asset_decimals, wait_for_ledger
+from tradeplane_engine.access import Access
+from tradeplane_engine.core import AnyCommand, Engine, Place, Side
 from tradeplane_engine.core.events import (
     AnyEvent,
     OrderAccepted,
@@ -51,6 +62,19 @@ from tradeplane_engine.ledger import (
     Ledger,
     Refused,
     Settle,
+)
+from tradeplane_engine.streams import StreamSettings
+from tradeplane_engine.wire import (
+    LedgerBatch,
+    MarketDefinition,
+    command_stream,
+    decode_ledger_events,
+    encode_ledger_command,
+    header_sequence,
+    ledger_command_stream,
+    ledger_command_subject,
+    ledger_event_stream,
+    ledger_event_subject,
 )
 from tradeplane_engine.workload import ACCOUNTS, SPEC, generate, to_commands
 
@@ -229,6 +253,134 @@ def bench_core(count: int, seed: int, repeat: int) -> None:
           f"{count / ledger_seconds / engine_rate:.2f}", flush=True)
 
 
+# -- the service ------------------------------------------------------------------------
+
+SERVICE_MARKET = MarketDefinition(name="bench-usdt", base="BENCH", quote="USDT",
+                                  tick_size="0.01", lot_size="0.01", reference_price="100")
+SERVICE_ACCOUNTS = 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process, from /proc (Linux; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def outcome(nc: Client, sequence: int, timeout: float = 30.0) -> LedgerBatch:
+    """What the shard published for its command ``sequence`` (its events stream holds
+    one message per command, at the command's position), waiting for it."""
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            message = await js.get_msg(ledger_event_stream(0), sequence)
+            if header_sequence(message.headers) == sequence and message.data:
+                return decode_ledger_events(message.data)
+        except NotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the ledger published nothing for command {sequence}")
+        await asyncio.sleep(0.01)
+
+
+def fund_order(number: int) -> bytes:
+    account = f"trader{number % SERVICE_ACCOUNTS}"
+    side = Side.BUY if number % 2 else Side.SELL
+    place = Place(0, 0, account, side, quantity=1 + number % 9, price=9_900 + number % 200,
+                  client_order_id=f"o{number}")
+    return encode_ledger_command(FundOrder(0, 0, market=SERVICE_MARKET.name, place=place))
+
+
+async def feed_ledger(url: str, access: Access, ledger_pid: int, orders: int,
+                      window: int) -> None:
+    nc = await nats.connect(url, **access.options())
+    js = nc.jetstream()
+    try:
+        await wait_for_ledger(nc, 1)
+        for asset, places in sorted(asset_decimals([SERVICE_MARKET]).items()):
+            await submit(nc, 0, DefineAsset(0, 0, asset=asset, decimals=places))
+        for number in range(SERVICE_ACCOUNTS):
+            for asset, places in sorted(asset_decimals([SERVICE_MARKET]).items()):
+                await submit(nc, 0, Deposit(0, 0, transfer_id=f"bench-{number}-{asset}",
+                                            account=f"trader{number}", asset=asset,
+                                            amount=10**9 * 10**places))
+        # The leader defines the market once its assets are: until then an order is
+        # refused as not funded.
+        probe = 0
+        while True:
+            probe += 1
+            ack = await js.publish(ledger_command_subject(0), fund_order(-probe))
+            if any(isinstance(event, Forward) for event in (await outcome(nc, ack.seq)).events):
+                break
+            await asyncio.sleep(0.05)
+        market_stream = command_stream(SERVICE_MARKET.name)
+        forwarded_before = (await js.stream_info(market_stream)).state.messages
+        payloads = [fund_order(number) for number in range(orders)]
+        published = asyncio.get_running_loop().create_future()
+        last: list[int] = []
+        counted = 0
+
+        async def on_events(msg: Msg) -> None:
+            nonlocal counted
+            sequence = header_sequence(msg.headers)
+            if sequence is None or sequence <= first:
+                return
+            counted += 1
+            if last and sequence >= last[0] and not published.done():
+                published.set_result(time.perf_counter())
+
+        first = (await js.stream_info(ledger_command_stream(0))).state.last_seq
+        subscription = await nc.subscribe(ledger_event_subject(0), cb=on_events)
+        await nc.flush()
+        cpu_before = cpu_seconds(ledger_pid)
+        started = time.perf_counter()
+        for offset in range(0, orders, window):
+            acks = await asyncio.gather(*[await js.publish_async(
+                ledger_command_subject(0), payload)
+                for payload in payloads[offset:offset + window]])
+        sequenced = time.perf_counter()
+        last.append(max(ack.seq for ack in acks))
+        if counted and first + counted >= last[0] and not published.done():
+            published.set_result(time.perf_counter())
+        done = await asyncio.wait_for(published, 120)
+        while (await js.stream_info(market_stream)).state.messages < forwarded_before + orders:
+            await asyncio.sleep(0.01)
+        forwarded = time.perf_counter()
+        cpu = cpu_seconds(ledger_pid) - cpu_before
+        await subscription.unsubscribe()
+        batch = await outcome(nc, last[0])
+        if not any(isinstance(event, Forward) for event in batch.events):
+            raise SystemExit(f"the last order was not funded: {batch.events}")
+        print(f"  {orders:,} fundOrder commands sequenced in {sequenced - started:.2f} s "
+              f"({orders / (sequenced - started):,.0f}/s offered)")
+        print(f"  funded orders (events published)   {orders / (done - started):>10,.0f}/s")
+        print(f"  funded orders (forwards stored)    {orders / (forwarded - started):>10,.0f}/s")
+        print(f"  ledger process CPU per order       {cpu / orders * 1e6:>10,.0f} µs")
+    finally:
+        await nc.close()
+
+
+def bench_service(orders: int, window: int) -> None:
+    print(f"ledger service: one shard process leading alone on nats-server (file storage, "
+          f"authenticated), fed {orders:,} fundOrder commands on its stream, "
+          f"{window:,} in flight", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory:
+        with NatsServer.secured(Path(directory) / "nats").start() as server:
+            assert server.secrets is not None
+            admin = server.access("admin")
+            asyncio.run(publish_markets(server.url, [SERVICE_MARKET], StreamSettings(), admin))
+            ledger = spawn(tradeplane_command(
+                "--nats", server.url, "--credentials",
+                str(server.secrets.credentials("ledger")), "ledger", "--shards", "1"))
+            try:
+                uvloop.run(feed_ledger(server.url, admin, ledger.pid, orders, window))
+            finally:
+                stop(ledger)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--commands", type=int, default=300_000,
@@ -237,6 +389,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes of the core")
     parser.add_argument("--orders", type=int, default=50_000,
                         help="fundOrder commands fed to the service")
+    parser.add_argument("--window", type=int, default=4_096,
+                        help="fundOrder publishes awaiting their acknowledgement at once")
     parser.add_argument("--skip-core", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
     args = parser.parse_args()
@@ -244,7 +398,7 @@ def main() -> int:
         bench_core(args.commands, args.seed, args.repeat)
     if not args.skip_service:
         print(flush=True)
-        pass  # bench_service(args.orders)
+        bench_service(args.orders, args.window)
     return 0
 
 
