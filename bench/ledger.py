@@ -367,18 +367,18 @@ def bench_service(orders: int, window: int) -> None:
     print(f"ledger service: one shard process leading alone on nats-server (file storage, "
           f"authenticated), fed {orders:,} fundOrder commands on its stream, "
           f"{window:,} in flight", flush=True)
-    with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory:
-        with NatsServer.secured(Path(directory) / "nats").start() as server:
-            assert server.secrets is not None
-            admin = server.access("admin")
-            asyncio.run(publish_markets(server.url, [SERVICE_MARKET], StreamSettings(), admin))
-            ledger = spawn(tradeplane_command(
-                "--nats", server.url, "--credentials",
-                str(server.secrets.credentials("ledger")), "ledger", "--shards", "1"))
-            try:
-                uvloop.run(feed_ledger(server.url, admin, ledger.pid, orders, window))
-            finally:
-                stop(ledger)
+    with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory, \
+            NatsServer.secured(Path(directory) / "nats").start() as server:
+        assert server.secrets is not None
+        admin = server.access("admin")
+        asyncio.run(publish_markets(server.url, [SERVICE_MARKET], StreamSettings(), admin))
+        ledger = spawn(tradeplane_command(
+            "--nats", server.url, "--credentials",
+            str(server.secrets.credentials("ledger")), "ledger", "--shards", "1"))
+        try:
+            uvloop.run(feed_ledger(server.url, admin, ledger.pid, orders, window))
+        finally:
+            stop(ledger)
 
 
 def main() -> int:
