@@ -306,7 +306,7 @@ async def feed_ledger(url: str, access: Access, ledger_pid: int, orders: int,
             for asset, places in sorted(asset_decimals([SERVICE_MARKET]).items()):
                 await submit(nc, 0, Deposit(0, 0, transfer_id=f"bench-{number}-{asset}",
                                             account=f"trader{number}", asset=asset,
-                                            amount=10**9 * 10**places))
+                                            amount=10**7 * 10**places))
         # The leader defines the market once its assets are: until then an order is
         # refused as not funded.
         probe = 0
