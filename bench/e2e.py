@@ -442,7 +442,8 @@ def side_by_side(off: dict[str, Summary], on: dict[str, Summary]) -> None:
     print()
     print("balances off and on, side by side (latency at half the sustained rate; CPU at "
           "saturation)")
-    print(f"  {'':<34}{'off':>12}{'on':>12}{'on ÷ off':>10}")
+    print(f"  {'':<38}{'off':>12}{'on':>12}{'on ÷ off':>10}")
+    nan = float("nan")
     for mode in ("ack", "result"):
         rows = [(f"{mode}: sustained orders/s", off[mode].sustained, on[mode].sustained,
                  "{:,.0f}"),
@@ -451,13 +452,15 @@ def side_by_side(off: dict[str, Summary], on: dict[str, Summary]) -> None:
                 (f"{mode}: p99 ms at half of it", off[mode].p99 * 1e3, on[mode].p99 * 1e3,
                  "{:.2f}")]
         names = list(dict.fromkeys([*off[mode].cpu, *on[mode].cpu]))
-        rows += [(f"{mode}: CPU µs/order, {name}", off[mode].cpu.get(name, 0.0),
-                  on[mode].cpu.get(name, 0.0), "{:.0f}") for name in names]
+        rows += [(f"{mode}: CPU µs/order, {name}", off[mode].cpu.get(name, nan),
+                  on[mode].cpu.get(name, nan), "{:.0f}") for name in names]
         total = (f"{mode}: CPU µs/order, exchange", _exchange(off[mode].cpu),
                  _exchange(on[mode].cpu), "{:.0f}")
         for label, before, after, form in [*rows, total]:
-            ratio = f"{after / before:.2f}" if before else "-"
-            print(f"  {label:<34}{form.format(before):>12}{form.format(after):>12}{ratio:>10}")
+            # A process one exchange does not run (the ledger without balances): "-".
+            ratio = f"{after / before:.2f}" if before and before == before else "-"
+            shown = [form.format(value) if value == value else "-" for value in (before, after)]
+            print(f"  {label:<38}{shown[0]:>12}{shown[1]:>12}{ratio:>10}")
 
 
 def _exchange(cpu: dict[str, float]) -> float:
