@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import random
 import statistics
@@ -226,7 +227,10 @@ async def drain(nc: Client) -> float:
         if status["sequence"] >= last:
             break
         await asyncio.sleep(0.01)
+    deadline = time.perf_counter() + 120
     while ADMIN is not None:
+        if time.perf_counter() > deadline:
+            raise SystemExit("the ledger did not settle the market's events in 120 s")
         try:  # a ledger with a backlog may answer late: its loop is busy with it
             ledger = json.loads((await ADMIN.request(ledger_subject(0, "status"), b"",
                                                      timeout=5)).data)
@@ -258,11 +262,7 @@ class CpuMeter:
 
     def per_order(self, orders: int) -> str:
         """Microseconds of CPU per order in each process since the last call."""
-        figures = self.figures(orders)
-        if not figures:
-            return ""
-        return "  CPU per order: " + ", ".join(f"{name} {used:.0f} µs"
-                                              for name, used in figures.items())
+        return cpu_text(self.figures(orders))
 
     def figures(self, orders: int) -> dict[str, float]:
         """Microseconds of CPU per order in each process since the last call."""
@@ -273,6 +273,13 @@ class CpuMeter:
                 for name in self.processes}
         self._start = now
         return used
+
+
+def cpu_text(used: dict[str, float]) -> str:
+    if not used:
+        return ""
+    return "  CPU per order: " + ", ".join(f"{name} {value:.0f} µs"
+                                          for name, value in used.items())
 
 
 def report(run: Run, limit: float) -> str:
@@ -326,9 +333,7 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
             print(report(top, limit) + f"  engine backlog drained in {backlog:.1f} s",
                   flush=True)
             used = cpu.figures(top.ok)
-            print("  CPU per order: " + ", ".join(f"{name} {value:.0f} µs"
-                                                  for name, value in used.items())
-                  if used else "", flush=True)
+            print(cpu_text(used), flush=True)
             summaries[mode] = Summary(top.sustained, float("nan"), float("nan"), used)
             for fraction in fractions:
                 run = await open_loop(connections, mode, top.sustained * fraction,
@@ -458,8 +463,9 @@ def side_by_side(off: dict[str, Summary], on: dict[str, Summary]) -> None:
                  _exchange(on[mode].cpu), "{:.0f}")
         for label, before, after, form in [*rows, total]:
             # A process one exchange does not run (the ledger without balances): "-".
-            ratio = f"{after / before:.2f}" if before and before == before else "-"
-            shown = [form.format(value) if value == value else "-" for value in (before, after)]
+            ratio = f"{after / before:.2f}" if before and not math.isnan(before) else "-"
+            shown = ["-" if math.isnan(value) else form.format(value)
+                     for value in (before, after)]
             print(f"  {label:<38}{shown[0]:>12}{shown[1]:>12}{ratio:>10}")
 
 
