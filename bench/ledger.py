@@ -66,6 +66,7 @@ from tradeplane_engine.ledger import (
 from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import (
     LedgerBatch,
+    LedgerSource,
     MarketDefinition,
     command_stream,
     decode_ledger_events,
@@ -294,10 +295,15 @@ def fund_order(number: int) -> bytes:
     return encode_ledger_command(FundOrder(0, 0, market=SERVICE_MARKET.name, place=place))
 
 
-async def feed_ledger(url: str, access: Access, ledger_pid: int, orders: int,
-                      window: int) -> None:
-    nc = await nats.connect(url, **access.options())
+async def feed_ledger(url: str, admin: Access, gateway: Access, ledger_pid: int,
+                      orders: int, window: int) -> None:
+    """Set the shard up as the administrator, then send the orders as a gateway does (on
+    the ``order`` source's subject, the only one the shard funds orders from)."""
+    nc = await nats.connect(url, **admin.options())
     js = nc.jetstream()
+    orders_nc = await nats.connect(url, pending_size=256 * 1024 * 1024, **gateway.options())
+    orders_js = orders_nc.jetstream()
+    order_subject = ledger_command_subject(0, LedgerSource.ORDER)
     try:
         await wait_for_ledger(nc, 1)
         for asset, places in sorted(asset_decimals([SERVICE_MARKET]).items()):
@@ -312,7 +318,7 @@ async def feed_ledger(url: str, access: Access, ledger_pid: int, orders: int,
         probe = 0
         while True:
             probe += 1
-            ack = await js.publish(ledger_command_subject(0), fund_order(-probe))
+            ack = await orders_js.publish(order_subject, fund_order(-probe))
             if any(isinstance(event, Forward) for event in (await outcome(nc, ack.seq)).events):
                 break
             await asyncio.sleep(0.05)
@@ -338,8 +344,8 @@ async def feed_ledger(url: str, access: Access, ledger_pid: int, orders: int,
         cpu_before = cpu_seconds(ledger_pid)
         started = time.perf_counter()
         for offset in range(0, orders, window):
-            acks = await asyncio.gather(*[await js.publish_async(
-                ledger_command_subject(0), payload)
+            acks = await asyncio.gather(*[await orders_js.publish_async(
+                order_subject, payload)
                 for payload in payloads[offset:offset + window]])
         sequenced = time.perf_counter()
         last.append(max(ack.seq for ack in acks))
@@ -360,6 +366,7 @@ async def feed_ledger(url: str, access: Access, ledger_pid: int, orders: int,
         print(f"  funded orders (forwards stored)    {orders / (forwarded - started):>10,.0f}/s")
         print(f"  ledger process CPU per order       {cpu / orders * 1e6:>10,.0f} µs")
     finally:
+        await orders_nc.close()
         await nc.close()
 
 
@@ -376,7 +383,8 @@ def bench_service(orders: int, window: int) -> None:
             "--nats", server.url, "--credentials",
             str(server.secrets.credentials("ledger")), "ledger", "--shards", "1"))
         try:
-            uvloop.run(feed_ledger(server.url, admin, ledger.pid, orders, window))
+            uvloop.run(feed_ledger(server.url, admin, server.access("gateway"), ledger.pid,
+                                   orders, window))
         finally:
             stop(ledger)
 
