@@ -44,7 +44,8 @@ bench: native
 	$(PY) bench/persistence.py
 	$(PY) bench/failover.py
 	$(PY) bench/nats_cluster.py
-	$(PY) bench/e2e.py
+	$(PY) bench/ledger.py
+	$(PY) bench/e2e.py --balances
 	$(PY) bench/tracing.py
 	$(PY) bench/operator_bench.py
 

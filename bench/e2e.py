@@ -11,8 +11,15 @@ one gateway process, and drives them from this process over several NATS connect
    send time to its reply, so a stall counts against every request it delays
    (no coordinated omission).
 
-Everything shares the machine's cores: nats-server, engine, gateway and this load
-generator. Figures are printed; nothing is asserted.
+With ``--balances``, the same measurement runs a second time on a fresh exchange with
+balances on (docs/ledger.md): a ledger process (``tradeplane ledger --shards 1``), the
+gateway with ``--ledger-shards 1``, the assets defined and the accounts funded, so every
+order is funded at the ledger before it reaches its market and every events message is
+settled after; then both are printed side by side (sustained orders/s, latency at half
+of it, CPU per order in each process, the ledger's included).
+
+Everything shares the machine's cores: nats-server, engine, gateway (ledger) and this
+load generator. Figures are printed; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import random
 import statistics
@@ -37,11 +45,20 @@ import uvloop
 from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
+from tradeplane.ledger_tools import submit
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
+from tradeplane.up_ledger import asset_decimals, wait_for_ledger
 from tradeplane_engine.access import Access, trader_inbox
+from tradeplane_engine.ledger import DefineAsset, Deposit, Refused
 from tradeplane_engine.streams import StreamSettings
-from tradeplane_engine.wire import MarketDefinition, api_subject, command_stream, engine_subject
+from tradeplane_engine.wire import (
+    MarketDefinition,
+    api_subject,
+    command_stream,
+    engine_subject,
+    ledger_subject,
+)
 
 MARKET = MarketDefinition(name="bench-usdt", base="BENCH", quote="USDT", tick_size="0.01",
                           lot_size="0.01", reference_price="100")
@@ -125,6 +142,8 @@ ACCESS = Access()
 """How the load generator connects: the admin's credentials when NATS authenticates."""
 ACCOUNTS: dict[int, str] = {}
 """Each load-generator connection's account (its inbox prefix is the account's)."""
+ADMIN: Client | None = None
+"""With balances, the administrator's connection (to read the ledger's status)."""
 
 
 async def _request(nc: Client, verb: str, payload: bytes, scheduled: float,
@@ -196,7 +215,9 @@ async def open_loop(connections: list[Client], mode: str, rate: float,
 
 
 async def drain(nc: Client) -> float:
-    """Wait until the engine has applied every sequenced command; how long that took."""
+    """Wait until the engine has applied every sequenced command (and, with balances,
+    the ledger has settled the events of all of them); how long that took. The ledger's
+    status answers the administrator only: ``ADMIN`` asks it."""
     started = time.perf_counter()
     js = nc.jetstream()
     last = (await js.stream_info(command_stream(MARKET.name))).state.last_seq
@@ -204,8 +225,21 @@ async def drain(nc: Client) -> float:
         status = json.loads((await nc.request(engine_subject(MARKET.name, "status"), b"",
                                               timeout=5)).data)
         if status["sequence"] >= last:
-            return time.perf_counter() - started
+            break
         await asyncio.sleep(0.01)
+    deadline = time.perf_counter() + 120
+    while ADMIN is not None:
+        if time.perf_counter() > deadline:
+            raise SystemExit("the ledger did not settle the market's events in 120 s")
+        try:  # a ledger with a backlog may answer late: its loop is busy with it
+            ledger = json.loads((await ADMIN.request(ledger_subject(0, "status"), b"",
+                                                     timeout=5)).data)
+        except nats.errors.TimeoutError:
+            continue
+        if ledger["settled"].get(MARKET.name, 0) >= last:
+            break
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - started
 
 
 class CpuMeter:
@@ -228,14 +262,24 @@ class CpuMeter:
 
     def per_order(self, orders: int) -> str:
         """Microseconds of CPU per order in each process since the last call."""
+        return cpu_text(self.figures(orders))
+
+    def figures(self, orders: int) -> dict[str, float]:
+        """Microseconds of CPU per order in each process since the last call."""
         now = self.read()
         if not now or not self._start or not orders:
-            return ""
-        text = "  CPU per order: " + ", ".join(
-            f"{name} {(now[name] - self._start[name]) / orders * 1e6:.0f} µs"
-            for name in self.processes)
+            return {}
+        used = {name: (now[name] - self._start[name]) / orders * 1e6
+                for name in self.processes}
         self._start = now
-        return text
+        return used
+
+
+def cpu_text(used: dict[str, float]) -> str:
+    if not used:
+        return ""
+    return "  CPU per order: " + ", ".join(f"{name} {value:.0f} µs"
+                                          for name, value in used.items())
 
 
 def report(run: Run, limit: float) -> str:
@@ -246,11 +290,27 @@ def report(run: Run, limit: float) -> str:
             f"{run.percentile(0.999) * 1e3:7.2f} ms  errors {run.errors}")
 
 
-async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int]) -> None:
+@dataclass
+class Summary:
+    """One response mode's figures, for the side-by-side table."""
+
+    sustained: float
+    p50: float
+    p99: float
+    cpu: dict[str, float]
+    """µs of CPU per order in each process, at saturation."""
+
+
+async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int],
+                    fractions: tuple[float, ...] = (0.25, 0.5, 0.75),
+                    with_floor: bool = True) -> dict[str, Summary]:
     limit = statistics.median([await measure_jetstream_limit(url, args.limit_messages)
                                for _ in range(3)])
     print(f"JetStream async publish (nats-py, file storage, 200 B): {limit:,.0f} msg/s "
           "— the physical limit of this path here", flush=True)
+    summaries: dict[str, Summary] = {}
+    global ADMIN
+    ADMIN = await nats.connect(url, **ACCESS.options()) if "ledger" in processes else None
     connections = []
     for number in range(args.clients):
         account = f"trader{number}"
@@ -272,15 +332,20 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
             backlog = await drain(connections[0])
             print(report(top, limit) + f"  engine backlog drained in {backlog:.1f} s",
                   flush=True)
-            print(cpu.per_order(top.ok), flush=True)
-            for fraction in (0.25, 0.5, 0.75):
+            used = cpu.figures(top.ok)
+            print(cpu_text(used), flush=True)
+            summaries[mode] = Summary(top.sustained, float("nan"), float("nan"), used)
+            for fraction in fractions:
                 run = await open_loop(connections, mode, top.sustained * fraction,
                                       args.seconds)
                 backlog = await drain(connections[0])
                 print(report(run, limit) + f"  engine backlog drained in {backlog:.1f} s",
                       flush=True)
                 print(cpu.per_order(run.ok), flush=True)
-                if mode == "result":
+                if fraction == 0.5:
+                    summaries[mode].p50 = run.percentile(0.5)
+                    summaries[mode].p99 = run.percentile(0.99)
+                if mode == "result" and with_floor:
                     floor = await jetstream_open_loop(url, run.offered or 0, args.seconds)
                     print(report(floor, limit) + "  <- the bare JetStream publish, same rate",
                           flush=True)
@@ -288,21 +353,54 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
     finally:
         for nc in connections:
             await nc.close()
+        if ADMIN is not None:
+            await ADMIN.close()
+    return summaries
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each run")
-    parser.add_argument("--clients", type=int, default=4, help="NATS connections")
-    parser.add_argument("--in-flight", type=int, default=256,
-                        help="outstanding requests at saturation")
-    parser.add_argument("--limit-messages", type=int, default=50_000)
-    parser.add_argument("--no-auth", action="store_true",
-                        help="run NATS without authentication (to measure what auth costs)")
-    args = parser.parse_args()
-    print(f"end to end: {args.clients} client connections, one engine process, one gateway "
-          f"process, nats-server, all on this machine; {args.seconds:.0f} s per run",
-          flush=True)
+async def fund_accounts(url: str, access: Access, clients: int) -> None:
+    """Define the market's assets to the ledger and give each load-generator account
+    plenty of both: more than a run can spend, and little enough that the shard's
+    totals fit the 64-bit integers of its snapshot (its status hashes it)."""
+    decimals = asset_decimals([MARKET])
+    nc = await nats.connect(url, **access.options())
+    try:
+        await wait_for_ledger(nc, 1)
+        outcomes = [await submit(nc, 0, DefineAsset(0, 0, asset=asset, decimals=places))
+                    for asset, places in sorted(decimals.items())]
+        outcomes += [await submit(nc, 0, Deposit(0, 0, transfer_id=f"bench-{number}-{asset}",
+                                                 account=f"trader{number}", asset=asset,
+                                                 amount=10**9 * 10**places))
+                     for number in range(clients) for asset, places in sorted(decimals.items())]
+        refused = [event.reason for outcome in outcomes for event in outcome.batch.events
+                   if isinstance(event, Refused)]
+        if refused:
+            raise SystemExit(f"funding the accounts: {refused[0]}")
+        # The ledger's leader defines the market once its assets are; until then an
+        # order is refused (501), so wait for it.
+        while not await _funded(url):
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+
+
+async def _funded(url: str) -> bool:
+    """Whether a small order of trader0 is taken (the market is defined to the ledger)."""
+    probe = await nats.connect(url, **ACCESS.options(trader_inbox("trader0")))
+    try:
+        body = {"market": MARKET.name, "side": "buy", "quantity": "1", "price": "1.00",
+                "response": "ack", "timeInForce": "IOC"}
+        reply = await probe.request(api_subject("trader0", "place"),
+                                    json.dumps(body).encode(), timeout=10)
+        return b'"ok":true' in reply.data
+    finally:
+        await probe.close()
+
+
+def measure(args: argparse.Namespace, balances: bool) -> dict[str, Summary]:
+    """Start an exchange (nats-server, an engine, a gateway; with ``balances``, a ledger
+    shard too), measure it, stop it."""
+    global ACCESS
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory:
         data = Path(directory)
         nats_server = NatsServer(data / "nats") if args.no_auth else NatsServer.secured(
@@ -310,7 +408,6 @@ def main() -> int:
         print("NATS authentication and permissions: "
               f"{'off (--no-auth)' if args.no_auth else 'on (docs/security.md)'}", flush=True)
         with nats_server.start() as server:
-            global ACCESS
             ACCESS = server.access("admin")  # the load generator acts as its accounts
 
             def as_service(identity: str) -> list[str]:
@@ -320,19 +417,86 @@ def main() -> int:
                         str(server.secrets.credentials(identity))]
 
             asyncio.run(publish_markets(server.url, [MARKET], StreamSettings(), ACCESS))
-            engine = spawn(tradeplane_command(*as_service("engine"), "engine", "--market",
-                                              MARKET.name))
-            gateway = spawn(tradeplane_command(*as_service("gateway"), "gateway"))
+            children = {"engine": spawn(tradeplane_command(*as_service("engine"), "engine",
+                                                           "--market", MARKET.name))}
+            ledger_shards = ["--ledger-shards", "1"] if balances else []
+            if balances:
+                children["ledger"] = spawn(tradeplane_command(*as_service("ledger"), "ledger",
+                                                              "--shards", "1"))
+            children["gateway"] = spawn(tradeplane_command(*as_service("gateway"), "gateway",
+                                                           *ledger_shards))
             try:
-                asyncio.run(wait_ready(server.url, [MARKET.name], [engine, gateway],
+                asyncio.run(wait_ready(server.url, [MARKET.name], list(children.values()),
                                        access=ACCESS))
+                if balances:
+                    asyncio.run(fund_accounts(server.url, ACCESS, args.clients))
                 assert server.process is not None
-                processes = {"nats-server": server.process.pid, "engine": engine.pid,
-                             "gateway": gateway.pid, "load generator": os.getpid()}
-                uvloop.run(benchmark(server.url, args, processes))
+                processes = {"nats-server": server.process.pid,
+                             **{name: child.pid for name, child in children.items()},
+                             "load generator": os.getpid()}
+                if not balances:
+                    return uvloop.run(benchmark(server.url, args, processes))
+                return uvloop.run(benchmark(server.url, args, processes, fractions=(0.5,),
+                                            with_floor=False))
             finally:
-                stop(gateway)
-                stop(engine)
+                for child in reversed(children.values()):
+                    stop(child)
+
+
+def side_by_side(off: dict[str, Summary], on: dict[str, Summary]) -> None:
+    print()
+    print("balances off and on, side by side (latency at half the sustained rate; CPU at "
+          "saturation)")
+    print(f"  {'':<38}{'off':>12}{'on':>12}{'on ÷ off':>10}")
+    nan = float("nan")
+    for mode in ("ack", "result"):
+        rows = [(f"{mode}: sustained orders/s", off[mode].sustained, on[mode].sustained,
+                 "{:,.0f}"),
+                (f"{mode}: p50 ms at half of it", off[mode].p50 * 1e3, on[mode].p50 * 1e3,
+                 "{:.2f}"),
+                (f"{mode}: p99 ms at half of it", off[mode].p99 * 1e3, on[mode].p99 * 1e3,
+                 "{:.2f}")]
+        names = list(dict.fromkeys([*off[mode].cpu, *on[mode].cpu]))
+        rows += [(f"{mode}: CPU µs/order, {name}", off[mode].cpu.get(name, nan),
+                  on[mode].cpu.get(name, nan), "{:.0f}") for name in names]
+        total = (f"{mode}: CPU µs/order, exchange", _exchange(off[mode].cpu),
+                 _exchange(on[mode].cpu), "{:.0f}")
+        for label, before, after, form in [*rows, total]:
+            # A process one exchange does not run (the ledger without balances): "-".
+            ratio = f"{after / before:.2f}" if before and not math.isnan(before) else "-"
+            shown = ["-" if math.isnan(value) else form.format(value)
+                     for value in (before, after)]
+            print(f"  {label:<38}{shown[0]:>12}{shown[1]:>12}{ratio:>10}")
+
+
+def _exchange(cpu: dict[str, float]) -> float:
+    """CPU per order of the exchange's own processes (not the load generator's)."""
+    return sum(used for name, used in cpu.items() if name != "load generator")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each run")
+    parser.add_argument("--clients", type=int, default=4, help="NATS connections")
+    parser.add_argument("--in-flight", type=int, default=256,
+                        help="outstanding requests at saturation")
+    parser.add_argument("--limit-messages", type=int, default=50_000)
+    parser.add_argument("--balances", action="store_true",
+                        help="measure again with balances on (a ledger shard) and print "
+                             "both side by side")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="run NATS without authentication (to measure what auth costs)")
+    args = parser.parse_args()
+    print(f"end to end: {args.clients} client connections, one engine process, one gateway "
+          f"process, nats-server, all on this machine; {args.seconds:.0f} s per run",
+          flush=True)
+    off = measure(args, balances=False)
+    if args.balances:
+        print()
+        print("with balances: one ledger process (tradeplane ledger --shards 1) funds every "
+              "order and settles its market's events; the gateway with --ledger-shards 1",
+              flush=True)
+        side_by_side(off, measure(args, balances=True))
     return 0
 
 
