@@ -6,7 +6,7 @@ import asyncio
 import io
 from pathlib import Path
 
-from tests.support.exchange import SOL, local_exchange, run
+from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane.selftest import selftest
 
 
@@ -26,7 +26,8 @@ def test_it_waits_for_a_market_that_comes_later(tmp_path: Path) -> None:
         async with local_exchange(tmp_path) as exchange:
             out = io.StringIO()
             check = asyncio.create_task(selftest(exchange.url, "sol-usdt", "100", 60, out))
-            await asyncio.sleep(0.5)  # the selftest is refused meanwhile: unknown market
+            await eventually(lambda: "waiting for sol-usdt" in out.getvalue(), 10,
+                             "the selftest refused meanwhile: an unknown market")
             await exchange.define(SOL)
             await exchange.start_engine(SOL)
             assert await check == 0, out.getvalue()

@@ -589,7 +589,15 @@ class Gateway:
             return {"error": "no responders"}
         except NatsTimeout:
             return {"error": "no answer in time"}
-        result: dict[str, Any] = msgspec.json.decode(answer.data)
+        try:
+            result = msgspec.json.decode(answer.data)
+        except msgspec.DecodeError:
+            result = None
+        if not isinstance(result, dict):
+            log.warning("an answer on %s that is not a JSON object: %r", subject[:80],
+                        answer.data[:80])
+            UNTRUSTED_SKIPPED.labels("gateway", "answer").inc()
+            return {"error": "an answer that is not one"}
         return result
 
     async def _answer_balances(self, reply_to: str, account: str) -> None:

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from tradeplane_engine.ledger import AnyLedgerCommand, DefineAsset, Deposit, Withdraw, shard_of
+from tradeplane_engine.ledger import AnyLedgerCommand, DefineAsset, Deposit, Withdraw
 from tradeplane_engine.wire import (
     HEADER_MESSAGE_ID,
     LedgerBatch,
@@ -103,6 +103,3 @@ async def _stored_outcome(nc: Client, shard: int, sequence: int) -> LedgerBatch 
         return None
     return decode_ledger_events(message.data)
 
-
-def shard_for(command: Deposit | Withdraw, shards: int) -> int:
-    return shard_of(command.account, shards)

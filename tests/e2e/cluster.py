@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,18 +99,11 @@ class Cluster:
 
     async def leader(self, timeout: float = 20, not_: str | None = None) -> str:
         """The replica that leads now (waiting for one, other than ``not_``)."""
-        found: list[str] = []
+        async def leading() -> str | None:
+            status = await self.engine_status(timeout=1)
+            return status["replica"] if status["role"] == "leader" else None
 
-        async def led() -> bool:
-            with contextlib.suppress(nats.errors.Error):
-                status = await self.engine_status(timeout=1)
-                if status["role"] == "leader" and status["replica"] != not_:
-                    found.append(status["replica"])
-                    return True
-            return False
-
-        await eventually(led, timeout, "a leader")
-        return found[-1]
+        return await _awaited_leader(leading, not_, timeout, "a leader")
 
     def signal(self, role: str, number: int) -> None:
         self.processes[role].send_signal(number)
@@ -124,18 +117,12 @@ class Cluster:
     async def ledger_leader(self, shard: int = 0, timeout: float = 20,
                             not_: str | None = None) -> str:
         """The ledger replica that leads ``shard`` now (waiting for one, not ``not_``)."""
-        found: list[str] = []
+        async def leading() -> str | None:
+            status = await self.ledger_status(shard, timeout=1)
+            return status["replica"] if status["leading"] else None
 
-        async def led() -> bool:
-            with contextlib.suppress(nats.errors.Error):
-                status = await self.ledger_status(shard, timeout=1)
-                if status["leading"] and status["replica"] != not_:
-                    found.append(status["replica"])
-                    return True
-            return False
-
-        await eventually(led, timeout, f"a leader of ledger shard {shard}")
-        return found[-1]
+        return await _awaited_leader(leading, not_, timeout,
+                                     f"a leader of ledger shard {shard}")
 
     async def recorder_status(self) -> dict[str, Any]:
         answer = await self.nc.request(f"tp.recorder.{self.market}.status", b"", timeout=5)
@@ -193,6 +180,23 @@ class Cluster:
 
     async def database(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn)
+
+
+async def _awaited_leader(leading: Callable[[], Awaitable[str | None]], not_: str | None,
+                          timeout: float, what: str) -> str:
+    """The replica ``leading`` names, once it names one other than ``not_``."""
+    found: list[str] = []
+
+    async def led() -> bool:
+        with contextlib.suppress(nats.errors.Error):
+            replica = await leading()
+            if replica is not None and replica != not_:
+                found.append(replica)
+                return True
+        return False
+
+    await eventually(led, timeout, what)
+    return found[-1]
 
 
 @contextlib.asynccontextmanager

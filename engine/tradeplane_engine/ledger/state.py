@@ -176,9 +176,10 @@ class Ledger:
         return (found.available, found.held) if found is not None else (0, 0)
 
     def account_balances(self, account: str) -> dict[str, tuple[int, int]]:
+        """(available, held) of every asset the account has held, by asset."""
+        found = ((asset, self.balances.get((account, asset))) for asset in sorted(self.decimals))
         return {asset: (balance.available, balance.held)
-                for (owner, asset), balance in sorted(self.balances.items())
-                if owner == account}
+                for asset, balance in found if balance is not None}
 
     def in_flight(self) -> list[int]:
         """The ledger sequences of the ``fundOrder`` and ``fundReplace`` commands whose

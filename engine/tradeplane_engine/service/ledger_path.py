@@ -16,6 +16,7 @@ they did (``replica.Replica``), the leader:
 
 from __future__ import annotations
 
+import functools
 import logging
 from decimal import Decimal
 from typing import Any
@@ -25,7 +26,7 @@ from nats.aio.client import Client
 
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core.commands import Place
-from tradeplane_engine.core.market import format_decimal
+from tradeplane_engine.core.market import UnitFormatter, format_decimal
 from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.ledger import (
     SYSTEM_ACCOUNTS,
@@ -89,12 +90,22 @@ class AccountBalances(msgspec.Struct, frozen=True):
 
 
 def account_balances(ledger: Ledger, account: str) -> AccountBalances:
-    def decimal(units: int, asset: str) -> str:
-        return format_decimal(Decimal(units).scaleb(-ledger.decimals.get(asset, 0)))
+    balances = {}
+    for asset, (available, held) in ledger.account_balances(account).items():
+        units = _units(ledger.decimals.get(asset, 0))
+        balances[asset] = Balances(_signed(units, available), _signed(units, held))
+    return AccountBalances(account, ledger.sequence, balances)
 
-    return AccountBalances(account, ledger.sequence, {
-        asset: Balances(decimal(available, asset), decimal(held, asset))
-        for asset, (available, held) in ledger.account_balances(account).items()})
+
+def _signed(units: UnitFormatter, amount: int) -> str:
+    """A trader's amount is never negative (the audit says so if it were): shown as it is."""
+    return units(amount) if amount >= 0 else f"-{units(-amount)}"
+
+
+@functools.cache
+def _units(decimals: int) -> UnitFormatter:
+    """Whole units of an asset of ``decimals`` as decimal strings, in integers only."""
+    return UnitFormatter(format_decimal(Decimal(1).scaleb(-decimals)))
 
 
 def forward_message_id(shard: int, sequence: int) -> str:
@@ -116,12 +127,9 @@ class LedgerPath(Replica):
         self.shard = shard
         self.ledger = ledger
         self.forwarder = forwarder
-        self.assets_changed = False
-        """An asset was defined since the leader last looked: market terms may now fit."""
 
     async def _process(self, batch: list[SequencedCommand]) -> None:
         outgoing: Outgoing = []
-        decimals = len(self.ledger.decimals)
         for command in batch:
             applied = self.apply(command)
             if command.sequence <= self.published_through:
@@ -129,8 +137,6 @@ class LedgerPath(Replica):
                 continue
             outgoing.append((command, encode_ledger_events(LedgerBatch(
                 self.shard, command.sequence, command.timestamp, applied[1])), applied))
-        if len(self.ledger.decimals) != decimals:
-            self.assets_changed = True
         if not outgoing:
             return
         if not self.leading:
