@@ -61,6 +61,7 @@ from tradeplane_engine.ledger import (
     FundOrder,
     Ledger,
     Refused,
+    Report,
     Settle,
 )
 from tradeplane_engine.streams import StreamSettings
@@ -139,9 +140,8 @@ def ledger_commands(commands: list[AnyCommand]) -> list[AnyLedgerCommand]:
                                   if isinstance(event, ORDER_EVENTS)]
         if events:
             sequence += 1
-            settle = Settle(sequence, sequence, market=MARKET,
-                            events_sequence=command.sequence, events=events,
-                            position=command.sequence)
+            settle = Settle(sequence, sequence, market=MARKET, reports=[
+                Report(command.sequence, command.sequence, events)])
             ledger.apply(settle)
             out.append(settle)
     breaches = ledger.audit()
@@ -213,8 +213,8 @@ def bench_core(count: int, seed: int, repeat: int) -> None:
     ledger_stream = ledger_commands(commands)
     holds = sum(1 for command in ledger_stream if type(command) is FundOrder)
     settlements = len(ledger_stream) - holds
-    settled_events = sum(len(command.events) for command in ledger_stream
-                         if isinstance(command, Settle))
+    settled_events = sum(len(report.events) for command in ledger_stream
+                         if isinstance(command, Settle) for report in command.reports)
     print(f"  {holds:,} fundOrder and {settlements:,} settle commands "
           f"({settled_events:,} order events settled), {ACCOUNTS:,} accounts, fees "
           f"{MAKER_BPS}/{TAKER_BPS} bps", flush=True)

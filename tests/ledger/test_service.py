@@ -12,7 +12,8 @@ import pytest
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine.core import RejectCode
-from tradeplane_engine.ledger import Deposit
+from tradeplane_engine.ledger import Deposit, Report
+from tradeplane_engine.service.ledger import grouped
 from tradeplane_engine.wire import LedgerSource, encode_ledger_command, ledger_command_subject
 from tradeplane_gateway import RequestError, connect
 from tradeplane_gateway.errors import EdgeCode
@@ -168,3 +169,11 @@ def test_only_an_administrator_moves_funds(tmp_path: Path) -> None:
             assert ledger.audit() == []
 
     run(scenario())
+
+
+def test_settlements_are_grouped_under_a_size() -> None:
+    reports = [Report(sequence, sequence, []) for sequence in range(1, 6)]
+    sized = list(zip(reports, [100, 100, 300, 50, 500], strict=True))
+    assert grouped(sized, limit=400) == [reports[:2], reports[2:4], reports[4:]]
+    assert grouped(sized) == [reports]
+    assert grouped([]) == []

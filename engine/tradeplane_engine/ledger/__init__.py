@@ -22,6 +22,7 @@ from tradeplane_engine.ledger.commands import (
     FundOrder,
     FundReplace,
     LedgerCommand,
+    Report,
     Settle,
     Unsent,
     Withdraw,
@@ -41,6 +42,7 @@ __all__ = [
     "CLEARING", "FEES", "SYSTEM_ACCOUNTS", "WORLD", "AnyLedgerCommand", "AnyLedgerEvent",
     "DefineAsset",
     "DefineMarket", "Deposit", "Duplicate", "Forward", "FundOrder", "FundReplace", "Funding",
-    "Ledger", "LedgerCommand", "LedgerEvent", "Movement", "MovementKind", "Refused", "Settle",
+    "Ledger", "LedgerCommand", "LedgerEvent", "Movement", "MovementKind", "Refused", "Report",
+    "Settle",
     "Terms", "TermsError", "Unsent", "Withdraw", "fee", "named", "shard_of",
 ]

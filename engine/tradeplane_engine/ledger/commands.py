@@ -84,15 +84,25 @@ class Unsent(LedgerCommand, frozen=True, gc=False, tag="unsent"):
     funded_at: int
 
 
+class Report(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One events message of a market, as a ``settle`` carries it."""
+
+    events_sequence: int
+    """The market command it reports on: what settlement is keyed by."""
+    position: int
+    """The message's sequence in the market's events stream."""
+    events: list[AnyEvent]
+    """Its order events (book levels and mode changes left out)."""
+
+
 class Settle(LedgerCommand, frozen=True, gc=False, tag="settle"):
-    """A market's events message: settle its trades, release what its orders no
-    longer need. ``events_sequence`` is the market command it reports on."""
+    """Consecutive events messages of a market: settle their trades, release what their
+    orders no longer need. Each report is settled once: one whose ``events_sequence`` is
+    not above the last settled of the market changes nothing (``Duplicate``), however the
+    reports were grouped into ``settle`` commands."""
 
     market: str
-    events_sequence: int
-    events: list[AnyEvent]
-    position: int = 0
-    """The message's sequence in the market's events stream."""
+    reports: list[Report]
 
 
 AnyLedgerCommand = (DefineAsset | DefineMarket | Deposit | Withdraw | FundOrder | FundReplace

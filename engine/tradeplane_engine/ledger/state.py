@@ -458,14 +458,16 @@ class Ledger:
             out.append(Refused(RejectCode.NOT_FUNDED, f"market {market[:64]!r} is not "
                                "defined to the ledger", "settle"))
             return
-        if command.events_sequence <= self.settled.get(market, 0):
-            out.append(Duplicate("settle", f"{market}:{command.events_sequence}"))
-            return
-        self.settled[market] = command.events_sequence
-        self.positions[market] = max(self.positions.get(market, 0), command.position)
         terms = self.terms[market]
-        for event in command.events:
-            self._settle_event(terms, event, out)
+        settle_event = self._settle_event
+        for report in command.reports:
+            if report.events_sequence <= self.settled.get(market, 0):
+                out.append(Duplicate("settle", f"{market}:{report.events_sequence}"))
+                continue
+            self.settled[market] = report.events_sequence
+            self.positions[market] = max(self.positions.get(market, 0), report.position)
+            for event in report.events:
+                settle_event(terms, event, out)
 
     def _settle_event(self, terms: Terms, event: AnyEvent, out: list[AnyLedgerEvent]) -> None:
         market = terms.market

@@ -7,9 +7,9 @@ under ``ledger.<shard>`` and ``leadership.Leadership`` for the takeover. Only th
 leader acts on the world:
 
 - it forwards the orders and replaces it funded, and answers the gateway (the path);
-- it follows every funded market's events stream and sequences each events message
-  that concerns its accounts as a ``settle`` in its own stream
-  (``settle:<market>:<sequence>``, stored once);
+- it follows every funded market's events stream and sequences the events messages
+  that concern its accounts in its own stream, as many to a ``settle`` as came in
+  together (``settle:<market>:<first>-<last>``, stored once);
 - it defines to the ledger the markets of the markets bucket whose assets are defined,
   and their fee changes;
 - on taking the lead, it forwards again what is still in flight, under the same message
@@ -42,7 +42,7 @@ from tradeplane_engine.core.events import (
     OrderUpdate,
     Trade,
 )
-from tradeplane_engine.feed import StreamFeed
+from tradeplane_engine.feed import SequencedCommand, StreamFeed
 from tradeplane_engine.ledger import (
     CLEARING,
     FEES,
@@ -51,6 +51,7 @@ from tradeplane_engine.ledger import (
     FundOrder,
     FundReplace,
     Ledger,
+    Report,
     Settle,
     named,
 )
@@ -84,6 +85,9 @@ log = logging.getLogger(__name__)
 
 ORDER_EVENTS = (Trade, OrderAccepted, OrderRejected, OrderUpdate, OrderReplaced)
 """The events settlement reads; book levels and mode changes are left out."""
+SETTLE_BYTES = 256 * 1024
+"""A ``settle`` carries events messages up to about this many bytes (one at least): far
+below NATS's default payload limit of 1 MiB."""
 STREAM_WAIT = 1.0
 """Seconds between two looks for a funded market's events stream not made yet."""
 
@@ -340,14 +344,29 @@ class LedgerService(Watchdog):
         await feed.start()
         try:
             while True:
-                outbound = [settle for item in await feed.next_batch()
-                            if (settle := self._settlement(market, item.sequence, item.data))]
+                outbound = self._settlements(market, await feed.next_batch())
                 if outbound:
                     await self.settler.write(outbound)
         finally:
             await feed.stop()
 
-    def _settlement(self, market: str, position: int, data: bytes) -> Outbound | None:
+    def _settlements(self, market: str, messages: list[SequencedCommand]) -> list[Outbound]:
+        """The ``settle`` commands for consecutive events messages of ``market``, under
+        the message id ``settle:<market>:<first>-<last>`` (the command sequences they
+        report on), so a resend is stored once. A new leader that groups them otherwise
+        settles nothing twice: the ledger settles each report once."""
+        reports = [(report, len(message.data)) for message in messages
+                   if (report := self._report(market, message.sequence, message.data))]
+        return [self._settle_command(market, group) for group in grouped(reports)]
+
+    def _settle_command(self, market: str, reports: list[Report]) -> Outbound:
+        settle = Settle(0, 0, market=market, reports=reports)
+        return self.path.own(settle, f"settle:{market}:{reports[0].events_sequence}-"
+                                     f"{reports[-1].events_sequence}")
+
+    def _report(self, market: str, position: int, data: bytes) -> Report | None:
+        """An events message's order events that concern this shard's accounts; None for
+        a message with none, or that is not an events message of ``market`` (logged)."""
         try:
             batch = decode_events(data)
         except msgspec.DecodeError as exc:
@@ -361,9 +380,7 @@ class LedgerService(Watchdog):
         events = [event for event in batch.events if self._concerns(event)]
         if not events:
             return None
-        settle = Settle(0, 0, market=market, events_sequence=batch.sequence, events=events,
-                        position=position)
-        return self.path.own(settle, f"settle:{market}:{batch.sequence}")
+        return Report(batch.sequence, position, events)
 
     def _concerns(self, event: AnyEvent) -> bool:
         owns = self.ledger.owns
@@ -412,6 +429,20 @@ class LedgerService(Watchdog):
             "withdrawn": dict(sorted(ledger.withdrawn.items())),
             "decimals": dict(sorted(ledger.decimals.items())),
         }
+
+
+def grouped(reports: list[tuple[Report, int]], limit: int = SETTLE_BYTES) -> list[list[Report]]:
+    """Consecutive reports, given with the size of their events message, in as few
+    groups as keep each under ``limit`` bytes (a larger one alone)."""
+    groups: list[list[Report]] = []
+    size = limit
+    for report, length in reports:
+        if size + length > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(report)
+        size += length
+    return groups
 
 
 def _fees(definition: MarketDefinition) -> tuple[int, int] | None:

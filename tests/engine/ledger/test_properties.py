@@ -53,6 +53,7 @@ from tradeplane_engine.ledger import (
     Movement,
     MovementKind,
     Refused,
+    Report,
     Settle,
     Unsent,
     shard_of,
@@ -76,6 +77,7 @@ class Exchange:
         self.to_engine: deque[AnyCommand] = deque()
         self.to_settle: deque[tuple[int, list]] = deque()  # type: ignore[type-arg]
         self.market_sequence = 0
+        self.last_report: Report | None = None
         self.sent: set[tuple[str, str]] = set()
         """Orders forwarded, by account and client order id: their message id."""
         self.seen: Counter[str] = Counter()
@@ -161,11 +163,19 @@ class Exchange:
                                           timestamp=self.market_sequence)
         self.to_settle.append((self.market_sequence, self.engine.apply(stamped)))
 
-    def settle(self) -> None:
-        sequence, events = self.to_settle.popleft()
+    def settle(self, count: int = 1, overlap: bool = False) -> None:
+        """Settle the next ``count`` events messages in one ``settle``; with ``overlap``,
+        the last one settled goes first again (a new leader grouping them otherwise)."""
+        reports = [Report(sequence, sequence, events) for sequence, events in
+                   (self.to_settle.popleft()
+                    for _ in range(min(count, len(self.to_settle))))]
+        if overlap and self.last_report is not None:
+            reports.insert(0, self.last_report)
+        self.last_report = reports[-1]
         for shard in range(len(self.ledgers)):
-            self.ledger_apply(shard, Settle(0, 0, market=MARKET, events_sequence=sequence,
-                                            events=events))
+            events = self.ledger_apply(shard, Settle(0, 0, market=MARKET, reports=reports))
+            self.seen["resettled"] += sum(isinstance(event, Duplicate)
+                                          and event.command == "settle" for event in events)
 
     def check(self) -> None:
         for ledger in self.ledgers:
@@ -182,11 +192,12 @@ class Exchange:
                          min_size=6, max_size=6),
        targets=st.lists(st.integers(0, 1_000), min_size=60, max_size=60),
        lag=st.lists(st.sampled_from(["fund", "fund", "engine", "settle"]), min_size=200,
-                    max_size=200))
+                    max_size=200),
+       groups=st.lists(st.integers(-2, 4), min_size=50, max_size=50))
 def test_invariants_hold_at_every_step(stream: tuple[MarketSpec, list[AnyCommand]],
                                        shards: int, fees: tuple[int, int],
                                        deposits: list[int], targets: list[int],
-                                       lag: list[str]) -> None:
+                                       lag: list[str], groups: list[int]) -> None:
     spec, commands = stream
     exchange = Exchange(spec, shards, *fees)
     for index, account in enumerate(ACCOUNTS):
@@ -200,6 +211,14 @@ def test_invariants_hold_at_every_step(stream: tuple[MarketSpec, list[AnyCommand
     pending = deque(_named(commands))
     aims = iter(targets)
     steps = iter(lag)
+    # How many events messages each settle takes; a negative count also settles the last
+    # one again (a new leader grouping them otherwise).
+    sizes = iter(groups)
+
+    def settle() -> None:
+        size = next(sizes, 1)
+        exchange.settle(abs(size) or 1, overlap=size < 0)
+
     while pending or exchange.to_engine or exchange.to_settle:
         step = next(steps, "drain")
         if step == "fund" and pending:
@@ -207,10 +226,10 @@ def test_invariants_hold_at_every_step(stream: tuple[MarketSpec, list[AnyCommand
         elif step == "engine" and exchange.to_engine:
             exchange.run_engine()
         elif step == "settle" and exchange.to_settle:
-            exchange.settle()
+            settle()
         elif step == "drain":
             if exchange.to_settle:
-                exchange.settle()
+                settle()
             elif exchange.to_engine:
                 exchange.run_engine()
             else:
@@ -258,5 +277,5 @@ def test_the_examples_exercised_the_ledger() -> None:
     """Runs after the property: its examples funded, refused, filled and released."""
     for seen in ("Place", "Replace", "hold", "release", "trade", "fee", "deposit",
                  "INSUFFICIENT_FUNDS", "QUOTE_AMOUNT_REQUIRED", "UNKNOWN_ORDER", "Duplicate",
-                 "unsent"):
+                 "unsent", "resettled"):
         assert SEEN[seen] > 0, (seen, SEEN)

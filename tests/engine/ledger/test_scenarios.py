@@ -33,6 +33,7 @@ from tradeplane_engine.ledger import (
     FundReplace,
     Ledger,
     Refused,
+    Report,
     Settle,
     Terms,
     TermsError,
@@ -57,6 +58,8 @@ class Desk:
         self.engine = Engine(SPEC)
         self.ledgers = [Ledger(shard, shards) for shard in range(shards)]
         self.market_sequence = 0
+        self.deferred: list[Report] | None = None
+        """When a list: events messages kept here, to settle by hand."""
         for shard in range(shards):
             self.do(shard, DefineAsset(0, 0, asset="BTC", decimals=8))
             self.do(shard, DefineAsset(0, 0, asset="USDT", decimals=6))
@@ -88,9 +91,12 @@ class Desk:
                                       command.__struct_fields__},
                                    "sequence": self.market_sequence})
         events = self.engine.apply(stamped)
+        if self.deferred is not None:
+            self.deferred.append(Report(self.market_sequence, self.market_sequence, events))
+            return
         for shard in range(len(self.ledgers)):
-            self.do(shard, Settle(0, 0, market="m", events_sequence=self.market_sequence,
-                                  events=events))
+            self.do(shard, Settle(0, 0, market="m", reports=[
+                Report(self.market_sequence, self.market_sequence, events)]))
 
     def fund(self, account: str, btc: int = 0, usdt: int = 0) -> None:
         for asset, amount in (("BTC", btc), ("USDT", usdt)):
@@ -369,12 +375,52 @@ def test_an_events_message_settled_twice_changes_nothing() -> None:
     desk.buy("buyer", 1_000, 3, "b")
     ledger = desk.ledgers[0]
     before = Ledger.restore(ledger.snapshot())
-    events = ledger.apply(Settle(ledger.sequence + 1, 0, market="m",
-                                 events_sequence=desk.market_sequence, events=[]))
+    events = ledger.apply(Settle(ledger.sequence + 1, 0, market="m", reports=[
+        Report(desk.market_sequence, desk.market_sequence, [])]))
     assert events == [Duplicate("settle", f"m:{desk.market_sequence}")]
     before.sequence = ledger.sequence  # only the ledger's own sequence moved
     assert before.state_hash() == ledger.state_hash()
     desk.audit()
+
+
+def test_one_settle_of_several_events_messages_settles_each_once() -> None:
+    """A leader settles what came in together in one ``settle``; a new leader may group
+    the same messages otherwise. Each message is settled once, whatever the grouping."""
+    one_by_one, grouped = Desk(), Desk()
+    grouped.deferred = []
+    for desk in (one_by_one, grouped):
+        desk.fund("seller", btc=10 * LOT)
+        desk.fund("buyer", usdt=100_000_000)
+        desk.sell("seller", 1_000, 3, "s")
+        desk.buy("buyer", 1_001, 2, "b")  # fills 2 at 1 000: a price improvement
+        desk.on("seller", FundOrder(0, 0, market="m", place=Place(
+            0, 0, account="seller", side=Side.SELL, price=0, quantity=1,
+            order_type=OrderType.MARKET, client_order_id="s2")))  # no bid left: canceled
+    assert grouped.deferred is not None
+    assert len(grouped.deferred) == 3
+    first, second, third = grouped.deferred
+    ledger = grouped.ledgers[0]
+    settled = ledger.apply(Settle(ledger.sequence + 1, 0, market="m",
+                                  reports=[first, second]))
+    assert not any(isinstance(event, Duplicate) for event in settled)
+    # Again, with the next message behind it: only that one is settled.
+    again = ledger.apply(Settle(ledger.sequence + 1, 0, market="m",
+                                reports=[first, second, third]))
+    assert [event for event in again if isinstance(event, Duplicate)] == [
+        Duplicate("settle", f"m:{first.events_sequence}"),
+        Duplicate("settle", f"m:{second.events_sequence}")]
+    assert ledger.settled["m"] == third.events_sequence
+    assert ledger.positions["m"] == third.position
+    for account in ("seller", "buyer", FEES, CLEARING):
+        for asset in ("BTC", "USDT"):
+            assert grouped.balance(account, asset) == one_by_one.balance(account, asset)
+    # The sell's last lot rests, holding the same in both; the market sell is gone.
+    assert ({key: (funding.remaining, funding.held) for key, funding in ledger.orders.items()}
+            == {key: (funding.remaining, funding.held)
+                for key, funding in one_by_one.ledgers[0].orders.items()}
+            == {("m", "seller", "s"): (1, LOT)})
+    grouped.audit()
+    one_by_one.audit()
 
 
 def test_amounts_beyond_64_bits_are_kept_exactly() -> None:
@@ -392,3 +438,4 @@ def test_amounts_beyond_64_bits_are_kept_exactly() -> None:
     assert again.balance("whale", "ETH") == (2 * amount, 0)
     assert again.state_hash() == ledger.state_hash()
     assert ledger.audit() == []
+
