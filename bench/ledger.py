@@ -36,9 +36,8 @@ import nats
 import uvloop
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
 
-from tradeplane.ledger_tools import submit
+from tradeplane.ledger_tools import stored_outcome, submit
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets
 from tradeplane.up_ledger import asset_decimals, wait_for_ledger
@@ -70,12 +69,10 @@ from tradeplane_engine.wire import (
     LedgerSource,
     MarketDefinition,
     command_stream,
-    decode_ledger_events,
     encode_ledger_command,
     header_sequence,
     ledger_command_stream,
     ledger_command_subject,
-    ledger_event_stream,
     ledger_event_subject,
 )
 from tradeplane_engine.workload import ACCOUNTS, SPEC, generate, to_commands
@@ -271,17 +268,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def outcome(nc: Client, sequence: int, timeout: float = 30.0) -> LedgerBatch:
-    """What the shard published for its command ``sequence`` (its events stream holds
-    one message per command, at the command's position), waiting for it."""
-    js = nc.jetstream()
+    """What the shard published for its command ``sequence``, waiting for it."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            message = await js.get_msg(ledger_event_stream(0), sequence)
-            if header_sequence(message.headers) == sequence and message.data:
-                return decode_ledger_events(message.data)
-        except NotFoundError:
-            pass
+        found = await stored_outcome(nc, 0, sequence)
+        if found is not None:
+            return found
         if time.monotonic() > deadline:
             raise SystemExit(f"the ledger published nothing for command {sequence}")
         await asyncio.sleep(0.01)
@@ -327,18 +319,18 @@ async def feed_ledger(url: str, admin: Access, gateway: Access, ledger_pid: int,
         payloads = [fund_order(number) for number in range(orders)]
         published = asyncio.get_running_loop().create_future()
         last: list[int] = []
-        counted = 0
+        highest = 0
 
         async def on_events(msg: Msg) -> None:
-            nonlocal counted
+            nonlocal highest
             sequence = header_sequence(msg.headers)
-            if sequence is None or sequence <= first:
+            if sequence is None or sequence <= highest:
                 return
-            counted += 1
+            highest = sequence
             if last and sequence >= last[0] and not published.done():
                 published.set_result(time.perf_counter())
 
-        first = (await js.stream_info(ledger_command_stream(0))).state.last_seq
+        highest = (await js.stream_info(ledger_command_stream(0))).state.last_seq
         subscription = await nc.subscribe(ledger_event_subject(0), cb=on_events)
         await nc.flush()
         cpu_before = cpu_seconds(ledger_pid)
@@ -349,7 +341,7 @@ async def feed_ledger(url: str, admin: Access, gateway: Access, ledger_pid: int,
                 for payload in payloads[offset:offset + window]])
         sequenced = time.perf_counter()
         last.append(max(ack.seq for ack in acks))
-        if counted and first + counted >= last[0] and not published.done():
+        if highest >= last[0] and not published.done():
             published.set_result(time.perf_counter())
         done = await asyncio.wait_for(published, 120)
         while (await js.stream_info(market_stream)).state.messages < forwarded_before + orders:

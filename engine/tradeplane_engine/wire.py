@@ -399,8 +399,8 @@ def decode_ledger_command(data: bytes, sequence: int, timestamp: int) -> AnyLedg
 
 
 class LedgerBatch(msgspec.Struct, frozen=True, gc=False):
-    """What one ledger command did: the message published per command on the shard's
-    events stream."""
+    """What one ledger command did. A message of the shard's events stream is a JSON
+    array of these, for consecutive commands (``Tp-Sequence``: the last one's)."""
 
     shard: int
     sequence: int
@@ -409,7 +409,19 @@ class LedgerBatch(msgspec.Struct, frozen=True, gc=False):
 
 
 encode_ledger_events = msgspec.json.Encoder().encode
-decode_ledger_events = msgspec.json.Decoder(LedgerBatch).decode
+_decode_ledger_message = msgspec.json.Decoder(list[LedgerBatch] | LedgerBatch).decode
+
+
+def decode_ledger_events(data: bytes) -> list[LedgerBatch]:
+    """The commands' batches of one events message of a ledger shard (a message of one
+    command's batch alone, as the shard wrote before it grouped them, is one too)."""
+    decoded = _decode_ledger_message(data)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def join_ledger_events(payloads: list[bytes]) -> bytes:
+    """One events message of the encoded ``LedgerBatch`` of consecutive commands."""
+    return b"[" + b",".join(payloads) + b"]"
 
 
 class LedgerRefusal(msgspec.Struct, frozen=True, rename="camel"):

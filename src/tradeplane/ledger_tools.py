@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 from typing import NamedTuple
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from tradeplane_engine.ledger import AnyLedgerCommand, DefineAsset, Deposit, Withdraw
@@ -63,7 +65,9 @@ async def submit(nc: Client, shard: int, command: AnyLedgerCommand, *,
             return
         seen[sequence] = msg.data
         if wanted and sequence == wanted[0] and not outcome.done():
-            outcome.set_result(decode_ledger_events(msg.data))
+            found = _batch_of(msg.data, sequence)
+            if found is not None:
+                outcome.set_result(found)
 
     subscription = await nc.subscribe(ledger_event_subject(shard), cb=on_event)
     try:
@@ -76,12 +80,11 @@ async def submit(nc: Client, shard: int, command: AnyLedgerCommand, *,
             raise LedgerToolError(f"ledger shard {shard} did not take the command: "
                                   f"{ack.error}")
         wanted.append(ack.seq)
-        if ack.seq in seen:
-            return Outcome(decode_ledger_events(seen[ack.seq]), ack.duplicate)
+        if ack.seq in seen and (found := _batch_of(seen[ack.seq], ack.seq)) is not None:
+            return Outcome(found, ack.duplicate)
         if ack.duplicate:
-            # Sequenced before: its outcome is in the events stream, one message per
-            # command, so at the same position.
-            stored = await _stored_outcome(nc, shard, ack.seq)
+            # Sequenced before: its outcome is in the events stream already.
+            stored = await stored_outcome(nc, shard, ack.seq)
             if stored is not None:
                 return Outcome(stored, again=True)
         try:
@@ -94,12 +97,38 @@ async def submit(nc: Client, shard: int, command: AnyLedgerCommand, *,
             await subscription.unsubscribe()
 
 
-async def _stored_outcome(nc: Client, shard: int, sequence: int) -> LedgerBatch | None:
+def _batch_of(data: bytes, sequence: int) -> LedgerBatch | None:
+    """Command ``sequence``'s batch in an events message, if it is one holding it."""
     try:
-        message = await nc.jetstream().get_msg(ledger_event_stream(shard), sequence)
+        batches = decode_ledger_events(data)
+    except msgspec.DecodeError:
+        return None
+    return next((batch for batch in batches if batch.sequence == sequence), None)
+
+
+async def stored_outcome(nc: Client, shard: int, sequence: int) -> LedgerBatch | None:
+    """Command ``sequence``'s batch in the shard's events stream (None: not there yet):
+    in the first message whose ``Tp-Sequence`` (its last command) is not below it,
+    found by bisection, as ``Tp-Sequence`` grows along the stream."""
+    js = nc.jetstream()
+    stream = ledger_event_stream(shard)
+    try:
+        info = await js.stream_info(stream)
     except NotFoundError:
         return None
-    if header_sequence(message.headers) != sequence or not message.data:
-        return None
-    return decode_ledger_events(message.data)
-
+    low, high = info.state.first_seq, info.state.last_seq
+    found: RawStreamMsg | None = None
+    while low <= high:
+        middle = (low + high) // 2
+        try:
+            message = await js.get_msg(stream, middle)
+        except NotFoundError:
+            return None
+        last = header_sequence(message.headers)
+        if last is None:
+            return None  # a message no shard wrote: nothing to go by
+        if last >= sequence:
+            found, high = message, middle - 1
+        else:
+            low = middle + 1
+    return None if found is None else _batch_of(found.data or b"", sequence)

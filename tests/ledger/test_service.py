@@ -11,10 +11,21 @@ import nats
 import pytest
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
-from tradeplane_engine.core import RejectCode
-from tradeplane_engine.ledger import Deposit, Report
+from tradeplane.ledger_tools import stored_outcome, submit
+from tradeplane_engine.core import Place, RejectCode, Side
+from tradeplane_engine.feed import SequencedCommand
+from tradeplane_engine.ledger import Deposit, FundOrder, Report
 from tradeplane_engine.service.ledger import grouped
-from tradeplane_engine.wire import LedgerSource, encode_ledger_command, ledger_command_subject
+from tradeplane_engine.service.ledger_path import event_messages
+from tradeplane_engine.service.replica import Outgoing
+from tradeplane_engine.wire import (
+    LedgerBatch,
+    LedgerSource,
+    decode_ledger_events,
+    encode_ledger_command,
+    encode_ledger_events,
+    ledger_command_subject,
+)
 from tradeplane_gateway import RequestError, connect
 from tradeplane_gateway.errors import EdgeCode
 from tradeplane_gateway.protocol import Balance
@@ -71,6 +82,16 @@ def test_a_trade_settles_both_accounts_and_a_cancel_releases(tmp_path: Path) -> 
             await eventually(lambda: ledger.balance("bob", "SOL") == (35_000, 0),
                              what="the cancel's release")
             assert ledger.audit() == []
+            # A deposit after the orders, found again in the events stream (where its
+            # message ends), and a retry of it answered with that first outcome.
+            deposit = Deposit(0, 0, transfer_id="late", account="bob", asset="SOL",
+                              amount=7)
+            first = await submit(exchange.nc, 0, deposit)
+            assert not first.again
+            assert await stored_outcome(exchange.nc, 0, first.batch.sequence) == first.batch
+            retried = await submit(exchange.nc, 0, deposit)
+            assert retried == (first.batch, True)
+            assert ledger.balance("bob", "SOL") == (35_007, 0)
 
     run(scenario())
 
@@ -177,3 +198,24 @@ def test_settlements_are_grouped_under_a_size() -> None:
     assert grouped(sized, limit=400) == [reports[:2], reports[2:4], reports[4:]]
     assert grouped(sized) == [reports]
     assert grouped([]) == []
+
+
+def test_a_shards_events_are_grouped_and_end_at_an_administrators_command() -> None:
+    """The leader publishes a batch's events in few messages, each under a size and each
+    ending at an administrator's command, whose outcome ``tradeplane deposit`` reads
+    from the message that ends at it."""
+    fund = FundOrder(0, 0, market="m", place=Place(0, 0, account="a", side=Side.BUY,
+                                                   price=1, quantity=1))
+    deposit = Deposit(0, 0, transfer_id="t", account="a", asset="USDT", amount=1)
+    kinds = [fund, fund, deposit, fund, fund, fund]
+    outgoing: Outgoing = []
+    for sequence, command in enumerate(kinds, start=1):
+        payload = encode_ledger_events(LedgerBatch(0, sequence, sequence, []))
+        outgoing.append((SequencedCommand(sequence, sequence, b"", None), payload,
+                         (command, [])))
+    size = len(outgoing[0][1])
+    messages = event_messages(outgoing, limit=2 * size + 2)
+    assert [last for last, _ in messages] == [2, 3, 5, 6]
+    assert [[batch.sequence for batch in decode_ledger_events(data)]
+            for _, data in messages] == [[1, 2], [3], [4, 5], [6]]
+    assert [last for last, _ in event_messages(outgoing)] == [3, 6]

@@ -3,7 +3,8 @@ it did (docs/ledger.md).
 
 For each batch the feed hands over, every command is applied to the pure ledger
 (``tradeplane_engine.ledger``); then, once the shard's events stream has stored what
-they did (``replica.Replica``), the leader:
+they did (``replica.Replica``; a message covers consecutive commands, ``messages``),
+the leader:
 
 1. forwards every funded order and replace to its market's command stream, under the
    message id ``ledger.<shard>:<sequence>``, with the gateway's ``Tp-Reply`` (the
@@ -32,6 +33,8 @@ from tradeplane_engine.ledger import (
     SYSTEM_ACCOUNTS,
     AnyLedgerCommand,
     AnyLedgerEvent,
+    DefineAsset,
+    Deposit,
     Duplicate,
     Forward,
     FundOrder,
@@ -40,6 +43,7 @@ from tradeplane_engine.ledger import (
     Movement,
     Refused,
     Unsent,
+    Withdraw,
     named,
 )
 from tradeplane_engine.ledger_commands import ledger_command
@@ -61,6 +65,7 @@ from tradeplane_engine.wire import (
     encode_command,
     encode_ledger_command,
     encode_ledger_events,
+    join_ledger_events,
     ledger_command_subject,
     ledger_event_stream,
     ledger_event_subject,
@@ -72,6 +77,12 @@ from tradeplane_shared.telemetry import TRACEPARENT
 log = logging.getLogger(__name__)
 
 type Applied = tuple[AnyLedgerCommand | None, list[AnyLedgerEvent]]
+
+EVENTS_BYTES = 512 * 1024
+"""An events message covers consecutive commands up to about this many bytes: half of
+NATS's default payload limit."""
+ADMINISTRATORS = (DefineAsset, Deposit, Withdraw)
+"""The commands an administrator's tool waits for the outcome of (``ledger_tools``)."""
 
 
 class Balances(msgspec.Struct, frozen=True):
@@ -106,6 +117,27 @@ def _signed(units: UnitFormatter, amount: int) -> str:
 def _units(decimals: int) -> UnitFormatter:
     """Whole units of an asset of ``decimals`` as decimal strings, in integers only."""
     return UnitFormatter(format_decimal(Decimal(1).scaleb(-decimals)))
+
+
+def event_messages(outgoing: Outgoing, limit: int = EVENTS_BYTES) -> list[tuple[int, bytes]]:
+    """Applied commands' events in as few messages as keep each under ``limit`` bytes (a
+    command's alone may be larger), each ending at an administrator's command: its
+    ``Tp-Sequence`` is that command's, where ``tradeplane deposit`` looks for it."""
+    messages: list[tuple[int, bytes]] = []
+    parts: list[bytes] = []
+    size = 0
+    for index, (command, payload, (decoded, _)) in enumerate(outgoing):
+        if parts and size + len(payload) > limit:
+            messages.append((outgoing[index - 1][0].sequence, join_ledger_events(parts)))
+            parts, size = [], 0
+        parts.append(payload)
+        size += len(payload)
+        if isinstance(decoded, ADMINISTRATORS):
+            messages.append((command.sequence, join_ledger_events(parts)))
+            parts, size = [], 0
+    if parts:
+        messages.append((outgoing[-1][0].sequence, join_ledger_events(parts)))
+    return messages
 
 
 def forward_message_id(shard: int, sequence: int) -> str:
@@ -143,6 +175,9 @@ class LedgerPath(Replica):
             self.pending.extend(outgoing)
             return
         await self.publish(outgoing)
+
+    def messages(self, outgoing: Outgoing) -> list[tuple[int, bytes]]:
+        return event_messages(outgoing)
 
     def apply(self, command: SequencedCommand) -> Applied:
         decoded = ledger_command(self.name, command)

@@ -86,6 +86,11 @@ class Replica:
         """What follows once the batch's events are stored: replies, updates, forwards."""
         raise NotImplementedError
 
+    def messages(self, outgoing: Outgoing) -> list[tuple[int, bytes]]:
+        """The events messages of applied commands, each with the sequence of the last
+        command it covers (``Tp-Sequence``): here, one message per command."""
+        return [(command.sequence, payload) for command, payload, _ in outgoing]
+
     def confirmed(self, command: SequencedCommand, events: Any) -> None:
         """A command applied while standing by whose events the leader stored."""
 
@@ -99,12 +104,11 @@ class Replica:
 
     async def publish(self, outgoing: Outgoing) -> None:
         """Events first (fenced), then what follows them (``after_publish``)."""
+        messages = self.messages(outgoing)
         try:
-            await self.events.publish([(command.sequence, payload)
-                                       for command, payload, _ in outgoing], self.stream_last,
-                                      self.epoch, {command.sequence: command.trace
-                                                   for command, _, _ in outgoing
-                                                   if command.trace})
+            await self.events.publish(messages, self.stream_last, self.epoch,
+                                      {command.sequence: command.trace
+                                       for command, _, _ in outgoing if command.trace})
         except Fenced as exc:
             log.warning("%s: fenced at epoch %d (%s)", self.name, self.epoch, exc)
             self.pending[:0] = outgoing
@@ -112,7 +116,7 @@ class Replica:
                 raise
             await self.step_down()
             return
-        self.stream_last += len(outgoing)
+        self.stream_last += len(messages)
         self.published_through = outgoing[-1][0].sequence
         self.ready.set()
         await self.after_publish(outgoing)

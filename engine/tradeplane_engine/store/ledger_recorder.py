@@ -1,16 +1,17 @@
 """The ledger recorder: a ledger shard's events stream into PostgreSQL, exactly once.
 
-Each ledger command's events message (``wire.LedgerBatch``) holds the command's
-``Movement``s, the lines of the double-entry journal. For each batch the feed hands over,
-one transaction writes every movement as a ``ledger_journal`` row, adds them to
-``ledger_balances``, and moves ``ledger_positions`` on — but only from where this
-recorder read it, so a batch is never recorded twice: by a second recorder, nor after a
-commit whose acknowledgement was lost (the recorder then reads the position again and
-continues from there, as the market recorder does on a duplicate key).
+Each events message of a ledger shard holds, for consecutive commands, what each did
+(``wire.LedgerBatch``): the command's ``Movement``s, the lines of the double-entry
+journal. For each batch of messages the feed hands over, one transaction writes every
+movement as a ``ledger_journal`` row, adds them to ``ledger_balances``, and moves
+``ledger_positions`` on — but only from where this recorder read it, so a batch is
+never recorded twice: by a second recorder, nor after a commit whose acknowledgement
+was lost (the recorder then reads the position again and continues from there, as the
+market recorder does on a duplicate key).
 
-As with a market's events, only the shard's leader writes this stream, one message per
-command in command order. A message that does not decode, is another shard's, or is not
-the next command's (a copy of a recorded one, or one that skips ahead) is quarantined in
+As with a market's events, only the shard's leader writes this stream, in command
+order. A message that does not decode, is another shard's, or is not the next commands'
+(a copy of recorded ones, or one that skips ahead) is quarantined in
 ``ledger_quarantine``, logged and counted, and stepped over — never a reason to stop.
 
 PostgreSQL outages are waited out (``database.with_connection``) with the batch kept and
@@ -78,25 +79,29 @@ class LedgerRows:
         self.sequence = batch.sequence
 
 
-def checked(shard: int, last: int, data: bytes) -> LedgerBatch:
-    """The message's batch if it is this shard's next command's; else ``ValueError``
+def checked(shard: int, last: int, data: bytes) -> list[LedgerBatch]:
+    """The message's batches if they are this shard's next commands'; else ``ValueError``
     (``msgspec.DecodeError`` is one) saying why not."""
-    batch = decode_ledger_events(data)
-    if batch.shard != shard:
-        raise ValueError(f"events of ledger shard {batch.shard}")
-    if batch.sequence <= last:
-        raise ValueError(f"duplicate command sequence {batch.sequence} "
-                         f"(recorded through {last})")
-    if batch.sequence != last + 1:
-        raise ValueError(f"command sequence {batch.sequence} skips ahead of {last + 1}")
-    for event in batch.events:
-        if isinstance(event, Movement) and not (
-                abs(event.available) < MAX_UNITS and abs(event.held) < MAX_UNITS
-                and 0 <= event.order_id < MAX_ORDER_ID
-                and "\x00" not in event.account + event.asset + event.market
-                + event.reference):
-            raise ValueError("a movement out of range")
-    return batch
+    batches = decode_ledger_events(data)
+    if not batches:
+        raise ValueError("no command's events")
+    for batch in batches:
+        if batch.shard != shard:
+            raise ValueError(f"events of ledger shard {batch.shard}")
+        if batch.sequence <= last:
+            raise ValueError(f"duplicate command sequence {batch.sequence} "
+                             f"(recorded through {last})")
+        if batch.sequence != last + 1:
+            raise ValueError(f"command sequence {batch.sequence} skips ahead of {last + 1}")
+        last = batch.sequence
+        for event in batch.events:
+            if isinstance(event, Movement) and not (
+                    abs(event.available) < MAX_UNITS and abs(event.held) < MAX_UNITS
+                    and 0 <= event.order_id < MAX_ORDER_ID
+                    and "\x00" not in event.account + event.asset + event.market
+                    + event.reference):
+                raise ValueError("a movement out of range")
+    return batches
 
 
 def ledger_rows(shard: int, stream_sequence: int, sequence: int,
@@ -106,14 +111,15 @@ def ledger_rows(shard: int, stream_sequence: int, sequence: int,
     for message in messages:
         rows.stream_sequence = message.sequence
         try:
-            batch = checked(shard, rows.sequence, message.data)
+            batches = checked(shard, rows.sequence, message.data)
         except ValueError as exc:
             log.warning("ledger recorder %d: events message %d refused (%s); quarantined",
                         shard, message.sequence, str(exc)[:200])
             UNTRUSTED_SKIPPED.labels("recorder", "ledger events").inc()
             rows.quarantined.append((shard, message.sequence, message.data, str(exc)[:500]))
             continue
-        rows.add(shard, message.sequence, batch)
+        for batch in batches:
+            rows.add(shard, message.sequence, batch)
     return rows
 
 

@@ -27,7 +27,12 @@ from tradeplane_engine.store.ledger_queries import (
 from tradeplane_engine.store.ledger_recorder import LedgerRecorder
 from tradeplane_engine.store.recorders import run_recorders
 from tradeplane_engine.streams import ensure_stream
-from tradeplane_engine.wire import LedgerBatch, encode_ledger_events, ledger_event_subject
+from tradeplane_engine.wire import (
+    LedgerBatch,
+    encode_ledger_events,
+    join_ledger_events,
+    ledger_event_subject,
+)
 from tradeplane_gateway import connect
 
 ASSETS = {"SOL": 4, "USDT": 6}
@@ -140,8 +145,10 @@ def test_what_is_not_the_next_command_is_quarantined_and_recording_goes_on(
                                                             ledger.apply(stamped))))
         foreign = encode_ledger_events(LedgerBatch(1, 4, 4, []))
         ahead = encode_ledger_events(LedgerBatch(0, 9, 9, []))
-        # Stream order: 1 2 3, garbage, a copy of 2, shard 1's, a skip ahead, then 4 5.
-        stream = [*batches[:3], b"{not json", batches[1], foreign, ahead, *batches[3:]]
+        # Stream order: 1 2 3 (a message each, as the shard wrote before it grouped
+        # them), garbage, a copy of 2, shard 1's, a skip ahead, then 4 and 5 in one.
+        stream = [*batches[:3], b"{not json", join_ledger_events([batches[1]]), foreign,
+                  ahead, join_ledger_events(batches[3:])]
         async with local_exchange(tmp_path) as exchange:
             js = exchange.nc.jetstream()
             for config in SETTINGS.ledger_stream_configs(0):
@@ -176,7 +183,7 @@ def test_what_is_not_the_next_command_is_quarantined_and_recording_goes_on(
                 assert "ledger shard 1" in reasons[2]
                 assert "skips ahead" in reasons[3]
                 position = await connection.fetchrow("SELECT * FROM ledger_positions")
-                assert (position["stream_sequence"], position["sequence"]) == (9, 5)
+                assert (position["stream_sequence"], position["sequence"]) == (len(stream), 5)
             # Both recorders refused each bad message, but it is recorded once.
             assert skipped() - before >= 4
         await pool.close()
