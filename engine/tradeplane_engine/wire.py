@@ -419,9 +419,21 @@ def decode_ledger_events(data: bytes) -> list[LedgerBatch]:
     return decoded if isinstance(decoded, list) else [decoded]
 
 
-def join_ledger_events(payloads: list[bytes]) -> bytes:
-    """One events message of the encoded ``LedgerBatch`` of consecutive commands."""
+def join_batches(payloads: list[bytes]) -> bytes:
+    """One events message of the encoded batches of consecutive commands: a JSON array."""
     return b"[" + b",".join(payloads) + b"]"
+
+
+_decode_parts = msgspec.json.Decoder(list[msgspec.Raw]).decode
+
+
+def batch_parts(data: bytes) -> list[bytes]:
+    """Each command's encoded batch in one events message: the items of its array, or the
+    whole message when it is one object (one command's, as written before grouping).
+    ``msgspec.DecodeError`` when it is neither."""
+    if data.lstrip()[:1] != b"[":
+        return [data]
+    return [bytes(part) for part in _decode_parts(data)]
 
 
 class LedgerRefusal(msgspec.Struct, frozen=True, rename="camel"):
@@ -438,17 +450,27 @@ class LedgerRefusal(msgspec.Struct, frozen=True, rename="camel"):
 
 # -- the events stream -------------------------------------------------------------------
 
-class EventBatch(msgspec.Struct, frozen=True, gc=False):
-    """What one command did: the message published per command on the events stream."""
+class EventBatch(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """What one command did. A message of the market's events stream is a JSON array of
+    these, for consecutive commands (``Tp-Sequence``: the last one's); a ``result``
+    reply is one."""
 
     market: str
     sequence: int
     timestamp: int
     events: list[AnyEvent]
+    trace: str | None = None
+    """The order's W3C ``traceparent``, when it has one: the recorder continues it."""
 
 
 encode_events = msgspec.json.Encoder().encode
 decode_events = msgspec.json.Decoder(EventBatch).decode
+
+
+def decode_event_message(data: bytes) -> list[EventBatch]:
+    """The commands' batches of one message of a market's events stream (a message of one
+    command's batch alone, as engines wrote before they grouped them, is one too)."""
+    return [decode_events(part) for part in batch_parts(data)]
 
 
 class PubAck(msgspec.Struct):

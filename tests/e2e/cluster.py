@@ -151,10 +151,12 @@ class Cluster:
             return False
 
         async def recorder_done() -> bool:
-            events = (await js.stream_info(f"tp-evt-{self.market}")).state.last_seq
             with contextlib.suppress(nats.errors.Error):
-                return bool(events >= commands
-                            and (await self.recorder_status())["recorded"] >= events)
+                last = await js.get_last_msg(f"tp-evt-{self.market}",
+                                             f"tp.evt.{self.market}")
+                covered = int((last.headers or {}).get("Tp-Sequence", 0))
+                return bool(covered >= commands and (await self.recorder_status())[
+                    "recorded"] >= (last.seq or 0))
             return False
 
         try:

@@ -11,6 +11,7 @@ import msgspec
 from tests.e2e.cluster import Cluster, OrderFlow, cluster
 from tests.e2e.test_crash_recovery import MARKET, check_database
 from tests.support.exchange import eventually, run
+from tradeplane_engine.wire import decode_event_message
 from tradeplane_gateway import LocalBook, connect
 
 ROLES = ("engine-1", "engine-2", "recorder", "gateway")
@@ -28,13 +29,19 @@ async def check_replicas(exchange: Cluster, replicas: list[str]) -> None:
 
 
 async def check_events_stream(exchange: Cluster, commands: int) -> None:
-    """One events message per command, each sequence once, in order."""
+    """Every command's events once, in command order, each message's Tp-Sequence its
+    last command's."""
     js = exchange.nc.jetstream()
-    info = await js.stream_info(f"tp-evt-{exchange.market}")
-    assert info.state.messages == commands
-    last = await js.get_last_msg(f"tp-evt-{exchange.market}", f"tp.evt.{exchange.market}")
-    assert last.headers is not None
-    assert int(last.headers["Tp-Sequence"]) == commands
+    stream = f"tp-evt-{exchange.market}"
+    info = await js.stream_info(stream)
+    sequences: list[int] = []
+    for position in range(info.state.first_seq, info.state.last_seq + 1):
+        stored = await js.get_msg(stream, position)
+        assert stored.headers is not None
+        batches = decode_event_message(stored.data or b"")
+        assert int(stored.headers["Tp-Sequence"]) == batches[-1].sequence
+        sequences.extend(batch.sequence for batch in batches)
+    assert sequences == list(range(1, commands + 1))
 
 
 async def check_settled(exchange: Cluster, acknowledged: list[str],

@@ -13,7 +13,7 @@ from tradeplane_engine.core import Engine
 from tradeplane_engine.feed import FeedError, stream_position
 from tradeplane_engine.service import MarketService
 from tradeplane_engine.streams import StreamSettings, ensure_market_streams
-from tradeplane_engine.wire import decode_command, decode_events
+from tradeplane_engine.wire import decode_command, decode_event_message
 from tradeplane_gateway import connect
 
 
@@ -58,12 +58,19 @@ def test_every_command_has_one_events_message_and_a_restart_publishes_nothing_tw
             assert after.market_data.book_sequence == 41  # the order sequenced while down
             assert replay.state_hash() == hash_before
 
-            # Events messages are in command order, one per command, ids from the sequence.
-            last = await js.get_msg("tp-evt-sol-usdt", 41)
-            assert last.data is not None
-            assert last.headers is not None
-            assert decode_events(last.data).sequence == 41
-            assert last.headers["Nats-Msg-Id"] == "sol-usdt:41"
+            # Events messages hold every command's batch once, in command order; each
+            # message's id and Tp-Sequence are its last command's.
+            info = await js.stream_info("tp-evt-sol-usdt")
+            sequences: list[int] = []
+            for position in range(1, info.state.last_seq + 1):
+                stored = await js.get_msg("tp-evt-sol-usdt", position)
+                assert stored.data is not None
+                assert stored.headers is not None
+                batches = decode_event_message(stored.data)
+                assert stored.headers["Nats-Msg-Id"] == f"sol-usdt:{batches[-1].sequence}"
+                assert stored.headers["Tp-Sequence"] == str(batches[-1].sequence)
+                sequences.extend(batch.sequence for batch in batches)
+            assert sequences == list(range(1, 42))
 
     run(scenario())
 
@@ -81,7 +88,8 @@ def test_a_command_that_is_not_a_command_is_skipped_the_same_way_everywhere(
             assert placed.order is not None
             empty = await js.get_msg("tp-evt-sol-usdt", 1)
             assert empty.data is not None
-            assert decode_events(empty.data).events == []
+            assert decode_event_message(empty.data)[0].sequence == 1
+            assert decode_event_message(empty.data)[0].events == []
 
     run(scenario())
 

@@ -1,16 +1,17 @@
-"""Publishes each command's events to the market's events stream, a batch at a time.
+"""Publishes applied commands' events to the market's events stream, a batch at a time.
 
-Every message goes out at once with its own reply subject; the batch is done when the
-stream has acknowledged every one of them. Each message carries ``Nats-Msg-Id``
-``<market>:<sequence>``, so when acknowledgements do not come in time the missing ones
-are simply sent again: the stream stores each at most once. An acknowledgement that
-says ``duplicate`` is checked against what the stream holds (``Forged``): it is either
-this message sent before, or another leader's for the same command — the same bytes,
-events being deterministic — or a message someone else published under the id first,
-which would make the stream drop the real events silently. This is nats-py's
-``publish_async`` without its per-message semaphore, task and JSON parsing, which cost
-more than the matching itself.
-"""
+Each message covers consecutive commands (``replica.grouped_messages``). Every message
+goes out at once with its own reply subject; the batch is done when the stream has
+acknowledged every one of them. Each message carries ``Nats-Msg-Id``
+``<market>:<sequence>`` (its last command's), so when acknowledgements do not come in
+time the missing ones are simply sent again: the stream stores each at most once. An
+acknowledgement that says ``duplicate`` is checked against what the stream holds
+(``Forged``): it is either this message sent before, or another leader's for the same
+commands — the same bytes when it grouped them alike, events being deterministic — or a
+message someone else published under the id first, which would make the stream drop
+the real events silently. Bytes that differ make the leader stop leading, as when
+fenced. This is nats-py's ``publish_async`` without its per-message semaphore, task and
+JSON parsing, which cost more than the matching itself."""
 
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from tradeplane_engine.wire import (
     event_subject,
 )
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
-from tradeplane_shared.telemetry import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,9 @@ class EventsPublisher:
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def publish(self, batch: list[tuple[int, bytes]], after: int, epoch: int = 0,
-                      traces: dict[int, str] | None = None) -> None:
-        """Store every (sequence, payload) of the batch in the events stream.
-
-        ``traces`` maps a command's sequence to its order's ``traceparent``, which its
-        events message carries on, so the recorder continues the order's trace.
+    async def publish(self, batch: list[tuple[int, bytes]], after: int, epoch: int = 0) -> None:
+        """Store every (sequence, payload) of the batch in the events stream: each payload
+        is an events message, and ``sequence`` the last command it covers.
 
         ``after`` is the stream's last sequence as this leader knows it: each message
         carries ``Nats-Expected-Last-Sequence``, so if anyone else wrote to the stream
@@ -104,8 +101,6 @@ class EventsPublisher:
                 headers = {HEADER_MESSAGE_ID: f"{self.market}:{number}",
                            HEADER_SEQUENCE: number, HEADER_EPOCH: str(epoch),
                            EXPECTED_LAST_SEQUENCE: str(expected[sequence])}
-                if traces and sequence in traces:
-                    headers[TRACEPARENT] = traces[sequence]
                 await self.nc.publish(self._subject, payload, reply=f"{self._inbox}.{number}",
                                       headers=headers)
             try:

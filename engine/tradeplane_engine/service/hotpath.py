@@ -3,9 +3,10 @@
 For each batch the feed hands over, every command is applied to the pure core, then,
 in this order:
 
-1. each command's events go to the market's events stream (JetStream, message id
-   ``<market>:<sequence>``, so a re-publish after a crash is dropped), waiting for the
-   stream's acknowledgements of the whole batch;
+1. the commands' events go to the market's events stream, consecutive commands'
+   batches in one message (JetStream, message id ``<market>:<last sequence>``, so a
+   re-publish after a crash is dropped), waiting for the stream's acknowledgements of
+   the whole batch;
 2. the events to the sender's ``Tp-Reply`` subject, if any (the gateway's ``result``);
 3. private order updates per account, and public trades and L2 deltas.
 
@@ -78,8 +79,8 @@ class HotPath(Replica):
             if command.sequence <= self.published_through:
                 self.replayed_command(command, events)
                 continue
-            outgoing.append((command, encode_events(
-                EventBatch(market, command.sequence, command.timestamp, events)), events))
+            outgoing.append((command, encode_events(EventBatch(
+                market, command.sequence, command.timestamp, events, command.trace)), events))
         self.metrics.applied(len(batch), (time.time_ns() - started) / 1e9)
         if not outgoing:
             return

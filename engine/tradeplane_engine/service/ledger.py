@@ -67,6 +67,7 @@ from tradeplane_engine.wire import (
     HEADER_REPLY,
     MAX_REQUEST,
     MarketDefinition,
+    batch_parts,
     decode_events,
     decode_ledger_command,
     definition_entry,
@@ -339,7 +340,9 @@ class LedgerService(Watchdog):
                 log.warning("%s: %s not readable yet (%s)", self.name, stream,
                             type(exc).__name__)
                 await asyncio.sleep(STREAM_WAIT)
-        feed = StreamFeed(self.nc, stream, self.ledger.positions.get(market, 0) + 1,
+        # From the last message settled, again: a message's commands may have been
+        # settled in two ``settle`` commands, and the leader failed between them.
+        feed = StreamFeed(self.nc, stream, max(1, self.ledger.positions.get(market, 0)),
                           batch=256)
         await feed.start()
         try:
@@ -355,8 +358,8 @@ class LedgerService(Watchdog):
         the message id ``settle:<market>:<first>-<last>`` (the command sequences they
         report on), so a resend is stored once. A new leader that groups them otherwise
         settles nothing twice: the ledger settles each report once."""
-        reports = [(report, len(message.data)) for message in messages
-                   if (report := self._report(market, message.sequence, message.data))]
+        reports = [report for message in messages
+                   for report in self._reports(market, message.sequence, message.data)]
         return [self._settle_command(market, group) for group in grouped(reports)]
 
     def _settle_command(self, market: str, reports: list[Report]) -> Outbound:
@@ -364,23 +367,29 @@ class LedgerService(Watchdog):
         return self.path.own(settle, f"settle:{market}:{reports[0].events_sequence}-"
                                      f"{reports[-1].events_sequence}")
 
-    def _report(self, market: str, position: int, data: bytes) -> Report | None:
-        """An events message's order events that concern this shard's accounts; None for
-        a message with none, or that is not an events message of ``market`` (logged)."""
+    def _reports(self, market: str, position: int,
+                 data: bytes) -> list[tuple[Report, int]]:
+        """The commands' order events in an events message that concern this shard's
+        accounts and are not settled yet, each with its size; none (logged) for a message
+        that is not an events message of ``market``."""
         try:
-            batch = decode_events(data)
+            parts = batch_parts(data)
+            batches = [(decode_events(part), len(part)) for part in parts]
         except msgspec.DecodeError as exc:
             log.warning("%s: %s message %d is not an events message (%s); skipped",
                         self.name, event_stream(market), position, str(exc)[:120])
             UNTRUSTED_SKIPPED.labels("ledger", "events message").inc()
-            return None
-        if batch.market != market:
+            return []
+        if any(batch.market != market for batch, _ in batches):
             UNTRUSTED_SKIPPED.labels("ledger", "events message").inc()
-            return None
-        events = [event for event in batch.events if self._concerns(event)]
-        if not events:
-            return None
-        return Report(batch.sequence, position, events)
+            return []
+        settled = self.ledger.settled.get(market, 0)
+        reports = []
+        for batch, size in batches:
+            events = [event for event in batch.events if self._concerns(event)]
+            if events and batch.sequence > settled:
+                reports.append((Report(batch.sequence, position, events), size))
+        return reports
 
     def _concerns(self, event: AnyEvent) -> bool:
         owns = self.ledger.owns

@@ -48,7 +48,7 @@ from tradeplane_engine.ledger import (
 )
 from tradeplane_engine.ledger_commands import ledger_command
 from tradeplane_engine.service.events import EventsPublisher
-from tradeplane_engine.service.replica import Outgoing, Replica
+from tradeplane_engine.service.replica import EVENTS_BYTES, Outgoing, Replica, grouped_messages
 from tradeplane_engine.service.writer import Outbound, StreamWriter
 from tradeplane_engine.wire import (
     HEADER_FUNDED,
@@ -65,7 +65,6 @@ from tradeplane_engine.wire import (
     encode_command,
     encode_ledger_command,
     encode_ledger_events,
-    join_ledger_events,
     ledger_command_subject,
     ledger_event_stream,
     ledger_event_subject,
@@ -78,9 +77,6 @@ log = logging.getLogger(__name__)
 
 type Applied = tuple[AnyLedgerCommand | None, list[AnyLedgerEvent]]
 
-EVENTS_BYTES = 512 * 1024
-"""An events message covers consecutive commands up to about this many bytes: half of
-NATS's default payload limit."""
 ADMINISTRATORS = (DefineAsset, Deposit, Withdraw)
 """The commands an administrator's tool waits for the outcome of (``ledger_tools``)."""
 
@@ -120,24 +116,11 @@ def _units(decimals: int) -> UnitFormatter:
 
 
 def event_messages(outgoing: Outgoing, limit: int = EVENTS_BYTES) -> list[tuple[int, bytes]]:
-    """Applied commands' events in as few messages as keep each under ``limit`` bytes (a
-    command's alone may be larger), each ending at an administrator's command: its
-    ``Tp-Sequence`` is that command's, where ``tradeplane deposit`` looks for it."""
-    messages: list[tuple[int, bytes]] = []
-    parts: list[bytes] = []
-    size = 0
-    for index, (command, payload, (decoded, _)) in enumerate(outgoing):
-        if parts and size + len(payload) > limit:
-            messages.append((outgoing[index - 1][0].sequence, join_ledger_events(parts)))
-            parts, size = [], 0
-        parts.append(payload)
-        size += len(payload)
-        if isinstance(decoded, ADMINISTRATORS):
-            messages.append((command.sequence, join_ledger_events(parts)))
-            parts, size = [], 0
-    if parts:
-        messages.append((outgoing[-1][0].sequence, join_ledger_events(parts)))
-    return messages
+    """A shard's events messages: as ``replica.grouped_messages``, each also ending at an
+    administrator's command, so its ``Tp-Sequence`` is that command's, where ``tradeplane
+    deposit`` looks for it."""
+    return grouped_messages(outgoing, limit,
+                            lambda item: isinstance(item[2][0], ADMINISTRATORS))
 
 
 def forward_message_id(shard: int, sequence: int) -> str:

@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.service.events import EventsPublisher, Fenced
-from tradeplane_engine.wire import HEADER_SEQUENCE, header_sequence
+from tradeplane_engine.wire import HEADER_SEQUENCE, header_sequence, join_batches
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,37 @@ UNREADABLE_LOOKBACK = 1000
 """Events messages without a readable ``Tp-Sequence`` stepped over at the stream's end."""
 
 type Outgoing = list[tuple[SequencedCommand, bytes, Any]]
-"""Applied commands with their encoded events message and their events."""
+"""Applied commands with their encoded batch of events and their events."""
+
+EVENTS_BYTES = 512 * 1024
+"""An events message covers consecutive commands up to about this many bytes (half of
+NATS's default payload limit); one command's batch alone may be larger."""
+
+
+def grouped_messages(outgoing: Outgoing, limit: int = EVENTS_BYTES,
+                     ends: Callable[[tuple[SequencedCommand, bytes, Any]], bool] | None = None,
+                     ) -> list[tuple[int, bytes]]:
+    """Applied commands' batches in as few events messages as keep each under ``limit``
+    bytes, each a JSON array of consecutive commands' batches with the sequence of its
+    last command (``Tp-Sequence``). A command for which ``ends`` says so ends its message."""
+    messages: list[tuple[int, bytes]] = []
+    parts: list[bytes] = []
+    size = 0
+    last = 0
+    for item in outgoing:
+        payload = item[1]
+        if parts and size + len(payload) > limit:
+            messages.append((last, join_batches(parts)))
+            parts, size = [], 0
+        parts.append(payload)
+        size += len(payload)
+        last = item[0].sequence
+        if ends is not None and ends(item):
+            messages.append((last, join_batches(parts)))
+            parts, size = [], 0
+    if parts:
+        messages.append((last, join_batches(parts)))
+    return messages
 
 
 class Replica:
@@ -87,9 +117,8 @@ class Replica:
         raise NotImplementedError
 
     def messages(self, outgoing: Outgoing) -> list[tuple[int, bytes]]:
-        """The events messages of applied commands, each with the sequence of the last
-        command it covers (``Tp-Sequence``): here, one message per command."""
-        return [(command.sequence, payload) for command, payload, _ in outgoing]
+        """The events messages of applied commands (``grouped_messages``)."""
+        return grouped_messages(outgoing)
 
     def confirmed(self, command: SequencedCommand, events: Any) -> None:
         """A command applied while standing by whose events the leader stored."""
@@ -106,9 +135,7 @@ class Replica:
         """Events first (fenced), then what follows them (``after_publish``)."""
         messages = self.messages(outgoing)
         try:
-            await self.events.publish(messages, self.stream_last, self.epoch,
-                                      {command.sequence: command.trace
-                                       for command, _, _ in outgoing if command.trace})
+            await self.events.publish(messages, self.stream_last, self.epoch)
         except Fenced as exc:
             log.warning("%s: fenced at epoch %d (%s)", self.name, self.epoch, exc)
             self.pending[:0] = outgoing

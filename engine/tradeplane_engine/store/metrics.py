@@ -18,7 +18,7 @@ database, seconds when it struggles."""
 
 EVENTS_WRITTEN = Counter(
     "tradeplane_recorder_events_written",
-    "Events messages (one per command) written to PostgreSQL", ["market"])
+    "Commands' events (a journal row each) written to PostgreSQL", ["market"])
 ROWS_WRITTEN = Counter(
     "tradeplane_recorder_rows_written",
     "Rows inserted or updated in PostgreSQL, by table", ["market", "table"])

@@ -8,12 +8,12 @@ where the database really is and continues from there. Its position is the datab
 own: the highest events-stream sequence in the journal, read at start — so a recorder
 killed at any point resumes without gaps or duplicates.
 
-The engine publishes exactly one events message per command, in command order, so the
-command sequence an events message carries must be the one after the last recorded.
-One that is not (a copy of a recorded command's events published again under a new
-stream sequence, one that goes backwards or skips ahead) was not written by the
-market's leader; like a message that does not decode, it is quarantined and stepped
-over, never a reason to stop recording.
+The engine publishes every command's events once, in command order, consecutive
+commands' batches in one message, so the batches of an events message must be the
+commands after the last recorded. A message whose are not (a copy of recorded
+commands' events published again under a new stream sequence, one that goes backwards
+or skips ahead) was not written by the market's leader; like a message that does not
+decode, it is quarantined whole and stepped over, never a reason to stop recording.
 
 If PostgreSQL goes away the batch is kept and written again once it is back; the feed
 stops pulling while the batch waits, so memory stays bounded. The lag (events in the
@@ -48,7 +48,9 @@ from tradeplane_engine.store.rows import (
     Rows,
 )
 from tradeplane_engine.wire import (
+    EventBatch,
     MarketDefinition,
+    batch_parts,
     decode_events,
     event_stream,
     event_subject,
@@ -166,7 +168,7 @@ class Recorder:
                 await self._with_database(
                     lambda connection, rows=rows: self._write(connection, rows))
                 if telemetry.enabled:
-                    self._trace(started, messages)
+                    self._trace(started, rows.traces)
                 self.position = messages[-1].sequence
                 if rows.journal:
                     self.command_sequence = rows.journal[-1][1]
@@ -175,15 +177,15 @@ class Recorder:
         finally:
             await feed.stop()
 
-    def _trace(self, started: int, messages: list[SequencedCommand]) -> None:
+    def _trace(self, started: int, traces: list[tuple[str, int]]) -> None:
         """The recorded events of sampled orders, in the orders' traces."""
         subject = event_subject(self.market)
         telemetry.consumer_spans(f"process {subject}", started, [
-            (message.trace, telemetry.messaging(
+            (trace, telemetry.messaging(
                 "process", subject, **{"tradeplane.market": self.market,
-                                       "tradeplane.events_sequence": message.sequence,
+                                       "tradeplane.events_sequence": sequence,
                                        "db.system.name": "postgresql"}))
-            for message in messages if message.trace])
+            for trace, sequence in traces])
 
     def rows(self, messages: list[SequencedCommand]) -> Rows:
         """The batch's rows; what is not the market's next command's events is quarantined."""
@@ -191,29 +193,43 @@ class Recorder:
         last = self.command_sequence
         for message in messages:
             try:
-                batch = decode_events(message.data)
-                payload = message.data.decode()
-                if batch.market != self.market:
-                    raise ValueError(f"events of market {batch.market[:80]!r}")
-                if batch.sequence <= last:
-                    raise ValueError(f"duplicate command sequence {batch.sequence} "
-                                     f"(recorded through {last})")
-                if batch.sequence != last + 1:
-                    raise ValueError(f"command sequence {batch.sequence} skips ahead of "
-                                     f"{last + 1}")
+                batches = self._checked(message.data, last)
             except (msgspec.DecodeError, ValueError) as exc:  # UnicodeDecodeError included
-                # Only an engine writes here, one message per command in order: someone
-                # else did (or a defect). Kept aside whole, stepped over; never a reason
-                # to stop recording the market.
+                # Only an engine writes here, its commands in order: someone else did (or
+                # a defect). Kept aside whole, stepped over; never a reason to stop
+                # recording the market.
                 log.warning("recorder %s: events message %d refused (%s); quarantined",
                             self.market, message.sequence, exc)
                 UNTRUSTED_SKIPPED.labels("recorder", "events message").inc()
                 rows.quarantined.append((self.market, message.sequence, message.data,
                                          str(exc)[:500]))
                 continue
-            rows.add(message.sequence, batch, payload)
-            last = batch.sequence
+            for batch, payload in batches:
+                rows.add(message.sequence, batch, payload)
+                if batch.trace:
+                    rows.traces.append((batch.trace, batch.sequence))
+            last = batches[-1][0].sequence
         return rows
+
+    def _checked(self, data: bytes, last: int) -> list[tuple[EventBatch, str]]:
+        """Each command's batch in an events message, with its JSON, if they are the
+        market's next commands'; else ``ValueError`` (``msgspec.DecodeError`` is one)."""
+        batches = []
+        for part in batch_parts(data):
+            batch = decode_events(part)
+            if batch.market != self.market:
+                raise ValueError(f"events of market {batch.market[:80]!r}")
+            if batch.sequence <= last:
+                raise ValueError(f"duplicate command sequence {batch.sequence} "
+                                 f"(recorded through {last})")
+            if batch.sequence != last + 1:
+                raise ValueError(f"command sequence {batch.sequence} skips ahead of "
+                                 f"{last + 1}")
+            batches.append((batch, part.decode()))
+            last = batch.sequence
+        if not batches:
+            raise ValueError("no command's events")
+        return batches
 
     async def _write(self, connection: asyncpg.Connection, rows: Rows) -> None:
         began = time.perf_counter()

@@ -30,7 +30,7 @@ from tradeplane_engine.streams import ensure_stream
 from tradeplane_engine.wire import (
     LedgerBatch,
     encode_ledger_events,
-    join_ledger_events,
+    join_batches,
     ledger_event_subject,
 )
 from tradeplane_gateway import connect
@@ -147,8 +147,8 @@ def test_what_is_not_the_next_command_is_quarantined_and_recording_goes_on(
         ahead = encode_ledger_events(LedgerBatch(0, 9, 9, []))
         # Stream order: 1 2 3 (a message each, as the shard wrote before it grouped
         # them), garbage, a copy of 2, shard 1's, a skip ahead, then 4 and 5 in one.
-        stream = [*batches[:3], b"{not json", join_ledger_events([batches[1]]), foreign,
-                  ahead, join_ledger_events(batches[3:])]
+        stream = [*batches[:3], b"{not json", join_batches([batches[1]]), foreign,
+                  ahead, join_batches(batches[3:])]
         async with local_exchange(tmp_path) as exchange:
             js = exchange.nc.jetstream()
             for config in SETTINGS.ledger_stream_configs(0):

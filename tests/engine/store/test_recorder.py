@@ -29,7 +29,13 @@ from tradeplane_engine.store.queries import History, OrderQuery, TradesQuery
 from tradeplane_engine.store.recorder import Recorder
 from tradeplane_engine.store.snapshots import Snapshotter, latest_snapshot
 from tradeplane_engine.streams import ensure_market_streams
-from tradeplane_engine.wire import EventBatch, decode_command, encode_events, event_subject
+from tradeplane_engine.wire import (
+    EventBatch,
+    decode_command,
+    encode_events,
+    event_subject,
+    join_batches,
+)
 from tradeplane_gateway import RequestError, connect
 
 
@@ -261,12 +267,20 @@ def test_history_reads_rejections_stored_before_they_named_their_command(
     b'{"market":"other-usdt","sequence":2,"timestamp":2,"events":[]}',
     encode_events(EventBatch("sol-usdt", 1, 1, [])),
     encode_events(EventBatch("sol-usdt", 7, 2, [])),
+    join_batches([encode_events(EventBatch("sol-usdt", 1, 1, [])),
+                  encode_events(EventBatch("sol-usdt", 2, 2, []))]),
+    join_batches([encode_events(EventBatch("sol-usdt", 2, 2, [])),
+                  encode_events(EventBatch("sol-usdt", 4, 2, []))]),
+    join_batches([encode_events(EventBatch("sol-usdt", 2, 2, [])), b"{}"]),
+    b"[]",
 ], ids=["not JSON", "not an events message", "another market's events",
-        "a recorded command's events again", "a command sequence that skips ahead"])
+        "a recorded command's events again", "a command sequence that skips ahead",
+        "grouped with a recorded command's", "grouped with a gap", "grouped with garbage",
+        "an empty group"])
 def test_an_unreadable_events_message_is_quarantined_and_recording_goes_on(
         tmp_path: Path, database: str, payload: bytes) -> None:
-    """Only an engine writes a market's events stream, one message per command in
-    order; whatever else is found there (a copy of a recorded command's events under a
+    """Only an engine writes a market's events stream, its commands in order (several
+    to a message); whatever else is found there (a copy of a recorded command's events under a
     new stream sequence made the recorder retry one batch for ever) is kept aside in the
     quarantine table and stepped over, also after a restart."""
     async def scenario() -> None:
@@ -280,8 +294,9 @@ def test_an_unreadable_events_message_is_quarantined_and_recording_goes_on(
             await js.publish(event_subject("sol-usdt"),
                              encode_events(EventBatch("sol-usdt", 1, 1, [accepted])))
             await js.publish(event_subject("sol-usdt"), payload)
-            await js.publish(event_subject("sol-usdt"),
-                             encode_events(EventBatch("sol-usdt", 2, 3, [])))
+            await js.publish(event_subject("sol-usdt"), join_batches(
+                [encode_events(EventBatch("sol-usdt", 2, 3, [])),
+                 encode_events(EventBatch("sol-usdt", 3, 4, []))]))
 
             async def recorded_through(position: int) -> None:
                 recorder = Recorder(exchange.nc, pool, SOL)
@@ -302,7 +317,7 @@ def test_an_unreadable_events_message_is_quarantined_and_recording_goes_on(
                     " ORDER BY stream_sequence")]
                 quarantined = await connection.fetch(
                     "SELECT stream_sequence, payload FROM quarantine WHERE market = 'sol-usdt'")
-            assert journal == [1, 3]
+            assert journal == [1, 3, 3]  # the last message holds two commands' events
             assert [(row["stream_sequence"], bytes(row["payload"]))
                     for row in quarantined] == [(2, payload)]
         await pool.close()
