@@ -83,6 +83,53 @@ HEADER_ORDER = "Tp-Order"
 order a cancel finished, or a cancel or replace named and found no longer open, as the
 engine's ``order`` query answers it (JSON) — what the events do not say of it."""
 
+GROUPED = "g"
+"""A ``Tp-Reply`` subject ``<inbox>.g.<token>`` says its sender takes results together:
+the engine answers all such commands of one batch with one message on ``<inbox>.g``, a
+JSON array of ``Grouped`` (``grouped``)."""
+GROUPED_ACKS = "k"
+"""The same for a ``Tp-Ack`` subject ``<inbox>.k.<token>``: a ledger shard relays the
+acknowledgements (and refusals) of one batch's orders in one message on ``<inbox>.k``."""
+
+
+class Grouped(msgspec.Struct, frozen=True):
+    """One command's answer in a grouped message."""
+
+    token: str
+    """The last token of the command's ``Tp-Reply`` (``Tp-Ack``) subject."""
+    answer: msgspec.Raw
+    """What the answer on its own would be: the command's ``EventBatch``, the market
+    stream's acknowledgement, or the ledger's refusal."""
+    order: msgspec.Raw = msgspec.Raw(b"null")
+    """What ``Tp-Order`` would carry on a result on its own (JSON), or null."""
+
+    def named(self) -> bytes | None:
+        """``order``, unless null."""
+        named = bytes(self.order)
+        return None if named == b"null" else named
+    refused: bool = False
+    """What ``Tp-Refused`` would say on an acknowledgement on its own."""
+
+
+decode_grouped = msgspec.json.Decoder(list[Grouped]).decode
+_encode_token = msgspec.json.Encoder().encode
+
+
+def grouped_subject(subject: str, kind: str = GROUPED) -> tuple[str, str] | None:
+    """(``<inbox>.<kind>``, token) of an answer subject ``<inbox>.<kind>.<token>``, whose
+    sender takes answers of that kind grouped; None for any other."""
+    parent, _, token = subject.rpartition(".")
+    return (parent, token) if token and parent.endswith(f".{kind}") else None
+
+
+def grouped(token: str, answer: bytes, order: str | None = None,
+            refused: bool = False) -> bytes:
+    """One item of a grouped message, in JSON (``Grouped``)."""
+    return b"".join((b'{"token":', _encode_token(token), b',"answer":', answer,
+                     b',"order":', order.encode() if order else b"null",
+                     b',"refused":true}' if refused else b"}"))
+
+
 HEADER_ACK = "Tp-Ack"
 """On a command the gateway sends to a ledger shard: where the gateway wants the market
 stream's acknowledgement of the order once the ledger forwards it, or the ledger's

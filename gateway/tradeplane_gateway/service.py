@@ -50,6 +50,8 @@ from tradeplane_engine.wire import (
     API_SUBJECTS,
     BOOK_SNAPSHOTS,
     GATEWAY_QUEUE,
+    GROUPED,
+    GROUPED_ACKS,
     HEADER_ACK,
     HEADER_MESSAGE_ID,
     HEADER_ORDER,
@@ -60,6 +62,7 @@ from tradeplane_engine.wire import (
     PubAck,
     command_subject,
     decode_events,
+    decode_grouped,
     decode_pub_ack,
     encode_command,
     encode_ledger_command,
@@ -259,6 +262,11 @@ class Gateway:
         await self._reply(msg.reply, msgspec.json.encode(
             {"error": "unknown market", "market": market}))
 
+    @property
+    def inbox(self) -> str:
+        """Where engines and ledgers answer this gateway (``<inbox>.<kind>.<token>``)."""
+        return self._inbox
+
     def _client_id(self) -> str:
         return self.nc._nuid.next().decode()
 
@@ -274,7 +282,7 @@ class Gateway:
         if work.message_id is not None:
             headers[HEADER_MESSAGE_ID] = work.message_id
         if work.response is ResponseMode.RESULT:
-            headers[HEADER_REPLY] = f"{self._inbox}.r.{token}"
+            headers[HEADER_REPLY] = f"{self._inbox}.{GROUPED}.{token}"
         self._in_flight[token] = _InFlight(work, reply_to,
                                            time.monotonic() + self.publish_timeout, span=span)
         market = work.market.definition.name
@@ -285,7 +293,7 @@ class Gateway:
             # holds a retry once too, without one), and relays the market stream's
             # acknowledgement (or its refusal) to Tp-Ack.
             headers.pop(HEADER_MESSAGE_ID, None)
-            headers[HEADER_ACK] = f"{self._inbox}.a.{token}"
+            headers[HEADER_ACK] = f"{self._inbox}.{GROUPED_ACKS}.{token}"
             funding = (FundOrder(0, 0, market=market, place=command)
                        if isinstance(command, Place) else
                        FundReplace(0, 0, market=market, replace=command))
@@ -299,34 +307,79 @@ class Gateway:
 
     async def _on_inbox(self, msg: Msg) -> None:
         kind, _, token = msg.subject[len(self._inbox) + 1:].partition(".")
+        if not token and kind in (GROUPED, GROUPED_ACKS):
+            await self._on_grouped(kind, msg.data)
+            return
         flight = self._in_flight.get(token)
         if flight is None:
             return  # answered already (or timed out)
         try:
             if kind == "l":
                 await self._on_ledger_ack(token, flight, msg.data)
-            elif kind == "a" and msg.headers and HEADER_REFUSED in msg.headers:
-                del self._in_flight[token]
-                refusal = self._ledger_refusal(msg.data)
-                if (refusal is not None and refusal.code == RejectCode.UNKNOWN_ORDER
-                        and isinstance(flight.submission.command, Replace)):
-                    self._spawn(self._answer_unfunded_replace(flight, refusal))
-                else:
-                    await self._complete(flight, self._refusal(flight, refusal))
-            elif kind == "a":
-                await self._on_ack(token, flight, msg.data)
-            elif flight.result is None:
-                flight.result = msg.data
+            elif kind in ("a", GROUPED_ACKS):
+                await self._on_stream_ack(token, flight, msg.data, bool(
+                    msg.headers and HEADER_REFUSED in msg.headers))
+            else:
                 named = (msg.headers or {}).get(HEADER_ORDER)
-                flight.named = named.encode() if named else None
-                if flight.sequence:
-                    del self._in_flight[token]
-                    await self._finish(flight)
+                await self._on_result(token, flight, msg.data,
+                                      named.encode() if named else None)
         except Exception:
-            log.exception("completing a request failed")
-            self._in_flight.pop(token, None)
-            await self._complete(flight, error_reply(
-                500, "INTERNAL", "the gateway failed on this request"))
+            await self._failed(token, flight)
+
+    async def _on_stream_ack(self, token: str, flight: _InFlight, data: bytes,
+                             refused: bool) -> None:
+        """The market stream's acknowledgement of a command, or the ledger's refusal to
+        fund it."""
+        if not refused:
+            await self._on_ack(token, flight, data)
+            return
+        del self._in_flight[token]
+        refusal = self._ledger_refusal(data)
+        if (refusal is not None and refusal.code == RejectCode.UNKNOWN_ORDER
+                and isinstance(flight.submission.command, Replace)):
+            self._spawn(self._answer_unfunded_replace(flight, refusal))
+        else:
+            await self._complete(flight, self._refusal(flight, refusal))
+
+    async def _on_result(self, token: str, flight: _InFlight, result: bytes,
+                         named: bytes | None) -> None:
+        """A command's result from its engine: the reply goes once the stream's
+        acknowledgement is in too."""
+        if flight.result is None:
+            flight.result = result
+            flight.named = named
+            if flight.sequence:
+                del self._in_flight[token]
+                await self._finish(flight)
+
+    async def _on_grouped(self, kind: str, data: bytes) -> None:
+        """Answers to several commands in one message (``wire.Grouped``): an engine's
+        results, or the acknowledgements a ledger shard relays."""
+        try:
+            answers = decode_grouped(data)
+        except msgspec.DecodeError as exc:
+            log.warning("grouped answers that are not: %s", str(exc)[:120])
+            UNTRUSTED_SKIPPED.labels("gateway", "grouped answers").inc()
+            return
+        for item in answers:
+            flight = self._in_flight.get(item.token)
+            if flight is None:
+                continue  # answered already (or timed out)
+            try:
+                if kind == GROUPED:
+                    await self._on_result(item.token, flight, bytes(item.answer),
+                                          item.named())
+                else:
+                    await self._on_stream_ack(item.token, flight, bytes(item.answer),
+                                              item.refused)
+            except Exception:
+                await self._failed(item.token, flight)
+
+    async def _failed(self, token: str, flight: _InFlight) -> None:
+        log.exception("completing a request failed")
+        self._in_flight.pop(token, None)
+        await self._complete(flight, error_reply(
+            500, "INTERNAL", "the gateway failed on this request"))
 
     async def _on_ack(self, token: str, flight: _InFlight, data: bytes) -> None:
         work = flight.submission

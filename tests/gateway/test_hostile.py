@@ -4,6 +4,7 @@ the gateway keeps serving, and well-formed traffic sent at the same time all lan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -11,11 +12,13 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
+from nats.aio.msg import Msg
 from prometheus_client import REGISTRY
 
 from tests.support.exchange import SOL, local_exchange, run
 from tradeplane_engine.access import trader_inbox
 from tradeplane_engine.store.database import open_database
+from tradeplane_engine.wire import decode_grouped
 from tradeplane_gateway import connect
 from tradeplane_gateway.protocol import REQUESTS, decode_reply
 
@@ -298,5 +301,42 @@ def test_hostile_traffic_does_not_disturb_well_formed_orders(tmp_path: Path) -> 
             assert sum(Decimal(quantity) for _, quantity in book["bids"]) == Decimal("20")
             opened = [order for order in service.engine.l3().bids if order.account == "alice"]
             assert len(opened) == 200
+
+    run(scenario())
+
+
+def test_results_come_grouped_and_what_is_not_results_is_skipped(tmp_path: Path) -> None:
+    """The engine answers the gateway's commands of one batch in one message on the
+    gateway's ``.g`` inbox (``wire.GROUPED``); what arrives there and is not results is
+    counted and skipped, and a result for no request in flight is ignored."""
+    def skipped() -> float:
+        return REGISTRY.get_sample_value("tradeplane_untrusted_skipped_total", {
+            "component": "gateway", "what": "grouped answers"}) or 0.0
+
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            grouped = f"{exchange.gateway.inbox}.g"
+            seen: list[int] = []
+
+            async def on_grouped(msg: Msg) -> None:
+                with contextlib.suppress(msgspec.DecodeError):
+                    seen.append(len(decode_grouped(msg.data)))
+
+            watch = await exchange.nc.subscribe(grouped, cb=on_grouped)
+            await exchange.nc.flush()  # the subscription is in place before anything comes
+            before = skipped()
+            await exchange.engine_nc.publish(grouped, b"not results")
+            await exchange.engine_nc.publish(grouped, b'[{"token":"0","answer":{}}]')
+            await exchange.engine_nc.flush()
+            replies = await asyncio.gather(*[
+                alice.place("sol-usdt", "buy", "1", str(90 + number % 5))
+                for number in range(40)])
+            assert all(reply.ok and reply.order is not None for reply in replies)
+            assert skipped() == before + 1
+            await exchange.nc.flush()
+            await watch.unsubscribe()
+            # Every result came grouped, beside the forged message of one result.
+            assert sum(seen) == 40 + 1
 
     run(scenario())

@@ -7,7 +7,9 @@ in this order:
    batches in one message (JetStream, message id ``<market>:<last sequence>``, so a
    re-publish after a crash is dropped), waiting for the stream's acknowledgements of
    the whole batch;
-2. the events to the sender's ``Tp-Reply`` subject, if any (the gateway's ``result``);
+2. the events to the sender's ``Tp-Reply`` subject, if any (the gateway's ``result``):
+   one message per gateway for all of the batch's commands whose subject says it takes
+   them grouped (``wire.grouped_subject``);
 3. private order updates per account, and public trades and L2 deltas.
 
 So a trader never sees a result or a fill that the events stream does not hold. A
@@ -40,6 +42,9 @@ from tradeplane_engine.wire import (
     encode_events,
     event_stream,
     event_subject,
+    grouped,
+    grouped_subject,
+    join_batches,
 )
 from tradeplane_shared import telemetry
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
@@ -96,15 +101,21 @@ class HotPath(Replica):
         """Replies, then private updates and market data."""
         publish = self.nc.publish
         market_data = self.market_data
+        results: dict[str, list[bytes]] = {}
         for command, payload, events in outgoing:
             self.memory.remember(events)  # first: the reply may carry what it remembers
             if command.reply:
                 named = self.memory.named_order(events)
-                if named is None:
+                group = grouped_subject(command.reply)
+                if group is not None:
+                    results.setdefault(group[0], []).append(grouped(group[1], payload, named))
+                elif named is None:
                     await publish(command.reply, payload)
                 else:
                     await publish(command.reply, payload, headers={HEADER_ORDER: named})
             market_data.add(command.sequence, command.timestamp, events)
+        for subject, items in results.items():
+            await publish(subject, join_batches(items))
         for subject, message in market_data.messages():
             await publish(subject, message)
 
