@@ -157,13 +157,22 @@ class ReplicaStatus(msgspec.Struct, rename="camel"):
     lag: int | None = None
 
 
+async def bucket_keys(nc: NatsClient, bucket: str) -> list[str]:
+    """The keys a KV bucket holds a message for (deleted ones included: reading one says
+    it is gone), sorted, as its stream's subjects say. Not ``KeyValue.keys()``: its
+    watcher may end before the first entry arrives, and then says there are none."""
+    prefix = f"$KV.{bucket}."
+    info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    return sorted(subject[len(prefix):] for subject in info.state.subjects or {})
+
+
 async def replica_statuses(nc: NatsClient) -> dict[str, list[dict[str, Any]]]:
     """What every live replica last published, by market. A value that is not a report
     (anyone with access to the bucket may have written it) is skipped and counted."""
     try:
         kv = await nc.jetstream().key_value(REPLICAS_BUCKET)
-        keys = await kv.keys()
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError):
+        keys = await bucket_keys(nc, REPLICAS_BUCKET)
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
         return {}
     replicas: dict[str, list[dict[str, Any]]] = {}
     for key in keys:
@@ -186,10 +195,7 @@ async def status_command(args: argparse.Namespace, out: IO[str]) -> int:
     nc = await nats.connect(args.nats, **_options(args.access))
     try:
         kv = await nc.jetstream().key_value(MARKETS_BUCKET)
-        try:
-            names = sorted(await kv.keys())
-        except nats.js.errors.NoKeysError:
-            names = []
+        names = await bucket_keys(nc, MARKETS_BUCKET)
         replicas = await replica_statuses(nc)
         out.write(f"{'market':<12} {'symbol':<10} {'mode':<10} {'sequence':>9} {'trades':>7} "
                   f"{'epoch':>5}  replicas (role, lag in commands)\n")
