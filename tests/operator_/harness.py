@@ -346,8 +346,11 @@ class Kubelet:
     async def __aexit__(self, *_: object) -> None:
         assert self._task is not None
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # asyncio.wait, not ``await``: a cancellation of this test (its deadline) must
+        # not be taken for the loop's own and swallowed.
+        await asyncio.wait([self._task])
+        if not self._task.cancelled():
+            self._task.result()  # the loop failed: the test fails with its error
         for pod in list(self.running):
             await self.kill(pod)
         for nc in self.connections.values():  # a replica still waiting for its market
@@ -361,8 +364,12 @@ class Kubelet:
             self.down.add(pod)
         _, task = self.running.pop(pod)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # asyncio.wait, not ``await task`` under suppress(CancelledError): that would
+        # also swallow a cancellation of the caller (the loop, stopped by __aexit__,
+        # would then run on until the test's deadline).
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # how a replica ended is not this test's concern
         await self.connections.pop(pod).close()
 
     def service(self, pod: str) -> MarketService:
