@@ -229,21 +229,16 @@ def mount_secrets(cluster: Cluster, pod: dict[str, Any], directory: Path,
 
 @contextlib.asynccontextmanager
 async def running_operator(world: World) -> AsyncIterator[None]:
-    """The operator's handlers in kopf, in this event loop, until the block ends.
+    """The operator's handlers in kopf until the block ends, ready when it starts.
 
-    When kopf stops it cancels every task started in its loop while it ran: engines
-    (``Kubelet``) must stop first, and NATS requests made meanwhile may not outlive it."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(handlers.run(
-        world.config, connection=kopf.ConnectionInfo(server=world.cluster.url),
-        stop=stop, ready=ready))
-    try:
-        await asyncio.wait_for(ready.wait(), 20)
+    It runs as an ``OperatorReplica``: in a thread with an event loop of its own, as in
+    its own process. In the test's loop, kopf would take every task started there while
+    it ran (the test's NATS requests and connections, the emulator's) for its own, and
+    wait 5 s for them when it stops, then cancel them."""
+    async with OperatorReplica(world, world.config.identity) as replica:
+        if not await asyncio.to_thread(replica.leading.wait, 20):
+            raise AssertionError(f"the operator not ready within 20 s: {replica.error!r}")
         yield
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
 
 
 @dataclass
