@@ -12,6 +12,9 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make pytest` (much of the suite waits on servers and
+# processes); PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test lint pytest bench native crd clean
 
@@ -35,7 +38,7 @@ lint: $(INSTALLED)
 	$(BIN)/hadolint Dockerfile
 
 pytest: native
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint pytest
 

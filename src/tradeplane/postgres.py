@@ -47,17 +47,34 @@ def _service_user() -> str | None:
     """The user PostgreSQL runs as: ourselves, or a dedicated one when we are root."""
     if os.geteuid() != 0:
         return None
-    try:
-        pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", SERVICE_USER], check=True,
-                       capture_output=True)
+    _create_user(SERVICE_USER)
     installation = _binaries().parent
     for path in (installation, *installation.rglob("*")):
         mode = path.stat().st_mode
         path.chmod(mode | stat.S_IROTH | (stat.S_IXOTH if mode & stat.S_IXUSR else 0))
     _traversable(installation)
     return SERVICE_USER
+
+
+def _create_user(user: str, timeout: float = 30.0) -> None:
+    """Create the system user ``user`` unless it exists. Another process may create it
+    at the same time (two test workers, each starting its own server): then our
+    ``useradd`` fails (the user exists, or ``/etc/passwd`` is locked), and we wait for
+    the user to appear, trying again while nobody made it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pwd.getpwnam(user)
+            return
+        except KeyError:
+            pass
+        made = subprocess.run(["useradd", "--system", "--no-create-home", user],
+                              check=False, capture_output=True)
+        if made.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise StartError(f"useradd {user} failed: {made.stderr.decode(errors='replace')}")
+        time.sleep(0.1)
 
 
 def _as(user: str | None) -> dict[str, Any]:

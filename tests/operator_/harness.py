@@ -229,21 +229,16 @@ def mount_secrets(cluster: Cluster, pod: dict[str, Any], directory: Path,
 
 @contextlib.asynccontextmanager
 async def running_operator(world: World) -> AsyncIterator[None]:
-    """The operator's handlers in kopf, in this event loop, until the block ends.
+    """The operator's handlers in kopf until the block ends, ready when it starts.
 
-    When kopf stops it cancels every task started in its loop while it ran: engines
-    (``Kubelet``) must stop first, and NATS requests made meanwhile may not outlive it."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(handlers.run(
-        world.config, connection=kopf.ConnectionInfo(server=world.cluster.url),
-        stop=stop, ready=ready))
-    try:
-        await asyncio.wait_for(ready.wait(), 20)
+    It runs as an ``OperatorReplica``: in a thread with an event loop of its own, as in
+    its own process. In the test's loop, kopf would take every task started there while
+    it ran (the test's NATS requests and connections, the emulator's) for its own, and
+    wait 5 s for them when it stops, then cancel them."""
+    async with OperatorReplica(world, world.config.identity) as replica:
+        if not await asyncio.to_thread(replica.leading.wait, 20):
+            raise AssertionError(f"the operator not ready within 20 s: {replica.error!r}")
         yield
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
 
 
 @dataclass
@@ -346,8 +341,11 @@ class Kubelet:
     async def __aexit__(self, *_: object) -> None:
         assert self._task is not None
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # asyncio.wait, not ``await``: a cancellation of this test (its deadline) must
+        # not be taken for the loop's own and swallowed.
+        await asyncio.wait([self._task])
+        if not self._task.cancelled():
+            self._task.result()  # the loop failed: the test fails with its error
         for pod in list(self.running):
             await self.kill(pod)
         for nc in self.connections.values():  # a replica still waiting for its market
@@ -361,8 +359,12 @@ class Kubelet:
             self.down.add(pod)
         _, task = self.running.pop(pod)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # asyncio.wait, not ``await task`` under suppress(CancelledError): that would
+        # also swallow a cancellation of the caller (the loop, stopped by __aexit__,
+        # would then run on until the test's deadline).
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # how a replica ended is not this test's concern
         await self.connections.pop(pod).close()
 
     def service(self, pod: str) -> MarketService:
