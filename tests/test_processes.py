@@ -30,6 +30,16 @@ def test_a_started_postgres_used_as_a_context_runs_once(tmp_path: Path) -> None:
     assert processes_mentioning(str(tmp_path / "pg" / "pgdata")) == []
 
 
+def test_postgres_runs_in_a_data_directory_deeper_than_a_socket_path_allows(
+        tmp_path: Path) -> None:
+    """A Unix-domain socket's path has at most 107 bytes; the server listens on TCP only,
+    so ``tradeplane up --data-dir`` may be anywhere."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    with PostgresServer(deep / "pg").start() as server:
+        assert len(str(deep)) > 107
+        assert server.dsn.startswith("postgresql://postgres@127.0.0.1:")
+
+
 def test_servers_take_relative_data_directories(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """As ``tradeplane up --data-dir .tradeplane`` gives them."""

@@ -117,8 +117,7 @@ class PostgresServer:
     def start(self, timeout: float = 60.0) -> PostgresServer:
         user = _service_user()
         pgdata = self.data_dir / "pgdata"
-        sockets = self.data_dir / "run"
-        for folder in (self.data_dir, pgdata, sockets):
+        for folder in (self.data_dir, pgdata):
             folder.mkdir(parents=True, exist_ok=True)
             _own(folder, user)
         pgdata.chmod(0o700)
@@ -134,7 +133,9 @@ class PostgresServer:
             self.port = _free_port(self.host)
         self.process = subprocess.Popen(
             [str(binaries / "postgres"), "-D", str(pgdata), "-h", self.host,
-             "-p", str(self.port), "-k", str(sockets), "-c", "max_connections=200"],
+             # TCP only: no Unix-domain socket, whose path (107 bytes at most) a deep
+             # data directory would exceed.
+             "-p", str(self.port), "-k", "", "-c", "max_connections=200"],
             stdin=subprocess.DEVNULL, stdout=self.log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self.log else subprocess.DEVNULL, **_as(user),
             preexec_fn=lambda: die_with_parent(signal.SIGINT), cwd=pgdata,
