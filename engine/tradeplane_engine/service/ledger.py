@@ -86,9 +86,12 @@ log = logging.getLogger(__name__)
 
 ORDER_EVENTS = (Trade, OrderAccepted, OrderRejected, OrderUpdate, OrderReplaced)
 """The events settlement reads; book levels and mode changes are left out."""
-SETTLE_BYTES = 256 * 1024
-"""A ``settle`` carries events messages up to about this many bytes (one at least): far
-below NATS's default payload limit of 1 MiB."""
+SETTLE_BYTES = 32 * 1024
+"""A ``settle`` carries commands' events up to about this many bytes of the market's
+events messages (one command's at least). What settling them publishes is larger —
+about four times for a sweep of fifty trades with both sides in the shard (22 KB in,
+94 KB of journal movements out) — and must stay well below NATS's default payload
+limit of 1 MiB."""
 STREAM_WAIT = 1.0
 """Seconds between two looks for a funded market's events stream not made yet."""
 
