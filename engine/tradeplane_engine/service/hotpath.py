@@ -9,7 +9,7 @@ in this order:
    the whole batch;
 2. the events to the sender's ``Tp-Reply`` subject, if any (the gateway's ``result``):
    one message per gateway for all of the batch's commands whose subject says it takes
-   them grouped (``wire.grouped_subject``);
+   them grouped (``answers.Answers``);
 3. private order updates per account, and public trades and L2 deltas.
 
 So a trader never sees a result or a fill that the events stream does not hold. A
@@ -29,6 +29,7 @@ from nats.aio.client import Client
 
 from tradeplane_engine.core import AnyEvent, Engine
 from tradeplane_engine.feed import SequencedCommand
+from tradeplane_engine.service.answers import Answers
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.service.memory import OrderMemory
@@ -36,15 +37,12 @@ from tradeplane_engine.service.metrics import MarketMetrics
 from tradeplane_engine.service.replica import Outgoing, Replica
 from tradeplane_engine.service.tracing import trace_batch
 from tradeplane_engine.wire import (
-    HEADER_ORDER,
+    GROUPED,
     EventBatch,
     decode_command,
     encode_events,
     event_stream,
     event_subject,
-    grouped,
-    grouped_subject,
-    join_batches,
 )
 from tradeplane_shared import telemetry
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
@@ -101,21 +99,14 @@ class HotPath(Replica):
         """Replies, then private updates and market data."""
         publish = self.nc.publish
         market_data = self.market_data
-        results: dict[str, list[bytes]] = {}
+        results = Answers(publish, GROUPED)
         for command, payload, events in outgoing:
             self.memory.remember(events)  # first: the reply may carry what it remembers
             if command.reply:
-                named = self.memory.named_order(events)
-                group = grouped_subject(command.reply)
-                if group is not None:
-                    results.setdefault(group[0], []).append(grouped(group[1], payload, named))
-                elif named is None:
-                    await publish(command.reply, payload)
-                else:
-                    await publish(command.reply, payload, headers={HEADER_ORDER: named})
+                await results.add(command.reply, payload,
+                                  order=self.memory.named_order(events))
             market_data.add(command.sequence, command.timestamp, events)
-        for subject, items in results.items():
-            await publish(subject, join_batches(items))
+        await results.send()
         for subject, message in market_data.messages():
             await publish(subject, message)
 

@@ -10,7 +10,7 @@ the leader:
    message id ``ledger.<shard>:<sequence>``, with the gateway's ``Tp-Reply`` (the
    engine's result goes straight to the gateway) — and relays the market stream's
    acknowledgement to the gateway's ``Tp-Ack`` (a gateway's of the whole batch in one
-   message, where its subject asks for that: ``wire.GROUPED_ACKS``);
+   message, where its subject asks for that: ``answers.Answers``);
 2. answers a refused order or replace on its ``Tp-Ack`` (``Tp-Refused``, a
    ``LedgerRefusal``), and an administrator's command on its ``Tp-Reply`` (the events);
 3. publishes the balances of every account that moved, on ``tp.acct.<account>.balances``.
@@ -48,6 +48,7 @@ from tradeplane_engine.ledger import (
     named,
 )
 from tradeplane_engine.ledger_commands import ledger_command
+from tradeplane_engine.service.answers import Answers
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.replica import EVENTS_BYTES, Outgoing, Replica, grouped_messages
 from tradeplane_engine.service.writer import Outbound, StreamWriter
@@ -55,7 +56,6 @@ from tradeplane_engine.wire import (
     GROUPED_ACKS,
     HEADER_FUNDED,
     HEADER_MESSAGE_ID,
-    HEADER_REFUSED,
     HEADER_REPLY,
     LedgerBatch,
     LedgerRefusal,
@@ -67,9 +67,6 @@ from tradeplane_engine.wire import (
     encode_command,
     encode_ledger_command,
     encode_ledger_events,
-    grouped,
-    grouped_subject,
-    join_batches,
     ledger_command_subject,
     ledger_event_stream,
     ledger_event_subject,
@@ -128,30 +125,6 @@ def event_messages(outgoing: Outgoing, limit: int = EVENTS_BYTES) -> list[tuple[
                             lambda item: isinstance(item[2][0], ADMINISTRATORS))
 
 
-class _Answers:
-    """A batch's acknowledgements and refusals for gateways: each on its ``Tp-Ack``
-    subject, or, where the subject says its gateway takes them grouped
-    (``wire.GROUPED_ACKS``), all of a gateway's in one message."""
-
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
-        self.grouped: dict[str, list[bytes]] = {}
-
-    async def add(self, subject: str, answer: bytes, *, refused: bool = False) -> None:
-        group = grouped_subject(subject, GROUPED_ACKS)
-        if group is not None:
-            self.grouped.setdefault(group[0], []).append(
-                grouped(group[1], answer, refused=refused))
-        elif refused:
-            await self.nc.publish(subject, answer, headers={HEADER_REFUSED: "1"})
-        else:
-            await self.nc.publish(subject, answer)
-
-    async def send(self) -> None:
-        for subject, items in self.grouped.items():
-            await self.nc.publish(subject, join_batches(items))
-
-
 def forward_message_id(shard: int, sequence: int) -> str:
     """A funded command's message id in its market's command stream: a new leader's
     second forward of it is stored once."""
@@ -198,7 +171,7 @@ class LedgerPath(Replica):
     async def after_publish(self, outgoing: Outgoing) -> None:
         forwards: list[tuple[SequencedCommand, bool, Outbound]] = []
         moved: set[str] = set()
-        answers = _Answers(self.nc)
+        answers = Answers(self.nc.publish, GROUPED_ACKS)
         for command, payload, (decoded, events) in outgoing:
             funding = isinstance(decoded, FundOrder | FundReplace)
             for event in events:
