@@ -5,22 +5,28 @@ the market's events (docs/ledger.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 
-from tests.support.exchange import SOL, eventually, local_exchange, run
+from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, run
 from tradeplane.ledger_tools import stored_outcome, submit
 from tradeplane_engine.core import Place, RejectCode, Side
 from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.ledger import Deposit, FundOrder, Report
-from tradeplane_engine.service.ledger import grouped
+from tradeplane_engine.service.ledger import LedgerService, grouped
 from tradeplane_engine.service.ledger_path import event_messages
 from tradeplane_engine.service.replica import Outgoing
+from tradeplane_engine.streams import markets_bucket
 from tradeplane_engine.wire import (
+    HEADER_MESSAGE_ID,
+    MARKETS_BUCKET,
     LedgerBatch,
     LedgerSource,
+    command_subject,
     decode_ledger_events,
     encode_ledger_command,
     encode_ledger_events,
@@ -219,3 +225,51 @@ def test_a_shards_events_are_grouped_and_end_at_an_administrators_command() -> N
     assert [[batch.sequence for batch in decode_ledger_events(data)]
             for _, data in messages] == [[1, 2], [3], [4, 5], [6]]
     assert [last for last, _ in event_messages(outgoing)] == [3, 6]
+
+
+def test_a_market_retired_while_the_ledger_is_down_gives_its_holds_back(
+        tmp_path: Path) -> None:
+    """Retirement (cancel-only, every order canceled, the engines and the definition
+    gone) does not wait for the ledger, and needs not: the market's streams stay, and
+    the ledger settles the final cancellations once a replica leads again."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, ledger_shards=1, assets=ASSETS) as exchange, \
+                connect(exchange.url, account="bob") as bob:
+            await exchange.fund("bob", SOL=5 * SOL_UNIT)
+            ask = await bob.place("sol-usdt", "sell", "2", "100")
+            assert ask.ok
+            ledger = exchange.ledgers[0].ledger
+            await eventually(lambda: ledger.balance("bob", "SOL") == (3 * SOL_UNIT,
+                                                                      2 * SOL_UNIT),
+                             what="the ask's hold")
+            # The only ledger replica stops.
+            task = exchange.tasks[-1]
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            # The operator's retirement, as reconcile.retire does it.
+            js = exchange.nc.jetstream()
+            for step, command in (("cancelOnly", {"type": "setTradingMode",
+                                                  "mode": "cancelOnly"}),
+                                  ("cancelAll", {"type": "cancelAll", "account": None})):
+                await js.publish(command_subject("sol-usdt"), msgspec.json.encode(
+                    {**command, "sequence": 0, "timestamp": 0}),
+                    headers={HEADER_MESSAGE_ID: f"sol-usdt:final-{step}"})
+            engine = exchange.services["sol-usdt"]
+            await eventually(lambda: engine.engine.l3().asks == [], what="the orders canceled")
+            await eventually(lambda: engine.hot_path.published_through
+                             == engine.engine.last_sequence, what="their events stored")
+            await exchange.stop_engine("sol-usdt")
+            await (await markets_bucket(js, SETTINGS)).delete("sol-usdt")
+
+            ledger_nc = exchange.connections[-1]
+            again = LedgerService(ledger_nc, 0, 1, SETTINGS)
+            exchange.tasks.append(asyncio.create_task(again.run(
+                await ledger_nc.jetstream().key_value(MARKETS_BUCKET))))
+            await asyncio.wait_for(again.ready.wait(), 10)
+            await eventually(lambda: again.ledger.balance("bob", "SOL") == (5 * SOL_UNIT, 0),
+                             what="the final cancellation's release")
+            assert again.ledger.audit() == []
+            assert not again.ledger.orders
+
+    run(scenario())
