@@ -170,8 +170,8 @@ def header_sequence(headers: dict[str, str] | None) -> int | None:
 
 
 def is_traceparent(value: str) -> bool:
-    """A W3C ``traceparent`` (55 characters): a command's is passed on to its events
-    message's headers, so anything else there is dropped rather than copied."""
+    """A W3C ``traceparent`` (55 characters): a command's is passed on to its batch of
+    events, so anything else there is dropped rather than copied."""
     return bool(_TRACEPARENT.match(value))
 
 
@@ -464,6 +464,11 @@ def decode_ledger_events(data: bytes) -> list[LedgerBatch]:
     command's batch alone, as the shard wrote before it grouped them, is one too)."""
     decoded = _decode_ledger_message(data)
     return decoded if isinstance(decoded, list) else [decoded]
+
+
+GROUPED_BYTES = 512 * 1024
+"""A message that groups several commands' batches or answers holds about this many
+bytes at most (one alone may be larger): half of NATS's default payload limit."""
 
 
 def join_batches(payloads: list[bytes]) -> bytes:

@@ -37,6 +37,8 @@ ATTACKS = [
     ("answer book snapshots in the gateways' place", "queue", "tp.md.*.book.snapshot"),
     ("forge a command", "pub", "tp.cmd.sol-usdt"),
     ("forge an events message", "pub", "tp.evt.sol-usdt"),
+    ("forge a gateway's grouped results", "pub", "_SVC.gateway.x.g"),
+    ("forge a gateway's grouped acknowledgements", "pub", "_SVC.gateway.x.k"),
     ("forge a market data delta", "pub", "tp.md.sol-usdt.book"),
     ("forge another account's update", "pub", "tp.acct.alice.orders"),
     ("break a market's lease", "pub", "$KV.tp-leases.sol-usdt"),

@@ -3,8 +3,8 @@ subject asks for that (``wire.grouped_subject``: ``<inbox>.<kind>.<token>``).
 
 An engine answers a batch's results this way (kind ``g``), a ledger shard the
 acknowledgements and refusals it relays (kind ``k``). A grouped message stays under
-``limit`` bytes (NATS refuses a message over its payload limit, 1 MiB by default): what
-would take it over goes in the next one.
+``wire.GROUPED_BYTES`` (NATS refuses a message over its payload limit, 1 MiB by
+default): what would take it over goes in the next one.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from tradeplane_engine.wire import (
+    GROUPED_BYTES,
     HEADER_ORDER,
     HEADER_REFUSED,
     grouped,
@@ -21,14 +22,11 @@ from tradeplane_engine.wire import (
 
 type Publish = Callable[..., Awaitable[None]]
 
-LIMIT = 512 * 1024
-"""Bytes of a grouped message at most (one answer alone may be larger)."""
-
 
 class Answers:
     """Collects one batch's answers; ``send`` publishes what is still grouped."""
 
-    def __init__(self, publish: Publish, kind: str, limit: int = LIMIT) -> None:
+    def __init__(self, publish: Publish, kind: str, limit: int = GROUPED_BYTES) -> None:
         self.publish = publish
         self.kind = kind
         self.limit = limit

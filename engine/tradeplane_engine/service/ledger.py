@@ -384,6 +384,8 @@ class LedgerService(Watchdog):
             UNTRUSTED_SKIPPED.labels("ledger", "events message").inc()
             return []
         if any(batch.market != market for batch, _ in batches):
+            log.warning("%s: %s message %d holds another market's events; skipped",
+                        self.name, event_stream(market), position)
             UNTRUSTED_SKIPPED.labels("ledger", "events message").inc()
             return []
         settled = self.ledger.settled.get(market, 0)

@@ -50,10 +50,11 @@ from tradeplane_engine.ledger import (
 from tradeplane_engine.ledger_commands import ledger_command
 from tradeplane_engine.service.answers import Answers
 from tradeplane_engine.service.events import EventsPublisher
-from tradeplane_engine.service.replica import EVENTS_BYTES, Outgoing, Replica, grouped_messages
+from tradeplane_engine.service.replica import Outgoing, Replica, grouped_messages
 from tradeplane_engine.service.writer import Outbound, StreamWriter
 from tradeplane_engine.wire import (
     GROUPED_ACKS,
+    GROUPED_BYTES,
     HEADER_FUNDED,
     HEADER_MESSAGE_ID,
     HEADER_REPLY,
@@ -117,7 +118,7 @@ def _units(decimals: int) -> UnitFormatter:
     return UnitFormatter(format_decimal(Decimal(1).scaleb(-decimals)))
 
 
-def event_messages(outgoing: Outgoing, limit: int = EVENTS_BYTES) -> list[tuple[int, bytes]]:
+def event_messages(outgoing: Outgoing, limit: int = GROUPED_BYTES) -> list[tuple[int, bytes]]:
     """A shard's events messages: as ``replica.grouped_messages``, each also ending at an
     administrator's command, so its ``Tp-Sequence`` is that command's, where ``tradeplane
     deposit`` looks for it."""

@@ -26,7 +26,12 @@ from nats.js.errors import NotFoundError
 
 from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.service.events import EventsPublisher, Fenced
-from tradeplane_engine.wire import HEADER_SEQUENCE, header_sequence, join_batches
+from tradeplane_engine.wire import (
+    GROUPED_BYTES,
+    HEADER_SEQUENCE,
+    header_sequence,
+    join_batches,
+)
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
@@ -37,12 +42,7 @@ UNREADABLE_LOOKBACK = 1000
 type Outgoing = list[tuple[SequencedCommand, bytes, Any]]
 """Applied commands with their encoded batch of events and their events."""
 
-EVENTS_BYTES = 512 * 1024
-"""An events message covers consecutive commands up to about this many bytes (half of
-NATS's default payload limit); one command's batch alone may be larger."""
-
-
-def grouped_messages(outgoing: Outgoing, limit: int = EVENTS_BYTES,
+def grouped_messages(outgoing: Outgoing, limit: int = GROUPED_BYTES,
                      ends: Callable[[tuple[SequencedCommand, bytes, Any]], bool] | None = None,
                      ) -> list[tuple[int, bytes]]:
     """Applied commands' batches in as few events messages as keep each under ``limit``

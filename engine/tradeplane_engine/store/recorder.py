@@ -54,6 +54,7 @@ from tradeplane_engine.wire import (
     decode_events,
     event_stream,
     event_subject,
+    is_traceparent,
     recorder_subject,
 )
 from tradeplane_shared import telemetry
@@ -206,7 +207,7 @@ class Recorder:
                 continue
             for batch, payload in batches:
                 rows.add(message.sequence, batch, payload)
-                if batch.trace:
+                if batch.trace and is_traceparent(batch.trace):  # else not traced
                     rows.traces.append((batch.trace, batch.sequence))
             last = batches[-1][0].sequence
         return rows

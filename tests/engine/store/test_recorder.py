@@ -24,6 +24,7 @@ from tradeplane_engine.core import (
     Side,
     TimeInForce,
 )
+from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.store.database import open_database, redact
 from tradeplane_engine.store.queries import History, OrderQuery, TradesQuery
 from tradeplane_engine.store.recorder import Recorder
@@ -323,3 +324,19 @@ def test_an_unreadable_events_message_is_quarantined_and_recording_goes_on(
         await pool.close()
 
     run(scenario())
+
+
+def test_a_grouped_message_is_recorded_command_by_command_and_only_real_traces_kept(
+) -> None:
+    """Each command's batch of a grouped message becomes its journal row, its own JSON;
+    a ``trace`` that is not a W3C traceparent is recorded with the events but traced
+    nowhere."""
+    traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    parts = [encode_events(EventBatch("sol-usdt", 1, 10, [], traced)),
+             encode_events(EventBatch("sol-usdt", 2, 20, [], "x" * 500))]
+    recorder = Recorder(None, None, SOL)  # type: ignore[arg-type]  # rows only: no I/O
+    rows = recorder.rows([SequencedCommand(7, 0, join_batches(parts), None)])
+    assert [(row[1], row[2], row[4]) for row in rows.journal] == [
+        (1, 7, parts[0].decode()), (2, 7, parts[1].decode())]
+    assert rows.traces == [(traced, 1)]
+    assert rows.quarantined == []
