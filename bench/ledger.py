@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import nats
 import uvloop
 from nats.aio.client import Client
@@ -91,9 +92,9 @@ ORDER_EVENTS = (Trade, OrderAccepted, OrderRejected, OrderUpdate, OrderReplaced)
 # -- the pure core ----------------------------------------------------------------------
 
 
-def funded_ledger() -> Ledger:
-    """A shard with the market defined and every workload account funded."""
-    ledger = Ledger()
+def funded_ledger(shard: int = 0, shards: int = 1) -> Ledger:
+    """A shard with the market defined and every workload account of it funded."""
+    ledger = Ledger(shard, shards)
     sequence = 0
 
     def apply(command: AnyLedgerCommand) -> None:
@@ -109,6 +110,8 @@ def funded_ledger() -> Ledger:
                        tick_size=SPEC.tick_size, lot_size=SPEC.lot_size,
                        maker_bps=MAKER_BPS, taker_bps=TAKER_BPS))
     for number in range(ACCOUNTS):
+        if not ledger.owns(f"acct-{number}"):
+            continue
         for asset, amount in FUNDS.items():
             sequence += 1
             apply(Deposit(sequence, sequence, transfer_id=f"t-{number}-{asset}",
@@ -126,6 +129,8 @@ def ledger_commands(commands: list[AnyCommand]) -> list[AnyLedgerCommand]:
     out: list[AnyLedgerCommand] = []
     for command in commands:
         if isinstance(command, Place):
+            # Named, as the gateway names every order it sends to the ledger.
+            command = msgspec.structs.replace(command, client_order_id=f"g{command.sequence}")
             sequence += 1
             fund = FundOrder(sequence, sequence, market=MARKET, place=command)
             forwards = [event for event in ledger.apply(fund) if isinstance(event, Forward)]
@@ -166,8 +171,9 @@ def time_engine(commands: list[AnyCommand]) -> float:
     return time.perf_counter() - start
 
 
-def time_ledger(commands: list[AnyLedgerCommand]) -> tuple[float, str]:
-    ledger = funded_ledger()
+def time_ledger(commands: list[AnyLedgerCommand], shard: int = 0,
+                shards: int = 1) -> tuple[float, str]:
+    ledger = funded_ledger(shard, shards)
     apply = ledger.apply
     gc.collect()
     start = time.perf_counter()
@@ -203,7 +209,7 @@ def compiled() -> str:
     return f"engine core {kind(matching.__file__)}, ledger core {kind(state.__file__)}"
 
 
-def bench_core(count: int, seed: int, repeat: int) -> None:
+def bench_core(count: int, seed: int, repeat: int, shard_counts: list[int]) -> None:
     print(f"ledger core: the standard workload, {count:,} commands, seed {seed} "
           f"({compiled()})", flush=True)
     commands = to_commands(generate(count, seed))
@@ -249,6 +255,65 @@ def bench_core(count: int, seed: int, repeat: int) -> None:
     print(f"  ratio ledger commands/s ÷ engine commands/s: {ledger_rate / engine_rate:.2f}")
     print(f"  ratio workload commands/s, ledger ÷ engine:  "
           f"{count / ledger_seconds / engine_rate:.2f}", flush=True)
+    bench_shards(count, ledger_stream, engine_rate, shard_counts, repeat)
+
+
+def shard_stream(stream: list[AnyLedgerCommand], ledger: Ledger) -> list[AnyLedgerCommand]:
+    """What one shard of several is given of a one-shard stream: the ``fundOrder`` of its
+    accounts, and in each ``settle`` the events that concern it (as its service filters
+    them), numbered on from the shard's own sequence."""
+    out: list[AnyLedgerCommand] = []
+    sequence = ledger.sequence
+    for command in stream:
+        if isinstance(command, FundOrder):
+            if not ledger.owns(command.place.account):
+                continue
+        elif isinstance(command, Settle):
+            reports = [Report(report.events_sequence, report.position, events)
+                       for report in command.reports
+                       if (events := [event for event in report.events
+                                      if ledger.concerns(event)])]
+            if not reports:
+                continue
+            command = msgspec.structs.replace(command, reports=reports)
+        sequence += 1
+        out.append(msgspec.structs.replace(command, sequence=sequence, timestamp=sequence))
+    return out
+
+
+def time_filter(stream: list[AnyLedgerCommand], ledger: Ledger) -> float:
+    """What a shard's service spends choosing the events that concern it: every order
+    event of the market passes through ``Ledger.concerns``."""
+    events = [event for command in stream if isinstance(command, Settle)
+              for report in command.reports for event in report.events]
+    concerns = ledger.concerns
+    gc.collect()
+    start = time.perf_counter()
+    for event in events:
+        concerns(event)
+    return time.perf_counter() - start
+
+
+def bench_shards(commands: int, stream: list[AnyLedgerCommand], engine_rate: float,
+                 counts: list[int], repeat: int) -> None:
+    """The same workload on several shards, each of its own accounts: the slowest shard's
+    pace, in workload commands per second, against the engine core's."""
+    print()
+    print("  sharded (each shard: its accounts' holds, the events that concern them, and "
+          "choosing those from every event of the market)")
+    for shards in counts:
+        slowest = 0.0
+        sizes = []
+        for shard in range(shards):
+            part = shard_stream(stream, funded_ledger(shard, shards))
+            sizes.append(len(part))
+            seconds = statistics.median(
+                [time_ledger(part, shard, shards)[0]
+                 + time_filter(stream, funded_ledger(shard, shards)) for _ in range(repeat)])
+            slowest = max(slowest, seconds)
+        print(f"    {shards} shards: {min(sizes):,} to {max(sizes):,} commands each; the "
+              f"slowest covers {commands / slowest:>10,.0f} workload commands/s = "
+              f"{commands / slowest / engine_rate:.2f} × the engine core", flush=True)
 
 
 # -- the service ------------------------------------------------------------------------
@@ -387,6 +452,8 @@ def main() -> int:
                         help="standard workload commands for the core")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeat", type=int, default=3, help="timed passes of the core")
+    parser.add_argument("--shards", type=int, nargs="*", default=[2, 4, 8],
+                        help="shard counts the core is also run as")
     parser.add_argument("--orders", type=int, default=50_000,
                         help="fundOrder commands fed to the service")
     parser.add_argument("--window", type=int, default=4_096,
@@ -395,7 +462,7 @@ def main() -> int:
     parser.add_argument("--skip-service", action="store_true")
     args = parser.parse_args()
     if not args.skip_core:
-        bench_core(args.commands, args.seed, args.repeat)
+        bench_core(args.commands, args.seed, args.repeat, args.shards)
     if not args.skip_service:
         print(flush=True)
         bench_service(args.orders, args.window)

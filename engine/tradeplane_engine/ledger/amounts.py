@@ -19,8 +19,8 @@ from decimal import Decimal
 
 import msgspec
 
-BPS = 10_000
-"""Basis points in one."""
+from tradeplane_engine.ledger.fees import BPS as BPS
+from tradeplane_engine.ledger.fees import fee as fee
 
 MAX_DECIMALS = 18
 MAX_AMOUNT = 10**36
@@ -35,11 +35,6 @@ CLEARING = "$clearing"
 accounts, each leg against this account; summed over every shard that has settled the
 same events, it is zero."""
 SYSTEM_ACCOUNTS = (FEES, WORLD, CLEARING)
-
-
-def fee(value: int, bps: int) -> int:
-    """``value`` × ``bps`` / 10 000, rounded up; never negative (rebates are refused)."""
-    return -(-value * bps // BPS) if bps > 0 else 0
 
 
 def shard_of(account: str, shards: int) -> int:

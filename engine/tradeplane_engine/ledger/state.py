@@ -19,13 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
-from typing import Any
+from typing import Final
 
 import msgspec
+from msgspec.structs import astuple
 
-from tradeplane_engine.core.codes import RejectCode
-from tradeplane_engine.core.commands import OrderType, Place, Side
+from tradeplane_engine.core.codes import CancelReason, RejectCode
+from tradeplane_engine.core.commands import (
+    OrderType,
+    Place,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+)
 from tradeplane_engine.core.events import (
     AnyEvent,
     OrderAccepted,
@@ -66,15 +72,47 @@ from tradeplane_engine.ledger.events import (
     MovementKind,
     Refused,
 )
+from tradeplane_engine.ledger.snapshot import SNAPSHOT_VERSION, LedgerState, OrderState
 
-SNAPSHOT_VERSION = 1
-"""Of ``LedgerState``, encoded in JSON."""
 ASSET = re.compile(r"[A-Z0-9]{1,16}")
 ACCOUNT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRANSFER_ID = re.compile(r"[\x21-\x7e]{1,64}")
 """A transfer id: 1 to 64 printable ASCII characters, no spaces."""
 
-FINISHED = (OrderStatus.FILLED, OrderStatus.CANCELED)
+FILLED: Final = OrderStatus.FILLED
+CANCELED: Final = OrderStatus.CANCELED
+BUY: Final = Side.BUY
+SELL: Final = Side.SELL
+MARKET: Final = OrderType.MARKET
+LIMIT: Final = OrderType.LIMIT
+TRADE: Final = MovementKind.TRADE
+FEE: Final = MovementKind.FEE
+RELEASE: Final = MovementKind.RELEASE
+HOLD: Final = MovementKind.HOLD
+_TradeFields = tuple[int, int, int, Side, int, str, int, str]
+"""``Trade``'s fields, in order."""
+_ReportFields = tuple[int, int, list[AnyEvent]]
+_UpdateFields = tuple[int, str, str, OrderStatus, int, int, CancelReason | None]
+_AcceptedFields = tuple[int, str, str, Side, OrderType, int, int, int, TimeInForce, bool,
+                        SelfTradePrevention]
+_PlaceFields = tuple[int, int, str, Side, int, int, OrderType, TimeInForce, bool,
+                     SelfTradePrevention, str, int]
+"""``Place``'s fields, in order."""
+# Compiled, a module's global is a dictionary lookup at every use, a ``Final`` one a C
+# variable: the hot paths name these.
+_MOVEMENT: Final = Movement
+_FORWARD: Final = Forward
+_DUPLICATE: Final = Duplicate
+_ASTUPLE: Final = astuple
+_TRADE: Final = Trade
+_ORDERUPDATE: Final = OrderUpdate
+_ORDERACCEPTED: Final = OrderAccepted
+_ORDERREPLACED: Final = OrderReplaced
+_ORDERREJECTED: Final = OrderRejected
+_SETTLE: Final = Settle
+_FUNDORDER: Final = FundOrder
+OWNED_CACHE: Final = 1 << 20
+"""Accounts whose shard is remembered (a cache: past it, it starts again)."""
 
 
 class Balance:
@@ -87,32 +125,51 @@ class Balance:
         self.held = held
 
 
-class Funding(msgspec.Struct, array_like=True):
+class Funding:
     """What the ledger knows of one order of this shard's accounts."""
 
-    market: str
-    account: str
-    client_order_id: str
-    side: Side
-    price: int
-    """Limit price in ticks; 0 for a market order."""
-    quantity: int
-    """Total lots (filled included); for a market buy by quote amount, 0."""
-    remaining: int
-    held: int
-    """What the order holds (without replaces in flight)."""
-    funded_at: int = 0
-    """The ledger sequence of its ``fundOrder``: a new leader sends it again from there
-    while it is in flight."""
-    order_id: int = 0
-    """0 while in flight (its market has not accepted it yet)."""
-    provisions: list[tuple[int, int, int, int]] = msgspec.field(default_factory=list)
-    """Its replaces in flight, oldest first: (what each holds, its price, its quantity,
-    the ledger sequence of its ``fundReplace``; 0 for a price or quantity it keeps)."""
+    __slots__ = ("account", "base_balance", "buy", "client_order_id", "funded_at", "held",
+                 "market", "order_id", "price", "provisions", "quantity", "quote_balance",
+                 "remaining", "side")
+
+    def __init__(self, market: str, account: str, client_order_id: str, side: Side,
+                 price: int, quantity: int, remaining: int, held: int, funded_at: int = 0,
+                 order_id: int = 0,
+                 provisions: list[tuple[int, int, int, int]] | None = None) -> None:
+        self.market = market
+        self.account = account
+        self.client_order_id = client_order_id
+        self.side = side
+        self.buy = side is BUY
+        self.price = price
+        """Limit price in ticks; 0 for a market order."""
+        self.quantity = quantity
+        """Total lots (filled included); for a market buy by quote amount, 0."""
+        self.remaining = remaining
+        self.held = held
+        """What the order holds (without replaces in flight)."""
+        self.funded_at = funded_at
+        """The ledger sequence of its ``fundOrder``: a new leader sends it again from
+        there while it is in flight."""
+        self.order_id = order_id
+        """0 while in flight (its market has not accepted it yet)."""
+        self.provisions: list[tuple[int, int, int, int]] = (
+            provisions if provisions is not None else [])
+        """Its replaces in flight, oldest first: (what each holds, its price, its
+        quantity, the ledger sequence of its ``fundReplace``; 0 for a price or quantity
+        it keeps)."""
+        self.base_balance: Balance | None = None
+        self.quote_balance: Balance | None = None
+        """Its account's balances of its market's assets, once looked up (the ledger
+        never drops a balance, so they stay the ones in ``Ledger.balances``)."""
 
     @property
     def provisioned(self) -> int:
-        return sum(provision[0] for provision in self.provisions)
+        """What its replaces in flight hold."""
+        total = 0
+        for provision in self.provisions:
+            total += provision[0]
+        return total
 
     def bounds(self) -> tuple[int, int, int, int]:
         """The lowest and highest price and quantity the order may have when a new
@@ -125,7 +182,49 @@ class Funding(msgspec.Struct, array_like=True):
     @property
     def budget(self) -> bool:
         """A market buy by quote amount: it holds its budget until it ends."""
-        return self.side is Side.BUY and self.price == 0
+        return self.buy and self.price == 0
+
+    def state(self) -> OrderState:
+        return OrderState(self.market, self.account, self.client_order_id, self.side,
+                          self.price, self.quantity, self.remaining, self.held,
+                          self.funded_at, self.order_id, list(self.provisions))
+
+    @staticmethod
+    def of(state: OrderState) -> Funding:
+        return Funding(state.market, state.account, state.client_order_id, state.side,
+                       state.price, state.quantity, state.remaining, state.held,
+                       state.funded_at, state.order_id, list(state.provisions))
+
+
+class _Grid:
+    """A market's ``Terms`` as the hot paths read them (a compiled class's fields)."""
+
+    __slots__ = ("base", "base_per_lot", "hold_bps", "maker_bps", "market", "quote",
+                 "quote_per_unit", "taker_bps")
+
+    def __init__(self, terms: Terms) -> None:
+        self.market: str = terms.market
+        self.base: str = terms.base
+        self.quote: str = terms.quote
+        self.base_per_lot: int = terms.base_per_lot
+        self.quote_per_unit: int = terms.quote_per_unit
+        self.maker_bps: int = terms.maker_bps
+        self.taker_bps: int = terms.taker_bps
+        self.hold_bps: int = max(terms.maker_bps, terms.taker_bps)
+
+    def buy_need(self, price: int, lots: int) -> int:
+        """What a buy of ``lots`` at ``price`` holds: its value and the fee on it."""
+        value = price * lots * self.quote_per_unit
+        bps = self.hold_bps
+        return value + fee(value, bps)
+
+    def budget_need(self, quote_amount: int) -> int:
+        value = quote_amount * self.quote_per_unit
+        bps = self.hold_bps
+        return value + fee(value, bps)
+
+    def sell_need(self, lots: int) -> int:
+        return lots * self.base_per_lot
 
 
 class Ledger:
@@ -139,13 +238,15 @@ class Ledger:
         self.sequence = 0
         self.decimals: dict[str, int] = {}
         self.terms: dict[str, Terms] = {}
+        self._grids: dict[str, _Grid] = {}
+        """``terms`` as the hot paths read them."""
         self.balances: dict[tuple[str, str], Balance] = {}
         self.transfers: dict[str, tuple[str, str, str, int]] = {}
         """Applied deposits and withdrawals by id: (command, account, asset, amount)."""
         self.orders: dict[tuple[str, str, str], Funding] = {}
         """Orders in flight and open, by (market, account, client order id)."""
-        self.by_id: dict[tuple[str, int], Funding] = {}
-        """Open orders by (market, order id)."""
+        self.by_id: dict[str, dict[int, Funding]] = {}
+        """Open orders by market, then order id."""
         self.settled: dict[str, int] = {}
         """The last events message settled, by market (its command sequence)."""
         self.positions: dict[str, int] = {}
@@ -159,16 +260,51 @@ class Ledger:
         reports them."""
         self.shortfalls = 0
         """Times an order needed more than it held (never, by docs/ledger.md's proof)."""
-        self._handlers: dict[type, Callable[[Any, list[AnyLedgerEvent]], None]] = {
-            DefineAsset: self._define_asset, DefineMarket: self._define_market,
-            Deposit: self._deposit, Withdraw: self._withdraw, FundOrder: self._fund_order,
-            FundReplace: self._fund_replace, Unsent: self._unsent, Settle: self._settle,
-        }
+        self._owned: dict[str, bool] = {}
+        """Whether an account is this shard's, by account: valid account names only
+        (a cache, derived from ``shard`` and ``shards``)."""
+        self._clearing_base = 0
+        self._clearing_quote = 0
+        self._fees = 0
+        """What the ``settle`` being applied moves into ``$clearing`` and ``$fees``: they
+        are posted once per command, net (docs/ledger.md)."""
 
     # -- reading ------------------------------------------------------------------------
 
     def owns(self, account: str) -> bool:
-        return self.shards == 1 or shard_of(account, self.shards) == self.shard
+        if self.shards == 1:
+            return True
+        owned = self._owned.get(account)
+        if owned is None:
+            owned = shard_of(account, self.shards) == self.shard
+            if ACCOUNT.fullmatch(account) is not None:
+                self._remember(account, owned)
+        return owned
+
+    def concerns(self, event: AnyEvent) -> bool:
+        """Whether a market's event is one this shard settles: an order event of one of
+        its accounts, or a trade with one of its accounts on either side (book levels and
+        mode changes are no account's)."""
+        if isinstance(event, _TRADE):
+            return self.owns(event.maker_account) or self.owns(event.taker_account)
+        if isinstance(event, (OrderAccepted, OrderUpdate, OrderReplaced, OrderRejected)):
+            return self.owns(event.account)
+        return False
+
+    def _mine(self, account: str) -> bool:
+        """Whether ``account`` is a valid account name, and this shard's."""
+        owned = self._owned.get(account)
+        if owned is None:
+            if ACCOUNT.fullmatch(account) is None:
+                return False
+            owned = self.shards == 1 or shard_of(account, self.shards) == self.shard
+            self._remember(account, owned)
+        return owned
+
+    def _remember(self, account: str, owned: bool) -> None:
+        if len(self._owned) >= OWNED_CACHE:
+            self._owned.clear()
+        self._owned[account] = owned
 
     def balance(self, account: str, asset: str) -> tuple[int, int]:
         """(available, held) of ``account`` in ``asset``."""
@@ -191,12 +327,7 @@ class Ledger:
 
     def need(self, funding: Funding) -> int:
         """What an open order needs to hold for what it may still trade."""
-        terms = self.terms[funding.market]
-        if funding.side is Side.SELL:
-            return terms.sell_need(funding.remaining)
-        if funding.budget:
-            return funding.held
-        return terms.buy_need(funding.price, funding.remaining)
+        return _need(self._grids[funding.market], funding)
 
     # -- applying -----------------------------------------------------------------------
 
@@ -208,20 +339,40 @@ class Ledger:
                                f"{self.sequence}", _name(command)))
             return out
         self.sequence = command.sequence
-        self._handlers[type(command)](command, out)
+        if isinstance(command, _SETTLE):
+            self._settle(command, out)
+        elif isinstance(command, _FUNDORDER):
+            self._fund_order(command, out)
+        elif isinstance(command, FundReplace):
+            self._fund_replace(command, out)
+        elif isinstance(command, Unsent):
+            self._unsent(command, out)
+        elif isinstance(command, Deposit):
+            self._deposit(command, out)
+        elif isinstance(command, Withdraw):
+            self._withdraw(command, out)
+        elif isinstance(command, DefineAsset):
+            self._define_asset(command, out)
+        else:
+            self._define_market(command, out)
         return out
+
+    def _balance(self, account: str, asset: str) -> Balance:
+        key = (account, asset)
+        balance = self.balances.get(key)
+        if balance is None:
+            balance = self.balances[key] = Balance()
+        return balance
 
     def _move(self, out: list[AnyLedgerEvent], kind: MovementKind, account: str, asset: str,
               available: int, held: int, market: str = "", order_id: int = 0,
               reference: str = "") -> None:
         if not available and not held:
             return
-        balance = self.balances.get((account, asset))
-        if balance is None:
-            balance = self.balances[(account, asset)] = Balance()
+        balance = self._balance(account, asset)
         balance.available += available
         balance.held += held
-        out.append(Movement(kind, account, asset, available, held, market, order_id,
+        out.append(_MOVEMENT(kind, account, asset, available, held, market, order_id,
                             reference))
 
     # -- definitions --------------------------------------------------------------------
@@ -263,6 +414,7 @@ class Ledger:
                                reference=command.market))
             return
         self.terms[command.market] = terms
+        self._grids[command.market] = _Grid(terms)
 
     # -- transfers ----------------------------------------------------------------------
 
@@ -340,63 +492,81 @@ class Ledger:
     # -- funding ------------------------------------------------------------------------
 
     def _fund_order(self, command: FundOrder, out: list[AnyLedgerEvent]) -> None:
-        place = named(command.place, self.shard, command.sequence)
-        if (command.market, place.account, place.client_order_id) in self.orders:
+        market, place = command.market, command.place
+        if not place.client_order_id:
+            place = named(place, self.shard, command.sequence)
+        fields: _PlaceFields = _ASTUPLE(place)
+        (_, _, account, side, quantity, price, order_type, _, _, _, client_order_id,
+         quote_amount) = fields
+        key = (market, account, client_order_id)
+        if key in self.orders:
             # A retry, or a client order id in use: held once, sent again. Its market's
             # stream drops a retry within its duplicate window (the message id is the
             # account's and client order id's), and its engine refuses a second order
             # under the id of an open one (207), which the ledger then ignores.
-            out.append(Duplicate("place", place.client_order_id))
-            out.append(Forward(command.market, place))
+            out.append(_DUPLICATE("place", client_order_id))
+            out.append(_FORWARD(market, place))
             return
-        refusal = self._order_refusal(command.market, place)
-        if refusal is not None:
-            out.append(refusal)
+        terms = self._grids.get(market)
+        refusal = self._order_refusal(terms is not None, market, place, account, side,
+                                      order_type, quantity, price, quote_amount)
+        if refusal is not None or terms is None:
+            if refusal is not None:
+                out.append(refusal)
             return
-        terms = self.terms[command.market]
-        if place.side is Side.SELL:
-            asset, price, need = terms.base, place.price, terms.sell_need(place.quantity)
-        elif place.order_type is OrderType.MARKET:
-            asset, price, need = terms.quote, 0, terms.budget_need(place.quote_amount)
+        if side is SELL:
+            asset, need = terms.base, quantity * terms.base_per_lot
+        elif order_type is MARKET:
+            asset, price, need = terms.quote, 0, terms.budget_need(quote_amount)
         else:
-            asset, price, need = terms.quote, place.price, terms.buy_need(place.price,
-                                                                          place.quantity)
-        available, _ = self.balance(place.account, asset)
+            asset, need = terms.quote, terms.buy_need(price, quantity)
+        balance = self.balances.get((account, asset))
+        available = balance.available if balance is not None else 0
         if available < need:
             out.append(Refused(RejectCode.INSUFFICIENT_FUNDS, f"the order needs {need} {asset} "
-                               f"units; {available} are available", "place", place.account,
-                               place.client_order_id))
+                               f"units; {available} are available", "place", account,
+                               client_order_id))
             return
-        self._move(out, MovementKind.HOLD, place.account, asset, -need, need, command.market,
-                   reference=place.client_order_id)
-        quantity = 0 if price == 0 and place.side is Side.BUY else place.quantity
-        self.orders[(command.market, place.account, place.client_order_id)] = Funding(
-            command.market, place.account, place.client_order_id, place.side, price,
-            quantity, quantity, need, command.sequence)
-        out.append(Forward(command.market, place))
+        if balance is not None and need:  # need > 0 (the checks above), so it is there
+            balance.available -= need
+            balance.held += need
+            out.append(_MOVEMENT(HOLD, account, asset, -need, need, market, 0,
+                                client_order_id))
+        if price == 0 and side is BUY:
+            quantity = 0
+        funding = Funding(market, account, client_order_id, side, price, quantity, quantity,
+                          need, command.sequence)
+        if side is BUY:
+            funding.quote_balance = balance
+        else:
+            funding.base_balance = balance
+        self.orders[key] = funding
+        out.append(_FORWARD(market, place))
 
-    def _order_refusal(self, market: str, place: Place) -> Refused | None:
-        def refused(code: RejectCode, reason: str) -> Refused:
-            return Refused(code, reason, "place", place.account[:64],
-                           place.client_order_id[:64])
-
-        if market not in self.terms:
-            return refused(RejectCode.NOT_FUNDED, f"market {market[:64]!r} is not defined "
-                           "to the ledger")
-        if not ACCOUNT.fullmatch(place.account) or not self.owns(place.account):
-            return refused(RejectCode.NOT_FUNDED, "the account is not this shard's")
-        buy_by_amount = (place.side is Side.BUY and place.order_type is OrderType.MARKET)
-        if buy_by_amount and place.quote_amount <= 0:
-            return refused(RejectCode.QUOTE_AMOUNT_REQUIRED, "a market buy must give "
-                           "quoteAmount: there is no price to hold for")
-        if buy_by_amount:
-            if place.quote_amount > MAX_UNITS:
-                return refused(RejectCode.INVALID_QUANTITY, "quoteAmount out of range")
+    def _order_refusal(self, known: bool, market: str, place: Place, account: str,
+                       side: Side, order_type: OrderType, quantity: int, price: int,
+                       quote_amount: int) -> Refused | None:
+        """Why the ledger does not fund ``place`` (whose fields follow) for ``market``
+        (``known``: defined to it); None when it may."""
+        if not known:
+            return _refused_place(place, RejectCode.NOT_FUNDED, f"market {market[:64]!r} "
+                                  "is not defined to the ledger")
+        if not self._mine(account):
+            return _refused_place(place, RejectCode.NOT_FUNDED,
+                                  "the account is not this shard's")
+        if side is BUY and order_type is MARKET:
+            if quote_amount <= 0:
+                return _refused_place(place, RejectCode.QUOTE_AMOUNT_REQUIRED, "a market "
+                                      "buy must give quoteAmount: there is no price to "
+                                      "hold for")
+            if quote_amount > MAX_UNITS:
+                return _refused_place(place, RejectCode.INVALID_QUANTITY,
+                                      "quoteAmount out of range")
             return None
-        if not 0 < place.quantity <= MAX_UNITS:
-            return refused(RejectCode.INVALID_QUANTITY, "quantity out of range")
-        if place.order_type is OrderType.LIMIT and not 0 < place.price <= MAX_UNITS:
-            return refused(RejectCode.INVALID_PRICE, "a limit order needs a price")
+        if not 0 < quantity <= MAX_UNITS:
+            return _refused_place(place, RejectCode.INVALID_QUANTITY, "quantity out of range")
+        if order_type is LIMIT and not 0 < price <= MAX_UNITS:
+            return _refused_place(place, RejectCode.INVALID_PRICE, "a limit order needs a price")
         return None
 
     def _fund_replace(self, command: FundReplace, out: list[AnyLedgerEvent]) -> None:
@@ -412,10 +582,10 @@ class Ledger:
             out.append(Refused(RejectCode.INVALID_PRICE, "price or quantity out of range",
                                "replace", replace.account, replace.client_order_id))
             return
-        terms = self.terms[command.market]
+        terms = self._grids[command.market]
         low_price, high_price, low_quantity, high_quantity = funding.bounds()
         change = replace.quantity - low_quantity if replace.quantity else 0
-        if funding.side is Side.SELL:
+        if not funding.buy:
             asset, provision = terms.base, max(0, change * terms.base_per_lot)
         else:
             most_remaining = funding.remaining + max(0, high_quantity - funding.quantity)
@@ -439,14 +609,14 @@ class Ledger:
         if funding is None or funding.order_id or funding.funded_at != command.funded_at:
             out.append(Duplicate("unsent", command.client_order_id))  # settled since
             return
-        self._release(self.terms[command.market], funding, funding.held + funding.provisioned,
+        self._release(self._grids[command.market], funding, funding.held + funding.provisioned,
                       out)
         del self.orders[key]
 
     def _find(self, market: str, account: str, order_id: int,
               client_order_id: str) -> Funding | None:
         if order_id:
-            found = self.by_id.get((market, order_id))
+            found = self.by_id.get(market, {}).get(order_id)
             return found if found is not None and found.account == account else None
         return self.orders.get((market, account, client_order_id))
 
@@ -454,138 +624,205 @@ class Ledger:
 
     def _settle(self, command: Settle, out: list[AnyLedgerEvent]) -> None:
         market = command.market
-        if market not in self.terms:
+        terms = self._grids.get(market)
+        if terms is None:
             out.append(Refused(RejectCode.NOT_FUNDED, f"market {market[:64]!r} is not "
                                "defined to the ledger", "settle"))
             return
-        terms = self.terms[market]
-        settle_event = self._settle_event
+        settled = self.settled.get(market, 0)
+        position = self.positions.get(market, 0)
+        self._clearing_base = self._clearing_quote = self._fees = 0
+        ids = self._open(market)
+        new = False
         for report in command.reports:
-            if report.events_sequence <= self.settled.get(market, 0):
-                out.append(Duplicate("settle", f"{market}:{report.events_sequence}"))
+            report_fields: _ReportFields = _ASTUPLE(report)
+            events_sequence, report_position, events = report_fields
+            if events_sequence <= settled:
+                out.append(_DUPLICATE("settle", f"{market}:{events_sequence}"))
                 continue
-            self.settled[market] = report.events_sequence
-            self.positions[market] = max(self.positions.get(market, 0), report.position)
-            for event in report.events:
-                settle_event(terms, event, out)
+            settled = events_sequence
+            if report_position > position:
+                position = report_position
+            new = True
+            for event in events:
+                if isinstance(event, _TRADE):
+                    self._trade(terms, ids, event, out)
+                elif isinstance(event, _ORDERUPDATE):
+                    update: _UpdateFields = _ASTUPLE(event)
+                    if self.owns(update[1]):
+                        self._update(terms, ids, update[0], update[3], update[5], out)
+                elif isinstance(event, _ORDERACCEPTED):
+                    accepted: _AcceptedFields = _ASTUPLE(event)
+                    if self.owns(accepted[1]):
+                        self._accepted(market, ids, accepted[0], accepted[1], accepted[2])
+                elif isinstance(event, _ORDERREPLACED):
+                    if self.owns(event.account):
+                        self._replaced(terms, ids, event, out)
+                elif isinstance(event, _ORDERREJECTED) and self.owns(event.account):
+                    self._rejected(terms, event, out)
+        if new:
+            self.settled[market] = settled
+            self.positions[market] = position
+        # The other side of every leg settled here, posted once, net: with both accounts
+        # of a trade in this shard, nothing goes through $clearing at all.
+        self._move(out, TRADE, CLEARING, terms.base, self._clearing_base, 0, market)
+        self._move(out, TRADE, CLEARING, terms.quote, self._clearing_quote, 0, market)
+        self._move(out, FEE, FEES, terms.quote, self._fees, 0, market)
 
-    def _settle_event(self, terms: Terms, event: AnyEvent, out: list[AnyLedgerEvent]) -> None:
-        market = terms.market
-        if isinstance(event, Trade):
-            for account, order_id, taker in ((event.maker_account, event.maker_order_id, False),
-                                             (event.taker_account, event.taker_order_id, True)):
-                if self.owns(account):
-                    funding = self.by_id.get((market, order_id))
-                    if funding is None:
-                        self.unfunded += 1
-                    else:
-                        self._fill(terms, funding, event, taker, out)
-        elif isinstance(event, OrderAccepted | OrderUpdate | OrderReplaced | OrderRejected):
-            if not self.owns(event.account):
-                return
-            if isinstance(event, OrderAccepted):
-                self._accepted(market, event)
-            elif isinstance(event, OrderUpdate):
-                self._update(terms, event, out)
-            elif isinstance(event, OrderReplaced):
-                self._replaced(terms, event, out)
+    def _open(self, market: str) -> dict[int, Funding]:
+        """The open orders of ``market``, by order id."""
+        ids = self.by_id.get(market)
+        if ids is None:
+            ids = self.by_id[market] = {}
+        return ids
+
+    def _trade(self, terms: _Grid, ids: dict[int, Funding], trade: Trade,
+               out: list[AnyLedgerEvent]) -> None:
+        # One C call for every field beats six attribute lookups once compiled.
+        fields: _TradeFields = _ASTUPLE(trade)
+        _, price, quantity, _, maker_order_id, maker_account, taker_order_id, taker_account = (
+            fields)
+        if self.owns(maker_account):
+            funding = ids.get(maker_order_id)
+            if funding is None:
+                self.unfunded += 1
             else:
-                self._rejected(terms, event, out)
+                self._fill(terms, funding, price, quantity, False, out)
+        if self.owns(taker_account):
+            funding = ids.get(taker_order_id)
+            if funding is None:
+                self.unfunded += 1
+            else:
+                self._fill(terms, funding, price, quantity, True, out)
 
-    def _accepted(self, market: str, event: OrderAccepted) -> None:
+    def _accepted(self, market: str, ids: dict[int, Funding], order_id: int, account: str,
+                  client_order_id: str) -> None:
         """The market took the order: from now on it is known by its id."""
-        funding = self.orders.get((market, event.account, event.client_order_id))
+        funding = self.orders.get((market, account, client_order_id))
         if funding is None or funding.order_id:
             self.unfunded += 1
             return
-        funding.order_id = event.order_id
-        self.by_id[(market, event.order_id)] = funding
+        funding.order_id = order_id
+        ids[order_id] = funding
 
-    def _fill(self, terms: Terms, funding: Funding, trade: Trade, taker: bool,
+    def _fill(self, terms: _Grid, funding: Funding, price: int, quantity: int, taker: bool,
               out: list[AnyLedgerEvent]) -> None:
+        """One side of a trade of ``quantity`` lots at ``price``: its account's legs,
+        against ``$clearing`` and ``$fees`` (which the ``settle`` posts at its end)."""
         market, account, order_id = terms.market, funding.account, funding.order_id
-        value = terms.value(trade.price, trade.quantity)
-        delivered = trade.quantity * terms.base_per_lot
-        charged = fee(value, terms.taker_bps if taker else terms.maker_bps)
-        funding.remaining -= trade.quantity
-        if funding.side is Side.BUY:
-            keep = 0 if funding.budget else terms.buy_need(funding.price, funding.remaining)
+        value = price * quantity * terms.quote_per_unit
+        delivered = quantity * terms.base_per_lot
+        bps = terms.taker_bps if taker else terms.maker_bps
+        charged = fee(value, bps)
+        remaining = funding.remaining - quantity
+        funding.remaining = remaining
+        quote = funding.quote_balance
+        if quote is None:
+            quote = funding.quote_balance = self._balance(account, terms.quote)
+        base = funding.base_balance
+        if base is None:
+            base = funding.base_balance = self._balance(account, terms.base)
+        if funding.buy:
+            budget = funding.price == 0
+            keep = 0
+            if not budget:
+                keep = funding.price * remaining * terms.quote_per_unit
+                hold_bps = terms.hold_bps
+                keep += fee(keep, hold_bps)
             spare = funding.held - value - keep
             if spare < 0:
                 self.shortfalls += 1
                 spare = 0
             charged = min(charged, spare)  # at most one unit less: docs/ledger.md
-            released = 0 if funding.budget else spare - charged
-            self._move(out, MovementKind.TRADE, account, terms.quote, 0, -value, market,
-                       order_id)
-            self._move(out, MovementKind.TRADE, CLEARING, terms.quote, value, 0, market,
-                       order_id)
-            self._move(out, MovementKind.FEE, account, terms.quote, 0, -charged, market,
-                       order_id)
-            self._move(out, MovementKind.FEE, FEES, terms.quote, charged, 0, market, order_id)
-            self._move(out, MovementKind.TRADE, CLEARING, terms.base, -delivered, 0, market,
-                       order_id)
-            self._move(out, MovementKind.TRADE, account, terms.base, delivered, 0, market,
-                       order_id)
-            self._move(out, MovementKind.RELEASE, account, terms.quote, released, -released,
-                       market, order_id)
+            released = 0 if budget else spare - charged
+            quote.held -= value + charged + released
+            quote.available += released
+            base.available += delivered
+            if value:
+                out.append(_MOVEMENT(TRADE, account, terms.quote, 0, -value, market, order_id))
+            if charged:
+                out.append(_MOVEMENT(FEE, account, terms.quote, 0, -charged, market, order_id))
+            if delivered:
+                out.append(_MOVEMENT(TRADE, account, terms.base, delivered, 0, market,
+                                    order_id))
+            if released:
+                out.append(_MOVEMENT(RELEASE, account, terms.quote, released, -released,
+                                    market, order_id))
+            self._clearing_quote += value
+            self._clearing_base -= delivered
             funding.held -= value + charged + released
         else:
-            self._move(out, MovementKind.TRADE, account, terms.base, 0, -delivered, market,
-                       order_id)
-            self._move(out, MovementKind.TRADE, CLEARING, terms.base, delivered, 0, market,
-                       order_id)
-            self._move(out, MovementKind.TRADE, CLEARING, terms.quote, -value, 0, market,
-                       order_id)
-            self._move(out, MovementKind.TRADE, account, terms.quote, value, 0, market,
-                       order_id)
-            self._move(out, MovementKind.FEE, account, terms.quote, -charged, 0, market,
-                       order_id)
-            self._move(out, MovementKind.FEE, FEES, terms.quote, charged, 0, market, order_id)
+            base.held -= delivered
+            quote.available += value - charged
+            if delivered:
+                out.append(_MOVEMENT(TRADE, account, terms.base, 0, -delivered, market,
+                                    order_id))
+            if value:
+                out.append(_MOVEMENT(TRADE, account, terms.quote, value, 0, market, order_id))
+            if charged:
+                out.append(_MOVEMENT(FEE, account, terms.quote, -charged, 0, market, order_id))
+            self._clearing_base += delivered
+            self._clearing_quote -= value
             funding.held -= delivered
+        self._fees += charged
 
-    def _release(self, terms: Terms, funding: Funding, amount: int,
+    def _release(self, terms: _Grid, funding: Funding, amount: int,
                  out: list[AnyLedgerEvent]) -> None:
-        asset = terms.base if funding.side is Side.SELL else terms.quote
-        self._move(out, MovementKind.RELEASE, funding.account, asset, amount, -amount,
-                   terms.market, funding.order_id, funding.client_order_id)
+        """``amount`` of what the order holds back to available."""
+        if not amount:
+            return
+        if funding.buy:
+            asset, balance = terms.quote, funding.quote_balance
+            if balance is None:
+                balance = funding.quote_balance = self._balance(funding.account, asset)
+        else:
+            asset, balance = terms.base, funding.base_balance
+            if balance is None:
+                balance = funding.base_balance = self._balance(funding.account, asset)
+        balance.available += amount
+        balance.held -= amount
+        out.append(_MOVEMENT(RELEASE, funding.account, asset, amount, -amount, terms.market,
+                            funding.order_id, funding.client_order_id))
 
-    def _update(self, terms: Terms, event: OrderUpdate, out: list[AnyLedgerEvent]) -> None:
-        funding = self.by_id.get((terms.market, event.order_id))
+    def _update(self, terms: _Grid, ids: dict[int, Funding], order_id: int,
+                status: OrderStatus, remaining: int, out: list[AnyLedgerEvent]) -> None:
+        """An order's ``OrderUpdate``: what it holds follows what is left of it."""
+        funding = ids.get(order_id)
         if funding is None:
             self.unfunded += 1
             return
-        if event.status in FINISHED:
+        if status is FILLED or status is CANCELED:
             self._release(terms, funding, funding.held + funding.provisioned, out)
             funding.held = 0
             funding.provisions.clear()
-            del self.by_id[(terms.market, funding.order_id)]
+            del ids[funding.order_id]
             del self.orders[(terms.market, funding.account, funding.client_order_id)]
             return
-        funding.remaining = event.remaining_quantity
+        funding.remaining = remaining
         self._settle_hold(terms, funding, funding.held, out)
 
-    def _settle_hold(self, terms: Terms, funding: Funding, pool: int,
+    def _settle_hold(self, terms: _Grid, funding: Funding, pool: int,
                      out: list[AnyLedgerEvent]) -> None:
         """The order holds exactly what it needs out of ``pool`` (what it held, and a
         replace's provision); the rest goes back to available."""
-        need = self.need(funding)
+        need = _need(terms, funding)
         if pool < need:
             # Never, by docs/ledger.md's proof; counted (the audit reports it), and what is
             # missing is held from the available balance if it is there.
             self.shortfalls += 1
-            asset = terms.base if funding.side is Side.SELL else terms.quote
+            asset = terms.base if not funding.buy else terms.quote
             available, _ = self.balance(funding.account, asset)
             extra = min(available, need - pool)
-            self._move(out, MovementKind.HOLD, funding.account, asset, -extra, extra,
+            self._move(out, HOLD, funding.account, asset, -extra, extra,
                        terms.market, funding.order_id, funding.client_order_id)
             funding.held = pool + extra
             return
         self._release(terms, funding, pool - need, out)
         funding.held = need
 
-    def _replaced(self, terms: Terms, event: OrderReplaced, out: list[AnyLedgerEvent]) -> None:
-        funding = self.by_id.get((terms.market, event.order_id))
+    def _replaced(self, terms: _Grid, ids: dict[int, Funding], event: OrderReplaced,
+                  out: list[AnyLedgerEvent]) -> None:
+        funding = ids.get(event.order_id)
         if funding is None:
             self.unfunded += 1
             return
@@ -595,7 +832,7 @@ class Ledger:
         funding.remaining = event.remaining_quantity
         self._settle_hold(terms, funding, funding.held + provision, out)
 
-    def _rejected(self, terms: Terms, event: OrderRejected, out: list[AnyLedgerEvent]) -> None:
+    def _rejected(self, terms: _Grid, event: OrderRejected, out: list[AnyLedgerEvent]) -> None:
         market = terms.market
         if event.command == "place":
             funding = self.orders.get((market, event.account, event.client_order_id))
@@ -622,7 +859,7 @@ class Ledger:
              for (account, asset), balance in sorted(self.balances.items())
              if balance.available or balance.held],
             sorted((key, *value) for key, value in self.transfers.items()),
-            [self.orders[key] for key in sorted(self.orders)],
+            [self.orders[key].state() for key in sorted(self.orders)],
             sorted(self.settled.items()), sorted(self.positions.items()),
             sorted(self.deposited.items()),
             sorted(self.withdrawn.items()), self.unfunded, self.shortfalls))
@@ -639,14 +876,16 @@ class Ledger:
         ledger.sequence = state.sequence
         ledger.decimals = dict(state.decimals)
         ledger.terms = {terms.market: terms for terms in state.terms}
+        ledger._grids = {market: _Grid(terms) for market, terms in ledger.terms.items()}
         ledger.balances = {(account, asset): Balance(available, held)
                            for account, asset, available, held in state.balances}
         ledger.transfers = {key: (kind, account, asset, amount)
                             for key, kind, account, asset, amount in state.transfers}
-        for funding in state.orders:
+        for order in state.orders:
+            funding = Funding.of(order)
             ledger.orders[(funding.market, funding.account, funding.client_order_id)] = funding
             if funding.order_id:
-                ledger.by_id[(funding.market, funding.order_id)] = funding
+                ledger._open(funding.market)[funding.order_id] = funding
         ledger.settled = dict(state.settled)
         ledger.positions = dict(state.positions)
         ledger.deposited = dict(state.deposited)
@@ -664,8 +903,8 @@ class Ledger:
         totals: dict[str, int] = {}
         held_by_orders: dict[tuple[str, str], int] = {}
         for funding in self.orders.values():
-            terms = self.terms[funding.market]
-            asset = terms.base if funding.side is Side.SELL else terms.quote
+            terms = self._grids[funding.market]
+            asset = terms.base if not funding.buy else terms.quote
             key = (funding.account, asset)
             held_by_orders[key] = (held_by_orders.get(key, 0) + funding.held
                                    + funding.provisioned)
@@ -696,24 +935,6 @@ class Ledger:
         return breaches
 
 
-class LedgerState(msgspec.Struct, array_like=True):
-    version: int
-    shard: int
-    shards: int
-    sequence: int
-    decimals: list[tuple[str, int]]
-    terms: list[Terms]
-    balances: list[tuple[str, str, int, int]]
-    transfers: list[tuple[str, str, str, str, int]]
-    orders: list[Funding]
-    settled: list[tuple[str, int]]
-    positions: list[tuple[str, int]]
-    deposited: list[tuple[str, int]]
-    withdrawn: list[tuple[str, int]]
-    unfunded: int
-    shortfalls: int
-
-
 def named(place: Place, shard: int, sequence: int) -> Place:
     """The order as the ledger funds it: named. It needs a name before its market gives
     it an id; the gateway names an order the trader did not (as Binance's
@@ -723,7 +944,7 @@ def named(place: Place, shard: int, sequence: int) -> Place:
     return msgspec.structs.replace(place, client_order_id=f"L{shard}-{sequence}")
 
 
-def _buy_provision(terms: Terms, old_price: int, new_price: int, change: int,
+def _buy_provision(terms: _Grid, old_price: int, new_price: int, change: int,
                    remaining: int) -> int:
     """What a buy's replace must hold on top of what the order holds when it arrives,
     whatever its market filled of it and whichever replaces before it were taken
@@ -739,6 +960,19 @@ def _buy_provision(terms: Terms, old_price: int, new_price: int, change: int,
 
     most = max(extra(lowest), extra(remaining))
     return max(0, most + (1 if terms.hold_bps else 0))
+
+
+def _need(terms: _Grid, funding: Funding) -> int:
+    """What an open order needs to hold for what it may still trade."""
+    if not funding.buy:
+        return terms.sell_need(funding.remaining)
+    if funding.budget:
+        return funding.held
+    return terms.buy_need(funding.price, funding.remaining)
+
+
+def _refused_place(place: Place, code: RejectCode, reason: str) -> Refused:
+    return Refused(code, reason, "place", place.account[:64], place.client_order_id[:64])
 
 
 def _name(command: AnyLedgerCommand) -> str:

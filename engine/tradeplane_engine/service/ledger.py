@@ -34,14 +34,6 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.connection import NATS_ERRORS
-from tradeplane_engine.core.events import (
-    AnyEvent,
-    OrderAccepted,
-    OrderRejected,
-    OrderReplaced,
-    OrderUpdate,
-    Trade,
-)
 from tradeplane_engine.feed import SequencedCommand, StreamFeed
 from tradeplane_engine.ledger import (
     CLEARING,
@@ -84,8 +76,6 @@ from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
 log = logging.getLogger(__name__)
 
-ORDER_EVENTS = (Trade, OrderAccepted, OrderRejected, OrderUpdate, OrderReplaced)
-"""The events settlement reads; book levels and mode changes are left out."""
 SETTLE_BYTES = 32 * 1024
 """A ``settle`` carries commands' events up to about this many bytes of the market's
 events messages (one command's at least). What settling them publishes is larger —
@@ -389,18 +379,13 @@ class LedgerService(Watchdog):
             UNTRUSTED_SKIPPED.labels("ledger", "events message").inc()
             return []
         settled = self.ledger.settled.get(market, 0)
+        concerns = self.ledger.concerns
         reports = []
         for batch, size in batches:
-            events = [event for event in batch.events if self._concerns(event)]
+            events = [event for event in batch.events if concerns(event)]
             if events and batch.sequence > settled:
                 reports.append((Report(batch.sequence, position, events), size))
         return reports
-
-    def _concerns(self, event: AnyEvent) -> bool:
-        owns = self.ledger.owns
-        if isinstance(event, Trade):
-            return owns(event.maker_account) or owns(event.taker_account)
-        return isinstance(event, ORDER_EVENTS) and owns(event.account)
 
     # -- requests -----------------------------------------------------------------------
 

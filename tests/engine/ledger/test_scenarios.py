@@ -7,6 +7,7 @@ basis points and the taker 20.
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from tradeplane_engine.core import (
@@ -208,6 +209,20 @@ def test_bad_admin_commands_are_refused_and_change_nothing(command: AnyLedgerCom
     after = Ledger.restore(desk.ledgers[0].snapshot())
     after.sequence -= 1
     assert after.snapshot() == before
+
+
+def test_a_snapshot_is_the_documented_json_arrays_compiled_or_not() -> None:
+    """The ledger core is compiled (scripts/build_native.py), and a compiled module drops
+    a msgspec struct's options: the snapshot's structs live in plain Python, and their
+    encoding is held here (a replica's state hash is of these bytes)."""
+    desk = Desk()
+    desk.fund("buyer", usdt=10_000_000)
+    desk.buy("buyer", 1_000, 10, "b1")
+    state = msgspec.json.decode(desk.shard("buyer").snapshot())
+    assert state[0] == 1  # the snapshot's version
+    assert [terms[0] for terms in state[5]] == ["m"]  # each market's terms: an array
+    [order] = state[8]  # each order: an array (ledger.snapshot.OrderState)
+    assert order[:8] == ["m", "buyer", "b1", "buy", 1_000, 10, 10, 100_200]
 
 
 def test_a_buy_holds_its_value_and_the_larger_fee() -> None:
