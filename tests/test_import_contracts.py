@@ -22,6 +22,7 @@ GATEWAY_MAY_IMPORT = {
     "tradeplane_engine.ledger.amounts",
     "tradeplane_engine.ledger.commands",
     "tradeplane_engine.ledger.events",
+    "tradeplane_engine.ledger.fees",
     "tradeplane_engine.store",
     "tradeplane_engine.store.database",
     "tradeplane_engine.store.migrate",

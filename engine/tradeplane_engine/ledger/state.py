@@ -285,9 +285,10 @@ class Ledger:
         """Whether a market's event is one this shard settles: an order event of one of
         its accounts, or a trade with one of its accounts on either side (book levels and
         mode changes are no account's)."""
-        if isinstance(event, _TRADE):
+        if type(event) is _TRADE:
             return self.owns(event.maker_account) or self.owns(event.taker_account)
-        if isinstance(event, (OrderAccepted, OrderUpdate, OrderReplaced, OrderRejected)):
+        if (type(event) is _ORDERUPDATE or type(event) is _ORDERACCEPTED
+                or type(event) is _ORDERREPLACED or type(event) is _ORDERREJECTED):
             return self.owns(event.account)
         return False
 
@@ -339,22 +340,24 @@ class Ledger:
                                f"{self.sequence}", _name(command)))
             return out
         self.sequence = command.sequence
-        if isinstance(command, _SETTLE):
+        if type(command) is _SETTLE:
             self._settle(command, out)
-        elif isinstance(command, _FUNDORDER):
+        elif type(command) is _FUNDORDER:
             self._fund_order(command, out)
-        elif isinstance(command, FundReplace):
+        elif type(command) is FundReplace:
             self._fund_replace(command, out)
-        elif isinstance(command, Unsent):
+        elif type(command) is Unsent:
             self._unsent(command, out)
-        elif isinstance(command, Deposit):
+        elif type(command) is Deposit:
             self._deposit(command, out)
-        elif isinstance(command, Withdraw):
+        elif type(command) is Withdraw:
             self._withdraw(command, out)
-        elif isinstance(command, DefineAsset):
+        elif type(command) is DefineAsset:
             self._define_asset(command, out)
-        else:
+        elif isinstance(command, DefineMarket):
             self._define_market(command, out)
+        else:
+            raise TypeError(f"not a ledger command: {type(command).__name__}")
         return out
 
     def _balance(self, account: str, asset: str) -> Balance:
@@ -645,20 +648,20 @@ class Ledger:
                 position = report_position
             new = True
             for event in events:
-                if isinstance(event, _TRADE):
+                if type(event) is _TRADE:
                     self._trade(terms, ids, event, out)
-                elif isinstance(event, _ORDERUPDATE):
+                elif type(event) is _ORDERUPDATE:
                     update: _UpdateFields = _ASTUPLE(event)
                     if self.owns(update[1]):
                         self._update(terms, ids, update[0], update[3], update[5], out)
-                elif isinstance(event, _ORDERACCEPTED):
+                elif type(event) is _ORDERACCEPTED:
                     accepted: _AcceptedFields = _ASTUPLE(event)
                     if self.owns(accepted[1]):
                         self._accepted(market, ids, accepted[0], accepted[1], accepted[2])
-                elif isinstance(event, _ORDERREPLACED):
+                elif type(event) is _ORDERREPLACED:
                     if self.owns(event.account):
                         self._replaced(terms, ids, event, out)
-                elif isinstance(event, _ORDERREJECTED) and self.owns(event.account):
+                elif type(event) is _ORDERREJECTED and self.owns(event.account):
                     self._rejected(terms, event, out)
         if new:
             self.settled[market] = settled
