@@ -1,12 +1,11 @@
 """Compile the engine's and the ledger's hot modules with mypyc, in place beside their sources.
 
 The modules stay plain, typed Python that runs as it is; compiled, the same code
-matches about 1.6 times faster, and the ledger applies its commands about 1.7 times
-faster. The extension modules land next to the ``.py`` files
-(and are ignored by git), so the editable install picks them up. ``--clean`` removes
-them, leaving the pure-Python engine. Where no C compiler or Python headers are at
-hand, the build warns and leaves the pure-Python engine in place (``--strict`` makes
-that an error), so ``make test`` still works there, only slower.
+matches and settles about twice as fast. The extension modules land next to the ``.py``
+files (and are ignored by git), so the editable install picks them up. ``--clean``
+removes them, leaving pure Python. Where no C compiler or Python headers are at hand,
+the build warns and leaves pure Python in place (``--strict`` makes that an error), so
+``make test`` still works there, only slower.
 """
 
 from __future__ import annotations
@@ -66,9 +65,8 @@ def main() -> None:
         message = f"build_native: mypyc failed ({result.returncode})"
         if "--strict" in sys.argv:
             sys.exit(message)
-        print(f"{message}; the engine and ledger cores run as pure Python (about 1.7 "
-              "times slower)",
-              file=sys.stderr)
+        print(f"{message}; the engine and ledger cores run as pure Python (about half "
+              "as fast)", file=sys.stderr)
         return
     shutil.rmtree(ENGINE / "build", ignore_errors=True)
     print("build_native: compiled " + ", ".join(MODULES))

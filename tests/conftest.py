@@ -44,19 +44,22 @@ _database_numbers = itertools.count(1)
 
 
 def _stale_extensions() -> list[str]:
-    """Compiled engine modules older than their sources (``make native`` builds them in place).
+    """Compiled engine and ledger modules older than their sources (``make native``
+    builds them in place).
 
     Python imports an extension module in preference to the ``.py`` beside it, so a
     run after editing a source without rebuilding would test the old code.
     """
     import tradeplane_engine.core
+    import tradeplane_engine.ledger
 
-    core = Path(tradeplane_engine.core.__file__).parent
     stale = []
-    for extension in [*core.glob("*.so"), *core.glob("*.pyd")]:
-        source = core / (extension.name.split(".", 1)[0] + ".py")
-        if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
-            stale.append(source.name)
+    for package in (tradeplane_engine.core, tradeplane_engine.ledger):
+        directory = Path(package.__file__).parent
+        for extension in [*directory.glob("*.so"), *directory.glob("*.pyd")]:
+            source = directory / (extension.name.split(".", 1)[0] + ".py")
+            if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
+                stale.append(f"{directory.name}/{source.name}")
     return stale
 
 
@@ -64,8 +67,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     stale = _stale_extensions()
     if stale:
         pytest.exit(
-            f"the compiled engine core is older than {', '.join(stale)}: run `make native` "
-            "(or `make test`), or `python scripts/build_native.py --clean` to test pure Python",
+            f"the compiled engine or ledger core is older than {', '.join(stale)}: run "
+            "`make native` (or `make test`), or `python scripts/build_native.py --clean` to "
+            "test pure Python",
             returncode=2,
         )
 
