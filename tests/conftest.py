@@ -55,7 +55,7 @@ def _stale_extensions() -> list[str]:
 
     stale = []
     for package in (tradeplane_engine.core, tradeplane_engine.ledger):
-        directory = Path(package.__file__).parent
+        directory = Path(str(package.__file__)).parent
         for extension in [*directory.glob("*.so"), *directory.glob("*.pyd")]:
             source = directory / (extension.name.split(".", 1)[0] + ".py")
             if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
