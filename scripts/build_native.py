@@ -13,12 +13,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "engine"
-MODULES = ["tradeplane_engine/core/book.py", "tradeplane_engine/core/matching.py",
-           "tradeplane_engine/ledger/fees.py", "tradeplane_engine/ledger/state.py"]
+with (ROOT / "pyproject.toml").open("rb") as _file:
+    MODULES: list[str] = tomllib.load(_file)["tool"]["tradeplane"]["native-modules"]
+"""What to compile, relative to ``engine/`` (the image's wheel holds the same, compiled:
+``hatch_build.py``)."""
 PACKAGES = [ENGINE / "tradeplane_engine" / "core", ENGINE / "tradeplane_engine" / "ledger"]
 """Where the compiled modules live, with every module they are compiled against."""
 
