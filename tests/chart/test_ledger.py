@@ -1,10 +1,10 @@
 """The chart's ledger (docs/ledger.md), installed into the emulator with the real Helm
 library: a StatefulSet whose pods each run a replica of every shard, named by their pod,
-on different nodes by default; its budget, headless Service, ServiceMonitor and
-NetworkPolicy; ``--ledger-shards`` for the gateways, the recorders and the helm test;
-and none of it with ``ledger.enabled: false``. Every object is validated as Kubernetes
-takes it. The asset-defining hook Job runs in tests/chart/test_helm_test.py, against a
-real ledger."""
+on different nodes by default, or one StatefulSet per shard (``ledger.processPerShard``);
+its budget, headless Service, ServiceMonitor and NetworkPolicy; ``--ledger-shards`` for
+the gateways, the recorders and the helm test; and none of it with ``ledger.enabled:
+false``. Every object is validated as Kubernetes takes it. The asset-defining hook Job
+runs in tests/chart/test_helm_test.py, against a real ledger."""
 
 from __future__ import annotations
 
@@ -171,6 +171,49 @@ def test_shards_monitoring_policies_and_a_preference(tmp_path: Path) -> None:
     assert policy["ingress"][0]["ports"] == [{"port": "health", "protocol": "TCP"}]
     egress = {port["port"] for rule in policy["egress"] for port in rule["ports"]}
     assert egress == {53, 4222}  # NATS and DNS: the ledger has no database
+
+
+def test_a_statefulset_per_shard(tmp_path: Path) -> None:
+    """``ledger.processPerShard``: each shard's pods run it alone (``--shard K``), apart
+    from one another's on nodes, in one budget, Service, monitor and policy."""
+    objects = run(_installed(tmp_path, {
+        "ledger": {"shards": 3, "processPerShard": True},
+        "monitoring": {"serviceMonitor": {"enabled": True}},
+        "networkPolicy": {"enabled": True}}))
+    for obj in objects:
+        if obj["apiVersion"].split("/")[0] not in OWN_KINDS:
+            assert validate(obj) >= 1, obj["metadata"]["name"]
+    made = by_kind(objects)
+    ledgers = {name: sts for name, sts in made["StatefulSet"].items()
+               if sts["metadata"]["labels"]["app.kubernetes.io/component"] == "ledger"}
+    assert sorted(ledgers) == [f"{LEDGER}-{shard}" for shard in range(3)]
+    component = {"app.kubernetes.io/name": "tradeplane", "app.kubernetes.io/instance": "tp",
+                 "app.kubernetes.io/component": "ledger"}
+    for shard in range(3):
+        spec = ledgers[f"{LEDGER}-{shard}"]["spec"]
+        assert spec["replicas"] == 2  # a leader and a standby of the shard
+        assert spec["serviceName"] == LEDGER  # one headless Service for every ledger pod
+        selector = spec["selector"]["matchLabels"]
+        assert selector == {**component, "tradeplane.dev/ledger-shard": str(shard)}
+        pod = spec["template"]["spec"]
+        assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+        assert pod["containers"][0]["args"] == [
+            "ledger", "--shards", "3", "--shard", str(shard), "--replica", "$(POD_NAME)",
+            "--stream-replicas", "1", "--health-port", "9105"]
+        # A shard's leader and standby never on one node; other shards' pods may be.
+        [term] = pod["affinity"]["podAntiAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["labelSelector"]["matchLabels"] == selector
+        [spread] = pod["topologySpreadConstraints"]
+        assert spread["labelSelector"]["matchLabels"] == selector
+    assert made["Service"][LEDGER]["spec"]["selector"] == component
+    assert made["PodDisruptionBudget"][LEDGER]["spec"]["selector"]["matchLabels"] == component
+    assert made["ServiceMonitor"][LEDGER]["spec"]["selector"]["matchLabels"] == component
+    assert made["NetworkPolicy"][LEDGER]["spec"]["podSelector"]["matchLabels"] == component
+    for kind, name in (("Deployment", "tp-tradeplane-gateway"),
+                       ("Deployment", "tp-tradeplane-recorder")):
+        args = _args(made, kind, name)
+        assert args[args.index("--ledger-shards") + 1] == "3", name
 
 
 def test_an_affinity_given_replaces_the_anti_affinity(tmp_path: Path) -> None:
