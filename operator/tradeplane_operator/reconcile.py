@@ -187,7 +187,8 @@ async def finalize(market: Market, kube: KubeApi, exchange: Exchange, config: Co
 
     ``retired`` is ``status.retirement``: the sequences of the final admin commands once
     sequenced, kept in the status so a retry long after the stream's duplicate window
-    still sequences them once. A Market that never owned its name (a duplicate in another
+    still sequences them once, and the command the final snapshot was taken through, so
+    a retry after it (a child's deletion failed) neither waits nor asks for it again. A Market that never owned its name (a duplicate in another
     namespace) retires nothing: the market is the other Market's."""
     if await _owner(market, kube, config.namespaces) is not None:
         notify("Normal", "NotRetired", f"market {market.name} belongs to another namespace; "
@@ -221,6 +222,8 @@ async def _retire(market: Market, kube: KubeApi, exchange: Exchange, notify: Not
         if new:
             notify("Normal", reason, message.format(sequence))
     through = retired["cancelAll"]
+    if "finalSnapshot" in retired:
+        return
     try:
         leader = await exchange.leader_status(market.name)
         if int(leader.get("publishedThrough", 0)) < through:
@@ -236,13 +239,17 @@ async def _retire(market: Market, kube: KubeApi, exchange: Exchange, notify: Not
                "stream keeps them for the next engine of this market")
     try:
         snapshot = await exchange.final_snapshot(market.name, through)
-        notify("Normal", "FinalSnapshot", f"snapshot at command {snapshot.get('sequence')}, "
-               f"state hash {snapshot.get('stateHash')}")
     except ExchangeError as exc:
         if patient:
             raise RetryError(f"no recorder took the final snapshot: {exc}", delay=5) from exc
         notify("Warning", "FinalSnapshotSkipped", f"{exc}; the market is deleted without a "
                "final snapshot (its streams and history remain)")
+        return
+    await kube.patch(MARKETS, market.namespace, market.name,
+                     {"status": {"retirement": {"finalSnapshot": through}}},
+                     subresource="status")
+    notify("Normal", "FinalSnapshot", f"snapshot at command {snapshot.get('sequence')}, "
+           f"state hash {snapshot.get('stateHash')}")
 
 
 def paused(annotations: dict[str, str]) -> bool:

@@ -132,6 +132,10 @@ class Emulator(kmock.KubernetesEmulator):
     _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _current_resource: kmock.resource | None = attrs.field(default=None, init=False)
     """The resource of the change being made (kmock's announcements do not say it)."""
+    faults: list[tuple[str, str, int]] = attrs.field(factory=list, init=False)
+    """Requests to fail once each: (method, plural, status code). The first request that
+    matches one gets that status with its standard reason, and the fault is used up: a
+    transient API error, for what must be retried."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -220,6 +224,12 @@ class Emulator(kmock.KubernetesEmulator):
             raise StatusError(404, "NotFound", f"the server could not find the requested "
                           f"resource ({resource.plural}.{resource.group})")
         action = request.action
+        for fault in self.faults:
+            method, plural, code = fault
+            if request.method == method and resource.plural == plural:
+                self.faults.remove(fault)
+                raise StatusError(code, REASONS.get(code, "InternalError"),
+                                  f"{method} {plural}: a fault the test asked for")
         if action == kmock.action.WATCH:
             return await self._watch(request)
         if action == kmock.action.LIST:
