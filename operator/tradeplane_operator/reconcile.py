@@ -188,8 +188,9 @@ async def finalize(market: Market, kube: KubeApi, exchange: Exchange, config: Co
     ``retired`` is ``status.retirement``: the sequences of the final admin commands once
     sequenced, kept in the status so a retry long after the stream's duplicate window
     still sequences them once, and the command the final snapshot was taken through, so
-    a retry after it (a child's deletion failed) neither waits nor asks for it again. A Market that never owned its name (a duplicate in another
-    namespace) retires nothing: the market is the other Market's."""
+    a retry after it (a child's deletion failed) neither waits nor asks for it again. A
+    Market that never owned its name (a duplicate in another namespace) retires nothing:
+    the market is the other Market's."""
     if await _owner(market, kube, config.namespaces) is not None:
         notify("Normal", "NotRetired", f"market {market.name} belongs to another namespace; "
                "only this Market goes")
