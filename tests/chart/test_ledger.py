@@ -45,6 +45,14 @@ async def _installed(tmp_path: Path, values: dict[str, Any]) -> list[dict[str, A
         return documents(result)
 
 
+def _validated(objects: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The objects by kind and name, each validated as Kubernetes takes it."""
+    for obj in objects:
+        if obj["apiVersion"].split("/")[0] not in OWN_KINDS:
+            assert validate(obj) >= 1, obj["metadata"]["name"]
+    return by_kind(objects)
+
+
 def _args(made: dict[str, dict[str, dict[str, Any]]], kind: str, name: str) -> list[str]:
     spec = made[kind][name]["spec"]
     pod = spec["template"]["spec"] if "template" in spec else spec
@@ -54,10 +62,7 @@ def _args(made: dict[str, dict[str, dict[str, Any]]], kind: str, name: str) -> l
 
 def test_the_default_ledger(tmp_path: Path) -> None:
     objects = run(_installed(tmp_path, {}))
-    for obj in objects:
-        if obj["apiVersion"].split("/")[0] not in OWN_KINDS:
-            assert validate(obj) >= 1, obj["metadata"]["name"]
-    made = by_kind(objects)
+    made = _validated(objects)
     ledger = made["StatefulSet"][LEDGER]
     spec = ledger["spec"]
     assert spec["replicas"] == 2  # a leader and a standby of each shard
@@ -137,10 +142,7 @@ def test_shards_monitoring_policies_and_a_preference(tmp_path: Path) -> None:
                                               "clientCertSecret": "tradeplane-nats-tls"}},
         "monitoring": {"serviceMonitor": {"enabled": True}},
         "networkPolicy": {"enabled": True}}))
-    for obj in objects:
-        if obj["apiVersion"].split("/")[0] not in OWN_KINDS:
-            assert validate(obj) >= 1, obj["metadata"]["name"]
-    made = by_kind(objects)
+    made = _validated(objects)
     spec = made["StatefulSet"][LEDGER]["spec"]
     assert spec["replicas"] == 3
     pod = spec["template"]["spec"]
@@ -180,10 +182,7 @@ def test_a_statefulset_per_shard(tmp_path: Path) -> None:
         "ledger": {"shards": 3, "processPerShard": True},
         "monitoring": {"serviceMonitor": {"enabled": True}},
         "networkPolicy": {"enabled": True}}))
-    for obj in objects:
-        if obj["apiVersion"].split("/")[0] not in OWN_KINDS:
-            assert validate(obj) >= 1, obj["metadata"]["name"]
-    made = by_kind(objects)
+    made = _validated(objects)
     ledgers = {name: sts for name, sts in made["StatefulSet"].items()
                if sts["metadata"]["labels"]["app.kubernetes.io/component"] == "ledger"}
     assert sorted(ledgers) == [f"{LEDGER}-{shard}" for shard in range(3)]
