@@ -8,8 +8,9 @@ cannot express exactly (a lot of 0.001 BTC needs at least 3 decimals of BTC).
 
 Fees are charged in the quote asset, in basis points of a fill's value, rounded up to
 a whole unit (the exchange never charges less than its rate). A buy holds its value at
-its limit price plus the fee at the larger of the market's two rates; docs/ledger.md
-proves that a fill never needs more than the hold set aside for it.
+its limit price plus the fee at the larger of the market's two rates (``state``
+computes it from the terms, compiled); docs/ledger.md proves that a fill never needs
+more than the hold set aside for it.
 """
 
 from __future__ import annotations
@@ -80,26 +81,3 @@ class Terms(msgspec.Struct, frozen=True, array_like=True):
                              f"not a whole number of {quote} units at {decimals[quote]} "
                              "decimals")
         return cls(market, base, quote, int(lot), int(unit), maker_bps, taker_bps)
-
-    @property
-    def hold_bps(self) -> int:
-        """The fee rate a buy holds for: the larger of the two (either may apply)."""
-        return max(self.maker_bps, self.taker_bps)
-
-    def value(self, price: int, lots: int) -> int:
-        """Quote units of ``lots`` at ``price`` ticks."""
-        return price * lots * self.quote_per_unit
-
-    def buy_need(self, price: int, lots: int) -> int:
-        """What a buy of ``lots`` at ``price`` holds: its value and the fee on it."""
-        value = price * lots * self.quote_per_unit
-        return value + fee(value, self.hold_bps)
-
-    def budget_need(self, quote_amount: int) -> int:
-        """What a market buy for ``quote_amount`` tick × lot units holds."""
-        value = quote_amount * self.quote_per_unit
-        return value + fee(value, self.hold_bps)
-
-    def sell_need(self, lots: int) -> int:
-        """What a sell of ``lots`` holds: the base it may deliver."""
-        return lots * self.base_per_lot

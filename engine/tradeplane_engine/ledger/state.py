@@ -197,7 +197,10 @@ class Funding:
 
 
 class _Grid:
-    """A market's ``Terms`` as the hot paths read them (a compiled class's fields)."""
+    """A market's ``Terms`` as the hot paths read them (a compiled class's fields), and
+    what an order must hold on that market: a buy its value at its limit price and the
+    fee on it at the larger rate, a market buy its budget and that fee, a sell its
+    base."""
 
     __slots__ = ("base", "base_per_lot", "hold_bps", "maker_bps", "market", "quote",
                  "quote_per_unit", "taker_bps")
@@ -219,11 +222,13 @@ class _Grid:
         return value + fee(value, bps)
 
     def budget_need(self, quote_amount: int) -> int:
+        """What a market buy for ``quote_amount`` tick × lot units holds."""
         value = quote_amount * self.quote_per_unit
         bps = self.hold_bps
         return value + fee(value, bps)
 
     def sell_need(self, lots: int) -> int:
+        """What a sell of ``lots`` holds: the base it may deliver."""
         return lots * self.base_per_lot
 
 

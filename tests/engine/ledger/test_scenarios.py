@@ -132,10 +132,15 @@ def refusals(events: list[AnyLedgerEvent]) -> list[RejectCode]:
 def test_terms_in_asset_units() -> None:
     terms = Terms.of("m", "BTC", "USDT", "0.01", "0.001", 10, 20, {"BTC": 8, "USDT": 6})
     assert (terms.base_per_lot, terms.quote_per_unit) == (LOT, UNIT)
+    desk = Desk()  # the same market
+    desk.fund("buyer", usdt=100_000_000)
+    desk.fund("seller", btc=10 * LOT)
     # 2 lots at 3 000 000 ticks (30 000.00 USDT): 60.000000 USDT = 60 000 000 units,
     # plus 20 bp of it: 120 000 units.
-    assert terms.buy_need(3_000_000, 2) == 60_000_000 + 120_000
-    assert terms.sell_need(2) == 200_000
+    desk.buy("buyer", 3_000_000, 2, "b1")
+    assert desk.balance("buyer", "USDT")[1] == 60_000_000 + 120_000
+    desk.sell("seller", 3_100_000, 2, "s1")  # above the bid: it rests
+    assert desk.balance("seller", "BTC")[1] == 200_000
 
 
 @pytest.mark.parametrize(("tick", "lot", "decimals", "complaint"), [
