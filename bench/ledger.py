@@ -1,15 +1,18 @@
 """``make bench``: the ledger alone — can one shard keep up with one market's engine?
 
-1. The pure core. The standard workload (``tradeplane_engine.workload``) runs through
-   the real matching ``Engine`` as the exchange runs it with balances: every place is
-   funded first (``FundOrder``: the hold, then the ``Forward`` the engine applies, named
-   as the ledger names it), and every events message the engine produces is settled
-   (``Settle``, with the order events the ledger service reads; book levels are left
-   out, as the service leaves them out). The ledger commands are built once, untimed;
-   the timed pass applies them to a fresh ``Ledger`` with its accounts funded, beside
-   the engine core applying the workload alone, in the same process and run, so the
-   ratio of the two rates is the shard's headroom over a market. A second, instrumented
-   pass splits the ledger's time between holds and settlements.
+1. The core (compiled by ``make native``, as the matching core is). The standard
+   workload (``tradeplane_engine.workload``) runs through the real matching ``Engine``
+   as the exchange runs it with balances: every place is named as the gateway names it
+   and funded first (``FundOrder``: the hold, then the ``Forward`` the engine applies),
+   and every events message the engine produces is settled (``Settle``, with the order
+   events the ledger service reads; book levels are left out, as the service leaves
+   them out). The ledger commands are built once, untimed; the timed pass applies them
+   to a fresh ``Ledger`` with its accounts funded, beside the engine core applying the
+   workload alone, in the same process and run, so the ratio of the two rates is the
+   shard's headroom over a market. A second, instrumented pass splits the ledger's time
+   between holds and settlements. Then the same stream split as several shards would
+   see it: each shard timed on its part, and on choosing it from every event of the
+   market, the slowest one's pace set against the engine core's.
 2. The service. A ledger shard process (``tradeplane ledger --shards 1``, leading
    alone) on a real nats-server, fed ``fundOrder`` commands straight on its command
    stream as fast as it takes them: funded orders per second, counted from the first
@@ -90,7 +93,7 @@ FUNDS = {"SOL": 10**13, "USDT": 10**15}
 ORDER_EVENTS = (Trade, OrderAccepted, OrderRejected, OrderUpdate, OrderReplaced)
 
 
-# -- the pure core ----------------------------------------------------------------------
+# -- the core ---------------------------------------------------------------------------
 
 
 def funded_ledger(shard: int = 0, shards: int = 1) -> Ledger:
