@@ -65,9 +65,13 @@ def test_kubectl_applies_lists_and_deletes_markets(tmp_path: Path) -> None:
                     "ready": True, "sequence": 42, "lag": 0, "mode": "open"}).encode())
 
             async def reported() -> bool:
-                market = await world.market("btc-usdt") or {}
-                return (market.get("status") or {}).get("lastSequence") == 42
-            await eventually(reported, 15, "btc-usdt's status")
+                btc = (await world.market("btc-usdt") or {}).get("status") or {}
+                # sol-usdt's too: its columns print blank until its first status is in.
+                sol = (await world.market("sol-usdt") or {}).get("status") or {}
+                return btc.get("lastSequence") == 42 and "lastSequence" in sol and any(
+                    condition.get("type") == "Ready" for condition in sol.get("conditions")
+                    or [])
+            await eventually(reported, 15, "both Markets' status")
 
             code, output = await kubectl(world, "get", "markets")
             assert code == 0, output
