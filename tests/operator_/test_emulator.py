@@ -138,3 +138,20 @@ def test_a_new_crd_is_discoverable_and_owners_take_their_children(tmp_path: Path
             assert emulated.get("statefulsets", "child") is None
             await kube.close()
     run(scenario())
+
+
+def test_a_fault_fails_one_request_then_is_used_up(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with cluster(tmp_path) as emulated:
+            kube = await with_crd(emulated)
+            await kube.create(MARKETS, "default", market_manifest())
+            emulated.emulator.faults.append(("DELETE", "markets", 500))
+            with pytest.raises(KubeError) as failed:
+                await kube.delete(MARKETS, "default", "sol-usdt")
+            assert (failed.value.status, failed.value.reason) == (500, "InternalError")
+            assert emulated.emulator.faults == []
+            assert await kube.get(MARKETS, "default", "sol-usdt") is not None  # untouched
+            assert await kube.delete(MARKETS, "default", "sol-usdt") is True
+            assert await kube.get(MARKETS, "default", "sol-usdt") is None
+            await kube.close()
+    run(scenario())
