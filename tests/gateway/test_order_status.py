@@ -193,8 +193,8 @@ def test_status_by_client_order_id_from_postgres(tmp_path: Path, database: str) 
             task = asyncio.create_task(recorder.run())
             try:
                 accepted = await play(exchange, alice)
-                await eventually(lambda: recorder.position == len(STEPS), timeout=15,
-                                 what="the recorder catching up")
+                await eventually(lambda: recorder.command_sequence == len(STEPS),
+                                 timeout=15, what="the recorder catching up")
                 recorded = {client_order_id: described(await history.order(
                     OrderQuery("alice", client_order_id=client_order_id)))
                     for client_order_id in EXPECTED}  # open orders too

@@ -103,10 +103,14 @@ def test_trading_resumes_after_nats_server_restarts_and_nothing_is_lost(tmp_path
                                  what="an order after the restart")
                 async with alice.book("sol-usdt") as book:
                     assert [price for price, _ in book.bids] == ["99", "98"]
+                # Every command's events are in the events stream: its last message is
+                # the last command's (a message holds the events of a batch of commands).
                 js = alice.nc.jetstream()
-                commands = (await js.stream_info("tp-cmd-sol-usdt")).state.messages
-                events = (await js.stream_info("tp-evt-sol-usdt")).state.messages
-                assert commands == events
+                commands = (await js.stream_info("tp-cmd-sol-usdt")).state.last_seq
+                events = (await js.stream_info("tp-evt-sol-usdt")).state.last_seq
+                last = await js.get_msg("tp-evt-sol-usdt", events)
+                assert last.headers is not None
+                assert last.headers["Tp-Sequence"] == str(commands)
         finally:
             for task in services:
                 task.cancel()
