@@ -225,14 +225,25 @@ class NatsCluster:
                  secrets: SecurityFiles | None = None, name: str = "tradeplane") -> None:
         self.data_dir = data_dir.resolve()
         self.secrets = secrets
-        cluster_ports = [free_port(host) for _ in range(size)]
-        self.nodes = [
-            NatsServer(self.data_dir / f"n{index + 1}", host=host, secrets=secrets,
-                       membership=ClusterMembership(
-                           f"n{index + 1}", name, cluster_ports[index],
-                           tuple(f"nats://{host}:{port}" for other, port
-                                 in enumerate(cluster_ports) if other != index)))
-            for index in range(size)]
+        self.host = host
+        self.name = name
+        self.started = False
+        """Whether every node has run: from then on each keeps its ports."""
+        self.nodes = [NatsServer(self.data_dir / f"n{index + 1}", host=host, secrets=secrets)
+                      for index in range(size)]
+        self._choose_cluster_ports()
+
+    def _choose_cluster_ports(self) -> None:
+        """Free ports for the routes, each node told the others'. A port found free may
+        be taken by another process before its node binds it: ``start`` then chooses
+        again, as long as the cluster has never run."""
+        ports = [free_port(self.host) for _ in self.nodes]
+        for index, node in enumerate(self.nodes):
+            node.port = 0  # its client port too, chosen anew when it starts
+            node.membership = ClusterMembership(
+                f"n{index + 1}", self.name, ports[index],
+                tuple(f"nats://{self.host}:{port}" for other, port in enumerate(ports)
+                      if other != index))
 
     @classmethod
     def secured(cls, data_dir: Path, **options: Any) -> NatsCluster:
@@ -240,20 +251,30 @@ class NatsCluster:
         secrets = security.init(data_dir.with_name(f"{data_dir.name}-security"))
         return cls(data_dir, secrets=secrets, **options)
 
-    def start(self, timeout: float = 30.0) -> NatsCluster:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> NatsCluster:
         """Start every node not running, and wait until each is healthy (JetStream's meta
-        leader elected, everything it holds caught up)."""
-        try:
-            for node in self.nodes:
-                if node.process is None:
-                    node.start(timeout)
-            for node in self.nodes:
-                wait_until(node.healthy, timeout, f"nats-server {node.url} healthy",
-                           node.process)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        leader elected, everything it holds caught up). A first start in which a node
+        exits at once (a route port taken meanwhile) is tried again on other ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                for node in self.nodes:
+                    if node.process is None:
+                        node.start(timeout)
+                for node in self.nodes:
+                    wait_until(node.healthy, timeout, f"nats-server {node.url} healthy",
+                               node.process)
+            except StartError:
+                self.stop()
+                if self.started or attempt == attempts:
+                    raise
+                self._choose_cluster_ports()
+                continue
+            except BaseException:
+                self.stop()
+                raise
+            self.started = True
+            return self
+        raise AssertionError("unreachable")  # the last attempt returned or raised
 
     def node(self, server_name: str) -> NatsServer:
         for node in self.nodes:
