@@ -102,13 +102,13 @@ class Grouped(msgspec.Struct, frozen=True):
     stream's acknowledgement, or the ledger's refusal."""
     order: msgspec.Raw = msgspec.Raw(b"null")
     """What ``Tp-Order`` would carry on a result on its own (JSON), or null."""
+    refused: bool = False
+    """What ``Tp-Refused`` would say on an acknowledgement on its own."""
 
     def named(self) -> bytes | None:
         """``order``, unless null."""
         named = bytes(self.order)
         return None if named == b"null" else named
-    refused: bool = False
-    """What ``Tp-Refused`` would say on an acknowledgement on its own."""
 
 
 decode_grouped = msgspec.json.Decoder(list[Grouped]).decode

@@ -17,7 +17,7 @@ from tradeplane.ledger_tools import stored_outcome, submit
 from tradeplane_engine.core import Place, RejectCode, Side
 from tradeplane_engine.feed import SequencedCommand
 from tradeplane_engine.ledger import Deposit, FundOrder, Report
-from tradeplane_engine.service.ledger import LedgerService, grouped
+from tradeplane_engine.service.ledger import LedgerService, settle_groups
 from tradeplane_engine.service.ledger_path import event_messages
 from tradeplane_engine.service.replica import Outgoing
 from tradeplane_engine.streams import markets_bucket
@@ -201,9 +201,9 @@ def test_only_an_administrator_moves_funds(tmp_path: Path) -> None:
 def test_settlements_are_grouped_under_a_size() -> None:
     reports = [Report(sequence, sequence, []) for sequence in range(1, 6)]
     sized = list(zip(reports, [100, 100, 300, 50, 500], strict=True))
-    assert grouped(sized, limit=400) == [reports[:2], reports[2:4], reports[4:]]
-    assert grouped(sized) == [reports]
-    assert grouped([]) == []
+    assert settle_groups(sized, limit=400) == [reports[:2], reports[2:4], reports[4:]]
+    assert settle_groups(sized) == [reports]
+    assert settle_groups([]) == []
 
 
 def test_a_shards_events_are_grouped_and_end_at_an_administrators_command() -> None:

@@ -50,6 +50,7 @@ from tradeplane_engine.ledger import (
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.leadership import Leadership
 from tradeplane_engine.service.ledger_path import LedgerPath, account_balances
+from tradeplane_engine.service.replica import in_groups
 from tradeplane_engine.service.watchdog import Watchdog
 from tradeplane_engine.service.writer import Outbound, StreamWriter
 from tradeplane_engine.store.database import with_connection
@@ -353,7 +354,7 @@ class LedgerService(Watchdog):
         settles nothing twice: the ledger settles each report once."""
         reports = [report for message in messages
                    for report in self._reports(market, message.sequence, message.data)]
-        return [self._settle_command(market, group) for group in grouped(reports)]
+        return [self._settle_command(market, group) for group in settle_groups(reports)]
 
     def _settle_command(self, market: str, reports: list[Report]) -> Outbound:
         settle = Settle(0, 0, market=market, reports=reports)
@@ -430,18 +431,12 @@ class LedgerService(Watchdog):
         }
 
 
-def grouped(reports: list[tuple[Report, int]], limit: int = SETTLE_BYTES) -> list[list[Report]]:
+def settle_groups(reports: list[tuple[Report, int]],
+                  limit: int = SETTLE_BYTES) -> list[list[Report]]:
     """Consecutive reports, given with the size of their events message, in as few
     groups as keep each under ``limit`` bytes (a larger one alone)."""
-    groups: list[list[Report]] = []
-    size = limit
-    for report, length in reports:
-        if size + length > limit:
-            groups.append([])
-            size = 0
-        groups[-1].append(report)
-        size += length
-    return groups
+    return [[report for report, _ in group]
+            for group in in_groups(reports, lambda item: item[1], limit)]
 
 
 def _fees(definition: MarketDefinition) -> tuple[int, int] | None:

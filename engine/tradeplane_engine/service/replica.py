@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from nats.aio.client import Client
@@ -42,30 +42,37 @@ UNREADABLE_LOOKBACK = 1000
 type Outgoing = list[tuple[SequencedCommand, bytes, Any]]
 """Applied commands with their encoded batch of events and their events."""
 
+
+def in_groups[T](items: Iterable[T], size: Callable[[T], int], limit: int,
+                 ends: Callable[[T], bool] | None = None) -> list[list[T]]:
+    """Consecutive items in as few groups as keep each group's ``size`` under ``limit``
+    (an item larger than that alone); an item for which ``ends`` says so ends its group."""
+    groups: list[list[T]] = []
+    group: list[T] = []
+    total = 0
+    for item in items:
+        length = size(item)
+        if group and total + length > limit:
+            groups.append(group)
+            group, total = [], 0
+        group.append(item)
+        total += length
+        if ends is not None and ends(item):
+            groups.append(group)
+            group, total = [], 0
+    if group:
+        groups.append(group)
+    return groups
+
+
 def grouped_messages(outgoing: Outgoing, limit: int = GROUPED_BYTES,
                      ends: Callable[[tuple[SequencedCommand, bytes, Any]], bool] | None = None,
                      ) -> list[tuple[int, bytes]]:
     """Applied commands' batches in as few events messages as keep each under ``limit``
     bytes, each a JSON array of consecutive commands' batches with the sequence of its
     last command (``Tp-Sequence``). A command for which ``ends`` says so ends its message."""
-    messages: list[tuple[int, bytes]] = []
-    parts: list[bytes] = []
-    size = 0
-    last = 0
-    for item in outgoing:
-        payload = item[1]
-        if parts and size + len(payload) > limit:
-            messages.append((last, join_batches(parts)))
-            parts, size = [], 0
-        parts.append(payload)
-        size += len(payload)
-        last = item[0].sequence
-        if ends is not None and ends(item):
-            messages.append((last, join_batches(parts)))
-            parts, size = [], 0
-    if parts:
-        messages.append((last, join_batches(parts)))
-    return messages
+    return [(group[-1][0].sequence, join_batches([payload for _, payload, _ in group]))
+            for group in in_groups(outgoing, lambda item: len(item[1]), limit, ends)]
 
 
 class Replica:

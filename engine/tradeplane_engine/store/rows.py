@@ -48,9 +48,9 @@ class Rows:
     trades: list[tuple[Any, ...]] = field(default_factory=list)
     rejections: list[tuple[Any, ...]] = field(default_factory=list)
     quarantined: list[tuple[Any, ...]] = field(default_factory=list)
+    """Messages that could not be read: (market, stream sequence, payload, why)."""
     traces: list[tuple[str, int]] = field(default_factory=list)
     """(traceparent, command sequence) of the traced commands: the recorder's spans."""
-    """Messages that could not be read: (market, stream sequence, payload, why)."""
     new_orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Orders accepted in this batch, in their state at its end (keyed by order id)."""
     changes: dict[int, dict[str, Any]] = field(default_factory=dict)
