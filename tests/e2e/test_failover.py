@@ -3,7 +3,6 @@ leader that wakes up fenced, and a planned switchover — nothing lost, nothing 
 
 from __future__ import annotations
 
-import contextlib
 import signal
 from pathlib import Path
 
@@ -23,14 +22,23 @@ async def check_replicas(exchange: Cluster, replicas: list[str]) -> None:
     """Every replica holds the state of the whole command stream, by its hash."""
     expected = await exchange.replayed_hash()
     for replica in replicas:
-        async def caught_up(replica: str = replica) -> bool:
-            # A replica started a moment ago may not answer yet (no responders).
-            with contextlib.suppress(nats.errors.Error):
-                status = await exchange.replica_status(replica, with_hash=True)
-                return bool(status["stateHash"] == expected)
-            return False
+        last: list[object] = ["no answer yet"]
 
-        await eventually(caught_up, 30, f"replica {replica} holding the stream's state")
+        async def caught_up(replica: str = replica, last: list[object] = last) -> bool:
+            # A replica started a moment ago may not answer yet (no responders).
+            try:
+                status = await exchange.replica_status(replica, with_hash=True)
+            except nats.errors.Error as exc:
+                last[0] = repr(exc)
+                return False
+            last[0] = status
+            return bool(status["stateHash"] == expected)
+
+        try:
+            await eventually(caught_up, 30, f"replica {replica} holding the stream's state")
+        except AssertionError as exc:
+            # Say where it was: a stalled standby and one still replaying fail alike.
+            raise AssertionError(f"{exc}; its last status: {last[0]}") from exc
 
 
 async def check_events_stream(exchange: Cluster, commands: int) -> None:
