@@ -111,6 +111,9 @@ _ORDERREPLACED: Final = OrderReplaced
 _ORDERREJECTED: Final = OrderRejected
 _SETTLE: Final = Settle
 _FUNDORDER: Final = FundOrder
+_CLEARING: Final = CLEARING
+_MAX_UNITS: Final = MAX_UNITS
+_FEES: Final = FEES
 OWNED_CACHE: Final = 1 << 20
 """Accounts whose shard is remembered (a cache: past it, it starts again)."""
 
@@ -200,12 +203,14 @@ class _Grid:
     """A market's ``Terms`` as the hot paths read them (a compiled class's fields), and
     what an order must hold on that market: a buy its value at its limit price and the
     fee on it at the larger rate, a market buy its budget and that fee, a sell its
-    base."""
+    base. With them, what the ledger follows of the market: its open orders by id, and
+    where its settlement is (one lookup for a ``settle``)."""
 
-    __slots__ = ("base", "base_per_lot", "hold_bps", "maker_bps", "market", "quote",
-                 "quote_per_unit", "taker_bps")
+    __slots__ = ("base", "base_per_lot", "hold_bps", "ids", "maker_bps", "market",
+                 "position", "quote", "quote_per_unit", "settled", "taker_bps")
 
-    def __init__(self, terms: Terms) -> None:
+    def __init__(self, terms: Terms, ids: dict[int, Funding] | None = None, settled: int = 0,
+                 position: int = 0) -> None:
         self.market: str = terms.market
         self.base: str = terms.base
         self.quote: str = terms.quote
@@ -214,6 +219,12 @@ class _Grid:
         self.maker_bps: int = terms.maker_bps
         self.taker_bps: int = terms.taker_bps
         self.hold_bps: int = max(terms.maker_bps, terms.taker_bps)
+        self.ids: dict[int, Funding] = ids if ids is not None else {}
+        """The market's open orders of this shard, by order id."""
+        self.settled = settled
+        """The last events message settled (its command sequence); 0 before any."""
+        self.position = position
+        """Where in the market's events stream that message is (its stream sequence)."""
 
     def buy_need(self, price: int, lots: int) -> int:
         """What a buy of ``lots`` at ``price`` holds: its value and the fee on it."""
@@ -244,19 +255,13 @@ class Ledger:
         self.decimals: dict[str, int] = {}
         self.terms: dict[str, Terms] = {}
         self._grids: dict[str, _Grid] = {}
-        """``terms`` as the hot paths read them."""
+        """``terms`` as the hot paths read them, with each market's open orders and
+        settlement position."""
         self.balances: dict[tuple[str, str], Balance] = {}
         self.transfers: dict[str, tuple[str, str, str, int]] = {}
         """Applied deposits and withdrawals by id: (command, account, asset, amount)."""
         self.orders: dict[tuple[str, str, str], Funding] = {}
         """Orders in flight and open, by (market, account, client order id)."""
-        self.by_id: dict[str, dict[int, Funding]] = {}
-        """Open orders by market, then order id."""
-        self.settled: dict[str, int] = {}
-        """The last events message settled, by market (its command sequence)."""
-        self.positions: dict[str, int] = {}
-        """Where in each market's events stream the last settled message is (its stream
-        sequence): a new leader reads on from there."""
         self.deposited: dict[str, int] = {}
         self.withdrawn: dict[str, int] = {}
         self.unfunded = 0
@@ -275,6 +280,18 @@ class Ledger:
         are posted once per command, net (docs/ledger.md)."""
 
     # -- reading ------------------------------------------------------------------------
+
+    @property
+    def settled(self) -> dict[str, int]:
+        """The last events message settled, by market (its command sequence)."""
+        return {market: grid.settled for market, grid in self._grids.items() if grid.settled}
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """Where in each market's events stream the last settled message is (its stream
+        sequence), by market: a new leader reads on from there."""
+        return {market: grid.position for market, grid in self._grids.items()
+                if grid.settled}
 
     def owns(self, account: str) -> bool:
         if self.shards == 1:
@@ -422,7 +439,9 @@ class Ledger:
                                reference=command.market))
             return
         self.terms[command.market] = terms
-        self._grids[command.market] = _Grid(terms)
+        old = self._grids.get(command.market)
+        self._grids[command.market] = (_Grid(terms) if old is None else
+                                       _Grid(terms, old.ids, old.settled, old.position))
 
     # -- transfers ----------------------------------------------------------------------
 
@@ -567,13 +586,13 @@ class Ledger:
                 return _refused_place(place, RejectCode.QUOTE_AMOUNT_REQUIRED, "a market "
                                       "buy must give quoteAmount: there is no price to "
                                       "hold for")
-            if quote_amount > MAX_UNITS:
+            if quote_amount > _MAX_UNITS:
                 return _refused_place(place, RejectCode.INVALID_QUANTITY,
                                       "quoteAmount out of range")
             return None
-        if not 0 < quantity <= MAX_UNITS:
+        if not 0 < quantity <= _MAX_UNITS:
             return _refused_place(place, RejectCode.INVALID_QUANTITY, "quantity out of range")
-        if order_type is LIMIT and not 0 < price <= MAX_UNITS:
+        if order_type is LIMIT and not 0 < price <= _MAX_UNITS:
             return _refused_place(place, RejectCode.INVALID_PRICE, "a limit order needs a price")
         return None
 
@@ -624,7 +643,8 @@ class Ledger:
     def _find(self, market: str, account: str, order_id: int,
               client_order_id: str) -> Funding | None:
         if order_id:
-            found = self.by_id.get(market, {}).get(order_id)
+            grid = self._grids.get(market)
+            found = grid.ids.get(order_id) if grid is not None else None
             return found if found is not None and found.account == account else None
         return self.orders.get((market, account, client_order_id))
 
@@ -637,10 +657,10 @@ class Ledger:
             out.append(Refused(RejectCode.NOT_FUNDED, f"market {market[:64]!r} is not "
                                "defined to the ledger", "settle"))
             return
-        settled = self.settled.get(market, 0)
-        position = self.positions.get(market, 0)
+        settled = terms.settled
+        position = terms.position
         self._clearing_base = self._clearing_quote = self._fees = 0
-        ids = self._open(market)
+        ids = terms.ids
         new = False
         for report in command.reports:
             report_fields: _ReportFields = _ASTUPLE(report)
@@ -669,20 +689,13 @@ class Ledger:
                 elif type(event) is _ORDERREJECTED and self.owns(event.account):
                     self._rejected(terms, event, out)
         if new:
-            self.settled[market] = settled
-            self.positions[market] = position
+            terms.settled = settled
+            terms.position = position
         # The other side of every leg settled here, posted once, net: with both accounts
         # of a trade in this shard, nothing goes through $clearing at all.
-        self._move(out, TRADE, CLEARING, terms.base, self._clearing_base, 0, market)
-        self._move(out, TRADE, CLEARING, terms.quote, self._clearing_quote, 0, market)
-        self._move(out, FEE, FEES, terms.quote, self._fees, 0, market)
-
-    def _open(self, market: str) -> dict[int, Funding]:
-        """The open orders of ``market``, by order id."""
-        ids = self.by_id.get(market)
-        if ids is None:
-            ids = self.by_id[market] = {}
-        return ids
+        self._move(out, TRADE, _CLEARING, terms.base, self._clearing_base, 0, market)
+        self._move(out, TRADE, _CLEARING, terms.quote, self._clearing_quote, 0, market)
+        self._move(out, FEE, _FEES, terms.quote, self._fees, 0, market)
 
     def _trade(self, terms: _Grid, ids: dict[int, Funding], trade: Trade,
                out: list[AnyLedgerEvent]) -> None:
@@ -893,9 +906,11 @@ class Ledger:
             funding = Funding.of(order)
             ledger.orders[(funding.market, funding.account, funding.client_order_id)] = funding
             if funding.order_id:
-                ledger._open(funding.market)[funding.order_id] = funding
-        ledger.settled = dict(state.settled)
-        ledger.positions = dict(state.positions)
+                ledger._grids[funding.market].ids[funding.order_id] = funding
+        positions = dict(state.positions)
+        for market, settled in state.settled:
+            grid = ledger._grids[market]  # a market is defined before it settles
+            grid.settled, grid.position = settled, positions.get(market, 0)
         ledger.deposited = dict(state.deposited)
         ledger.withdrawn = dict(state.withdrawn)
         ledger.unfunded, ledger.shortfalls = state.unfunded, state.shortfalls
