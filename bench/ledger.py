@@ -10,9 +10,10 @@
    to a fresh ``Ledger`` with its accounts funded, beside the engine core applying the
    workload alone, in the same process and run, so the ratio of the two rates is the
    shard's headroom over a market. A second, instrumented pass splits the ledger's time
-   between holds and settlements. Then the same stream split as several shards would
-   see it: each shard timed on its part, and on choosing it from every event of the
-   market, the slowest one's pace set against the engine core's.
+   between holds and settlements. Then the workload with its events settled 32
+   commands at a time, as a loaded shard receives them. Then the same stream split as
+   several shards would see it: each shard timed on its part, and on choosing it from
+   every event of the market, the slowest one's pace set against the engine core's.
 2. The service. A ledger shard process (``tradeplane ledger --shards 1``, leading
    alone) on a real nats-server, fed ``fundOrder`` commands straight on its command
    stream as fast as it takes them: funded orders per second, counted from the first
@@ -150,9 +151,12 @@ def ledger_commands(commands: list[AnyCommand], group: int = 1) -> list[AnyLedge
                 out.append(fund)
                 command = forwards[0].command
             sent.append(command)
-        reports = [Report(command.sequence, command.sequence, events) for command in sent
-                   if (events := [event for event in engine.apply(command)
-                                  if isinstance(event, ORDER_EVENTS)])]
+        reports: list[Report] = []
+        for command in sent:
+            events: list[AnyEvent] = [event for event in engine.apply(command)
+                                      if isinstance(event, ORDER_EVENTS)]
+            if events:
+                reports.append(Report(command.sequence, command.sequence, events))
         if reports:
             sequence += 1
             settle = Settle(sequence, sequence, market=MARKET, reports=reports)

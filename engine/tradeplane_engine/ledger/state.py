@@ -156,8 +156,8 @@ class Funding:
         there while it is in flight."""
         self.order_id = order_id
         """0 while in flight (its market has not accepted it yet)."""
-        self.provisions: list[tuple[int, int, int, int]] = (
-            provisions if provisions is not None else [])
+        self.provisions: tuple[tuple[int, int, int, int], ...] = (
+            tuple(provisions) if provisions else ())
         """Its replaces in flight, oldest first: (what each holds, its price, its
         quantity, the ledger sequence of its ``fundReplace``; 0 for a price or quantity
         it keeps)."""
@@ -626,8 +626,8 @@ class Ledger:
             return
         self._move(out, MovementKind.HOLD, replace.account, asset, -provision, provision,
                    command.market, funding.order_id, funding.client_order_id)
-        funding.provisions.append((provision, replace.price, replace.quantity,
-                                   command.sequence))
+        funding.provisions = (*funding.provisions, (provision, replace.price,
+                                                    replace.quantity, command.sequence))
         out.append(Forward(command.market, replace))
 
     def _unsent(self, command: Unsent, out: list[AnyLedgerEvent]) -> None:
@@ -815,7 +815,7 @@ class Ledger:
         if status is FILLED or status is CANCELED:
             self._release(terms, funding, funding.held + funding.provisioned, out)
             funding.held = 0
-            funding.provisions.clear()
+            funding.provisions = ()
             del ids[funding.order_id]
             del self.orders[(terms.market, funding.account, funding.client_order_id)]
             return
@@ -847,7 +847,10 @@ class Ledger:
         if funding is None:
             self.unfunded += 1
             return
-        provision = funding.provisions.pop(0)[0] if funding.provisions else 0
+        provision = 0
+        if funding.provisions:
+            provision = funding.provisions[0][0]
+            funding.provisions = funding.provisions[1:]
         funding.price = event.price
         funding.quantity = event.quantity
         funding.remaining = event.remaining_quantity
@@ -864,7 +867,8 @@ class Ledger:
         elif event.command == "replace":
             funding = self._find(market, event.account, event.order_id, event.client_order_id)
             if funding is not None and funding.provisions:
-                provision = funding.provisions.pop(0)[0]
+                provision = funding.provisions[0][0]
+                funding.provisions = funding.provisions[1:]
                 self._release(terms, funding, provision, out)
 
     # -- state --------------------------------------------------------------------------
