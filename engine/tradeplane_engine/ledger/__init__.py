@@ -30,19 +30,20 @@ from tradeplane_engine.ledger.commands import (
 from tradeplane_engine.ledger.events import (
     AnyLedgerEvent,
     Duplicate,
+    Fill,
     Forward,
     LedgerEvent,
     Movement,
     MovementKind,
     Refused,
+    journal_lines,
 )
 from tradeplane_engine.ledger.state import Funding, Ledger, named
 
 __all__ = [
     "CLEARING", "FEES", "SYSTEM_ACCOUNTS", "WORLD", "AnyLedgerCommand", "AnyLedgerEvent",
-    "DefineAsset",
-    "DefineMarket", "Deposit", "Duplicate", "Forward", "FundOrder", "FundReplace", "Funding",
-    "Ledger", "LedgerCommand", "LedgerEvent", "Movement", "MovementKind", "Refused", "Report",
-    "Settle",
-    "Terms", "TermsError", "Unsent", "Withdraw", "fee", "named", "shard_of",
+    "DefineAsset", "DefineMarket", "Deposit", "Duplicate", "Fill", "Forward", "FundOrder",
+    "FundReplace", "Funding", "Ledger", "LedgerCommand", "LedgerEvent", "Movement",
+    "MovementKind", "Refused", "Report", "Settle", "Terms", "TermsError", "Unsent", "Withdraw",
+    "fee", "journal_lines", "named", "shard_of",
 ]

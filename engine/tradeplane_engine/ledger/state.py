@@ -67,6 +67,7 @@ from tradeplane_engine.ledger.commands import (
 from tradeplane_engine.ledger.events import (
     AnyLedgerEvent,
     Duplicate,
+    Fill,
     Forward,
     Movement,
     MovementKind,
@@ -101,6 +102,7 @@ _PlaceFields = tuple[int, int, str, Side, int, int, OrderType, TimeInForce, bool
 # Compiled, a module's global is a dictionary lookup at every use, a ``Final`` one a C
 # variable: the hot paths name these.
 _MOVEMENT: Final = Movement
+_FILL: Final = Fill
 _FORWARD: Final = Forward
 _DUPLICATE: Final = Duplicate
 _ASTUPLE: Final = astuple
@@ -728,9 +730,9 @@ class Ledger:
 
     def _fill(self, terms: _Grid, funding: Funding, price: int, quantity: int, taker: bool,
               out: list[AnyLedgerEvent]) -> None:
-        """One side of a trade of ``quantity`` lots at ``price``: its account's legs,
-        against ``$clearing`` and ``$fees`` (which the ``settle`` posts at its end)."""
-        market, account, order_id = terms.market, funding.account, funding.order_id
+        """One side of a trade of ``quantity`` lots at ``price``: its account's legs (one
+        ``Fill``), against ``$clearing`` and ``$fees`` (which the ``settle`` posts at its
+        end)."""
         value = price * quantity * terms.quote_per_unit
         delivered = quantity * terms.base_per_lot
         bps = terms.taker_bps if taker else terms.maker_bps
@@ -739,10 +741,11 @@ class Ledger:
         funding.remaining = remaining
         quote = funding.quote_balance
         if quote is None:
-            quote = funding.quote_balance = self._balance(account, terms.quote)
+            quote = funding.quote_balance = self._balance(funding.account, terms.quote)
         base = funding.base_balance
         if base is None:
-            base = funding.base_balance = self._balance(account, terms.base)
+            base = funding.base_balance = self._balance(funding.account, terms.base)
+        released = 0
         if funding.buy:
             budget = funding.price == 0
             keep = 0
@@ -759,33 +762,19 @@ class Ledger:
             quote.held -= value + charged + released
             quote.available += released
             base.available += delivered
-            if value:
-                out.append(_MOVEMENT(TRADE, account, terms.quote, 0, -value, market, order_id))
-            if charged:
-                out.append(_MOVEMENT(FEE, account, terms.quote, 0, -charged, market, order_id))
-            if delivered:
-                out.append(_MOVEMENT(TRADE, account, terms.base, delivered, 0, market,
-                                    order_id))
-            if released:
-                out.append(_MOVEMENT(RELEASE, account, terms.quote, released, -released,
-                                    market, order_id))
             self._clearing_quote += value
             self._clearing_base -= delivered
             funding.held -= value + charged + released
         else:
             base.held -= delivered
             quote.available += value - charged
-            if delivered:
-                out.append(_MOVEMENT(TRADE, account, terms.base, 0, -delivered, market,
-                                    order_id))
-            if value:
-                out.append(_MOVEMENT(TRADE, account, terms.quote, value, 0, market, order_id))
-            if charged:
-                out.append(_MOVEMENT(FEE, account, terms.quote, -charged, 0, market, order_id))
             self._clearing_base += delivered
             self._clearing_quote -= value
             funding.held -= delivered
         self._fees += charged
+        if value or delivered or charged or released:
+            out.append(_FILL(funding.account, terms.market, funding.order_id, terms.base,
+                             terms.quote, funding.buy, value, delivered, charged, released))
 
     def _release(self, terms: _Grid, funding: Funding, amount: int,
                  out: list[AnyLedgerEvent]) -> None:

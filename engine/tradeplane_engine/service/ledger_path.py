@@ -37,6 +37,7 @@ from tradeplane_engine.ledger import (
     DefineAsset,
     Deposit,
     Duplicate,
+    Fill,
     Forward,
     FundOrder,
     FundReplace,
@@ -176,7 +177,7 @@ class LedgerPath(Replica):
         for command, payload, (decoded, events) in outgoing:
             funding = isinstance(decoded, FundOrder | FundReplace)
             for event in events:
-                if isinstance(event, Movement):
+                if isinstance(event, Movement | Fill):
                     if event.account not in SYSTEM_ACCOUNTS:
                         moved.add(event.account)
                 elif isinstance(event, Forward):

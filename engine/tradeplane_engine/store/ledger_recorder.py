@@ -1,13 +1,13 @@
 """The ledger recorder: a ledger shard's events stream into PostgreSQL, exactly once.
 
 Each events message of a ledger shard holds, for consecutive commands, what each did
-(``wire.LedgerBatch``): the command's ``Movement``s, the lines of the double-entry
-journal. For each batch of messages the feed hands over, one transaction writes every
-movement as a ``ledger_journal`` row, adds them to ``ledger_balances``, and moves
-``ledger_positions`` on — but only from where this recorder read it, so a batch is
-never recorded twice: by a second recorder, nor after a commit whose acknowledgement
-was lost (the recorder then reads the position again and continues from there, as the
-market recorder does on a duplicate key).
+(``wire.LedgerBatch``): the command's ``Movement``s and ``Fill``s, the lines of the
+double-entry journal (a fill's legs, one by one). For each batch of messages the feed
+hands over, one transaction writes every line as a ``ledger_journal`` row, adds them
+to ``ledger_balances``, and moves ``ledger_positions`` on — but only from where this
+recorder read it, so a batch is never recorded twice: by a second recorder, nor after a
+commit whose acknowledgement was lost (the recorder then reads the position again and
+continues from there, as the market recorder does on a duplicate key).
 
 As with a market's events, only the shard's leader writes this stream, in command
 order. A message that does not decode, is another shard's, or is not the next commands'
@@ -30,7 +30,7 @@ from nats.aio.client import Client
 from prometheus_client import Gauge
 
 from tradeplane_engine.feed import SequencedCommand, StreamFeed
-from tradeplane_engine.ledger import Movement
+from tradeplane_engine.ledger import Fill, Movement, journal_lines
 from tradeplane_engine.store.database import with_connection
 from tradeplane_engine.store.following import await_streams
 from tradeplane_engine.store.recorder import Resync
@@ -65,7 +65,7 @@ class LedgerRows:
     """(account, asset) → [available change, held change, last command sequence]."""
 
     def add(self, shard: int, stream_sequence: int, batch: LedgerBatch) -> None:
-        for index, event in enumerate(batch.events):
+        for index, event in enumerate(journal_lines(batch.events)):
             if not isinstance(event, Movement):
                 continue
             self.journal.append((shard, batch.sequence, index, stream_sequence,
@@ -101,6 +101,13 @@ def checked(shard: int, last: int, data: bytes) -> list[LedgerBatch]:
                     and "\x00" not in event.account + event.asset + event.market
                     + event.reference):
                 raise ValueError("a movement out of range")
+            if isinstance(event, Fill) and not (
+                    all(0 <= amount < MAX_UNITS for amount in (
+                        event.value, event.delivered, event.fee, event.released))
+                    and 0 <= event.order_id < MAX_ORDER_ID
+                    and "\x00" not in event.account + event.market + event.base
+                    + event.quote):
+                raise ValueError("a fill out of range")
     return batches
 
 

@@ -56,6 +56,7 @@ from tradeplane_engine.ledger import (
     Report,
     Settle,
     Unsent,
+    journal_lines,
     shard_of,
 )
 from tradeplane_engine.ledger.events import AnyLedgerEvent
@@ -95,8 +96,15 @@ class Exchange:
                                           timestamp=ledger.sequence + 1)
         self.logs[shard].append(command)
         events = ledger.apply(command)
+        # Double entry: a command's journal lines (a fill's legs among them) sum to zero
+        # per asset, the system accounts counted.
+        totals: Counter[str] = Counter()
+        for line in journal_lines(events):
+            if isinstance(line, Movement):
+                totals[line.asset] += line.available + line.held
+        assert not any(totals.values()), (command, totals)
         unsent: list[Unsent] = []
-        for event in events:
+        for event in journal_lines(events):
             if isinstance(event, Forward):
                 self.seen[type(event.command).__name__] += 1
                 if isinstance(event.command, Place):

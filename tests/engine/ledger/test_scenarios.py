@@ -29,10 +29,13 @@ from tradeplane_engine.ledger import (
     DefineMarket,
     Deposit,
     Duplicate,
+    Fill,
     Forward,
     FundOrder,
     FundReplace,
     Ledger,
+    Movement,
+    MovementKind,
     Refused,
     Report,
     Settle,
@@ -40,6 +43,7 @@ from tradeplane_engine.ledger import (
     TermsError,
     Withdraw,
     fee,
+    journal_lines,
     shard_of,
 )
 from tradeplane_engine.ledger.commands import AnyLedgerCommand
@@ -265,6 +269,33 @@ def test_a_trade_settles_value_fees_and_price_improvement() -> None:
     assert desk.balance(FEES, "USDT") == (120, 0)
     assert desk.balance(CLEARING, "USDT") == (0, 0)
     assert desk.balance(CLEARING, "BTC") == (0, 0)
+    desk.audit()
+
+
+def test_a_fill_is_one_event_whose_legs_are_its_journal_lines() -> None:
+    desk = Desk()
+    desk.fund("seller", btc=10 * LOT)
+    desk.fund("buyer", usdt=10_000_000)
+    desk.sell("seller", 1_000, 4, "s1")
+    desk.deferred = []
+    desk.buy("buyer", 1_100, 4, "b1")  # as above: 4 lots at 10.00, limit 11.00
+    events = desk.do(0, Settle(0, 0, market="m", reports=desk.deferred))
+    value = 1_000 * 4 * UNIT
+    # The buyer held 44 000 and 88 of fee: it pays 40 000 and 80; 4 008 comes back.
+    fills = [(event.account, event.buy, event.value, event.delivered, event.fee,
+              event.released) for event in events if isinstance(event, Fill)]
+    assert fills == [("seller", False, value, 4 * LOT, 40, 0),
+                     ("buyer", True, value, 4 * LOT, 80, 4_008)]
+    lines = [(line.kind, line.account, line.asset, line.available, line.held)
+             for line in journal_lines(events) if isinstance(line, Movement)]
+    trade, fee_, release = MovementKind.TRADE, MovementKind.FEE, MovementKind.RELEASE
+    assert lines == [
+        (trade, "seller", "BTC", 0, -4 * LOT), (trade, "seller", "USDT", value, 0),
+        (fee_, "seller", "USDT", -40, 0),
+        (trade, "buyer", "USDT", 0, -value), (fee_, "buyer", "USDT", 0, -80),
+        (trade, "buyer", "BTC", 4 * LOT, 0), (release, "buyer", "USDT", 4_008, -4_008),
+        (fee_, FEES, "USDT", 120, 0)]  # both sides in this shard: nothing via $clearing
+    assert desk.balance("buyer", "USDT") == (10_000_000 - value - 80, 0)
     desk.audit()
 
 

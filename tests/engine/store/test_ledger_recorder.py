@@ -11,11 +11,22 @@ from pathlib import Path
 
 import asyncpg
 import msgspec
+import pytest
 from prometheus_client import REGISTRY
 
 from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, run
 from tradeplane.postgres import PostgresServer
-from tradeplane_engine.ledger import AnyLedgerCommand, DefineAsset, Deposit, Ledger, Withdraw
+from tradeplane_engine.feed import SequencedCommand
+from tradeplane_engine.ledger import (
+    AnyLedgerCommand,
+    DefineAsset,
+    Deposit,
+    Fill,
+    Ledger,
+    Movement,
+    MovementKind,
+    Withdraw,
+)
 from tradeplane_engine.store.database import open_database
 from tradeplane_engine.store.ledger_queries import (
     account_balances,
@@ -24,7 +35,7 @@ from tradeplane_engine.store.ledger_queries import (
     recorded_balances,
     recorded_through,
 )
-from tradeplane_engine.store.ledger_recorder import LedgerRecorder
+from tradeplane_engine.store.ledger_recorder import LedgerRecorder, checked, ledger_rows
 from tradeplane_engine.store.recorders import run_recorders
 from tradeplane_engine.streams import ensure_stream
 from tradeplane_engine.wire import (
@@ -189,6 +200,28 @@ def test_what_is_not_the_next_command_is_quarantined_and_recording_goes_on(
         await pool.close()
 
     run(scenario())
+
+
+def test_a_fill_is_journaled_leg_by_leg_at_its_place_among_the_events() -> None:
+    fill = Fill("alice", "m", 7, "BTC", "USDT", True, 1_000, 50, 2, 10)
+    hold = Movement(MovementKind.HOLD, "bob", "USDT", -5, 5, "m", 0, "b1")
+    data = encode_ledger_events([LedgerBatch(0, 1, 11, [hold, fill, hold])])
+    rows = ledger_rows(0, 0, 0, [SequencedCommand(4, 11, data, None)])
+    assert [(row[2], row[4], row[5], row[6], row[7], row[8]) for row in rows.journal] == [
+        (0, "hold", "bob", "USDT", -5, 5), (1, "trade", "alice", "USDT", 0, -1_000),
+        (2, "fee", "alice", "USDT", 0, -2), (3, "trade", "alice", "BTC", 50, 0),
+        (4, "release", "alice", "USDT", 10, -10), (5, "hold", "bob", "USDT", -5, 5)]
+    assert rows.balances[("alice", "USDT")] == [10, -1_012, 1]
+
+
+@pytest.mark.parametrize("fill", [
+    Fill("alice", "m", 7, "BTC", "USDT", True, 10**40, 1, 0, 0),
+    Fill("alice", "m", 7, "BTC", "USDT", False, 1, -1, 0, 0),
+    Fill("alice", "m", -1, "BTC", "USDT", True, 1, 1, 0, 0),
+    Fill("al\x00ice", "m", 7, "BTC", "USDT", True, 1, 1, 0, 0)])
+def test_a_fill_the_journal_cannot_hold_is_refused(fill: Fill) -> None:
+    with pytest.raises(ValueError, match="a fill out of range"):
+        checked(0, 0, encode_ledger_events([LedgerBatch(0, 1, 1, [fill])]))
 
 
 def test_the_recorder_process_records_the_ledger_through_a_database_outage(
