@@ -288,6 +288,12 @@ class Ledger:
         """The last events message settled, by market (its command sequence)."""
         return {market: grid.settled for market, grid in self._grids.items() if grid.settled}
 
+    def settled_through(self, market: str) -> int:
+        """The last events message of ``market`` settled (its command sequence); 0 before
+        any, or for a market not defined here."""
+        grid = self._grids.get(market)
+        return grid.settled if grid is not None else 0
+
     @property
     def positions(self) -> dict[str, int]:
         """Where in each market's events stream the last settled message is (its stream

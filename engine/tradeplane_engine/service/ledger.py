@@ -379,7 +379,7 @@ class LedgerService(Watchdog):
                         self.name, event_stream(market), position)
             UNTRUSTED_SKIPPED.labels("ledger", "events message").inc()
             return []
-        settled = self.ledger.settled.get(market, 0)
+        settled = self.ledger.settled_through(market)
         concerns = self.ledger.concerns
         reports = []
         for batch, size in batches:

@@ -460,8 +460,11 @@ def test_one_settle_of_several_events_messages_settles_each_once() -> None:
     assert [event for event in again if isinstance(event, Duplicate)] == [
         Duplicate("settle", f"m:{first.events_sequence}"),
         Duplicate("settle", f"m:{second.events_sequence}")]
-    assert ledger.settled["m"] == third.events_sequence
+    assert ledger.settled["m"] == ledger.settled_through("m") == third.events_sequence
     assert ledger.positions["m"] == third.position
+    assert ledger.settled_through("another") == 0
+    restored = Ledger.restore(ledger.snapshot())
+    assert (restored.settled, restored.positions) == (ledger.settled, ledger.positions)
     for account in ("seller", "buyer", FEES, CLEARING):
         for asset in ("BTC", "USDT"):
             assert grouped.balance(account, asset) == one_by_one.balance(account, asset)
