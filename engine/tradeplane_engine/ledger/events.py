@@ -53,8 +53,8 @@ class Movement(LedgerEvent, frozen=True, gc=False, tag="movement"):
 
 class Fill(LedgerEvent, frozen=True, gc=False, tag="fill"):
     """One side of a trade, for an account of the shard: its journal lines (``legs``)
-    in one event. A fill is the ledger's commonest change, and one event for it rather
-    than a movement per line is a third of what settling a trade costs."""
+    in one event. A fill is the ledger's commonest change, and making one event costs
+    about a third of making its three or four movements (docs/performance.md)."""
 
     account: str
     market: str
