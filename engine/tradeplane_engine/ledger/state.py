@@ -903,17 +903,27 @@ class Ledger:
                             for key, kind, account, asset, amount in state.transfers}
         for order in state.orders:
             funding = Funding.of(order)
+            grid = ledger._defined(funding.market, "an order")
             ledger.orders[(funding.market, funding.account, funding.client_order_id)] = funding
             if funding.order_id:
-                ledger._grids[funding.market].ids[funding.order_id] = funding
+                grid.ids[funding.order_id] = funding
         positions = dict(state.positions)
         for market, settled in state.settled:
-            grid = ledger._grids[market]  # a market is defined before it settles
+            grid = ledger._defined(market, "a settlement")
             grid.settled, grid.position = settled, positions.get(market, 0)
         ledger.deposited = dict(state.deposited)
         ledger.withdrawn = dict(state.withdrawn)
         ledger.unfunded, ledger.shortfalls = state.unfunded, state.shortfalls
         return ledger
+
+    def _defined(self, market: str, what: str) -> _Grid:
+        """A snapshot's market, which it must define before anything of it (an order, a
+        settlement) can be: ``ValueError`` if it does not."""
+        grid = self._grids.get(market)
+        if grid is None:
+            raise ValueError(f"ledger snapshot: {what} of market {market[:64]!r}, which it "
+                             "does not define")
+        return grid
 
     def audit(self) -> list[str]:
         """What breaks the ledger's invariants, in words; empty when they all hold.

@@ -234,6 +234,23 @@ def test_a_snapshot_is_the_documented_json_arrays_compiled_or_not() -> None:
     assert order[:8] == ["m", "buyer", "b1", "buy", 1_000, 10, 10, 100_200]
 
 
+@pytest.mark.parametrize("part", [8, 9], ids=["an order", "a settlement"])
+def test_a_snapshot_naming_a_market_it_does_not_define_is_refused(part: int) -> None:
+    """A snapshot comes from the database: one whose order or settlement is of a market
+    it does not define is refused with a reason, not half restored."""
+    desk = Desk()
+    desk.fund("buyer", usdt=10_000_000)
+    desk.buy("buyer", 1_000, 10, "b1")
+    desk.fund("seller", btc=LOT)
+    desk.sell("seller", 1_000, 1, "s1")  # trades with b1: the market settles
+    ledger = desk.shard("buyer")
+    state = msgspec.json.decode(ledger.snapshot())
+    assert state[part], state
+    state[part][0][0] = "elsewhere"
+    with pytest.raises(ValueError, match="market 'elsewhere', which it does not define"):
+        Ledger.restore(msgspec.json.encode(state))
+
+
 def test_a_buy_holds_its_value_and_the_larger_fee() -> None:
     desk = Desk()
     desk.fund("alice", usdt=1_000_000)
