@@ -18,14 +18,21 @@ from typing import Any
 
 import msgspec
 
-from tradeplane_engine.core.codes import RejectCode
-from tradeplane_engine.core.commands import AnyCommand
+from tradeplane_engine.core.codes import CancelReason, RejectCode
+from tradeplane_engine.core.commands import (
+    AnyCommand,
+    OrderType,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+)
 from tradeplane_engine.core.events import (
     AnyEvent,
     BookLevel,
     OrderAccepted,
     OrderRejected,
     OrderReplaced,
+    OrderStatus,
     OrderUpdate,
     Trade,
 )
@@ -626,21 +633,22 @@ class PublicFormatter:
                 return None
             update: dict[str, Any] = {
                 "type": "orderUpdate", "orderId": event.order_id,
-                "clientOrderId": event.client_order_id, "status": event.status.value,
+                "clientOrderId": event.client_order_id, "status": _VALUE[event.status],
                 "filledQuantity": quantity(event.filled_quantity),
                 "remainingQuantity": quantity(event.remaining_quantity),
             }
             if event.reason is not None:
-                update["reason"] = event.reason.name.lower()
+                update["reason"] = _REASON[event.reason]
             return update
         if isinstance(event, OrderAccepted):
             if event.account != account:
                 return None
             accepted: dict[str, Any] = {
                 "type": "accepted", "orderId": event.order_id,
-                "clientOrderId": event.client_order_id, "side": event.side.value,
-                "orderType": event.order_type.value, "timeInForce": event.time_in_force.value,
-                "postOnly": event.post_only, "stp": event.stp.value,
+                "clientOrderId": event.client_order_id, "side": _VALUE[event.side],
+                "orderType": _VALUE[event.order_type],
+                "timeInForce": _VALUE[event.time_in_force], "postOnly": event.post_only,
+                "stp": _VALUE[event.stp],
             }
             if event.price:
                 accepted["price"] = price(event.price)
@@ -666,7 +674,7 @@ class PublicFormatter:
                 "priorityKept": event.priority_kept,
             }
             if event.side is not None:  # None in events stored before they were recorded
-                replaced["side"] = event.side.value
+                replaced["side"] = _VALUE[event.side]
             if event.filled_quantity is not None:
                 replaced["filledQuantity"] = quantity(event.filled_quantity)
             return replaced
@@ -699,6 +707,42 @@ class PublicFormatter:
                 seen.setdefault(event.account)
         return list(seen)
 
+    def private_updates(self, events: list[AnyEvent], sequence: int, timestamp: int,
+                        into: dict[str, list[dict[str, Any]]]) -> None:
+        """One command's events as their accounts see them, each stamped with
+        ``sequence`` and ``timestamp``, appended to the account's list in ``into``: what
+        ``order_event`` gives for every account of ``accounts(events)``, in the same
+        order (accounts first seen first, a trade's maker before its taker; each
+        account's updates in event order), in one pass over the events."""
+        for event in events:
+            kind = type(event)
+            if kind is Trade:
+                assert isinstance(event, Trade)
+                maker = into.setdefault(event.maker_account, [])
+                taker = into.setdefault(event.taker_account, [])
+                price = self.price(event.price)
+                quantity = self.quantity(event.quantity)
+                side = _VALUE[event.aggressor_side]
+                taker.append({"type": "trade", "tradeId": event.trade_id,
+                              "orderId": event.taker_order_id, "role": "taker", "side": side,
+                              "price": price, "quantity": quantity, "sequence": sequence,
+                              "timestamp": timestamp})
+                if event.maker_account != event.taker_account:
+                    maker.append({"type": "trade", "tradeId": event.trade_id,
+                                  "orderId": event.maker_order_id, "role": "maker",
+                                  "side": _OTHER_SIDE[event.aggressor_side], "price": price,
+                                  "quantity": quantity, "sequence": sequence,
+                                  "timestamp": timestamp})
+            elif (kind is OrderUpdate or kind is OrderAccepted or kind is OrderRejected
+                  or kind is OrderReplaced):
+                assert isinstance(event, OrderUpdate | OrderAccepted | OrderRejected
+                                  | OrderReplaced)
+                update = self.order_event(event, event.account)
+                assert update is not None
+                update["sequence"] = sequence
+                update["timestamp"] = timestamp
+                into.setdefault(event.account, []).append(update)
+
     def trade(self, event: Trade) -> dict[str, Any]:
         return {"tradeId": event.trade_id, "price": self.price(event.price),
                 "quantity": self.quantity(event.quantity), "side": event.aggressor_side.value}
@@ -709,8 +753,15 @@ class PublicFormatter:
 
 def _own_side(trade: Trade, role: str) -> str:
     if role == "taker":
-        return trade.aggressor_side.value
-    return "sell" if trade.aggressor_side.value == "buy" else "buy"
+        return _VALUE[trade.aggressor_side]
+    return _OTHER_SIDE[trade.aggressor_side]
+
+
+_VALUE: dict[StrEnum, str] = {member: member.value for kind in (
+    Side, OrderType, TimeInForce, SelfTradePrevention, OrderStatus) for member in kind}
+"""Each member's value: a dictionary lookup, where ``.value`` is a Python-level property."""
+_OTHER_SIDE = {Side.BUY: "sell", Side.SELL: "buy"}
+_REASON = {reason: reason.name.lower() for reason in CancelReason}
 
 
 def _product(a: str, b: str) -> str:

@@ -50,11 +50,12 @@ class MarketDirectory:
             async for entry in watcher:
                 if entry is None:
                     continue
-                await self._apply(entry.key, entry.value, entry.operation)
+                await self.apply(entry.key, entry.value, entry.operation)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+    async def apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+        """One change of the markets bucket: a definition put, or a market removed."""
         async with self._changed:
             if operation in ("DEL", "PURGE") or not value:
                 if self._markets.pop(key, None) is not None:

@@ -162,6 +162,10 @@ class Gateway:
         self.metrics = GatewayMetrics(markets)
         # Engines send results to gateways' inboxes only (docs/security.md).
         self._inbox = f"{GATEWAY_INBOX}.{nc._nuid.next().decode()}"
+        self._id_prefix = nc._nuid.next().decode()[:12]
+        """The orders this gateway names: a random prefix of its own (62^12 of them), then
+        a count (``_client_id``)."""
+        self._named = 0
         self._in_flight: dict[str, _InFlight] = {}
         self._next_token = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -268,7 +272,10 @@ class Gateway:
         return self._inbox
 
     def _client_id(self) -> str:
-        return self.nc._nuid.next().decode()
+        """A client order id for an order that came without one: unique to this gateway
+        process, 13 to 32 characters of A-Z, a-z and 0-9."""
+        self._named += 1
+        return f"{self._id_prefix}{self._named}"
 
     async def _publish(self, work: Submission, reply_to: str | None, span: Any = None,
                        passed_on: str | None = None) -> None:

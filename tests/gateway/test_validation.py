@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from nats.aio.client import Client
 
-from tradeplane_gateway.protocol import PlaceRequest
+from tradeplane_gateway.markets import MarketDirectory
+from tradeplane_gateway.protocol import PlaceRequest, is_client_order_id
+from tradeplane_gateway.service import Gateway
 from tradeplane_gateway.validation import EdgeError, check_order_fields, decode_request
 
 WELL_FORMED: list[tuple[str, bytes]] = [
@@ -82,3 +85,10 @@ def test_orders_the_engine_takes_pass_the_edge(fields: dict[str, object]) -> Non
     request = decode_request("place", json.dumps({"market": "sol-usdt", **fields}).encode())
     assert isinstance(request, PlaceRequest)
     check_order_fields(request)
+
+
+def test_the_gateway_names_orders_uniquely_in_the_client_order_id_grammar() -> None:
+    gateways = [Gateway(Client(), MarketDirectory()) for _ in range(2)]
+    names = [gateway._client_id() for gateway in gateways for _ in range(1_000)]
+    assert len(set(names)) == len(names)  # across gateways too: each has its own prefix
+    assert all(is_client_order_id(name) for name in names)

@@ -72,14 +72,7 @@ class MarketData:
                 changed = True
         if changed:
             self._last_change, self._last_change_time = sequence, timestamp
-        for account in formatter.accounts(events):
-            updates = self._private.setdefault(account, [])
-            for event in events:
-                update = formatter.order_event(event, account)
-                if update is not None:
-                    update["sequence"] = sequence
-                    update["timestamp"] = timestamp
-                    updates.append(update)
+        formatter.private_updates(events, sequence, timestamp, self._private)
 
     def messages(self) -> list[tuple[str, bytes]]:
         """The batch's messages (private updates, trades, the L2 delta); starts a new batch."""

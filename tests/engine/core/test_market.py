@@ -8,6 +8,7 @@ from (the engine only ever sees integers); a test below holds them to covering b
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from fractions import Fraction
 from typing import TypedDict, Unpack
 
@@ -18,7 +19,12 @@ from hypothesis import strategies as st
 
 from tests.engine.core.helpers import CONVERSION_ONLY_CODES
 from tradeplane_engine.core import MAX_UNITS, MarketSpec, OffGrid, RejectCode
-from tradeplane_engine.core.market import TradingMode
+from tradeplane_engine.core.market import (
+    FORMATTED_KEPT,
+    TradingMode,
+    UnitFormatter,
+    format_decimal,
+)
 
 PRICE_NOT_ON_TICK = RejectCode.PRICE_NOT_ON_TICK
 QUANTITY_NOT_ON_LOT = RejectCode.QUANTITY_NOT_ON_LOT
@@ -284,3 +290,36 @@ def test_conversion_round_trips(step: str, units: int) -> None:
     spec = make_spec(tick_size=step, lot_size=step)
     assert spec.to_ticks(spec.from_ticks(units)) == units
     assert spec.to_lots(spec.from_lots(units)) == units
+
+
+def test_a_conversion_is_kept_per_step_and_a_refusal_is_not() -> None:
+    spec = make_spec(tick_size="0.01", lot_size="0.001")
+    for _ in range(2):  # the second time from what was kept
+        assert spec.to_ticks("1.5") == 150
+        assert spec.to_lots("1.5") == 1500
+        with pytest.raises(OffGrid) as refused:
+            spec.to_ticks("1.505")
+        assert refused.value.code is PRICE_NOT_ON_TICK
+    # Past the bound, what is kept starts again: conversions stay right.
+    texts = [f"{number}.25" for number in range(1, FORMATTED_KEPT + 10)]
+    assert [spec.to_ticks(text) for text in texts] == [
+        number * 100 + 25 for number in range(1, FORMATTED_KEPT + 10)]
+    assert spec.to_ticks("1.5") == 150
+
+
+@given(step=st.sampled_from(["0.01", "0.5", "5", "0.00000001", "0.125", "1"]),
+       units=st.integers(0, MAX_UNITS))
+def test_a_unit_formatter_gives_format_decimal_strings_kept_or_not(step: str,
+                                                                   units: int) -> None:
+    formatter = UnitFormatter(step)
+    expected = format_decimal(Decimal(units) * Decimal(step))
+    assert formatter(units) == expected
+    assert formatter(units) == expected  # kept
+
+
+def test_a_unit_formatter_starts_again_past_what_it_keeps() -> None:
+    formatter = UnitFormatter("0.01")
+    values = range(FORMATTED_KEPT + 10)
+    assert [formatter(value) for value in values] == [
+        format_decimal(Decimal(value) / 100) for value in values]
+    assert formatter(12_345) == "123.45"

@@ -1,0 +1,142 @@
+"""``make bench``: what the engine and the gateway spend per order around the core.
+
+The engine core is measured alone (``bench/run.py``); end to end, most of an order's
+CPU is the services' (``bench/e2e.py``). This measures the part of it that is the
+services' own Python, without NATS, on the standard workload:
+
+1. **The engine's public messages**: the standard workload is applied to the matching
+   ``Engine`` (untimed), then its events go through ``MarketData`` as the engine
+   service hands them over, in batches of 1 and of 32 commands: each batch's private
+   updates per account, trades and L2 delta, encoded. Timed per command.
+2. **The gateway's order intake**: the workload's places as the gateway receives them
+   (JSON requests with decimal strings), decoded and turned into commands
+   (``decode_request`` and ``submission``), as the gateway does for every request.
+   Timed per order.
+
+Figures are printed; nothing is asserted. Medians of several passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from tradeplane_engine.core import AnyEvent, Engine, Place
+from tradeplane_engine.core.market import UnitFormatter
+from tradeplane_engine.service.marketdata import MarketData
+from tradeplane_engine.wire import PublicFormatter
+from tradeplane_engine.workload import SPEC, generate, to_commands
+from tradeplane_gateway.markets import MarketDirectory
+from tradeplane_gateway.validation import decode_request, submission
+
+MARKET = "bench-usdt"
+
+
+def best_of[T](repeat: int, run: Callable[[], T]) -> float:
+    """Median seconds of ``repeat`` calls of ``run``."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def market_data_pass(batches: list[list[tuple[int, int, list[AnyEvent]]]]) -> int:
+    """Every batch through a fresh ``MarketData``; the bytes it would publish."""
+    market_data = MarketData(MARKET, PublicFormatter(SPEC))
+    published = 0
+    for batch in batches:
+        for sequence, timestamp, events in batch:
+            market_data.add(sequence, timestamp, events)
+        published += sum(len(payload) for _, payload in market_data.messages())
+    return published
+
+
+def bench_market_data(count: int, seed: int, repeat: int) -> None:
+    engine = Engine(SPEC)
+    applied = [(command.sequence, command.sequence * 1000, engine.apply(command))
+               for command in to_commands(generate(count, seed))]
+    events = sum(len(item[2]) for item in applied)
+    print(f"engine service, public messages: the standard workload, {count:,} commands "
+          f"({events:,} events)", flush=True)
+    for size in (1, 32):
+        batches = [applied[start:start + size] for start in range(0, len(applied), size)]
+        published = market_data_pass(batches)
+        seconds = best_of(repeat, functools.partial(market_data_pass, batches))
+        print(f"  batches of {size:>2} commands: {seconds / count * 1e6:6.2f} µs per command, "
+              f"{published / count:,.0f} bytes published per command", flush=True)
+
+
+def place_requests(count: int, seed: int) -> list[tuple[str, bytes]]:
+    """The workload's places as trader requests: (account, JSON body)."""
+    formatter = PublicFormatter(SPEC)
+    requests = []
+    for command in to_commands(generate(count, seed)):
+        if type(command) is not Place or not command.price:
+            continue
+        body = {"market": MARKET, "side": command.side.value,
+                "price": formatter.price(command.price),
+                "quantity": formatter.quantity(command.quantity),
+                "timeInForce": command.time_in_force.value, "response": "result"}
+        requests.append((command.account, msgspec.json.encode(body)))
+    return requests
+
+
+def bench_intake(count: int, seed: int, repeat: int) -> None:
+    from tradeplane_engine.wire import MarketDefinition
+
+    definition = MarketDefinition(name=MARKET, base=SPEC.base, quote=SPEC.quote,
+                                  tick_size=SPEC.tick_size, lot_size=SPEC.lot_size)
+    markets = MarketDirectory()
+    asyncio.run(markets.apply(MARKET, msgspec.json.encode(definition), "PUT"))
+    requests = place_requests(count, seed)
+    numbers = iter(range(10**9))
+
+    def intake() -> None:
+        for account, body in requests:
+            submission(markets, account, decode_request("place", body),
+                       lambda: f"g-{next(numbers)}")
+
+    seconds = best_of(repeat, intake)
+    print(f"gateway, order intake: {len(requests):,} limit places of the standard workload",
+          flush=True)
+    print(f"  decoded and made commands: {seconds / len(requests) * 1e6:6.2f} µs per order",
+          flush=True)
+
+
+def bench_formatter(repeat: int) -> None:
+    formatter = UnitFormatter(SPEC.tick_size)
+    values = [9_000 + (number * 7) % 2_000 for number in range(200_000)]
+
+    def run() -> None:
+        for value in values:
+            formatter(value)
+
+    seconds = best_of(repeat, run)
+    print(f"  a price formatted (2,000 distinct): {seconds / len(values) * 1e9:6.0f} ns",
+          flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--commands", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    bench_market_data(args.commands, args.seed, args.repeat)
+    bench_formatter(args.repeat)
+    print(flush=True)
+    bench_intake(args.commands, args.seed, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
