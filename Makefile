@@ -44,6 +44,7 @@ test: lint pytest
 
 bench: native
 	$(PY) bench/run.py
+	$(PY) bench/service_path.py
 	$(PY) bench/persistence.py
 	$(PY) bench/failover.py
 	$(PY) bench/nats_cluster.py
