@@ -43,6 +43,7 @@ from tradeplane_engine.ledger.commands import (
     DefineMarket,
     Deposit,
     FundOrder,
+    FundOrders,
     FundReplace,
     Settle,
     Unsent,
@@ -300,7 +301,7 @@ class LedgerSource(StrEnum):
 
 
 LEDGER_SOURCES: dict[LedgerSource, tuple[type, ...]] = {
-    LedgerSource.ORDER: (FundOrder, FundReplace),
+    LedgerSource.ORDER: (FundOrder, FundOrders, FundReplace),
     LedgerSource.ADMIN: (DefineAsset, Deposit, Withdraw),
     LedgerSource.LEDGER: (Settle, DefineMarket, Unsent),
 }
@@ -442,11 +443,14 @@ def decode_ledger_command(data: bytes, sequence: int, timestamp: int) -> AnyLedg
     """A ledger command from its stream, stamped as the stream gave it; an order's
     account must be one subject token, as a market's commands'."""
     command: AnyLedgerCommand = _ledger_decoder.decode(data)
-    if isinstance(command, FundOrder | FundReplace):
-        inner = command.place if isinstance(command, FundOrder) else command.replace
-        if not is_account(inner.account):
-            raise msgspec.ValidationError(f"account {inner.account[:80]!r} is not one "
-                                          "subject token")
+    if isinstance(command, FundOrder | FundReplace | FundOrders):
+        inners = ([command.place] if isinstance(command, FundOrder) else
+                  [command.replace] if isinstance(command, FundReplace) else
+                  [funded.place for funded in command.orders])
+        for inner in inners:
+            if not is_account(inner.account):
+                raise msgspec.ValidationError(f"account {inner.account[:80]!r} is not one "
+                                              "subject token")
     stamped: AnyLedgerCommand = msgspec.structs.replace(command, sequence=sequence,
                                                         timestamp=timestamp)
     return stamped

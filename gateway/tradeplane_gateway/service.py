@@ -40,12 +40,13 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from tradeplane_engine.access import GATEWAY_INBOX, is_inbox, trader_inbox
+from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core.codes import RejectCode
 from tradeplane_engine.core.commands import Cancel, Place, Replace
 from tradeplane_engine.core.events import OrderRejected
 from tradeplane_engine.core.market import OffGrid
 from tradeplane_engine.ledger.amounts import shard_of
-from tradeplane_engine.ledger.commands import FundOrder, FundReplace
+from tradeplane_engine.ledger.commands import Funded, FundOrders, FundReplace
 from tradeplane_engine.wire import (
     API_SUBJECTS,
     BOOK_SNAPSHOTS,
@@ -124,6 +125,10 @@ class LedgerBalances(msgspec.Struct):
     balances: dict[str, Balance]
 
 
+FUNDED_AT_ONCE = 256
+"""Orders in one ``fundOrders`` at most (well under a NATS message's 1 MiB)."""
+
+
 @dataclass(slots=True)
 class _InFlight:
     """A command published to a stream, waiting for its acknowledgement and result."""
@@ -169,6 +174,13 @@ class Gateway:
         self._in_flight: dict[str, _InFlight] = {}
         self._next_token = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._funding: dict[int, list[tuple[str, Funded]]] = {}
+        """Orders to fund, by ledger shard, with their tokens: sent together once the
+        requests at hand are read (``_send_funding``)."""
+        self._funding_batches: dict[str, tuple[float, list[str]]] = {}
+        """``fundOrders`` sent, by the token their stream answers on: until when they may
+        be answered, and their orders' tokens."""
+        self._next_batch = 0
         self._subscriptions: list[Subscription] = []
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -300,22 +312,68 @@ class Gateway:
             # holds a retry once too, without one), and relays the market stream's
             # acknowledgement (or its refusal) to Tp-Ack.
             headers.pop(HEADER_MESSAGE_ID, None)
-            headers[HEADER_ACK] = f"{self._inbox}.{GROUPED_ACKS}.{token}"
-            funding = (FundOrder(0, 0, market=market, place=command)
-                       if isinstance(command, Place) else
-                       FundReplace(0, 0, market=market, replace=command))
+            ack = f"{self._inbox}.{GROUPED_ACKS}.{token}"
             shard = shard_of(work.account, self.ledger_shards)
+            if isinstance(command, Place):
+                # Orders go to their shard together: every order read before the
+                # ledger's stream is next written to, in one fundOrders.
+                pending = self._funding.setdefault(shard, [])
+                if not pending:
+                    self._spawn(self._send_funding(shard))
+                pending.append((token, Funded(market, command, ack,
+                                              headers.get(HEADER_REPLY, ""),
+                                              headers.get(TRACEPARENT, ""))))
+                return
+            headers[HEADER_ACK] = ack
             await self.nc.publish(ledger_command_subject(shard, LedgerSource.ORDER),
-                                  encode_ledger_command(funding),
+                                  encode_ledger_command(FundReplace(0, 0, market=market,
+                                                                    replace=command)),
                                   reply=f"{self._inbox}.l.{token}", headers=headers)
             return
         await self.nc.publish(command_subject(market), encode_command(command),
                               reply=f"{self._inbox}.a.{token}", headers=headers)
 
+    async def _send_funding(self, shard: int) -> None:
+        """The orders to fund at ``shard`` gathered so far, as ``fundOrders`` of at most
+        ``FUNDED_AT_ONCE`` orders each; the stream's acknowledgement of each comes to
+        ``<inbox>.l.b<n>``, for all its orders."""
+        pending = self._funding.pop(shard, [])
+        for start in range(0, len(pending), FUNDED_AT_ONCE):
+            batch = pending[start:start + FUNDED_AT_ONCE]
+            self._next_batch += 1
+            token = f"b{self._next_batch}"
+            self._funding_batches[token] = (time.monotonic() + self.publish_timeout + 1,
+                                            [order for order, _ in batch])
+            try:
+                await self.nc.publish(
+                    ledger_command_subject(shard, LedgerSource.ORDER),
+                    encode_ledger_command(FundOrders(0, 0,
+                                                     orders=[order for _, order in batch])),
+                    reply=f"{self._inbox}.l.{token}")
+            except NATS_ERRORS as exc:
+                # Not sent: each order is answered as a stream that did not take it.
+                log.warning("orders to fund at ledger shard %d not sent (%s)", shard,
+                            type(exc).__name__)
+                del self._funding_batches[token]
+                for order, _ in batch:
+                    flight = self._in_flight.get(order)
+                    if flight is not None:
+                        await self._sequenced(order, flight, b"", "the ledger")
+
     async def _on_inbox(self, msg: Msg) -> None:
         kind, _, token = msg.subject[len(self._inbox) + 1:].partition(".")
         if not token and kind in (GROUPED, GROUPED_ACKS):
             await self._on_grouped(kind, msg.data)
+            return
+        if kind == "l" and token in self._funding_batches:
+            _, tokens = self._funding_batches.pop(token)
+            for order in tokens:
+                flight = self._in_flight.get(order)
+                if flight is not None:
+                    try:
+                        await self._on_ledger_ack(order, flight, msg.data)
+                    except Exception:  # one order's failure must never stop the others
+                        await self._failed(order, flight)
             return
         flight = self._in_flight.get(token)
         if flight is None:
@@ -483,6 +541,9 @@ class Gateway:
         while True:
             await asyncio.sleep(0.1)
             now = time.monotonic()
+            for token in [token for token, (until, _) in self._funding_batches.items()
+                          if until < now]:
+                del self._funding_batches[token]  # its orders timed out (below)
             expired = [token for token, flight in self._in_flight.items()
                        if flight.deadline < now]
             for token in expired:

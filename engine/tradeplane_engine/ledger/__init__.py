@@ -19,7 +19,9 @@ from tradeplane_engine.ledger.commands import (
     DefineAsset,
     DefineMarket,
     Deposit,
+    Funded,
     FundOrder,
+    FundOrders,
     FundReplace,
     LedgerCommand,
     Report,
@@ -43,7 +45,7 @@ from tradeplane_engine.ledger.state import Funding, Ledger, named
 __all__ = [
     "CLEARING", "FEES", "SYSTEM_ACCOUNTS", "WORLD", "AnyLedgerCommand", "AnyLedgerEvent",
     "DefineAsset", "DefineMarket", "Deposit", "Duplicate", "Fill", "Forward", "FundOrder",
-    "FundReplace", "Funding", "Ledger", "LedgerCommand", "LedgerEvent", "Movement",
-    "MovementKind", "Refused", "Report", "Settle", "Terms", "TermsError", "Unsent", "Withdraw",
-    "fee", "journal_lines", "named", "shard_of",
+    "FundOrders", "FundReplace", "Funded", "Funding", "Ledger", "LedgerCommand",
+    "LedgerEvent", "Movement", "MovementKind", "Refused", "Report", "Settle", "Terms",
+    "TermsError", "Unsent", "Withdraw", "fee", "journal_lines", "named", "shard_of",
 ]

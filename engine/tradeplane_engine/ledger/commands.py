@@ -66,6 +66,28 @@ class FundOrder(LedgerCommand, frozen=True, gc=False, tag="fundOrder"):
     place: Place
 
 
+class Funded(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One order of a ``fundOrders``, with where its answers go (headers, for a
+    ``fundOrder`` alone): the ledger passes them on as it forwards the order."""
+
+    market: str
+    place: Place
+    ack: str = ""
+    """Where the market stream's acknowledgement of the order goes (``Tp-Ack``)."""
+    reply: str = ""
+    """Where its market sends the order's events (``Tp-Reply``)."""
+    trace: str = ""
+    """Its W3C ``traceparent``."""
+
+
+class FundOrders(LedgerCommand, frozen=True, gc=False, tag="fundOrders"):
+    """Several ``fundOrder``s in one message, as a gateway batches them: each order held
+    and forwarded, or refused, in turn, as if it came alone. Order ``i`` of it is known
+    by (this command's sequence, ``i``)."""
+
+    orders: list[Funded]
+
+
 class FundReplace(LedgerCommand, frozen=True, gc=False, tag="fundReplace"):
     """Hold what a replace may add to its order's needs, then send it to ``market``."""
 
@@ -76,12 +98,14 @@ class FundReplace(LedgerCommand, frozen=True, gc=False, tag="fundReplace"):
 class Unsent(LedgerCommand, frozen=True, gc=False, tag="unsent"):
     """A funded order its market's stream dropped as a duplicate of an earlier message
     (its client order id reused within the stream's duplicate window): it will never
-    be matched, so its hold goes back. ``funded_at`` names the funding."""
+    be matched, so its hold goes back. ``funded_at`` and ``funded_index`` name the
+    funding (the ``fundOrder``, or order ``funded_index`` of a ``fundOrders``)."""
 
     market: str
     account: str
     client_order_id: str
     funded_at: int
+    funded_index: int = 0
 
 
 class Report(msgspec.Struct, frozen=True, gc=False, array_like=True):
@@ -105,5 +129,5 @@ class Settle(LedgerCommand, frozen=True, gc=False, tag="settle"):
     reports: list[Report]
 
 
-AnyLedgerCommand = (DefineAsset | DefineMarket | Deposit | Withdraw | FundOrder | FundReplace
-                    | Unsent | Settle)
+AnyLedgerCommand = (DefineAsset | DefineMarket | Deposit | Withdraw | FundOrder | FundOrders
+                    | FundReplace | Unsent | Settle)

@@ -31,6 +31,8 @@ class OrderState(msgspec.Struct, array_like=True):
     funded_at: int = 0
     order_id: int = 0
     provisions: list[tuple[int, int, int, int]] = msgspec.field(default_factory=list)
+    funded_index: int = 0
+    """Its place in its ``fundOrders`` (0 for a ``fundOrder``)."""
 
 
 class LedgerState(msgspec.Struct, array_like=True):

@@ -59,6 +59,7 @@ from tradeplane_engine.ledger.commands import (
     DefineMarket,
     Deposit,
     FundOrder,
+    FundOrders,
     FundReplace,
     Settle,
     Unsent,
@@ -113,6 +114,7 @@ _ORDERREPLACED: Final = OrderReplaced
 _ORDERREJECTED: Final = OrderRejected
 _SETTLE: Final = Settle
 _FUNDORDER: Final = FundOrder
+_FUNDORDERS: Final = FundOrders
 _CLEARING: Final = CLEARING
 _MAX_UNITS: Final = MAX_UNITS
 _FEES: Final = FEES
@@ -133,14 +135,15 @@ class Balance:
 class Funding:
     """What the ledger knows of one order of this shard's accounts."""
 
-    __slots__ = ("account", "base_balance", "buy", "client_order_id", "funded_at", "held",
-                 "market", "order_id", "price", "provisions", "quantity", "quote_balance",
-                 "remaining", "side")
+    __slots__ = ("account", "base_balance", "buy", "client_order_id", "funded_at",
+                 "funded_index", "held", "market", "order_id", "price", "provisions",
+                 "quantity", "quote_balance", "remaining", "side")
 
     def __init__(self, market: str, account: str, client_order_id: str, side: Side,
                  price: int, quantity: int, remaining: int, held: int, funded_at: int = 0,
                  order_id: int = 0,
-                 provisions: list[tuple[int, int, int, int]] | None = None) -> None:
+                 provisions: list[tuple[int, int, int, int]] | None = None,
+                 funded_index: int = 0) -> None:
         self.market = market
         self.account = account
         self.client_order_id = client_order_id
@@ -154,8 +157,10 @@ class Funding:
         self.held = held
         """What the order holds (without replaces in flight)."""
         self.funded_at = funded_at
-        """The ledger sequence of its ``fundOrder``: a new leader sends it again from
-        there while it is in flight."""
+        """The ledger sequence of its ``fundOrder`` (or ``fundOrders``): a new leader
+        sends it again from there while it is in flight."""
+        self.funded_index = funded_index
+        """Its place in that ``fundOrders`` (0 for a ``fundOrder``)."""
         self.order_id = order_id
         """0 while in flight (its market has not accepted it yet)."""
         self.provisions: tuple[tuple[int, int, int, int], ...] = (
@@ -192,13 +197,15 @@ class Funding:
     def state(self) -> OrderState:
         return OrderState(self.market, self.account, self.client_order_id, self.side,
                           self.price, self.quantity, self.remaining, self.held,
-                          self.funded_at, self.order_id, list(self.provisions))
+                          self.funded_at, self.order_id, list(self.provisions),
+                          self.funded_index)
 
     @staticmethod
     def of(state: OrderState) -> Funding:
         return Funding(state.market, state.account, state.client_order_id, state.side,
                        state.price, state.quantity, state.remaining, state.held,
-                       state.funded_at, state.order_id, list(state.provisions))
+                       state.funded_at, state.order_id, list(state.provisions),
+                       state.funded_index)
 
 
 class _Grid:
@@ -348,12 +355,14 @@ class Ledger:
         return {asset: (balance.available, balance.held)
                 for asset, balance in found if balance is not None}
 
-    def in_flight(self) -> list[int]:
-        """The ledger sequences of the ``fundOrder`` and ``fundReplace`` commands whose
-        market has not answered yet, oldest first: what a new leader sends again."""
-        return sorted([*(funding.funded_at for funding in self.orders.values()
-                         if not funding.order_id),
-                       *(provision[3] for funding in self.orders.values()
+    def in_flight(self) -> list[tuple[int, int]]:
+        """The funded orders and replaces whose market has not answered yet, oldest
+        first, each as (the ledger sequence of its ``fundOrder``, ``fundOrders`` or
+        ``fundReplace``, its place in a ``fundOrders`` or 0): what a new leader sends
+        again."""
+        return sorted([*((funding.funded_at, funding.funded_index)
+                         for funding in self.orders.values() if not funding.order_id),
+                       *((provision[3], 0) for funding in self.orders.values()
                          for provision in funding.provisions)])
 
     def need(self, funding: Funding) -> int:
@@ -373,7 +382,11 @@ class Ledger:
         if type(command) is _SETTLE:
             self._settle(command, out)
         elif type(command) is _FUNDORDER:
-            self._fund_order(command, out)
+            self._fund(command.market, command.place, command.sequence, 0, out)
+        elif type(command) is _FUNDORDERS:
+            sequence = command.sequence
+            for index, funded in enumerate(command.orders):
+                self._fund(funded.market, funded.place, sequence, index, out)
         elif type(command) is FundReplace:
             self._fund_replace(command, out)
         elif type(command) is Unsent:
@@ -526,10 +539,13 @@ class Ledger:
 
     # -- funding ------------------------------------------------------------------------
 
-    def _fund_order(self, command: FundOrder, out: list[AnyLedgerEvent]) -> None:
-        market, place = command.market, command.place
+    def _fund(self, market: str, place: Place, sequence: int, index: int,
+              out: list[AnyLedgerEvent]) -> None:
+        """Hold what ``place`` may spend and ``Forward`` it to ``market``, or refuse it:
+        its events end with one ``Forward`` or one ``Refused``. ``sequence`` and
+        ``index`` name the funding (its command, and its place in a ``fundOrders``)."""
         if not place.client_order_id:
-            place = named(place, self.shard, command.sequence)
+            place = named(place, self.shard, sequence, index)
         fields: _PlaceFields = _ASTUPLE(place)
         (_, _, account, side, quantity, price, order_type, _, _, _, client_order_id,
          quote_amount) = fields
@@ -570,7 +586,7 @@ class Ledger:
         if price == 0 and side is BUY:
             quantity = 0
         funding = Funding(market, account, client_order_id, side, price, quantity, quantity,
-                          need, command.sequence)
+                          need, sequence, 0, None, index)
         if side is BUY:
             funding.quote_balance = balance
         else:
@@ -641,7 +657,8 @@ class Ledger:
     def _unsent(self, command: Unsent, out: list[AnyLedgerEvent]) -> None:
         key = (command.market, command.account, command.client_order_id)
         funding = self.orders.get(key)
-        if funding is None or funding.order_id or funding.funded_at != command.funded_at:
+        if (funding is None or funding.order_id or funding.funded_at != command.funded_at
+                or funding.funded_index != command.funded_index):
             out.append(Duplicate("unsent", command.client_order_id))  # settled since
             return
         self._release(self._grids[command.market], funding, funding.held + funding.provisioned,
@@ -967,13 +984,15 @@ class Ledger:
         return breaches
 
 
-def named(place: Place, shard: int, sequence: int) -> Place:
+def named(place: Place, shard: int, sequence: int, index: int = 0) -> Place:
     """The order as the ledger funds it: named. It needs a name before its market gives
     it an id; the gateway names an order the trader did not (as Binance's
-    newClientOrderId), so this is a guard: ``L<shard>-<ledger sequence>``."""
+    newClientOrderId), so this is a guard: ``L<shard>-<ledger sequence>``, and
+    ``-<index>`` after it for an order of a ``fundOrders`` but its first."""
     if place.client_order_id:
         return place
-    return msgspec.structs.replace(place, client_order_id=f"L{shard}-{sequence}")
+    name = f"L{shard}-{sequence}" if not index else f"L{shard}-{sequence}-{index}"
+    return msgspec.structs.replace(place, client_order_id=name)
 
 
 def _buy_provision(terms: _Grid, old_price: int, new_price: int, change: int,

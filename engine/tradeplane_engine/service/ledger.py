@@ -40,7 +40,7 @@ from tradeplane_engine.ledger import (
     FEES,
     DefineMarket,
     Forward,
-    FundOrder,
+    FundOrders,
     FundReplace,
     Ledger,
     Report,
@@ -49,7 +49,7 @@ from tradeplane_engine.ledger import (
 )
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.leadership import Leadership
-from tradeplane_engine.service.ledger_path import LedgerPath, account_balances
+from tradeplane_engine.service.ledger_path import LedgerPath, account_balances, funded_order
 from tradeplane_engine.service.replica import in_groups
 from tradeplane_engine.service.watchdog import Watchdog
 from tradeplane_engine.service.writer import Outbound, StreamWriter
@@ -277,17 +277,18 @@ class LedgerService(Watchdog):
         """Forward again what the last leader may not have: the same message ids, so a
         copy already in a market's stream is dropped (docs/ledger.md)."""
         outbound: list[Outbound] = []
-        for sequence in self.ledger.in_flight():
+        for sequence, index in self.ledger.in_flight():
             message = await self.js.get_msg(ledger_command_stream(self.shard), sequence)
             command = decode_ledger_command(message.data or b"", sequence, 0)
-            if isinstance(command, FundOrder):
-                event = Forward(command.market, named(command.place, self.shard, sequence))
-            elif isinstance(command, FundReplace):
-                event = Forward(command.market, command.replace)
-            else:  # the ledger only says funded commands are in flight
-                raise AssertionError(f"ledger command {sequence} is not an order")
             reply = (message.headers or {}).get(HEADER_REPLY)
-            outbound.append(self.path.forward(sequence, event, reply))
+            if isinstance(command, FundReplace):
+                event = Forward(command.market, command.replace)
+            else:  # the ledger only says funded orders and replaces are in flight
+                market, place = funded_order(command, index)
+                event = Forward(market, named(place, self.shard, sequence, index))
+                if isinstance(command, FundOrders):
+                    reply = command.orders[index].reply or None
+            outbound.append(self.path.forward(sequence, event, reply, index=index))
         if outbound:
             log.info("%s: forwarding %d funded commands in flight again", self.name,
                      len(outbound))

@@ -40,6 +40,7 @@ from tradeplane_engine.ledger import (
     Fill,
     Forward,
     FundOrder,
+    FundOrders,
     FundReplace,
     Ledger,
     Movement,
@@ -133,6 +134,39 @@ def forward_message_id(shard: int, sequence: int) -> str:
     return f"{ledger_name(shard)}:{sequence}"
 
 
+def funded_id(shard: int, sequence: int, index: int = 0) -> str:
+    """What names a funding (``Tp-Funded`` on its forward): ``<shard>:<sequence>``, and
+    ``-<index>`` after it for an order of a ``fundOrders`` but its first."""
+    return f"{shard}:{sequence}" if not index else f"{shard}:{sequence}-{index}"
+
+
+type Funding = tuple[int, str | None, str | None, str | None, list[AnyLedgerEvent]]
+"""One funded order or replace of a command: (its place in a ``fundOrders``, or 0; where
+its acknowledgement goes; where its market's result goes; its ``traceparent``; its
+events)."""
+
+
+def fundings(command: SequencedCommand, decoded: AnyLedgerCommand | None,
+             events: list[AnyLedgerEvent]) -> list[Funding]:
+    """The orders and replaces a command funds, each with its events: a ``fundOrders``'s
+    orders (each one's events end with its ``Forward`` or ``Refused``, as
+    ``Ledger.apply`` gives them), or the one of a ``fundOrder`` or ``fundReplace`` (its
+    answers' subjects in the message's headers); none for any other command."""
+    if isinstance(decoded, FundOrder | FundReplace):
+        return [(0, command.ack, command.reply, command.trace, events)]
+    if not isinstance(decoded, FundOrders):
+        return []
+    groups: list[list[AnyLedgerEvent]] = []
+    group: list[AnyLedgerEvent] = []
+    for event in events:
+        group.append(event)
+        if isinstance(event, Forward | Refused):
+            groups.append(group)
+            group = []
+    return [(index, funded.ack or None, funded.reply or None, funded.trace or None, own)
+            for index, (funded, own) in enumerate(zip(decoded.orders, groups, strict=True))]
+
+
 class LedgerPath(Replica):
     """Applies ledger commands; while leading, publishes and acts on what they did."""
 
@@ -171,33 +205,35 @@ class LedgerPath(Replica):
         return (decoded, self.ledger.apply(decoded)) if decoded is not None else (None, [])
 
     async def after_publish(self, outgoing: Outgoing) -> None:
-        forwards: list[tuple[SequencedCommand, bool, Outbound]] = []
+        forwards: list[tuple[SequencedCommand, int, str | None, bool, Outbound]] = []
         moved: set[str] = set()
         answers = Answers(self.nc.publish, GROUPED_ACKS)
         for command, payload, (decoded, events) in outgoing:
-            funding = isinstance(decoded, FundOrder | FundReplace)
             for event in events:
-                if isinstance(event, Movement | Fill):
-                    if event.account not in SYSTEM_ACCOUNTS:
-                        moved.add(event.account)
-                elif isinstance(event, Forward):
-                    held = not any(isinstance(other, Duplicate) for other in events)
-                    forwards.append((command, held, self.forward(command.sequence, event,
-                                                                 command.reply, command.trace)))
-                elif isinstance(event, Refused) and funding and command.ack:
-                    await answers.add(command.ack, msgspec.json.encode(LedgerRefusal(
-                        int(event.code), event.code.name, event.reason, self.shard,
-                        command.sequence, event.reference)), refused=True)
-            if command.reply and not funding:
+                if isinstance(event, Movement | Fill) and event.account not in SYSTEM_ACCOUNTS:
+                    moved.add(event.account)
+            funded = fundings(command, decoded, events)
+            for index, ack_to, reply, trace, own in funded:
+                for event in own:
+                    if isinstance(event, Forward):
+                        held = not any(isinstance(other, Duplicate) for other in own)
+                        forwards.append((command, index, ack_to, held, self.forward(
+                            command.sequence, event, reply, trace, index)))
+                    elif isinstance(event, Refused) and ack_to:
+                        await answers.add(ack_to, msgspec.json.encode(LedgerRefusal(
+                            int(event.code), event.code.name, event.reason, self.shard,
+                            command.sequence, event.reference)), refused=True)
+            if command.reply and not funded:
                 await self.nc.publish(command.reply, payload)
         if forwards:
-            acks = await self.forwarder.write([outbound for _, _, outbound in forwards])
+            acks = await self.forwarder.write([item[4] for item in forwards])
             unsent: list[Outbound] = []
-            for (command, held, outbound), ack in zip(forwards, acks, strict=True):
+            for (command, index, ack_to, held, outbound), ack in zip(forwards, acks,
+                                                                     strict=True):
                 if held and await self._dropped(outbound, ack):
-                    unsent.append(self._unsent(command, outbound))
-                if command.ack:
-                    await answers.add(command.ack, ack)
+                    unsent.append(self._unsent(command, index, outbound))
+                if ack_to:
+                    await answers.add(ack_to, ack)
             if unsent:
                 await self.forwarder.write(unsent)
         await answers.send()
@@ -206,15 +242,17 @@ class LedgerPath(Replica):
                 account_balances(self.ledger, account)))
 
     def forward(self, sequence: int, event: Forward, reply: str | None = None,
-                trace: str | None = None) -> Outbound:
-        """The funded command ``sequence`` for its market's command stream. An order goes
-        under the message id the gateway would give it, so a retry is stored once; a
-        replace under its ledger sequence, so a new leader's second forward is."""
+                trace: str | None = None, index: int = 0) -> Outbound:
+        """The funded command ``sequence`` (order ``index`` of it, for a ``fundOrders``)
+        for its market's command stream. An order goes under the message id the gateway
+        would give it, so a retry is stored once; a replace under its ledger sequence, so
+        a new leader's second forward is."""
         command = event.command
         message_id = (order_message_id(command.account, command.client_order_id)
                       if isinstance(command, Place) else forward_message_id(self.shard,
                                                                             sequence))
-        headers = {HEADER_MESSAGE_ID: message_id, HEADER_FUNDED: f"{self.shard}:{sequence}"}
+        headers = {HEADER_MESSAGE_ID: message_id,
+                   HEADER_FUNDED: funded_id(self.shard, sequence, index)}
         if reply:
             headers[HEADER_REPLY] = reply
         if trace:
@@ -238,17 +276,17 @@ class LedgerPath(Replica):
             return False
         return (stored.headers or {}).get(HEADER_FUNDED) != outbound.headers[HEADER_FUNDED]
 
-    def _unsent(self, command: SequencedCommand, outbound: Outbound) -> Outbound:
-        place = decode_ledger_command(command.data, command.sequence, command.timestamp)
-        assert isinstance(place, FundOrder)
-        named_place = named(place.place, self.shard, command.sequence)
+    def _unsent(self, command: SequencedCommand, index: int, outbound: Outbound) -> Outbound:
+        decoded = decode_ledger_command(command.data, command.sequence, command.timestamp)
+        market, place = funded_order(decoded, index)
+        named_place = named(place, self.shard, command.sequence, index)
         log.info("%s: order %s of %s was dropped by %s as a duplicate; its hold goes back",
                  self.name, named_place.client_order_id, named_place.account,
                  outbound.subject)
-        unsent = Unsent(0, 0, market=place.market, account=named_place.account,
+        unsent = Unsent(0, 0, market=market, account=named_place.account,
                         client_order_id=named_place.client_order_id,
-                        funded_at=command.sequence)
-        return self.own(unsent, f"unsent:{command.sequence}")
+                        funded_at=command.sequence, funded_index=index)
+        return self.own(unsent, f"unsent:{funded_id(self.shard, command.sequence, index)}")
 
     def own(self, command: AnyLedgerCommand, message_id: str) -> Outbound:
         """A command the leader sequences in its own shard's stream, as the ledger."""
@@ -257,3 +295,13 @@ class LedgerPath(Replica):
 
     def confirmed(self, command: SequencedCommand, events: Any) -> None:
         """Nothing to remember: the ledger's state is all there is."""
+
+
+def funded_order(command: AnyLedgerCommand, index: int) -> tuple[str, Place]:
+    """(market, order) of the funding ``index`` of a ``fundOrder`` (0) or ``fundOrders``."""
+    if isinstance(command, FundOrders):
+        funded = command.orders[index]
+        return funded.market, funded.place
+    assert isinstance(command, FundOrder), "only orders are forwarded as orders"
+    assert index == 0, "a fundOrder funds one order"
+    return command.market, command.place
