@@ -58,6 +58,29 @@ class SequencedCommand:
     """The subject it was published on (a ledger command's names its source)."""
 
 
+def gateway_inbox(subject: str | None, where: str, what: str,
+                  component: str = "engine") -> str | None:
+    """A subject naming where to answer a command (``what``: ``reply`` or ``ack``), if it
+    is a gateway's inbox; None for none. Only a client that bypassed the gateway writes
+    another: the command is applied, its events are stored, no answer is sent. ``where``
+    says which command, in the log line."""
+    if subject is None or (is_subject(subject) and subject.startswith(f"{GATEWAY_INBOX}.")):
+        return subject
+    log.warning("%s has %s subject %r, not a gateway's; no answer", where, what, subject[:80])
+    UNTRUSTED_SKIPPED.labels(component, f"{what} subject").inc()
+    return None
+
+
+def traceparent(value: str | None, where: str, component: str = "engine") -> str | None:
+    """A command's W3C ``traceparent``, or None when it has none or one that is not
+    one (dropped, logged and counted: it is copied on, never trusted)."""
+    if value is None or is_traceparent(value):
+        return value
+    log.warning("%s has a traceparent that is not one; dropped", where)
+    UNTRUSTED_SKIPPED.labels(component, "trace header").inc()
+    return None
+
+
 def stream_position(reply_subject: str) -> tuple[int, int]:
     """Stream sequence and timestamp from a JetStream message's ``$JS.ACK`` subject."""
     tokens = reply_subject.split(".")
@@ -165,12 +188,7 @@ class StreamFeed:
         if headers:
             reply = self._gateway_inbox(headers.get(self._reply_header), sequence, "reply")
             ack = self._gateway_inbox(headers.get(HEADER_ACK), sequence, "ack")
-            trace = headers.get(TRACEPARENT)
-            if trace is not None and not is_traceparent(trace):
-                log.warning("%s: command %d has a traceparent that is not one; dropped",
-                            self._stream, sequence)
-                UNTRUSTED_SKIPPED.labels("engine", "trace header").inc()
-                trace = None
+            trace = traceparent(headers.get(TRACEPARENT), f"{self._stream}: command {sequence}")
             self._arrived.append(SequencedCommand(
                 sequence, timestamp, msg.data, reply, trace, ack, msg.subject))
         else:
@@ -181,16 +199,7 @@ class StreamFeed:
             await self._pull()
 
     def _gateway_inbox(self, subject: str | None, sequence: int, what: str) -> str | None:
-        """A header naming where to answer: a gateway's inbox, or nothing. Only a client
-        that bypassed the gateway writes another: the command is applied, its events are
-        stored, no answer is sent."""
-        if subject is None or (is_subject(subject)
-                               and subject.startswith(f"{GATEWAY_INBOX}.")):
-            return subject
-        log.warning("%s: command %d has %s subject %r, not a gateway's; no answer",
-                    self._stream, sequence, what, subject[:80])
-        UNTRUSTED_SKIPPED.labels("engine", f"{what} subject").inc()
-        return None
+        return gateway_inbox(subject, f"{self._stream}: command {sequence}", what)
 
     async def _on_status(self, msg: Msg) -> None:
         headers = msg.headers or {}

@@ -325,6 +325,8 @@ class Gateway:
                                               headers.get(TRACEPARENT, ""))))
                 return
             headers[HEADER_ACK] = ack
+            if self._funding.get(shard):
+                await self._send_funding(shard)  # the orders read before it go first
             await self.nc.publish(ledger_command_subject(shard, LedgerSource.ORDER),
                                   encode_ledger_command(FundReplace(0, 0, market=market,
                                                                     replace=command)),

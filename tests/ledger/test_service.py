@@ -11,18 +11,23 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, run
 from tradeplane.ledger_tools import stored_outcome, submit
+from tradeplane_engine.access import GATEWAY_INBOX
 from tradeplane_engine.core import Place, RejectCode, Side
 from tradeplane_engine.feed import SequencedCommand
-from tradeplane_engine.ledger import Deposit, FundOrder, Report
+from tradeplane_engine.ledger import Deposit, Funded, FundOrder, FundOrders, Report
 from tradeplane_engine.service.ledger import LedgerService, settle_groups
 from tradeplane_engine.service.ledger_path import event_messages
 from tradeplane_engine.service.replica import Outgoing
 from tradeplane_engine.streams import markets_bucket
 from tradeplane_engine.wire import (
+    HEADER_FUNDED,
     HEADER_MESSAGE_ID,
+    HEADER_REFUSED,
+    HEADER_REPLY,
     MARKETS_BUCKET,
     LedgerBatch,
     LedgerSource,
@@ -157,6 +162,76 @@ def test_a_retried_order_is_held_once_and_a_dropped_one_gives_its_hold_back(
             await eventually(lambda: ledger.balance("alice", "USDT") == (1_000 * USDT, 0),
                              what="the dropped order's hold given back")
             assert not ledger.orders
+            assert ledger.audit() == []
+
+    run(scenario())
+
+
+def test_a_fund_orders_answers_and_forwards_each_order_as_its_own(tmp_path: Path) -> None:
+    """Three orders in one ``fundOrders``, as a gateway sends what it read together: each
+    is forwarded with its own result subject and funding name, and each acknowledgement
+    or refusal goes to its own subject."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, ledger_shards=1, assets=ASSETS) as exchange:
+            await exchange.fund("alice", USDT=250 * USDT)
+            nc = await nats.connect(exchange.url)
+            answers: dict[str, Msg] = {}
+
+            async def answered(msg: Msg) -> None:
+                answers[msg.subject] = msg
+
+            inbox = f"{GATEWAY_INBOX}.test"
+            await nc.subscribe(f"{inbox}.ack.*", cb=answered)
+            orders = [Funded("sol-usdt", Place(0, 0, account="alice", side=Side.BUY,
+                                               price=10_000, quantity=100,
+                                               client_order_id=f"f{number}"),
+                             ack=f"{inbox}.ack.{number}", reply=f"{inbox}.result.{number}")
+                      for number in range(3)]  # 100 USDT each: the third is not covered
+            stored = await nc.jetstream().publish(
+                ledger_command_subject(0, LedgerSource.ORDER),
+                encode_ledger_command(FundOrders(0, 0, orders=orders)))
+            await eventually(lambda: len(answers) == 3, what="an answer to each order")
+            assert HEADER_REFUSED in (answers[f"{inbox}.ack.2"].headers or {})
+            assert msgspec.json.decode(answers[f"{inbox}.ack.2"].data)["code"] == int(
+                RejectCode.INSUFFICIENT_FUNDS)
+            forwarded = [msgspec.json.decode(answers[f"{inbox}.ack.{number}"].data)["seq"]
+                         for number in range(2)]
+            js = nc.jetstream()
+            for number, sequence in enumerate(forwarded):
+                message = await js.get_msg("tp-cmd-sol-usdt", sequence)
+                headers = message.headers or {}
+                assert headers[HEADER_REPLY] == f"{inbox}.result.{number}"
+                assert headers[HEADER_FUNDED] == (f"0:{stored.seq}" if number == 0
+                                                  else f"0:{stored.seq}-{number}")
+                assert headers[HEADER_MESSAGE_ID] == f"alice:f{number}"
+            ledger = exchange.ledgers[0].ledger
+            assert ledger.balance("alice", "USDT") == (50 * USDT, 200 * USDT)
+            await nc.close()
+
+    run(scenario())
+
+
+def test_orders_sent_together_are_each_answered_and_a_replace_follows_its_order(
+        tmp_path: Path) -> None:
+    """Orders a gateway reads together are funded together (``fundOrders``); each still
+    gets its own answer, and a replace sent right behind its order reaches the ledger
+    after it (the gateway sends the orders it holds for the shard first)."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, ledger_shards=1, assets=ASSETS) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            await exchange.fund("alice", USDT=1_000 * USDT)
+            places = [alice.place("sol-usdt", "buy", "1", f"{95 + number}",
+                                  client_order_id=f"t{number}") for number in range(6)]
+            replace = alice.replace("sol-usdt", client_order_id="t5", price="91")
+            replies = await asyncio.gather(*places, replace)
+            assert [reply.order.client_order_id for reply in replies[:6]
+                    if reply.order is not None] == [f"t{number}" for number in range(6)]
+            assert replies[6].order is not None and replies[6].order.price == "91"
+            ledger = exchange.ledgers[0].ledger
+            # 95 + ... + 99 and 91 (no fees on this market): each held once.
+            held = (95 + 96 + 97 + 98 + 99 + 91) * USDT
+            await eventually(lambda: ledger.balance("alice", "USDT") == (
+                1_000 * USDT - held, held), what="the holds settled to the orders' needs")
             assert ledger.audit() == []
 
     run(scenario())

@@ -34,7 +34,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from tradeplane_engine.connection import NATS_ERRORS
-from tradeplane_engine.feed import SequencedCommand, StreamFeed
+from tradeplane_engine.feed import SequencedCommand, StreamFeed, gateway_inbox
 from tradeplane_engine.ledger import (
     CLEARING,
     FEES,
@@ -287,7 +287,9 @@ class LedgerService(Watchdog):
                 market, place = funded_order(command, index)
                 event = Forward(market, named(place, self.shard, sequence, index))
                 if isinstance(command, FundOrders):
-                    reply = command.orders[index].reply or None
+                    reply = gateway_inbox(command.orders[index].reply or None,
+                                          f"ledger command {sequence}, order {index}",
+                                          "reply", "ledger")
             outbound.append(self.path.forward(sequence, event, reply, index=index))
         if outbound:
             log.info("%s: forwarding %d funded commands in flight again", self.name,

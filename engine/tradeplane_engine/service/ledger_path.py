@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.core.commands import Place
 from tradeplane_engine.core.market import UnitFormatter, format_decimal
-from tradeplane_engine.feed import SequencedCommand
+from tradeplane_engine.feed import SequencedCommand, gateway_inbox, traceparent
 from tradeplane_engine.ledger import (
     SYSTEM_ACCOUNTS,
     AnyLedgerCommand,
@@ -163,7 +163,10 @@ def fundings(command: SequencedCommand, decoded: AnyLedgerCommand | None,
         if isinstance(event, Forward | Refused):
             groups.append(group)
             group = []
-    return [(index, funded.ack or None, funded.reply or None, funded.trace or None, own)
+    where = f"ledger command {command.sequence}, order"
+    return [(index, gateway_inbox(funded.ack or None, f"{where} {index}", "ack", "ledger"),
+             gateway_inbox(funded.reply or None, f"{where} {index}", "reply", "ledger"),
+             traceparent(funded.trace or None, f"{where} {index}", "ledger"), own)
             for index, (funded, own) in enumerate(zip(decoded.orders, groups, strict=True))]
 
 

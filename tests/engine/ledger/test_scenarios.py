@@ -31,7 +31,9 @@ from tradeplane_engine.ledger import (
     Duplicate,
     Fill,
     Forward,
+    Funded,
     FundOrder,
+    FundOrders,
     FundReplace,
     Ledger,
     Movement,
@@ -41,6 +43,7 @@ from tradeplane_engine.ledger import (
     Settle,
     Terms,
     TermsError,
+    Unsent,
     Withdraw,
     fee,
     journal_lines,
@@ -381,6 +384,63 @@ def test_the_same_client_order_id_again_is_held_once_and_sent_again() -> None:
     assert desk.balance("alice", "USDT") == (1_000_000, 0)
     assert not refusals(desk.buy("alice", 1_000, 5, "x"))  # a new order under the id
     desk.audit()
+
+
+def limit(account: str, side: Side, price: int, lots: int, cid: str) -> Place:
+    return Place(0, 0, account=account, side=side, price=price, quantity=lots,
+                 client_order_id=cid)
+
+
+def test_a_fund_orders_funds_each_order_in_turn_as_a_fund_order_would() -> None:
+    """Held, refused, a retry of the first, and unnamed: each order's events end with its
+    ``Forward`` or its ``Refused``, and the balances are those of one command each."""
+    orders = [limit("alice", Side.BUY, 1_000, 5, "a1"),
+              limit("alice", Side.BUY, 1_000, 500, "a2"),  # more than alice has
+              limit("alice", Side.BUY, 1_000, 5, "a1"),
+              limit("alice", Side.BUY, 1_000, 1, "")]
+    batched, alone = Desk(), Desk()
+    for desk in (batched, alone):
+        desk.fund("alice", usdt=1_000_000)
+    sequence = batched.ledgers[0].sequence + 1
+    events = batched.on("alice", FundOrders(0, 0, orders=[
+        Funded("m", place, ack=f"ack.{index}") for index, place in enumerate(orders)]))
+    separately = [alone.on("alice", FundOrder(0, 0, market="m", place=place))
+                  for place in orders]
+    assert [[type(event).__name__ for event in own] for own in separately] == [
+        ["Movement", "Forward"], ["Refused"], ["Duplicate", "Forward"], ["Movement", "Forward"]]
+    assert [type(event).__name__ for event in events] == [
+        type(event).__name__ for own in separately for event in own]
+    assert refusals(events) == [RejectCode.INSUFFICIENT_FUNDS]
+    assert batched.balance("alice", "USDT") == alone.balance("alice", "USDT") == (
+        1_000_000 - 50_100 - 10_020, 50_100 + 10_020)
+    # The unnamed order is named after its command and its place in it.
+    forwarded = [event.command for event in events if isinstance(event, Forward)]
+    assert forwarded[-1].client_order_id == f"L0-{sequence}-3"
+    assert batched.ledgers[0].in_flight() == []  # the desk's market took them at once
+    batched.audit()
+    alone.audit()
+
+
+def test_an_order_of_a_fund_orders_in_flight_is_named_by_its_place_and_unsent_alone() -> None:
+    ledger = Desk().ledgers[0]
+    ledger.apply(Deposit(ledger.sequence + 1, 0, transfer_id="in", account="alice",
+                         asset="USDT", amount=1_000_000))
+    sequence = ledger.sequence + 1
+    ledger.apply(FundOrders(sequence, 0, orders=[
+        Funded("m", limit("alice", Side.BUY, 1_000, 5, "a1")),
+        Funded("m", limit("alice", Side.BUY, 1_000, 2, "a2"))]))
+    assert ledger.in_flight() == [(sequence, 0), (sequence, 1)]
+    restored = Ledger.restore(ledger.snapshot())
+    assert restored.in_flight() == [(sequence, 0), (sequence, 1)]
+    assert restored.state_hash() == ledger.state_hash()
+    # Unsent names the funding: the wrong place changes nothing, the right one releases.
+    wrong = ledger.apply(Unsent(ledger.sequence + 1, 0, market="m", account="alice",
+                                client_order_id="a2", funded_at=sequence, funded_index=0))
+    assert [type(event) for event in wrong] == [Duplicate]
+    ledger.apply(Unsent(ledger.sequence + 1, 0, market="m", account="alice",
+                        client_order_id="a2", funded_at=sequence, funded_index=1))
+    assert ledger.in_flight() == [(sequence, 0)]
+    assert ledger.balance("alice", "USDT") == (1_000_000 - 50_100, 50_100)
 
 
 def test_a_replace_holds_more_first_and_settles_to_the_new_need() -> None:
