@@ -226,7 +226,8 @@ def test_orders_sent_together_are_each_answered_and_a_replace_follows_its_order(
             replies = await asyncio.gather(*places, replace)
             assert [reply.order.client_order_id for reply in replies[:6]
                     if reply.order is not None] == [f"t{number}" for number in range(6)]
-            assert replies[6].order is not None and replies[6].order.price == "91"
+            assert replies[6].order is not None
+            assert replies[6].order.price == "91"
             ledger = exchange.ledgers[0].ledger
             # 95 + ... + 99 and 91 (no fees on this market): each held once.
             held = (95 + 96 + 97 + 98 + 99 + 91) * USDT
