@@ -15,10 +15,11 @@
    several shards would see it: each shard timed on its part, and on choosing it from
    every event of the market, the slowest one's pace set against the engine core's.
 2. The service. A ledger shard process (``tradeplane ledger --shards 1``, leading
-   alone) on a real nats-server, fed ``fundOrder`` commands straight on its command
-   stream as fast as it takes them: funded orders per second, counted from the first
-   command sequenced to the last one's events published by the shard and its order
-   forwarded into its market's command stream (no engine consumes it).
+   alone) on a real nats-server, fed orders straight on its command stream as fast as
+   it takes them, first one ``fundOrder`` a message, then in ``fundOrders`` of 32 (as
+   a loaded gateway sends what it read together): funded orders per second, counted
+   from the first command sequenced to the last one's events published by the shard
+   and its order forwarded into its market's command stream (no engine consumes it).
 
 Figures are printed; nothing is asserted.
 """
@@ -63,7 +64,9 @@ from tradeplane_engine.ledger import (
     DefineMarket,
     Deposit,
     Forward,
+    Funded,
     FundOrder,
+    FundOrders,
     Ledger,
     Refused,
     Report,
@@ -368,20 +371,32 @@ async def outcome(nc: Client, sequence: int, timeout: float = 30.0) -> LedgerBat
         await asyncio.sleep(0.01)
 
 
-def fund_order(number: int) -> bytes:
+def service_place(number: int) -> Place:
     account = f"trader{number % SERVICE_ACCOUNTS}"
     side = Side.BUY if number % 2 else Side.SELL
-    place = Place(0, 0, account, side, quantity=1 + number % 9, price=9_900 + number % 200,
-                  client_order_id=f"o{number}")
-    return encode_ledger_command(FundOrder(0, 0, market=SERVICE_MARKET.name, place=place))
+    return Place(0, 0, account, side, quantity=1 + number % 9, price=9_900 + number % 200,
+                 client_order_id=f"o{number}")
+
+
+def fund_order(number: int) -> bytes:
+    return encode_ledger_command(FundOrder(0, 0, market=SERVICE_MARKET.name,
+                                           place=service_place(number)))
+
+
+def fund_orders(first: int, count: int) -> bytes:
+    """Orders ``first`` to ``first + count - 1`` in one ``fundOrders``, as a gateway
+    sends the orders it read together."""
+    return encode_ledger_command(FundOrders(0, 0, orders=[
+        Funded(SERVICE_MARKET.name, service_place(number))
+        for number in range(first, first + count)]))
 
 
 async def feed_ledger(url: str, admin: Access, gateway: Access, ledger_pid: int,
-                      orders: int, window: int) -> None:
+                      orders: int, window: int, per_message: int) -> None:
     """Set the shard up as the administrator, then send the orders as a gateway does (on
-    the ``order`` source's subject, the only one the shard funds orders from)."""
+    the ``order`` source's subject, the only one the shard funds orders from): one
+    ``fundOrder`` a message, then ``fundOrders`` of ``per_message`` orders."""
     nc = await nats.connect(url, **admin.options())
-    js = nc.jetstream()
     orders_nc = await nats.connect(url, pending_size=256 * 1024 * 1024, **gateway.options())
     orders_js = orders_nc.jetstream()
     order_subject = ledger_command_subject(0, LedgerSource.ORDER)
@@ -403,58 +418,75 @@ async def feed_ledger(url: str, admin: Access, gateway: Access, ledger_pid: int,
             if any(isinstance(event, Forward) for event in (await outcome(nc, ack.seq)).events):
                 break
             await asyncio.sleep(0.05)
-        market_stream = command_stream(SERVICE_MARKET.name)
-        forwarded_before = (await js.stream_info(market_stream)).state.messages
-        payloads = [fund_order(number) for number in range(orders)]
-        published = asyncio.get_running_loop().create_future()
-        last: list[int] = []
-        highest = 0
-
-        async def on_events(msg: Msg) -> None:
-            nonlocal highest
-            sequence = header_sequence(msg.headers)
-            if sequence is None or sequence <= highest:
-                return
-            highest = sequence
-            if last and sequence >= last[0] and not published.done():
-                published.set_result(time.perf_counter())
-
-        highest = (await js.stream_info(ledger_command_stream(0))).state.last_seq
-        subscription = await nc.subscribe(ledger_event_subject(0), cb=on_events)
-        await nc.flush()
-        cpu_before = cpu_seconds(ledger_pid)
-        started = time.perf_counter()
-        for offset in range(0, orders, window):
-            acks = await asyncio.gather(*[await orders_js.publish_async(
-                order_subject, payload)
-                for payload in payloads[offset:offset + window]])
-        sequenced = time.perf_counter()
-        last.append(max(ack.seq for ack in acks))
-        if highest >= last[0] and not published.done():
-            published.set_result(time.perf_counter())
-        done = await asyncio.wait_for(published, 120)
-        while (await js.stream_info(market_stream)).state.messages < forwarded_before + orders:
-            await asyncio.sleep(0.01)
-        forwarded = time.perf_counter()
-        cpu = cpu_seconds(ledger_pid) - cpu_before
-        await subscription.unsubscribe()
-        batch = await outcome(nc, last[0])
-        if not any(isinstance(event, Forward) for event in batch.events):
-            raise SystemExit(f"the last order was not funded: {batch.events}")
-        print(f"  {orders:,} fundOrder commands sequenced in {sequenced - started:.2f} s "
-              f"({orders / (sequenced - started):,.0f}/s offered)")
-        print(f"  funded orders (events published)   {orders / (done - started):>10,.0f}/s")
-        print(f"  funded orders (forwards stored)    {orders / (forwarded - started):>10,.0f}/s")
-        print(f"  ledger process CPU per order       {cpu / orders * 1e6:>10,.0f} µs")
+        await feed_orders(nc, orders_nc, ledger_pid, 0, orders, window, 1)
+        await feed_orders(nc, orders_nc, ledger_pid, orders, orders, window, per_message)
     finally:
         await orders_nc.close()
         await nc.close()
 
 
-def bench_service(orders: int, window: int) -> None:
+async def feed_orders(nc: Client, orders_nc: Client, ledger_pid: int, first: int,
+                      orders: int, window: int, per_message: int) -> None:
+    """Orders ``first`` on, ``orders`` of them, ``per_message`` to a message (one: a
+    ``fundOrder`` each), the messages sent ``window`` at a time, each window awaiting its
+    acknowledgements; the figures printed."""
+    js = nc.jetstream()
+    orders_js = orders_nc.jetstream()
+    order_subject = ledger_command_subject(0, LedgerSource.ORDER)
+    market_stream = command_stream(SERVICE_MARKET.name)
+    forwarded_before = (await js.stream_info(market_stream)).state.messages
+    payloads = ([fund_order(number) for number in range(first, first + orders)]
+                if per_message == 1 else
+                [fund_orders(number, min(per_message, first + orders - number))
+                 for number in range(first, first + orders, per_message)])
+    published = asyncio.get_running_loop().create_future()
+    last: list[int] = []
+    highest = 0
+
+    async def on_events(msg: Msg) -> None:
+        nonlocal highest
+        sequence = header_sequence(msg.headers)
+        if sequence is None or sequence <= highest:
+            return
+        highest = sequence
+        if last and sequence >= last[0] and not published.done():
+            published.set_result(time.perf_counter())
+
+    highest = (await js.stream_info(ledger_command_stream(0))).state.last_seq
+    subscription = await nc.subscribe(ledger_event_subject(0), cb=on_events)
+    await nc.flush()
+    cpu_before = cpu_seconds(ledger_pid)
+    started = time.perf_counter()
+    for offset in range(0, len(payloads), window):
+        acks = await asyncio.gather(*[await orders_js.publish_async(order_subject, payload)
+                                      for payload in payloads[offset:offset + window]])
+    sequenced = time.perf_counter()
+    last.append(max(ack.seq for ack in acks))
+    if highest >= last[0] and not published.done():
+        published.set_result(time.perf_counter())
+    done = await asyncio.wait_for(published, 120)
+    while (await js.stream_info(market_stream)).state.messages < forwarded_before + orders:
+        await asyncio.sleep(0.01)
+    forwarded = time.perf_counter()
+    cpu = cpu_seconds(ledger_pid) - cpu_before
+    await subscription.unsubscribe()
+    batch = await outcome(nc, last[0])
+    if not any(isinstance(event, Forward) for event in batch.events):
+        raise SystemExit(f"the last order was not funded: {batch.events}")
+    kind = ("fundOrder commands" if per_message == 1 else
+            f"orders in fundOrders of {per_message}")
+    print(f"  {orders:,} {kind} sequenced in {sequenced - started:.2f} s "
+          f"({orders / (sequenced - started):,.0f}/s offered)")
+    print(f"  funded orders (events published)   {orders / (done - started):>10,.0f}/s")
+    print(f"  funded orders (forwards stored)    {orders / (forwarded - started):>10,.0f}/s")
+    print(f"  ledger process CPU per order       {cpu / orders * 1e6:>10,.0f} µs", flush=True)
+
+
+def bench_service(orders: int, window: int, per_message: int) -> None:
     print(f"ledger service: one shard process leading alone on nats-server (file storage, "
-          f"authenticated), fed {orders:,} fundOrder commands on its stream, "
-          f"{window:,} in flight", flush=True)
+          f"authenticated), fed {orders:,} orders on its stream one fundOrder a message, "
+          f"then {orders:,} more in fundOrders of {per_message}; {window:,} messages in "
+          "flight", flush=True)
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory, \
             NatsServer.secured(Path(directory) / "nats").start() as server:
         assert server.secrets is not None
@@ -465,7 +497,7 @@ def bench_service(orders: int, window: int) -> None:
             str(server.secrets.credentials("ledger")), "ledger", "--shards", "1"))
         try:
             uvloop.run(feed_ledger(server.url, admin, server.access("gateway"), ledger.pid,
-                                   orders, window))
+                                   orders, window, per_message))
         finally:
             stop(ledger)
 
@@ -481,7 +513,9 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=50_000,
                         help="fundOrder commands fed to the service")
     parser.add_argument("--window", type=int, default=4_096,
-                        help="fundOrder publishes awaiting their acknowledgement at once")
+                        help="publishes awaiting their acknowledgement at once")
+    parser.add_argument("--per-message", type=int, default=32,
+                        help="orders in each fundOrders of the second feed")
     parser.add_argument("--skip-core", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
     args = parser.parse_args()
@@ -489,7 +523,7 @@ def main() -> int:
         bench_core(args.commands, args.seed, args.repeat, args.shards)
     if not args.skip_service:
         print(flush=True)
-        bench_service(args.orders, args.window)
+        bench_service(args.orders, args.window, args.per_message)
     return 0
 
 

@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.nuid import NUID
 
 from tradeplane_engine.access import GATEWAY_INBOX, is_inbox, trader_inbox
 from tradeplane_engine.connection import NATS_ERRORS
@@ -167,9 +168,10 @@ class Gateway:
         self.metrics = GatewayMetrics(markets)
         # Engines send results to gateways' inboxes only (docs/security.md).
         self._inbox = f"{GATEWAY_INBOX}.{nc._nuid.next().decode()}"
-        self._id_prefix = nc._nuid.next().decode()[:12]
-        """The orders this gateway names: a random prefix of its own (62^12 of them), then
-        a count (``_client_id``)."""
+        self._id_prefix = NUID().next().decode()[:12]
+        """The orders this gateway names: a random prefix of its own (12 characters drawn
+        from 62 by a fresh NUID, so two gateways on one connection differ too), then a
+        count (``_client_id``)."""
         self._named = 0
         self._in_flight: dict[str, _InFlight] = {}
         self._next_token = 0

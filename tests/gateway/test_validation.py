@@ -88,7 +88,9 @@ def test_orders_the_engine_takes_pass_the_edge(fields: dict[str, object]) -> Non
 
 
 def test_the_gateway_names_orders_uniquely_in_the_client_order_id_grammar() -> None:
-    gateways = [Gateway(Client(), MarketDirectory()) for _ in range(2)]
+    shared = Client()  # two gateways on one connection, and one on another
+    gateways = [Gateway(shared, MarketDirectory()), Gateway(shared, MarketDirectory()),
+                Gateway(Client(), MarketDirectory())]
     names = [gateway._client_id() for gateway in gateways for _ in range(1_000)]
     assert len(set(names)) == len(names)  # across gateways too: each has its own prefix
     assert all(is_client_order_id(name) for name in names)
