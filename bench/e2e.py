@@ -9,7 +9,9 @@ one gateway process, and drives them from this process over several NATS connect
    requests in flight, giving the sustained orders/s — then an open loop at fixed
    offered rates below it. Open-loop latency runs from each request's *scheduled*
    send time to its reply, so a stall counts against every request it delays
-   (no coordinated omission).
+   (no coordinated omission). After each saturation run, the CPU time per order of
+   every process and the NATS messages per order into and out of nats-server (its
+   ``/varz`` counters).
 
 With ``--balances``, the same measurement runs a second time on a fresh exchange with
 balances on (docs/ledger.md): a ledger process (``tradeplane ledger --shards 1``), the
@@ -299,9 +301,33 @@ class Summary:
     p99: float
     cpu: dict[str, float]
     """µs of CPU per order in each process, at saturation."""
+    messages: tuple[float, float] = (float("nan"), float("nan"))
+    """NATS messages per order at saturation: into nats-server, and out of it."""
+
+
+class MessageMeter:
+    """Messages into and out of nats-server (its ``/varz`` counters), per order."""
+
+    def __init__(self, server: NatsServer) -> None:
+        self.server = server
+        self._start = self.read()
+
+    def read(self) -> tuple[int, int]:
+        _, varz = self.server.monitor("varz")
+        return int(varz["in_msgs"]), int(varz["out_msgs"])
+
+    def restart(self) -> None:
+        self._start = self.read()
+
+    def per_order(self, orders: int) -> tuple[float, float]:
+        now = self.read()
+        into, out = (now[0] - self._start[0], now[1] - self._start[1])
+        self._start = now
+        return (into / orders, out / orders) if orders else (float("nan"), float("nan"))
 
 
 async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int],
+                    server: NatsServer,
                     fractions: tuple[float, ...] = (0.25, 0.5, 0.75),
                     with_floor: bool = True) -> dict[str, Summary]:
     limit = statistics.median([await measure_jetstream_limit(url, args.limit_messages)
@@ -327,14 +353,21 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
         await saturate(connections, "result", 1.0, 64)
         await drain(connections[0])
         cpu = CpuMeter(processes)
+        messages = MessageMeter(server)
         for mode in ("ack", "result"):
+            messages.restart()
             top = await saturate(connections, mode, args.seconds, args.in_flight)
             backlog = await drain(connections[0])
             print(report(top, limit) + f"  engine backlog drained in {backlog:.1f} s",
                   flush=True)
             used = cpu.figures(top.ok)
+            carried = messages.per_order(top.ok)
             print(cpu_text(used), flush=True)
-            summaries[mode] = Summary(top.sustained, float("nan"), float("nan"), used)
+            print(f"  NATS messages per order: {carried[0]:.2f} into nats-server, "
+                  f"{carried[1]:.2f} out of it (a request and its reply alone: 2 and 2)",
+                  flush=True)
+            summaries[mode] = Summary(top.sustained, float("nan"), float("nan"), used,
+                                      carried)
             for fraction in fractions:
                 run = await open_loop(connections, mode, top.sustained * fraction,
                                       args.seconds)
@@ -403,8 +436,8 @@ def measure(args: argparse.Namespace, balances: bool) -> dict[str, Summary]:
     global ACCESS
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory:
         data = Path(directory)
-        nats_server = NatsServer(data / "nats") if args.no_auth else NatsServer.secured(
-            data / "nats")
+        nats_server = (NatsServer(data / "nats", monitoring=True) if args.no_auth else
+                       NatsServer.secured(data / "nats", monitoring=True))
         print("NATS authentication and permissions: "
               f"{'off (--no-auth)' if args.no_auth else 'on (docs/security.md)'}", flush=True)
         with nats_server.start() as server:
@@ -435,9 +468,9 @@ def measure(args: argparse.Namespace, balances: bool) -> dict[str, Summary]:
                              **{name: child.pid for name, child in children.items()},
                              "load generator": os.getpid()}
                 if not balances:
-                    return uvloop.run(benchmark(server.url, args, processes))
-                return uvloop.run(benchmark(server.url, args, processes, fractions=(0.5,),
-                                            with_floor=False))
+                    return uvloop.run(benchmark(server.url, args, processes, server))
+                return uvloop.run(benchmark(server.url, args, processes, server,
+                                            fractions=(0.5,), with_floor=False))
             finally:
                 for child in reversed(children.values()):
                     stop(child)
@@ -456,6 +489,9 @@ def side_by_side(off: dict[str, Summary], on: dict[str, Summary]) -> None:
                  "{:.2f}"),
                 (f"{mode}: p99 ms at half of it", off[mode].p99 * 1e3, on[mode].p99 * 1e3,
                  "{:.2f}")]
+        rows += [(f"{mode}: NATS messages {way} per order", off[mode].messages[side],
+                  on[mode].messages[side], "{:.2f}")
+                 for side, way in ((0, "in"), (1, "out"))]
         names = list(dict.fromkeys([*off[mode].cpu, *on[mode].cpu]))
         rows += [(f"{mode}: CPU µs/order, {name}", off[mode].cpu.get(name, nan),
                   on[mode].cpu.get(name, nan), "{:.0f}") for name in names]

@@ -115,7 +115,8 @@ class NatsServer:
 
     def __init__(self, data_dir: Path, *, port: int = 0, host: str = "127.0.0.1",
                  log: IO[bytes] | None = None, secrets: SecurityFiles | None = None,
-                 membership: ClusterMembership | None = None) -> None:
+                 membership: ClusterMembership | None = None,
+                 monitoring: bool = False) -> None:
         self.data_dir = data_dir.resolve()
         self.secrets = secrets
         self.config = secrets.nats_config if secrets is not None else None
@@ -123,6 +124,8 @@ class NatsServer:
         self.host = host
         self.log = log
         self.membership = membership
+        self.monitoring = monitoring
+        """Open a monitoring port (``/varz``...) on a node that is not in a cluster too."""
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.monitoring_url = ""
@@ -139,7 +142,8 @@ class NatsServer:
             "--addr", self.host, "--port", str(self.port or -1),
             "--ports_file_dir", str(ports_dir),
             *(["--config", str(self.config.resolve())] if self.config is not None else []),
-            *(self.membership.arguments(self.host) if self.membership is not None else []),
+            *(self.membership.arguments(self.host) if self.membership is not None else
+              ["--http_port", "-1"] if self.monitoring else []),
         ], log=self.log)
         pid = self.process.pid
         ports_file = ports_dir / f"nats-server_{pid}.ports"
