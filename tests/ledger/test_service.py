@@ -18,9 +18,17 @@ from tradeplane.ledger_tools import stored_outcome, submit
 from tradeplane_engine.access import GATEWAY_INBOX
 from tradeplane_engine.core import Place, RejectCode, Side
 from tradeplane_engine.feed import SequencedCommand
-from tradeplane_engine.ledger import Deposit, Funded, FundOrder, FundOrders, Report
+from tradeplane_engine.ledger import (
+    Deposit,
+    Forward,
+    Funded,
+    FundOrder,
+    FundOrders,
+    Ledger,
+    Report,
+)
 from tradeplane_engine.service.ledger import LedgerService, settle_groups
-from tradeplane_engine.service.ledger_path import event_messages
+from tradeplane_engine.service.ledger_path import event_messages, fundings
 from tradeplane_engine.service.replica import Outgoing
 from tradeplane_engine.streams import markets_bucket
 from tradeplane_engine.wire import (
@@ -280,6 +288,28 @@ def test_settlements_are_grouped_under_a_size() -> None:
     assert settle_groups(sized, limit=400) == [reports[:2], reports[2:4], reports[4:]]
     assert settle_groups(sized) == [reports]
     assert settle_groups([]) == []
+
+
+def test_a_fund_orders_refused_whole_answers_each_order_and_forwards_none() -> None:
+    """A ``fundOrders`` out of sequence gets one refusal for all its orders: each is
+    answered with it (none forwarded), where its events otherwise split order by order."""
+    inbox = f"{GATEWAY_INBOX}.g"
+    orders = FundOrders(7, 0, orders=[
+        Funded("m", Place(0, 0, account="a", side=Side.BUY, price=1, quantity=1,
+                          client_order_id=f"o{number}"), ack=f"{inbox}.k.{number}")
+        for number in range(3)])
+    command = SequencedCommand(7, 0, encode_ledger_command(orders), None)
+    ledger = Ledger()
+    ledger.sequence = 9
+    refused = ledger.apply(orders)
+    assert [type(event).__name__ for event in refused] == ["Refused"]
+    assert [(index, ack, own) for index, ack, _, _, own in fundings(command, orders, refused)] \
+        == [(number, f"{inbox}.k.{number}", refused) for number in range(3)]
+    # In sequence, each order has its own events, ending with its Forward or Refused.
+    split = fundings(command, orders, [*refused, Forward("m", orders.orders[1].place),
+                                       *refused])
+    assert [[type(event).__name__ for event in own] for _, _, _, _, own in split] == [
+        ["Refused"], ["Forward"], ["Refused"]]
 
 
 def test_a_shards_events_are_grouped_and_end_at_an_administrators_command() -> None:

@@ -163,6 +163,12 @@ def fundings(command: SequencedCommand, decoded: AnyLedgerCommand | None,
         if isinstance(event, Forward | Refused):
             groups.append(group)
             group = []
+    if len(groups) != len(decoded.orders):
+        # Refused whole (out of sequence: one refusal for the command): each order
+        # is answered with it, and none is forwarded.
+        refusals: list[AnyLedgerEvent] = [event for event in events
+                                          if isinstance(event, Refused)]
+        groups = [refusals] * len(decoded.orders)
     where = f"ledger command {command.sequence}, order"
     return [(index, gateway_inbox(funded.ack or None, f"{where} {index}", "ack", "ledger"),
              gateway_inbox(funded.reply or None, f"{where} {index}", "reply", "ledger"),
