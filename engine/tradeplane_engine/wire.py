@@ -623,15 +623,10 @@ class PublicFormatter:
         """One event as the given account sees it; None if it is not about that account."""
         price, quantity = self.price, self.quantity
         if isinstance(event, Trade):
-            if event.taker_account == account:
-                role, order_id = "taker", event.taker_order_id
-            elif event.maker_account == account:
-                role, order_id = "maker", event.maker_order_id
-            else:
+            if event.taker_account != account and event.maker_account != account:
                 return None
-            return {"type": "trade", "tradeId": event.trade_id, "orderId": order_id,
-                    "role": role, "side": _own_side(event, role), "price": price(event.price),
-                    "quantity": quantity(event.quantity)}
+            return _trade_update(event, event.taker_account == account,
+                                 price(event.price), quantity(event.quantity))
         if isinstance(event, OrderUpdate):
             if event.account != account:
                 return None
@@ -700,24 +695,13 @@ class PublicFormatter:
             reason=reason, type=order_type, time_in_force=time_in_force, post_only=post_only,
             stp=stp)
 
-    def accounts(self, events: list[AnyEvent]) -> list[str]:
-        """Every account the events concern, in order of first appearance."""
-        seen: dict[str, None] = {}
-        for event in events:
-            if isinstance(event, Trade):
-                seen.setdefault(event.maker_account)
-                seen.setdefault(event.taker_account)
-            elif isinstance(event, (OrderAccepted, OrderUpdate, OrderRejected, OrderReplaced)):
-                seen.setdefault(event.account)
-        return list(seen)
-
     def private_updates(self, events: list[AnyEvent], sequence: int, timestamp: int,
                         into: dict[str, list[dict[str, Any]]]) -> None:
         """One command's events as their accounts see them, each stamped with
         ``sequence`` and ``timestamp``, appended to the account's list in ``into``: what
-        ``order_event`` gives for every account of ``accounts(events)``, in the same
-        order (accounts first seen first, a trade's maker before its taker; each
-        account's updates in event order), in one pass over the events."""
+        ``order_event`` gives each account the events concern (accounts first seen first,
+        a trade's maker before its taker; each account's updates in event order), in one
+        pass over the events."""
         for event in events:
             kind = type(event)
             if kind is Trade:
@@ -726,17 +710,15 @@ class PublicFormatter:
                 taker = into.setdefault(event.taker_account, [])
                 price = self.price(event.price)
                 quantity = self.quantity(event.quantity)
-                side = _VALUE[event.aggressor_side]
-                taker.append({"type": "trade", "tradeId": event.trade_id,
-                              "orderId": event.taker_order_id, "role": "taker", "side": side,
-                              "price": price, "quantity": quantity, "sequence": sequence,
-                              "timestamp": timestamp})
-                if event.maker_account != event.taker_account:
-                    maker.append({"type": "trade", "tradeId": event.trade_id,
-                                  "orderId": event.maker_order_id, "role": "maker",
-                                  "side": _OTHER_SIDE[event.aggressor_side], "price": price,
-                                  "quantity": quantity, "sequence": sequence,
-                                  "timestamp": timestamp})
+                told = _trade_update(event, True, price, quantity)
+                told["sequence"] = sequence
+                told["timestamp"] = timestamp
+                taker.append(told)
+                if event.maker_account != event.taker_account:  # a self-trade: once
+                    told = _trade_update(event, False, price, quantity)
+                    told["sequence"] = sequence
+                    told["timestamp"] = timestamp
+                    maker.append(told)
             elif (kind is OrderUpdate or kind is OrderAccepted or kind is OrderRejected
                   or kind is OrderReplaced):
                 assert isinstance(event, OrderUpdate | OrderAccepted | OrderRejected
@@ -749,16 +731,21 @@ class PublicFormatter:
 
     def trade(self, event: Trade) -> dict[str, Any]:
         return {"tradeId": event.trade_id, "price": self.price(event.price),
-                "quantity": self.quantity(event.quantity), "side": event.aggressor_side.value}
+                "quantity": self.quantity(event.quantity), "side": _VALUE[event.aggressor_side]}
 
     def level(self, event: BookLevel) -> list[str]:
         return [self.price(event.price), self.quantity(event.quantity)]
 
 
-def _own_side(trade: Trade, role: str) -> str:
-    if role == "taker":
-        return _VALUE[trade.aggressor_side]
-    return _OTHER_SIDE[trade.aggressor_side]
+def _trade_update(trade: Trade, taker: bool, price: str, quantity: str) -> dict[str, Any]:
+    """A trade as its taker (or its maker) sees it, its price and quantity formatted."""
+    if taker:
+        return {"type": "trade", "tradeId": trade.trade_id, "orderId": trade.taker_order_id,
+                "role": "taker", "side": _VALUE[trade.aggressor_side], "price": price,
+                "quantity": quantity}
+    return {"type": "trade", "tradeId": trade.trade_id, "orderId": trade.maker_order_id,
+            "role": "maker", "side": _OTHER_SIDE[trade.aggressor_side], "price": price,
+            "quantity": quantity}
 
 
 _VALUE: dict[StrEnum, str] = {member: member.value for kind in (

@@ -14,6 +14,13 @@ import msgspec
 
 from tests.engine.core.helpers import STP_NONE, Book, Step, buy, cancel, replace, sell
 from tradeplane_engine.core import AnyEvent
+from tradeplane_engine.core.events import (
+    OrderAccepted,
+    OrderRejected,
+    OrderReplaced,
+    OrderUpdate,
+    Trade,
+)
 from tradeplane_engine.service.marketdata import MarketData
 from tradeplane_engine.wire import PublicFormatter, account_subject
 
@@ -30,7 +37,14 @@ def one_command_at_a_time(book: Book, steps: list[Step],
     for step in steps:
         sequence = book.sequence + 1
         events: list[AnyEvent] = book.do(step)
-        for account in formatter.accounts(events):
+        accounts: dict[str, None] = {}  # every account the events concern, first seen first
+        for event in events:
+            if isinstance(event, Trade):
+                accounts.setdefault(event.maker_account)
+                accounts.setdefault(event.taker_account)
+            elif isinstance(event, OrderAccepted | OrderUpdate | OrderRejected | OrderReplaced):
+                accounts.setdefault(event.account)
+        for account in accounts:
             for event in events:
                 update = formatter.order_event(event, account)
                 if update is not None:
