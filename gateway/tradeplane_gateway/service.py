@@ -360,9 +360,13 @@ class Gateway:
                             type(exc).__name__)
                 del self._funding_batches[token]
                 for order, _ in batch:
-                    flight = self._in_flight.get(order)
+                    flight = self._in_flight.pop(order, None)
                     if flight is not None:
-                        await self._sequenced(order, flight, b"", "the ledger")
+                        await self._complete(flight, error_reply(
+                            int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
+                            f"the ledger did not take the command (not sent: "
+                            f"{type(exc).__name__}); retry with the same clientOrderId",
+                            market=flight.submission.market.definition.name))
 
     async def _on_inbox(self, msg: Msg) -> None:
         kind, _, token = msg.subject[len(self._inbox) + 1:].partition(".")
