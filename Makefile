@@ -50,6 +50,7 @@ bench: native
 	$(PY) bench/nats_cluster.py
 	$(PY) bench/ledger.py
 	$(PY) bench/e2e.py --balances
+	$(PY) bench/scaling.py --balances
 	$(PY) bench/tracing.py
 	$(PY) bench/operator_bench.py
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -37,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from tradeplane.up import publish_markets, wait_ready
 from tradeplane.up_ledger import asset_decimals, wait_for_ledger
 from tradeplane_engine.access import Access, trader_inbox
 from tradeplane_engine.ledger import DefineAsset, Deposit, Refused
+from tradeplane_engine.ledger.amounts import shard_of
 from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import (
     MarketDefinition,
@@ -88,18 +90,21 @@ class Run:
 
 
 class Orders:
-    """A stream of limit orders around a mid: about half cross, the book stays bounded."""
+    """A stream of limit orders around a mid: about half cross, the book stays bounded.
+    Over several markets, each gets a buy and a sell in turn."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, markets: tuple[str, ...] = (MARKET.name,)) -> None:
         self.rng = random.Random(seed)
         self.number = 0
+        self.markets = markets
 
     def next(self, mode: str) -> tuple[str, bytes]:
         self.number += 1
         side = "buy" if self.number % 2 else "sell"
         offset = self.rng.randint(-20, 20)
         price = 10_000 + (offset if side == "buy" else -offset)
-        body = {"market": MARKET.name, "side": side, "quantity": f"{self.rng.randint(1, 9)}",
+        market = self.markets[(self.number // 2) % len(self.markets)]
+        body = {"market": market, "side": side, "quantity": f"{self.rng.randint(1, 9)}",
                 "price": f"{price // 100}.{price % 100:02d}", "response": mode,
                 "timeInForce": "IOC" if self.number % 10 == 0 else "GTC"}
         return "place", json.dumps(body).encode()
@@ -148,6 +153,22 @@ ADMIN: Client | None = None
 """With balances, the administrator's connection (to read the ledger's status)."""
 
 
+async def trader_connections(url: str, accounts: list[str]) -> list[Client]:
+    """The load generator's connections, one per account, each acting as its account.
+    Then the load generator's garbage collections are made rare: they would show up as
+    the exchange's latency."""
+    connections = []
+    for account in accounts:
+        nc = await nats.connect(url, pending_size=64 * 1024 * 1024,
+                                **ACCESS.options(trader_inbox(account)))
+        ACCOUNTS[id(nc)] = account
+        connections.append(nc)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+    return connections
+
+
 async def _request(nc: Client, verb: str, payload: bytes, scheduled: float,
                    run: Run) -> None:
     try:
@@ -164,8 +185,8 @@ async def _request(nc: Client, verb: str, payload: bytes, scheduled: float,
 
 
 async def saturate(connections: list[Client], mode: str, seconds: float,
-                   in_flight: int) -> Run:
-    orders = Orders(seed=1)
+                   in_flight: int, markets: tuple[str, ...] = (MARKET.name,)) -> Run:
+    orders = Orders(seed=1, markets=markets)
     run = Run(mode, None, 0, 0, 0, seconds, [])
     deadline = time.perf_counter() + seconds
 
@@ -216,31 +237,52 @@ async def open_loop(connections: list[Client], mode: str, rate: float,
     return run
 
 
-async def drain(nc: Client) -> float:
-    """Wait until the engine has applied every sequenced command (and, with balances,
-    the ledger has settled the events of all of them); how long that took. The ledger's
-    status answers the administrator only: ``ADMIN`` asks it."""
+async def drain(nc: Client, markets: tuple[str, ...] = (MARKET.name,),
+                connections: list[Client] | None = None, shards: int = 1) -> float:
+    """Wait until each market's engine has applied every sequenced command and, with
+    balances, every ledger shard has settled the events of all of them; how long that
+    took. For the ledger: one of each shard's accounts (among ``connections``, else
+    ``nc``'s) places a marker in each market, an order that cannot trade, and the wait
+    lasts until the shard has settled through it (it settles in sequence order, and only
+    the events that concern its accounts). The ledger's status answers the administrator
+    only: ``ADMIN`` asks it."""
     started = time.perf_counter()
     js = nc.jetstream()
-    last = (await js.stream_info(command_stream(MARKET.name))).state.last_seq
-    while True:
-        status = json.loads((await nc.request(engine_subject(MARKET.name, "status"), b"",
-                                              timeout=5)).data)
-        if status["sequence"] >= last:
-            break
-        await asyncio.sleep(0.01)
+    for market in markets:
+        last = (await js.stream_info(command_stream(market))).state.last_seq
+        while True:
+            status = json.loads((await nc.request(engine_subject(market, "status"), b"",
+                                                  timeout=5)).data)
+            if status["sequence"] >= last:
+                break
+            await asyncio.sleep(0.01)
+    admin = ADMIN
+    if admin is None:
+        return time.perf_counter() - started
+    by_shard = {shard_of(ACCOUNTS[id(client)], shards): client
+                for client in reversed(connections or [nc])}
     deadline = time.perf_counter() + 120
-    while ADMIN is not None:
-        if time.perf_counter() > deadline:
-            raise SystemExit("the ledger did not settle the market's events in 120 s")
-        try:  # a ledger with a backlog may answer late: its loop is busy with it
-            ledger = json.loads((await ADMIN.request(ledger_subject(0, "status"), b"",
-                                                     timeout=5)).data)
-        except nats.errors.TimeoutError:
-            continue
-        if ledger["settled"].get(MARKET.name, 0) >= last:
-            break
-        await asyncio.sleep(0.01)
+    for shard, client in sorted(by_shard.items()):
+        for market in markets:
+            body = {"market": market, "side": "buy", "quantity": "1", "price": "1.00",
+                    "response": "ack", "timeInForce": "IOC"}
+            marker = json.loads((await client.request(
+                api_subject(ACCOUNTS[id(client)], "place"), json.dumps(body).encode(),
+                timeout=30)).data)
+            if not marker.get("ok"):
+                raise SystemExit(f"draining: the marker order was refused: {marker}")
+            while True:
+                if time.perf_counter() > deadline:
+                    raise SystemExit(f"ledger shard {shard} did not settle {market}'s "
+                                     "events in 120 s")
+                try:  # a ledger with a backlog may answer late: its loop is busy with it
+                    ledger = json.loads((await admin.request(
+                        ledger_subject(shard, "status"), b"", timeout=5)).data)
+                except nats.errors.TimeoutError:
+                    continue
+                if ledger["settled"].get(market, 0) >= marker["sequence"]:
+                    break
+                await asyncio.sleep(0.01)
     return time.perf_counter() - started
 
 
@@ -337,17 +379,7 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
     summaries: dict[str, Summary] = {}
     global ADMIN
     ADMIN = await nats.connect(url, **ACCESS.options()) if "ledger" in processes else None
-    connections = []
-    for number in range(args.clients):
-        account = f"trader{number}"
-        nc = await nats.connect(url, pending_size=64 * 1024 * 1024,
-                                **ACCESS.options(trader_inbox(account)))
-        ACCOUNTS[id(nc)] = account
-        connections.append(nc)
-    # The load generator's own garbage collections would show up as exchange latency.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
+    connections = await trader_connections(url, trader_accounts(args.clients))
     try:
         # Warm up (imports, JIT-free but caches and the book).
         await saturate(connections, "result", 1.0, 64)
@@ -391,49 +423,80 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
     return summaries
 
 
-async def fund_accounts(url: str, access: Access, clients: int) -> None:
-    """Define the market's assets to the ledger and give each load-generator account
-    plenty of both: more than a run can spend, and little enough that the shard's
-    totals fit the 64-bit integers of its snapshot (its status hashes it)."""
-    decimals = asset_decimals([MARKET])
+def trader_accounts(count: int, shards: int = 1) -> list[str]:
+    """The load generator's ``count`` accounts (one per connection), ``trader<n>``, as
+    evenly spread over the ledger's ``shards`` as their number allows."""
+    each = -(-count // shards)
+    taken: dict[int, int] = {}
+    accounts: list[str] = []
+    number = 0
+    while len(accounts) < count:
+        name = f"trader{number}"
+        shard = shard_of(name, shards)
+        if taken.get(shard, 0) < each:
+            taken[shard] = taken.get(shard, 0) + 1
+            accounts.append(name)
+        number += 1
+    return accounts
+
+
+async def fund_accounts(url: str, access: Access, accounts: list[str],
+                        markets: tuple[MarketDefinition, ...] = (MARKET,),
+                        shards: int = 1) -> None:
+    """Define the markets' assets to every ledger shard and give each load-generator
+    account plenty of each at its shard: more than a run can spend, and little enough
+    that the shard's totals fit the 64-bit integers of its snapshot (its status hashes
+    it)."""
+    decimals = asset_decimals(list(markets))
     nc = await nats.connect(url, **access.options())
     try:
-        await wait_for_ledger(nc, 1)
-        outcomes = [await submit(nc, 0, DefineAsset(0, 0, asset=asset, decimals=places))
+        await wait_for_ledger(nc, shards)
+        outcomes = [await submit(nc, shard, DefineAsset(0, 0, asset=asset, decimals=places))
+                    for shard in range(shards)
                     for asset, places in sorted(decimals.items())]
-        outcomes += [await submit(nc, 0, Deposit(0, 0, transfer_id=f"bench-{number}-{asset}",
-                                                 account=f"trader{number}", asset=asset,
-                                                 amount=10**9 * 10**places))
-                     for number in range(clients) for asset, places in sorted(decimals.items())]
+        outcomes += [await submit(nc, shard_of(account, shards),
+                                  Deposit(0, 0, transfer_id=f"bench-{account}-{asset}",
+                                          account=account, asset=asset,
+                                          amount=10**9 * 10**places))
+                     for account in accounts for asset, places in sorted(decimals.items())]
         refused = [event.reason for outcome in outcomes for event in outcome.batch.events
                    if isinstance(event, Refused)]
         if refused:
             raise SystemExit(f"funding the accounts: {refused[0]}")
-        # The ledger's leader defines the market once its assets are; until then an
-        # order is refused (501), so wait for it.
-        while not await _funded(url):
-            await asyncio.sleep(0.05)
+        # A ledger shard's leader defines a market once its assets are; until then an
+        # order is refused (501), so wait until each account's orders are taken.
+        for account in accounts:
+            for market in markets:
+                while not await _funded(url, account, market.name):
+                    await asyncio.sleep(0.05)
     finally:
         await nc.close()
 
 
-async def _funded(url: str) -> bool:
-    """Whether a small order of trader0 is taken (the market is defined to the ledger)."""
-    probe = await nats.connect(url, **ACCESS.options(trader_inbox("trader0")))
+async def _funded(url: str, account: str, market: str) -> bool:
+    """Whether a small order of ``account`` is taken in ``market`` (the market is
+    defined to the account's ledger shard)."""
+    probe = await nats.connect(url, **ACCESS.options(trader_inbox(account)))
     try:
-        body = {"market": MARKET.name, "side": "buy", "quantity": "1", "price": "1.00",
+        body = {"market": market, "side": "buy", "quantity": "1", "price": "1.00",
                 "response": "ack", "timeInForce": "IOC"}
-        reply = await probe.request(api_subject("trader0", "place"),
+        reply = await probe.request(api_subject(account, "place"),
                                     json.dumps(body).encode(), timeout=10)
         return b'"ok":true' in reply.data
     finally:
         await probe.close()
 
 
-def measure(args: argparse.Namespace, balances: bool) -> dict[str, Summary]:
-    """Start an exchange (nats-server, an engine, a gateway; with ``balances``, a ledger
-    shard too), measure it, stop it."""
+@contextlib.contextmanager
+def exchange(args: argparse.Namespace, balances: bool,
+             markets: tuple[MarketDefinition, ...] = (MARKET,), gateways: int = 1,
+             ) -> Iterator[tuple[NatsServer, dict[str, int]]]:
+    """A running exchange: nats-server, an engine process per market and ``gateways``
+    gateway processes; with ``balances``, a ledger process per market too (one shard
+    each), and the load generator's accounts funded. Yields the server and each
+    process's pid by name (the load generator's own included); stops them all."""
     global ACCESS
+    shards = len(markets) if balances else 0
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory:
         data = Path(directory)
         nats_server = (NatsServer(data / "nats", monitoring=True) if args.no_auth else
@@ -449,31 +512,45 @@ def measure(args: argparse.Namespace, balances: bool) -> dict[str, Summary]:
                 return ["--nats", server.url, "--credentials",
                         str(server.secrets.credentials(identity))]
 
-            asyncio.run(publish_markets(server.url, [MARKET], StreamSettings(), ACCESS))
-            children = {"engine": spawn(tradeplane_command(*as_service("engine"), "engine",
-                                                           "--market", MARKET.name))}
-            ledger_shards = ["--ledger-shards", "1"] if balances else []
-            if balances:
-                children["ledger"] = spawn(tradeplane_command(*as_service("ledger"), "ledger",
-                                                              "--shards", "1"))
-            children["gateway"] = spawn(tradeplane_command(*as_service("gateway"), "gateway",
-                                                           *ledger_shards))
+            def named(kind: str, number: int, count: int) -> str:
+                return kind if count == 1 else f"{kind} {number}"
+
+            asyncio.run(publish_markets(server.url, list(markets), StreamSettings(), ACCESS))
+            children = {named("engine", number, len(markets)): spawn(tradeplane_command(
+                *as_service("engine"), "engine", "--market", market.name))
+                for number, market in enumerate(markets)}
             try:
-                asyncio.run(wait_ready(server.url, [MARKET.name], list(children.values()),
-                                       access=ACCESS))
+                for shard in range(shards):
+                    children[named("ledger", shard, shards)] = spawn(tradeplane_command(
+                        *as_service("ledger"), "ledger", "--shard", str(shard),
+                        "--shards", str(shards)))
+                for number in range(gateways):
+                    children[named("gateway", number, gateways)] = spawn(tradeplane_command(
+                        *as_service("gateway"), "gateway",
+                        *(["--ledger-shards", str(shards)] if shards else [])))
+                asyncio.run(wait_ready(server.url, [market.name for market in markets],
+                                       list(children.values()), access=ACCESS))
                 if balances:
-                    asyncio.run(fund_accounts(server.url, ACCESS, args.clients))
+                    asyncio.run(fund_accounts(server.url, ACCESS,
+                                              trader_accounts(args.clients, shards), markets,
+                                              shards))
                 assert server.process is not None
-                processes = {"nats-server": server.process.pid,
-                             **{name: child.pid for name, child in children.items()},
-                             "load generator": os.getpid()}
-                if not balances:
-                    return uvloop.run(benchmark(server.url, args, processes, server))
-                return uvloop.run(benchmark(server.url, args, processes, server,
-                                            fractions=(0.5,), with_floor=False))
+                yield server, {"nats-server": server.process.pid,
+                               **{name: child.pid for name, child in children.items()},
+                               "load generator": os.getpid()}
             finally:
                 for child in reversed(children.values()):
                     stop(child)
+
+
+def measure(args: argparse.Namespace, balances: bool) -> dict[str, Summary]:
+    """Start an exchange (nats-server, an engine, a gateway; with ``balances``, a ledger
+    shard too), measure it, stop it."""
+    with exchange(args, balances) as (server, processes):
+        if not balances:
+            return uvloop.run(benchmark(server.url, args, processes, server))
+        return uvloop.run(benchmark(server.url, args, processes, server,
+                                    fractions=(0.5,), with_floor=False))
 
 
 def side_by_side(off: dict[str, Summary], on: dict[str, Summary]) -> None:

@@ -22,14 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import nats
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.otlp import _rotel_binary, _rotel_environment
 
-from e2e import MARKET, drain, saturate
+from e2e import MARKET, drain, saturate, trader_accounts, trader_connections
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
 from tradeplane_engine.streams import StreamSettings
@@ -63,8 +62,7 @@ def collector(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def measure(url: str, seconds: float, clients: int, in_flight: int) -> float:
-    connections = [await nats.connect(url, pending_size=64 * 1024 * 1024)
-                   for _ in range(clients)]
+    connections = await trader_connections(url, trader_accounts(clients))
     try:
         await saturate(connections, "result", 1.0, 64)  # warm up
         await drain(connections[0])
@@ -72,6 +70,8 @@ async def measure(url: str, seconds: float, clients: int, in_flight: int) -> flo
         for _ in range(3):
             run = await saturate(connections, "result", seconds, in_flight)
             await drain(connections[0])
+            if run.errors or not run.ok:
+                raise SystemExit(f"{run.errors} of {run.sent} orders failed: no figure")
             runs.append(run.sustained)
         return statistics.median(runs)
     finally:
