@@ -20,8 +20,12 @@ order is funded at the ledger before it reaches its market and every events mess
 settled after; then both are printed side by side (sustained orders/s, latency at half
 of it, CPU per order in each process, the ledger's included).
 
-Everything shares the machine's cores: nats-server, engine, gateway (ledger) and this
-load generator. Figures are printed; nothing is asserted.
+Every process traces at the default sampler (parent-based, 1%) and exports its spans
+over OTLP to a real collector (rotel, dropping them), as a deployment with tracing runs;
+``--no-tracing`` runs without.
+
+Everything shares the machine's cores: nats-server, engine, gateway (ledger), the
+collector and this load generator. Figures are printed; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ import json
 import math
 import os
 import random
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +53,10 @@ import nats
 import uvloop
 from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.otlp import _rotel_binary, _rotel_environment
 
 from tradeplane.ledger_tools import submit
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
@@ -487,13 +497,43 @@ async def _funded(url: str, account: str, market: str) -> bool:
         await probe.close()
 
 
+def collector(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """rotel receiving OTLP/HTTP on a free port and dropping everything."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [str(_rotel_binary()), "start", "--otlp-http-endpoint", f"127.0.0.1:{port}",
+         "--otlp-grpc-endpoint", "127.0.0.1:0", "--exporter", "blackhole",
+         "--pid-file", str(directory / "rotel.pid"), "--log-file", str(directory / "rotel.log")],
+        env=_rotel_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, f"http://127.0.0.1:{port}"
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("rotel did not start")
+
+
+def tracing_environment(directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """A collector, and the environment that has a process export its traces there at
+    the default sampler (parent-based, 1%): as an exchange runs with tracing on."""
+    process, endpoint = collector(directory)
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    return process, {**environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                     "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+
+
 @contextlib.contextmanager
 def exchange(args: argparse.Namespace, balances: bool,
              markets: tuple[MarketDefinition, ...] = (MARKET,), gateways: int = 1,
              ) -> Iterator[tuple[NatsServer, dict[str, int]]]:
     """A running exchange: nats-server, an engine process per market and ``gateways``
     gateway processes; with ``balances``, a ledger process per market too (one shard
-    each), and the load generator's accounts funded. Yields the server and each
+    each), and the load generator's accounts funded; unless ``args.no_tracing``, every
+    process traces at the default sampler to a collector. Yields the server and each
     process's pid by name (the load generator's own included); stops them all."""
     global ACCESS
     shards = len(markets) if balances else 0
@@ -503,31 +543,39 @@ def exchange(args: argparse.Namespace, balances: bool,
                        NatsServer.secured(data / "nats", monitoring=True))
         print("NATS authentication and permissions: "
               f"{'off (--no-auth)' if args.no_auth else 'on (docs/security.md)'}", flush=True)
-        with nats_server.start() as server:
+        print("tracing: " + ("off (--no-tracing)" if args.no_tracing else
+                             "the default sampler (parent-based, 1%), exported over OTLP "
+                             "to a collector"), flush=True)
+        with contextlib.ExitStack() as stack:
+            environ = None
+            if not args.no_tracing:
+                receiver, environ = tracing_environment(data)
+                stack.callback(_stop_collector, receiver)
+            server = stack.enter_context(nats_server.start())
             ACCESS = server.access("admin")  # the load generator acts as its accounts
 
-            def as_service(identity: str) -> list[str]:
-                if server.secrets is None:
-                    return ["--nats", server.url]
-                return ["--nats", server.url, "--credentials",
-                        str(server.secrets.credentials(identity))]
+            def service(identity: str, *command: str) -> subprocess.Popen[bytes]:
+                credentials = ([] if server.secrets is None else
+                               ["--credentials", str(server.secrets.credentials(identity))])
+                return spawn(tradeplane_command("--nats", server.url, *credentials, *command),
+                             env=environ)
 
             def named(kind: str, number: int, count: int) -> str:
                 return kind if count == 1 else f"{kind} {number}"
 
             asyncio.run(publish_markets(server.url, list(markets), StreamSettings(), ACCESS))
-            children = {named("engine", number, len(markets)): spawn(tradeplane_command(
-                *as_service("engine"), "engine", "--market", market.name))
-                for number, market in enumerate(markets)}
+            children: dict[str, subprocess.Popen[bytes]] = {}
             try:
+                for number, market in enumerate(markets):
+                    children[named("engine", number, len(markets))] = service(
+                        "engine", "engine", "--market", market.name)
                 for shard in range(shards):
-                    children[named("ledger", shard, shards)] = spawn(tradeplane_command(
-                        *as_service("ledger"), "ledger", "--shard", str(shard),
-                        "--shards", str(shards)))
+                    children[named("ledger", shard, shards)] = service(
+                        "ledger", "ledger", "--shard", str(shard), "--shards", str(shards))
                 for number in range(gateways):
-                    children[named("gateway", number, gateways)] = spawn(tradeplane_command(
-                        *as_service("gateway"), "gateway",
-                        *(["--ledger-shards", str(shards)] if shards else [])))
+                    children[named("gateway", number, gateways)] = service(
+                        "gateway", "gateway",
+                        *(["--ledger-shards", str(shards)] if shards else []))
                 asyncio.run(wait_ready(server.url, [market.name for market in markets],
                                        list(children.values()), access=ACCESS))
                 if balances:
@@ -541,6 +589,11 @@ def exchange(args: argparse.Namespace, balances: bool,
             finally:
                 for child in reversed(children.values()):
                     stop(child)
+
+
+def _stop_collector(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(10)
 
 
 def measure(args: argparse.Namespace, balances: bool) -> dict[str, Summary]:
@@ -599,6 +652,9 @@ def main() -> int:
                              "both side by side")
     parser.add_argument("--no-auth", action="store_true",
                         help="run NATS without authentication (to measure what auth costs)")
+    parser.add_argument("--no-tracing", action="store_true",
+                        help="no tracing (by default every process traces at the default "
+                             "sampler and exports to a collector)")
     args = parser.parse_args()
     print(f"end to end: {args.clients} client connections, one engine process, one gateway "
           f"process, nats-server, all on this machine; {args.seconds:.0f} s per run",

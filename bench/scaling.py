@@ -150,6 +150,8 @@ def main() -> int:
                         help="balances on: a ledger shard process per market too")
     parser.add_argument("--no-auth", action="store_true",
                         help="run NATS without authentication")
+    parser.add_argument("--no-tracing", action="store_true",
+                        help="no tracing (by default: the default sampler, to a collector)")
     args = parser.parse_args()
     print(f"scaling: {args.clients} client connections, {args.in_flight} requests in "
           f"flight, balances {'on' if args.balances else 'off'}, all on this machine "

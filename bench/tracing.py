@@ -14,21 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.support.otlp import _rotel_binary, _rotel_environment
-
-from e2e import MARKET, drain, saturate, trader_accounts, trader_connections
+from e2e import MARKET, collector, drain, saturate, trader_accounts, trader_connections
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
 from tradeplane_engine.streams import StreamSettings
@@ -39,26 +32,6 @@ CONFIGURATIONS = {
                                            "OTEL_TRACES_SAMPLER_ARG": "0.01"},
     "every order sampled": {"OTEL_TRACES_SAMPLER": "always_on"},
 }
-
-
-def collector(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """rotel receiving OTLP/HTTP on a free port and dropping everything."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [str(_rotel_binary()), "start", "--otlp-http-endpoint", f"127.0.0.1:{port}",
-         "--otlp-grpc-endpoint", "127.0.0.1:0", "--exporter", "blackhole",
-         "--pid-file", str(directory / "rotel.pid"), "--log-file", str(directory / "rotel.log")],
-        env=_rotel_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process, f"http://127.0.0.1:{port}"
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("rotel did not start")
 
 
 async def measure(url: str, seconds: float, clients: int, in_flight: int) -> float:
