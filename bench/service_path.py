@@ -12,6 +12,11 @@ services' own Python, without NATS, on the standard workload:
    (JSON requests with decimal strings), decoded and turned into commands
    (``decode_request`` and ``submission``), as the gateway does for every request.
    Timed per order.
+3. **A command's publish**: what the NATS client does to publish a command with the
+   headers it carries from a gateway (answer subject, message id) and from a ledger
+   shard (those, the acknowledgement subject and a traceparent), up to the bytes it
+   queues for the socket: nats-py's own client against the services' ``ServiceClient``
+   (``tradeplane_engine.connection``). Timed per publish.
 
 Figures are printed; nothing is asserted. Medians of several passes.
 """
@@ -27,7 +32,9 @@ import time
 from collections.abc import Callable
 
 import msgspec
+from nats.aio.client import Client
 
+from tradeplane_engine.connection import ServiceClient
 from tradeplane_engine.core import AnyEvent, Engine, Place
 from tradeplane_engine.core.market import UnitFormatter
 from tradeplane_engine.service.marketdata import MarketData
@@ -125,6 +132,33 @@ def bench_formatter(repeat: int) -> None:
           flush=True)
 
 
+async def _publish(client: Client, headers: dict[str, str], payload: bytes,
+                   count: int) -> None:
+    for _ in range(count):
+        await client._send_publish("tp.cmd.bench-usdt", "_GW.x.a.1", payload, len(payload),
+                                   headers)
+        client._pending.clear()
+        client._pending_data_size = 0
+
+
+def bench_publish(repeat: int, count: int = 50_000) -> None:
+    gateway = {"Tp-Reply": "_GW.x7Qm2LpR9sTa.r.184467", "Nats-Msg-Id": "trader1:Gw8fK2pQ1x0041"}
+    ledger = {**gateway, "Tp-Ack": "_GW.x7Qm2LpR9sTa.y.184467",
+              "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    payload = b'{"type":"place","account":"trader1","side":"buy","price":10012,"qty":300}'
+    print("publishing a command (the client's work up to the bytes it queues, no server)",
+          flush=True)
+    for what, headers in (("a gateway's 2 headers", gateway), ("a ledger's 4 headers", ledger)):
+        figures = []
+        for client in (Client(), ServiceClient()):
+            def run(client: Client = client, headers: dict[str, str] = headers) -> None:
+                asyncio.run(_publish(client, headers, payload, count))
+
+            figures.append(best_of(repeat, run) / count * 1e6)
+        print(f"  with {what}: nats-py {figures[0]:5.2f} µs, ServiceClient {figures[1]:5.2f} µs",
+              flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--commands", type=int, default=100_000)
@@ -135,6 +169,8 @@ def main() -> int:
     bench_formatter(args.repeat)
     print(flush=True)
     bench_intake(args.commands, args.seed, args.repeat)
+    print(flush=True)
+    bench_publish(args.repeat)
     return 0
 
 

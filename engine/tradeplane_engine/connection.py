@@ -7,6 +7,9 @@ callback, with a traceback by default; here each distinct failure is one log lin
 most every ``ERROR_LOG_EVERY`` seconds, and losing and regaining the connection is one
 line each. Reconnects are counted in ``tradeplane_nats_reconnects_total{component}``.
 
+Every service's connection is a ``ServiceClient``: nats-py's client with a cheaper
+encoding of message headers, byte for byte the same (a test holds it to nats-py's).
+
 ``NATS_ERRORS`` is what a background task (the lease, the command feed, a status
 reporter) survives: it logs, counts, and tries again. Anything else is a defect, and
 the task's failure takes its process down so that it is restarted.
@@ -15,12 +18,15 @@ the task's failure takes its process down so that it is restarted.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.protocol.command import hpub_cmd
 
 from tradeplane_engine.access import Access
 from tradeplane_shared.metrics import reconnected
@@ -33,6 +39,68 @@ JetStream's API errors (``nats.js.errors.Error`` is a ``nats.errors.Error``)."""
 
 ERROR_LOG_EVERY = 10.0
 """Seconds between two log lines of the same connection error."""
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header name nats-py accepts (an RFC 7230 token)."""
+
+_NAMES_KEPT = 64
+
+
+class ServiceClient(Client):
+    """nats-py's client, encoding a message's headers for a small part of the cost.
+
+    nats-py (2.16) replaces CR and LF in every header value with ``str.translate`` and a
+    dictionary, which costs about 5 µs for a 40-character value (each character not in
+    the table is a lookup that fails), and checks every header name against a regular
+    expression: with three headers, 15 µs of every publish. Here a value is only
+    rewritten when it holds a CR or an LF, and a name is checked once (up to
+    ``_NAMES_KEPT`` names). What goes on the wire is the same, byte for byte, and a name
+    nats-py refuses is refused the same way (``BadHeaderError``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: dict[str, bytes | None] = {}
+        """Each header name seen, as it starts its line (None: skipped)."""
+
+    async def _send_publish(self, subject: str, reply: str, payload: bytes,
+                            payload_size: int, headers: dict[str, Any] | None) -> None:
+        if headers is None:
+            await super()._send_publish(subject, reply, payload, payload_size, headers)
+            return
+        names = self._names
+        block = bytearray(b"NATS/1.0\r\n")
+        for name, value in headers.items():
+            try:
+                start = names[name]
+            except KeyError:
+                start = _header_start(name)
+                if len(names) < _NAMES_KEPT:
+                    names[name] = start
+            if start is None:
+                continue  # an empty name: nats-py skips it too
+            text = value.strip()
+            if "\r" in text or "\n" in text:
+                text = text.replace("\r", " ").replace("\n", " ")
+            block += start
+            block += text.encode()
+            block += b"\r\n"
+        block += b"\r\n"
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += payload_size
+        await self._send_command(hpub_cmd(subject, reply, block, payload))
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+
+
+def _header_start(name: str) -> bytes | None:
+    """``<name>: `` as it goes on the wire; None for a name nats-py skips (empty)."""
+    key = name.strip()
+    if not key:
+        return None
+    if not _HEADER_NAME.fullmatch(key):
+        raise nats.errors.BadHeaderError(key)
+    return key.encode() + b": "
 
 
 def server_urls(servers: str | list[str]) -> list[str]:
@@ -72,9 +140,11 @@ async def connect(servers: str, name: str, component: str,
         log.info("%s: reconnected to NATS", component)
         await count_reconnect()
 
-    return await nats.connect(
-        server_urls(servers), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-        connect_timeout=2, allow_reconnect=True, pending_size=64 * 1024 * 1024,
-        error_cb=error_logger(component), disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect, **(access or Access()).options(),
-    )
+    options: dict[str, Any] = {
+        "name": name, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.25,
+        "connect_timeout": 2, "allow_reconnect": True, "pending_size": 64 * 1024 * 1024,
+        "error_cb": error_logger(component), "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect, **(access or Access()).options()}
+    nc = ServiceClient()
+    await nc.connect(server_urls(servers), **options)
+    return nc

@@ -1,0 +1,89 @@
+"""A service's NATS client: headers encoded as nats-py encodes them, for less.
+
+``ServiceClient`` replaces nats-py's header encoding (docs/performance.md). What it
+writes must be what nats-py writes, byte for byte, for any headers nats-py takes, and
+what nats-py refuses it must refuse the same way; and a real nats-server must carry the
+headers to a plain nats-py subscriber unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.errors import BadHeaderError
+
+from tradeplane.processes import NatsServer
+from tradeplane_engine.connection import ServiceClient, connect
+
+HEADERS: list[dict[str, Any]] = [
+    {"Nats-Msg-Id": "alice:order-1"},
+    {"Tp-Reply": "_GW.abc.r.17", "traceparent":
+     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "Nats-Msg-Id": "L0-5-2"},
+    {"  Padded-Name  ": "  padded value  "},
+    {"Broken": "line one\r\nline two\rthree\nfour"},
+    {"": "an empty name is skipped", "Kept": "yes"},
+    {"Unicode": "prix 12,5 € — ok"},
+    {"Empty-Value": ""},
+    {},
+]
+
+
+async def _written(client: Client, headers: dict[str, Any]) -> bytes:
+    """What ``client`` queues for the server when publishing with ``headers``."""
+    client._pending = []
+    await client._send_publish("tp.cmd.sol-usdt", "_INBOX.x", b'{"a":1}', 7, headers)
+    return b"".join(client._pending)
+
+
+@pytest.mark.parametrize("headers", HEADERS)
+def test_the_wire_is_nats_pys_byte_for_byte(headers: dict[str, Any]) -> None:
+    async def scenario() -> None:
+        ours, theirs = ServiceClient(), Client()
+        # Twice: the second time ours encodes from the names it kept.
+        for _ in range(2):
+            assert await _written(ours, headers) == await _written(theirs, headers)
+        assert ours.stats["out_msgs"] == theirs.stats["out_msgs"] == 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "bad:name", "nul\x00", "é"])
+def test_a_name_nats_py_refuses_is_refused_alike(name: str) -> None:
+    async def scenario() -> None:
+        for client in (Client(), ServiceClient()):
+            with pytest.raises(BadHeaderError):
+                await _written(client, {name: "value"})
+        ours = ServiceClient()
+        for _ in range(2):  # refused again, not kept as good
+            with pytest.raises(BadHeaderError):
+                await _written(ours, {name: "value"})
+
+    asyncio.run(scenario())
+
+
+def test_headers_arrive_as_sent_through_a_real_server(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with NatsServer(tmp_path / "nats").start() as server:
+            sender = await connect(server.url, "header-test", "engine")
+            receiver = await nats.connect(server.url)
+            try:
+                assert isinstance(sender, ServiceClient)
+                sub = await receiver.subscribe("tp.test")
+                await receiver.flush()
+                sent = {"Tp-Reply": "_GW.abc.r.1", "Nats-Msg-Id": "alice:1",
+                        "Broken": "a\r\nb"}
+                await sender.publish("tp.test", b"body", headers=sent)
+                msg = await sub.next_msg(timeout=5)
+                assert msg.data == b"body"
+                assert msg.headers == {"Tp-Reply": "_GW.abc.r.1", "Nats-Msg-Id": "alice:1",
+                                       "Broken": "a  b"}
+            finally:
+                await sender.close()
+                await receiver.close()
+
+    asyncio.run(scenario())
