@@ -16,7 +16,8 @@ services' own Python, without NATS, on the standard workload:
    headers it carries from a gateway (answer subject, message id) and from a ledger
    shard (those, the acknowledgement subject and a traceparent), up to the bytes it
    queues for the socket: nats-py's own client against the services' ``ServiceClient``
-   (``tradeplane_engine.connection``). Timed per publish.
+   (``tradeplane_engine.connection``). Timed per publish. And the headers of a message
+   as a replica receives a command (three), read by each client.
 
 Figures are printed; nothing is asserted. Medians of several passes.
 """
@@ -157,6 +158,17 @@ def bench_publish(repeat: int, count: int = 50_000) -> None:
             figures.append(best_of(repeat, run) / count * 1e6)
         print(f"  with {what}: nats-py {figures[0]:5.2f} µs, ServiceClient {figures[1]:5.2f} µs",
               flush=True)
+    block = b"".join(f"{name}: {value}\r\n".encode() for name, value in ledger.items()
+                     if name != "traceparent") + b"\r\n"
+    reads = []
+    for reader in (Client, ServiceClient):
+        def read(reader: type[Client] = reader) -> None:
+            for _ in range(count):
+                reader._parse_header_lines(block)
+
+        reads.append(best_of(repeat, read) / count * 1e6)
+    print(f"  a received message's 3 headers read: nats-py {reads[0]:5.2f} µs, "
+          f"ServiceClient {reads[1]:5.2f} µs", flush=True)
 
 
 def main() -> int:
