@@ -13,13 +13,15 @@ SIGTERM) stops the gateway, the recorder, the engines, PostgreSQL and nats-serve
 that order. While it runs it supervises everything it started: nats-server and
 PostgreSQL come back on the same port with the same data, and a component that exits is
 started again. Children die with it even if it is killed outright (see
-``tradeplane.processes``).
+``tradeplane.processes``). SIGUSR1 writes the stack of each of its threads to stderr
+(``faulthandler``): where it is, should it ever not stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import shlex
 import signal
 import subprocess
@@ -303,6 +305,7 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, request_stop)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     files = security.init(data_dir / "security")
     admin = Access(Credentials.load(files.credentials("admin")))
     with contextlib.ExitStack() as running:

@@ -10,11 +10,12 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,28 +36,69 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+class Output:
+    """A process's output, read by a thread as it comes (a pipe nobody reads stops its
+    writer once full), for tests to wait for lines of it."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._read = 0
+        self._ended = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def read_until(self, text: str, timeout: float = 60) -> str:
+        """The lines not read yet up to the first that contains ``text``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for index in range(self._read, len(self.lines)):
+                    if text in self.lines[index]:
+                        seen, self._read = self.lines[self._read:index + 1], index + 1
+                        return "".join(seen)
+                left = deadline - time.monotonic()
+                if self._ended or left <= 0:
+                    raise AssertionError(f"no {text!r} in the output of up: "
+                                         f"{''.join(self.lines[self._read:])}")
+                self._changed.wait(left)
+
+    def ended(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+OUTPUT: dict[int, Output] = {}
+"""By process id: the output of each ``tradeplane up`` running."""
+
+
 @contextmanager
 def tradeplane_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
                   ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``tradeplane up`` running, and its NATS URL; Ctrl-C (SIGINT) at the end, and it
+    must stop within 30 s. If it does not, the failure shows the end of its output and
+    the stack of each of its threads (SIGUSR1, see ``tradeplane.up``)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tradeplane", "up", "--port", "0", "--data-dir", str(data_dir),
          "-f", str(ROOT / "examples" / "markets"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+    assert process.stdout is not None
+    output = OUTPUT[process.pid] = Output(process.stdout)
     try:
-        assert process.stdout is not None
-        url = ""
-        deadline = time.monotonic() + 60
-        seen = []
-        while not url and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if match := re.search(r"tradeplane is up: NATS at (\S+)", line):
-                url = match.group(1)
-        assert url, "".join(seen)
+        banner = output.read_until("tradeplane is up: NATS at ")
+        match = re.search(r"tradeplane is up: NATS at (\S+)", banner)
+        assert match, banner
+        url = match.group(1)
         ADMIN[url] = admin_environment(data_dir)
         yield process, url
     finally:
@@ -65,8 +107,15 @@ def tradeplane_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGUSR1)
+                time.sleep(2)
                 process.kill()
-                raise
+                process.wait()
+                output.ended(5)
+                raise AssertionError("tradeplane up did not stop within 30 s of Ctrl-C; "
+                                     "its last output, and its threads' stacks:\n"
+                                     + "".join(output.lines[-120:])) from None
+        del OUTPUT[process.pid]
 
 
 ADMIN: dict[str, dict[str, str]] = {}
@@ -187,18 +236,8 @@ def test_up_demo_trades_by_itself(tmp_path: Path) -> None:
 
 
 def _read_until(process: subprocess.Popen[str], text: str, timeout: float = 60) -> str:
-    """``up``'s output up to the first line that contains ``text``."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    raise AssertionError(f"no {text!r} in the output of up: {''.join(seen)}")
+    """``up``'s output not read yet, up to the first line that contains ``text``."""
+    return OUTPUT[process.pid].read_until(text, timeout)
 
 
 def _recovered(url: str, account: str) -> None:
