@@ -82,15 +82,23 @@ OUTPUT: dict[int, Output] = {}
 
 @contextmanager
 def tradeplane_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                  sigint_ignored: bool = False,
                   ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``tradeplane up`` running, and its NATS URL; Ctrl-C (SIGINT) at the end, and it
     must stop within 30 s. If it does not, the failure shows the end of its output and
-    the stack of each of its threads (SIGUSR1, see ``tradeplane.up``)."""
+    the stack of each of its threads (SIGUSR1, see ``tradeplane.up``). With
+    ``sigint_ignored`` it starts with SIGINT ignored, as a background job of a script
+    does."""
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     process = subprocess.Popen(
         [sys.executable, "-m", "tradeplane", "up", "--port", "0", "--data-dir", str(data_dir),
          "-f", str(ROOT / "examples" / "markets"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        preexec_fn=ignore_sigint if sigint_ignored else None,
     )
     assert process.stdout is not None
     output = OUTPUT[process.pid] = Output(process.stdout)
@@ -232,6 +240,17 @@ def test_up_demo_trades_by_itself(tmp_path: Path) -> None:
             book = cli(url, "book", "btc-usdt", "--once")
         assert "bid" in book.stdout, book.stdout
         assert "ask" in book.stdout, book.stdout
+    assert processes_mentioning(str(data_dir)) == []
+
+
+def test_ctrl_c_stops_up_even_when_its_starter_ignores_sigint(tmp_path: Path) -> None:
+    """A process started with SIGINT ignored keeps it ignored unless it says otherwise
+    (a background job of a script, some test runners' workers): ``up`` still stops on
+    Ctrl-C, with everything it started."""
+    data_dir = tmp_path / "exchange"
+    with tradeplane_up(data_dir, sigint_ignored=True) as (process, _):
+        assert process.poll() is None
+    assert process.returncode == 0
     assert processes_mentioning(str(data_dir)) == []
 
 
