@@ -7,8 +7,8 @@ callback, with a traceback by default; here each distinct failure is one log lin
 most every ``ERROR_LOG_EVERY`` seconds, and losing and regaining the connection is one
 line each. Reconnects are counted in ``tradeplane_nats_reconnects_total{component}``.
 
-Every service's connection is a ``ServiceClient``: nats-py's client with a cheaper
-encoding of message headers, byte for byte the same (a test holds it to nats-py's).
+Every service's connection is a ``ServiceClient``: nats-py's client, writing and
+reading message headers for less, with the same result (tests hold it to nats-py's).
 
 ``NATS_ERRORS`` is what a background task (the lease, the command feed, a status
 reporter) survives: it logs, counts, and tries again. Anything else is a defect, and
@@ -45,7 +45,8 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """A header name nats-py accepts (an RFC 7230 token)."""
 
 _NAMES_KEPT = 64
-
+"""Header names each cache keeps: the few a service uses. Names past it (only an
+untrusted sender would send many) are checked each time, as nats-py does."""
 
 _RECEIVED_NAMES: dict[bytes, str | None] = {}
 """Header names as received, each as nats-py reads it (None: one it skips)."""
@@ -128,6 +129,8 @@ def _parse_header_lines(raw: bytes) -> dict[str, str]:
 
 
 def _received_name(name: bytes) -> str | None:
+    """A received header name as nats-py reads it; None for one it skips (not ASCII, or
+    holding whitespace)."""
     try:
         key = name.strip().decode("ascii")
     except UnicodeDecodeError:
