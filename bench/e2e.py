@@ -640,21 +640,26 @@ def _exchange(cpu: dict[str, float]) -> float:
     return sum(used for name, used in cpu.items() if name != "load generator")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of an exchange under load, this benchmark's and ``bench/scaling.py``'s."""
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each run")
     parser.add_argument("--clients", type=int, default=4, help="NATS connections")
     parser.add_argument("--in-flight", type=int, default=256,
                         help="outstanding requests at saturation")
-    parser.add_argument("--limit-messages", type=int, default=50_000)
-    parser.add_argument("--balances", action="store_true",
-                        help="measure again with balances on (a ledger shard) and print "
-                             "both side by side")
     parser.add_argument("--no-auth", action="store_true",
                         help="run NATS without authentication (to measure what auth costs)")
     parser.add_argument("--no-tracing", action="store_true",
                         help="no tracing (by default every process traces at the default "
                              "sampler and exports to a collector)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    load_arguments(parser)
+    parser.add_argument("--limit-messages", type=int, default=50_000)
+    parser.add_argument("--balances", action="store_true",
+                        help="measure again with balances on (a ledger shard) and print "
+                             "both side by side")
     args = parser.parse_args()
     print(f"end to end: {args.clients} client connections, one engine process, one gateway "
           f"process, nats-server, all on this machine; {args.seconds:.0f} s per run",

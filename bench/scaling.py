@@ -140,18 +140,11 @@ def summary(runs: list[Figures]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each run")
-    parser.add_argument("--clients", type=int, default=4, help="NATS connections")
-    parser.add_argument("--in-flight", type=int, default=256,
-                        help="outstanding requests at saturation")
+    e2e.load_arguments(parser)
     parser.add_argument("--processes", default="1,2,4",
                         help="configurations: how many of each process, comma-separated")
     parser.add_argument("--balances", action="store_true",
                         help="balances on: a ledger shard process per market too")
-    parser.add_argument("--no-auth", action="store_true",
-                        help="run NATS without authentication")
-    parser.add_argument("--no-tracing", action="store_true",
-                        help="no tracing (by default: the default sampler, to a collector)")
     args = parser.parse_args()
     print(f"scaling: {args.clients} client connections, {args.in_flight} requests in "
           f"flight, balances {'on' if args.balances else 'off'}, all on this machine "
