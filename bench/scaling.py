@@ -56,7 +56,10 @@ class Figures:
     p99: float
     cpu: dict[str, float]
     """µs of CPU per order of each process."""
+    orders: int
     seconds: float
+    """How long the orders took, with the wait for the last to be applied and settled:
+    the time over which ``cpu`` was measured."""
 
     def tier(self, kind: str) -> float:
         """µs of CPU per order of every process of ``kind`` together."""
@@ -65,7 +68,7 @@ class Figures:
 
     def core_share(self, name: str) -> float:
         """The share of one core process ``name`` used during the run."""
-        return self.cpu[name] * self.sustained / 1e6
+        return self.cpu[name] * self.orders / self.seconds / 1e6
 
 
 async def saturation(server: NatsServer, processes: dict[str, int], names: tuple[str, ...],
@@ -87,7 +90,8 @@ async def saturation(server: NatsServer, processes: dict[str, int], names: tuple
                   f" ms  errors {top.errors}  backlog drained in {backlog:.1f} s", flush=True)
             print(e2e.cpu_text(used), flush=True)
             figures.append(Figures(count, mode, top.sustained, top.percentile(0.5),
-                                   top.percentile(0.99), used, top.seconds))
+                                   top.percentile(0.99), used, top.ok,
+                                   top.seconds + backlog))
             shares = ", ".join(f"{name} {figures[-1].core_share(name):.0%}" for name in used)
             print(f"  share of a core: {shares}", flush=True)
     finally:

@@ -306,8 +306,8 @@ def run_up(manifests: list[Path], data_dir: Path, port: int, engines: int, demo:
 
     signal.signal(signal.SIGTERM, request_stop)
     # Ctrl-C stops it even when whatever started it ignores SIGINT (a background job of
-    # a script, some test runners): an ignored SIGINT is inherited, and Python and
-    # asyncio leave it ignored.
+    # a shell script, and everything such a job starts, a test run included): an
+    # ignored SIGINT is inherited, and Python and asyncio leave it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     files = security.init(data_dir / "security")

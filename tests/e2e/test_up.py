@@ -245,7 +245,7 @@ def test_up_demo_trades_by_itself(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_up_even_when_its_starter_ignores_sigint(tmp_path: Path) -> None:
     """A process started with SIGINT ignored keeps it ignored unless it says otherwise
-    (a background job of a script, some test runners' workers): ``up`` still stops on
+    (a background job of a shell script, and all it starts): ``up`` still stops on
     Ctrl-C, with everything it started."""
     data_dir = tmp_path / "exchange"
     with tradeplane_up(data_dir, sigint_ignored=True) as (process, _):
