@@ -18,14 +18,13 @@ the task's failure takes its process down so that it is restarted.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
 import nats.errors
-from nats.aio.client import Client
+from nats.aio.client import _HEADER_KEY_RE, Client
 from nats.protocol.command import hpub_cmd
 
 from tradeplane_engine.access import Access
@@ -40,9 +39,6 @@ JetStream's API errors (``nats.js.errors.Error`` is a ``nats.errors.Error``)."""
 ERROR_LOG_EVERY = 10.0
 """Seconds between two log lines of the same connection error."""
 
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-"""A header name nats-py accepts (an RFC 7230 token)."""
 
 _NAMES_KEPT = 64
 """Header names each cache keeps: the few a service uses. Names past it (only an
@@ -143,7 +139,7 @@ def _header_start(name: str) -> bytes | None:
     key = name.strip()
     if not key:
         return None
-    if not _HEADER_NAME.fullmatch(key):
+    if not _HEADER_KEY_RE.fullmatch(key):  # nats-py's own check of a name
         raise nats.errors.BadHeaderError(key)
     return key.encode() + b": "
 

@@ -3,6 +3,7 @@ off, and stops on Ctrl-C leaving no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -116,7 +117,10 @@ def tradeplane_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.send_signal(signal.SIGUSR1)
-                time.sleep(2)
+                # Its stacks, if it writes them: the main thread's ends at runpy's
+                # entry (it runs as ``python -m tradeplane``).
+                with contextlib.suppress(AssertionError):
+                    output.read_until("_run_module_as_main", timeout=5)
                 process.kill()
                 process.wait()
                 output.ended(5)
