@@ -12,7 +12,12 @@ services' own Python, without NATS, on the standard workload:
    (JSON requests with decimal strings), decoded and turned into commands
    (``decode_request`` and ``submission``), as the gateway does for every request.
    Timed per order.
-3. **A command's publish**: what the NATS client does to publish a command with the
+3. **The result path**, what a command with a ``result`` reply costs besides its
+   messages: the engine remembering finished orders and finding the order a cancel
+   named (``OrderMemory``), for every command of the workload; the gateway turning a
+   place's result (its events batch, as the engine sends it) into the trader's reply
+   (``results.result_reply``), for every place. Timed per command and per place.
+4. **A command's publish**: what the NATS client does to publish a command with the
    headers it carries from a gateway (answer subject, message id) and from a ledger
    shard (those, the acknowledgement subject and a traceparent), up to the bytes it
    queues for the socket: nats-py's own client against the services' ``ServiceClient``
@@ -39,10 +44,13 @@ from tradeplane_engine.connection import ServiceClient
 from tradeplane_engine.core import AnyEvent, Engine, Place
 from tradeplane_engine.core.market import UnitFormatter
 from tradeplane_engine.service.marketdata import MarketData
-from tradeplane_engine.wire import PublicFormatter
+from tradeplane_engine.service.memory import OrderMemory
+from tradeplane_engine.wire import EventBatch, MarketDefinition, PublicFormatter, encode_events
 from tradeplane_engine.workload import SPEC, generate, to_commands
 from tradeplane_gateway.markets import MarketDirectory
-from tradeplane_gateway.validation import decode_request, submission
+from tradeplane_gateway.protocol import ResponseMode
+from tradeplane_gateway.results import result_reply
+from tradeplane_gateway.validation import Submission, decode_request, submission
 
 MARKET = "bench-usdt"
 
@@ -98,13 +106,17 @@ def place_requests(count: int, seed: int) -> list[tuple[str, bytes]]:
     return requests
 
 
-def bench_intake(count: int, seed: int, repeat: int) -> None:
-    from tradeplane_engine.wire import MarketDefinition
-
+def directory() -> MarketDirectory:
+    """The gateway's view of the benchmark's market."""
     definition = MarketDefinition(name=MARKET, base=SPEC.base, quote=SPEC.quote,
                                   tick_size=SPEC.tick_size, lot_size=SPEC.lot_size)
     markets = MarketDirectory()
     asyncio.run(markets.apply(MARKET, msgspec.json.encode(definition), "PUT"))
+    return markets
+
+
+def bench_intake(count: int, seed: int, repeat: int) -> None:
+    markets = directory()
     requests = place_requests(count, seed)
     numbers = iter(range(10**9))
 
@@ -131,6 +143,37 @@ def bench_formatter(repeat: int) -> None:
     seconds = best_of(repeat, run)
     print(f"  a price formatted (2,000 distinct): {seconds / len(values) * 1e9:6.0f} ns",
           flush=True)
+
+
+def bench_result_path(count: int, seed: int, repeat: int) -> None:
+    engine = Engine(SPEC)
+    applied = [(command, engine.apply(command)) for command in to_commands(generate(count, seed))]
+    formatter = PublicFormatter(SPEC)
+
+    def remember() -> None:
+        memory = OrderMemory(formatter)
+        for _, events in applied:
+            memory.remember(events)
+            memory.named_order(events)
+
+    seconds = best_of(repeat, remember)
+    print(f"the result path: the standard workload, {count:,} commands", flush=True)
+    print(f"  engine, order memory (remember, the order a cancel named): "
+          f"{seconds / count * 1e6:6.2f} µs per command", flush=True)
+    known = directory().get(MARKET)
+    assert known is not None
+    results = [(Submission(known, command.account, command, ResponseMode.RESULT),
+                encode_events(EventBatch(MARKET, command.sequence, command.sequence * 1000,
+                                         events)))
+               for command, events in applied if type(command) is Place]
+
+    def reply() -> None:
+        for work, result in results:
+            result_reply(work, result, None)
+
+    seconds = best_of(repeat, reply)
+    print(f"  gateway, a place's result into its reply: {seconds / len(results) * 1e6:6.2f} "
+          f"µs per place ({len(results):,} places)", flush=True)
 
 
 async def _publish(client: Client, headers: dict[str, str], payload: bytes,
@@ -181,6 +224,8 @@ def main() -> int:
     bench_formatter(args.repeat)
     print(flush=True)
     bench_intake(args.commands, args.seed, args.repeat)
+    print(flush=True)
+    bench_result_path(args.commands, args.seed, args.repeat)
     print(flush=True)
     bench_publish(args.repeat)
     return 0

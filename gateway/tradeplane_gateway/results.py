@@ -1,15 +1,84 @@
-"""What a command did, summed up for its sender: the order's state and its fills."""
+"""What a command did, summed up for its sender: the reply to a command from its
+engine's result, with the order's state and its fills."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
 
-from tradeplane_engine.core.commands import Place
-from tradeplane_engine.core.events import open_status
+import msgspec
+
+from tradeplane_engine.core.codes import RejectCode
+from tradeplane_engine.core.commands import Cancel, Place, Replace
+from tradeplane_engine.core.events import OrderRejected, open_status
 from tradeplane_engine.core.market import format_decimal
-from tradeplane_engine.wire import PublicFormatter
-from tradeplane_gateway.protocol import Fill, OrderState
+from tradeplane_engine.wire import PublicFormatter, decode_events
+from tradeplane_gateway.errors import EdgeCode
+from tradeplane_gateway.protocol import (
+    ErrorBody,
+    Fill,
+    OrderState,
+    Reply,
+    encode_reply,
+    error_reply,
+)
+from tradeplane_gateway.validation import Submission
+
+
+def result_reply(work: Submission, result: bytes, named: bytes | None) -> bytes | None:
+    """The reply to ``work``'s command from its engine's result (its events batch), and
+    ``named``, the finished order a cancel or replace named as the engine remembers it
+    (the result's ``Tp-Order``); None when it takes PostgreSQL's word on that order (the
+    engine found it not open and no longer remembers it)."""
+    batch = decode_events(result)
+    command = work.command
+    client_order_id = getattr(command, "client_order_id", None) or None
+    order_named = msgspec.json.decode(named, type=OrderState) if named is not None else None
+    for event in batch.events:
+        if type(event) is OrderRejected and event.account == work.account:
+            if event.code is RejectCode.UNKNOWN_ORDER and isinstance(command,
+                                                                     (Cancel, Replace)):
+                if order_named is None:
+                    return None
+                return not_open_reply(work, batch.sequence, batch.timestamp, order_named)
+            return encode_reply(Reply(
+                ok=False, market=batch.market, sequence=batch.sequence,
+                timestamp=batch.timestamp, client_order_id=client_order_id,
+                error=ErrorBody(int(event.code), event.code.name, event.reason)))
+    formatter = work.market.formatter
+    events = [update for event in batch.events
+              if (update := formatter.order_event(event, work.account)) is not None]
+    order: OrderState | None = None
+    fills: list[Fill] = []
+    if isinstance(command, Place):
+        order, fills = place_summary(command, events, formatter)
+    elif isinstance(command, (Cancel, Replace)):
+        order, fills = reference_summary(events, order_named)
+    return encode_reply(Reply(
+        ok=True, market=batch.market, sequence=batch.sequence, timestamp=batch.timestamp,
+        client_order_id=client_order_id, order=order, fills=fills, events=events))
+
+
+def not_open_reply(work: Submission, sequence: int | None, timestamp: int | None,
+                   order: OrderState) -> bytes:
+    """A cancel or replace of an order that exists but is no longer open.
+
+    A cancel is answered ``ok`` with the order as it is, and no events: what a cancel
+    is for holds, so a retried cancel (whose first reply was lost) gets the answer the
+    first one got. A replace cannot do what it asks: ``ORDER_NOT_OPEN``, with the order.
+    """
+    name = work.market.definition.name
+    command = work.command
+    client_order_id = getattr(command, "client_order_id", None) or None
+    if isinstance(command, Cancel):
+        return encode_reply(Reply(ok=True, market=name, sequence=sequence,
+                                  timestamp=timestamp, client_order_id=client_order_id,
+                                  order=order))
+    return error_reply(
+        int(EdgeCode.ORDER_NOT_OPEN), EdgeCode.ORDER_NOT_OPEN.name,
+        f"order {order.order_id or order.client_order_id} is {order.status}, no longer "
+        "open: nothing was replaced", market=name, sequence=sequence,
+        client_order_id=client_order_id, order=order)
 
 
 def place_summary(command: Place, events: list[dict[str, Any]],

@@ -81,7 +81,6 @@ from tradeplane_gateway.protocol import (
     BALANCES,
     Balance,
     ErrorBody,
-    Fill,
     OpenOrdersRequest,
     OrderState,
     Reply,
@@ -91,7 +90,7 @@ from tradeplane_gateway.protocol import (
     encode_reply,
     error_reply,
 )
-from tradeplane_gateway.results import place_summary, reference_summary
+from tradeplane_gateway.results import not_open_reply, result_reply
 from tradeplane_gateway.retries import differences
 from tradeplane_gateway.tracing import (
     end_request_span,
@@ -536,7 +535,7 @@ class Gateway:
                                           command.client_order_id)
             order = body.get("order")
             if order is not None and order.get("status") not in ("new", "partiallyFilled"):
-                reply = self._not_open(work, None, None, msgspec.convert(order, OrderState))
+                reply = not_open_reply(work, None, None, msgspec.convert(order, OrderState))
             else:
                 reply = self._refusal(flight, refusal)
         except Exception:
@@ -600,67 +599,12 @@ class Gateway:
 
     async def _finish(self, flight: _InFlight) -> None:
         """Answer a request whose result came (and was acknowledged)."""
-        reply = self._result(flight)
+        assert flight.result is not None
+        reply = result_reply(flight.submission, flight.result, flight.named)
         if reply is None:
             self._spawn(self._answer_from_history(flight))
         else:
             await self._complete(flight, reply)
-
-    def _result(self, flight: _InFlight) -> bytes | None:
-        """The reply to a command, from its result; None when it takes PostgreSQL's
-        word on the order a cancel or replace named (the engine found it not open and no
-        longer remembers it)."""
-        assert flight.result is not None
-        work = flight.submission
-        batch = decode_events(flight.result)
-        command = work.command
-        client_order_id = getattr(command, "client_order_id", None) or None
-        named = (msgspec.json.decode(flight.named, type=OrderState)
-                 if flight.named is not None else None)
-        for event in batch.events:
-            if type(event) is OrderRejected and event.account == work.account:
-                if event.code is RejectCode.UNKNOWN_ORDER and isinstance(command,
-                                                                         (Cancel, Replace)):
-                    if named is None:
-                        return None
-                    return self._not_open(work, batch.sequence, batch.timestamp, named)
-                return encode_reply(Reply(
-                    ok=False, market=batch.market, sequence=batch.sequence,
-                    timestamp=batch.timestamp, client_order_id=client_order_id,
-                    error=ErrorBody(int(event.code), event.code.name, event.reason)))
-        formatter = work.market.formatter
-        events = [update for event in batch.events
-                  if (update := formatter.order_event(event, work.account)) is not None]
-        order: OrderState | None = None
-        fills: list[Fill] = []
-        if isinstance(command, Place):
-            order, fills = place_summary(command, events, formatter)
-        elif isinstance(command, (Cancel, Replace)):
-            order, fills = reference_summary(events, named)
-        return encode_reply(Reply(
-            ok=True, market=batch.market, sequence=batch.sequence, timestamp=batch.timestamp,
-            client_order_id=client_order_id, order=order, fills=fills, events=events))
-
-    def _not_open(self, work: Submission, sequence: int | None, timestamp: int | None,
-                  order: OrderState) -> bytes:
-        """A cancel or replace of an order that exists but is no longer open.
-
-        A cancel is answered ``ok`` with the order as it is, and no events: what a cancel
-        is for holds, so a retried cancel (whose first reply was lost) gets the answer the
-        first one got. A replace cannot do what it asks: ``ORDER_NOT_OPEN``, with the order.
-        """
-        name = work.market.definition.name
-        command = work.command
-        client_order_id = getattr(command, "client_order_id", None) or None
-        if isinstance(command, Cancel):
-            return encode_reply(Reply(ok=True, market=name, sequence=sequence,
-                                      timestamp=timestamp, client_order_id=client_order_id,
-                                      order=order))
-        return error_reply(
-            int(EdgeCode.ORDER_NOT_OPEN), EdgeCode.ORDER_NOT_OPEN.name,
-            f"order {order.order_id or order.client_order_id} is {order.status}, no longer "
-            "open: nothing was replaced", market=name, sequence=sequence,
-            client_order_id=client_order_id, order=order)
 
     async def _answer_from_history(self, flight: _InFlight) -> None:
         """A cancel or replace the engine found no open order for, and remembers none
@@ -677,7 +621,7 @@ class Gateway:
                 {"account": work.account, "orderId": command.order_id,
                  "clientOrderId": command.client_order_id})
             if history.get("order") is not None:
-                reply = self._not_open(work, batch.sequence, batch.timestamp,
+                reply = not_open_reply(work, batch.sequence, batch.timestamp,
                                        msgspec.convert(history["order"], OrderState))
             else:
                 refused = next(event for event in batch.events
