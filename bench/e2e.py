@@ -297,12 +297,37 @@ async def drain(nc: Client, markets: tuple[str, ...] = (MARKET.name,),
 
 
 class CpuMeter:
-    """CPU seconds used by each process of the exchange, from /proc (Linux)."""
+    """CPU seconds used by each process of the exchange, from /proc (Linux), and the time
+    its threads spent ready to run but waiting for a core (``schedstat``)."""
 
     def __init__(self, processes: dict[str, int]) -> None:
         self.processes = processes
         self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._start = self.read()
+        self._waited = self.waits()
+
+    def waits(self) -> dict[str, float]:
+        """Seconds each process's threads have waited for a core, in all."""
+        waited = {}
+        for name, pid in self.processes.items():
+            total = 0
+            for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+                try:
+                    total += int(stat.read_text().split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue  # a thread that ended, or no scheduler statistics
+            waited[name] = total / 1e9
+        return waited
+
+    def waited_per_order(self, orders: int) -> str:
+        """Microseconds each process waited for a core per order since the last call."""
+        now = self.waits()
+        before, self._waited = self._waited, now
+        if not orders or not any(now.values()):
+            return ""
+        return "  waiting for a core per order: " + ", ".join(
+            f"{name} {(now[name] - before.get(name, 0.0)) / orders * 1e6:.0f} µs"
+            for name in self.processes)
 
     def read(self) -> dict[str, float]:
         used = {}
@@ -405,6 +430,7 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
             used = cpu.figures(top.ok)
             carried = messages.per_order(top.ok)
             print(cpu_text(used), flush=True)
+            print(cpu.waited_per_order(top.ok), flush=True)
             print(f"  NATS messages per order: {carried[0]:.2f} into nats-server, "
                   f"{carried[1]:.2f} out of it (a request and its reply alone: 2 and 2)",
                   flush=True)
@@ -417,6 +443,7 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
                 print(report(run, limit) + f"  engine backlog drained in {backlog:.1f} s",
                       flush=True)
                 print(cpu.per_order(run.ok), flush=True)
+                print(cpu.waited_per_order(run.ok), flush=True)
                 if fraction == 0.5:
                     summaries[mode].p50 = run.percentile(0.5)
                     summaries[mode].p99 = run.percentile(0.99)
@@ -425,6 +452,7 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
                     print(report(floor, limit) + "  <- the bare JetStream publish, same rate",
                           flush=True)
                     cpu.per_order(1)  # not the exchange's CPU
+                    cpu.waited_per_order(1)
     finally:
         for nc in connections:
             await nc.close()
