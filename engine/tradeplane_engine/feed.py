@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -27,7 +28,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from tradeplane_engine.access import GATEWAY_INBOX
 from tradeplane_engine.connection import NATS_ERRORS
 from tradeplane_engine.errors import TradeplaneEngineError
-from tradeplane_engine.wire import HEADER_ACK, is_subject, is_traceparent
+from tradeplane_engine.wire import (
+    HEADER_ACK,
+    HEADER_COMMANDS,
+    decode_commands,
+    is_subject,
+    is_traceparent,
+)
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 from tradeplane_shared.telemetry import TRACEPARENT
 
@@ -56,6 +63,9 @@ class SequencedCommand:
     ``Tp-Ack`` header a gateway puts on an order for a ledger shard)."""
     subject: str = ""
     """The subject it was published on (a ledger command's names its source)."""
+    index: int = 0
+    """Its place among the commands of its message (a market's command-stream message
+    may hold several, ``HEADER_COMMANDS``), which share the message's sequence."""
 
 
 def gateway_inbox(subject: str | None, where: str, what: str,
@@ -96,7 +106,8 @@ class StreamFeed:
     def __init__(self, nc: Client, stream: str, next_sequence: int, *, batch: int = 512,
                  heartbeat: float = 1.0, expires: float = 10.0,
                  reply_header: str = "Tp-Reply", max_buffered: int | None = None,
-                 on_wait: Callable[[], None] | None = None) -> None:
+                 on_wait: Callable[[], None] | None = None, commands: bool = False,
+                 ) -> None:
         self._nc = nc
         self._stream = stream
         self.next_sequence = next_sequence
@@ -107,6 +118,8 @@ class StreamFeed:
         self._expires = expires
         self._reply_header = reply_header
         self._on_wait = on_wait
+        self._commands = commands
+        """A market's command stream: a message may hold several commands."""
         """Called each time ``next_batch`` has waited a heartbeat (or less) for commands:
         the reader is idle, not stuck."""
         self._arrived: list[SequencedCommand] = []
@@ -185,7 +198,9 @@ class StreamFeed:
             self._wakeup.set()
             return
         self.next_sequence = sequence + 1
-        if headers:
+        if headers and self._commands and HEADER_COMMANDS in headers:
+            self._arrived.extend(self._commands_of(msg, sequence, timestamp))
+        elif headers:
             reply = self._gateway_inbox(headers.get(self._reply_header), sequence, "reply")
             ack = self._gateway_inbox(headers.get(HEADER_ACK), sequence, "ack")
             trace = traceparent(headers.get(TRACEPARENT), f"{self._stream}: command {sequence}")
@@ -197,6 +212,23 @@ class StreamFeed:
         self._wakeup.set()
         if self._outstanding <= self._batch // 2 and len(self._arrived) < self._max_buffered:
             await self._pull()
+
+    def _commands_of(self, msg: Msg, sequence: int, timestamp: int) -> list[SequencedCommand]:
+        """The commands of a message of several, each with its index and its own answer
+        subject and trace (checked as headers are). A message that is not one is handed
+        over as it is, one command that does not decode: skipped by every replica alike."""
+        where = f"{self._stream}: command {sequence}"
+        try:
+            entries = decode_commands(msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("%s is not a message of commands: %s", where, str(exc)[:200])
+            UNTRUSTED_SKIPPED.labels("engine", "commands message").inc()
+            return [SequencedCommand(sequence, timestamp, msg.data, None, subject=msg.subject)]
+        return [SequencedCommand(
+            sequence, timestamp, bytes(entry.command),
+            gateway_inbox(entry.reply or None, f"{where}.{index}", "reply"),
+            traceparent(entry.trace or None, f"{where}.{index}"), None, msg.subject, index)
+            for index, entry in enumerate(entries)]
 
     def _gateway_inbox(self, subject: str | None, sequence: int, what: str) -> str | None:
         return gateway_inbox(subject, f"{self._stream}: command {sequence}", what)

@@ -138,6 +138,13 @@ def grouped(token: str, answer: bytes, order: str | None = None,
                      b',"refused":true}' if refused else b"}"))
 
 
+HEADER_COMMANDS = "Tp-Commands"
+"""On a command-stream message: it holds several commands (``encode_commands``), how
+many. They share the message's sequence, each with its index among them."""
+MAX_COMMANDS = 1024
+"""The most commands one command-stream message may hold."""
+
+
 HEADER_ACK = "Tp-Ack"
 """On a command the gateway sends to a ledger shard: where the gateway wants the market
 stream's acknowledgement of the order once the ledger forwards it, or the ledger's
@@ -414,8 +421,40 @@ def encode_command(command: AnyCommand) -> bytes:
     return _command_encoder.encode(command)
 
 
-def decode_command(data: bytes, sequence: int, timestamp: int) -> AnyCommand:
-    """A command from the stream, stamped with the sequence and time the stream gave it.
+class CommandEntry(msgspec.Struct, frozen=True, array_like=True):
+    """One command of a command-stream message of several (``HEADER_COMMANDS``), with
+    what would otherwise be its message's headers: where to send its events
+    (``Tp-Reply``) and its trace, "" for none."""
+
+    command: msgspec.Raw
+    reply: str = ""
+    trace: str = ""
+
+
+_entries_decoder = msgspec.json.Decoder(list[CommandEntry])
+
+
+def encode_commands(entries: list[tuple[bytes, str, str]]) -> bytes:
+    """Several encoded commands (each with its reply subject and traceparent, "" for
+    none) as one command-stream message: a JSON array of ``[command, reply, trace]``."""
+    return _command_encoder.encode([CommandEntry(msgspec.Raw(command), reply, trace)
+                                    for command, reply, trace in entries])
+
+
+def decode_commands(data: bytes) -> list[CommandEntry]:
+    """The commands of a command-stream message of several; ``msgspec.DecodeError`` when
+    it is not one (not an array of entries, none, or more than ``MAX_COMMANDS``)."""
+    entries = _entries_decoder.decode(data)
+    if not 0 < len(entries) <= MAX_COMMANDS:
+        raise msgspec.DecodeError(f"a message of {len(entries)} commands "
+                                  f"(1 to {MAX_COMMANDS})")
+    return entries
+
+
+def decode_command(data: bytes, sequence: int, timestamp: int,
+                   index: int = 0) -> AnyCommand:
+    """A command from the stream, stamped with the sequence and time the stream gave it
+    (and its index among its message's commands).
 
     Raises ``msgspec.ValidationError`` for an account that is not one subject token (the
     gateway never sequences one; a client that bypassed it could, and the account names
@@ -425,7 +464,7 @@ def decode_command(data: bytes, sequence: int, timestamp: int) -> AnyCommand:
     if account is not None and not is_account(account):
         raise msgspec.ValidationError(f"account {account[:80]!r} is not one subject token")
     stamped: AnyCommand = msgspec.structs.replace(command, sequence=sequence,
-                                                  timestamp=timestamp)
+                                                  timestamp=timestamp, index=index)
     return stamped
 
 
@@ -524,6 +563,8 @@ class EventBatch(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     events: list[AnyEvent]
     trace: str | None = None
     """The order's W3C ``traceparent``, when it has one: the recorder continues it."""
+    index: int = 0
+    """The command's index among its command-stream message's (``Command.index``)."""
 
 
 encode_events = msgspec.json.Encoder().encode

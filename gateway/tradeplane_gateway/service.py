@@ -55,6 +55,7 @@ from tradeplane_engine.wire import (
     GROUPED,
     GROUPED_ACKS,
     HEADER_ACK,
+    HEADER_COMMANDS,
     HEADER_MESSAGE_ID,
     HEADER_ORDER,
     HEADER_REFUSED,
@@ -67,6 +68,7 @@ from tradeplane_engine.wire import (
     decode_grouped,
     decode_pub_ack,
     encode_command,
+    encode_commands,
     encode_ledger_command,
     engine_subject,
     history_subject,
@@ -127,6 +129,9 @@ class LedgerBalances(msgspec.Struct):
 
 FUNDED_AT_ONCE = 256
 """Orders in one ``fundOrders`` at most (well under a NATS message's 1 MiB)."""
+COMMANDS_AT_ONCE = 256
+"""Commands in one command-stream message at most (well under 1 MiB, and under
+``wire.MAX_COMMANDS``)."""
 
 
 @dataclass(slots=True)
@@ -182,6 +187,12 @@ class Gateway:
         """``fundOrders`` sent, by the token their stream answers on: until when they may
         be answered, and their orders' tokens."""
         self._next_batch = 0
+        self._commands: dict[str, list[tuple[str, bytes, dict[str, str]]]] = {}
+        """Commands to sequence, by market, with their tokens and headers: sent together
+        once the requests at hand are read (``_send_commands``)."""
+        self._command_batches: dict[str, tuple[float, list[str]]] = {}
+        """Command-stream messages of several commands sent, by the token their stream
+        answers on: until when they may be answered, and their commands' tokens."""
         self._subscriptions: list[Subscription] = []
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -333,8 +344,56 @@ class Gateway:
                                                                     replace=command)),
                                   reply=f"{self._inbox}.l.{token}", headers=headers)
             return
-        await self.nc.publish(command_subject(market), encode_command(command),
-                              reply=f"{self._inbox}.a.{token}", headers=headers)
+        if work.message_id is not None:
+            # The trader's own clientOrderId: the stream stores a retry under its message
+            # id once, so the order has a message of its own, after those read before it.
+            if self._commands.get(market):
+                await self._send_commands(market)
+            await self.nc.publish(command_subject(market), encode_command(command),
+                                  reply=f"{self._inbox}.a.{token}", headers=headers)
+            return
+        # Everything else that is read before the market's stream is next written to
+        # goes there in one message (docs/protocol.md): it needs no message id.
+        gathered = self._commands.setdefault(market, [])
+        if not gathered:
+            self._spawn(self._send_commands(market))
+        gathered.append((token, encode_command(command), headers))
+
+    async def _send_commands(self, market: str) -> None:
+        """The commands for ``market`` gathered so far: one alone as it is, more in
+        command-stream messages of at most ``COMMANDS_AT_ONCE``, each acknowledged once on
+        ``<inbox>.c.c<n>`` for all its commands."""
+        pending = self._commands.pop(market, [])
+        for start in range(0, len(pending), COMMANDS_AT_ONCE):
+            batch = pending[start:start + COMMANDS_AT_ONCE]
+            try:
+                if len(batch) == 1:
+                    token, data, headers = batch[0]
+                    await self.nc.publish(command_subject(market), data,
+                                          reply=f"{self._inbox}.a.{token}", headers=headers)
+                    continue
+                self._next_batch += 1
+                batch_token = f"c{self._next_batch}"
+                self._command_batches[batch_token] = (
+                    time.monotonic() + self.publish_timeout + 1, [token for token, _, _ in batch])
+                await self.nc.publish(
+                    command_subject(market),
+                    encode_commands([(data, headers.get(HEADER_REPLY, ""),
+                                      headers.get(TRACEPARENT, ""))
+                                     for _, data, headers in batch]),
+                    reply=f"{self._inbox}.c.{batch_token}",
+                    headers={HEADER_COMMANDS: str(len(batch))})
+            except NATS_ERRORS as exc:
+                # Not sent: each command is answered as one the stream did not take.
+                log.warning("commands for %s not sent (%s)", market, type(exc).__name__)
+                for token, _, _ in batch:
+                    flight = self._in_flight.pop(token, None)
+                    if flight is not None:
+                        await self._complete(flight, error_reply(
+                            int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
+                            f"the command stream did not take the command (not sent: "
+                            f"{type(exc).__name__}); retry with the same clientOrderId",
+                            market=market))
 
     async def _send_funding(self, shard: int) -> None:
         """The orders to fund at ``shard`` gathered so far, as ``fundOrders`` of at most
@@ -371,6 +430,17 @@ class Gateway:
         kind, _, token = msg.subject[len(self._inbox) + 1:].partition(".")
         if not token and kind in (GROUPED, GROUPED_ACKS):
             await self._on_grouped(kind, msg.data)
+            return
+        if kind == "c" and token in self._command_batches:
+            # One command-stream message's acknowledgement: each command's.
+            _, tokens = self._command_batches.pop(token)
+            for command in tokens:
+                flight = self._in_flight.get(command)
+                if flight is not None:
+                    try:
+                        await self._on_ack(command, flight, msg.data)
+                    except Exception:  # one command's failure must never stop the others
+                        await self._failed(command, flight)
             return
         if kind == "l" and token in self._funding_batches:
             _, tokens = self._funding_batches.pop(token)
@@ -548,9 +618,9 @@ class Gateway:
         while True:
             await asyncio.sleep(0.1)
             now = time.monotonic()
-            for token in [token for token, (until, _) in self._funding_batches.items()
-                          if until < now]:
-                del self._funding_batches[token]  # its orders timed out (below)
+            for batches in (self._funding_batches, self._command_batches):
+                for token in [token for token, (until, _) in batches.items() if until < now]:
+                    del batches[token]  # its orders timed out (below)
             expired = [token for token, flight in self._in_flight.items()
                        if flight.deadline < now]
             for token in expired:

@@ -213,7 +213,8 @@ class Submission:
     command: AnyCommand
     response: ResponseMode
     message_id: str | None = None
-    """``Nats-Msg-Id``: set for new orders, so a retry is sequenced once."""
+    """``Nats-Msg-Id``: set for a new order under the trader's own clientOrderId, so a
+    retry is sequenced once."""
     client_order_id: str | None = None
 
 
@@ -239,8 +240,12 @@ def submission(markets: MarketDirectory, account: str, request: Request,
             quote_amount=(spec.to_notional_units(request.quote_amount)
                           if request.quote_amount is not None else 0),
         )
-        return Submission(market, account, place, request.response,
-                          f"{account}:{client_order_id}", client_order_id)
+        # The stream stores a retry of the trader's clientOrderId once (its message id);
+        # one the gateway gave is new each time, and needs none.
+        message_id = (f"{account}:{client_order_id}" if request.client_order_id is not None
+                      else None)
+        return Submission(market, account, place, request.response, message_id,
+                          client_order_id)
     if isinstance(request, CancelRequest):
         order_id, client_id = order_reference(request.order_id, request.client_order_id)
         return Submission(market, account, Cancel(0, 0, account, order_id, client_id),

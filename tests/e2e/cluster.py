@@ -23,14 +23,14 @@ import msgspec
 import nats
 from nats.aio.client import Client
 
-from tests.support.exchange import eventually
+from tests.support.exchange import eventually, stream_commands
 from tradeplane.processes import NatsCluster, NatsServer, spawn, stop
 from tradeplane.up import publish_markets, wait_ready
 from tradeplane.up_ledger import set_up_balances
 from tradeplane_engine.connection import server_urls
 from tradeplane_engine.core import Engine
 from tradeplane_engine.streams import StreamSettings
-from tradeplane_engine.wire import MarketDefinition, decode_command
+from tradeplane_engine.wire import MarketDefinition
 
 
 @dataclass
@@ -171,13 +171,9 @@ class Cluster:
 
     async def replayed_hash(self) -> str:
         """The state hash of the whole command stream applied from scratch."""
-        js = self.nc.jetstream()
-        info = await js.stream_info(f"tp-cmd-{self.market}")
         engine = Engine(self.definition.spec())
-        for sequence in range(1, info.state.last_seq + 1):
-            message = await js.get_msg(f"tp-cmd-{self.market}", sequence)
-            assert message.data is not None
-            engine.apply(decode_command(message.data, sequence, 0))
+        for command in await stream_commands(self.nc.jetstream(), self.market):
+            engine.apply(command)
         return engine.state_hash()
 
     async def database(self) -> asyncpg.Connection:

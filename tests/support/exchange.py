@@ -21,21 +21,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 import nats
 import nkeys
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 
 from tradeplane.ledger_tools import submit
 from tradeplane.processes import NatsServer
 from tradeplane_engine.access import Credentials, trader_inbox
+from tradeplane_engine.core import AnyCommand
 from tradeplane_engine.ledger import AnyLedgerCommand, DefineAsset, Deposit, shard_of
 from tradeplane_engine.service import MarketService
 from tradeplane_engine.service.ledger import LedgerService
 from tradeplane_engine.streams import StreamSettings, markets_bucket
 from tradeplane_engine.wire import (
+    HEADER_COMMANDS,
     MARKETS_BUCKET,
     LedgerBatch,
     MarketDefinition,
+    decode_command,
+    decode_commands,
     encode_definition,
 )
 from tradeplane_gateway import accounts
@@ -73,6 +79,25 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: f
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{what} did not hold within {timeout} s")
         await asyncio.sleep(0.01)
+
+
+async def stream_commands(js: JetStreamContext, market: str,
+                          through: int | None = None) -> list[AnyCommand]:
+    """Every command of a market's command stream (through sequence ``through``), as an
+    engine applies them: each of a message of several with its index, and what does not
+    decode left out (the engine skips it)."""
+    stream = f"tp-cmd-{market}"
+    last = through if through is not None else (await js.stream_info(stream)).state.last_seq
+    commands: list[AnyCommand] = []
+    for sequence in range(1, last + 1):
+        message = await js.get_msg(stream, sequence)
+        data = message.data or b""
+        parts = ([bytes(entry.command) for entry in decode_commands(data)]
+                 if message.headers and HEADER_COMMANDS in message.headers else [data])
+        for index, part in enumerate(parts):
+            with contextlib.suppress(msgspec.DecodeError):
+                commands.append(decode_command(part, sequence, 0, index))
+    return commands
 
 
 @dataclass

@@ -52,9 +52,17 @@ class SelfTradePrevention(StrEnum):
     """Reduce both by the smaller quantity without a trade; an order reduced to zero is canceled."""
 
 
-class Command(msgspec.Struct, frozen=True, gc=False, tag_field="type"):
+class _Indexed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    index: int = 0
+    """Its place among the commands of one command-stream message, which share the
+    message's ``sequence`` (0 for a command alone in its message). Keyword-only, and
+    last among a command's fields."""
+
+
+class Command(_Indexed, frozen=True, gc=False, tag_field="type"):
     sequence: int
-    """Position in the market's command stream; must rise from command to command."""
+    """Position in the market's command stream (its message's): commands are applied in
+    (sequence, index) order, each above the last."""
     timestamp: int
     """Nanoseconds since the Unix epoch, stamped when the command was sequenced."""
 

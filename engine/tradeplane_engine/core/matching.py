@@ -84,8 +84,11 @@ _Cancel: Final = Cancel
 
 
 _PlaceFields = tuple[int, int, str, Side, int, int, OrderType, TimeInForce, bool,
-                     SelfTradePrevention, str, int]
-"""``Place``'s fields in declaration order."""
+                     SelfTradePrevention, str, int, int]
+"""``Place``'s fields in declaration order (``index``, keyword-only, last)."""
+_WHOLE: Final = 1 << 62
+"""``last_index`` after a restore: a snapshot is taken between messages, so every
+command of its last sequence is in it."""
 
 
 _Taker = tuple[int, str, Side, int, SelfTradePrevention, int]
@@ -111,6 +114,8 @@ class Engine:
         self.reference_price = rules.reference_price
         self.mode = spec.trading_mode
         self.last_sequence = 0
+        self.last_index = 0
+        """Where the last command stood among its message's (``Command.index``)."""
         self.next_order_id = 1
         self.next_trade_id = 1
         self.bids = BookSide(Side.BUY)
@@ -128,13 +133,16 @@ class Engine:
         """
         sequence = command.sequence
         previous = self.last_sequence
-        if sequence <= previous:
+        index = command.index
+        previous_index = self.last_index
+        if sequence < previous or (sequence == previous and index <= previous_index):
             return [OrderRejected(
                 getattr(command, "account", None) or "", getattr(command, "client_order_id", ""),
                 getattr(command, "order_id", 0), RejectCode.SEQUENCE_OUT_OF_ORDER,
-                f"sequence {sequence} is not above {previous}", command_type(command),
+                _out_of_order(sequence, index, previous, previous_index), command_type(command),
             )]
         self.last_sequence = sequence
+        self.last_index = index
         if type(command) is _Place:
             return self._place(command)
         if type(command) is _Cancel:
@@ -146,6 +154,7 @@ class Engine:
         if type(command) is SetTradingMode:
             return self._set_trading_mode(command)
         self.last_sequence = previous
+        self.last_index = previous_index
         raise TypeError(f"not a command: {type(command).__name__}")
 
     # -- state -----------------------------------------------------------------------
@@ -168,6 +177,7 @@ class Engine:
         engine = cls(state.spec)
         engine.mode = state.mode
         engine.last_sequence = state.last_sequence
+        engine.last_index = _WHOLE
         engine.next_order_id = state.next_order_id
         engine.next_trade_id = state.next_trade_id
         engine.reference_price = state.reference_price
@@ -201,7 +211,7 @@ class Engine:
         # One C call for every field beats eleven attribute lookups once compiled.
         fields: _PlaceFields = astuple(c)
         (_, _, account, side, quantity, price, order_type, time_in_force, post_only, stp,
-         client_order_id, quote_amount) = fields
+         client_order_id, quote_amount, _) = fields
         price_ref: Any = fields[5]  # the boxed int as it came: events reuse it
         if self.mode is not _OPEN:
             refused = self._mode_refuses_place(c)
@@ -688,6 +698,17 @@ def _resting(side: BookSide) -> list[RestingOrder]:
         for level in side.levels_best_first()
         for order in level.live_orders()
     ]
+
+
+def _out_of_order(sequence: int, index: int, previous: int, previous_index: int) -> str:
+    """Why a command is not the next: its (sequence, index) is not above the last one's.
+    An index is named only where one is in play (a message of several commands)."""
+    if sequence < previous or not (index or previous_index):
+        return f"sequence {sequence} is not above {previous}"
+    if previous_index >= _WHOLE:
+        return f"sequence {sequence} is in the snapshot the engine started from"
+    return (f"command {index} of sequence {sequence} is not above command "
+            f"{previous_index} of it")
 
 
 def _reject(command: Place | Cancel | Replace | CancelAll, code: RejectCode,

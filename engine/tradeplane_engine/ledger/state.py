@@ -98,7 +98,7 @@ _UpdateFields = tuple[int, str, str, OrderStatus, int, int, CancelReason | None]
 _AcceptedFields = tuple[int, str, str, Side, OrderType, int, int, int, TimeInForce, bool,
                         SelfTradePrevention]
 _PlaceFields = tuple[int, int, str, Side, int, int, OrderType, TimeInForce, bool,
-                     SelfTradePrevention, str, int]
+                     SelfTradePrevention, str, int, int]
 """``Place``'s fields, in order."""
 # Compiled, a module's global is a dictionary lookup at every use, a ``Final`` one a C
 # variable: the hot paths name these.
@@ -548,7 +548,7 @@ class Ledger:
             place = named(place, self.shard, sequence, index)
         fields: _PlaceFields = _ASTUPLE(place)
         (_, _, account, side, quantity, price, order_type, _, _, _, client_order_id,
-         quote_amount) = fields
+         quote_amount, _) = fields
         key = (market, account, client_order_id)
         if key in self.orders:
             # A retry, or a client order id in use: held once, sent again. Its market's

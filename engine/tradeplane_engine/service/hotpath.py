@@ -71,7 +71,8 @@ class HotPath(Replica):
         started = time.time_ns()  # one clock for the metrics and the spans
         for command in batch:
             try:
-                events = apply(decode_command(command.data, command.sequence, command.timestamp))
+                events = apply(decode_command(command.data, command.sequence, command.timestamp,
+                                              command.index))
             except msgspec.DecodeError as exc:  # ValidationError included
                 # Only a client that bypassed the gateway can put this here; the engine
                 # skips it the same way on every replica and replay.
@@ -83,7 +84,8 @@ class HotPath(Replica):
                 self.replayed_command(command, events)
                 continue
             outgoing.append((command, encode_events(EventBatch(
-                market, command.sequence, command.timestamp, events, command.trace)), events))
+                market, command.sequence, command.timestamp, events, command.trace,
+                command.index)), events))
         self.metrics.applied(len(batch), (time.time_ns() - started) / 1e9)
         if not outgoing:
             return

@@ -384,10 +384,18 @@ class LedgerService(Watchdog):
             return []
         settled = self.ledger.settled_through(market)
         concerns = self.ledger.concerns
-        reports = []
+        reports: list[tuple[Report, int]] = []
         for batch, size in batches:
             events = [event for event in batch.events if concerns(event)]
-            if events and batch.sequence > settled:
+            if not events or batch.sequence <= settled:
+                continue
+            if reports and reports[-1][0].events_sequence == batch.sequence:
+                # The commands of one command-stream message share its sequence, which
+                # is what settlement counts by: one report for all of them, in order.
+                report, total = reports[-1]
+                reports[-1] = (Report(report.events_sequence, position,
+                                      [*report.events, *events]), total + size)
+            else:
                 reports.append((Report(batch.sequence, position, events), size))
         return reports
 

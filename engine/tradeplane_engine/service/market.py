@@ -201,7 +201,7 @@ class MarketService(Watchdog):
                 "engine's recovery needs (keep more than the snapshot interval)")
         self._feed = StreamFeed(self.nc, command_stream(self.market), start + 1,
                                  batch=self._batch, reply_header=HEADER_REPLY,
-                                 on_wait=self.turned)
+                                 on_wait=self.turned, commands=True)
         await self.events.start()
         await self._feed.start()
         log.info("market %s: replaying the command stream; events published through %d",

@@ -70,9 +70,20 @@ def grouped_messages(outgoing: Outgoing, limit: int = GROUPED_BYTES,
                      ) -> list[tuple[int, bytes]]:
     """Applied commands' batches in as few events messages as keep each under ``limit``
     bytes, each a JSON array of consecutive commands' batches with the sequence of its
-    last command (``Tp-Sequence``). A command for which ``ends`` says so ends its message."""
-    return [(group[-1][0].sequence, join_batches([payload for _, payload, _ in group]))
-            for group in in_groups(outgoing, lambda item: len(item[1]), limit, ends)]
+    last command (``Tp-Sequence``, and its message id). A command for which ``ends`` says
+    so ends its message. The commands of one command-stream message (one sequence) stay
+    in one events message: the sequence names it, and is settled and replayed whole."""
+    units: list[list[tuple[SequencedCommand, bytes, Any]]] = []
+    for item in outgoing:
+        if units and units[-1][-1][0].sequence == item[0].sequence:
+            units[-1].append(item)
+        else:
+            units.append([item])
+    groups = in_groups(units, lambda unit: sum(len(item[1]) for item in unit), limit,
+                       None if ends is None else lambda unit: ends(unit[-1]))
+    return [(group[-1][-1][0].sequence,
+             join_batches([payload for unit in group for _, payload, _ in unit]))
+            for group in groups]
 
 
 class Replica:

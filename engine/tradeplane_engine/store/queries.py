@@ -100,7 +100,7 @@ class History:
                         "SELECT code, reason FROM rejections WHERE market = $1"
                         " AND account = $2 AND client_order_id = $3 AND order_id = 0"
                         f" AND sequence > $4 AND {_REFUSED_PLACE}"
-                        " ORDER BY sequence DESC LIMIT 1",
+                        " ORDER BY sequence DESC, index DESC LIMIT 1",
                         self.market, query.account, query.client_order_id,
                         0 if row is None else row["updated_sequence"])
                     if rejected is not None:

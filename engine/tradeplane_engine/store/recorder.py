@@ -105,14 +105,18 @@ async def record(connection: asyncpg.Connection, rows: Rows) -> None:
                                                        columns=columns)
 
 
-async def recorded_position(connection: asyncpg.Connection, market: str) -> tuple[int, int]:
+async def recorded_position(connection: asyncpg.Connection,
+                            market: str) -> tuple[int, tuple[int, int]]:
     """The last events-stream message recorded (journaled, or quarantined), and the last
-    command sequence journaled."""
+    command journaled: (sequence, index)."""
     row = await connection.fetchrow(
         "SELECT greatest((SELECT max(stream_sequence) FROM journal WHERE market = $1),"
-        " (SELECT max(stream_sequence) FROM quarantine WHERE market = $1)) AS position,"
-        " (SELECT max(sequence) FROM journal WHERE market = $1) AS command", market)
-    return int(row["position"] or 0), int(row["command"] or 0)
+        " (SELECT max(stream_sequence) FROM quarantine WHERE market = $1)) AS position",
+        market)
+    last = await connection.fetchrow(
+        "SELECT sequence, index FROM journal WHERE market = $1"
+        " ORDER BY sequence DESC, index DESC LIMIT 1", market)
+    return int(row["position"] or 0), ((last["sequence"], last["index"]) if last else (0, 0))
 
 
 class Recorder:
@@ -128,8 +132,9 @@ class Recorder:
         self.position = 0
         """The last events-stream sequence written to PostgreSQL."""
         self.command_sequence = 0
-        """The last command sequence journaled: the next events message must carry the
-        one after it."""
+        self.command_index = 0
+        """The last command journaled, its sequence and index: the next events message
+        must carry the one after it."""
         self.stream_end = 0
         self.metrics = RecorderMetrics(self.market)
 
@@ -140,8 +145,9 @@ class Recorder:
         lag = asyncio.create_task(self._follow_lag())
         try:
             while True:
-                self.position, self.command_sequence = await self._with_database(
-                    lambda connection: recorded_position(connection, self.market))
+                self.position, (self.command_sequence, self.command_index) = (
+                    await self._with_database(
+                        lambda connection: recorded_position(connection, self.market)))
                 RECORDED.labels(self.market).set(self.position)
                 log.info("recorder %s: resuming after events message %d", self.market,
                          self.position)
@@ -172,7 +178,7 @@ class Recorder:
                     self._trace(started, rows.traces)
                 self.position = messages[-1].sequence
                 if rows.journal:
-                    self.command_sequence = rows.journal[-1][1]
+                    self.command_sequence, self.command_index = rows.journal[-1][1:3]
                 RECORDED.labels(self.market).set(self.position)
                 RECORDER_LAG.labels(self.market).set(max(0, self.stream_end - self.position))
         finally:
@@ -191,7 +197,7 @@ class Recorder:
     def rows(self, messages: list[SequencedCommand]) -> Rows:
         """The batch's rows; what is not the market's next command's events is quarantined."""
         rows = Rows()
-        last = self.command_sequence
+        last = (self.command_sequence, self.command_index)
         for message in messages:
             try:
                 batches = self._checked(message.data, last)
@@ -209,25 +215,32 @@ class Recorder:
                 rows.add(message.sequence, batch, payload)
                 if batch.trace and is_traceparent(batch.trace):  # else not traced
                     rows.traces.append((batch.trace, batch.sequence))
-            last = batches[-1][0].sequence
+            last = (batches[-1][0].sequence, batches[-1][0].index)
         return rows
 
-    def _checked(self, data: bytes, last: int) -> list[tuple[EventBatch, str]]:
+    def _checked(self, data: bytes, last: tuple[int, int]) -> list[tuple[EventBatch, str]]:
         """Each command's batch in an events message, with its JSON, if they are the
-        market's next commands'; else ``ValueError`` (``msgspec.DecodeError`` is one)."""
-        batches = []
+        market's next commands'; else ``ValueError`` (``msgspec.DecodeError`` is one).
+
+        ``last`` is the last command recorded, (sequence, index). The next is the
+        command after it in its message, or the first of the next sequence; an events
+        message holds its command messages whole, so it starts with a first."""
+        batches: list[tuple[EventBatch, str]] = []
+        sequence, index = last
         for part in batch_parts(data):
             batch = decode_events(part)
             if batch.market != self.market:
                 raise ValueError(f"events of market {batch.market[:80]!r}")
-            if batch.sequence <= last:
-                raise ValueError(f"duplicate command sequence {batch.sequence} "
-                                 f"(recorded through {last})")
-            if batch.sequence != last + 1:
-                raise ValueError(f"command sequence {batch.sequence} skips ahead of "
-                                 f"{last + 1}")
+            at = (batch.sequence, batch.index)
+            if at <= (sequence, index):
+                raise ValueError(f"duplicate command {_named(at)} (recorded through "
+                                 f"{_named((sequence, index))})")
+            following = batches and at == (sequence, index + 1)
+            if not following and at != (sequence + 1, 0):
+                raise ValueError(f"command {_named(at)} is not the one after "
+                                 f"{_named((sequence, index))}")
             batches.append((batch, part.decode()))
-            last = batch.sequence
+            sequence, index = at
         if not batches:
             raise ValueError("no command's events")
         return batches
@@ -275,3 +288,9 @@ class Recorder:
             "market": self.market, "recorded": self.position, "streamEnd": self.stream_end,
             "lag": max(0, self.stream_end - self.position),
         }))
+
+
+def _named(at: tuple[int, int]) -> str:
+    """A command as a log line names it: its sequence, and its index when it has one."""
+    sequence, index = at
+    return f"sequence {sequence}" if not index else f"sequence {sequence} index {index}"

@@ -26,18 +26,18 @@ from tradeplane_engine.core.events import (
 )
 from tradeplane_engine.wire import EventBatch
 
-JOURNAL = ("market", "sequence", "stream_sequence", "sequenced_at", "events")
+JOURNAL = ("market", "sequence", "index", "stream_sequence", "sequenced_at", "events")
 ORDERS = ("market", "order_id", "account", "client_order_id", "side", "order_type",
           "time_in_force", "post_only", "price", "quantity", "quote_amount", "status",
           "filled", "remaining", "reason", "created_sequence", "updated_sequence")
 ORDER_CHANGES = ("market", "order_id", "status", "filled", "remaining", "price", "quantity",
                  "reason", "updated_sequence")
-HISTORY = ("market", "sequence", "position", "order_id", "kind", "status", "filled",
+HISTORY = ("market", "sequence", "index", "position", "order_id", "kind", "status", "filled",
            "remaining", "price", "quantity", "reason")
 TRADES = ("market", "trade_id", "sequence", "traded_at", "price", "quantity", "aggressor_side",
           "maker_order_id", "maker_account", "taker_order_id", "taker_account")
-REJECTIONS = ("market", "sequence", "position", "account", "client_order_id", "order_id",
-              "code", "reason", "command")
+REJECTIONS = ("market", "sequence", "index", "position", "account", "client_order_id",
+              "order_id", "code", "reason", "command")
 QUARANTINE = ("market", "stream_sequence", "payload", "reason")
 
 
@@ -57,8 +57,9 @@ class Rows:
     """Orders accepted earlier: only what changed (None: unchanged)."""
 
     def add(self, stream_sequence: int, batch: EventBatch, payload: str) -> None:
-        market, sequence = batch.market, batch.sequence
-        self.journal.append((market, sequence, stream_sequence, batch.timestamp, payload))
+        market, sequence, index = batch.market, batch.sequence, batch.index
+        self.journal.append((market, sequence, index, stream_sequence, batch.timestamp,
+                             payload))
         for position, event in enumerate(batch.events):
             if isinstance(event, OrderAccepted):
                 self.new_orders[event.order_id] = {
@@ -71,9 +72,9 @@ class Rows:
                     "remaining": event.quantity, "reason": None, "created_sequence": sequence,
                     "updated_sequence": sequence,
                 }
-                self.history.append((market, sequence, position, event.order_id, "accepted",
-                                     "new", 0, event.quantity, event.price, event.quantity,
-                                     None))
+                self.history.append((market, sequence, index, position, event.order_id,
+                                     "accepted", "new", 0, event.quantity, event.price,
+                                     event.quantity, None))
             elif isinstance(event, OrderUpdate):
                 reason = event.reason.name.lower() if event.reason is not None else None
                 if event.status is OrderStatus.REDUCED:
@@ -87,8 +88,8 @@ class Rows:
                                  filled=event.filled_quantity,
                                  remaining=event.remaining_quantity, reason=reason)
                 state = self._state(event.order_id)
-                self.history.append((market, sequence, position, event.order_id, "orderUpdate",
-                                     event.status.value, event.filled_quantity,
+                self.history.append((market, sequence, index, position, event.order_id,
+                                     "orderUpdate", event.status.value, event.filled_quantity,
                                      event.remaining_quantity, state.get("price") or 0,
                                      state.get("quantity") or 0, reason))
             elif isinstance(event, OrderReplaced):
@@ -98,8 +99,8 @@ class Rows:
                 # Events stored before the replace said what was filled: what is not open.
                 filled = (event.filled_quantity if event.filled_quantity is not None
                           else event.quantity - event.remaining_quantity)
-                self.history.append((market, sequence, position, event.order_id, "replaced",
-                                     state.get("status") or "replaced", filled,
+                self.history.append((market, sequence, index, position, event.order_id,
+                                     "replaced", state.get("status") or "replaced", filled,
                                      event.remaining_quantity, event.price, event.quantity,
                                      None))
             elif isinstance(event, Trade):
@@ -108,7 +109,7 @@ class Rows:
                                     event.maker_order_id, event.maker_account,
                                     event.taker_order_id, event.taker_account))
             elif isinstance(event, OrderRejected):
-                self.rejections.append((market, sequence, position, event.account,
+                self.rejections.append((market, sequence, index, position, event.account,
                                         event.client_order_id, event.order_id, int(event.code),
                                         event.reason, event.command or None))
 

@@ -197,19 +197,22 @@ class Snapshotter:
         self._engine, self.position, self._book_sequence = engine, position, book_sequence
         self._advance()
         feed = StreamFeed(self.nc, command_stream(self.market), position + 1,
-                           max_buffered=4 * 512)
+                           max_buffered=4 * 512, commands=True)
         await feed.start()
         try:
             while True:
-                for command in await feed.next_batch():
+                batch = await feed.next_batch()
+                for number, command in enumerate(batch):
                     try:
                         events = engine.apply(decode_command(command.data, command.sequence,
-                                                             command.timestamp))
+                                                             command.timestamp, command.index))
                     except msgspec.DecodeError:  # what the serving engine skips, skip too
                         events = []
                     if any(isinstance(event, (BookLevel, TradingModeChanged))
                            for event in events):
                         self._book_sequence = command.sequence
+                    if number + 1 < len(batch) and batch[number + 1].sequence == command.sequence:
+                        continue  # a message's commands all or none: so is a snapshot
                     self.position = command.sequence
                     if command.sequence % self.every == 0:
                         await self._store(self._capture())

@@ -68,6 +68,34 @@ def test_a_rejected_command_still_uses_up_its_sequence() -> None:
     assert event.code is RejectCode.SEQUENCE_OUT_OF_ORDER
 
 
+def test_the_commands_of_one_message_apply_in_index_order_once() -> None:
+    """Commands of one command-stream message share its sequence: (sequence, index)
+    must rise, so none of them applies twice, and a restored engine takes its snapshot's
+    sequence as applied whole."""
+    engine = Engine(SPEC)
+    for index in range(3):
+        placed = msgspec.structs.replace(buy("a", 1, 90 + index)(7, 0), index=index)
+        assert isinstance(engine.apply(placed)[0], OrderAccepted)
+    state = engine.state_hash()
+
+    def refusal(engine: Engine, sequence: int, index: int) -> str:
+        [event] = engine.apply(msgspec.structs.replace(buy("a", 1, 95)(sequence, 0),
+                                                       index=index))
+        assert isinstance(event, OrderRejected)
+        assert event.code is RejectCode.SEQUENCE_OUT_OF_ORDER
+        return event.reason
+
+    assert [refusal(engine, 7, index) for index in (2, 1, 0)] == [
+        f"command {index} of sequence 7 is not above command 2 of it" for index in (2, 1, 0)]
+    assert refusal(engine, 6, 5) == "sequence 6 is not above 7"
+    assert engine.state_hash() == state
+    restored = Engine.restore(engine.snapshot())
+    assert refusal(restored, 7, 3) == "sequence 7 is in the snapshot the engine started from"
+    assert isinstance(restored.apply(buy("a", 1, 95)(8, 0))[0], OrderAccepted)
+    assert isinstance(engine.apply(msgspec.structs.replace(buy("a", 1, 95)(7, 0),
+                                                           index=3))[0], OrderAccepted)
+
+
 def test_sequences_may_have_gaps() -> None:
     engine = Engine(SPEC)
     for sequence in (3, 10, 1_000_000):

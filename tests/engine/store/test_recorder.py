@@ -19,6 +19,7 @@ from tradeplane_engine.core import (
     OrderStatus,
     OrderType,
     OrderUpdate,
+    Place,
     RejectCode,
     SelfTradePrevention,
     Side,
@@ -31,8 +32,11 @@ from tradeplane_engine.store.recorder import Recorder
 from tradeplane_engine.store.snapshots import Snapshotter, latest_snapshot
 from tradeplane_engine.streams import ensure_market_streams
 from tradeplane_engine.wire import (
+    HEADER_COMMANDS,
     EventBatch,
     decode_command,
+    encode_command,
+    encode_commands,
     encode_events,
     event_subject,
     join_batches,
@@ -339,7 +343,92 @@ def test_a_grouped_message_is_recorded_command_by_command_and_only_real_traces_k
              encode_events(EventBatch("sol-usdt", 2, 20, [], "x" * 500))]
     recorder = Recorder(None, None, SOL)  # type: ignore[arg-type]  # rows only: no I/O
     rows = recorder.rows([SequencedCommand(7, 0, join_batches(parts), None)])
-    assert [(row[1], row[2], row[4]) for row in rows.journal] == [
-        (1, 7, parts[0].decode()), (2, 7, parts[1].decode())]
+    assert [(row[1], row[2], row[3], row[5]) for row in rows.journal] == [
+        (1, 0, 7, parts[0].decode()), (2, 0, 7, parts[1].decode())]
     assert rows.traces == [(traced, 1)]
     assert rows.quarantined == []
+
+
+def test_the_commands_of_one_message_are_journaled_each_and_only_whole() -> None:
+    """A command-stream message of several commands: its commands share its sequence and
+    are journaled by (sequence, index). An events message starts with the first command
+    of the sequence after the last journaled, and never in the middle of one."""
+    recorder = Recorder(None, None, SOL)  # type: ignore[arg-type]  # rows only: no I/O
+
+    def message(position: int, *commands: tuple[int, int]) -> SequencedCommand:
+        return SequencedCommand(position, 0, join_batches([
+            encode_events(EventBatch("sol-usdt", sequence, 10, [], None, index))
+            for sequence, index in commands]), None)
+
+    recorder.command_sequence, recorder.command_index = 4, 0
+    rows = recorder.rows([message(5, (5, 0), (5, 1), (5, 2)), message(6, (6, 0)),
+                          message(7, (6, 1)),  # after its message, journaled whole
+                          message(8, (7, 1)),  # the middle of a message
+                          message(9, (7, 0), (7, 2)),  # a command skipped
+                          message(10, (7, 0), (7, 1)),
+                          message(11, (5, 1))])  # journaled already
+    assert [(row[1], row[2], row[3]) for row in rows.journal] == [
+        (5, 0, 5), (5, 1, 5), (5, 2, 5), (6, 0, 6), (7, 0, 10), (7, 1, 10)]
+    assert [(row[1], row[3].split(" (")[0]) for row in rows.quarantined] == [
+        (7, "command sequence 6 index 1 is not the one after sequence 6"),
+        (8, "command sequence 7 index 1 is not the one after sequence 6"),
+        (9, "command sequence 7 index 2 is not the one after sequence 7"),
+        (11, "duplicate command sequence 5 index 1")]
+
+
+def test_messages_of_several_commands_are_snapshotted_and_journaled_whole(
+        tmp_path: Path, database: str) -> None:
+    """The snapshotter stores a state only between messages (every 2 sequences here,
+    each message several commands), the recorder journals every command by (sequence,
+    index), and an engine restarted from the snapshot replays only what follows."""
+    async def scenario() -> None:
+        pool = await open_database(database)
+        every = type(SOL)(**{**{f: getattr(SOL, f) for f in SOL.__struct_fields__},
+                             "snapshot_every": 2})
+        async with local_exchange(tmp_path, every) as exchange:
+            snapshotter = Snapshotter(exchange.nc, pool, every)
+            recorder = Recorder(exchange.nc, pool, every)
+            tasks = [asyncio.create_task(snapshotter.run()),
+                     asyncio.create_task(recorder.run())]
+            js = exchange.nc.jetstream()
+            sizes = (3, 2, 1, 4)
+            try:
+                placed = 0
+                for size in sizes:
+                    commands = []
+                    for _ in range(size):
+                        placed += 1
+                        commands.append((encode_command(Place(
+                            0, 0, "alice", Side.SELL if placed % 2 else Side.BUY, 10,
+                            10_000 + (placed % 3) * (1 if placed % 2 else -1))), "", ""))
+                    if size == 1:
+                        await js.publish("tp.cmd.sol-usdt", commands[0][0])
+                    else:
+                        await js.publish("tp.cmd.sol-usdt", encode_commands(commands),
+                                         headers={HEADER_COMMANDS: str(size)})
+                await eventually(lambda: snapshotter.position == 4, timeout=15)
+                await eventually(lambda: (recorder.command_sequence,
+                                          recorder.command_index) == (4, 3), timeout=15)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            async with pool.acquire() as connection:
+                assert [row["sequence"] for row in await connection.fetch(
+                    "SELECT sequence FROM snapshots ORDER BY sequence")] == [2, 4]
+                snapshot = await latest_snapshot(connection, "sol-usdt")
+                journal = [(row["sequence"], row["index"]) for row in await connection.fetch(
+                    "SELECT sequence, index FROM journal ORDER BY sequence, index")]
+            assert journal == [(sequence, index) for sequence, size in enumerate(sizes, 1)
+                               for index in range(size)]
+            serving = exchange.services["sol-usdt"]
+            assert snapshot is not None
+            assert snapshot.state_hash == serving.engine.state_hash()
+            await exchange.stop_engine("sol-usdt")
+            service = await exchange.start_engine_with(every, pool=pool)
+            assert service.engine.state_hash() == snapshot.state_hash
+            assert service.replayed == 0
+        await pool.close()
+
+    run(scenario())

@@ -75,7 +75,7 @@ def test_an_incoming_order_reduced_by_a_decrement_is_recorded_open_with_what_is_
     assert (table.orders[2]["status"], table.orders[2]["filled"],
             table.orders[2]["remaining"]) == ("new", 0, 1)
     assert (table.orders[1]["status"], table.orders[1]["reason"]) == ("canceled", "stp")
-    assert [(row[3], row[4], row[5], row[7], row[10]) for row in table.history[-2:]] == [
+    assert [(row[4], row[5], row[6], row[8], row[11]) for row in table.history[-2:]] == [
         (1, "orderUpdate", "canceled", 0, "stp"), (2, "orderUpdate", "reduced", 1, "stp")]
 
 
