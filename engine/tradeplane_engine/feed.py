@@ -91,13 +91,14 @@ def traceparent(value: str | None, where: str, component: str = "engine") -> str
     return None
 
 
-def stream_position(reply_subject: str) -> tuple[int, int]:
-    """Stream sequence and timestamp from a JetStream message's ``$JS.ACK`` subject."""
+def delivery(reply_subject: str) -> tuple[str, int, int]:
+    """The consumer that delivered a JetStream message, and the message's stream sequence
+    and timestamp, from its ``$JS.ACK`` subject."""
     tokens = reply_subject.split(".")
     if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return int(tokens[5]), int(tokens[7])
+        return tokens[3], int(tokens[5]), int(tokens[7])
     # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
-    return int(tokens[7]), int(tokens[9])
+    return tokens[5], int(tokens[7]), int(tokens[9])
 
 
 class StreamFeed:
@@ -118,10 +119,10 @@ class StreamFeed:
         self._expires = expires
         self._reply_header = reply_header
         self._on_wait = on_wait
-        self._commands = commands
-        """A market's command stream: a message may hold several commands."""
         """Called each time ``next_batch`` has waited a heartbeat (or less) for commands:
         the reader is idle, not stuck."""
+        self._commands = commands
+        """A market's command stream: a message may hold several commands."""
         self._arrived: list[SequencedCommand] = []
         self._wakeup = asyncio.Event()
         self._outstanding = 0
@@ -130,6 +131,8 @@ class StreamFeed:
         self._sub: Subscription | None = None
         self._last_heard = 0.0
         self._broken = False
+        self._ahead = 0
+        """A sequence the consumer delivered past the one expected (0: none)."""
         self._failure: FeedError | None = None
         self._reconnects = nc.stats["reconnects"]
         """The connection's reconnect count when the consumer was made: after a reconnect
@@ -170,6 +173,8 @@ class StreamFeed:
                             self._stream, why, self.next_sequence)
                 self._reconnects = reconnects
                 try:
+                    if self._ahead:
+                        await self._check_held()
                     await self._create_consumer()
                 except NATS_ERRORS as exc:  # NATS away: try again at the next heartbeat
                     log.warning("command feed of %s: no consumer yet (%s: %s)", self._stream,
@@ -187,14 +192,21 @@ class StreamFeed:
         if not msg.reply or (headers and _STATUS in headers and not msg.data):
             await self._on_status(msg)
             return
-        sequence, timestamp = stream_position(msg.reply)
+        consumer, sequence, timestamp = delivery(msg.reply)
+        if consumer != self._consumer:
+            return  # a consumer made before the current one: its pulls outlive it
         self._outstanding -= 1
         if sequence < self.next_sequence:
             return  # delivered again after the consumer was rebuilt
         if sequence > self.next_sequence:
-            self._failure = FeedError(
-                f"{self._stream}: expected sequence {self.next_sequence}, got {sequence}; "
-                "the stream no longer holds what the engine needs")
+            # The consumer skipped ahead: the stream may have lost what comes next, or
+            # the consumer its place (a NATS node lost under it). ``next_batch`` asks
+            # the stream which, and makes a consumer again or stops.
+            if not self._ahead:
+                log.warning("command feed of %s: expected sequence %d, got %d",
+                            self._stream, self.next_sequence, sequence)
+            self._ahead = sequence
+            self._broken = True
             self._wakeup.set()
             return
         self.next_sequence = sequence + 1
@@ -229,6 +241,19 @@ class StreamFeed:
             gateway_inbox(entry.reply or None, f"{where}.{index}", "reply"),
             traceparent(entry.trace or None, f"{where}.{index}"), None, msg.subject, index)
             for index, entry in enumerate(entries)]
+
+    async def _check_held(self) -> None:
+        """After the consumer skipped ahead: ``FeedError`` if the stream no longer holds
+        the next sequence (its retention or a purge took it), which no new consumer can
+        give; else nothing, and the consumer is made again from there."""
+        info = await self._nc.jetstream().stream_info(self._stream)
+        if info.state.first_seq > self.next_sequence:
+            self._failure = FeedError(
+                f"{self._stream}: expected sequence {self.next_sequence}, got {self._ahead}; "
+                f"the stream starts at {info.state.first_seq}: it no longer holds what the "
+                "engine needs")
+            raise self._failure
+        self._ahead = 0
 
     def _gateway_inbox(self, subject: str | None, sequence: int, what: str) -> str | None:
         return gateway_inbox(subject, f"{self._stream}: command {sequence}", what)

@@ -10,19 +10,19 @@ import pytest
 
 from tests.support.exchange import SOL, eventually, local_exchange, run
 from tradeplane_engine.core import Engine
-from tradeplane_engine.feed import FeedError, stream_position
+from tradeplane_engine.feed import FeedError, delivery
 from tradeplane_engine.service import MarketService
 from tradeplane_engine.streams import StreamSettings, ensure_market_streams
 from tradeplane_engine.wire import decode_command, decode_event_message
 from tradeplane_gateway import connect
 
 
-def test_stream_position_reads_both_ack_subject_forms() -> None:
-    assert stream_position("$JS.ACK.tp-cmd-x.c1.1.42.40.1700000000000000001.7") == (
-        42, 1700000000000000001)
-    assert stream_position(
+def test_a_delivery_is_read_from_both_ack_subject_forms() -> None:
+    assert delivery("$JS.ACK.tp-cmd-x.c1.1.42.40.1700000000000000001.7") == (
+        "c1", 42, 1700000000000000001)
+    assert delivery(
         "$JS.ACK.hub.ACCOUNTHASH.tp-cmd-x.c1.1.42.40.1700000000000000001.7.token") == (
-        42, 1700000000000000001)
+        "c1", 42, 1700000000000000001)
 
 
 def test_every_command_has_one_events_message_and_a_restart_publishes_nothing_twice(
