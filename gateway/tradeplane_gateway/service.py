@@ -386,14 +386,8 @@ class Gateway:
             except NATS_ERRORS as exc:
                 # Not sent: each command is answered as one the stream did not take.
                 log.warning("commands for %s not sent (%s)", market, type(exc).__name__)
-                for token, _, _ in batch:
-                    flight = self._in_flight.pop(token, None)
-                    if flight is not None:
-                        await self._complete(flight, error_reply(
-                            int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
-                            f"the command stream did not take the command (not sent: "
-                            f"{type(exc).__name__}); retry with the same clientOrderId",
-                            market=market))
+                await self._not_sent([token for token, _, _ in batch], "the command stream",
+                                     exc)
 
     async def _send_funding(self, shard: int) -> None:
         """The orders to fund at ``shard`` gathered so far, as ``fundOrders`` of at most
@@ -417,40 +411,39 @@ class Gateway:
                 log.warning("orders to fund at ledger shard %d not sent (%s)", shard,
                             type(exc).__name__)
                 del self._funding_batches[token]
-                for order, _ in batch:
-                    flight = self._in_flight.pop(order, None)
-                    if flight is not None:
-                        await self._complete(flight, error_reply(
-                            int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
-                            f"the ledger did not take the command (not sent: "
-                            f"{type(exc).__name__}); retry with the same clientOrderId",
-                            market=flight.submission.market.definition.name))
+                await self._not_sent([order for order, _ in batch], "the ledger", exc)
+
+    async def _not_sent(self, tokens: list[str], stream: str, exc: Exception) -> None:
+        """Answer each of the commands a NATS error kept from ``stream`` as one that
+        stream did not take."""
+        for token in tokens:
+            flight = self._in_flight.pop(token, None)
+            if flight is not None:
+                await self._complete(flight, error_reply(
+                    int(EdgeCode.NOT_SEQUENCED), EdgeCode.NOT_SEQUENCED.name,
+                    f"{stream} did not take the command (not sent: {type(exc).__name__}); "
+                    "retry with the same clientOrderId",
+                    market=flight.submission.market.definition.name))
 
     async def _on_inbox(self, msg: Msg) -> None:
         kind, _, token = msg.subject[len(self._inbox) + 1:].partition(".")
         if not token and kind in (GROUPED, GROUPED_ACKS):
             await self._on_grouped(kind, msg.data)
             return
-        if kind == "c" and token in self._command_batches:
-            # One command-stream message's acknowledgement: each command's.
-            _, tokens = self._command_batches.pop(token)
-            for command in tokens:
-                flight = self._in_flight.get(command)
+        batches = (self._command_batches if kind == "c" else
+                   self._funding_batches if kind == "l" else None)
+        if batches is not None and token in batches:
+            # The acknowledgement of a command-stream message of several commands, or of
+            # a fundOrders: each command's, or each order's.
+            _, tokens = batches.pop(token)
+            answer = self._on_ack if kind == "c" else self._on_ledger_ack
+            for each in tokens:
+                flight = self._in_flight.get(each)
                 if flight is not None:
                     try:
-                        await self._on_ack(command, flight, msg.data)
+                        await answer(each, flight, msg.data)
                     except Exception:  # one command's failure must never stop the others
-                        await self._failed(command, flight)
-            return
-        if kind == "l" and token in self._funding_batches:
-            _, tokens = self._funding_batches.pop(token)
-            for order in tokens:
-                flight = self._in_flight.get(order)
-                if flight is not None:
-                    try:
-                        await self._on_ledger_ack(order, flight, msg.data)
-                    except Exception:  # one order's failure must never stop the others
-                        await self._failed(order, flight)
+                        await self._failed(each, flight)
             return
         flight = self._in_flight.get(token)
         if flight is None:

@@ -8,12 +8,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.support.exchange import SOL, eventually, local_exchange, run
+from tests.support.exchange import SOL, eventually, local_exchange, run, stream_commands
 from tradeplane_engine.core import Engine
 from tradeplane_engine.feed import FeedError, delivery
 from tradeplane_engine.service import MarketService
 from tradeplane_engine.streams import StreamSettings, ensure_market_streams
-from tradeplane_engine.wire import decode_command, decode_event_message
+from tradeplane_engine.wire import decode_event_message
 from tradeplane_gateway import connect
 
 
@@ -50,10 +50,8 @@ def test_every_command_has_one_events_message_and_a_restart_publishes_nothing_tw
 
             # The restarted engine rebuilt the same state from the command stream alone.
             replay = Engine(SOL.spec())
-            for sequence in range(1, 41):
-                message = await js.get_msg("tp-cmd-sol-usdt", sequence)
-                assert message.data is not None
-                replay.apply(decode_command(message.data, sequence, 0))
+            for command in await stream_commands(js, "sol-usdt", through=40):
+                replay.apply(command)
             assert book_before == 40  # every command of the session changed the book
             assert after.market_data.book_sequence == 41  # the order sequenced while down
             assert replay.state_hash() == hash_before

@@ -15,11 +15,10 @@ import msgspec
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
-from tests.support.exchange import SOL, eventually, local_exchange, run
+from tests.support.exchange import SOL, eventually, local_exchange, run, stream_commands
 from tradeplane_engine.core import Cancel, Engine, Place, Side
 from tradeplane_engine.wire import (
     HEADER_COMMANDS,
-    decode_command,
     decode_commands,
     decode_event_message,
     encode_command,
@@ -88,13 +87,8 @@ def test_commands_read_together_share_one_message_and_each_has_its_own_result(
 
             # A replica applying the stream, message by message, reaches the same state.
             replay = Engine(SOL.spec())
-            for sequence, data, headers in messages:
-                if HEADER_COMMANDS in headers:
-                    commands = [bytes(entry.command) for entry in decode_commands(data)]
-                else:
-                    commands = [data]
-                for index, command in enumerate(commands):
-                    replay.apply(decode_command(command, sequence, 0, index))
+            for command in await stream_commands(js, "sol-usdt"):
+                replay.apply(command)
             assert replay.state_hash() == exchange.services["sol-usdt"].engine.state_hash()
 
     run(scenario())
