@@ -30,11 +30,14 @@ from nats.aio.msg import Msg
 
 from tradeplane.processes import NatsServer, spawn, stop, tradeplane_command
 from tradeplane.up import publish_markets, wait_ready
+from tradeplane_engine.access import trader_inbox
 from tradeplane_engine.streams import StreamSettings
 from tradeplane_engine.wire import MarketDefinition, api_subject, engine_subject, event_subject
 
 MARKET = MarketDefinition(name="fail-usdt", base="FAIL", quote="USDT", tick_size="0.01",
                           lot_size="0.01")
+STALL = 30.0
+"""Seconds without the next leader's first events message before the benchmark stops."""
 
 
 class Observer:
@@ -60,7 +63,9 @@ async def status(nc: Client, subject: str) -> dict[str, Any] | None:
     return result
 
 
-async def flow(nc: Client, stop_flow: asyncio.Event) -> None:
+async def flow(traders: list[Client], stop_flow: asyncio.Event) -> None:
+    """Orders from two traders in turn, each on its own connection: a gateway answers a
+    trader's request only on the trader's own inbox (docs/security.md)."""
     number = 0
     while not stop_flow.is_set():
         number += 1
@@ -68,18 +73,31 @@ async def flow(nc: Client, stop_flow: asyncio.Event) -> None:
         body = {"market": MARKET.name, "side": side, "quantity": "1",
                 "price": str(100 + number % 5 - 2), "response": "ack"}
         with contextlib.suppress(nats.errors.Error):
-            await nc.request(api_subject(f"trader{number % 2}", "place"),
-                             msgspec.json.encode(body), timeout=5)
+            await traders[number % 2].request(api_subject(f"trader{number % 2}", "place"),
+                                              msgspec.json.encode(body), timeout=5)
         await asyncio.sleep(0.002)
+
+
+async def first_event_of(observer: Observer, epoch: int, what: str) -> None:
+    """Wait for the first events message under ``epoch``; stop the benchmark, saying
+    so, if none comes within ``STALL`` seconds (no orders flowing, or no takeover)."""
+    deadline = time.perf_counter() + STALL
+    while epoch not in observer.first:
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"failover benchmark: no events message under epoch {epoch} "
+                             f"within {STALL:.0f} s after the {what}")
+        await asyncio.sleep(0.001)
 
 
 async def benchmark(url: str, engines: dict[str, Any], kills: int,
                     switchovers: int) -> None:
     nc = await nats.connect(url)
+    traders = [await nats.connect(url, inbox_prefix=trader_inbox(f"trader{number}"))
+               for number in range(2)]
     observer = Observer()
     await nc.subscribe(event_subject(MARKET.name), cb=observer.on_event)
     stop_flow = asyncio.Event()
-    load = asyncio.create_task(flow(nc, stop_flow))
+    load = asyncio.create_task(flow(traders, stop_flow))
 
     async def leader() -> dict[str, Any]:
         while (found := await status(nc, engine_subject(MARKET.name, "status"))) is None:
@@ -101,8 +119,7 @@ async def benchmark(url: str, engines: dict[str, Any], kills: int,
         killed_at = time.perf_counter()
         engines[name].send_signal(signal.SIGKILL)
         engines[name].wait()
-        while current["epoch"] + 1 not in observer.first:
-            await asyncio.sleep(0.001)
+        await first_event_of(observer, current["epoch"] + 1, "kill")
         failover_times.append(observer.first[current["epoch"] + 1] - killed_at)
         engines[name] = spawn(tradeplane_command("--nats", url, "engine", "--market",
                                                  MARKET.name, "--replica", name))
@@ -117,13 +134,13 @@ async def benchmark(url: str, engines: dict[str, Any], kills: int,
             timeout=10)).data)
         if "error" in answer:
             raise RuntimeError(f"switchover to {target} refused: {answer['error']}")
-        while current["epoch"] + 1 not in observer.first:
-            await asyncio.sleep(0.001)
+        await first_event_of(observer, current["epoch"] + 1, "switchover")
         await asyncio.sleep(0.2)
         pauses.append(observer.first[current["epoch"] + 1] - observer.last[current["epoch"]])
     stop_flow.set()
     await load
-    await nc.close()
+    for connection in (nc, *traders):
+        await connection.close()
     print(f"failover, kill -9 of the leader to the first event of the next leader, "
           f"{kills} kills: p50 {statistics.median(failover_times) * 1e3:.0f} ms, "
           f"max {max(failover_times) * 1e3:.0f} ms, min {min(failover_times) * 1e3:.0f} ms",
