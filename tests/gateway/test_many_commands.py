@@ -17,6 +17,8 @@ from prometheus_client import REGISTRY
 
 from tests.support.exchange import SOL, eventually, local_exchange, run, stream_commands
 from tradeplane_engine.core import Cancel, Engine, Place, Side
+from tradeplane_engine.feed import SequencedCommand
+from tradeplane_engine.service.replica import Outgoing, grouped_messages
 from tradeplane_engine.wire import (
     HEADER_COMMANDS,
     decode_commands,
@@ -169,3 +171,13 @@ def test_a_many_commands_message_payload_round_trips() -> None:
         except msgspec.DecodeError:
             continue
         raise AssertionError(f"{bad[:20]!r} decoded")
+
+
+def test_an_events_message_never_splits_the_commands_of_one_message() -> None:
+    """At the size limit, events messages break between command messages only: their
+    message id is their last sequence, and a sequence is settled and replayed whole."""
+    outgoing: Outgoing = [(SequencedCommand(sequence, 0, b"", None, index=index), b"x" * 10, [])
+                for sequence, index in ((1, 0), (2, 0), (2, 1), (2, 2), (3, 0))]
+    messages = grouped_messages(outgoing, limit=15)  # room for one batch a message
+    assert [(last, payload.count(b"x" * 10)) for last, payload in messages] == [
+        (1, 1), (2, 3), (3, 1)]

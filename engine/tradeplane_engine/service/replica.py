@@ -44,15 +44,18 @@ type Outgoing = list[tuple[SequencedCommand, bytes, Any]]
 
 
 def in_groups[T](items: Iterable[T], size: Callable[[T], int], limit: int,
-                 ends: Callable[[T], bool] | None = None) -> list[list[T]]:
+                 ends: Callable[[T], bool] | None = None,
+                 joined: Callable[[T, T], bool] | None = None) -> list[list[T]]:
     """Consecutive items in as few groups as keep each group's ``size`` under ``limit``
-    (an item larger than that alone); an item for which ``ends`` says so ends its group."""
+    (an item larger than that alone); an item for which ``ends`` says so ends its group,
+    and one that ``joined`` says belongs with the item before it is never split from it
+    by the limit."""
     groups: list[list[T]] = []
     group: list[T] = []
     total = 0
     for item in items:
         length = size(item)
-        if group and total + length > limit:
+        if group and total + length > limit and not (joined and joined(group[-1], item)):
             groups.append(group)
             group, total = [], 0
         group.append(item)
@@ -65,6 +68,12 @@ def in_groups[T](items: Iterable[T], size: Callable[[T], int], limit: int,
     return groups
 
 
+def _same_message(before: tuple[SequencedCommand, bytes, Any],
+                  item: tuple[SequencedCommand, bytes, Any]) -> bool:
+    """Two applied commands of one command-stream message (one sequence)."""
+    return before[0].sequence == item[0].sequence
+
+
 def grouped_messages(outgoing: Outgoing, limit: int = GROUPED_BYTES,
                      ends: Callable[[tuple[SequencedCommand, bytes, Any]], bool] | None = None,
                      ) -> list[tuple[int, bytes]]:
@@ -73,17 +82,9 @@ def grouped_messages(outgoing: Outgoing, limit: int = GROUPED_BYTES,
     last command (``Tp-Sequence``, and its message id). A command for which ``ends`` says
     so ends its message. The commands of one command-stream message (one sequence) stay
     in one events message: the sequence names it, and is settled and replayed whole."""
-    units: list[list[tuple[SequencedCommand, bytes, Any]]] = []
-    for item in outgoing:
-        if units and units[-1][-1][0].sequence == item[0].sequence:
-            units[-1].append(item)
-        else:
-            units.append([item])
-    groups = in_groups(units, lambda unit: sum(len(item[1]) for item in unit), limit,
-                       None if ends is None else lambda unit: ends(unit[-1]))
-    return [(group[-1][-1][0].sequence,
-             join_batches([payload for unit in group for _, payload, _ in unit]))
-            for group in groups]
+    return [(group[-1][0].sequence, join_batches([payload for _, payload, _ in group]))
+            for group in in_groups(outgoing, lambda item: len(item[1]), limit, ends,
+                                   _same_message)]
 
 
 class Replica:
