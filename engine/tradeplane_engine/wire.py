@@ -12,6 +12,7 @@ integers; everything published for traders carries decimal strings.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -587,6 +588,35 @@ class PubAck(msgspec.Struct):
 
 
 decode_pub_ack = msgspec.json.Decoder(PubAck).decode
+
+NO_RESPONDERS = "503"
+"""The status NATS answers a publish with when nothing takes its subject: for a stream's
+subject, when the stream has no leader (between leaders, or without a quorum)."""
+
+
+MESSAGE_ID_IN_PROCESS = 10158
+"""JetStream's error when a message under the same ``Nats-Msg-Id`` is still being stored
+(proposed to the stream's replicas, not yet agreed): the stream takes or drops it."""
+
+
+def stream_unavailable(data: bytes, headers: Mapping[str, str] | None) -> str | None:
+    """Why a stream could not take a published message *for now*, or None: NATS's
+    no-responders status, JetStream's error 503 (not available), or the same message id
+    still in process (a first send that a stream which lost its quorum still holds). A
+    writer sends such a message again rather than take the answer as its stream's; any
+    other answer is the stream's own."""
+    if not data:
+        status = headers.get("Status") if headers else None
+        return "no stream leader" if status == NO_RESPONDERS else None
+    if b'"error"' not in data:
+        return None
+    try:
+        error = decode_pub_ack(data).error or {}
+    except msgspec.DecodeError:
+        return None
+    transient = (error.get("code") == int(NO_RESPONDERS)
+                 or error.get("err_code") == MESSAGE_ID_IN_PROCESS)
+    return str(error.get("description", "unavailable"))[:200] if transient else None
 
 
 # -- what traders see --------------------------------------------------------------------

@@ -79,6 +79,17 @@ class Cluster:
              "--credentials", str(secrets.credentials(identity)), *args], log=log,
             env={**os.environ, "TRADEPLANE_POSTGRES_DSN": self.dsn, "PYTHONUNBUFFERED": "1"})
 
+    def described(self, role: str, lines: int = 20) -> str:
+        """Whether a role's process runs (or how it ended), and the end of its log: what
+        a failing test says of a component that stopped answering."""
+        process = self.processes.get(role)
+        state = ("not started" if process is None else "running" if process.poll() is None
+                 else f"exited with {process.returncode}")
+        log_file = self.logs / f"{role}.log"
+        tail = (log_file.read_text(errors="replace").splitlines()[-lines:]
+                if log_file.exists() else [])
+        return "\n".join([f"{role}: {state}; the end of its log:", *tail])
+
     def kill(self, role: str) -> None:
         """``kill -9``: no clean-up, no flush, nothing handed over."""
         process = self.processes.pop(role)

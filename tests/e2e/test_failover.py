@@ -37,8 +37,10 @@ async def check_replicas(exchange: Cluster, replicas: list[str]) -> None:
         try:
             await eventually(caught_up, 30, f"replica {replica} holding the stream's state")
         except AssertionError as exc:
-            # Say where it was: a stalled standby and one still replaying fail alike.
-            raise AssertionError(f"{exc}; its last status: {last[0]}") from exc
+            # Say where it was: a stalled standby and one still replaying fail alike,
+            # and a replica whose process ended does not answer at all.
+            raise AssertionError(f"{exc}; its last status: {last[0]}; "
+                                 f"{exchange.described(replica)}") from exc
 
 
 async def check_events_stream(exchange: Cluster, commands: int) -> None:

@@ -4,7 +4,9 @@ Each message covers consecutive commands (``replica.grouped_messages``). Every m
 goes out at once with its own reply subject; the batch is done when the stream has
 acknowledged every one of them. Each message carries ``Nats-Msg-Id``
 ``<market>:<sequence>`` (its last command's), so when acknowledgements do not come in
-time the missing ones are simply sent again: the stream stores each at most once. An
+time the missing ones are simply sent again: the stream stores each at most once. So
+are those the stream could not take for now (it has no leader, or JetStream is not
+available): that is not a refusal, and the engine waits it out. An
 acknowledgement that says ``duplicate`` is checked against what the stream holds
 (``Forged``): it is either this message sent before, or another leader's for the same
 commands — the same bytes when it grouped them alike, events being deterministic — or a
@@ -32,6 +34,7 @@ from tradeplane_engine.wire import (
     decode_pub_ack,
     event_stream,
     event_subject,
+    stream_unavailable,
 )
 from tradeplane_shared.metrics import UNTRUSTED_SKIPPED
 
@@ -71,6 +74,8 @@ class EventsPublisher:
         self._duplicates: dict[int, int] = {}
         """Command sequence -> stream sequence of a message acknowledged as a duplicate."""
         self._done: asyncio.Future[None] | None = None
+        self._unavailable: str | None = None
+        """Why the stream could not take a message of this attempt, if it said."""
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -110,9 +115,11 @@ class EventsPublisher:
             except TimeoutError:
                 attempt += 1
                 pending = {sequence: pending[sequence] for sequence in self._waiting}
-                log.warning("market %s: %d events messages not acknowledged in %.1f s "
+                why = f" ({self._unavailable})" if self._unavailable else ""
+                self._unavailable = None
+                log.warning("market %s: %d events messages not acknowledged in %.1f s%s "
                             "(attempt %d); sending them again", self.market, len(pending),
-                            self.ack_timeout, attempt)
+                            self.ack_timeout, why, attempt)
 
     async def _check_duplicates(self, payloads: dict[int, bytes]) -> None:
         """Raise ``Forged`` if a message acknowledged as a duplicate is not ours.
@@ -136,6 +143,10 @@ class EventsPublisher:
     async def _on_ack(self, msg: Msg) -> None:
         sequence = int(msg.subject.rpartition(".")[2])
         if sequence not in self._waiting or self._done is None or self._done.done():
+            return
+        unavailable = stream_unavailable(msg.data, msg.headers)
+        if unavailable is not None:
+            self._unavailable = unavailable  # sent again when the wait runs out
             return
         ack = decode_pub_ack(msg.data) if msg.data else PubAck(error={"description": "no data"})
         if ack.error is not None:

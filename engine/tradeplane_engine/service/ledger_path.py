@@ -64,12 +64,14 @@ from tradeplane_engine.wire import (
     LedgerRefusal,
     LedgerSource,
     balances_subject,
+    command_stream,
     command_subject,
     decode_ledger_command,
     decode_pub_ack,
     encode_command,
     encode_ledger_command,
     encode_ledger_events,
+    ledger_command_stream,
     ledger_command_subject,
     ledger_event_stream,
     ledger_event_subject,
@@ -266,7 +268,8 @@ class LedgerPath(Replica):
             headers[HEADER_REPLY] = reply
         if trace:
             headers[TRACEPARENT] = trace
-        return Outbound(command_subject(event.market), encode_command(command), headers)
+        return Outbound(command_subject(event.market), encode_command(command), headers,
+                        command_stream(event.market))
 
     async def _dropped(self, outbound: Outbound, ack: bytes) -> bool:
         """Whether the market's stream dropped a funded order as the duplicate of another
@@ -300,7 +303,8 @@ class LedgerPath(Replica):
     def own(self, command: AnyLedgerCommand, message_id: str) -> Outbound:
         """A command the leader sequences in its own shard's stream, as the ledger."""
         return Outbound(ledger_command_subject(self.shard, LedgerSource.LEDGER),
-                        encode_ledger_command(command), {HEADER_MESSAGE_ID: message_id})
+                        encode_ledger_command(command), {HEADER_MESSAGE_ID: message_id},
+                        ledger_command_stream(self.shard))
 
     def confirmed(self, command: SequencedCommand, events: Any) -> None:
         """Nothing to remember: the ledger's state is all there is."""
