@@ -334,7 +334,8 @@ class Gateway:
                     self._spawn(self._send_funding(shard))
                 pending.append((token, Funded(market, command, ack,
                                               headers.get(HEADER_REPLY, ""),
-                                              headers.get(TRACEPARENT, ""))))
+                                              headers.get(TRACEPARENT, ""),
+                                              named_by_gateway=work.message_id is None)))
                 return
             headers[HEADER_ACK] = ack
             if self._funding.get(shard):

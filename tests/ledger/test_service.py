@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 
 import msgspec
@@ -28,10 +29,11 @@ from tradeplane_engine.ledger import (
     Report,
 )
 from tradeplane_engine.service.ledger import LedgerService, settle_groups
-from tradeplane_engine.service.ledger_path import event_messages, fundings
+from tradeplane_engine.service.ledger_path import event_messages, fundings, together_message_id
 from tradeplane_engine.service.replica import Outgoing
-from tradeplane_engine.streams import markets_bucket
+from tradeplane_engine.streams import ensure_market_streams, markets_bucket
 from tradeplane_engine.wire import (
+    HEADER_COMMANDS,
     HEADER_FUNDED,
     HEADER_MESSAGE_ID,
     HEADER_REFUSED,
@@ -40,7 +42,9 @@ from tradeplane_engine.wire import (
     LedgerBatch,
     LedgerSource,
     command_subject,
+    decode_commands,
     decode_ledger_events,
+    decode_pub_ack,
     encode_ledger_command,
     encode_ledger_events,
     ledger_command_subject,
@@ -377,5 +381,78 @@ def test_a_market_retired_while_the_ledger_is_down_gives_its_holds_back(
                              what="the final cancellation's release")
             assert again.ledger.audit() == []
             assert not again.ledger.orders
+
+    run(scenario())
+
+
+def test_orders_their_gateway_named_go_to_their_market_together_and_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The orders of a ``fundOrders`` that their gateway named go to their market in one
+    command-stream message, each with its own answer subjects; one the trader named goes
+    alone under its own message id. A new leader forwards again what is still in flight
+    in the same messages, under the same ids: the market's stream drops them whole, and
+    each order reaches its engine once."""
+    caplog.set_level(logging.INFO, "tradeplane_engine.service.ledger")
+
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, engines=False, ledger_shards=1,
+                                  assets=ASSETS) as exchange:
+            js = exchange.nc.jetstream()
+            await ensure_market_streams(js, SOL, SETTINGS)  # no engine applies anything yet
+            await exchange.fund("alice", USDT=300 * USDT)
+            nc = await nats.connect(exchange.url)
+            answers: dict[str, Msg] = {}
+
+            async def answered(msg: Msg) -> None:
+                answers[msg.subject] = msg
+
+            inbox = f"{GATEWAY_INBOX}.test"
+            await nc.subscribe(f"{inbox}.ack.*", cb=answered)
+            # 100 USDT each: the fourth is not covered. The third is the trader's own.
+            orders = [Funded("sol-usdt", Place(0, 0, account="alice", side=Side.BUY,
+                                               price=10_000, quantity=100,
+                                               client_order_id=f"g{number}"),
+                             ack=f"{inbox}.ack.{number}", reply=f"{inbox}.result.{number}",
+                             named_by_gateway=number != 2)
+                      for number in range(4)]
+            stored = await js.publish(ledger_command_subject(0, LedgerSource.ORDER),
+                                      encode_ledger_command(FundOrders(0, 0, orders=orders)))
+            await eventually(lambda: len(answers) == 4, what="an answer to each order")
+            assert HEADER_REFUSED in (answers[f"{inbox}.ack.3"].headers or {})
+            acks = [decode_pub_ack(answers[f"{inbox}.ack.{number}"].data) for number in range(3)]
+            assert acks[0] == acks[1]  # one message, one acknowledgement
+            assert acks[2].seq != acks[0].seq
+            together = await js.get_msg("tp-cmd-sol-usdt", acks[0].seq)
+            assert together.headers == {
+                HEADER_MESSAGE_ID: together_message_id(0, stored.seq, "sol-usdt", 0),
+                HEADER_FUNDED: f"0:{stored.seq}", HEADER_COMMANDS: "2"}
+            entries = decode_commands(together.data or b"")
+            assert [msgspec.json.decode(entry.command)["client_order_id"] for entry in entries
+                    ] == ["g0", "g1"]
+            assert [entry.reply for entry in entries] == [f"{inbox}.result.{number}"
+                                                           for number in range(2)]
+            alone = await js.get_msg("tp-cmd-sol-usdt", acks[2].seq)
+            assert (alone.headers or {})[HEADER_MESSAGE_ID] == "alice:g2"
+
+            # The leader stops before any order is settled; the next forwards them again.
+            task = exchange.tasks[-1]
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            ledger_nc = exchange.connections[-1]
+            again = LedgerService(ledger_nc, 0, 1, SETTINGS)
+            exchange.tasks.append(asyncio.create_task(again.run(
+                await ledger_nc.jetstream().key_value(MARKETS_BUCKET))))
+            await eventually(lambda: "forwarding 3 funded commands in flight again"
+                             in caplog.text, 20, "the next leader forwarding them again")
+            await exchange.start_engine(SOL)
+            await eventually(lambda: not again.ledger.in_flight(), 20,
+                             "every order settled as its market took it")
+            engine = exchange.services["sol-usdt"].engine
+            assert [order.account for order in engine.l3().bids] == ["alice"] * 3
+            assert (await js.stream_info("tp-cmd-sol-usdt")).state.messages == 2
+            assert again.ledger.balance("alice", "USDT") == (0, 300 * USDT)
+            assert again.ledger.audit() == []
+            await nc.close()
 
     run(scenario())

@@ -78,6 +78,11 @@ class Funded(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """Where its market sends the order's events (``Tp-Reply``)."""
     trace: str = ""
     """Its W3C ``traceparent``."""
+    named_by_gateway: bool = False
+    """Its gateway named it (the trader did not): no retry can carry its name, so the
+    ledger forwards it with the other such orders of the ``fundOrders`` for its market,
+    in one message (docs/ledger.md). False: a message of its own, under the message id
+    ``<account>:<clientOrderId>``, as a retry's must be."""
 
 
 class FundOrders(LedgerCommand, frozen=True, gc=False, tag="fundOrders"):

@@ -49,7 +49,12 @@ from tradeplane_engine.ledger import (
 )
 from tradeplane_engine.service.events import EventsPublisher
 from tradeplane_engine.service.leadership import Leadership
-from tradeplane_engine.service.ledger_path import LedgerPath, account_balances, funded_order
+from tradeplane_engine.service.ledger_path import (
+    LedgerPath,
+    Together,
+    account_balances,
+    funded_order,
+)
 from tradeplane_engine.service.replica import in_groups
 from tradeplane_engine.service.watchdog import Watchdog
 from tradeplane_engine.service.writer import Outbound, StreamWriter
@@ -277,24 +282,36 @@ class LedgerService(Watchdog):
         """Forward again what the last leader may not have: the same message ids, so a
         copy already in a market's stream is dropped (docs/ledger.md)."""
         outbound: list[Outbound] = []
+        by_sequence: dict[int, list[int]] = {}
         for sequence, index in self.ledger.in_flight():
+            by_sequence.setdefault(sequence, []).append(index)
+        for sequence, indices in by_sequence.items():
             message = await self.js.get_msg(ledger_command_stream(self.shard), sequence)
             command = decode_ledger_command(message.data or b"", sequence, 0)
-            reply = (message.headers or {}).get(HEADER_REPLY)
-            if isinstance(command, FundReplace):
-                event = Forward(command.market, command.replace)
-            else:  # the ledger only says funded orders and replaces are in flight
-                market, place = funded_order(command, index)
-                event = Forward(market, named(place, self.shard, sequence, index))
-                if isinstance(command, FundOrders):
-                    reply = gateway_inbox(command.orders[index].reply or None,
-                                          f"ledger command {sequence}, order {index}",
-                                          "reply", "ledger")
-            outbound.append(self.path.forward(sequence, event, reply, index=index))
+            forwards: list[tuple[int, Forward, str | None]] = []
+            for index in indices:
+                reply = (message.headers or {}).get(HEADER_REPLY)
+                if isinstance(command, FundReplace):
+                    event = Forward(command.market, command.replace)
+                else:  # the ledger only says funded orders and replaces are in flight
+                    market, place = funded_order(command, index)
+                    event = Forward(market, named(place, self.shard, sequence, index))
+                    if isinstance(command, FundOrders):
+                        reply = gateway_inbox(command.orders[index].reply or None,
+                                              f"ledger command {sequence}, order {index}",
+                                              "reply", "ledger")
+                forwards.append((index, event, reply))
+            # The same messages as the first forward: what went together goes together.
+            together = Together(self.shard, sequence, command)
+            for index, event, reply in forwards:
+                together.add(index, [event], reply, None)
+            outbound.extend(together.message(index)
+                            or self.path.forward(sequence, event, reply, index=index)
+                            for index, event, reply in forwards)
         if outbound:
             log.info("%s: forwarding %d funded commands in flight again", self.name,
                      len(outbound))
-            await self.forwarder.write(outbound)
+            await self.path.write_forwards(outbound)
 
     async def _define_markets(self) -> None:
         """Define to the ledger each market whose assets it knows, as its definition says."""

@@ -57,9 +57,11 @@ from tradeplane_engine.service.writer import Outbound, StreamWriter
 from tradeplane_engine.wire import (
     GROUPED_ACKS,
     GROUPED_BYTES,
+    HEADER_COMMANDS,
     HEADER_FUNDED,
     HEADER_MESSAGE_ID,
     HEADER_REPLY,
+    MAX_COMMANDS,
     LedgerBatch,
     LedgerRefusal,
     LedgerSource,
@@ -69,6 +71,7 @@ from tradeplane_engine.wire import (
     decode_ledger_command,
     decode_pub_ack,
     encode_command,
+    encode_commands,
     encode_ledger_command,
     encode_ledger_events,
     ledger_command_stream,
@@ -140,6 +143,61 @@ def funded_id(shard: int, sequence: int, index: int = 0) -> str:
     """What names a funding (``Tp-Funded`` on its forward): ``<shard>:<sequence>``, and
     ``-<index>`` after it for an order of a ``fundOrders`` but its first."""
     return f"{shard}:{sequence}" if not index else f"{shard}:{sequence}-{index}"
+
+
+def together_message_id(shard: int, sequence: int, market: str, part: int) -> str:
+    """The message id of the orders of a ``fundOrders`` forwarded together to ``market``
+    (``part``: which ``MAX_COMMANDS`` of its orders, by their place in it): a new
+    leader's second forward of them is stored once. No trader's order id has two
+    colons."""
+    return f"{ledger_name(shard)}:{sequence}:{market}:{part}"
+
+
+class Together:
+    """The orders of one ``fundOrders`` that go to their markets together: those its
+    gateway named and the ledger held (a retry of a trader's ``clientOrderId``, or a
+    ``duplicate``, keeps a message of its own, under its own id). They go in one
+    command-stream message of several commands per market, and per ``MAX_COMMANDS`` of
+    the ``fundOrders``'s orders (by their place in it, so a new leader forwarding again
+    what is still in flight makes the same messages, under the same ids)."""
+
+    def __init__(self, shard: int, sequence: int, command: AnyLedgerCommand | None) -> None:
+        self.shard = shard
+        self.sequence = sequence
+        self._orders = command.orders if isinstance(command, FundOrders) else None
+        self._keys: dict[int, tuple[str, int]] = {}
+        """The message of each order that goes together, by its place."""
+        self._entries: dict[tuple[str, int], list[tuple[bytes, str, str]]] = {}
+        self._messages: dict[tuple[str, int], Outbound] = {}
+
+    def add(self, index: int, events: list[AnyLedgerEvent], reply: str | None,
+            trace: str | None) -> None:
+        """Order ``index`` with its events: it goes together if its gateway named it and
+        the ledger held it for this funding (a ``Forward`` without a ``Duplicate``)."""
+        if self._orders is None or not self._orders[index].named_by_gateway:
+            return
+        forward = next((event for event in events if isinstance(event, Forward)), None)
+        if forward is None or any(isinstance(event, Duplicate) for event in events):
+            return
+        key = self._keys[index] = (forward.market, index // MAX_COMMANDS)
+        self._entries.setdefault(key, []).append(
+            (encode_command(forward.command), reply or "", trace or ""))
+
+    def message(self, index: int) -> Outbound | None:
+        """The message that carries order ``index``, or None if it goes alone."""
+        key = self._keys.get(index)
+        if key is None:
+            return None
+        message = self._messages.get(key)
+        if message is None:
+            entries = self._entries[key]
+            message = self._messages[key] = Outbound(
+                command_subject(key[0]), encode_commands(entries),
+                {HEADER_MESSAGE_ID: together_message_id(self.shard, self.sequence, *key),
+                 HEADER_FUNDED: funded_id(self.shard, self.sequence),
+                 HEADER_COMMANDS: str(len(entries))},
+                command_stream(key[0]))
+        return message
 
 
 type Funding = tuple[int, str | None, str | None, str | None, list[AnyLedgerEvent]]
@@ -224,12 +282,16 @@ class LedgerPath(Replica):
                 if isinstance(event, Movement | Fill) and event.account not in SYSTEM_ACCOUNTS:
                     moved.add(event.account)
             funded = fundings(command, decoded, events)
+            together = Together(self.shard, command.sequence, decoded)
+            for index, _, reply, trace, own in funded:
+                together.add(index, own, reply, trace)
             for index, ack_to, reply, trace, own in funded:
                 for event in own:
                     if isinstance(event, Forward):
                         held = not any(isinstance(other, Duplicate) for other in own)
-                        forwards.append((command, index, ack_to, held, self.forward(
-                            command.sequence, event, reply, trace, index)))
+                        outbound = together.message(index) or self.forward(
+                            command.sequence, event, reply, trace, index)
+                        forwards.append((command, index, ack_to, held, outbound))
                     elif isinstance(event, Refused) and ack_to:
                         await answers.add(ack_to, msgspec.json.encode(LedgerRefusal(
                             int(event.code), event.code.name, event.reason, self.shard,
@@ -237,7 +299,7 @@ class LedgerPath(Replica):
             if command.reply and not funded:
                 await self.nc.publish(command.reply, payload)
         if forwards:
-            acks = await self.forwarder.write([item[4] for item in forwards])
+            acks = await self.write_forwards([item[4] for item in forwards])
             unsent: list[Outbound] = []
             for (command, index, ack_to, held, outbound), ack in zip(forwards, acks,
                                                                      strict=True):
@@ -251,6 +313,14 @@ class LedgerPath(Replica):
         for account in sorted(moved):
             await self.nc.publish(balances_subject(account), msgspec.json.encode(
                 account_balances(self.ledger, account)))
+
+    async def write_forwards(self, outbound: list[Outbound]) -> list[bytes]:
+        """Write forwards, each message once however many orders share it; each one's
+        acknowledgement, in order."""
+        unique = list({id(message): message for message in outbound}.values())
+        acks = dict(zip((id(message) for message in unique),
+                        await self.forwarder.write(unique), strict=True))
+        return [acks[id(message)] for message in outbound]
 
     def forward(self, sequence: int, event: Forward, reply: str | None = None,
                 trace: str | None = None, index: int = 0) -> Outbound:
