@@ -52,8 +52,9 @@ class StreamWriter:
         self._next = 0
         self._waiting: dict[int, asyncio.Future[bytes]] = {}
         self._sub: Subscription | None = None
-        self._unavailable: str | None = None
-        """Why a stream could not take a message of this attempt, if it said."""
+        self._unavailable: dict[int, str] = {}
+        """Why a stream could not take a message of this attempt, where it said, by the
+        message's token."""
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
@@ -77,9 +78,10 @@ class StreamWriter:
         attempt = 0
         while pending:
             futures: dict[int, asyncio.Future[bytes]] = {}
+            tokens: dict[int, int] = {}
             for index in pending:
                 self._next += 1
-                token = self._next
+                token = tokens[index] = self._next
                 futures[index] = self._waiting[token] = loop.create_future()
                 message = messages[index]
                 await self.nc.publish(message.subject, message.payload,
@@ -92,17 +94,20 @@ class StreamWriter:
                     future.cancel()
             self._waiting = {token: future for token, future in self._waiting.items()
                              if not future.done()}
+            # Why a message is not taken, where its stream said (no leader, ...).
+            said = {index: why for index, token in tokens.items()
+                    if (why := self._unavailable.pop(token, None)) is not None}
             pending = [index for index in pending if acks[index] is None]
-            if pending and self._unavailable:
-                gone = await self._gone({messages[index].stream for index in pending})
+            if said:
+                gone = await self._gone({messages[index].stream for index in said})
                 for index in pending:
                     if messages[index].stream in gone:
                         acks[index] = NO_STREAM
                 pending = [index for index in pending if acks[index] is None]
             if pending:
                 attempt += 1
-                why = f" ({self._unavailable})" if self._unavailable else ""
-                self._unavailable = None
+                reasons = sorted({said[index] for index in pending if index in said})
+                why = f" ({'; '.join(reasons)})" if reasons else ""
                 log.warning("%s: %d messages not acknowledged in %.1f s%s (attempt %d); "
                             "sending them again", self.name, len(pending), self.ack_timeout,
                             why, attempt)
@@ -128,7 +133,8 @@ class StreamWriter:
         token = int(msg.subject.rpartition(".")[2])
         unavailable = stream_unavailable(msg.data, msg.headers)
         if unavailable is not None:
-            self._unavailable = unavailable  # no answer yet: sent again when time is up
+            if token in self._waiting:  # no answer yet: sent again when time is up
+                self._unavailable[token] = unavailable
             return
         future = self._waiting.pop(token, None)
         if future is not None and not future.done():
