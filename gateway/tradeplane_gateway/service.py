@@ -523,16 +523,15 @@ class Gateway:
         ack = await self._sequenced(token, flight, data, "the command stream")
         if ack is None:
             return
-        if ack.duplicate:
+        if ack.duplicate and work.message_id is not None:
+            # A retry of the trader's clientOrderId, sequenced before: report the
+            # original instead of applying it again.
             del self._in_flight[token]
-            # Sequenced before: report the original instead of applying it again.
-            if not work.client_order_id:
-                await self._complete(flight, encode_reply(Reply(
-                    ok=True, market=name, sequence=ack.seq,
-                    client_order_id=work.client_order_id, duplicate=True)))
-            else:
-                self._spawn(self._answer_duplicate(flight, ack.seq))
+            self._spawn(self._answer_duplicate(flight, ack.seq))
             return
+        # Anything else the stream calls a duplicate is this very command, stored by an
+        # earlier send of it: a ledger shard sending its forward again (its first
+        # acknowledgement was late). It is acknowledged, and its result still comes.
         if work.response is ResponseMode.ACK:
             del self._in_flight[token]
             await self._complete(flight, encode_reply(Reply(

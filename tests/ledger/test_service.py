@@ -43,8 +43,10 @@ from tradeplane_engine.wire import (
     LedgerSource,
     command_subject,
     decode_commands,
+    decode_ledger_command,
     decode_ledger_events,
     decode_pub_ack,
+    encode_command,
     encode_ledger_command,
     encode_ledger_events,
     ledger_command_subject,
@@ -454,5 +456,48 @@ def test_orders_their_gateway_named_go_to_their_market_together_and_once(
             assert again.ledger.balance("alice", "USDT") == (0, 300 * USDT)
             assert again.ledger.audit() == []
             await nc.close()
+
+    run(scenario())
+
+
+def test_an_order_whose_forward_is_acknowledged_as_a_duplicate_still_gets_its_result(
+        tmp_path: Path) -> None:
+    """A shard that sends a forward again (its first acknowledgement late) gets
+    ``duplicate`` from the market's stream, and relays it. For an order its gateway
+    named, that is the order itself, stored by the first send: it is acknowledged, and
+    its result still comes. Before, the trader was told ``duplicate`` and no more."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, ledger_shards=1, assets=ASSETS) as exchange, \
+                connect(exchange.url, account="alice") as alice:
+            # The shard stops: the test forwards as it would, and relays a duplicate.
+            task = exchange.tasks[-1]
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            funding: asyncio.Queue[Msg] = asyncio.Queue()
+
+            async def funded(msg: Msg) -> None:
+                await funding.put(msg)
+
+            await exchange.nc.subscribe(ledger_command_subject(0, LedgerSource.ORDER),
+                                        cb=funded)
+            placing = asyncio.create_task(alice.place("sol-usdt", "buy", "1", "95"))
+            message = await asyncio.wait_for(funding.get(), 10)
+            command = decode_ledger_command(message.data, 1, 0)
+            assert isinstance(command, FundOrders)
+            [order] = command.orders
+            assert order.named_by_gateway
+            js = exchange.nc.jetstream()
+            stored = await js.publish(command_subject("sol-usdt"), encode_command(order.place),
+                                      headers={HEADER_REPLY: order.reply})
+            await exchange.nc.publish(order.ack, msgspec.json.encode(
+                {"stream": stored.stream, "seq": stored.seq, "duplicate": True}))
+            reply = await asyncio.wait_for(placing, 15)
+            assert reply.ok
+            assert not reply.duplicate
+            assert reply.sequence == stored.seq
+            assert reply.order is not None
+            assert (reply.order.client_order_id, reply.order.status) == (
+                order.place.client_order_id, "new")
 
     run(scenario())
