@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from tests.support.exchange import SETTINGS, SOL, eventually, local_exchange, run
@@ -181,6 +182,31 @@ def test_a_retried_order_is_held_once_and_a_dropped_one_gives_its_hold_back(
     run(scenario())
 
 
+INBOX = f"{GATEWAY_INBOX}.test"
+"""A gateway's inbox, as a test plays the gateway."""
+
+
+async def answers_on(nc: Client, inbox: str) -> dict[str, Msg]:
+    """Every answer that comes to ``<inbox>.ack.<n>``, by its subject."""
+    answers: dict[str, Msg] = {}
+
+    async def answered(msg: Msg) -> None:
+        answers[msg.subject] = msg
+
+    await nc.subscribe(f"{INBOX}.ack.*", cb=answered)
+    return answers
+
+
+def buys(prefix: str, count: int, trader_named: int | None = None) -> list[Funded]:
+    """Alice's buys of 1 SOL at 1 USDT (100 USDT each), ``<prefix><n>``, answered on
+    ``INBOX``; with ``trader_named``, the gateway named every one but that one."""
+    return [Funded("sol-usdt", Place(0, 0, account="alice", side=Side.BUY, price=10_000,
+                                     quantity=100, client_order_id=f"{prefix}{number}"),
+                   ack=f"{INBOX}.ack.{number}", reply=f"{INBOX}.result.{number}",
+                   named_by_gateway=trader_named is not None and number != trader_named)
+            for number in range(count)]
+
+
 def test_a_fund_orders_answers_and_forwards_each_order_as_its_own(tmp_path: Path) -> None:
     """Three orders in one ``fundOrders``, as a gateway sends what it read together: each
     is forwarded with its own result subject and funding name, and each acknowledgement
@@ -189,32 +215,22 @@ def test_a_fund_orders_answers_and_forwards_each_order_as_its_own(tmp_path: Path
         async with local_exchange(tmp_path, SOL, ledger_shards=1, assets=ASSETS) as exchange:
             await exchange.fund("alice", USDT=250 * USDT)
             nc = await nats.connect(exchange.url)
-            answers: dict[str, Msg] = {}
-
-            async def answered(msg: Msg) -> None:
-                answers[msg.subject] = msg
-
-            inbox = f"{GATEWAY_INBOX}.test"
-            await nc.subscribe(f"{inbox}.ack.*", cb=answered)
-            orders = [Funded("sol-usdt", Place(0, 0, account="alice", side=Side.BUY,
-                                               price=10_000, quantity=100,
-                                               client_order_id=f"f{number}"),
-                             ack=f"{inbox}.ack.{number}", reply=f"{inbox}.result.{number}")
-                      for number in range(3)]  # 100 USDT each: the third is not covered
+            answers = await answers_on(nc, INBOX)
+            orders = buys("f", 3)  # 100 USDT each: the third is not covered
             stored = await nc.jetstream().publish(
                 ledger_command_subject(0, LedgerSource.ORDER),
                 encode_ledger_command(FundOrders(0, 0, orders=orders)))
             await eventually(lambda: len(answers) == 3, what="an answer to each order")
-            assert HEADER_REFUSED in (answers[f"{inbox}.ack.2"].headers or {})
-            assert msgspec.json.decode(answers[f"{inbox}.ack.2"].data)["code"] == int(
+            assert HEADER_REFUSED in (answers[f"{INBOX}.ack.2"].headers or {})
+            assert msgspec.json.decode(answers[f"{INBOX}.ack.2"].data)["code"] == int(
                 RejectCode.INSUFFICIENT_FUNDS)
-            forwarded = [msgspec.json.decode(answers[f"{inbox}.ack.{number}"].data)["seq"]
+            forwarded = [msgspec.json.decode(answers[f"{INBOX}.ack.{number}"].data)["seq"]
                          for number in range(2)]
             js = nc.jetstream()
             for number, sequence in enumerate(forwarded):
                 message = await js.get_msg("tp-cmd-sol-usdt", sequence)
                 headers = message.headers or {}
-                assert headers[HEADER_REPLY] == f"{inbox}.result.{number}"
+                assert headers[HEADER_REPLY] == f"{INBOX}.result.{number}"
                 assert headers[HEADER_FUNDED] == (f"0:{stored.seq}" if number == 0
                                                   else f"0:{stored.seq}-{number}")
                 assert headers[HEADER_MESSAGE_ID] == f"alice:f{number}"
@@ -403,25 +419,14 @@ def test_orders_their_gateway_named_go_to_their_market_together_and_once(
             await ensure_market_streams(js, SOL, SETTINGS)  # no engine applies anything yet
             await exchange.fund("alice", USDT=300 * USDT)
             nc = await nats.connect(exchange.url)
-            answers: dict[str, Msg] = {}
-
-            async def answered(msg: Msg) -> None:
-                answers[msg.subject] = msg
-
-            inbox = f"{GATEWAY_INBOX}.test"
-            await nc.subscribe(f"{inbox}.ack.*", cb=answered)
+            answers = await answers_on(nc, INBOX)
             # 100 USDT each: the fourth is not covered. The third is the trader's own.
-            orders = [Funded("sol-usdt", Place(0, 0, account="alice", side=Side.BUY,
-                                               price=10_000, quantity=100,
-                                               client_order_id=f"g{number}"),
-                             ack=f"{inbox}.ack.{number}", reply=f"{inbox}.result.{number}",
-                             named_by_gateway=number != 2)
-                      for number in range(4)]
+            orders = buys("g", 4, trader_named=2)
             stored = await js.publish(ledger_command_subject(0, LedgerSource.ORDER),
                                       encode_ledger_command(FundOrders(0, 0, orders=orders)))
             await eventually(lambda: len(answers) == 4, what="an answer to each order")
-            assert HEADER_REFUSED in (answers[f"{inbox}.ack.3"].headers or {})
-            acks = [decode_pub_ack(answers[f"{inbox}.ack.{number}"].data) for number in range(3)]
+            assert HEADER_REFUSED in (answers[f"{INBOX}.ack.3"].headers or {})
+            acks = [decode_pub_ack(answers[f"{INBOX}.ack.{number}"].data) for number in range(3)]
             assert acks[0] == acks[1]  # one message, one acknowledgement
             assert acks[2].seq != acks[0].seq
             together = await js.get_msg("tp-cmd-sol-usdt", acks[0].seq)
@@ -431,7 +436,7 @@ def test_orders_their_gateway_named_go_to_their_market_together_and_once(
             entries = decode_commands(together.data or b"")
             assert [msgspec.json.decode(entry.command)["client_order_id"] for entry in entries
                     ] == ["g0", "g1"]
-            assert [entry.reply for entry in entries] == [f"{inbox}.result.{number}"
+            assert [entry.reply for entry in entries] == [f"{INBOX}.result.{number}"
                                                            for number in range(2)]
             alone = await js.get_msg("tp-cmd-sol-usdt", acks[2].seq)
             assert (alone.headers or {})[HEADER_MESSAGE_ID] == "alice:g2"

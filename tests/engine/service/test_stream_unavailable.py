@@ -11,12 +11,15 @@ reached its market, and a settlement was lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import nats.errors
 import pytest
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from tests.engine.service.test_forged_events import events
@@ -37,6 +40,17 @@ from tradeplane_engine.wire import (
 
 WAITED = "(no stream leader)"
 """What the resend's log line says of why."""
+
+
+@contextlib.asynccontextmanager
+async def admin(tmp_path: Path) -> AsyncIterator[Client]:
+    """A real nats-server, and the administrator's connection to it."""
+    with NatsServer.secured(tmp_path / "nats") as server:
+        nc = await nats.connect(server.url, **server.access("admin").options())
+        try:
+            yield nc
+        finally:
+            await nc.close()
 
 
 def resent(caplog: pytest.LogCaptureFixture, module: str) -> bool:
@@ -69,24 +83,20 @@ def test_the_events_publisher_waits_for_a_stream_that_cannot_take_its_message(
     caplog.set_level(logging.WARNING, "tradeplane_engine.service.events")
 
     async def scenario() -> None:
-        with NatsServer.secured(tmp_path / "nats") as server:
-            nc = await nats.connect(server.url, **server.access("admin").options())
-            try:
-                publisher = EventsPublisher(nc, "sol-usdt")
-                await publisher.start()
-                publishing = asyncio.create_task(publisher.publish([(1, events(1))], after=0))
-                await eventually(lambda: WAITED in caplog.text, 10,
-                                 "the publisher sending its message again")
-                assert not publishing.done()
-                js = nc.jetstream()
-                await ensure_market_streams(js, SOL, SETTINGS)
-                await asyncio.wait_for(publishing, 10)
-                stored = await js.get_msg(event_stream("sol-usdt"), 1)
-                assert stored.data == events(1)
-                assert (await js.stream_info(event_stream("sol-usdt"))).state.messages == 1
-                await publisher.stop()
-            finally:
-                await nc.close()
+        async with admin(tmp_path) as nc:
+            publisher = EventsPublisher(nc, "sol-usdt")
+            await publisher.start()
+            publishing = asyncio.create_task(publisher.publish([(1, events(1))], after=0))
+            await eventually(lambda: WAITED in caplog.text, 10,
+                             "the publisher sending its message again")
+            assert not publishing.done()
+            js = nc.jetstream()
+            await ensure_market_streams(js, SOL, SETTINGS)
+            await asyncio.wait_for(publishing, 10)
+            stored = await js.get_msg(event_stream("sol-usdt"), 1)
+            assert stored.data == events(1)
+            assert (await js.stream_info(event_stream("sol-usdt"))).state.messages == 1
+            await publisher.stop()
 
     run(scenario())
 
@@ -99,20 +109,16 @@ def test_the_stream_writer_answers_for_a_stream_that_does_not_exist(
     caplog.set_level(logging.WARNING, "tradeplane_engine.service.writer")
 
     async def scenario() -> None:
-        with NatsServer.secured(tmp_path / "nats") as server:
-            nc = await nats.connect(server.url, **server.access("admin").options())
-            try:
-                writer = StreamWriter(nc, "ledger-0")
-                await writer.start()
-                [ack] = await writer.write([order(1)])
-                assert ack == NO_STREAM
-                answer = decode_pub_ack(ack)
-                assert answer.error is not None
-                assert (answer.seq, answer.error["description"]) == (0, "stream not found")
-                assert "stream tp-cmd-sol-usdt does not exist" in caplog.text
-                await writer.stop()
-            finally:
-                await nc.close()
+        async with admin(tmp_path) as nc:
+            writer = StreamWriter(nc, "ledger-0")
+            await writer.start()
+            [ack] = await writer.write([order(1)])
+            assert ack == NO_STREAM
+            answer = decode_pub_ack(ack)
+            assert answer.error is not None
+            assert (answer.seq, answer.error["description"]) == (0, "stream not found")
+            assert "stream tp-cmd-sol-usdt does not exist" in caplog.text
+            await writer.stop()
 
     run(scenario())
 
