@@ -324,9 +324,12 @@ class LedgerPath(Replica):
         if forwards:
             acks = await self.write_forwards([item[4] for item in forwards])
             unsent: list[Outbound] = []
+            dropped: dict[int, bool] = {}  # by message: orders sent together share it
             for (command, index, ack_to, held, outbound), ack in zip(forwards, acks,
                                                                      strict=True):
-                if held and await self._dropped(outbound, ack):
+                if held and id(outbound) not in dropped:
+                    dropped[id(outbound)] = await self._dropped(outbound, ack)
+                if held and dropped[id(outbound)]:
                     unsent.append(self._unsent(command, index, outbound))
                 if ack_to:
                     await answers.add(ack_to, ack)
