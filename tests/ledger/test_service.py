@@ -50,6 +50,7 @@ from tradeplane_engine.wire import (
     encode_command,
     encode_ledger_command,
     encode_ledger_events,
+    ledger_command_stream,
     ledger_command_subject,
 )
 from tradeplane_gateway import RequestError, connect
@@ -504,5 +505,42 @@ def test_an_order_whose_forward_is_acknowledged_as_a_duplicate_still_gets_its_re
             assert reply.order is not None
             assert (reply.order.client_order_id, reply.order.status) == (
                 order.place.client_order_id, "new")
+
+    run(scenario())
+
+
+def test_a_forward_its_market_already_holds_from_the_same_funding_is_no_retry(
+        tmp_path: Path) -> None:
+    """The market's stream answers ``duplicate`` to a forward it already holds from the
+    same funding (a copy sent before, whose acknowledgement was late): the leader relays
+    it as the order's own acknowledgement, not a retry's, and the hold stays. Before,
+    the trader's first and only attempt was answered as a duplicate."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, engines=False, ledger_shards=1,
+                                  assets=ASSETS) as exchange:
+            js = exchange.nc.jetstream()
+            await ensure_market_streams(js, SOL, SETTINGS)
+            await exchange.fund("alice", USDT=100 * USDT)
+            shard = exchange.ledgers[0]
+            await eventually(lambda: "sol-usdt" in shard.ledger.terms, 10,
+                             "the market defined to the ledger")
+            nc = await nats.connect(exchange.url)
+            answers = await answers_on(nc, INBOX)
+            [order] = buys("t", 1)
+            funding = (await js.stream_info(ledger_command_stream(0))).state.last_seq + 1
+            # What an earlier send of this very funding left in the market's stream.
+            await js.publish(command_subject("sol-usdt"), encode_command(order.place),
+                             headers={HEADER_MESSAGE_ID: "alice:t0",
+                                      HEADER_FUNDED: f"0:{funding}"})
+            stored = await js.publish(ledger_command_subject(0, LedgerSource.ORDER),
+                                      encode_ledger_command(FundOrders(0, 0, orders=[order])))
+            assert stored.seq == funding
+            await eventually(lambda: len(answers) == 1, what="the order's acknowledgement")
+            ack = decode_pub_ack(answers[f"{INBOX}.ack.0"].data)
+            assert (ack.stream, ack.seq, ack.duplicate, ack.error) == (
+                "tp-cmd-sol-usdt", 1, False, None)
+            assert shard.ledger.balance("alice", "USDT") == (0, 100 * USDT)
+            assert (await js.stream_info("tp-cmd-sol-usdt")).state.messages == 1
+            await nc.close()
 
     run(scenario())

@@ -66,6 +66,7 @@ from tradeplane_engine.wire import (
     LedgerBatch,
     LedgerRefusal,
     LedgerSource,
+    PubAck,
     balances_subject,
     command_stream,
     command_subject,
@@ -324,13 +325,19 @@ class LedgerPath(Replica):
         if forwards:
             acks = await self.write_forwards([item[4] for item in forwards])
             unsent: list[Outbound] = []
-            dropped: dict[int, bool] = {}  # by message: orders sent together share it
+            kept: dict[int, bool | None] = {}  # by message: orders sent together share it
             for (command, index, ack_to, held, outbound), ack in zip(forwards, acks,
                                                                      strict=True):
-                if held and id(outbound) not in dropped:
-                    dropped[id(outbound)] = await self._dropped(outbound, ack)
-                if held and dropped[id(outbound)]:
+                if held and id(outbound) not in kept:
+                    kept[id(outbound)] = await self._kept_as_sent(outbound, ack)
+                if held and kept[id(outbound)] is False:
                     unsent.append(self._unsent(command, index, outbound))
+                elif held and kept[id(outbound)]:
+                    # A copy of this very forward, sent before (its acknowledgement was
+                    # late): to the gateway it is the order's acknowledgement, not a
+                    # trader's retry.
+                    answer = decode_pub_ack(ack)
+                    ack = msgspec.json.encode(PubAck(answer.stream, answer.seq))
                 if ack_to:
                     await answers.add(ack_to, ack)
             if unsent:
@@ -367,22 +374,24 @@ class LedgerPath(Replica):
         return Outbound(command_subject(event.market), encode_command(command), headers,
                         command_stream(event.market))
 
-    async def _dropped(self, outbound: Outbound, ack: bytes) -> bool:
-        """Whether the market's stream dropped a funded order as the duplicate of another
-        message under its id (not a copy of itself, which a new leader sends again)."""
+    async def _kept_as_sent(self, outbound: Outbound, ack: bytes) -> bool | None:
+        """For a funded order the market's stream answered ``duplicate``: whether the
+        message it keeps is this funding's (a copy sent before, by this leader or the
+        last), or another's under the same id (False: the order was dropped). None when
+        the answer is no duplicate, or the stored message cannot be read."""
         try:
             answer = decode_pub_ack(ack)
         except msgspec.DecodeError:
-            return False
+            return None
         if not answer.duplicate or not answer.stream:
-            return False
+            return None
         try:
             stored = await self.js.get_msg(answer.stream, answer.seq)
         except NATS_ERRORS as exc:
             log.warning("%s: cannot read %s message %d (%s); the hold stays", self.name,
                         answer.stream, answer.seq, type(exc).__name__)
-            return False
-        return (stored.headers or {}).get(HEADER_FUNDED) != outbound.headers[HEADER_FUNDED]
+            return None
+        return (stored.headers or {}).get(HEADER_FUNDED) == outbound.headers[HEADER_FUNDED]
 
     def _unsent(self, command: SequencedCommand, index: int, outbound: Outbound) -> Outbound:
         decoded = decode_ledger_command(command.data, command.sequence, command.timestamp)
