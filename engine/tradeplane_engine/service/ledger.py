@@ -170,7 +170,6 @@ class LedgerService(Watchdog):
                     group.create_task(self.leadership.lease.run(), name=f"lease {self.name}")
                 group.create_task(self._follow_markets(markets), name=f"markets {self.name}")
                 group.create_task(self._consume(feed), name=f"commands {self.name}")
-                group.create_task(self.path.follow(), name=f"forwards {self.name}")
                 if self.leading:
                     await self._lead()
         finally:

@@ -18,7 +18,6 @@ the leader:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from decimal import Decimal
@@ -238,11 +237,6 @@ def fundings(command: SequencedCommand, decoded: AnyLedgerCommand | None,
             for index, (funded, own) in enumerate(zip(decoded.orders, groups, strict=True))]
 
 
-FOLLOWING = 4
-"""Stored batches whose forwards and answers may wait to go out while the command loop
-goes on (``LedgerPath.follow``); the loop waits when there are more."""
-
-
 class LedgerPath(Replica):
     """Applies ledger commands; while leading, publishes and acts on what they did."""
 
@@ -256,8 +250,6 @@ class LedgerPath(Replica):
         self.shard = shard
         self.ledger = ledger
         self.forwarder = forwarder
-        self._stored: asyncio.Queue[Outgoing] = asyncio.Queue(FOLLOWING)
-        """Batches whose events are stored, for ``follow``."""
 
     async def _process(self, batch: list[SequencedCommand]) -> None:
         outgoing: Outgoing = []
@@ -283,21 +275,6 @@ class LedgerPath(Replica):
         return (decoded, self.ledger.apply(decoded)) if decoded is not None else (None, [])
 
     async def after_publish(self, outgoing: Outgoing) -> None:
-        """Hand the stored batch to ``follow``; wait only while ``FOLLOWING`` are there."""
-        await self._stored.put(outgoing)
-
-    async def follow(self) -> None:
-        """What each stored batch did, sent out in the order the batches were stored:
-        its forwards (waiting for their markets' streams), its answers and balance
-        updates. It runs beside the command loop, which meanwhile applies the next batch
-        and stores its events: the loop waits for one stream a batch instead of two.
-        It runs for as long as its service (a failure is a defect, and ends the
-        service); NATS errors are survived inside, as before."""
-        while True:
-            outgoing = await self._stored.get()
-            await self._send(outgoing)
-
-    async def _send(self, outgoing: Outgoing) -> None:
         forwards: list[tuple[SequencedCommand, int, str | None, bool, Outbound]] = []
         moved: set[str] = set()
         answers = Answers(self.nc.publish, GROUPED_ACKS)
