@@ -288,9 +288,13 @@ class LedgerService(Watchdog):
         for sequence, indices in by_sequence.items():
             message = await self.js.get_msg(ledger_command_stream(self.shard), sequence)
             command = decode_ledger_command(message.data or b"", sequence, 0)
+            # A fundOrder's or fundReplace's answer subject is its message's header,
+            # checked as the feed checks it.
+            alone = gateway_inbox((message.headers or {}).get(HEADER_REPLY),
+                                  f"ledger command {sequence}", "reply", "ledger")
             forwards: list[tuple[int, Forward, str | None]] = []
             for index in indices:
-                reply = (message.headers or {}).get(HEADER_REPLY)
+                reply = alone
                 if isinstance(command, FundReplace):
                     event = Forward(command.market, command.replace)
                 else:  # the ledger only says funded orders and replaces are in flight
