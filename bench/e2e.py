@@ -107,6 +107,8 @@ class Orders:
         self.rng = random.Random(seed)
         self.number = 0
         self.markets = markets
+        self.named = NAMED
+        self._prefix = os.urandom(6).hex()  # ids new to every run and every process
 
     def next(self, mode: str) -> tuple[str, bytes]:
         self.number += 1
@@ -117,6 +119,8 @@ class Orders:
         body = {"market": market, "side": side, "quantity": f"{self.rng.randint(1, 9)}",
                 "price": f"{price // 100}.{price % 100:02d}", "response": mode,
                 "timeInForce": "IOC" if self.number % 10 == 0 else "GTC"}
+        if self.named:
+            body["clientOrderId"] = f"{self._prefix}-{self.number}"
         return "place", json.dumps(body).encode()
 
 
@@ -161,6 +165,8 @@ ACCOUNTS: dict[int, str] = {}
 """Each load-generator connection's account (its inbox prefix is the account's)."""
 ADMIN: Client | None = None
 """With balances, the administrator's connection (to read the ledger's status)."""
+NAMED = False
+"""Whether the load generator gives every order its own ``clientOrderId``."""
 
 
 async def trader_connections(url: str, accounts: list[str]) -> list[Client]:
@@ -388,25 +394,52 @@ class Summary:
     """µs of CPU per order in each process at a quarter of the sustained rate."""
 
 
+STREAM_KINDS = {"tp-cmd-": "market commands", "tp-evt-": "market events",
+                "tp-ledger-cmd-": "ledger commands", "tp-ledger-evt-": "ledger events"}
+"""The exchange's streams by the prefix of their names (the longest that matches)."""
+
+
 class MessageMeter:
-    """Messages into and out of nats-server (its ``/varz`` counters), per order."""
+    """Messages and bytes into and out of nats-server (its ``/varz`` counters), and the
+    bytes its streams stored (``/jsz``), per order."""
 
     def __init__(self, server: NatsServer) -> None:
         self.server = server
         self._start = self.read()
 
-    def read(self) -> tuple[int, int]:
+    def read(self) -> dict[str, int]:
         _, varz = self.server.monitor("varz")
-        return int(varz["in_msgs"]), int(varz["out_msgs"])
+        counters = {key: int(varz[key])
+                    for key in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
+        _, jsz = self.server.monitor("jsz?streams=true")
+        for account in jsz.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                kind = max((prefix for prefix in STREAM_KINDS
+                            if stream["name"].startswith(prefix)), key=len, default=None)
+                if kind is not None:
+                    name = STREAM_KINDS[kind]
+                    counters[name] = counters.get(name, 0) + int(stream["state"]["bytes"])
+        return counters
 
     def restart(self) -> None:
         self._start = self.read()
 
-    def per_order(self, orders: int) -> tuple[float, float]:
+    def per_order(self, orders: int) -> dict[str, float]:
+        """Each counter's growth per order since the last call (NaN without orders)."""
         now = self.read()
-        into, out = (now[0] - self._start[0], now[1] - self._start[1])
+        grown = {key: (value - self._start.get(key, 0)) / orders if orders else float("nan")
+                 for key, value in now.items()}
         self._start = now
-        return (into / orders, out / orders) if orders else (float("nan"), float("nan"))
+        return grown
+
+
+def traffic_text(carried: dict[str, float]) -> str:
+    stored = ", ".join(f"{kind} {carried[kind]:,.0f}" for kind in STREAM_KINDS.values()
+                       if kind in carried)
+    return (f"  NATS messages per order: {carried['in_msgs']:.2f} into nats-server, "
+            f"{carried['out_msgs']:.2f} out of it (a request and its reply alone: 2 and 2)\n"
+            f"  NATS bytes per order: {carried['in_bytes']:,.0f} into nats-server, "
+            f"{carried['out_bytes']:,.0f} out of it; stored in streams: {stored}")
 
 
 async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int],
@@ -437,11 +470,10 @@ async def benchmark(url: str, args: argparse.Namespace, processes: dict[str, int
             carried = messages.per_order(top.ok)
             print(cpu_text(used), flush=True)
             print(cpu.waited_per_order(top.ok), flush=True)
-            print(f"  NATS messages per order: {carried[0]:.2f} into nats-server, "
-                  f"{carried[1]:.2f} out of it (a request and its reply alone: 2 and 2)",
-                  flush=True)
+            print(traffic_text(carried), flush=True)
             summary = summaries[mode] = Summary(top.sustained, float("nan"), float("nan"),
-                                                used, carried, limit)
+                                                used, (carried["in_msgs"],
+                                                       carried["out_msgs"]), limit)
             for fraction in fractions:
                 run = await open_loop(connections, mode, top.sustained * fraction,
                                       args.seconds)
@@ -574,8 +606,9 @@ def exchange(args: argparse.Namespace, balances: bool,
     each), and the load generator's accounts funded; unless ``args.no_tracing``, every
     process traces at the default sampler to a collector. Yields the server and each
     process's pid by name (the load generator's own included); stops them all."""
-    global ACCESS
+    global ACCESS, NAMED
     shards = len(markets) if balances else 0
+    NAMED = args.named
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as directory:
         data = Path(directory)
         nats_server = (NatsServer(data / "nats", monitoring=True) if args.no_auth else
@@ -585,6 +618,8 @@ def exchange(args: argparse.Namespace, balances: bool,
         print("tracing: " + ("off (--no-tracing)" if args.no_tracing else
                              "the default sampler (parent-based, 1%), exported over OTLP "
                              "to a collector"), flush=True)
+        print("orders: " + ("each under a clientOrderId of the trader's (--named)" if NAMED
+                            else "named by the gateway (no clientOrderId)"), flush=True)
         with contextlib.ExitStack() as stack:
             environ = None
             if not args.no_tracing:
@@ -719,6 +754,9 @@ def load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tracing", action="store_true",
                         help="no tracing (by default every process traces at the default "
                              "sampler and exports to a collector)")
+    parser.add_argument("--named", action="store_true",
+                        help="every order under a clientOrderId of the trader's, as trading "
+                             "clients send them (by default the gateway names them)")
 
 
 def main() -> int:
