@@ -172,7 +172,7 @@ def test_status_by_client_order_id_from_the_engine(tmp_path: Path) -> None:
         async with local_exchange(tmp_path, SOL) as exchange, \
                 connect(exchange.url, account="alice") as alice:
             accepted = await play(exchange, alice)
-            assert exchange.services["sol-usdt"].recent, "the engine answers from memory"
+            assert len(exchange.services["sol-usdt"].memory), "the engine answers from memory"
             answers = {client_order_id: described(await status(alice, client_order_id))
                        for client_order_id in EXPECTED}
             assert answers == expected(accepted)
@@ -201,8 +201,7 @@ def test_status_by_client_order_id_from_postgres(tmp_path: Path, database: str) 
                 assert recorded == expected(accepted)
                 from_engine = await whole_orders(alice)
                 service = exchange.services["sol-usdt"]
-                service.recent.clear()  # as after a restart from a snapshot
-                service.recent_by_client_id.clear()
+                service.memory.forget()  # as after a restart from a snapshot
                 answers = {client_order_id: described(await status(alice, client_order_id))
                            for client_order_id in EXPECTED}  # through the gateway
                 assert answers == expected(accepted)

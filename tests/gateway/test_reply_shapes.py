@@ -156,8 +156,7 @@ def test_every_reply_and_message_of_a_session_has_its_documented_shape(
                 await bob.call("trades")
                 await alice.call("status", clientOrderId="too-small")  # from PostgreSQL
                 service = exchange.services["sol-usdt"]
-                service.recent.clear()  # as after a restart: finished orders from PostgreSQL
-                service.recent_by_client_id.clear()
+                service.memory.forget()  # as after a restart: finished orders from PostgreSQL
                 await alice.call("status", clientOrderId="a-1")
                 snapshot = json.loads((await alice_nc.request(
                     "tp.md.sol-usdt.book.snapshot", b"", timeout=5)).data)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import asyncpg
@@ -55,7 +54,6 @@ from tradeplane_engine.streams import (
 from tradeplane_engine.wire import (
     HEADER_REPLY,
     MarketDefinition,
-    OrderRecord,
     PublicFormatter,
     command_stream,
     engine_subject,
@@ -150,14 +148,6 @@ class MarketService(Watchdog):
     def replayed(self) -> int:
         """Commands applied again at start, whose events were already published."""
         return self.hot_path.replayed
-
-    @property
-    def recent(self) -> OrderedDict[tuple[str, int], OrderRecord]:
-        return self.memory.recent
-
-    @property
-    def recent_by_client_id(self) -> dict[tuple[str, str], int]:
-        return self.memory.recent_by_client_id
 
     async def process(self, batch: list[SequencedCommand]) -> None:
         await self.hot_path.process(batch)

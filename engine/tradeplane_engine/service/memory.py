@@ -2,13 +2,19 @@
 
 The book forgets an order once it is filled or canceled; a trader asking about it a
 moment later (or retrying the cancel whose reply was lost) should still get it whole,
-with the side, price and quantity it was accepted with. The engine keeps the last
-``RECENT_ORDERS`` finished orders and refused places; PostgreSQL keeps them all.
+with the side, price and quantity it was accepted with. The engine keeps at least the
+last ``RECENT_ORDERS`` finished orders and refused places; PostgreSQL keeps them all.
+
+They are kept in segments of ``SEGMENT`` orders, the oldest dropped whole, rather than in
+one table of them all: a table of a hundred thousand orders that is added to and taken
+from with every order is now and then rebuilt whole by Python, and that took the engine's
+loop 10 to 70 ms at a time under load (docs/performance.md, "A stall in the engine's
+memory of finished orders").
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 
 import msgspec
 
@@ -27,7 +33,10 @@ from tradeplane_engine.core import (
 from tradeplane_engine.wire import OrderRecord, PublicFormatter, refused_place
 
 RECENT_ORDERS = 100_000
-"""Finished orders the engine remembers for status queries (PostgreSQL keeps them all)."""
+"""Finished orders the engine remembers at least, for status queries (PostgreSQL keeps
+them all)."""
+SEGMENT = 4_096
+"""Finished orders per segment of the memory."""
 
 _encode = msgspec.json.Encoder().encode
 _TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED)
@@ -38,8 +47,8 @@ class OrderMemory:
 
     def __init__(self, formatter: PublicFormatter) -> None:
         self.formatter = formatter
-        self.recent: OrderedDict[tuple[str, int], OrderRecord] = OrderedDict()
-        self.recent_by_client_id: dict[tuple[str, str], int] = {}
+        self._segments: deque[_Segment] = deque([_Segment()])
+        """Finished orders, oldest first, ``SEGMENT`` to a segment."""
         self._accepted: dict[int, OrderAccepted] = {}
         """How each order not yet finished was accepted (as far as ``remember`` has
         come), so that its finished state describes it whole: side, price, quantity."""
@@ -111,7 +120,7 @@ class OrderMemory:
         first = events[0]
         record: OrderRecord | None = None
         if type(first) is OrderUpdate and first.status is OrderStatus.CANCELED:
-            record = self.recent.get((first.account, first.order_id))
+            record = self._record(first.account, first.order_id)
         elif (type(first) is OrderRejected and first.code is RejectCode.UNKNOWN_ORDER
               and first.command in ("cancel", "replace")):
             record = self.finished(first.account, first.order_id, first.client_order_id)
@@ -119,20 +128,52 @@ class OrderMemory:
 
     def finished(self, account: str, order_id: int,
                  client_order_id: str) -> OrderRecord | None:
-        """A finished (or refused) order from memory, by id or by client order id."""
+        """A finished (or refused) order from memory, by id or by client order id (the
+        last order under it)."""
         if not order_id and client_order_id:
-            order_id = self.recent_by_client_id.get((account, client_order_id), 0)
-        return self.recent.get((account, order_id)) if order_id else None
+            key = (account, client_order_id)
+            order_id = next((segment.by_client_id[key] for segment in reversed(self._segments)
+                             if key in segment.by_client_id), 0)
+        return self._record(account, order_id) if order_id else None
+
+    def _record(self, account: str, order_id: int) -> OrderRecord | None:
+        key = (account, order_id)
+        for segment in reversed(self._segments):  # the newest first: most asked for
+            record = segment.by_id.get(key)
+            if record is not None:
+                return record
+        return None
+
+    def __len__(self) -> int:
+        """Finished orders remembered."""
+        return sum(len(segment.by_id) for segment in self._segments)
+
+    def forget(self) -> None:
+        """Forget every finished order, as a restart does (PostgreSQL still has them)."""
+        self._segments = deque([_Segment()])
 
     def _keep(self, account: str, order_id: int, client_order_id: str,
               record: OrderRecord) -> None:
         self._rejections += 0 if order_id else 1
         key = (account, order_id or -self._rejections)  # a rejected order has no id
-        self.recent[key] = record
+        segments = self._segments
+        segment = segments[-1]
+        if len(segment.by_id) >= SEGMENT:
+            segment = _Segment()
+            segments.append(segment)
+            if len(segments) > -(-RECENT_ORDERS // SEGMENT) + 1:
+                segments.popleft()  # the rest still hold RECENT_ORDERS or more
+        segment.by_id[key] = record
         if client_order_id:
-            self.recent_by_client_id[(account, client_order_id)] = key[1]
-        if len(self.recent) > RECENT_ORDERS:
-            (old_account, old_key), old = self.recent.popitem(last=False)
-            old_client_key = (old_account, old.client_order_id)
-            if self.recent_by_client_id.get(old_client_key) == old_key:
-                del self.recent_by_client_id[old_client_key]
+            segment.by_client_id[(account, client_order_id)] = key[1]
+
+
+class _Segment:
+    """Up to ``SEGMENT`` finished orders, by (account, order id) and by (account, client
+    order id)."""
+
+    __slots__ = ("by_client_id", "by_id")
+
+    def __init__(self) -> None:
+        self.by_id: dict[tuple[str, int], OrderRecord] = {}
+        self.by_client_id: dict[tuple[str, str], int] = {}

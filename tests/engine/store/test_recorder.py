@@ -191,8 +191,7 @@ def test_gateway_answers_from_postgres_what_the_engine_no_longer_holds(
                     await alice.place("sol-usdt", "sell", "1", "200", client_order_id="banded")
                 await eventually(lambda: recorder.command_sequence == 4, timeout=15)
                 service = exchange.services["sol-usdt"]
-                service.recent.clear()  # as after a restart from a snapshot
-                service.recent_by_client_id.clear()
+                service.memory.forget()  # as after a restart from a snapshot
 
                 gone = await alice.status("sol-usdt", client_order_id="gone")
                 assert gone.order is not None
