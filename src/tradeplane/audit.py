@@ -78,8 +78,12 @@ class Audit:
     async def statuses(self) -> list[dict[str, Any]]:
         """Every shard's status, asked again until they have settled alike or time is up."""
         while True:
-            statuses = [await self.request(shard, "status") for shard in range(self.shards)]
+            statuses = [await self.request(shard, "status", {"audit": True})
+                        for shard in range(self.shards)]
             for status in statuses:
+                if "audit" not in status:
+                    raise AuditError(f"ledger shard {status.get('shard')} did not say its "
+                                     "audit (a replica of an older release?)")
                 if status.get("shards") != self.shards:
                     raise AuditError(f"ledger shard {status.get('shard')} is one of "
                                      f"{status.get('shards')} shards, not {self.shards}")
@@ -90,7 +94,7 @@ class Audit:
     def check_statuses(self, statuses: list[dict[str, Any]]) -> None:
         for status in statuses:
             self.breaches += [f"shard {status['shard']}: {breach}" for breach in
-                              status.get("audit", [])]
+                              status["audit"]]
         if not _settled_alike(statuses):
             self.notes.append("clearing across shards: not comparable yet (the shards "
                               "have not settled every market to the same command)")

@@ -120,8 +120,10 @@ class Cluster:
         self.processes[role].send_signal(number)
 
     async def ledger_status(self, shard: int = 0, timeout: float = 10) -> dict[str, Any]:
-        """What the leader of a ledger shard says of it (``LedgerService.status``)."""
-        answer = await self.nc.request(f"tp.ledger.{shard}.status", b"", timeout=timeout)
+        """What the leader of a ledger shard says of it, with its audit
+        (``LedgerService.status``)."""
+        answer = await self.nc.request(f"tp.ledger.{shard}.status", b'{"audit":true}',
+                                       timeout=timeout)
         result: dict[str, Any] = msgspec.json.decode(answer.data)
         return result
 

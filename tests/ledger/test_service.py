@@ -305,6 +305,43 @@ def test_only_an_administrator_moves_funds(tmp_path: Path) -> None:
     run(scenario())
 
 
+STATUS_FIELDS = {"shard", "shards", "replica", "assets", "leading", "sequence", "settled",
+                 "clearing", "fees", "deposited", "withdrawn", "decimals"}
+"""``tp.ledger.<k>.status``'s answer (docs/ledger.md, "Status")."""
+
+
+def test_a_shards_status_goes_over_its_whole_state_only_when_asked(tmp_path: Path) -> None:
+    """Its state hash and audit go over the whole state in the shard's loop: only
+    ``{"audit": true}`` asks for them. A body that is not a status request is answered
+    with an error."""
+    async def scenario() -> None:
+        async with local_exchange(tmp_path, SOL, ledger_shards=1, assets=ASSETS) as exchange:
+            await exchange.fund("alice", USDT=5 * USDT)
+
+            async def status(body: bytes) -> dict[str, object]:
+                answer = await exchange.nc.request("tp.ledger.0.status", body, timeout=5)
+                decoded: dict[str, object] = msgspec.json.decode(answer.data)
+                return decoded
+
+            plain = await status(b"")
+            assert set(plain) == STATUS_FIELDS
+            assert plain["leading"] is True
+            assert plain["deposited"] == {"USDT": 5 * USDT}
+            assert set(await status(b'{"audit":false}')) == STATUS_FIELDS
+            audited = await status(b'{"audit":true}')
+            assert set(audited) == STATUS_FIELDS | {"stateHash", "audit"}
+            assert audited["audit"] == []
+            assert audited["stateHash"] == exchange.ledgers[0].ledger.state_hash()
+            skipped = UNTRUSTED_SKIPPED.labels("ledger", "status request")
+            before = skipped._value.get()
+            for bad in (b'{"audit":"yes"}', b'{"everything":true}', b"[", b" " * 70_000):
+                refused = await status(bad)
+                assert set(refused) == {"error"}, bad[:20]
+            assert skipped._value.get() == before + 4
+
+    run(scenario())
+
+
 def test_settlements_are_grouped_under_a_size() -> None:
     reports = [Report(sequence, sequence, []) for sequence in range(1, 6)]
     sized = list(zip(reports, [100, 100, 300, 50, 500], strict=True))
