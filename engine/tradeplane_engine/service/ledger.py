@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -428,37 +429,35 @@ class LedgerService(Watchdog):
     # -- requests -----------------------------------------------------------------------
 
     async def _on_balances(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        try:
-            if len(msg.data) > MAX_REQUEST:
-                raise ValueError("request too large")
-            query = msgspec.json.decode(msg.data, type=BalancesQuery)
-            if not is_account(query.account) or not self.ledger.owns(query.account):
-                raise ValueError(f"account {query.account[:64]!r} is not this shard's")
-            answer = msgspec.json.encode(account_balances(self.ledger, query.account))
-        except (msgspec.DecodeError, ValueError) as exc:
-            log.warning("%s: a balances request refused (%s)", self.name, str(exc)[:120])
-            UNTRUSTED_SKIPPED.labels("ledger", "balances request").inc()
-            answer = msgspec.json.encode({"error": str(exc)[:200]})
-        with contextlib.suppress(*NATS_ERRORS):
-            await self.nc.publish(msg.reply, answer)
+        await self._answer(msg, "balances", self._balances)
 
     async def _on_status(self, msg: Msg) -> None:
         # Only the administrator may ask (docs/security.md): any reply subject it names.
+        await self._answer(msg, "status", lambda data: msgspec.json.encode(self.status(
+            audit=msgspec.json.decode(data or b"{}", type=StatusQuery).audit)))
+
+    def _balances(self, data: bytes) -> bytes:
+        query = msgspec.json.decode(data, type=BalancesQuery)
+        if not is_account(query.account) or not self.ledger.owns(query.account):
+            raise ValueError(f"account {query.account[:64]!r} is not this shard's")
+        return msgspec.json.encode(account_balances(self.ledger, query.account))
+
+    async def _answer(self, msg: Msg, what: str, answer: Callable[[bytes], bytes]) -> None:
+        """Answer a request on its reply subject with what ``answer`` makes of its body;
+        one too large or that is not such a request with ``{"error"}``, logged and
+        counted."""
         if not msg.reply:
             return
         try:
             if len(msg.data) > MAX_REQUEST:
                 raise ValueError("request too large")
-            query = msgspec.json.decode(msg.data or b"{}", type=StatusQuery)
-            answer = msgspec.json.encode(self.status(audit=query.audit))
+            reply = answer(msg.data)
         except (msgspec.DecodeError, ValueError) as exc:
-            log.warning("%s: a status request refused (%s)", self.name, str(exc)[:120])
-            UNTRUSTED_SKIPPED.labels("ledger", "status request").inc()
-            answer = msgspec.json.encode({"error": str(exc)[:200]})
+            log.warning("%s: a %s request refused (%s)", self.name, what, str(exc)[:120])
+            UNTRUSTED_SKIPPED.labels("ledger", f"{what} request").inc()
+            reply = msgspec.json.encode({"error": str(exc)[:200]})
         with contextlib.suppress(*NATS_ERRORS):
-            await self.nc.publish(msg.reply, answer)
+            await self.nc.publish(msg.reply, reply)
 
     def status(self, *, audit: bool = False) -> dict[str, Any]:
         """The shard as this replica holds it; with ``audit``, also its state hash and
