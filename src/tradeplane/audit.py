@@ -82,8 +82,8 @@ class Audit:
                         for shard in range(self.shards)]
             for status in statuses:
                 if "audit" not in status:
-                    raise AuditError(f"ledger shard {status.get('shard')} did not say its "
-                                     "audit (a replica of an older release?)")
+                    raise AuditError(f"ledger shard {status.get('shard')}: its status "
+                                     f"has no audit ({str(status)[:120]})")
                 if status.get("shards") != self.shards:
                     raise AuditError(f"ledger shard {status.get('shard')} is one of "
                                      f"{status.get('shards')} shards, not {self.shards}")

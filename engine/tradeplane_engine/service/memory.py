@@ -8,8 +8,8 @@ last ``RECENT_ORDERS`` finished orders and refused places; PostgreSQL keeps them
 They are kept in segments of ``SEGMENT`` orders, the oldest dropped whole, rather than in
 one table of them all: a table of a hundred thousand orders that is added to and taken
 from with every order is now and then rebuilt whole by Python, and that took the engine's
-loop 10 to 70 ms at a time under load (docs/performance.md, "A stall in the engine's
-memory of finished orders").
+loop 10 to 70 ms at a time under load (docs/performance.md, "Built: no stall in the
+engine's memory of finished orders").
 """
 
 from __future__ import annotations
