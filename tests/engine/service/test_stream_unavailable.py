@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -171,15 +172,52 @@ def test_a_cluster_without_quorum_is_waited_out(tmp_path: Path,
                 assert not publishing.done()
                 assert not writing.done()
                 lost[0].start()
-                await asyncio.wait_for(publishing, 60)
-                [ack] = await asyncio.wait_for(writing, 60)
+                # How long JetStream takes to elect is its own (2-8 s here, longer on a
+                # loaded machine); once a stream has a leader, the next send (2 s) is in.
+                streams = (event_stream("sol-usdt"), command_stream("sol-usdt"))
+                for stream in streams:
+                    await eventually(functools.partial(with_leader, js, stream), 120,
+                                     f"{stream} with a leader again")
+                done, _ = await asyncio.wait({publishing, writing}, timeout=30)
+                assert len(done) == 2, (
+                    "not stored 30 s after both streams had a leader: "
+                    f"{[await steadily(functools.partial(js.stream_info, s)) for s in streams]}")
+                await publishing
+                [ack] = await writing
                 assert (decode_pub_ack(ack).seq, decode_pub_ack(ack).error) == (1, None)
-                for stream in (event_stream("sol-usdt"), command_stream("sol-usdt")):
-                    assert (await js.stream_info(stream)).state.messages == 1
-                assert (await js.get_msg(event_stream("sol-usdt"), 1)).data == events(1)
+                for stream in streams:
+                    info = await steadily(functools.partial(js.stream_info, stream))
+                    assert info.state.messages == 1
+                stored = await steadily(functools.partial(js.get_msg, streams[0], 1))
+                assert stored.data == events(1)
                 await publisher.stop()
                 await writer.stop()
             finally:
                 await nc.close()
 
-    run(scenario(), timeout=120)
+    run(scenario(), timeout=240)
+
+
+async def with_leader(js: JetStreamContext, stream: str) -> bool:
+    """A node answers for the stream, and says it has a leader."""
+    try:
+        info = await js.stream_info(stream)
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return info.cluster is not None and info.cluster.leader is not None
+
+
+async def steadily[T](read: Callable[[], Awaitable[T]]) -> T:
+    """A JetStream read, asked again while a cluster just back answers that it is not
+    available yet (503) or does not answer."""
+    answers: list[T] = []
+
+    async def answered() -> bool:
+        try:
+            answers.append(await read())
+        except (nats.errors.Error, TimeoutError):
+            return False
+        return True
+
+    await eventually(answered, 30, "a JetStream read answered")
+    return answers[-1]
