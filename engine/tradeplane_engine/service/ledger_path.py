@@ -355,18 +355,19 @@ class LedgerPath(Replica):
         """For a funded order the market's stream answered ``duplicate``: whether the
         message it keeps is this funding's (a copy sent before, by this leader or the
         last), or another's under the same id (False: the order was dropped). None when
-        the answer is no duplicate, or the stored message cannot be read."""
+        the answer is no duplicate, names another stream than the one written to, or the
+        stored message cannot be read."""
         try:
             answer = decode_pub_ack(ack)
         except msgspec.DecodeError:
             return None
-        if not answer.duplicate or not answer.stream:
+        if not answer.duplicate or answer.stream != outbound.stream:
             return None
         try:
-            stored = await self.js.get_msg(answer.stream, answer.seq)
+            stored = await self.js.get_msg(outbound.stream, answer.seq)
         except NATS_ERRORS as exc:
             log.warning("%s: cannot read %s message %d (%s); the hold stays", self.name,
-                        answer.stream, answer.seq, type(exc).__name__)
+                        outbound.stream, answer.seq, type(exc).__name__)
             return None
         return (stored.headers or {}).get(HEADER_FUNDED) == outbound.headers[HEADER_FUNDED]
 
